@@ -1,0 +1,13 @@
+//! Codegen only: prost/tonic for `proto/kiln/v1`, with `protoc` from the `protoc-bin-vendored` crate so a
+//! fresh machine needs no apt step.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    // Build scripts are single-threaded: setting the variable here is the documented way to point prost at protoc.
+    std::env::set_var("PROTOC", protoc);
+    let protos = ["proto/kiln/v1/system.proto"];
+    for p in protos {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    tonic_prost_build::configure().compile_protos(&protos, &["proto"])?;
+    Ok(())
+}

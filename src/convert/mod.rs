@@ -1,0 +1,3 @@
+//! Image configuration → runtime `config.json` (conversion.md). Filled in by the conversion issue.
+//!
+//! May use: `image` (types), `error`.

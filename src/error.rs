@@ -1,0 +1,46 @@
+//! One error classification for the whole crate. Every module has its own `Error` enum whose variants name
+//! the digest, path or field involved, and a `kind()` that maps it to an [`ErrorKind`]. The server maps
+//! `ErrorKind` to a gRPC code in exactly one place; the CLI maps it to an exit status.
+
+/// What kind of failure an error is, independent of the module that raised it (containerd's `errdefs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// A named thing (blob, image, ref, user, snapshot, bundle) does not exist.
+    NotFound,
+    /// The thing to create exists already.
+    AlreadyExists,
+    /// The caller's input is malformed (bad reference, bad platform string, bad id).
+    InvalidArgument,
+    /// The input is well-formed but the state does not allow the operation (not a runnable image, no match).
+    FailedPrecondition,
+    /// Well-formed input that kiln does not implement (unknown digest algorithm, unknown media type).
+    Unsupported,
+    /// Stored content is wrong: digest or size mismatch, malformed document, hostile archive.
+    Corrupt,
+    /// A cap on untrusted input was exceeded.
+    ResourceExhausted,
+    /// A failure of the machine (I/O, syscalls) rather than of the input.
+    Internal,
+}
+
+impl ErrorKind {
+    /// A short stable name, used in logs and the CLI's JSON errors.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::AlreadyExists => "already_exists",
+            ErrorKind::InvalidArgument => "invalid_argument",
+            ErrorKind::FailedPrecondition => "failed_precondition",
+            ErrorKind::Unsupported => "unsupported",
+            ErrorKind::Corrupt => "corrupt",
+            ErrorKind::ResourceExhausted => "resource_exhausted",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -1,0 +1,568 @@
+//! Resolves a reference in an OCI layout to a verified, runnable [`ResolvedImage`].
+//!
+//! A reference is a ref name (`org.opencontainers.image.ref.name` on a descriptor of `index.json`, A9), a
+//! digest, or nothing (the layout's single image). From there kiln walks nested indexes (depth-limited, cycles
+//! refused; C4, C11), picks the platform (host by default; C6–C10), then reads the manifest (D1–D9) and the
+//! image configuration (E1–E12), each parsed strictly from verified bytes. The document's type is the one its
+//! descriptor announced (B12): a manifest where an index was announced, or a document with both `manifests`
+//! and `layers`, is refused (CVE-2021-41190). Artifacts are listed but refused as not runnable (D3, D4).
+//!
+//! May use: `store`, `digest`, `error`.
+
+mod platform;
+mod types;
+
+use std::collections::HashSet;
+use std::fmt;
+
+use serde::Serialize;
+
+pub use platform::Platform;
+pub use types::*;
+
+use crate::digest::{self, Digest};
+use crate::error::ErrorKind;
+use crate::store::{self, Descriptor, Index, Store};
+
+/// Layer media types kiln can apply (D6), and the compression each implies.
+pub const LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+pub const LAYER_TAR_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const LAYER_TAR_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+pub const LAYER_NONDIST_TAR: &str = "application/vnd.oci.image.layer.nondistributable.v1.tar";
+pub const LAYER_NONDIST_TAR_GZIP: &str = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip";
+pub const LAYER_NONDIST_TAR_ZSTD: &str = "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd";
+pub const LAYER_DOCKER_TAR_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+pub const LAYER_DOCKER_FOREIGN_TAR_GZIP: &str = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
+
+/// How a layer blob is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+/// The compression of a layer media type, or `None` when kiln cannot apply that type (D6).
+pub fn layer_compression(media_type: &str) -> Option<Compression> {
+    match media_type {
+        LAYER_TAR | LAYER_NONDIST_TAR => Some(Compression::None),
+        LAYER_TAR_GZIP | LAYER_NONDIST_TAR_GZIP | LAYER_DOCKER_TAR_GZIP | LAYER_DOCKER_FOREIGN_TAR_GZIP => {
+            Some(Compression::Gzip)
+        }
+        LAYER_TAR_ZSTD | LAYER_NONDIST_TAR_ZSTD => Some(Compression::Zstd),
+        _ => None,
+    }
+}
+
+/// Caps on what resolution will walk.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// How many indexes deep a reference may lead (C4).
+    pub max_index_depth: usize,
+    /// Most layers in one image. Overlay mounts of 128 layers are supported; this leaves room.
+    pub max_layers: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_index_depth: 8, max_layers: 256 }
+    }
+}
+
+/// Errors resolving an image. Each names the reference, digest or field involved.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    #[error("invalid reference {reference:?}: {reason}")]
+    InvalidReference { reference: String, reason: String },
+    #[error("no image named {reference:?} in {layout} (refs: {})", if .available.is_empty() { "none".to_string() } else { .available.join(", ") })]
+    RefNotFound { reference: String, layout: String, available: Vec<String> },
+    #[error("{what}: {reason}")]
+    Ambiguous { what: String, reason: String },
+    #[error("{what}: no manifest for platform {platform} (available: {})", if .available.is_empty() { "none".to_string() } else { .available.join(", ") })]
+    NoMatchingPlatform { what: String, platform: Platform, available: Vec<String> },
+    #[error("{what}: {reason}")]
+    Malformed { what: String, reason: String },
+    #[error("{what}: nested indexes deeper than {limit}")]
+    TooDeep { what: String, limit: usize },
+    #[error("{what}: index cycle through {digest}")]
+    Cycle { what: String, digest: Digest },
+    #[error("{what}: image has {count} layers, over the cap of {limit}")]
+    TooManyLayers { what: String, count: usize, limit: usize },
+    #[error("manifest {digest}: not a runnable image: {reason}")]
+    NotRunnable { digest: Digest, reason: String },
+    #[error("{what}: unsupported media type {media_type:?}")]
+    UnsupportedMediaType { what: String, media_type: String },
+    #[error("config {digest}: platform {actual} does not match the selected platform {expected}")]
+    PlatformMismatch { digest: Digest, expected: Platform, actual: Platform },
+}
+
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Store(e) => e.kind(),
+            Error::InvalidReference { .. } => ErrorKind::InvalidArgument,
+            Error::RefNotFound { .. } => ErrorKind::NotFound,
+            Error::Ambiguous { .. } | Error::NoMatchingPlatform { .. } | Error::NotRunnable { .. } => {
+                ErrorKind::FailedPrecondition
+            }
+            Error::PlatformMismatch { .. } | Error::Malformed { .. } | Error::Cycle { .. } => ErrorKind::Corrupt,
+            Error::TooDeep { .. } | Error::TooManyLayers { .. } => ErrorKind::ResourceExhausted,
+            Error::UnsupportedMediaType { .. } => ErrorKind::Unsupported,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// What the caller asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reference {
+    /// The layout's only image (or the host's entry when index.json lists one image per platform).
+    Default,
+    /// An `org.opencontainers.image.ref.name` value of index.json.
+    Name(String),
+    /// A manifest or index digest reachable from index.json.
+    Digest(Digest),
+}
+
+impl Reference {
+    /// Parses the part after `LAYOUT:`: empty → default; `sha256:…` or `@sha256:…` → digest; else a ref name.
+    pub fn parse(value: &str) -> Result<Reference> {
+        if value.is_empty() {
+            return Ok(Reference::Default);
+        }
+        let bad = |reason: String| Error::InvalidReference { reference: value.to_owned(), reason };
+        let digest_like = value.strip_prefix('@').unwrap_or(value);
+        if value.starts_with('@') || looks_like_digest(digest_like) {
+            return Digest::parse(digest_like).map(Reference::Digest).map_err(|e| bad(e.to_string()));
+        }
+        if value.chars().any(|c| c.is_control()) || value.len() > 4096 {
+            return Err(bad("ref names are printable and at most 4096 bytes".into()));
+        }
+        Ok(Reference::Name(value.to_owned()))
+    }
+}
+
+fn looks_like_digest(value: &str) -> bool {
+    value.split_once(':').is_some_and(|(alg, enc)| {
+        matches!(alg, "sha256" | "sha512" | "blake3") && enc.len() >= 32 && enc.bytes().all(|b| b.is_ascii_hexdigit())
+    })
+}
+
+impl fmt::Display for Reference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reference::Default => f.write_str(""),
+            Reference::Name(n) => f.write_str(n),
+            Reference::Digest(d) => write!(f, "@{d}"),
+        }
+    }
+}
+
+/// Splits `LAYOUT[:REF]` like umoci and skopeo's `oci:` transport: the part after the last `:` is the ref,
+/// unless it contains `/` (then the colon is part of the path). `LAYOUT@sha256:…` names a digest.
+pub fn split_layout_ref(value: &str) -> (&str, &str) {
+    if let Some(at) = value.rfind('@') {
+        if looks_like_digest(&value[at + 1..]) {
+            return (&value[..at], &value[at..]);
+        }
+    }
+    // A digest reference `LAYOUT:sha256:…` has two colons; split before the algorithm.
+    for alg in ["sha256:", "sha512:"] {
+        if let Some(pos) = value.rfind(&format!(":{alg}")) {
+            if looks_like_digest(&value[pos + 1..]) {
+                return (&value[..pos], &value[pos + 1..]);
+            }
+        }
+    }
+    match value.rfind(':') {
+        Some(pos) if !value[pos + 1..].contains('/') => (&value[..pos], &value[pos + 1..]),
+        _ => (value, ""),
+    }
+}
+
+/// One layer of a resolved image.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Layer {
+    #[serde(flatten)]
+    pub descriptor: Descriptor,
+    /// `rootfs.diff_ids[i]`: the digest of the uncompressed tar.
+    pub diff_id: Digest,
+    /// ChainID of this layer and all below it (G1).
+    pub chain_id: Digest,
+}
+
+impl Layer {
+    /// The compression its media type implies, or an error naming the type (D6).
+    pub fn compression(&self) -> Result<Compression> {
+        layer_compression(&self.descriptor.media_type).ok_or_else(|| Error::UnsupportedMediaType {
+            what: format!("layer {}", self.descriptor.digest),
+            media_type: self.descriptor.media_type.clone(),
+        })
+    }
+}
+
+/// A verified, runnable image: manifest, configuration and layers, for one platform.
+#[derive(Debug, Clone)]
+pub struct ResolvedImage {
+    /// The reference as the caller gave it.
+    pub reference: Reference,
+    /// The manifest's descriptor (from index.json or the index that led to it).
+    pub manifest_descriptor: Descriptor,
+    pub manifest: Manifest,
+    pub config: ImageConfig,
+    /// The configuration exactly as stored (its sha256 is the image ID, E12).
+    pub config_bytes: Vec<u8>,
+    /// The platform the image was selected for (and that its configuration agrees with).
+    pub platform: Platform,
+    pub layers: Vec<Layer>,
+}
+
+impl ResolvedImage {
+    pub fn manifest_digest(&self) -> &Digest {
+        &self.manifest_descriptor.digest
+    }
+
+    /// The config descriptor's digest: the image ID (E12).
+    pub fn config_digest(&self) -> &Digest {
+        &self.manifest.config.digest
+    }
+
+    /// ChainID of the whole layer stack, `None` for an image with no layers.
+    pub fn chain_id(&self) -> Option<&Digest> {
+        self.layers.last().map(|l| &l.chain_id)
+    }
+}
+
+/// Options for [`resolve`].
+#[derive(Debug, Clone, Default)]
+pub struct ResolveOptions {
+    /// The wanted platform; `None` means the host's.
+    pub platform: Option<Platform>,
+    pub limits: Limits,
+}
+
+/// An entry of index.json, for listing (artifacts included).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListedImage {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ref_name: Option<String>,
+    pub descriptor: Descriptor,
+}
+
+/// Lists the descriptors of index.json (A8: entries of unknown media types are listed too).
+pub fn list(store: &Store) -> Result<Vec<ListedImage>> {
+    Ok(store
+        .index()?
+        .manifests
+        .into_iter()
+        .map(|d| ListedImage { ref_name: d.ref_name().map(str::to_owned), descriptor: d })
+        .collect())
+}
+
+/// Resolves `reference` in `store` to a runnable image for the wanted platform.
+pub fn resolve(store: &Store, reference: &Reference, opts: &ResolveOptions) -> Result<ResolvedImage> {
+    let wanted = opts.platform.clone().unwrap_or_else(Platform::host);
+    let index = store.index()?;
+    let layout = store.path().display().to_string();
+    let top: Vec<Descriptor> = valid_entries(&index, "index.json");
+
+    let (start, mut ctx) = match reference {
+        Reference::Name(name) => {
+            // A9: ref names are only considered on descriptors of index.json.
+            let named: Vec<Descriptor> = top.iter().filter(|d| d.ref_name() == Some(name)).cloned().collect();
+            if named.is_empty() {
+                return Err(Error::RefNotFound { reference: name.clone(), layout, available: ref_names(&top) });
+            }
+            (Start::Candidates(named, format!("ref {name:?}")), Walk::new(store, &wanted, opts))
+        }
+        Reference::Digest(digest) => {
+            let mut walk = Walk::new(store, &wanted, opts);
+            let found = walk.find_by_digest(&top, digest, 0)?;
+            let desc = found.ok_or_else(|| Error::RefNotFound {
+                reference: format!("@{digest}"),
+                layout: layout.clone(),
+                available: ref_names(&top),
+            })?;
+            (Start::Candidates(vec![desc], format!("@{digest}")), walk)
+        }
+        Reference::Default => {
+            let runnable: Vec<Descriptor> = top
+                .iter()
+                .filter(|d| store::is_manifest_type(&d.media_type) || store::is_index_type(&d.media_type))
+                .cloned()
+                .collect();
+            let named: HashSet<&str> = runnable.iter().filter_map(|d| d.ref_name()).collect();
+            if runnable.is_empty() {
+                return Err(Error::RefNotFound { reference: String::new(), layout, available: vec![] });
+            }
+            if runnable.len() > 1 && named.len() > 1 {
+                return Err(Error::Ambiguous {
+                    what: layout,
+                    reason: format!("index.json holds several images; name one of: {}", ref_names(&top).join(", ")),
+                });
+            }
+            (Start::Candidates(runnable, "index.json".into()), Walk::new(store, &wanted, opts))
+        }
+    };
+    let Start::Candidates(candidates, what) = start;
+    let manifest_desc = ctx.select(&candidates, &what, 0)?;
+    let mut image = read_image(store, reference, manifest_desc, &wanted, &opts.limits)?;
+    // C13: the config must agree with the platform that was selected, whether an index, the caller or the
+    // host chose it: an index saying linux/amd64 over an arm64 config is refused.
+    let actual = Platform::new(&image.config.os, &image.config.architecture, image.config.variant.as_deref());
+    let index_agrees =
+        ctx.index_platform.as_ref().is_none_or(|p| p.os == actual.os && p.architecture == actual.architecture);
+    if wanted.rank(&actual).is_none() || !index_agrees {
+        let expected = ctx.index_platform.clone().filter(|_| !index_agrees).unwrap_or(wanted);
+        return Err(Error::PlatformMismatch { digest: image.config_digest().clone(), expected, actual });
+    }
+    image.platform = actual;
+    Ok(image)
+}
+
+enum Start {
+    Candidates(Vec<Descriptor>, String),
+}
+
+fn ref_names(entries: &[Descriptor]) -> Vec<String> {
+    let mut names: Vec<String> = entries.iter().filter_map(|d| d.ref_name().map(str::to_owned)).collect();
+    names.dedup();
+    names
+}
+
+/// The valid descriptors of an index. A descriptor with a bad field invalidates only itself (A8, C4, C5):
+/// it is skipped with a warning so one odd entry does not hide every other image.
+fn valid_entries(index: &Index, what: &str) -> Vec<Descriptor> {
+    index
+        .manifests
+        .iter()
+        .filter(|d| match d.validate() {
+            Ok(()) => true,
+            Err(reason) => {
+                tracing::warn!(index = what, digest = %d.digest, %reason, "skipping invalid descriptor");
+                false
+            }
+        })
+        .cloned()
+        .collect()
+}
+
+struct Walk<'a> {
+    store: &'a Store,
+    wanted: &'a Platform,
+    limits: Limits,
+    visited: HashSet<Digest>,
+    index_platform: Option<Platform>,
+}
+
+impl<'a> Walk<'a> {
+    fn new(store: &'a Store, wanted: &'a Platform, opts: &ResolveOptions) -> Walk<'a> {
+        Walk { store, wanted, limits: opts.limits, visited: HashSet::new(), index_platform: None }
+    }
+
+    fn read_index(&mut self, desc: &Descriptor, depth: usize) -> Result<Vec<Descriptor>> {
+        let what = format!("index {}", desc.digest);
+        if depth >= self.limits.max_index_depth {
+            return Err(Error::TooDeep { what, limit: self.limits.max_index_depth });
+        }
+        if !self.visited.insert(desc.digest.clone()) {
+            return Err(Error::Cycle { what, digest: desc.digest.clone() });
+        }
+        let bytes = self.store.read_document(desc)?;
+        let index = store::parse_index(&bytes).map_err(|reason| Error::Malformed { what: what.clone(), reason })?;
+        // B12: the descriptor announced an index; the document must not claim to be something else.
+        if let Some(mt) = &index.media_type {
+            if mt != &desc.media_type {
+                return Err(Error::Malformed {
+                    what,
+                    reason: format!("mediaType {mt:?} differs from its descriptor's {:?}", desc.media_type),
+                });
+            }
+        }
+        Ok(valid_entries(&index, &what))
+    }
+
+    /// Finds the descriptor with `digest` in the tree below `entries` (top-level first).
+    fn find_by_digest(&mut self, entries: &[Descriptor], digest: &Digest, depth: usize) -> Result<Option<Descriptor>> {
+        if let Some(d) = entries.iter().find(|d| &d.digest == digest) {
+            return Ok(Some(d.clone()));
+        }
+        for d in entries.iter().filter(|d| store::is_index_type(&d.media_type)) {
+            if self.visited.contains(&d.digest) {
+                continue;
+            }
+            let children = self.read_index(d, depth)?;
+            if let Some(found) = self.find_by_digest(&children, digest, depth + 1)? {
+                self.visited.clear();
+                return Ok(Some(found));
+            }
+        }
+        self.visited.clear();
+        Ok(None)
+    }
+
+    /// From a set of candidate descriptors, follows indexes and platform matching down to one manifest.
+    fn select(&mut self, candidates: &[Descriptor], what: &str, depth: usize) -> Result<Descriptor> {
+        let known: Vec<&Descriptor> = candidates
+            .iter()
+            .filter(|d| store::is_manifest_type(&d.media_type) || store::is_index_type(&d.media_type))
+            .collect();
+        if known.is_empty() {
+            if let Some(d) = candidates.first() {
+                // An artifact (unknown media type) named directly: listed, never run (D3).
+                return Err(Error::UnsupportedMediaType {
+                    what: format!("{what}: descriptor {}", d.digest),
+                    media_type: d.media_type.clone(),
+                });
+            }
+            return Err(Error::NoMatchingPlatform {
+                what: what.into(),
+                platform: self.wanted.clone(),
+                available: vec![],
+            });
+        }
+        let chosen: &Descriptor = if known.len() == 1 && known[0].platform.is_none() {
+            known[0]
+        } else {
+            // C10: the first of the best-ranked matches wins; entries without a (complete) platform are only
+            // chosen when they are the sole candidate (B11, C5).
+            let mut best: Option<(u32, &Descriptor)> = None;
+            for d in &known {
+                let Some(p) = d.platform.as_ref().and_then(Platform::from_raw) else { continue };
+                // C8: an entry that needs OS features kiln cannot vouch for is not selectable.
+                if d.platform.as_ref().and_then(|r| r.os_features.as_ref()).is_some_and(|f| !f.is_empty()) {
+                    continue;
+                }
+                if let Some(rank) = self.wanted.rank(&p) {
+                    if best.is_none_or(|(r, _)| rank > r) {
+                        best = Some((rank, d));
+                    }
+                }
+            }
+            match best {
+                Some((_, d)) => {
+                    self.index_platform = d.platform.as_ref().and_then(Platform::from_raw);
+                    d
+                }
+                None => {
+                    return Err(Error::NoMatchingPlatform {
+                        what: what.into(),
+                        platform: self.wanted.clone(),
+                        available: known
+                            .iter()
+                            .filter_map(|d| d.platform.as_ref().and_then(Platform::from_raw).map(|p| p.to_string()))
+                            .collect(),
+                    })
+                }
+            }
+        };
+        if store::is_index_type(&chosen.media_type) {
+            // C11: a ref that points at an index is resolved through it by platform.
+            let children = self.read_index(chosen, depth)?;
+            let what = format!("index {}", chosen.digest);
+            return self.select(&children, &what, depth + 1);
+        }
+        Ok(chosen.clone())
+    }
+}
+
+/// Reads and validates the manifest and configuration behind `desc` (D1–D9, E1–E12).
+fn read_image(
+    store: &Store,
+    reference: &Reference,
+    desc: Descriptor,
+    wanted: &Platform,
+    limits: &Limits,
+) -> Result<ResolvedImage> {
+    let what = format!("manifest {}", desc.digest);
+    let bytes = store.read_document(&desc)?;
+    let malformed = |reason: String| Error::Malformed { what: what.clone(), reason };
+    let manifest: Manifest = store::from_slice_strict(&bytes).map_err(malformed)?;
+    if manifest.manifests.is_some() {
+        return Err(malformed("document has both \"layers\" and \"manifests\": ambiguous index/manifest".into()));
+    }
+    if manifest.schema_version != 2 {
+        return Err(malformed(format!("schemaVersion must be 2, got {}", manifest.schema_version)));
+    }
+    if let Some(mt) = &manifest.media_type {
+        // D2 and B12: the expected type (the descriptor's) wins; a mismatching document is refused.
+        if !store::is_manifest_type(mt) || mt != &desc.media_type {
+            return Err(malformed(format!("mediaType {mt:?} differs from its descriptor's {:?}", desc.media_type)));
+        }
+    }
+    if let Some(t) = &manifest.artifact_type {
+        store::check_media_type(t).map_err(|r| malformed(format!("artifactType {t:?}: {r}")))?;
+    }
+    manifest.config.validate().map_err(|r| malformed(format!("config descriptor: {r}")))?;
+    for (i, l) in manifest.layers.iter().enumerate() {
+        l.validate().map_err(|r| malformed(format!("layers[{i}]: {r}")))?;
+    }
+
+    // D3: only image configs are parsed; any other config type is an artifact, listed but not runnable.
+    let config_type = manifest.config.media_type.as_str();
+    if config_type != store::MEDIA_TYPE_CONFIG && config_type != store::MEDIA_TYPE_DOCKER_CONFIG {
+        let kind = manifest.artifact_type.as_deref().unwrap_or(config_type);
+        return Err(Error::NotRunnable { digest: desc.digest.clone(), reason: format!("artifact of type {kind:?}") });
+    }
+    if manifest.layers.len() > limits.max_layers {
+        return Err(Error::TooManyLayers { what, count: manifest.layers.len(), limit: limits.max_layers });
+    }
+
+    let config_what = format!("config {}", manifest.config.digest);
+    let config_bytes = store.read_document(&manifest.config)?;
+    let config: ImageConfig = store::from_slice_strict(&config_bytes)
+        .map_err(|reason| Error::Malformed { what: config_what.clone(), reason })?;
+    validate_config(&config).map_err(|reason| Error::Malformed { what: config_what.clone(), reason })?;
+
+    // D9: every layer needs its DiffID.
+    if config.rootfs.diff_ids.len() != manifest.layers.len() {
+        return Err(Error::Malformed {
+            what,
+            reason: format!(
+                "{} layers but config {} lists {} rootfs.diff_ids",
+                manifest.layers.len(),
+                manifest.config.digest,
+                config.rootfs.diff_ids.len()
+            ),
+        });
+    }
+    let chain = digest::chain_ids(&config.rootfs.diff_ids);
+    let layers = manifest
+        .layers
+        .iter()
+        .zip(config.rootfs.diff_ids.iter().zip(chain))
+        .map(|(d, (diff_id, chain_id))| Layer { descriptor: d.clone(), diff_id: diff_id.clone(), chain_id })
+        .collect();
+    Ok(ResolvedImage {
+        reference: reference.clone(),
+        manifest_descriptor: desc,
+        manifest,
+        config,
+        config_bytes,
+        platform: wanted.clone(),
+        layers,
+    })
+}
+
+/// E1, E2, E8 and the history consistency check (E9, warning only).
+fn validate_config(config: &ImageConfig) -> std::result::Result<(), String> {
+    if config.os.is_empty() || config.architecture.is_empty() {
+        return Err("os and architecture are REQUIRED".into());
+    }
+    if config.rootfs.typ != "layers" {
+        return Err(format!("rootfs.type must be \"layers\", got {:?}", config.rootfs.typ));
+    }
+    if let Some(history) = &config.history {
+        let non_empty = history.iter().filter(|h| h.empty_layer != Some(true)).count();
+        if non_empty != config.rootfs.diff_ids.len() {
+            tracing::warn!(non_empty, diff_ids = config.rootfs.diff_ids.len(), "history does not match layers");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,18 @@
+//! kiln turns OCI images into ready-to-run OCI runtime bundles.
+//!
+//! Data moves one way through the modules (see `../shared/DESIGN.md`):
+//! `store` → `image` → `layer` → `snapshot` → `bundle` ← `convert`. Each module uses only the modules to its
+//! left and the leaves `error`, `digest` and `sys`. The library is synchronous; the gRPC server is the one async
+//! boundary.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod convert;
+pub mod digest;
+pub mod error;
+pub mod image;
+pub mod layer;
+pub mod store;
+pub mod sys;
+
+pub use error::ErrorKind;

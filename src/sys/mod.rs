@@ -1,0 +1,104 @@
+//! Thin wrappers named after syscalls, and the only place where `unsafe` may live (most calls go through
+//! `nix`, which keeps them safe). Errors read like strace: `openat2(3, "blobs/sha256/…", RESOLVE_IN_ROOT): ELOOP`.
+//!
+//! May use: `error`.
+
+use std::ffi::OsStr;
+use std::fmt;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::{Mode, SFlag};
+
+use crate::error::ErrorKind;
+
+/// A failed system call, with its arguments as strace would print them.
+#[derive(Debug, thiserror::Error)]
+#[error("{call}({args}): {errno}")]
+pub struct SysError {
+    pub call: &'static str,
+    pub args: String,
+    pub errno: Errno,
+}
+
+impl SysError {
+    pub fn new(call: &'static str, args: impl fmt::Display, errno: Errno) -> SysError {
+        SysError { call, args: args.to_string(), errno }
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        match self.errno {
+            Errno::ENOENT => ErrorKind::NotFound,
+            Errno::EEXIST | Errno::ENOTEMPTY => ErrorKind::AlreadyExists,
+            Errno::ELOOP | Errno::EXDEV | Errno::ENOTDIR => ErrorKind::Corrupt,
+            Errno::ENOSPC | Errno::EDQUOT | Errno::EMFILE | Errno::ENFILE => ErrorKind::ResourceExhausted,
+            Errno::EPERM | Errno::EACCES => ErrorKind::FailedPrecondition,
+            _ => ErrorKind::Internal,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, SysError>;
+
+fn quoted(p: &(impl AsRef<OsStr> + ?Sized)) -> String {
+    format!("{:?}", p.as_ref().to_string_lossy())
+}
+
+/// `open(path, O_PATH|O_DIRECTORY)`: a handle on a directory that later lookups are resolved beneath.
+pub fn open_dir(path: &Path) -> Result<OwnedFd> {
+    nix::fcntl::open(path, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(|e| SysError::new("open", format!("{}, O_PATH|O_DIRECTORY", quoted(path)), e))
+}
+
+/// `openat2(dir, path, O_RDONLY|O_NONBLOCK, RESOLVE_IN_ROOT|RESOLVE_NO_MAGICLINKS)` followed by `fstat`: opens
+/// a regular file resolved inside `dir`, treating `dir` as `/` for absolute links and `..`. `O_NONBLOCK` keeps a
+/// FIFO from hanging the open; anything that is not a regular file is refused with `EINVAL` before a byte is read.
+pub fn open_regular_in_root(dir: impl AsFd, path: &Path) -> Result<File> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOCTTY)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let fd = nix::fcntl::openat2(dir, path, how)
+        .map_err(|e| SysError::new("openat2", format!("{}, RESOLVE_IN_ROOT", quoted(path)), e))?;
+    let st = nix::sys::stat::fstat(&fd).map_err(|e| SysError::new("fstat", quoted(path), e))?;
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
+        return Err(SysError::new("fstat", format!("{} (not a regular file)", quoted(path)), Errno::EINVAL));
+    }
+    Ok(File::from(fd))
+}
+
+/// Writes `bytes` to `path` atomically: a temporary sibling, `fsync`, `rename`, then `fsync` of the directory.
+/// A crash leaves either the old file or the new one (I14).
+pub fn atomic_write(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(OsStr::as_bytes).unwrap_or(b"file");
+    let mut tmp_name = b".".to_vec();
+    tmp_name.extend_from_slice(name);
+    tmp_name.extend_from_slice(format!(".tmp-{}", std::process::id()).as_bytes());
+    let tmp: PathBuf = dir.join(OsStr::from_bytes(&tmp_name));
+    let io = |call: &'static str, p: &Path, e: std::io::Error| {
+        SysError::new(call, quoted(p), Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+    };
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+            .open(&tmp)
+            .map_err(|e| io("open", &tmp, e))?;
+        f.write_all(bytes).map_err(|e| io("write", &tmp, e))?;
+        f.sync_all().map_err(|e| io("fsync", &tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| io("rename", path, e))?;
+        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io("fsync", dir, e))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
