@@ -1,0 +1,76 @@
+//! `kiln image inspect --image LAYOUT[:REF] [--platform OS/ARCH[/VARIANT]]`: resolve and print one JSON object.
+
+use anyhow::Result;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use kiln::digest::Digest;
+use kiln::image::{self, Platform, Reference, ResolveOptions};
+use kiln::store::Store;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The image: an OCI layout directory, optionally followed by `:REF` (a ref name) or `@sha256:…`.
+    #[arg(long)]
+    image: String,
+    /// The platform to select from a multi-platform image (default: this host).
+    #[arg(long)]
+    platform: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Output<'a> {
+    reference: &'a str,
+    manifest_digest: &'a Digest,
+    config_digest: &'a Digest,
+    platform: &'a Platform,
+    layers: Vec<LayerOut<'a>>,
+    chain_id: Option<&'a Digest>,
+    /// The image configuration exactly as stored.
+    config: &'a RawValue,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct LayerOut<'a> {
+    digest: &'a Digest,
+    media_type: &'a str,
+    size: u64,
+    diff_id: &'a Digest,
+}
+
+/// Parses `LAYOUT[:REF]` and `--platform` into what `image::resolve` takes.
+pub fn parse_image_arg(image: &str, platform: Option<&str>) -> Result<(String, Reference, ResolveOptions)> {
+    let (layout, reference) = image::split_layout_ref(image);
+    let reference = Reference::parse(reference)?;
+    let platform = platform.map(Platform::parse).transpose().map_err(anyhow::Error::msg)?;
+    Ok((layout.to_owned(), reference, ResolveOptions { platform, ..Default::default() }))
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let (layout, reference, opts) = parse_image_arg(&args.image, args.platform.as_deref())?;
+    let store = Store::open(&layout)?;
+    let img = image::resolve(&store, &reference, &opts)?;
+    let config: &RawValue = serde_json::from_slice(&img.config_bytes)?;
+    let out = Output {
+        reference: &args.image,
+        manifest_digest: img.manifest_digest(),
+        config_digest: img.config_digest(),
+        platform: &img.platform,
+        layers: img
+            .layers
+            .iter()
+            .map(|l| LayerOut {
+                digest: &l.descriptor.digest,
+                media_type: &l.descriptor.media_type,
+                size: l.descriptor.size,
+                diff_id: &l.diff_id,
+            })
+            .collect(),
+        chain_id: img.chain_id(),
+        config,
+    };
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}

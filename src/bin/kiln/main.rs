@@ -1,0 +1,52 @@
+//! `kiln`: the command-line client. Daemonless verbs (`image inspect --image`, `unpack`) call the library
+//! directly; one file per verb.
+
+mod inspect;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "kiln", version, about = "Turn OCI images into ready-to-run OCI runtime bundles")]
+struct Cli {
+    /// Log filter (tracing EnvFilter syntax), e.g. `warn`, `kiln=debug`.
+    #[arg(long, global = true, default_value = "warn", env = "KILN_LOG")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Work with images.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Resolve an image in an OCI layout and print it as JSON (no daemon).
+    Inspect(inspect::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Image { command: ImageCommand::Inspect(args) } => inspect::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line naming what was wrong; never a backtrace.
+            eprintln!("kiln: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
