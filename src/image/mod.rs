@@ -82,7 +82,7 @@ pub enum Error {
     #[error("{what}: {reason}")]
     Ambiguous { what: String, reason: String },
     #[error("{what}: no manifest for platform {platform} (available: {})", if .available.is_empty() { "none".to_string() } else { .available.join(", ") })]
-    NoMatchingPlatform { what: String, platform: Platform, available: Vec<String> },
+    NoMatchingPlatform { what: String, platform: String, available: Vec<String> },
     #[error("{what}: {reason}")]
     Malformed { what: String, reason: String },
     #[error("{what}: nested indexes deeper than {limit}")]
@@ -96,7 +96,7 @@ pub enum Error {
     #[error("{what}: unsupported media type {media_type:?}")]
     UnsupportedMediaType { what: String, media_type: String },
     #[error("config {digest}: platform {actual} does not match the selected platform {expected}")]
-    PlatformMismatch { digest: Digest, expected: Platform, actual: Platform },
+    PlatformMismatch { digest: Digest, expected: String, actual: String },
 }
 
 impl Error {
@@ -320,7 +320,11 @@ pub fn resolve(store: &Store, reference: &Reference, opts: &ResolveOptions) -> R
         ctx.index_platform.as_ref().is_none_or(|p| p.os == actual.os && p.architecture == actual.architecture);
     if wanted.rank(&actual).is_none() || !index_agrees {
         let expected = ctx.index_platform.clone().filter(|_| !index_agrees).unwrap_or(wanted);
-        return Err(Error::PlatformMismatch { digest: image.config_digest().clone(), expected, actual });
+        return Err(Error::PlatformMismatch {
+            digest: image.config_digest().clone(),
+            expected: expected.to_string(),
+            actual: actual.to_string(),
+        });
     }
     image.platform = actual;
     Ok(image)
@@ -423,12 +427,22 @@ impl<'a> Walk<'a> {
             }
             return Err(Error::NoMatchingPlatform {
                 what: what.into(),
-                platform: self.wanted.clone(),
+                platform: self.wanted.to_string(),
                 available: vec![],
             });
         }
         let chosen: &Descriptor = if known.len() == 1 && known[0].platform.is_none() {
             known[0]
+        } else if known.iter().all(|d| d.platform.is_none()) {
+            // A9: several images answer to one name and nothing tells them apart.
+            return Err(Error::Ambiguous {
+                what: what.into(),
+                reason: format!(
+                    "{} descriptors and none has a platform: {}",
+                    known.len(),
+                    known.iter().map(|d| d.digest.to_string()).collect::<Vec<_>>().join(", ")
+                ),
+            });
         } else {
             // C10: the first of the best-ranked matches wins; entries without a (complete) platform are only
             // chosen when they are the sole candidate (B11, C5).
@@ -453,7 +467,7 @@ impl<'a> Walk<'a> {
                 None => {
                     return Err(Error::NoMatchingPlatform {
                         what: what.into(),
-                        platform: self.wanted.clone(),
+                        platform: self.wanted.to_string(),
                         available: known
                             .iter()
                             .filter_map(|d| d.platform.as_ref().and_then(Platform::from_raw).map(|p| p.to_string()))
@@ -483,18 +497,34 @@ fn read_image(
     let what = format!("manifest {}", desc.digest);
     let bytes = store.read_document(&desc)?;
     let malformed = |reason: String| Error::Malformed { what: what.clone(), reason };
-    let manifest: Manifest = store::from_slice_strict(&bytes).map_err(malformed)?;
-    if manifest.manifests.is_some() {
-        return Err(malformed("document has both \"layers\" and \"manifests\": ambiguous index/manifest".into()));
+    // D2 and B12: the expected type (the descriptor's) wins. The document's own claims are checked before
+    // typed parsing, so an index served where a manifest was announced is named as such.
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(rename = "mediaType", default)]
+        media_type: Option<String>,
+        #[serde(default)]
+        manifests: Option<serde::de::IgnoredAny>,
+        #[serde(default)]
+        layers: Option<serde::de::IgnoredAny>,
     }
-    if manifest.schema_version != 2 {
-        return Err(malformed(format!("schemaVersion must be 2, got {}", manifest.schema_version)));
-    }
-    if let Some(mt) = &manifest.media_type {
-        // D2 and B12: the expected type (the descriptor's) wins; a mismatching document is refused.
+    let probe: Probe = store::from_slice_strict(&bytes).map_err(malformed)?;
+    if let Some(mt) = &probe.media_type {
         if !store::is_manifest_type(mt) || mt != &desc.media_type {
             return Err(malformed(format!("mediaType {mt:?} differs from its descriptor's {:?}", desc.media_type)));
         }
+    }
+    if probe.manifests.is_some() {
+        let reason = if probe.layers.is_some() {
+            "document has both \"layers\" and \"manifests\": ambiguous index/manifest"
+        } else {
+            "document is an index (has \"manifests\") but its descriptor announced a manifest"
+        };
+        return Err(malformed(reason.into()));
+    }
+    let manifest: Manifest = store::from_slice_strict(&bytes).map_err(malformed)?;
+    if manifest.schema_version != 2 {
+        return Err(malformed(format!("schemaVersion must be 2, got {}", manifest.schema_version)));
     }
     if let Some(t) = &manifest.artifact_type {
         store::check_media_type(t).map_err(|r| malformed(format!("artifactType {t:?}: {r}")))?;
