@@ -136,7 +136,7 @@ impl Reference {
         }
         let bad = |reason: String| Error::InvalidReference { reference: value.to_owned(), reason };
         let digest_like = value.strip_prefix('@').unwrap_or(value);
-        if value.starts_with('@') || looks_like_digest(digest_like) {
+        if value.starts_with('@') || digest_like.starts_with("sha256:") || digest_like.starts_with("sha512:") {
             return Digest::parse(digest_like).map(Reference::Digest).map_err(|e| bad(e.to_string()));
         }
         if value.chars().any(|c| c.is_control()) || value.len() > 4096 {
@@ -144,12 +144,6 @@ impl Reference {
         }
         Ok(Reference::Name(value.to_owned()))
     }
-}
-
-fn looks_like_digest(value: &str) -> bool {
-    value.split_once(':').is_some_and(|(alg, enc)| {
-        matches!(alg, "sha256" | "sha512" | "blake3") && enc.len() >= 32 && enc.bytes().all(|b| b.is_ascii_hexdigit())
-    })
 }
 
 impl fmt::Display for Reference {
@@ -166,14 +160,16 @@ impl fmt::Display for Reference {
 /// unless it contains `/` (then the colon is part of the path). `LAYOUT@sha256:…` names a digest.
 pub fn split_layout_ref(value: &str) -> (&str, &str) {
     if let Some(at) = value.rfind('@') {
-        if looks_like_digest(&value[at + 1..]) {
+        let tail = &value[at + 1..];
+        if tail.contains(':') && !tail.contains('/') {
+            // `LAYOUT@alg:encoded`: always a digest reference, so a malformed one is reported as such.
             return (&value[..at], &value[at..]);
         }
     }
     // A digest reference `LAYOUT:sha256:…` has two colons; split before the algorithm.
-    for alg in ["sha256:", "sha512:"] {
-        if let Some(pos) = value.rfind(&format!(":{alg}")) {
-            if looks_like_digest(&value[pos + 1..]) {
+    for alg in [":sha256:", ":sha512:"] {
+        if let Some(pos) = value.rfind(alg) {
+            if !value[pos + 1..].contains('/') {
                 return (&value[..pos], &value[pos + 1..]);
             }
         }
