@@ -12,6 +12,7 @@ pub mod digest;
 pub mod error;
 pub mod image;
 pub mod layer;
+pub mod snapshot;
 pub mod store;
 pub mod sys;
 

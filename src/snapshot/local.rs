@@ -1,0 +1,511 @@
+//! [`LocalSnapshotter`]: snapshots as directories under `<root>/snapshots/N`, with two backends.
+//!
+//! - [`Backend::Overlay`]: each snapshot's `fs` holds only its diff (whiteouts as char 0:0 devices, opaque dirs
+//!   as `trusted.overlay.opaque=y`); actives also get `work`; mounts stack the parents as `lowerdir`s.
+//! - [`Backend::Native`]: each snapshot's `fs` is a full copy of its parent plus its own changes; mounts are
+//!   bind mounts.
+//!
+//! Every new snapshot is built in `<root>/tmp/N`, synced, renamed to `<root>/snapshots/N`, then recorded in
+//! `meta.redb`. Removal drops the record first, then moves the directory into `tmp/` and deletes it. So after a
+//! crash a directory may lack a record, or (after a power cut) a record may lack its directory; [`open`]
+//! (`LocalSnapshotter::open`) repairs both.
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::copy;
+use super::{check_key, DiffTarget, Error, Info, Kind, Labels, Meta, Mount, Result, Snapshotter, Usage, WhiteoutMode};
+
+/// Which way snapshots are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// overlayfs (the default where the kernel and the root's filesystem support it).
+    Overlay,
+    /// Full copies; for hosts without overlay.
+    Native,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Overlay => "overlayfs",
+            Backend::Native => "native",
+        }
+    }
+
+    /// Parses `overlayfs` (or `overlay`) and `native`.
+    pub fn parse(s: &str) -> Option<Backend> {
+        match s {
+            "overlayfs" | "overlay" => Some(Backend::Overlay),
+            "native" => Some(Backend::Native),
+            _ => None,
+        }
+    }
+}
+
+/// Snapshots as directories under a root, recorded in `meta.redb`.
+#[derive(Debug)]
+pub struct LocalSnapshotter {
+    backend: Backend,
+    root: PathBuf,
+    meta: Arc<Meta>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    next_id: u64,
+    /// Snapshots being built (key → parent), so that concurrent prepares of one key and removal of a parent
+    /// in use are refused while nothing is recorded yet.
+    pending: HashMap<String, Option<String>>,
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl Fn(std::io::Error) -> Error + 'a {
+    move |source| Error::Io { op, path: path.to_owned(), source }
+}
+
+/// Makes `dir` (and parents) and gives it `mode` — also when it existed with a wider one (I13).
+pub(crate) fn ensure_dir(dir: &Path, mode: u32) -> Result<()> {
+    fs::create_dir_all(dir).map_err(io_err("mkdir", dir))?;
+    let md = fs::symlink_metadata(dir).map_err(io_err("lstat", dir))?;
+    if !md.is_dir() {
+        return Err(Error::Io {
+            op: "mkdir",
+            path: dir.to_owned(),
+            source: std::io::Error::from_raw_os_error(libc::ENOTDIR),
+        });
+    }
+    if md.mode() & 0o7777 != mode {
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode)).map_err(io_err("chmod", dir))?;
+    }
+    Ok(())
+}
+
+/// Checks that overlay can be mounted with upper and work dirs on the filesystem holding `tmp`, and that
+/// whiteouts (char 0:0) and `trusted.overlay.opaque` can be written there.
+pub fn probe_overlay(tmp: &Path) -> Result<()> {
+    let dir = tmp.join(format!("probe-{}", std::process::id()));
+    let _ = copy::remove_tree(&dir);
+    let result = (|| {
+        for d in ["lower", "upper", "work", "merged"] {
+            fs::create_dir_all(dir.join(d)).map_err(io_err("mkdir", &dir))?;
+        }
+        fs::write(dir.join("lower/f"), b"").map_err(io_err("write", &dir))?;
+        nix::sys::stat::mknod(&dir.join("upper/wh"), nix::sys::stat::SFlag::S_IFCHR, nix::sys::stat::Mode::empty(), 0)
+            .map_err(|e| Error::Io { op: "mknod", path: dir.join("upper/wh"), source: e.into() })?;
+        xattr::set(dir.join("upper"), "trusted.overlay.opaque", b"y")
+            .map_err(io_err("lsetxattr trusted.overlay.opaque", &dir))?;
+        let _ = xattr::remove(dir.join("upper"), "trusted.overlay.opaque");
+        let m = Mount::overlay(&[dir.join("lower")], Some((&dir.join("upper"), &dir.join("work"))));
+        crate::sys::mount::mount(&m, &dir.join("merged"))?;
+        let seen = dir.join("merged/f").exists();
+        crate::sys::mount::umount2(&dir.join("merged"))?;
+        if !seen {
+            return Err(Error::Unsupported { backend: "overlayfs", what: "probe mount did not show lower".into() });
+        }
+        Ok(())
+    })();
+    let _ = copy::remove_tree(&dir);
+    result
+}
+
+impl LocalSnapshotter {
+    /// Opens the snapshotter under `root` (creating `snapshots/` and `tmp/`, mode 0700), sweeps `tmp/` and makes
+    /// records and directories agree. With [`Backend::Overlay`] the kernel's support is probed first.
+    pub fn open(root: &Path, backend: Backend, meta: Arc<Meta>) -> Result<LocalSnapshotter> {
+        ensure_dir(root, 0o700)?;
+        ensure_dir(&root.join("snapshots"), 0o700)?;
+        ensure_dir(&root.join("tmp"), 0o700)?;
+        let s = LocalSnapshotter { backend, root: root.to_owned(), meta, state: Mutex::new(State::default()) };
+        s.recover()?;
+        if backend == Backend::Overlay {
+            probe_overlay(&s.tmp_dir())?;
+        }
+        Ok(s)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn meta(&self) -> &Arc<Meta> {
+        &self.meta
+    }
+
+    fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    fn dir(&self, id: u64) -> PathBuf {
+        self.root.join("snapshots").join(id.to_string())
+    }
+
+    /// The directory holding snapshot `info`'s files (diff or full tree).
+    pub fn fs_dir(&self, info: &Info) -> PathBuf {
+        self.dir(info.id).join("fs")
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sweeps `tmp/`, drops records whose directory is gone (and records built on them), removes directories
+    /// without a record. Returns what it did, one line per action.
+    pub fn recover(&self) -> Result<Vec<String>> {
+        let mut actions = Vec::new();
+        let mut st = self.lock();
+        let tmp = self.tmp_dir();
+        for e in fs::read_dir(&tmp).map_err(io_err("opendir", &tmp))?.flatten() {
+            for m in crate::sys::mount::mount_points_under(&e.path()) {
+                let _ = crate::sys::mount::umount2(&m);
+            }
+            copy::remove_tree(&e.path())?;
+            actions.push(format!("swept {}", e.path().display()));
+        }
+        let mut records = self.meta.snapshots()?;
+        let mut drop: Vec<String> = Vec::new();
+        loop {
+            let gone: Vec<String> = records
+                .values()
+                .filter(|i| {
+                    !self.dir(i.id).join("fs").is_dir()
+                        || i.parent
+                            .as_ref()
+                            .is_some_and(|p| !records.get(p).is_some_and(|pi| pi.kind == Kind::Committed))
+                })
+                .map(|i| i.key.clone())
+                .collect();
+            if gone.is_empty() {
+                break;
+            }
+            for k in gone {
+                records.remove(&k);
+                drop.push(k);
+            }
+        }
+        if !drop.is_empty() {
+            self.meta.write(|w| {
+                for k in &drop {
+                    w.delete_snapshot(k)?;
+                }
+                Ok(())
+            })?;
+            actions.extend(drop.iter().map(|k| format!("dropped record {k:?}: its directory or parent is gone")));
+        }
+        let ids: HashMap<u64, &str> = records.values().map(|i| (i.id, i.key.as_str())).collect();
+        let mut max_id = ids.keys().copied().max().unwrap_or(0);
+        let snaps = self.root.join("snapshots");
+        for e in fs::read_dir(&snaps).map_err(io_err("opendir", &snaps))?.flatten() {
+            let name = e.file_name();
+            let id = name.to_str().and_then(|n| n.parse::<u64>().ok());
+            if let Some(id) = id {
+                max_id = max_id.max(id);
+                if ids.contains_key(&id) {
+                    continue;
+                }
+            }
+            for m in crate::sys::mount::mount_points_under(&e.path()) {
+                let _ = crate::sys::mount::umount2(&m);
+            }
+            copy::remove_tree(&e.path())?;
+            actions.push(format!("removed {}: no record", e.path().display()));
+        }
+        st.next_id = max_id + 1;
+        Ok(actions)
+    }
+
+    fn get(&self, key: &str) -> Result<Info> {
+        self.meta.snapshot(key)?.ok_or_else(|| Error::NotFound { key: key.to_owned() })
+    }
+
+    /// The chain from `key` down to its base: `key` first.
+    fn chain(&self, info: &Info) -> Result<Vec<Info>> {
+        let mut out = vec![info.clone()];
+        let mut next = info.parent.clone();
+        while let Some(p) = next {
+            let pi = self.get(&p)?;
+            next = pi.parent.clone();
+            out.push(pi);
+            if out.len() > 10_000 {
+                return Err(Error::Internal { what: format!("snapshot {:?}: parent chain loops", info.key) });
+            }
+        }
+        Ok(out)
+    }
+
+    fn create(&self, key: &str, parent: Option<&str>, kind: Kind, labels: Labels) -> Result<Vec<Mount>> {
+        check_key(key)?;
+        let (id, parent_info) = {
+            let mut st = self.lock();
+            if st.pending.contains_key(key) || self.meta.snapshot(key)?.is_some() {
+                return Err(Error::AlreadyExists { key: key.to_owned() });
+            }
+            let parent_info = match parent {
+                Some(p) => {
+                    let pi = self.get(p)?;
+                    if pi.kind != Kind::Committed {
+                        return Err(Error::WrongKind {
+                            key: p.to_owned(),
+                            kind: pi.kind.as_str(),
+                            op: "being a parent",
+                            wanted: "committed",
+                        });
+                    }
+                    Some(pi)
+                }
+                None => None,
+            };
+            let id = st.next_id;
+            st.next_id += 1;
+            st.pending.insert(key.to_owned(), parent.map(str::to_owned));
+            (id, parent_info)
+        };
+        let result = self.build(id, key, parent_info.as_ref(), kind, labels);
+        self.lock().pending.remove(key);
+        result?;
+        self.mounts(key)
+    }
+
+    fn build(&self, id: u64, key: &str, parent: Option<&Info>, kind: Kind, labels: Labels) -> Result<()> {
+        let tmp = self.tmp_dir().join(id.to_string());
+        let guard = RemoveOnDrop(Some(tmp.clone()));
+        fs::create_dir(&tmp).map_err(io_err("mkdir", &tmp))?;
+        let fs_dir = tmp.join("fs");
+        fs::create_dir(&fs_dir).map_err(io_err("mkdir", &fs_dir))?;
+        fs::set_permissions(&fs_dir, fs::Permissions::from_mode(0o755)).map_err(io_err("chmod", &fs_dir))?;
+        match (self.backend, parent) {
+            (Backend::Native, Some(p)) => copy::copy_tree(&self.fs_dir(p), &fs_dir)?,
+            (Backend::Overlay, Some(p)) => {
+                // The merged root takes the upper dir's attributes: start from the parent's.
+                let md = fs::symlink_metadata(self.fs_dir(p)).map_err(io_err("lstat", &fs_dir))?;
+                std::os::unix::fs::lchown(&fs_dir, Some(md.uid()), Some(md.gid()))
+                    .map_err(io_err("lchown", &fs_dir))?;
+                fs::set_permissions(&fs_dir, md.permissions()).map_err(io_err("chmod", &fs_dir))?;
+            }
+            _ => {}
+        }
+        if self.backend == Backend::Overlay && kind == Kind::Active {
+            let work = tmp.join("work");
+            fs::create_dir(&work).map_err(io_err("mkdir", &work))?;
+        }
+        crate::sys::syncfs(&tmp)?;
+        let dest = self.dir(id);
+        fs::rename(&tmp, &dest).map_err(io_err("rename", &dest))?;
+        std::mem::forget(guard);
+        let info = Info {
+            key: key.to_owned(),
+            parent: parent.map(|p| p.key.clone()),
+            kind,
+            labels,
+            created: now(),
+            size: 0,
+            id,
+        };
+        let recorded = self.meta.write(|w| {
+            if w.snapshot(key)?.is_some() {
+                return Err(Error::AlreadyExists { key: key.to_owned() });
+            }
+            w.put_snapshot(&info)
+        });
+        if recorded.is_err() {
+            let _ = copy::remove_tree(&dest);
+        }
+        recorded
+    }
+
+    fn commit_inner(&self, name: &str, key: &str, rebase: Option<Option<&str>>, labels: Labels) -> Result<()> {
+        check_key(name)?;
+        let info = self.get(key)?;
+        if info.kind != Kind::Active {
+            return Err(Error::WrongKind { key: key.into(), kind: info.kind.as_str(), op: "commit", wanted: "active" });
+        }
+        let parent = match rebase {
+            None => info.parent.clone(),
+            Some(p) => {
+                if !self.can_rebase() || info.parent.is_some() {
+                    return Err(Error::Unsupported {
+                        backend: self.backend.name(),
+                        what: format!("commit {key:?} onto another parent"),
+                    });
+                }
+                if let Some(p) = p {
+                    let pi = self.get(p)?;
+                    if pi.kind != Kind::Committed {
+                        return Err(Error::WrongKind {
+                            key: p.into(),
+                            kind: pi.kind.as_str(),
+                            op: "being a parent",
+                            wanted: "committed",
+                        });
+                    }
+                }
+                p.map(str::to_owned)
+            }
+        };
+        if self.meta.snapshot(name)?.is_some() || self.lock().pending.contains_key(name) {
+            return Err(Error::AlreadyExists { key: name.to_owned() });
+        }
+        let dir = self.dir(info.id);
+        let work = dir.join("work");
+        if work.exists() {
+            copy::remove_tree(&work)?;
+        }
+        let usage = copy::usage(&dir.join("fs"))?;
+        crate::sys::syncfs(&dir)?;
+        let committed = Info {
+            key: name.to_owned(),
+            parent,
+            kind: Kind::Committed,
+            labels: if labels.is_empty() { info.labels.clone() } else { labels },
+            created: now(),
+            size: usage.size,
+            id: info.id,
+        };
+        let _st = self.lock();
+        self.meta.write(|w| {
+            if w.snapshot(name)?.is_some() {
+                return Err(Error::AlreadyExists { key: name.to_owned() });
+            }
+            match w.snapshot(key)? {
+                Some(cur) if cur.id == info.id => {}
+                _ => return Err(Error::NotFound { key: key.to_owned() }),
+            }
+            w.delete_snapshot(key)?;
+            w.put_snapshot(&committed)
+        })
+    }
+}
+
+/// Removes a half-built directory on every early return.
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = copy::remove_tree(&p);
+        }
+    }
+}
+
+impl Snapshotter for LocalSnapshotter {
+    fn name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    fn stat(&self, key: &str) -> Result<Info> {
+        self.get(key)
+    }
+
+    fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
+        let info = self.get(key)?;
+        let fs_dir = self.fs_dir(&info);
+        let writable = info.kind == Kind::Active;
+        if self.backend == Backend::Native {
+            return Ok(vec![Mount::bind(&fs_dir, !writable)]);
+        }
+        let chain = self.chain(&info)?;
+        if writable {
+            if chain.len() == 1 {
+                return Ok(vec![Mount::bind(&fs_dir, false)]);
+            }
+            let lowers: Vec<PathBuf> = chain[1..].iter().map(|i| self.fs_dir(i)).collect();
+            let work = self.dir(info.id).join("work");
+            return Ok(vec![Mount::overlay(&lowers, Some((&fs_dir, &work)))]);
+        }
+        // A view's own dir is empty: its content is its parents'. A committed snapshot shows itself too.
+        let shown: Vec<&Info> =
+            if info.kind == Kind::View { chain[1..].iter().collect() } else { chain.iter().collect() };
+        match shown.as_slice() {
+            [] => Ok(vec![Mount::bind(&fs_dir, true)]),
+            [one] => Ok(vec![Mount::bind(&self.fs_dir(one), true)]),
+            many => {
+                let lowers: Vec<PathBuf> = many.iter().map(|i| self.fs_dir(i)).collect();
+                let mut m = Mount::overlay(&lowers, None);
+                m.options.insert(0, "ro".into());
+                Ok(vec![m])
+            }
+        }
+    }
+
+    fn prepare(&self, key: &str, parent: Option<&str>, labels: Labels) -> Result<Vec<Mount>> {
+        self.create(key, parent, Kind::Active, labels)
+    }
+
+    fn view(&self, key: &str, parent: Option<&str>, labels: Labels) -> Result<Vec<Mount>> {
+        self.create(key, parent, Kind::View, labels)
+    }
+
+    fn commit(&self, name: &str, key: &str, labels: Labels) -> Result<()> {
+        self.commit_inner(name, key, None, labels)
+    }
+
+    fn commit_onto(&self, name: &str, key: &str, parent: Option<&str>, labels: Labels) -> Result<()> {
+        self.commit_inner(name, key, Some(parent), labels)
+    }
+
+    fn can_rebase(&self) -> bool {
+        self.backend == Backend::Overlay
+    }
+
+    fn remove(&self, key: &str) -> Result<()> {
+        let info = {
+            let _st = self.lock();
+            let info = self.get(key)?;
+            let all = self.meta.snapshots()?;
+            let mut children: Vec<&str> =
+                all.values().filter(|i| i.parent.as_deref() == Some(key)).map(|i| i.key.as_str()).collect();
+            let st = &*_st;
+            children.extend(st.pending.iter().filter(|(_, p)| p.as_deref() == Some(key)).map(|(k, _)| k.as_str()));
+            if !children.is_empty() {
+                return Err(Error::HasChildren { key: key.to_owned(), children: children.join(", ") });
+            }
+            self.meta.write(|w| w.delete_snapshot(key))?;
+            info
+        };
+        let dir = self.dir(info.id);
+        let trash = self.tmp_dir().join(format!("rm-{}", info.id));
+        match fs::rename(&dir, &trash) {
+            Ok(()) => copy::remove_tree(&trash),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("rename", &dir)(e)),
+        }
+    }
+
+    fn walk(&self) -> Result<Vec<Info>> {
+        Ok(self.meta.snapshots()?.into_values().collect())
+    }
+
+    fn usage(&self, key: &str) -> Result<Usage> {
+        let info = self.get(key)?;
+        copy::usage(&self.fs_dir(&info))
+    }
+
+    fn diff_target(&self, key: &str) -> Result<DiffTarget> {
+        let info = self.get(key)?;
+        if info.kind != Kind::Active {
+            return Err(Error::WrongKind { key: key.into(), kind: info.kind.as_str(), op: "apply", wanted: "active" });
+        }
+        let whiteouts = match self.backend {
+            Backend::Overlay => WhiteoutMode::Overlay,
+            Backend::Native => WhiteoutMode::Delete,
+        };
+        Ok(DiffTarget { dir: self.fs_dir(&info), whiteouts })
+    }
+
+    fn diff_dir(&self, key: &str) -> Result<PathBuf> {
+        Ok(self.fs_dir(&self.get(key)?))
+    }
+}

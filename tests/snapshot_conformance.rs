@@ -1,0 +1,281 @@
+//! One snapshotter conformance suite, run against every backend (DESIGN.md, Tests): containerd's verbs, mounts,
+//! isolation (F25), multi-layer whiteout/opaque/re-create/replace trees (F16–F23) compared between backends,
+//! 128-layer images, and recovery of what a crash leaves.
+
+mod common;
+mod snapshot_support;
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+
+use common::layer::{Compression, LayerBuilder};
+use common::layout::{single_image, ImageSpec};
+use kiln::image::{self, Reference, ResolveOptions, ResolvedImage};
+use kiln::snapshot::{Backend, Kind, Labels, LocalSnapshotter, Meta, Snapshotter, Unpacker};
+use kiln::store::Store;
+use kiln::ErrorKind;
+use snapshot_support::{applier, tree, MountGuard, Scratch, Tree};
+
+const BACKENDS: [Backend; 2] = [Backend::Overlay, Backend::Native];
+
+struct Env {
+    dir: Scratch,
+    snap: Arc<LocalSnapshotter>,
+}
+
+fn env(backend: Backend) -> Env {
+    let dir = Scratch(common::scratch());
+    let root = dir.path().join("root");
+    fs::create_dir_all(&root).unwrap();
+    let meta = Arc::new(Meta::open(&root.join("meta.redb")).unwrap());
+    let snap = Arc::new(LocalSnapshotter::open(&root, backend, meta).unwrap());
+    Env { dir, snap }
+}
+
+fn image_of(dir: &Path, layers: Vec<common::layer::Layer>) -> (Store, ResolvedImage) {
+    let layout = dir.join("layout");
+    single_image(&layout, &ImageSpec::with_layers(layers), "latest");
+    let store = Store::open(&layout).unwrap();
+    let img = image::resolve(&store, &Reference::Name("latest".into()), &ResolveOptions::default()).unwrap();
+    (store, img)
+}
+
+/// Unpacks `layers` with `backend` and returns the tree of the top committed snapshot, read through its mounts.
+fn unpacked_tree(backend: Backend, layers: &[LayerBuilder]) -> Tree {
+    let e = env(backend);
+    let (store, img) = image_of(e.dir.path(), layers.iter().map(|l| l.layer(Compression::Gzip)).collect());
+    let u = Unpacker::new(e.snap.clone(), applier(), 0);
+    u.unpack(&store, &img.layers).unwrap();
+    let top = img.chain_id().unwrap().to_string();
+    let mnt = e.dir.path().join("mnt");
+    let _g = MountGuard::new(&e.snap.mounts(&top).unwrap(), &mnt);
+    tree(&mnt)
+}
+
+#[test]
+fn verbs_and_errors() {
+    if !common::require_root() {
+        return;
+    }
+    for b in BACKENDS {
+        let e = env(b);
+        let s = &*e.snap;
+        assert_eq!(s.name(), b.name());
+        s.prepare("a", None, Labels::new()).unwrap();
+        assert_eq!(s.stat("a").unwrap().kind, Kind::Active);
+        assert_eq!(s.prepare("a", None, Labels::new()).unwrap_err().kind(), ErrorKind::AlreadyExists);
+        assert_eq!(s.prepare("", None, Labels::new()).unwrap_err().kind(), ErrorKind::InvalidArgument);
+        assert_eq!(s.prepare("x\0y", None, Labels::new()).unwrap_err().kind(), ErrorKind::InvalidArgument);
+        assert_eq!(s.prepare("b", Some("a"), Labels::new()).unwrap_err().kind(), ErrorKind::FailedPrecondition);
+        assert_eq!(s.prepare("b", Some("nope"), Labels::new()).unwrap_err().kind(), ErrorKind::NotFound);
+        let target = s.diff_target("a").unwrap();
+        fs::write(target.dir.join("f"), b"one").unwrap();
+        let mut labels = Labels::new();
+        labels.insert("l".into(), "v".into());
+        s.commit("base", "a", labels.clone()).unwrap();
+        assert_eq!(s.stat("a").unwrap_err().kind(), ErrorKind::NotFound);
+        let base = s.stat("base").unwrap();
+        assert_eq!((base.kind, base.parent.clone(), base.labels.clone()), (Kind::Committed, None, labels));
+        assert!(base.size > 0 || b == Backend::Overlay, "{base:?}");
+        assert!(s.usage("base").unwrap().inodes >= 2);
+        assert_eq!(s.commit("base2", "base", Labels::new()).unwrap_err().kind(), ErrorKind::FailedPrecondition);
+        s.prepare("c", Some("base"), Labels::new()).unwrap();
+        assert_eq!(s.commit("base", "c", Labels::new()).unwrap_err().kind(), ErrorKind::AlreadyExists);
+        s.view("v", Some("base"), Labels::new()).unwrap();
+        assert_eq!(s.stat("v").unwrap().kind, Kind::View);
+        assert_eq!(s.remove("base").unwrap_err().kind(), ErrorKind::FailedPrecondition);
+        let mut keys: Vec<String> = s.walk().unwrap().into_iter().map(|i| i.key).collect();
+        keys.sort();
+        assert_eq!(keys, ["base", "c", "v"]);
+        s.remove("v").unwrap();
+        s.remove("c").unwrap();
+        s.remove("base").unwrap();
+        assert!(s.walk().unwrap().is_empty());
+        assert_eq!(fs::read_dir(e.snap.root().join("snapshots")).unwrap().count(), 0);
+        assert_eq!(s.remove("base").unwrap_err().kind(), ErrorKind::NotFound);
+    }
+}
+
+#[test]
+fn mounts_show_parent_and_isolate_it() {
+    if !common::require_root() {
+        return;
+    }
+    for b in BACKENDS {
+        let e = env(b);
+        let s = &*e.snap;
+        s.prepare("a", None, Labels::new()).unwrap();
+        fs::write(s.diff_target("a").unwrap().dir.join("f"), b"lower").unwrap();
+        s.commit("base", "a", Labels::new()).unwrap();
+        let base_mnt = e.dir.path().join("base");
+        let before = {
+            let _g = MountGuard::new(&s.mounts("base").unwrap(), &base_mnt);
+            tree(&base_mnt)
+        };
+        let mounts = s.prepare("rw", Some("base"), Labels::new()).unwrap();
+        {
+            let mnt = e.dir.path().join("rw");
+            let _g = MountGuard::new(&mounts, &mnt);
+            assert_eq!(fs::read(mnt.join("f")).unwrap(), b"lower");
+            fs::write(mnt.join("f"), b"changed").unwrap();
+            fs::write(mnt.join("new"), b"new").unwrap();
+        }
+        // F25: the committed parent is unchanged.
+        let _g = MountGuard::new(&s.mounts("base").unwrap(), &base_mnt);
+        assert_eq!(tree(&base_mnt), before, "{}", b.name());
+        // A view is read-only.
+        let vm = s.view("v", Some("base"), Labels::new()).unwrap();
+        let vmnt = e.dir.path().join("v");
+        let _v = MountGuard::new(&vm, &vmnt);
+        assert_eq!(fs::read(vmnt.join("f")).unwrap(), b"lower");
+        assert!(fs::write(vmnt.join("g"), b"x").is_err(), "{}: view is writable", b.name());
+    }
+}
+
+fn fixtures() -> Vec<(&'static str, Vec<LayerBuilder>)> {
+    vec![
+        (
+            "whiteout and opaque",
+            vec![
+                LayerBuilder::new()
+                    .dir("etc", 0o755)
+                    .file("etc/a", b"a", 0o644)
+                    .file("etc/b", b"b", 0o600)
+                    .dir("d", 0o755)
+                    .file("d/x", b"x", 0o644)
+                    .file("test", b"t", 0o644)
+                    .dir("sub", 0o755)
+                    .file("sub/test", b"t", 0o644),
+                LayerBuilder::new().whiteout("etc/a").opaque("d").file("d/y", b"y", 0o644).whiteout("test"),
+            ],
+        ),
+        (
+            // F22 (buildkit#2614): d/x, then .wh.d, then d/y in three layers → d holds only y.
+            "delete then re-create in three layers",
+            vec![
+                LayerBuilder::new().dir("d", 0o755).file("d/x", b"x", 0o644),
+                LayerBuilder::new().whiteout("d"),
+                LayerBuilder::new().dir("d", 0o700).file("d/y", b"y", 0o644),
+            ],
+        ),
+        (
+            "replace file, dir and symlink across layers",
+            vec![
+                LayerBuilder::new()
+                    .file("f2d", b"file", 0o644)
+                    .dir("d2f", 0o755)
+                    .file("d2f/inner", b"i", 0o644)
+                    .symlink("l2f", "/etc")
+                    .file("f2l", b"f", 0o644)
+                    .owner(1000, 1000)
+                    .file("owned", b"o", 0o4755),
+                LayerBuilder::new()
+                    .dir("f2d", 0o751)
+                    .file("f2d/now", b"n", 0o644)
+                    .file("d2f", b"now a file", 0o640)
+                    .file("l2f", b"was a link", 0o644)
+                    .symlink("f2l", "../target"),
+                LayerBuilder::new().file("f2d/later", b"l", 0o600).hardlink("hl", "f2d/later"),
+            ],
+        ),
+    ]
+}
+
+#[test]
+fn backends_produce_identical_trees() {
+    if !common::require_root() {
+        return;
+    }
+    for (name, layers) in fixtures() {
+        let overlay = unpacked_tree(Backend::Overlay, &layers);
+        let native = unpacked_tree(Backend::Native, &layers);
+        assert_eq!(overlay, native, "{name}");
+        match name {
+            "delete then re-create in three layers" => {
+                assert!(native.contains_key("/d/y") && !native.contains_key("/d/x"), "{native:#?}")
+            }
+            "whiteout and opaque" => {
+                assert!(!native.contains_key("/etc/a") && native.contains_key("/etc/b"));
+                assert!(!native.contains_key("/d/x") && native.contains_key("/d/y"));
+                // fuse-overlayfs#151: a root-level whiteout removes only /test.
+                assert!(!native.contains_key("/test") && native.contains_key("/sub/test"));
+                assert!(!native.keys().any(|k| k.contains(".wh.")));
+            }
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn image_with_128_layers_mounts() {
+    if !common::require_root() {
+        return;
+    }
+    let layers: Vec<LayerBuilder> =
+        (0..128).map(|i| LayerBuilder::new().file(&format!("f{i:03}"), format!("{i}").as_bytes(), 0o644)).collect();
+    let e = env(Backend::Overlay);
+    let (store, img) = image_of(e.dir.path(), layers.iter().map(|l| l.layer(Compression::None)).collect());
+    let u = Unpacker::new(e.snap.clone(), applier(), 0);
+    let report = u.unpack(&store, &img.layers).unwrap();
+    assert_eq!(report.extracted.len(), 128);
+    let top = img.chain_id().unwrap().to_string();
+    let mounts = e.snap.prepare("bundle", Some(&top), Labels::new()).unwrap();
+    let opts: usize = mounts[0].options.iter().map(|o| o.len() + 1).sum();
+    println!("overlay options for 128 layers under {}: {opts} bytes", e.snap.root().display());
+    let mnt = e.dir.path().join("mnt");
+    let _g = MountGuard::new(&mounts, &mnt);
+    assert_eq!(fs::read_dir(&mnt).unwrap().count(), 128);
+    assert_eq!(fs::read(mnt.join("f000")).unwrap(), b"0");
+    assert_eq!(fs::read(mnt.join("f127")).unwrap(), b"127");
+    fs::write(mnt.join("new"), b"w").unwrap();
+}
+
+#[test]
+fn open_repairs_records_and_dirs() {
+    if !common::require_root() {
+        return;
+    }
+    for b in BACKENDS {
+        let e = env(b);
+        let root = e.snap.root().to_owned();
+        e.snap.prepare("a", None, Labels::new()).unwrap();
+        e.snap.commit("keep", "a", Labels::new()).unwrap();
+        e.snap.prepare("gone", None, Labels::new()).unwrap();
+        let gone_id = e.snap.stat("gone").unwrap().id;
+        e.snap.prepare("child-of-gone", None, Labels::new()).unwrap();
+        e.snap.commit("gone-base", "child-of-gone", Labels::new()).unwrap();
+        e.snap.prepare("orphan", Some("gone-base"), Labels::new()).unwrap();
+        let gone_base_id = e.snap.stat("gone-base").unwrap().id;
+        let meta = e.snap.meta().clone();
+        drop(e.snap);
+        // What a crash can leave: work in tmp/, a dir without a record, records without dirs.
+        fs::create_dir_all(root.join("tmp/77/fs/deep")).unwrap();
+        fs::create_dir_all(root.join("snapshots/999/fs")).unwrap();
+        fs::remove_dir_all(root.join(format!("snapshots/{gone_id}"))).unwrap();
+        fs::remove_dir_all(root.join(format!("snapshots/{gone_base_id}"))).unwrap();
+        let s = LocalSnapshotter::open(&root, b, meta).unwrap();
+        let mut keys: Vec<String> = s.walk().unwrap().into_iter().map(|i| i.key).collect();
+        keys.sort();
+        assert_eq!(keys, ["keep"], "{}", b.name());
+        assert_eq!(fs::read_dir(root.join("tmp")).unwrap().count(), 0);
+        assert!(!root.join("snapshots/999").exists());
+        assert_eq!(fs::read_dir(root.join("snapshots")).unwrap().count(), 1);
+        // New ids do not collide with what was there.
+        s.prepare("next", None, Labels::new()).unwrap();
+        assert!(s.stat("next").unwrap().id > 999);
+    }
+}
+
+#[test]
+fn state_dirs_are_private() {
+    if !common::require_root() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let e = env(Backend::Native);
+    for d in ["", "snapshots", "tmp"] {
+        let mode = fs::metadata(e.snap.root().join(d)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{d}");
+    }
+}
