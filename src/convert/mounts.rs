@@ -62,10 +62,7 @@ fn depth(m: &Mount) -> usize {
 }
 
 /// The volume destinations of the image, cleaned, deduplicated and validated, in sorted order.
-pub(crate) fn volumes<'a>(
-    keys: impl Iterator<Item = &'a String>,
-    ex: &mut Explain,
-) -> Result<Vec<String>, Error> {
+pub(crate) fn volumes<'a>(keys: impl Iterator<Item = &'a String>, ex: &mut Explain) -> Result<Vec<String>, Error> {
     let mut out: Vec<String> = Vec::new();
     for raw in keys {
         let invalid = |reason: &str| Error::InvalidVolume { volume: raw.clone(), reason: reason.into() };
@@ -104,7 +101,10 @@ pub(crate) fn build(
     for m in caller {
         let dest = m.destination().to_string_lossy().into_owned();
         if !dest.starts_with('/') || dest.contains('\0') {
-            return Err(Error::InvalidMount { destination: dest, reason: "destination must be an absolute path".into() });
+            return Err(Error::InvalidMount {
+                destination: dest,
+                reason: "destination must be an absolute path".into(),
+            });
         }
         caller_dests.push(clean_rooted(&dest));
     }

@@ -73,7 +73,10 @@ impl UserDb {
 
 /// The significant lines of a user database file: trimmed, without blanks, comments and NIS lines (H29).
 fn lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
-    bytes.split(|&b| b == b'\n').map(|l| l.trim_ascii()).filter(|l| !l.is_empty() && !matches!(l[0], b'#' | b'+' | b'-'))
+    bytes
+        .split(|&b| b == b'\n')
+        .map(|l| l.trim_ascii())
+        .filter(|l| !l.is_empty() && !matches!(l[0], b'#' | b'+' | b'-'))
 }
 
 fn field_str(f: &[u8]) -> Option<String> {
@@ -127,7 +130,8 @@ mod tests {
 
     #[test]
     fn h29_libc_parsing_rules() {
-        let passwd = b"# comment\n\n+nis::0:0::/:/bin/sh\n-blocked::0:0::/:/bin/sh\n  root:x:0:0:root:/root:/bin/bash  \n\
+        let passwd =
+            b"# comment\n\n+nis::0:0::/:/bin/sh\n-blocked::0:0::/:/bin/sh\n  root:x:0:0:root:/root:/bin/bash  \n\
             app:x:1001:1002::/home/app:/bin/sh\napp:x:2001:2002::/:/bin/sh\nshort:x:7:8\ntooshort:x:9\n\
             bad:x:abc:1\nneg:x:-1:1\nbig:x:4294967296:1\n0day:x:77:77\r\n";
         let users = parse_passwd(passwd);
