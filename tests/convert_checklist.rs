@@ -225,11 +225,16 @@ fn image_config_never_mutated_by_overrides() {
     // CVE-2021-21334: one container's overrides must not leak into the next.
     let img = image(json!({"Env": ["X=1"], "Cmd": ["sh"]}));
     let before = img.clone();
-    let a = convert_ok(&img, &Overrides { env: vec!["FOO=1".into()], ..Overrides::default() }, &UserDb::default());
+    let with_foo = Overrides { env: vec!["FOO=1".into()], user: Some("7".into()), ..Overrides::default() };
+    let a = convert_ok(&img, &with_foo, &UserDb::default());
     let b = convert_image(&img);
     assert_eq!(img, before);
     assert!(env(&a).contains(&"FOO=1".to_string()));
     assert!(!env(&b).iter().any(|e| e.starts_with("FOO")));
+    // Outputs do not depend on what was converted before.
+    let a2 = convert_ok(&img, &with_foo, &UserDb::default());
+    assert_eq!(a.to_json_bytes().expect("a"), a2.to_json_bytes().expect("a2"));
+    assert_eq!(b.to_json_bytes().expect("b"), convert_image(&img).to_json_bytes().expect("b2"));
 }
 
 // ---- Annotations ----

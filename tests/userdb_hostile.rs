@@ -174,3 +174,16 @@ fn h28_rootfs_must_exist() {
     assert!(matches!(err, Error::Rootfs { .. }));
     assert_eq!(err.kind(), ErrorKind::NotFound);
 }
+
+#[test]
+fn h23_end_to_end_from_a_rootfs_on_disk() {
+    let root = rootfs();
+    std::fs::write(root.path().join("etc/passwd"), "root:x:0:0::/root:/bin/sh\napp:x:1001:1002::/home/app:/bin/sh\n")
+        .expect("passwd");
+    std::fs::write(root.path().join("etc/group"), "app:x:1002:\nwheel:x:10:app\nsecret:x:50:\n").expect("group");
+    let db = read_quickly(root.path(), Limits::default()).expect("read");
+    let img = support::image(json!({"User": "app", "Cmd": ["sh"]}));
+    let c = support::convert_ok(&img, &Overrides::default(), &db);
+    let user = support::json(&c)["process"]["user"].clone();
+    assert_eq!(user, json!({"uid": 1001, "gid": 1002, "additionalGids": [1002, 10]}));
+}

@@ -17,6 +17,7 @@
 //! | `linux.namespaces` | pid, ipc, uts, mount, network, cgroup (I10; no user namespace, no paths) |
 //! | `linux.maskedPaths`, `linux.readonlyPaths` | containerd's lists (below) |
 //! | `linux.resources.devices` | deny all (`{"allow": false, "access": "rwm"}`); runtimes add their standard allow-list |
+//! | image volumes | bind from the caller's volume root with `rbind,rprivate`, else tmpfs `nosuid,nodev,mode=1777` (H32) |
 //!
 //! No hostname, no hooks, no seccomp/AppArmor/SELinux profile and no device nodes are set: those belong to the
 //! engine. Nothing in the image can change any of these (CVE-2014-6408): capabilities, devices, privileged
@@ -45,6 +46,15 @@ pub const CWD: &str = "/";
 
 /// `root.path`: the bundle-relative rootfs directory (I7: SHOULD be `rootfs`).
 pub const ROOTFS: &str = "rootfs";
+
+/// `process.noNewPrivileges` (containerd's default).
+pub const NO_NEW_PRIVILEGES: bool = true;
+
+/// Options of an image volume bind-mounted from the volume root (containerd CRI's volumes).
+pub const VOLUME_BIND_OPTIONS: [&str; 2] = ["rbind", "rprivate"];
+
+/// Options of an image volume given a tmpfs when there is no volume root (like `docker run --tmpfs`).
+pub const VOLUME_TMPFS_OPTIONS: [&str; 3] = ["nosuid", "nodev", "mode=1777"];
 
 /// `RLIMIT_NOFILE`, soft and hard.
 pub const NOFILE: u64 = 1024;

@@ -206,7 +206,7 @@ pub fn convert(image: &ImageConfig, overrides: &Overrides, users: &UserDb) -> Re
     process.set_cwd(PathBuf::from(cwd));
     process.set_capabilities(Some(defaults::capabilities()));
     process.set_rlimits(Some(defaults::rlimits()?));
-    process.set_no_new_privileges(Some(true));
+    process.set_no_new_privileges(Some(defaults::NO_NEW_PRIVILEGES));
     process.set_apparmor_profile(None);
     process.set_oom_score_adj(None);
     process.set_selinux_label(None);

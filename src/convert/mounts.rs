@@ -129,9 +129,9 @@ pub(crate) fn build(
         let (m, source) = match volume_root {
             Some(root) => {
                 let src = root.join(listed.len().to_string());
-                (defaults::mount(dest, "bind", src.clone(), &["rbind", "rprivate"]), Some(src))
+                (defaults::mount(dest, "bind", src.clone(), &defaults::VOLUME_BIND_OPTIONS), Some(src))
             }
-            None => (defaults::mount(dest, "tmpfs", "tmpfs", &["nosuid", "nodev", "mode=1777"]), None),
+            None => (defaults::mount(dest, "tmpfs", "tmpfs", &defaults::VOLUME_TMPFS_OPTIONS), None),
         };
         // conversion.md: the mount destination SHOULD be the volume path (H32).
         ex.set_note(format!("mounts.{dest}"), Source::Image, "H32", if source.is_some() { "bind" } else { "tmpfs" });

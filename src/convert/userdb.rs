@@ -83,12 +83,13 @@ fn field_str(f: &[u8]) -> Option<String> {
     std::str::from_utf8(f).ok().map(str::to_owned)
 }
 
-/// A decimal id as libc reads it from the files: digits only, within `u32`.
+/// A decimal id as libc reads it from the files: digits only, within `u32`, and not `(uid_t)-1`, which
+/// `setuid`/`setgid` read as "no change" (CVE-2024-40635 class).
 fn id(f: &[u8]) -> Option<u32> {
     if f.is_empty() || !f.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    std::str::from_utf8(f).ok()?.parse().ok()
+    std::str::from_utf8(f).ok()?.parse().ok().filter(|&id| id != u32::MAX)
 }
 
 /// Parses `/etc/passwd` contents. Malformed lines are skipped, never guessed at.
@@ -133,7 +134,7 @@ mod tests {
         let passwd =
             b"# comment\n\n+nis::0:0::/:/bin/sh\n-blocked::0:0::/:/bin/sh\n  root:x:0:0:root:/root:/bin/bash  \n\
             app:x:1001:1002::/home/app:/bin/sh\napp:x:2001:2002::/:/bin/sh\nshort:x:7:8\ntooshort:x:9\n\
-            bad:x:abc:1\nneg:x:-1:1\nbig:x:4294967296:1\n0day:x:77:77\r\n";
+            bad:x:abc:1\nneg:x:-1:1\nbig:x:4294967296:1\nmax:x:4294967295:1\nmaxgid:x:5:4294967295\n0day:x:77:77\r\n";
         let users = parse_passwd(passwd);
         let names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
         assert_eq!(names, ["root", "app", "app", "short", "0day"]);
@@ -144,6 +145,7 @@ mod tests {
         assert_eq!(db.user_by_name("0day").map(|u| u.uid), Some(77));
         assert!(db.user_by_name("nis").is_none() && db.user_by_name("+nis").is_none());
         assert!(db.user_by_name("bad").is_none() && db.user_by_name("big").is_none());
+        assert!(db.user_by_name("max").is_none() && db.user_by_name("maxgid").is_none());
         assert_eq!(db.user_by_uid(0).map(|u| u.name.as_str()), Some("root"));
     }
 
