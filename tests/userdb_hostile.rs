@@ -187,3 +187,11 @@ fn h23_end_to_end_from_a_rootfs_on_disk() {
     let user = support::json(&c)["process"]["user"].clone();
     assert_eq!(user, json!({"uid": 1001, "gid": 1002, "additionalGids": [1002, 10]}));
 }
+
+#[test]
+fn h28_socket_refused() {
+    let root = rootfs();
+    let _listener = std::os::unix::net::UnixListener::bind(root.path().join("etc/passwd")).expect("bind");
+    let err = read_quickly(root.path(), Limits::default()).expect_err("socket");
+    assert!(matches!(err, Error::NotRegular { .. }), "{err}");
+}

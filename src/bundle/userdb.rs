@@ -83,6 +83,8 @@ fn read_file(root: &OwnedFd, rootfs: &Path, rel: &str, limits: &Limits) -> Resul
         Ok(f) => f,
         Err(e) if e.errno == Errno::ENOENT => return Ok(None),
         Err(e) if e.call == "fstat" && e.errno == Errno::EINVAL => return Err(Error::NotRegular { path }),
+        // A socket cannot be opened at all.
+        Err(e) if e.errno == Errno::ENXIO => return Err(Error::NotRegular { path }),
         Err(source) => return Err(Error::Open { path, source }),
     };
     let size = file.metadata().map_err(|source| Error::Read { path: path.clone(), source })?.len();

@@ -101,7 +101,8 @@ impl Error {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Overrides {
-    /// Replaces the image's `Entrypoint` *and drops its `Cmd`* (CRI `command`, Docker `--entrypoint`).
+    /// Replaces the image's `Entrypoint` *and drops its `Cmd`* (CRI `command`, Docker `--entrypoint`); an
+    /// empty list clears both, leaving only `args`.
     pub entrypoint: Option<Vec<String>>,
     /// Replaces the image's `Cmd` (CRI `args`).
     pub args: Option<Vec<String>>,
@@ -197,7 +198,10 @@ pub fn convert(image: &ImageConfig, overrides: &Overrides, users: &UserDb) -> Re
 
     let mut process = Process::default();
     process.set_terminal(Some(overrides.terminal));
-    ex.set("process.terminal", if overrides.terminal { Source::Caller } else { Source::Default }, "H8");
+    match overrides.terminal {
+        true => ex.set("process.terminal", Source::Caller, "H8"),
+        false => ex.set("process.terminal", Source::Default, "H4"),
+    }
     process.set_console_size(None);
     process.set_user(user);
     process.set_args(Some(args));
