@@ -745,3 +745,13 @@ fn explain_record_serializes() {
     assert_eq!(back, c.explain);
     assert!(text.contains("\"source\":\"default\"") && text.contains("\"rule\":\"H7\""));
 }
+
+#[test]
+fn overrides_are_serde_with_defaults() {
+    // The API and CLI pass overrides as JSON; missing fields take Overrides::default().
+    let o: Overrides = serde_json::from_value(json!({"args": ["x"], "env": ["A=1"]})).expect("partial overrides");
+    assert_eq!(o.args.as_deref(), Some(&["x".to_string()][..]));
+    assert!(o.include_optional);
+    let back: Overrides = serde_json::from_str(&serde_json::to_string(&o).expect("ser")).expect("de");
+    assert_eq!(back, o);
+}
