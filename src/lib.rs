@@ -7,6 +7,7 @@
 #![deny(unsafe_code)]
 
 pub mod api;
+pub mod bundle;
 pub mod config;
 pub mod convert;
 pub mod digest;
