@@ -2,9 +2,10 @@
 //! process sees the user, groups, cwd, env and args the conversion promised. Needs root, a static busybox and
 //! the runtimes; prints `SKIPPED: <reason>` otherwise (a failure under `KILN_TEST_STRICT=1`).
 //!
-//! A host where the runtime cannot start even the bundle of its own `spec` command (crun 1.8 refuses hybrid
-//! cgroup hosts, for instance) is reported as `SKIPPED` without failing under strict mode: no kiln code is
-//! involved there. When the runtime's own bundle runs and kiln's does not, the test fails.
+//! crun 1.8 refuses hybrid cgroup hosts until hugetlb has a v1 hierarchy; the test mounts one when it is
+//! missing. A host where the runtime cannot start even the bundle of its own `spec` command is reported as
+//! `SKIPPED` (a failure under strict mode); when the runtime's own bundle runs and kiln's does not, the test
+//! fails.
 
 #[path = "golden/support.rs"]
 mod support;
@@ -128,14 +129,27 @@ fn check(runtime: &str) {
     if !busybox_is_static() {
         return skip_or_fail(&format!("{BUSYBOX} missing or not static (apt-get install busybox-static)"));
     }
+    if runtime == "crun" {
+        ensure_hugetlb_hierarchy();
+    }
     if let Err(e) = runtime_works(&bin) {
         // The host, not kiln: even the runtime's own default bundle does not start.
-        eprintln!("SKIPPED: {runtime} cannot run containers on this host: {e}");
-        return;
+        return skip_or_fail(&format!("{runtime} cannot run containers on this host: {e}"));
     }
     // uid, gid, groups (primary first, then wheel; never secret), cwd, env with a space.
     let out = run_in(&bin, runtime).unwrap_or_else(|e| panic!("kiln's bundle does not run under {runtime}: {e}"));
     assert_eq!(out, "1001 1002 1002 10 /srv/app hello world");
+}
+
+/// crun 1.8 needs a v1 hugetlb hierarchy on hybrid cgroup hosts like this VM's.
+fn ensure_hugetlb_hierarchy() {
+    let dir = Path::new("/sys/fs/cgroup/hugetlb");
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+        .is_ok_and(|m| m.lines().any(|l| l.split(' ').nth(4) == Some("/sys/fs/cgroup/hugetlb")));
+    if !mounted && Path::new("/sys/fs/cgroup/memory").is_dir() {
+        let _ = std::fs::create_dir_all(dir);
+        let _ = Command::new("mount").args(["-t", "cgroup", "-o", "hugetlb", "cgroup"]).arg(dir).status();
+    }
 }
 
 #[test]
