@@ -9,6 +9,7 @@
 //!
 //! May use: `store`, `digest`, `error`.
 
+pub mod import;
 mod platform;
 mod types;
 
