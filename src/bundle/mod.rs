@@ -1,8 +1,12 @@
 //! Runtime bundles: an active snapshot on the image's chain becomes `rootfs` (overlay mount or copy), the
 //! conversion's `config.json` is written atomically next to it, and the rootfs is made safe for the runtime.
-//! So far this module holds the safe reader of the rootfs user database ([`userdb`]) that feeds `convert`;
-//! creating and deleting bundles comes with the bundle issue.
+//! [`engine`] creates, restores and deletes bundles (and owns the snapshotter for the daemon); [`hygiene`]
+//! fixes the rootfs for the runtime (I12); [`userdb`] reads the rootfs user database that feeds `convert`.
 //!
 //! May use: `snapshot`, `convert`, `image`, `sys`, `error`.
 
+pub mod engine;
+pub mod hygiene;
 pub mod userdb;
+
+pub use engine::{Bundle, BundleId, Created, Engine, EngineInfo, Error, GcItem, GcReport, GcRoot, Options};

@@ -1,0 +1,678 @@
+//! The bundle engine: what `kilnd` calls. It owns the root (`snapshots/`, `tmp/`, `meta.redb`) and the state
+//! directory's `bundles/`, and ties the snapshotter, the unpacker and the conversion together.
+//!
+//! A bundle is `<state>/bundles/<id>/config.json` plus `rootfs`, where an active snapshot `bundle/<id>` on the
+//! image's chain is mounted (an overlay mount, or a bind mount of the native backend's full copy). The bundle
+//! record — including the config.json bytes, so that a bundle can be restored after a reboot empties `/run` —
+//! is written last, in one transaction; a crash before it leaves a directory and a snapshot without a record,
+//! which [`Engine::open`] removes. Records whose rootfs is not mounted any more are re-mounted.
+//!
+//! Locking: one lock per bundle id; creation and unpack hold the GC lock shared, [`Engine::gc`] exclusively.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+
+use super::hygiene::{self, Fix};
+use super::userdb;
+use crate::convert::{self, Explain, Overrides};
+use crate::digest::Digest;
+use crate::error::ErrorKind;
+use crate::image::{self, Reference, ResolveOptions, ResolvedImage};
+use crate::snapshot::{self, Backend, Kind, LayerApplier, LocalSnapshotter, Meta, Snapshotter, UnpackReport, Unpacker};
+use crate::store::Store;
+use crate::sys::mount::{mount_points_under, Mounter};
+use crate::sys::SysError;
+
+/// Key prefix of bundle snapshots.
+pub const SNAPSHOT_PREFIX: &str = "bundle/";
+
+/// A bundle id: 1–128 characters of `[A-Za-z0-9_.-]`, not `.` or `..` (so never `/`, NUL or empty). It becomes
+/// a path component, so it is checked once, here.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct BundleId(String);
+
+impl BundleId {
+    pub fn parse(id: &str) -> Result<BundleId> {
+        let bad = |reason: &'static str| Err(Error::InvalidId { id: id.to_owned(), reason });
+        if id.is_empty() {
+            return bad("empty");
+        }
+        if id.len() > 128 {
+            return bad("longer than 128 characters");
+        }
+        if id == "." || id == ".." {
+            return bad("\".\" and \"..\" are not ids");
+        }
+        if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-') {
+            return bad("only A-Z, a-z, 0-9, '_', '.' and '-' are allowed");
+        }
+        Ok(BundleId(id.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for BundleId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Bundle engine failures, naming the bundle, path or snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("bundle id {id:?} is not valid: {reason}")]
+    InvalidId { id: String, reason: &'static str },
+    #[error("bundle {id:?} not found")]
+    NotFound { id: String },
+    #[error("bundle {id:?} already exists")]
+    AlreadyExists { id: String },
+    #[error("bundle {id:?}: {source}")]
+    Snapshot { id: String, source: snapshot::Error },
+    #[error(transparent)]
+    Snapshots(#[from] snapshot::Error),
+    #[error("bundle {id:?}: user database: {source}")]
+    UserDb { id: String, source: userdb::Error },
+    #[error("bundle {id:?}: {source}")]
+    Convert { id: String, source: convert::Error },
+    #[error("bundle {id:?}: {source}")]
+    Sys { id: String, source: SysError },
+    #[error("{op} {path}: {source}", path = .path.display())]
+    Io { op: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("bundle record {id:?} is not valid: {reason}")]
+    Record { id: String, reason: String },
+}
+
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::InvalidId { .. } => ErrorKind::InvalidArgument,
+            Error::NotFound { .. } => ErrorKind::NotFound,
+            Error::AlreadyExists { .. } => ErrorKind::AlreadyExists,
+            Error::Snapshot { source, .. } | Error::Snapshots(source) => source.kind(),
+            Error::UserDb { source, .. } => source.kind(),
+            Error::Convert { source, .. } => source.kind(),
+            Error::Sys { source, .. } => source.kind(),
+            Error::Io { .. } | Error::Record { .. } => ErrorKind::Internal,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl Fn(std::io::Error) -> Error + 'a {
+    move |source| Error::Io { op, path: path.to_owned(), source }
+}
+
+/// A prepared bundle, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Bundle {
+    pub id: String,
+    /// The bundle directory (`runc run --bundle <path>`).
+    pub path: PathBuf,
+    /// The image reference it was made from.
+    pub image: String,
+    pub manifest_digest: Digest,
+    /// The image's top ChainID; `None` for an image without layers.
+    pub chain_id: Option<Digest>,
+    /// The active snapshot mounted at `rootfs`.
+    pub snapshot: String,
+    /// sha256 of config.json.
+    pub config_digest: Digest,
+    /// RFC 3339, UTC.
+    pub created: String,
+    /// Hygiene changes made to the rootfs (I12).
+    #[serde(default)]
+    pub fixes: Vec<String>,
+    /// config.json, kept to restore the bundle after a reboot.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub config_json: String,
+}
+
+impl Bundle {
+    pub fn rootfs(&self) -> PathBuf {
+        self.path.join("rootfs")
+    }
+}
+
+/// What [`Engine::create`] returns.
+#[derive(Debug, Clone)]
+pub struct Created {
+    pub bundle: Bundle,
+    pub explain: Explain,
+    pub unpack: UnpackReport,
+}
+
+/// Something that keeps a snapshot chain alive during GC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GcRoot {
+    pub chain_id: Digest,
+    /// Who holds it, for the report: `image "latest" (sha256:…)`.
+    pub holder: String,
+}
+
+/// One snapshot GC looked at.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GcItem {
+    pub key: String,
+    /// Why it was kept, or why it was removed.
+    pub reason: String,
+    pub size: u64,
+}
+
+/// What [`Engine::gc`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct GcReport {
+    pub removed: Vec<GcItem>,
+    pub kept: Vec<GcItem>,
+}
+
+/// Numbers for `System.Info`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct EngineInfo {
+    pub snapshotter: &'static str,
+    pub root: PathBuf,
+    pub state: PathBuf,
+    /// Committed snapshots.
+    pub snapshots: u32,
+    /// Bytes of all snapshots' own data, as measured at commit (actives count 0).
+    pub snapshot_bytes: u64,
+    pub bundles: u32,
+    pub max_concurrent_unpacks: usize,
+}
+
+/// How to open an [`Engine`].
+#[derive(Clone)]
+pub struct Options {
+    /// `--root`: `snapshots/`, `tmp/`, `meta.redb` go here (mode 0700).
+    pub root: PathBuf,
+    /// `--state`: `bundles/` goes here (the state dir 0711, `bundles/` 0700).
+    pub state: PathBuf,
+    pub backend: Backend,
+    /// 0 means the number of CPUs.
+    pub max_concurrent_unpacks: usize,
+    pub applier: Arc<dyn LayerApplier>,
+    pub mounter: Arc<dyn Mounter>,
+    pub userdb_limits: userdb::Limits,
+}
+
+impl Options {
+    /// Overlay, one extraction per CPU, real mounts.
+    pub fn new(root: &Path, state: &Path, applier: Arc<dyn LayerApplier>) -> Options {
+        Options {
+            root: root.to_owned(),
+            state: state.to_owned(),
+            backend: Backend::Overlay,
+            max_concurrent_unpacks: 0,
+            applier,
+            mounter: Arc::new(crate::sys::SysMounter),
+            userdb_limits: userdb::Limits::default(),
+        }
+    }
+}
+
+/// The snapshot and bundle engine.
+pub struct Engine {
+    root: PathBuf,
+    state: PathBuf,
+    snapshots: Arc<LocalSnapshotter>,
+    unpacker: Unpacker,
+    mounter: Arc<dyn Mounter>,
+    userdb_limits: userdb::Limits,
+    meta: Arc<Meta>,
+    gc_lock: RwLock<()>,
+    busy: Mutex<HashSet<String>>,
+    idle: Condvar,
+    recovery: Vec<String>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("root", &self.root).field("state", &self.state).finish_non_exhaustive()
+    }
+}
+
+/// Holds one bundle id; released on drop.
+struct IdGuard<'a> {
+    engine: &'a Engine,
+    id: String,
+}
+
+impl Drop for IdGuard<'_> {
+    fn drop(&mut self) {
+        self.engine.busy.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+        self.engine.idle.notify_all();
+    }
+}
+
+/// Undoes a half-made bundle on every early return.
+struct CreateGuard<'a> {
+    engine: &'a Engine,
+    dir: PathBuf,
+    snapshot: Option<String>,
+    armed: bool,
+}
+
+impl Drop for CreateGuard<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let _ = self.engine.unmount_under(&self.dir);
+        let _ = fs::remove_dir_all(&self.dir);
+        if let Some(key) = &self.snapshot {
+            let _ = self.engine.snapshots.remove(key);
+        }
+    }
+}
+
+fn ensure_mode(dir: &Path, mode: u32) -> Result<()> {
+    fs::create_dir_all(dir).map_err(io_err("mkdir", dir))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode)).map_err(io_err("chmod", dir))
+}
+
+impl Engine {
+    /// Opens the engine: creates the directories (0700 root, 0711 state, 0700 bundles — I13), opens
+    /// `meta.redb`, probes overlay, and recovers from a crash or reboot: sweeps `tmp/`, makes snapshot records
+    /// and directories agree, removes unpack leftovers and half-made bundles, and re-mounts recorded bundles whose
+    /// rootfs is not mounted.
+    pub fn open(opts: Options) -> Result<Engine> {
+        ensure_mode(&opts.root, 0o700)?;
+        ensure_mode(&opts.state, 0o711)?;
+        ensure_mode(&opts.state.join("bundles"), 0o700)?;
+        let meta = Arc::new(Meta::open(&opts.root.join("meta.redb"))?);
+        let snapshots = Arc::new(LocalSnapshotter::open(&opts.root, opts.backend, meta.clone())?);
+        let mut recovery = snapshots.recover()?;
+        let unpacker = Unpacker::new(snapshots.clone(), opts.applier.clone(), opts.max_concurrent_unpacks);
+        recovery.extend(unpacker.recover()?.into_iter().map(|k| format!("removed unfinished unpack {k:?}")));
+        let mut engine = Engine {
+            root: opts.root,
+            state: opts.state,
+            snapshots,
+            unpacker,
+            mounter: opts.mounter,
+            userdb_limits: opts.userdb_limits,
+            meta,
+            gc_lock: RwLock::new(()),
+            busy: Mutex::new(HashSet::new()),
+            idle: Condvar::new(),
+            recovery,
+        };
+        let more = engine.recover_bundles()?;
+        engine.recovery.extend(more);
+        Ok(engine)
+    }
+
+    /// What [`open`](Self::open) repaired, one line per action.
+    pub fn recovery(&self) -> &[String] {
+        &self.recovery
+    }
+
+    pub fn snapshotter(&self) -> &Arc<LocalSnapshotter> {
+        &self.snapshots
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn state(&self) -> &Path {
+        &self.state
+    }
+
+    fn bundles_dir(&self) -> PathBuf {
+        self.state.join("bundles")
+    }
+
+    fn lock_id(&self, id: &str) -> IdGuard<'_> {
+        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        while busy.contains(id) {
+            busy = self.idle.wait(busy).unwrap_or_else(|p| p.into_inner());
+        }
+        busy.insert(id.to_owned());
+        IdGuard { engine: self, id: id.to_owned() }
+    }
+
+    fn unmount_under(&self, dir: &Path) -> Result<()> {
+        let rootfs = dir.join("rootfs");
+        if self.mounter.is_mounted(&rootfs) {
+            self.mounter.unmount(&rootfs).map_err(|source| Error::Sys { id: dir.display().to_string(), source })?;
+        }
+        // Anything else below (a runtime's leftovers, a stacked mount).
+        for m in mount_points_under(dir) {
+            let _ = self.mounter.unmount(&m);
+        }
+        Ok(())
+    }
+
+    fn record(&self, id: &str) -> Result<Option<Bundle>> {
+        match self.meta.bundle(id)? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| Error::Record { id: id.to_owned(), reason: e.to_string() }),
+        }
+    }
+
+    fn recover_bundles(&self) -> Result<Vec<String>> {
+        let mut actions = Vec::new();
+        let records = self.meta.bundles()?;
+        let mut kept = HashSet::new();
+        for (id, bytes) in &records {
+            let bundle: Option<Bundle> = serde_json::from_slice(&bytes[..]).ok();
+            let restored = match &bundle {
+                Some(b) if self.snapshots.stat(&b.snapshot).is_ok() => self.restore(b).map(|_| b),
+                _ => Err(Error::Record { id: id.clone(), reason: "record or its snapshot is gone".into() }),
+            };
+            match restored {
+                Ok(b) => {
+                    kept.insert(id.clone());
+                    kept.insert(b.snapshot.clone());
+                }
+                Err(e) => {
+                    self.meta.write(|w| w.delete_bundle(id).map(|_| ()))?;
+                    actions.push(format!("dropped bundle {id:?}: {e}"));
+                }
+            }
+        }
+        let dir = self.bundles_dir();
+        for e in fs::read_dir(&dir).map_err(io_err("opendir", &dir))?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if kept.contains(&name) {
+                continue;
+            }
+            self.unmount_under(&e.path())?;
+            fs::remove_dir_all(e.path()).map_err(io_err("rmdir", &e.path()))?;
+            actions.push(format!("removed {}: no bundle record", e.path().display()));
+        }
+        for info in self.snapshots.walk()? {
+            if info.key.starts_with(SNAPSHOT_PREFIX) && !kept.contains(&info.key) {
+                self.snapshots.remove(&info.key)?;
+                actions.push(format!("removed snapshot {:?}: no bundle record", info.key));
+            }
+        }
+        Ok(actions)
+    }
+
+    /// Makes a recorded bundle whole again: directory, rootfs mount, config.json.
+    fn restore(&self, b: &Bundle) -> Result<()> {
+        let rootfs = b.rootfs();
+        fs::create_dir_all(&rootfs).map_err(io_err("mkdir", &rootfs))?;
+        if !self.mounter.is_mounted(&rootfs) {
+            let mounts =
+                self.snapshots.mounts(&b.snapshot).map_err(|source| Error::Snapshot { id: b.id.clone(), source })?;
+            self.mounter.mount_all(&mounts, &rootfs).map_err(|source| Error::Sys { id: b.id.clone(), source })?;
+        }
+        let config = b.path.join("config.json");
+        if fs::read(&config).ok().as_deref() != Some(b.config_json.as_bytes()) && !b.config_json.is_empty() {
+            crate::sys::atomic_write(&config, b.config_json.as_bytes(), 0o644)
+                .map_err(|source| Error::Sys { id: b.id.clone(), source })?;
+        }
+        Ok(())
+    }
+
+    /// Unpacks `image`'s layers into committed snapshots (single-flight per ChainID; see [`Unpacker`]).
+    pub fn unpack(&self, store: &Store, image: &ResolvedImage) -> Result<UnpackReport> {
+        let _gc = self.gc_lock.read().unwrap_or_else(|p| p.into_inner());
+        Ok(self.unpacker.unpack(store, &image.layers)?)
+    }
+
+    /// Whether every layer of `image` is a committed snapshot.
+    pub fn is_unpacked(&self, image: &ResolvedImage) -> bool {
+        image.layers.iter().all(|l| self.snapshots.stat(l.chain_id.as_str()).is_ok_and(|i| i.kind == Kind::Committed))
+    }
+
+    /// Creates bundle `id` from `image`: unpack, active snapshot, rootfs mount, hygiene, user database,
+    /// conversion, config.json, record.
+    pub fn create(
+        &self,
+        id: &BundleId,
+        store: &Store,
+        image: &ResolvedImage,
+        overrides: &Overrides,
+    ) -> Result<Created> {
+        let _gc = self.gc_lock.read().unwrap_or_else(|p| p.into_inner());
+        let _id = self.lock_id(id.as_str());
+        let sid = id.as_str().to_owned();
+        if self.record(&sid)?.is_some() {
+            return Err(Error::AlreadyExists { id: sid });
+        }
+        let unpack = self.unpacker.unpack(store, &image.layers)?;
+        let key = format!("{SNAPSHOT_PREFIX}{id}");
+        let dir = self.bundles_dir().join(id.as_str());
+        // No record: anything under this id is what a crash left.
+        self.unmount_under(&dir)?;
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(io_err("rmdir", &dir))?;
+        }
+        if self.snapshots.stat(&key).is_ok() {
+            self.snapshots.remove(&key).map_err(|source| Error::Snapshot { id: sid.clone(), source })?;
+        }
+        let mut labels = snapshot::Labels::new();
+        labels.insert("kiln.bundle".into(), sid.clone());
+        let parent = image.chain_id().map(Digest::as_str);
+        let mut guard = CreateGuard { engine: self, dir: dir.clone(), snapshot: None, armed: true };
+        let mounts = self
+            .snapshots
+            .prepare(&key, parent, labels)
+            .map_err(|source| Error::Snapshot { id: sid.clone(), source })?;
+        guard.snapshot = Some(key.clone());
+        let rootfs = dir.join("rootfs");
+        fs::create_dir(&dir).map_err(io_err("mkdir", &dir))?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(io_err("chmod", &dir))?;
+        fs::create_dir(&rootfs).map_err(io_err("mkdir", &rootfs))?;
+        let sys = |source| Error::Sys { id: sid.clone(), source };
+        self.mounter.mount_all(&mounts, &rootfs).map_err(sys)?;
+        let fixes: Vec<Fix> = hygiene::make_safe(&rootfs).map_err(sys)?;
+        let users =
+            userdb::read(&rootfs, &self.userdb_limits).map_err(|source| Error::UserDb { id: sid.clone(), source })?;
+        let mut overrides = overrides.clone();
+        if overrides.volume_root.is_none() {
+            overrides.volume_root = Some(dir.join("volumes"));
+        }
+        let conv = convert::convert(&image.config, &overrides, &users)
+            .map_err(|source| Error::Convert { id: sid.clone(), source })?;
+        let bytes = conv.to_json_bytes().map_err(|source| Error::Convert { id: sid.clone(), source })?;
+        for v in &conv.volumes {
+            if let Some(src) = &v.source {
+                fs::create_dir_all(src).map_err(io_err("mkdir", src))?;
+            }
+        }
+        crate::sys::atomic_write(&dir.join("config.json"), &bytes, 0o644).map_err(sys)?;
+        let bundle = Bundle {
+            id: sid.clone(),
+            path: dir.clone(),
+            image: image.reference.to_string(),
+            manifest_digest: image.manifest_digest().clone(),
+            chain_id: image.chain_id().cloned(),
+            snapshot: key,
+            config_digest: Digest::sha256(&bytes),
+            created: rfc3339_now(),
+            fixes: fixes.iter().map(|f| format!("{} was {}; replaced by a directory", f.path, f.was)).collect(),
+            config_json: String::from_utf8_lossy(&bytes).into_owned(),
+        };
+        let value =
+            serde_json::to_vec(&bundle).map_err(|e| Error::Record { id: sid.clone(), reason: e.to_string() })?;
+        self.meta.write(|w| w.put_bundle(&sid, &value))?;
+        guard.armed = false;
+        Ok(Created { bundle, explain: conv.explain, unpack })
+    }
+
+    pub fn get(&self, id: &BundleId) -> Result<Bundle> {
+        self.record(id.as_str())?.ok_or_else(|| Error::NotFound { id: id.to_string() })
+    }
+
+    /// Every bundle, by id.
+    pub fn list(&self) -> Result<Vec<Bundle>> {
+        let mut out = Vec::new();
+        for (id, bytes) in self.meta.bundles()? {
+            out.push(serde_json::from_slice(&bytes).map_err(|e| Error::Record { id, reason: e.to_string() })?);
+        }
+        Ok(out)
+    }
+
+    /// Unmounts and removes bundle `id`: record first, then mounts, directory and snapshot (a crash in between
+    /// leaves pieces without a record, which [`open`](Self::open) removes).
+    pub fn delete(&self, id: &BundleId) -> Result<()> {
+        let _id = self.lock_id(id.as_str());
+        let b = self.get(id)?;
+        self.meta.write(|w| w.delete_bundle(id.as_str()).map(|_| ()))?;
+        self.unmount_under(&b.path)?;
+        match fs::remove_dir_all(&b.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_err("rmdir", &b.path)(e)),
+            _ => {}
+        }
+        match self.snapshots.remove(&b.snapshot) {
+            Err(snapshot::Error::NotFound { .. }) | Ok(()) => Ok(()),
+            Err(source) => Err(Error::Snapshot { id: id.to_string(), source }),
+        }
+    }
+
+    /// The GC roots of every image listed in `store`'s index.json, resolved for the host platform (images that
+    /// do not resolve, such as artifacts or other platforms' images, hold nothing).
+    pub fn image_roots(store: &Store) -> Vec<GcRoot> {
+        let mut out = Vec::new();
+        let Ok(listed) = image::list(store) else { return out };
+        for entry in listed {
+            let reference = Reference::Digest(entry.descriptor.digest.clone());
+            let Ok(img) = image::resolve(store, &reference, &ResolveOptions::default()) else { continue };
+            let name = match &entry.ref_name {
+                Some(n) => format!("image {n:?} ({})", entry.descriptor.digest),
+                None => format!("image {}", entry.descriptor.digest),
+            };
+            if let Some(chain) = img.chain_id() {
+                out.push(GcRoot { chain_id: chain.clone(), holder: name });
+            }
+        }
+        out
+    }
+
+    /// Removes committed snapshots reachable from neither `roots` (usually [`image_roots`](Self::image_roots))
+    /// nor any bundle, and says for each kept snapshot who holds it. Active snapshots are never removed here.
+    pub fn gc(&self, roots: &[GcRoot], dry_run: bool) -> Result<GcReport> {
+        let _gc = self.gc_lock.write().unwrap_or_else(|p| p.into_inner());
+        let infos: BTreeMap<String, snapshot::Info> =
+            self.snapshots.walk()?.into_iter().map(|i| (i.key.clone(), i)).collect();
+        let mut holders: HashMap<String, String> = HashMap::new();
+        let mark = |start: Option<String>, holder: &str, holders: &mut HashMap<String, String>| {
+            let mut next = start;
+            while let Some(k) = next {
+                if holders.contains_key(&k) {
+                    break;
+                }
+                holders.insert(k.clone(), holder.to_owned());
+                next = infos.get(&k).and_then(|i| i.parent.clone());
+            }
+        };
+        for b in self.list()? {
+            let holder = format!("bundle {:?}", b.id);
+            mark(Some(b.snapshot.clone()), &holder, &mut holders);
+        }
+        for r in roots {
+            mark(Some(r.chain_id.to_string()), &r.holder, &mut holders);
+        }
+        for i in infos.values().filter(|i| i.kind != Kind::Committed) {
+            let holder = format!("{} snapshot {:?}", i.kind.as_str(), i.key);
+            mark(Some(i.key.clone()), &holder, &mut holders);
+        }
+        let mut report = GcReport::default();
+        let mut doomed: Vec<&snapshot::Info> = Vec::new();
+        for i in infos.values() {
+            match holders.get(&i.key) {
+                Some(h) => {
+                    report.kept.push(GcItem { key: i.key.clone(), reason: format!("held by {h}"), size: i.size })
+                }
+                None => doomed.push(i),
+            }
+        }
+        // Children before parents.
+        doomed.sort_by_key(|i| std::cmp::Reverse(depth(&infos, &i.key)));
+        for i in doomed {
+            if !dry_run {
+                self.snapshots.remove(&i.key)?;
+            }
+            report.removed.push(GcItem {
+                key: i.key.clone(),
+                reason: "no image in the store and no bundle uses it".into(),
+                size: i.size,
+            });
+        }
+        Ok(report)
+    }
+
+    /// Numbers for `System.Info`.
+    pub fn info(&self) -> Result<EngineInfo> {
+        let infos = self.snapshots.walk()?;
+        Ok(EngineInfo {
+            snapshotter: self.snapshots.name(),
+            root: self.root.clone(),
+            state: self.state.clone(),
+            snapshots: infos.iter().filter(|i| i.kind == Kind::Committed).count() as u32,
+            snapshot_bytes: infos.iter().map(|i| i.size).sum(),
+            bundles: self.meta.bundles()?.len() as u32,
+            max_concurrent_unpacks: self.unpacker.max_concurrent(),
+        })
+    }
+}
+
+fn depth(infos: &BTreeMap<String, snapshot::Info>, key: &str) -> usize {
+    let mut d = 0;
+    let mut next = infos.get(key).and_then(|i| i.parent.clone());
+    while let Some(k) = next {
+        d += 1;
+        next = infos.get(&k).and_then(|i| i.parent.clone());
+        if d > infos.len() {
+            break;
+        }
+    }
+    d
+}
+
+/// The current time as RFC 3339 UTC (`2026-11-28T23:15:09Z`).
+pub fn rfc3339_now() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    rfc3339(secs)
+}
+
+fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bundle_ids() {
+        for ok in ["a", "my-bundle_1.2", &"x".repeat(128)] {
+            BundleId::parse(ok).unwrap();
+        }
+        for bad in ["", ".", "..", "a/b", "../x", "a\0b", "sp ace", &"x".repeat(129), "é"] {
+            assert_eq!(BundleId::parse(bad).unwrap_err().kind(), ErrorKind::InvalidArgument, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_798_499_709), "2026-12-29T23:15:09Z");
+    }
+}

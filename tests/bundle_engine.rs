@@ -1,0 +1,292 @@
+//! The bundle engine: create/get/list/delete on both backends, rootfs hygiene (I12), state dir modes (I13),
+//! recovery after a reboot or crash, GC with reasons, and 32 concurrent creates from one cold image (G4).
+
+mod common;
+mod snapshot_support;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::layer::{Compression, LayerBuilder};
+use common::layout::{single_image, ImageSpec, LayoutBuilder};
+use kiln::bundle::{BundleId, Engine, GcRoot, Options};
+use kiln::convert::Overrides;
+use kiln::image::{self, Reference, ResolveOptions, ResolvedImage};
+use kiln::snapshot::{Backend, Kind, LayerApplier, Snapshotter};
+use kiln::store::Store;
+use kiln::sys::mount::{MountCall, RecordingMounter};
+use kiln::ErrorKind;
+use snapshot_support::{applier, Counting, Scratch};
+
+const BACKENDS: [Backend; 2] = [Backend::Overlay, Backend::Native];
+
+fn layers() -> Vec<common::layer::Layer> {
+    vec![
+        LayerBuilder::new()
+            .dir("etc", 0o755)
+            .file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n", 0o644)
+            .file("etc/group", b"root:x:0:\napp:x:1000:\n", 0o644)
+            .symlink("dev", "/tmp/kiln-host-victim")
+            .file("proc", b"not a dir", 0o644)
+            .layer(Compression::Gzip),
+        LayerBuilder::new().dir("bin", 0o755).file("bin/true", b"#!/bin/sh\n", 0o755).layer(Compression::Gzip),
+        LayerBuilder::new().file("etc/motd", b"hello\n", 0o644).layer(Compression::Gzip),
+    ]
+}
+
+fn image(dir: &Path, layers: Vec<common::layer::Layer>) -> (Store, ResolvedImage) {
+    let layout = dir.join("layout");
+    let spec = ImageSpec {
+        config: serde_json::json!({"Cmd": ["/bin/true"], "User": "app"}),
+        ..ImageSpec::with_layers(layers)
+    };
+    single_image(&layout, &spec, "latest");
+    let store = Store::open(&layout).unwrap();
+    let img = image::resolve(&store, &Reference::Name("latest".into()), &ResolveOptions::default()).unwrap();
+    (store, img)
+}
+
+fn engine(dir: &Path, backend: Backend, applier: Arc<dyn LayerApplier>) -> Engine {
+    let mut o = Options::new(&dir.join("root"), &dir.join("state"), applier);
+    o.backend = backend;
+    Engine::open(o).unwrap()
+}
+
+fn id(s: &str) -> BundleId {
+    BundleId::parse(s).unwrap()
+}
+
+#[test]
+fn create_get_list_delete() {
+    if !common::require_root() {
+        return;
+    }
+    for b in BACKENDS {
+        let d = Scratch(common::scratch());
+        let (store, img) = image(d.path(), layers());
+        let e = engine(d.path(), b, applier());
+        let c = e.create(&id("web"), &store, &img, &Overrides::default()).unwrap();
+        let bundle = &c.bundle;
+        assert_eq!(c.unpack.extracted.len(), 3);
+        let rootfs = bundle.path.join("rootfs");
+        assert!(kiln::sys::mount::is_mount_point(&rootfs), "{}", b.name());
+        assert_eq!(fs::read(rootfs.join("etc/motd")).unwrap(), b"hello\n");
+        // I12: /dev and /proc are real directories now; the image's layers are untouched.
+        for n in ["dev", "proc", "sys"] {
+            assert!(fs::symlink_metadata(rootfs.join(n)).unwrap().is_dir(), "{n}");
+        }
+        assert_eq!(bundle.fixes.len(), 3, "{:?}", bundle.fixes);
+        let top = e.snapshotter().diff_dir(img.chain_id().unwrap().as_str()).unwrap();
+        if b == Backend::Overlay {
+            let base = e.snapshotter().diff_dir(img.layers[0].chain_id.as_str()).unwrap();
+            assert!(fs::symlink_metadata(base.join("dev")).unwrap().file_type().is_symlink());
+        } else {
+            assert!(fs::symlink_metadata(top.join("dev")).unwrap().file_type().is_symlink());
+        }
+        let config = fs::read(bundle.path.join("config.json")).unwrap();
+        assert_eq!(kiln::digest::Digest::sha256(&config), bundle.config_digest);
+        let spec: serde_json::Value = serde_json::from_slice(&config).unwrap();
+        assert_eq!(spec["process"]["user"]["uid"], 1000, "user resolved from the rootfs /etc/passwd");
+        assert_eq!(spec["root"]["path"], "rootfs");
+        // Writes land in the bundle, not in the image.
+        fs::write(rootfs.join("etc/motd"), b"changed").unwrap();
+        let c2 = e.create(&id("web2"), &store, &img, &Overrides::default()).unwrap();
+        assert_eq!(c2.unpack.present.len(), 3);
+        assert_eq!(fs::read(c2.bundle.path.join("rootfs/etc/motd")).unwrap(), b"hello\n");
+        // I13
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&d.path().join("root")), 0o700);
+        assert_eq!(mode(&d.path().join("state")), 0o711);
+        assert_eq!(mode(&d.path().join("state/bundles")), 0o700);
+        assert_eq!(e.get(&id("web")).unwrap(), c.bundle);
+        assert_eq!(e.list().unwrap().len(), 2);
+        assert_eq!(
+            e.create(&id("web"), &store, &img, &Overrides::default()).unwrap_err().kind(),
+            ErrorKind::AlreadyExists
+        );
+        let info = e.info().unwrap();
+        assert_eq!((info.snapshots, info.bundles, info.snapshotter), (3, 2, b.name()));
+        e.delete(&id("web")).unwrap();
+        assert!(!bundle.path.exists());
+        assert!(!kiln::sys::mount::is_mount_point(&rootfs));
+        assert_eq!(e.get(&id("web")).unwrap_err().kind(), ErrorKind::NotFound);
+        assert_eq!(e.delete(&id("web")).unwrap_err().kind(), ErrorKind::NotFound);
+        e.delete(&id("web2")).unwrap();
+        assert!(e.snapshotter().walk().unwrap().iter().all(|i| i.kind == Kind::Committed));
+        assert!(kiln::sys::mount::mount_points_under(d.path()).is_empty());
+    }
+}
+
+#[test]
+fn mounts_are_planned_without_privileges() {
+    // The recording fake stands in for mount(2): this runs unprivileged with the native backend.
+    let d = Scratch(common::scratch());
+    let (store, img) = image(d.path(), layers());
+    let rec = Arc::new(RecordingMounter::new());
+    let mut o = Options::new(&d.path().join("root"), &d.path().join("state"), applier());
+    o.backend = if nix::unistd::geteuid().is_root() { Backend::Overlay } else { Backend::Native };
+    o.mounter = rec.clone();
+    let e = Engine::open(o).unwrap();
+    // Nothing is really mounted, so the rootfs has no /etc/passwd: ask for a numeric user.
+    let o = Overrides { user: Some("0:0".into()), ..Default::default() };
+    let c = e.create(&id("fake"), &store, &img, &o).unwrap();
+    let rootfs = c.bundle.path.join("rootfs");
+    match &rec.calls()[..] {
+        [MountCall::Mount { mounts, target }] => {
+            assert_eq!(target, &rootfs);
+            assert_eq!(mounts.len(), 1);
+            if nix::unistd::geteuid().is_root() {
+                assert_eq!(mounts[0].kind, "overlay");
+                let lower = mounts[0].options.iter().find(|o| o.starts_with("lowerdir=")).unwrap();
+                assert_eq!(lower.matches(':').count(), 2, "three layers, top first: {lower}");
+            } else {
+                assert_eq!(mounts[0].kind, "bind");
+            }
+        }
+        other => panic!("{other:?}"),
+    }
+    e.delete(&id("fake")).unwrap();
+    assert!(rec.mounted().is_empty());
+}
+
+#[test]
+fn reboot_and_crash_leftovers_are_repaired() {
+    if !common::require_root() {
+        return;
+    }
+    for b in BACKENDS {
+        let d = Scratch(common::scratch());
+        let (store, img) = image(d.path(), layers());
+        let e = engine(d.path(), b, applier());
+        let c = e.create(&id("keep"), &store, &img, &Overrides::default()).unwrap();
+        e.create(&id("half"), &store, &img, &Overrides::default()).unwrap();
+        drop(e);
+        // A reboot: /run is empty again (mounts gone, bundle dirs gone).
+        snapshot_support::unmount_all_under(d.path());
+        fs::remove_dir_all(d.path().join("state")).unwrap();
+        // A crash half-way through a create: a directory and a snapshot without a record.
+        {
+            let meta = Arc::new(kiln::snapshot::Meta::open(&d.path().join("root/meta.redb")).unwrap());
+            meta.write(|w| w.delete_bundle("half").map(|_| ())).unwrap();
+        }
+        fs::create_dir_all(d.path().join("state/bundles/ghost/rootfs")).unwrap();
+        let e = engine(d.path(), b, applier());
+        println!("{}: {:#?}", b.name(), e.recovery());
+        let again = e.get(&id("keep")).unwrap();
+        assert_eq!(again, c.bundle);
+        assert!(kiln::sys::mount::is_mount_point(&again.rootfs()));
+        assert_eq!(fs::read(again.rootfs().join("etc/motd")).unwrap(), b"hello\n");
+        assert_eq!(
+            kiln::digest::Digest::sha256(&fs::read(again.path.join("config.json")).unwrap()),
+            again.config_digest
+        );
+        assert!(!d.path().join("state/bundles/ghost").exists());
+        assert!(!d.path().join("state/bundles/half").exists());
+        let keys: Vec<String> = e.snapshotter().walk().unwrap().into_iter().map(|i| i.key).collect();
+        assert!(keys.contains(&"bundle/keep".to_owned()) && !keys.contains(&"bundle/half".to_owned()), "{keys:?}");
+        e.delete(&id("keep")).unwrap();
+    }
+}
+
+#[test]
+fn gc_removes_unreachable_and_says_why_the_rest_is_kept() {
+    if !common::require_root() {
+        return;
+    }
+    let d = Scratch(common::scratch());
+    let base = LayerBuilder::new().file("base", b"b", 0o644).layer(Compression::Gzip);
+    let top1 = LayerBuilder::new().file("one", b"1", 0o644).layer(Compression::Gzip);
+    let top2 = LayerBuilder::new().file("two", b"2", 0o644).layer(Compression::Gzip);
+    let layout = d.path().join("layout");
+    let mut lb = LayoutBuilder::new(&layout);
+    let i1 = lb.image(&ImageSpec::with_layers(vec![base.clone(), top1]));
+    let i2 = lb.image(&ImageSpec::with_layers(vec![base, top2]));
+    lb.add(i1, Some("one"));
+    lb.add(i2, Some("two"));
+    lb.write_index();
+    let store = Store::open(&layout).unwrap();
+    let resolve = |r: &str| image::resolve(&store, &Reference::Name(r.into()), &ResolveOptions::default()).unwrap();
+    let (one, two) = (resolve("one"), resolve("two"));
+    let e = engine(d.path(), Backend::Overlay, applier());
+    e.unpack(&store, &one).unwrap();
+    let r = e.unpack(&store, &two).unwrap();
+    assert_eq!((r.present.len(), r.extracted.len()), (1, 1), "the shared base is unpacked once");
+    e.create(&id("b"), &store, &two, &Overrides::default()).unwrap();
+    let roots = Engine::image_roots(&store);
+    assert_eq!(roots.len(), 2);
+    let report = e.gc(&roots, false).unwrap();
+    assert!(report.removed.is_empty(), "{report:#?}");
+    // Only image "one" remains in the store: two's top is held by the bundle; nothing is removed.
+    let only_one: Vec<GcRoot> = roots.into_iter().filter(|r| r.holder.contains("\"one\"")).collect();
+    let report = e.gc(&only_one, false).unwrap();
+    assert!(report.removed.is_empty(), "{report:#?}");
+    let why = |key: &str| report.kept.iter().find(|k| k.key == key).map(|k| k.reason.clone()).unwrap();
+    assert!(why(two.chain_id().unwrap().as_str()).contains("bundle \"b\""));
+    assert!(why(one.chain_id().unwrap().as_str()).contains("image \"one\""));
+    // Without the bundle, two's top goes; the shared base stays for image one.
+    e.delete(&id("b")).unwrap();
+    let dry = e.gc(&only_one, true).unwrap();
+    assert_eq!(dry.removed.len(), 1);
+    assert!(e.snapshotter().stat(two.chain_id().unwrap().as_str()).is_ok(), "dry run removes nothing");
+    let report = e.gc(&only_one, false).unwrap();
+    assert_eq!(report.removed.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(), [two.chain_id().unwrap().as_str()]);
+    assert_eq!(e.snapshotter().stat(two.chain_id().unwrap().as_str()).unwrap_err().kind(), ErrorKind::NotFound);
+    let report = e.gc(&[], false).unwrap();
+    assert_eq!(report.removed.len(), 2);
+    assert!(e.snapshotter().walk().unwrap().is_empty());
+}
+
+#[test]
+fn thirty_two_creates_from_one_cold_image_extract_each_layer_once() {
+    if !common::require_root() {
+        return;
+    }
+    for b in BACKENDS {
+        let d = Scratch(common::scratch());
+        let (store, img) = image(d.path(), layers());
+        let counting = Arc::new(Counting::new(applier(), Duration::from_millis(30)));
+        let e = engine(d.path(), b, counting.clone());
+        let started = std::time::Instant::now();
+        std::thread::scope(|s| {
+            for n in 0..32 {
+                let (e, store, img) = (&e, &store, &img);
+                s.spawn(move || {
+                    let c = e.create(&id(&format!("c{n}")), store, img, &Overrides::default()).unwrap();
+                    assert_eq!(fs::read(c.bundle.rootfs().join("etc/motd")).unwrap(), b"hello\n");
+                });
+            }
+        });
+        println!("{}: 32 bundles in {:?}", b.name(), started.elapsed());
+        for l in &img.layers {
+            assert_eq!(counting.count(&l.diff_id), 1, "{}: layer {} extracted more than once", b.name(), l.diff_id);
+        }
+        assert_eq!(e.list().unwrap().len(), 32);
+        for n in 0..32 {
+            e.delete(&id(&format!("c{n}"))).unwrap();
+        }
+        assert!(kiln::sys::mount::mount_points_under(d.path()).is_empty());
+    }
+}
+
+#[test]
+fn failed_layer_leaves_nothing_and_later_unpack_works() {
+    if !common::require_root() {
+        return;
+    }
+    for b in BACKENDS {
+        let d = Scratch(common::scratch());
+        let (store, img) = image(d.path(), layers());
+        let e = engine(d.path(), b, Arc::new(snapshot_support::Failing));
+        let err = e.create(&id("x"), &store, &img, &Overrides::default()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+        assert!(e.snapshotter().walk().unwrap().is_empty(), "{:?}", e.snapshotter().walk().unwrap());
+        assert!(e.list().unwrap().is_empty());
+        drop(e);
+        let e = engine(d.path(), b, applier());
+        e.create(&id("x"), &store, &img, &Overrides::default()).unwrap();
+        e.delete(&id("x")).unwrap();
+    }
+}
