@@ -45,7 +45,7 @@ fn image_of(dir: &Path, layers: Vec<common::layer::Layer>) -> (Store, ResolvedIm
 fn unpacked_tree(backend: Backend, layers: &[LayerBuilder]) -> Tree {
     let e = env(backend);
     let (store, img) = image_of(e.dir.path(), layers.iter().map(|l| l.layer(Compression::Gzip)).collect());
-    let u = Unpacker::new(e.snap.clone(), applier(), 0);
+    let u = Unpacker::new(e.snap.clone(), applier(), 0).with_mounter(Arc::new(kiln::sys::SysMounter));
     u.unpack(&store, &img.layers).unwrap();
     let top = img.chain_id().unwrap().to_string();
     let mnt = e.dir.path().join("mnt");
@@ -177,6 +177,15 @@ fn fixtures() -> Vec<(&'static str, Vec<LayerBuilder>)> {
                     .file("l2f", b"was a link", 0o644)
                     .symlink("f2l", "../target"),
                 LayerBuilder::new().file("f2d/later", b"l", 0o600).hardlink("hl", "f2d/later"),
+            ],
+        ),
+        (
+            // A hardlink to a lower layer's file: overlay applies this layer through a mount (copy-up).
+            "hardlink to a lower layer",
+            vec![
+                LayerBuilder::new().dir("a", 0o755).file("a/lower", b"lower", 0o640),
+                LayerBuilder::new().hardlink("linked", "a/lower").file("other", b"o", 0o644),
+                LayerBuilder::new().whiteout("a/lower"),
             ],
         ),
     ]

@@ -288,7 +288,8 @@ impl Engine {
         let meta = Arc::new(Meta::open(&opts.root.join("meta.redb"))?);
         let snapshots = Arc::new(LocalSnapshotter::open(&opts.root, opts.backend, meta.clone())?);
         let mut recovery = snapshots.recover()?;
-        let unpacker = Unpacker::new(snapshots.clone(), opts.applier.clone(), opts.max_concurrent_unpacks);
+        let unpacker = Unpacker::new(snapshots.clone(), opts.applier.clone(), opts.max_concurrent_unpacks)
+            .with_mounter(opts.mounter.clone());
         recovery.extend(unpacker.recover()?.into_iter().map(|k| format!("removed unfinished unpack {k:?}")));
         let mut engine = Engine {
             root: opts.root,

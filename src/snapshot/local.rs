@@ -476,6 +476,10 @@ impl Snapshotter for LocalSnapshotter {
             info
         };
         let dir = self.dir(info.id);
+        // A crash may have left something mounted inside (an unpack's mount of its parents).
+        for m in crate::sys::mount::mount_points_under(&dir) {
+            crate::sys::mount::umount2(&m)?;
+        }
         let trash = self.tmp_dir().join(format!("rm-{}", info.id));
         match fs::rename(&dir, &trash) {
             Ok(()) => copy::remove_tree(&trash),

@@ -23,6 +23,7 @@ use crate::digest::Digest;
 use crate::error::ErrorKind;
 use crate::image::Layer;
 use crate::store::Store;
+use crate::sys::mount::Mounter;
 
 /// How whiteouts are represented in the directory a layer is applied to (layer.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,12 +39,15 @@ pub enum WhiteoutMode {
 #[derive(Debug)]
 pub struct ApplyError {
     pub kind: ErrorKind,
+    /// The layer needs its parents' content to apply (a hardlink to a file of a lower layer): extracted as a
+    /// parentless overlay diff it fails, applied through a mount of its parents it works.
+    pub needs_parent: bool,
     pub source: Box<dyn std::error::Error + Send + Sync>,
 }
 
 impl ApplyError {
     pub fn new(kind: ErrorKind, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> ApplyError {
-        ApplyError { kind, source: source.into() }
+        ApplyError { kind, needs_parent: false, source: source.into() }
     }
 
     pub fn kind(&self) -> ErrorKind {
@@ -156,6 +160,8 @@ pub struct Unpacker {
     slots: Slots,
     max_concurrent: usize,
     nonce: AtomicU64,
+    /// For layers that cannot be extracted without their parents (see [`ApplyError::needs_parent`]).
+    mounter: Option<Arc<dyn Mounter>>,
 }
 
 impl fmt::Debug for Unpacker {
@@ -204,7 +210,15 @@ impl Unpacker {
             slots: Slots { free: Mutex::new(n), cv: Condvar::new() },
             max_concurrent: n,
             nonce: AtomicU64::new(0),
+            mounter: None,
         }
+    }
+
+    /// Lets the unpacker mount an active snapshot's parents to apply a layer that needs them (with overlay:
+    /// a hardlink to a lower layer's file gets copy-up semantics).
+    pub fn with_mounter(mut self, mounter: Arc<dyn Mounter>) -> Unpacker {
+        self.mounter = Some(mounter);
+        self
     }
 
     pub fn max_concurrent(&self) -> usize {
@@ -347,6 +361,37 @@ impl Unpacker {
         }
     }
 
+    /// Applies `layer` through a mount of a new active snapshot on `parent`, in delete mode: the filesystem
+    /// (overlay) turns deletions into whiteouts and copies lower files up, as containerd's applier does.
+    fn extract_mounted(&self, store: &Store, layer: &Layer, parent: Option<&str>, m: &dyn Mounter) -> Result<String> {
+        let key = self.active_key(&layer.chain_id);
+        let _slot = self.slots.acquire();
+        let mounts = self.snapshotter.prepare(&key, parent, Labels::new())?;
+        let r = (|| {
+            let dir = self.snapshotter.diff_dir(&key)?;
+            let mnt = dir.with_file_name("mnt");
+            std::fs::create_dir(&mnt).map_err(|source| Error::Io { op: "mkdir", path: mnt.clone(), source })?;
+            m.mount_all(&mounts, &mnt)?;
+            let applied = self.applier.apply(store, layer, &mnt, WhiteoutMode::Delete);
+            let unmounted = m.unmount(&mnt);
+            let _ = std::fs::remove_dir(&mnt);
+            applied.map_err(|source| Error::Apply {
+                digest: layer.descriptor.digest.clone(),
+                diff_id: layer.diff_id.clone(),
+                source,
+            })?;
+            unmounted?;
+            Ok(())
+        })();
+        match r {
+            Ok(()) => Ok(key),
+            Err(e) => {
+                let _ = self.snapshotter.remove(&key);
+                Err(e)
+            }
+        }
+    }
+
     /// Makes every layer of `layers` (bottom first, as in the manifest) a committed snapshot named by its
     /// ChainID. Returns once the top chain is committed, or with the first failure.
     pub fn unpack(&self, store: &Store, layers: &[Layer]) -> Result<UnpackReport> {
@@ -406,7 +451,15 @@ impl Unpacker {
                     let r = if let Some(e) = &first_err {
                         Err(Error::Internal { what: format!("a lower layer failed: {e}") })
                     } else if let Some(e) = g.failed.take() {
-                        Err(e)
+                        match (&e, &self.mounter) {
+                            (Error::Apply { source, .. }, Some(m)) if source.needs_parent => {
+                                self.extract_mounted(store, layer, parent, m.as_ref()).and_then(|key| {
+                                    g.active = Some(key.clone());
+                                    self.snapshotter.commit(layer.chain_id.as_str(), &key, Self::labels(layer))
+                                })
+                            }
+                            _ => Err(e),
+                        }
                     } else if rebase {
                         match g.active.clone() {
                             Some(key) => self.adopt_implicit_dirs(&key, parent, &g.implicit_dirs).and_then(|()| {

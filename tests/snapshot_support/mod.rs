@@ -147,7 +147,12 @@ impl LayerApplier for FixtureTar {
                 std::os::unix::fs::symlink(t, &path).map_err(err)?;
             } else if kind.is_hard_link() {
                 let t = e.link_name().map_err(err)?.ok_or_else(|| err("no link name"))?;
-                fs::hard_link(dir.join(t), &path).map_err(err)?;
+                fs::hard_link(dir.join(&t), &path).map_err(|e| {
+                    // A link to a file of a lower layer cannot be made in a parentless overlay diff.
+                    let mut a = err(format!("hardlink target {}: {e}", t.display()));
+                    a.needs_parent = e.kind() == std::io::ErrorKind::NotFound;
+                    a
+                })?;
                 continue;
             } else {
                 continue;
