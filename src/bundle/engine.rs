@@ -481,7 +481,8 @@ impl Engine {
         let bytes = conv.to_json_bytes().map_err(|source| Error::Convert { id: sid.clone(), source })?;
         for v in &conv.volumes {
             if let Some(src) = &v.source {
-                fs::create_dir_all(src).map_err(io_err("mkdir", src))?;
+                seed_volume(&rootfs, &v.destination, src)
+                    .map_err(|source| Error::Snapshot { id: sid.clone(), source })?;
             }
         }
         crate::sys::atomic_write(&dir.join("config.json"), &bytes, 0o644).map_err(sys)?;
@@ -619,6 +620,29 @@ impl Engine {
             max_concurrent_unpacks: self.unpacker.max_concurrent(),
         })
     }
+}
+
+/// Makes volume directory `src` and copies into it what the image has at `destination` (CRI seeds volumes from
+/// the image, CVE-2022-23648): `destination` is resolved inside the rootfs (`RESOLVE_IN_ROOT`), so a `..` or a
+/// symlink in the image can only lead to another path of the rootfs; anything but a directory seeds nothing.
+fn seed_volume(rootfs: &Path, destination: &str, src: &Path) -> snapshot::Result<()> {
+    let io = |op: &'static str, path: &Path| {
+        let path = path.to_owned();
+        move |source| snapshot::Error::Io { op, path: path.clone(), source }
+    };
+    fs::create_dir_all(src).map_err(io("mkdir", src))?;
+    let root = crate::sys::open_dir(rootfs)?;
+    let how = nix::fcntl::OpenHow::new()
+        .flags(nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC)
+        .resolve(nix::fcntl::ResolveFlag::RESOLVE_IN_ROOT | nix::fcntl::ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let rel = destination.trim_start_matches('/');
+    let Ok(fd) = nix::fcntl::openat2(&root, Path::new(if rel.is_empty() { "." } else { rel }), how) else {
+        return Ok(());
+    };
+    use std::os::fd::AsRawFd;
+    // Below the resolved directory the copy never follows a symlink (lstat walk).
+    let resolved = PathBuf::from(format!("/proc/self/fd/{}/.", fd.as_raw_fd()));
+    snapshot::copy::copy_tree(&resolved, src)
 }
 
 fn depth(infos: &BTreeMap<String, snapshot::Info>, key: &str) -> usize {

@@ -19,7 +19,7 @@ use crate::digest::Digest;
 use crate::error::ErrorKind;
 use crate::sys::SysError;
 
-mod copy;
+pub mod copy;
 mod local;
 pub mod meta;
 pub mod unpack;
