@@ -294,37 +294,96 @@ impl Unpacker {
         }
     }
 
-    /// Gives each implicit directory of active `key`'s diff the owner and mode of the same directory in the
-    /// chain below (`parent` and its ancestors, top first), as if the layer had been applied on top of them.
-    fn adopt_implicit_dirs(&self, key: &str, parent: Option<&str>, dirs: &[PathBuf]) -> Result<()> {
-        let Some(parent) = parent else { return Ok(()) };
-        if dirs.is_empty() {
-            return Ok(());
-        }
-        let target = self.snapshotter.diff_target(key)?.dir;
+    /// The `fs` dirs of `parent` and its ancestors, top first.
+    fn lower_dirs(&self, parent: Option<&str>) -> Result<Vec<PathBuf>> {
         let mut lowers = Vec::new();
-        let mut next = Some(parent.to_owned());
+        let mut next = parent.map(str::to_owned);
         while let Some(k) = next {
             let info = self.snapshotter.stat(&k)?;
             lowers.push(self.snapshotter.diff_dir(&k)?);
             next = info.parent;
         }
+        Ok(lowers)
+    }
+
+    /// Gives each implicit directory of `diff` the owner and mode of the same directory in `lowers`, as if the
+    /// layer had been applied on top of them.
+    fn adopt_implicit_dirs(diff: &Path, lowers: &[PathBuf], dirs: &[PathBuf]) -> Result<()> {
         for rel in dirs {
-            let dst = target.join(rel);
-            for lower in &lowers {
-                let src = lower.join(rel);
-                let Ok(md) = std::fs::symlink_metadata(&src) else { continue };
-                if md.is_dir() {
-                    let io = |source| Error::Io { op: "chown", path: dst.clone(), source };
-                    std::os::unix::fs::lchown(&dst, Some(md.uid()), Some(md.gid())).map_err(io)?;
-                    std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(md.mode() & 0o7777))
-                        .map_err(|source| Error::Io { op: "chmod", path: dst.clone(), source })?;
-                }
-                // The topmost entry decides (a whiteout or a file hides everything below).
-                break;
+            let dst = diff.join(rel);
+            // The topmost entry decides (a whiteout or a file hides everything below).
+            let Some(md) = lowers.iter().find_map(|l| std::fs::symlink_metadata(l.join(rel)).ok()) else { continue };
+            if md.is_dir() {
+                std::os::unix::fs::lchown(&dst, Some(md.uid()), Some(md.gid())).map_err(|source| Error::Io {
+                    op: "lchown",
+                    path: dst.clone(),
+                    source,
+                })?;
+                std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(md.mode() & 0o7777))
+                    .map_err(|source| Error::Io { op: "chmod", path: dst.clone(), source })?;
             }
         }
         Ok(())
+    }
+
+    /// Whether a layer extracted without its parents went through something that is not a directory in them
+    /// (`L1: evil -> /etc`, `L2: evil/x`): applied on its parents, such a layer resolves that path differently
+    /// (inside the rootfs, through the link), so its parentless diff is not what it means.
+    fn crosses_lower_non_dir(diff: &Path, lowers: &[PathBuf]) -> Result<bool> {
+        let mut stack = vec![PathBuf::new()];
+        while let Some(rel) = stack.pop() {
+            let here = diff.join(&rel);
+            let rd =
+                std::fs::read_dir(&here).map_err(|source| Error::Io { op: "opendir", path: here.clone(), source })?;
+            for entry in rd {
+                let entry = entry.map_err(|source| Error::Io { op: "readdir", path: here.clone(), source })?;
+                let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+                if !is_dir {
+                    continue;
+                }
+                let child = rel.join(entry.file_name());
+                let Some(md) = lowers.iter().find_map(|l| std::fs::symlink_metadata(l.join(&child)).ok()) else {
+                    continue;
+                };
+                use std::os::unix::fs::FileTypeExt;
+                if md.file_type().is_char_device() && md.rdev() == 0 {
+                    continue; // deleted below: the diff's directory is new
+                }
+                if !md.is_dir() {
+                    return Ok(true);
+                }
+                let opaque = xattr::get(diff.join(&child), "trusted.overlay.opaque").ok().flatten();
+                if opaque.as_deref() != Some(b"y") {
+                    stack.push(child);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// Commits a layer extracted without its parents onto `parent`, after checking that it did not depend on
+    /// them; one that did is applied again through a mount of its parents.
+    fn commit_parallel(
+        &self,
+        store: &Store,
+        layer: &Layer,
+        parent: Option<&str>,
+        g: &mut LeadGuard,
+        key: String,
+    ) -> Result<()> {
+        let lowers = self.lower_dirs(parent)?;
+        let diff = self.snapshotter.diff_dir(&key)?;
+        if let Some(m) = &self.mounter {
+            if !lowers.is_empty() && Self::crosses_lower_non_dir(&diff, &lowers)? {
+                self.snapshotter.remove(&key)?;
+                g.active = None;
+                let key = self.extract_mounted(store, layer, parent, m.as_ref())?;
+                g.active = Some(key.clone());
+                return self.snapshotter.commit(layer.chain_id.as_str(), &key, Self::labels(layer));
+            }
+        }
+        Self::adopt_implicit_dirs(&diff, &lowers, &g.implicit_dirs)?;
+        self.snapshotter.commit_onto(layer.chain_id.as_str(), &key, parent, Self::labels(layer))
     }
 
     fn active_key(&self, chain_id: &Digest) -> String {
@@ -462,9 +521,7 @@ impl Unpacker {
                         }
                     } else if rebase {
                         match g.active.clone() {
-                            Some(key) => self.adopt_implicit_dirs(&key, parent, &g.implicit_dirs).and_then(|()| {
-                                self.snapshotter.commit_onto(layer.chain_id.as_str(), &key, parent, Self::labels(layer))
-                            }),
+                            Some(key) => self.commit_parallel(store, layer, parent, &mut g, key),
                             None => {
                                 Err(Error::Internal { what: format!("layer {} was not extracted", layer.chain_id) })
                             }

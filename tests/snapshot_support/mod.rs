@@ -177,9 +177,18 @@ fn mkdir_parents(root: &Path, rel: &Path, applied: &mut Applied) -> Result<(), A
     for c in rel.components() {
         cur.push(c);
         let p = root.join(&cur);
-        if fs::symlink_metadata(&p).is_err() {
-            fs::create_dir(&p).map_err(err)?;
-            applied.implicit_dirs.push(cur.clone());
+        match fs::symlink_metadata(&p) {
+            Err(_) => {
+                fs::create_dir(&p).map_err(err)?;
+                applied.implicit_dirs.push(cur.clone());
+            }
+            // This fixture applier never follows a link (the real one resolves inside the root).
+            Ok(md) if !md.is_dir() => {
+                let mut e = err(format!("{}: not a directory", cur.display()));
+                e.needs_parent = true;
+                return Err(e);
+            }
+            Ok(_) => {}
         }
     }
     Ok(())
