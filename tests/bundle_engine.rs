@@ -357,3 +357,21 @@ fn warm_create_is_fast() {
         e.delete(&id(&format!("w{n}"))).unwrap();
     }
 }
+
+#[test]
+fn pull_progress_counts_layers_and_bytes() {
+    if !common::require_root() {
+        return;
+    }
+    let d = Scratch(common::scratch());
+    let (store, img) = image(d.path(), layers());
+    let e = engine(d.path(), Backend::Overlay, applier());
+    let seen = std::sync::Mutex::new(Vec::new());
+    e.unpack_with_progress(&store, &img, &|p| seen.lock().unwrap().push(p)).unwrap();
+    let seen = seen.into_inner().unwrap();
+    let total: u64 = img.layers.iter().map(|l| l.descriptor.size).sum();
+    assert_eq!(seen.iter().map(|p| p.layers_done).collect::<Vec<_>>(), [0, 1, 2, 3]);
+    assert!(seen.iter().all(|p| p.layers_total == 3 && p.bytes_total == total));
+    assert_eq!(seen.last().unwrap().bytes_done, total);
+    assert!(seen.windows(2).all(|w| w[0].bytes_done <= w[1].bytes_done));
+}

@@ -423,6 +423,17 @@ impl Engine {
         Ok(self.unpacker.unpack(store, &image.layers)?)
     }
 
+    /// [`unpack`](Self::unpack) with progress reports (for `Images.Pull`).
+    pub fn unpack_with_progress(
+        &self,
+        store: &Store,
+        image: &ResolvedImage,
+        progress: &(dyn Fn(snapshot::Progress) + Sync),
+    ) -> Result<UnpackReport> {
+        let _gc = self.gc_lock.read().unwrap_or_else(|p| p.into_inner());
+        Ok(self.unpacker.unpack_with_progress(store, &image.layers, progress)?)
+    }
+
     /// Whether every layer of `image` is a committed snapshot.
     pub fn is_unpacked(&self, image: &ResolvedImage) -> bool {
         image.layers.iter().all(|l| self.snapshots.stat(l.chain_id.as_str()).is_ok_and(|i| i.kind == Kind::Committed))

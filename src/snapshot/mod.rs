@@ -27,7 +27,7 @@ pub mod unpack;
 pub use crate::sys::mount::Mount;
 pub use local::{probe_overlay, Backend, LocalSnapshotter};
 pub use meta::Meta;
-pub use unpack::{Applied, ApplyError, LayerApplier, UnpackReport, Unpacker, WhiteoutMode};
+pub use unpack::{Applied, ApplyError, LayerApplier, Progress, UnpackReport, Unpacker, WhiteoutMode};
 
 /// Labels on a snapshot (containerd's `map[string]string`).
 pub type Labels = BTreeMap<String, String>;

@@ -98,6 +98,17 @@ pub struct UnpackReport {
     pub waited: Vec<Digest>,
 }
 
+/// How far an unpack is (for `Images.Pull`'s progress stream).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Progress {
+    /// Layers committed so far, reused ones included.
+    pub layers_done: usize,
+    pub layers_total: usize,
+    /// Compressed bytes of the layers done.
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+}
+
 type FlightResult = std::result::Result<(), Arc<Error>>;
 
 #[derive(Default)]
@@ -454,6 +465,23 @@ impl Unpacker {
     /// Makes every layer of `layers` (bottom first, as in the manifest) a committed snapshot named by its
     /// ChainID. Returns once the top chain is committed, or with the first failure.
     pub fn unpack(&self, store: &Store, layers: &[Layer]) -> Result<UnpackReport> {
+        self.unpack_with_progress(store, layers, &|_| {})
+    }
+
+    /// [`unpack`](Self::unpack), calling `progress` once at the start and after each layer is committed (by
+    /// this call or another) or found present.
+    pub fn unpack_with_progress(
+        &self,
+        store: &Store,
+        layers: &[Layer],
+        progress: &(dyn Fn(Progress) + Sync),
+    ) -> Result<UnpackReport> {
+        let mut done = Progress {
+            layers_total: layers.len(),
+            bytes_total: layers.iter().map(|l| l.descriptor.size).sum(),
+            ..Progress::default()
+        };
+        progress(done);
         let mut roles = Vec::with_capacity(layers.len());
         for l in layers {
             roles.push(self.claim(&l.chain_id)?);
@@ -494,6 +522,11 @@ impl Unpacker {
         let mut report = UnpackReport::default();
         let mut first_err: Option<Error> = None;
         for (i, role) in roles.into_iter().enumerate() {
+            if i > 0 && first_err.is_none() {
+                done.layers_done = i;
+                done.bytes_done += layers[i - 1].descriptor.size;
+                progress(done);
+            }
             let layer = &layers[i];
             let parent = if i == 0 { None } else { Some(layers[i - 1].chain_id.as_str()) };
             match role {
@@ -543,7 +576,12 @@ impl Unpacker {
         }
         match first_err {
             Some(e) => Err(e),
-            None => Ok(report),
+            None => {
+                done.layers_done = layers.len();
+                done.bytes_done = done.bytes_total;
+                progress(done);
+                Ok(report)
+            }
         }
     }
 }
