@@ -8,6 +8,26 @@
 //! which [`Engine::open`] removes. Records whose rootfs is not mounted any more are re-mounted.
 //!
 //! Locking: one lock per bundle id; creation and unpack hold the GC lock shared, [`Engine::gc`] exclusively.
+//! Every method blocks (the server calls them through its `spawn_blocking` helper) and may be called from many
+//! threads at once; share one `Engine` per root.
+//!
+//! ```no_run
+//! # use std::{path::Path, sync::Arc};
+//! # fn applier() -> Arc<dyn kiln::snapshot::LayerApplier> { unimplemented!() }
+//! use kiln::bundle::{BundleId, Engine, Options};
+//! use kiln::image::{resolve, Reference, ResolveOptions};
+//! let mut opts = Options::new(Path::new("/var/lib/kiln"), Path::new("/run/kiln"), applier());
+//! opts.backend = kiln::snapshot::Backend::Overlay;
+//! let engine = Engine::open(opts)?; // recovery happens here; engine.recovery() says what was repaired
+//! let store = kiln::store::Store::open("/var/lib/kiln/content")?;
+//! let image = resolve(&store, &Reference::Name("latest".into()), &ResolveOptions::default())?;
+//! engine.unpack(&store, &image)?; // Images.Pull
+//! let created = engine.create(&BundleId::parse("web")?, &store, &image, &Default::default())?; // Bundles.Create
+//! println!("runc run --bundle {}", created.bundle.path.display());
+//! engine.delete(&BundleId::parse("web")?)?; // Bundles.Delete
+//! let report = engine.gc(&Engine::image_roots(&store), false)?; // System.Gc
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
