@@ -307,7 +307,7 @@ impl Engine {
         ensure_mode(&opts.state.join("bundles"), 0o700)?;
         let meta = Arc::new(Meta::open(&opts.root.join("meta.redb"))?);
         let snapshots = Arc::new(LocalSnapshotter::open(&opts.root, opts.backend, meta.clone())?);
-        let mut recovery = snapshots.recover()?;
+        let mut recovery = snapshots.recovered().to_vec();
         let unpacker = Unpacker::new(snapshots.clone(), opts.applier.clone(), opts.max_concurrent_unpacks)
             .with_mounter(opts.mounter.clone());
         recovery.extend(unpacker.recover()?.into_iter().map(|k| format!("removed unfinished unpack {k:?}")));

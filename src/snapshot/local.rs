@@ -55,6 +55,7 @@ pub struct LocalSnapshotter {
     root: PathBuf,
     meta: Arc<Meta>,
     state: Mutex<State>,
+    recovered: Vec<String>,
 }
 
 #[derive(Debug, Default)]
@@ -125,12 +126,23 @@ impl LocalSnapshotter {
         ensure_dir(root, 0o700)?;
         ensure_dir(&root.join("snapshots"), 0o700)?;
         ensure_dir(&root.join("tmp"), 0o700)?;
-        let s = LocalSnapshotter { backend, root: root.to_owned(), meta, state: Mutex::new(State::default()) };
-        s.recover()?;
+        let mut s = LocalSnapshotter {
+            backend,
+            root: root.to_owned(),
+            meta,
+            state: Mutex::new(State::default()),
+            recovered: Vec::new(),
+        };
+        s.recovered = s.recover()?;
         if backend == Backend::Overlay {
             probe_overlay(&s.tmp_dir())?;
         }
         Ok(s)
+    }
+
+    /// What [`open`](Self::open) repaired, one line per action.
+    pub fn recovered(&self) -> &[String] {
+        &self.recovered
     }
 
     pub fn backend(&self) -> Backend {
