@@ -4,7 +4,7 @@
 //! `store` → `image` → `layer` → `snapshot` → `bundle` ← `convert`. Each module uses only the modules to its
 //! left and the leaves `error`, `digest` and `sys`. The library is synchronous; the gRPC server is the one async
 //! boundary.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod api;
 pub mod convert;

@@ -3,6 +3,8 @@
 //!
 //! May use: `error`.
 
+pub mod fs;
+
 use std::ffi::OsStr;
 use std::fmt;
 use std::fs::File;
