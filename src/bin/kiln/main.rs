@@ -2,6 +2,7 @@
 //! directly; one file per verb.
 
 mod inspect;
+mod unpack;
 
 use std::process::ExitCode;
 
@@ -24,6 +25,8 @@ enum Command {
         #[command(subcommand)]
         command: ImageCommand,
     },
+    /// Unpack an image from an OCI layout into a runtime bundle (config.json + rootfs), no daemon.
+    Unpack(unpack::Args),
 }
 
 #[derive(Subcommand)]
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Image { command: ImageCommand::Inspect(args) } => inspect::run(args),
+        Command::Unpack(args) => unpack::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

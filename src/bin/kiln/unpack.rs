@@ -1,0 +1,256 @@
+//! `kiln unpack --image LAYOUT[:REF] [--platform OS/ARCH[/VARIANT]] [--json] BUNDLE`: a runtime bundle
+//! (`config.json` + `rootfs/`) with no daemon, like `umoci unpack`.
+//!
+//! Everything is built in a temporary sibling of BUNDLE (`.NAME.kiln-tmp-PID`) and renamed into place at the
+//! end; on any error, SIGINT, SIGTERM or SIGHUP, the temporary directory is removed and BUNDLE never appears.
+//! An existing empty BUNDLE directory is replaced; anything else there is refused.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use kiln::digest::Digest;
+use kiln::image::{self, ResolvedImage};
+use kiln::layer::{self, HygieneFix, Stats};
+use kiln::store::Store;
+
+use crate::inspect::parse_image_arg;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The image: an OCI layout directory, optionally followed by `:REF` (a ref name) or `@sha256:…`.
+    #[arg(long)]
+    image: String,
+    /// The platform to select from a multi-platform image (default: this host).
+    #[arg(long)]
+    platform: Option<String>,
+    /// Print one JSON object (bundle path, digests, per-layer stats, fix-ups, explain record).
+    #[arg(long)]
+    json: bool,
+    /// The bundle directory to create (must not exist, or be an empty directory).
+    bundle: PathBuf,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Output<'a> {
+    bundle: &'a Path,
+    manifest_digest: &'a Digest,
+    config_digest: &'a Digest,
+    chain_id: Option<&'a Digest>,
+    layers: Vec<LayerOut<'a>>,
+    hygiene: &'a [HygieneFix],
+    explain: serde_json::Value,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct LayerOut<'a> {
+    digest: &'a Digest,
+    media_type: &'a str,
+    diff_id: &'a Digest,
+    stats: &'a Stats,
+}
+
+/// Removes the temporary bundle on every early return.
+struct TempGuard(Option<PathBuf>);
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            // std's remove_dir_all never follows symlinks (CVE-2022-21658 fix).
+            if let Err(e) = std::fs::remove_dir_all(&p) {
+                eprintln!("kiln: could not remove {}: {e}", p.display());
+            }
+        }
+    }
+}
+
+/// Blocks SIGINT/SIGTERM/SIGHUP in this thread (inherited by the worker threads started later) and waits
+/// for them on a dedicated thread, which only raises the cancel flag: the apply stops at the next chunk or
+/// entry, and the guard removes the temporary directory.
+fn cancel_on_signals() -> Arc<AtomicBool> {
+    use nix::sys::signal::{SigSet, Signal};
+    let flag = Arc::new(AtomicBool::new(false));
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(s);
+    }
+    if set.thread_block().is_ok() {
+        let f = flag.clone();
+        std::thread::spawn(move || {
+            if set.wait().is_ok() {
+                f.store(true, Ordering::SeqCst);
+            }
+        });
+    }
+    flag
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let cancel = cancel_on_signals();
+    match build(&args, &cancel) {
+        Err(e) if cancel.load(Ordering::SeqCst) => {
+            eprintln!("kiln: interrupted; nothing was left behind ({e})");
+            std::process::exit(130);
+        }
+        other => other,
+    }
+}
+
+fn check_bundle(bundle: &Path) -> Result<bool> {
+    match std::fs::symlink_metadata(bundle) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("{}", bundle.display())),
+        Ok(m) if m.is_dir() => {
+            if std::fs::read_dir(bundle)?.next().is_some() {
+                bail!("{}: bundle directory exists and is not empty; refusing to overwrite it", bundle.display());
+            }
+            Ok(true)
+        }
+        Ok(_) => bail!("{}: exists and is not a directory; refusing to overwrite it", bundle.display()),
+    }
+}
+
+fn build(args: &Args, cancel: &Arc<AtomicBool>) -> Result<()> {
+    let (layout, reference, opts) = parse_image_arg(&args.image, args.platform.as_deref())?;
+    let store = Store::open(&layout)?;
+    let img = image::resolve(&store, &reference, &opts)?;
+
+    let bundle = &args.bundle;
+    let name = bundle.file_name().context("BUNDLE must name a directory")?.to_string_lossy().into_owned();
+    let parent = match bundle.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let existed_empty = check_bundle(bundle)?;
+
+    let tmp = parent.join(format!(".{name}.kiln-tmp-{}", std::process::id()));
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().mode(0o700).create(&tmp).with_context(|| format!("mkdir {}", tmp.display()))?;
+    }
+    let mut guard = TempGuard(Some(tmp.clone()));
+    let rootfs = tmp.join("rootfs");
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().mode(0o755).create(&rootfs)?;
+    }
+
+    let lopts = layer::Options { cancel: Some(cancel.clone()), ..Default::default() };
+    let progress = std::io::stderr().is_terminal() && !args.json;
+    let n = img.layers.len();
+    let unpacked = layer::unpack_image(&store, &img, &lopts, &rootfs, |i, s| {
+        if progress {
+            eprintln!(
+                "layer {}/{n} {}: {} entries, {} bytes",
+                i + 1,
+                img.layers[i].descriptor.digest,
+                s.entries,
+                s.expanded_bytes
+            );
+        }
+    })?;
+
+    let explain = write_config(&tmp, &img, &rootfs, &unpacked.hygiene)?;
+    if cancel.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+
+    // Build in temp, then rename into place (STYLE.md habit 5).
+    if existed_empty {
+        std::fs::remove_dir(bundle).with_context(|| format!("rmdir {}", bundle.display()))?;
+    }
+    let parent_fd = kiln::sys::open_dir(&parent)?;
+    kiln::sys::fs::renameat2_noreplace(
+        &parent_fd,
+        std::ffi::OsStr::new(tmp.file_name().context("temp name")?),
+        &parent_fd,
+        std::ffi::OsStr::new(&name),
+    )?;
+    guard.0 = None;
+    std::fs::File::open(&parent).and_then(|d| d.sync_all()).ok();
+
+    if args.json {
+        let out = Output {
+            bundle,
+            manifest_digest: img.manifest_digest(),
+            config_digest: img.config_digest(),
+            chain_id: img.chain_id(),
+            layers: img
+                .layers
+                .iter()
+                .zip(&unpacked.layers)
+                .map(|(l, s)| LayerOut {
+                    digest: &l.descriptor.digest,
+                    media_type: &l.descriptor.media_type,
+                    diff_id: &l.diff_id,
+                    stats: s,
+                })
+                .collect(),
+            hygiene: &unpacked.hygiene,
+            explain,
+        };
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else if progress {
+        eprintln!("bundle {} ready", bundle.display());
+    }
+    Ok(())
+}
+
+/// Writes `config.json` into the bundle being built and returns the explain record.
+///
+/// TEMPORARY (until `kiln::convert` lands on main): oci-spec's default `Spec` with args, env, cwd and a
+/// numeric user taken from the image. No user database lookup: a named user is refused.
+fn write_config(
+    bundle: &Path,
+    img: &ResolvedImage,
+    _rootfs: &Path,
+    hygiene: &[HygieneFix],
+) -> Result<serde_json::Value> {
+    use oci_spec::runtime::{ProcessBuilder, RootBuilder, Spec, UserBuilder};
+    let c = img.config.config.clone().unwrap_or_default();
+    // conversion.md: Cmd MUST be appended to Entrypoint (H7).
+    let mut args: Vec<String> = c.entrypoint.clone().unwrap_or_default();
+    args.extend(c.cmd.clone().unwrap_or_default());
+    if args.is_empty() {
+        bail!("image {} has neither Entrypoint nor Cmd: no process to run", img.config_digest());
+    }
+    let (uid, gid) = match c.user.as_deref().unwrap_or("") {
+        "" => (0, 0),
+        u => {
+            let (a, b) = u.split_once(':').unwrap_or((u, "0"));
+            match (a.parse::<u32>(), b.parse::<u32>()) {
+                (Ok(a), Ok(b)) => (a, b),
+                _ => bail!("image user {u:?}: named users need the convert module (temporary config writer)"),
+            }
+        }
+    };
+    let mut env = c.env.clone().unwrap_or_default();
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    }
+    let cwd = c.working_dir.clone().filter(|w| w.starts_with('/')).unwrap_or_else(|| "/".into());
+    let mut spec = Spec::default();
+    spec.set_hostname(Some("kiln".into()));
+    spec.set_process(Some(
+        ProcessBuilder::default()
+            .terminal(false)
+            .args(args)
+            .env(env)
+            .cwd(cwd)
+            .user(UserBuilder::default().uid(uid).gid(gid).additional_gids(vec![gid]).build()?)
+            .build()?,
+    ));
+    spec.set_root(Some(RootBuilder::default().path("rootfs").readonly(false).build()?));
+    let bytes = serde_json::to_vec_pretty(&spec)?;
+    kiln::sys::atomic_write(&bundle.join("config.json"), &bytes, 0o644)?;
+    Ok(serde_json::json!({
+        "configWriter": "temporary (oci-spec default Spec + image Entrypoint/Cmd/Env/WorkingDir/numeric User)",
+        "hygiene": hygiene,
+    }))
+}
