@@ -5,8 +5,8 @@
 //! - a PAX `size` record overrides the header's size, whatever the header says (CVE-2025-62518, CVE-2026-33055);
 //! - PAX and GNU long-name headers are consumed with *their own* header size and apply only to the next real
 //!   entry, never to each other (GHSA-3cv2-h65g-fgmm); precedence is PAX `path` > GNU `L` > ustar prefix+name;
-//! - header-only types (hardlink, symlink, devices, directory, FIFO) carry no data, as in Go's `archive/tar`
-//!   (containerd, moby) and GNU tar;
+//! - directories and hardlinks carry no data whatever their size field says (Go and GNU tar agree); a symlink,
+//!   FIFO or device with a non-zero size is refused, because there Go reads no data and GNU tar skips it;
 //! - global PAX headers (`g`) are consumed and ignored (as containerd does through Go's reader);
 //! - sparse entries (GNU `S`, PAX `GNU.sparse.*`) and multi-volume headers are refused as unsupported (F7),
 //!   never silently mis-read.
@@ -357,6 +357,9 @@ impl<R: BufRead> TarReader<R> {
         let mut xattr_bytes = 0u64;
         for (k, v) in pax {
             match k.as_slice() {
+                b"path" | b"linkpath" if v.is_empty() => {
+                    return Err(malformed(offset, "empty pax path or linkpath (readers disagree on its meaning)"))
+                }
                 b"path" => path = v,
                 b"linkpath" => link = v,
                 // pax: the size record overrides the header, whatever the header holds (F6, TARmageddon).
@@ -393,7 +396,16 @@ impl<R: BufRead> TarReader<R> {
                 cap: self.limits.max_name_bytes,
             });
         }
-        // Header-only types carry no data whatever the size field says (Go archive/tar: isHeaderOnlyType).
+        // Go's archive/tar reads no data for any header-only type; GNU tar 1.34 skips `size` bytes after a
+        // symlink, FIFO or device but not after a directory or hardlink. Where the two disagree, the entry is
+        // refused, so no reader can be shown entries another one does not see (F6).
+        if size > 0 && matches!(kind, Kind::Symlink | Kind::Fifo | Kind::Char | Kind::Block) {
+            return Err(malformed(
+                offset,
+                format!("{} entry {:?} has a non-zero size ({size})", kind_str(kind), String::from_utf8_lossy(&path)),
+            ));
+        }
+        // Directories and hardlinks carry no data whatever the size field says (Go and GNU tar agree).
         let data = match kind {
             Kind::Regular => size,
             _ if typ == b'D' => size,
@@ -421,6 +433,18 @@ impl<R: BufRead> TarReader<R> {
             dev_minor,
             xattrs,
         })
+    }
+}
+
+fn kind_str(k: Kind) -> &'static str {
+    match k {
+        Kind::Regular => "regular",
+        Kind::Hardlink => "hardlink",
+        Kind::Symlink => "symlink",
+        Kind::Char => "char device",
+        Kind::Block => "block device",
+        Kind::Directory => "directory",
+        Kind::Fifo => "FIFO",
     }
 }
 
@@ -489,7 +513,9 @@ fn numeric(field: &[u8], offset: u64, name: &str) -> Result<u64> {
     Ok(v)
 }
 
-/// Parses `"%d %s=%s\n"` records. A record with an empty value removes the keyword (POSIX pax).
+/// Parses `"%d %s=%s\n"` records; a later record for a keyword replaces an earlier one. Empty values are kept
+/// (an empty xattr value is legitimate); POSIX's "empty value deletes the keyword" is not applied because Go's
+/// reader does not apply it either — an empty `path`, `linkpath` or number is refused by the caller instead.
 fn parse_pax(mut body: &[u8], offset: u64, out: &mut Vec<(Vec<u8>, Vec<u8>)>) -> Result<()> {
     while !body.is_empty() {
         // Trailing NUL padding is tolerated (some writers pad the block).
@@ -515,9 +541,7 @@ fn parse_pax(mut body: &[u8], offset: u64, out: &mut Vec<(Vec<u8>, Vec<u8>)>) ->
             return Err(malformed(offset, "pax record with an empty keyword"));
         }
         out.retain(|(ok, _)| ok.as_slice() != k);
-        if !v.is_empty() {
-            out.push((k.to_vec(), v.to_vec()));
-        }
+        out.push((k.to_vec(), v.to_vec()));
         body = &body[len..];
     }
     Ok(())
@@ -583,9 +607,10 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert!(parse_pax(b"99 path=abc\n", 0, &mut Vec::new()).is_err());
         assert!(parse_pax(b"x path=abc\n", 0, &mut Vec::new()).is_err());
-        // An empty value removes the keyword.
+        // A later record replaces an earlier one; empty values are kept.
         parse_pax(b"8 path=\n", 0, &mut out).unwrap();
-        assert_eq!(out.len(), 1);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[1], (b"path".to_vec(), vec![]));
     }
 
     #[test]
