@@ -4,7 +4,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     // Build scripts are single-threaded: setting the variable here is the documented way to point prost at protoc.
     std::env::set_var("PROTOC", protoc);
-    let protos = ["proto/kiln/v1/system.proto"];
+    let protos = ["proto/kiln/v1/images.proto", "proto/kiln/v1/bundles.proto", "proto/kiln/v1/system.proto"];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

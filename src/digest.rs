@@ -396,7 +396,7 @@ mod tests {
     fn g1_chain_id_vectors() {
         let a = Digest::parse("sha256:c6f988f4874bb0add23a778f753c65efe992244e148a1d2ec2a8b664fb66bbd1").unwrap();
         let b = Digest::parse(EMPTY_TAR).unwrap();
-        assert_eq!(chain_id(&[a.clone()]).unwrap(), a);
+        assert_eq!(chain_id(std::slice::from_ref(&a)).unwrap(), a);
         assert_eq!(
             chain_id(&[a.clone(), b.clone()]).unwrap().as_str(),
             "sha256:c3191d32a37d7159b2e30830937d2e30268ad6c375a773a8994911a3aba9b93f"

@@ -7,6 +7,8 @@
 #![deny(unsafe_code)]
 
 pub mod api;
+pub mod bundle;
+pub mod config;
 pub mod convert;
 pub mod digest;
 pub mod error;

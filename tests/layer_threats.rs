@@ -408,9 +408,7 @@ fn cve_2021_20291_truncated_and_garbage_layers_fail_fast() {
 
 /// Names GNU tar lists for an archive.
 fn gnu_list(tar: &[u8]) -> Option<Vec<String>> {
-    if common::which("tar").is_none() {
-        return None;
-    }
+    common::which("tar")?;
     let mut child = std::process::Command::new("tar")
         .args(["-tf", "-"])
         .stdin(std::process::Stdio::piped())

@@ -63,6 +63,7 @@ fn unpack_writes_config_and_rootfs() {
     let cfg: Value = serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["root"]["path"], "rootfs");
     assert_eq!(cfg["process"]["args"], json!(["/bin/sh"]));
+    assert!(j["explain"]["fields"].as_array().is_some_and(|f| !f.is_empty()));
     for p in ["dev", "proc", "sys"] {
         assert!(std::fs::symlink_metadata(bundle.join("rootfs").join(p)).unwrap().is_dir());
     }
@@ -140,6 +141,7 @@ fn unpack_unknown_user_leaves_nothing() {
     let bundle = d.path().join("bundle");
     let out = unpack(&layout, &bundle, &[]);
     assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nosuchuser"), "{}", String::from_utf8_lossy(&out.stderr));
     assert_nothing_left(d.path(), &bundle);
 }
 
@@ -167,6 +169,9 @@ fn unpack_replaces_dev_proc_sys_symlinks_with_directories() {
     let found: Vec<(&str, &str)> =
         fixes.iter().map(|f| (f["path"].as_str().unwrap(), f["found"].as_str().unwrap())).collect();
     assert_eq!(found, [("/dev", "symlink"), ("/proc", "regular file"), ("/sys", "symlink")]);
+    // The explain record says so.
+    let i12 = j["explain"]["warnings"].as_array().unwrap().iter().filter(|w| w["rule"] == "I12").count();
+    assert_eq!(i12, 3, "{}", j["explain"]);
     canary.assert_untouched();
 }
 

@@ -9,6 +9,7 @@
 //!
 //! May use: `store`, `digest`, `error`.
 
+pub mod import;
 mod platform;
 mod types;
 
@@ -82,7 +83,7 @@ pub enum Error {
     #[error("{what}: {reason}")]
     Ambiguous { what: String, reason: String },
     #[error("{what}: no manifest for platform {platform} (available: {})", if .available.is_empty() { "none".to_string() } else { .available.join(", ") })]
-    NoMatchingPlatform { what: String, platform: Platform, available: Vec<String> },
+    NoMatchingPlatform { what: String, platform: String, available: Vec<String> },
     #[error("{what}: {reason}")]
     Malformed { what: String, reason: String },
     #[error("{what}: nested indexes deeper than {limit}")]
@@ -96,7 +97,7 @@ pub enum Error {
     #[error("{what}: unsupported media type {media_type:?}")]
     UnsupportedMediaType { what: String, media_type: String },
     #[error("config {digest}: platform {actual} does not match the selected platform {expected}")]
-    PlatformMismatch { digest: Digest, expected: Platform, actual: Platform },
+    PlatformMismatch { digest: Digest, expected: String, actual: String },
 }
 
 impl Error {
@@ -136,7 +137,7 @@ impl Reference {
         }
         let bad = |reason: String| Error::InvalidReference { reference: value.to_owned(), reason };
         let digest_like = value.strip_prefix('@').unwrap_or(value);
-        if value.starts_with('@') || looks_like_digest(digest_like) {
+        if value.starts_with('@') || digest_like.starts_with("sha256:") || digest_like.starts_with("sha512:") {
             return Digest::parse(digest_like).map(Reference::Digest).map_err(|e| bad(e.to_string()));
         }
         if value.chars().any(|c| c.is_control()) || value.len() > 4096 {
@@ -144,12 +145,6 @@ impl Reference {
         }
         Ok(Reference::Name(value.to_owned()))
     }
-}
-
-fn looks_like_digest(value: &str) -> bool {
-    value.split_once(':').is_some_and(|(alg, enc)| {
-        matches!(alg, "sha256" | "sha512" | "blake3") && enc.len() >= 32 && enc.bytes().all(|b| b.is_ascii_hexdigit())
-    })
 }
 
 impl fmt::Display for Reference {
@@ -166,14 +161,16 @@ impl fmt::Display for Reference {
 /// unless it contains `/` (then the colon is part of the path). `LAYOUT@sha256:…` names a digest.
 pub fn split_layout_ref(value: &str) -> (&str, &str) {
     if let Some(at) = value.rfind('@') {
-        if looks_like_digest(&value[at + 1..]) {
+        let tail = &value[at + 1..];
+        if tail.contains(':') && !tail.contains('/') {
+            // `LAYOUT@alg:encoded`: always a digest reference, so a malformed one is reported as such.
             return (&value[..at], &value[at..]);
         }
     }
     // A digest reference `LAYOUT:sha256:…` has two colons; split before the algorithm.
-    for alg in ["sha256:", "sha512:"] {
-        if let Some(pos) = value.rfind(&format!(":{alg}")) {
-            if looks_like_digest(&value[pos + 1..]) {
+    for alg in [":sha256:", ":sha512:"] {
+        if let Some(pos) = value.rfind(alg) {
+            if !value[pos + 1..].contains('/') {
                 return (&value[..pos], &value[pos + 1..]);
             }
         }
@@ -320,7 +317,11 @@ pub fn resolve(store: &Store, reference: &Reference, opts: &ResolveOptions) -> R
         ctx.index_platform.as_ref().is_none_or(|p| p.os == actual.os && p.architecture == actual.architecture);
     if wanted.rank(&actual).is_none() || !index_agrees {
         let expected = ctx.index_platform.clone().filter(|_| !index_agrees).unwrap_or(wanted);
-        return Err(Error::PlatformMismatch { digest: image.config_digest().clone(), expected, actual });
+        return Err(Error::PlatformMismatch {
+            digest: image.config_digest().clone(),
+            expected: expected.to_string(),
+            actual: actual.to_string(),
+        });
     }
     image.platform = actual;
     Ok(image)
@@ -423,12 +424,22 @@ impl<'a> Walk<'a> {
             }
             return Err(Error::NoMatchingPlatform {
                 what: what.into(),
-                platform: self.wanted.clone(),
+                platform: self.wanted.to_string(),
                 available: vec![],
             });
         }
         let chosen: &Descriptor = if known.len() == 1 && known[0].platform.is_none() {
             known[0]
+        } else if known.iter().all(|d| d.platform.is_none()) {
+            // A9: several images answer to one name and nothing tells them apart.
+            return Err(Error::Ambiguous {
+                what: what.into(),
+                reason: format!(
+                    "{} descriptors and none has a platform: {}",
+                    known.len(),
+                    known.iter().map(|d| d.digest.to_string()).collect::<Vec<_>>().join(", ")
+                ),
+            });
         } else {
             // C10: the first of the best-ranked matches wins; entries without a (complete) platform are only
             // chosen when they are the sole candidate (B11, C5).
@@ -453,7 +464,7 @@ impl<'a> Walk<'a> {
                 None => {
                     return Err(Error::NoMatchingPlatform {
                         what: what.into(),
-                        platform: self.wanted.clone(),
+                        platform: self.wanted.to_string(),
                         available: known
                             .iter()
                             .filter_map(|d| d.platform.as_ref().and_then(Platform::from_raw).map(|p| p.to_string()))
@@ -483,18 +494,34 @@ fn read_image(
     let what = format!("manifest {}", desc.digest);
     let bytes = store.read_document(&desc)?;
     let malformed = |reason: String| Error::Malformed { what: what.clone(), reason };
-    let manifest: Manifest = store::from_slice_strict(&bytes).map_err(malformed)?;
-    if manifest.manifests.is_some() {
-        return Err(malformed("document has both \"layers\" and \"manifests\": ambiguous index/manifest".into()));
+    // D2 and B12: the expected type (the descriptor's) wins. The document's own claims are checked before
+    // typed parsing, so an index served where a manifest was announced is named as such.
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(rename = "mediaType", default)]
+        media_type: Option<String>,
+        #[serde(default)]
+        manifests: Option<serde::de::IgnoredAny>,
+        #[serde(default)]
+        layers: Option<serde::de::IgnoredAny>,
     }
-    if manifest.schema_version != 2 {
-        return Err(malformed(format!("schemaVersion must be 2, got {}", manifest.schema_version)));
-    }
-    if let Some(mt) = &manifest.media_type {
-        // D2 and B12: the expected type (the descriptor's) wins; a mismatching document is refused.
+    let probe: Probe = store::from_slice_strict(&bytes).map_err(malformed)?;
+    if let Some(mt) = &probe.media_type {
         if !store::is_manifest_type(mt) || mt != &desc.media_type {
             return Err(malformed(format!("mediaType {mt:?} differs from its descriptor's {:?}", desc.media_type)));
         }
+    }
+    if probe.manifests.is_some() {
+        let reason = if probe.layers.is_some() {
+            "document has both \"layers\" and \"manifests\": ambiguous index/manifest"
+        } else {
+            "document is an index (has \"manifests\") but its descriptor announced a manifest"
+        };
+        return Err(malformed(reason.into()));
+    }
+    let manifest: Manifest = store::from_slice_strict(&bytes).map_err(malformed)?;
+    if manifest.schema_version != 2 {
+        return Err(malformed(format!("schemaVersion must be 2, got {}", manifest.schema_version)));
     }
     if let Some(t) = &manifest.artifact_type {
         store::check_media_type(t).map_err(|r| malformed(format!("artifactType {t:?}: {r}")))?;

@@ -23,9 +23,6 @@ pub struct Manifest {
     pub subject: Option<Descriptor>,
     #[serde(default)]
     pub annotations: Option<BTreeMap<String, String>>,
-    /// Present only in indexes: a manifest that has it is ambiguous (CVE-2021-41190).
-    #[serde(default)]
-    pub manifests: Option<serde::de::IgnoredAny>,
 }
 
 /// The image configuration (config.md). Field names are the spec's own.

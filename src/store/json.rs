@@ -12,7 +12,16 @@ pub fn from_slice_strict<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String>
     let mut de = serde_json::Deserializer::from_slice(bytes);
     NoDuplicates.deserialize(&mut de).map_err(|e| e.to_string())?;
     de.end().map_err(|e| e.to_string())?;
-    serde_json::from_slice(bytes).map_err(|e| e.to_string())
+    // serde_path_to_error names the field that failed (`annotations.a: invalid type: integer…`).
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            e.inner().to_string()
+        } else {
+            format!("{path}: {}", e.inner())
+        }
+    })
 }
 
 struct NoDuplicates;

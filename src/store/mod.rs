@@ -4,12 +4,14 @@
 //! out blob content only through verifying readers (A4, B5, B6): every byte is checked against its
 //! descriptor's size and digest before anyone may trust it, whatever directory it sits in. Every file is
 //! opened inside the layout with `RESOLVE_IN_ROOT`, must be a regular file (a FIFO or `/dev/zero` in `blobs/`
-//! cannot hang or flood a reader), and every JSON document is capped. It never writes to the layout.
+//! cannot hang or flood a reader), and every JSON document is capped. Reading never writes; the write side
+//! (`write.rs`: init, verified blob ingest, ref changes under a lock) is used only by import.
 //!
 //! May use: `digest`, `sys`, `error`.
 
 mod descriptor;
 pub(crate) mod json;
+mod write;
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -20,6 +22,7 @@ use base64::Engine as _;
 
 pub use descriptor::*;
 pub use json::from_slice_strict;
+pub use write::{init_layout, LayoutWriter};
 
 use crate::digest::{self, Digest, VerifyingReader};
 use crate::error::ErrorKind;

@@ -2,6 +2,7 @@
 //! `nix`, which keeps them safe). Errors read like strace: `openat2(3, "blobs/sha256/…", RESOLVE_IN_ROOT): ELOOP`.
 //!
 //! May use: `error`.
+#![allow(unsafe_code)]
 
 pub mod fs;
 
@@ -103,4 +104,29 @@ pub fn atomic_write(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// The listening sockets passed by systemd socket activation (`sd_listen_fds`): fds 3.. when `LISTEN_PID` is
+/// this process. The variables are removed so children do not inherit them.
+pub fn listen_fds() -> Vec<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let pid_ok = std::env::var("LISTEN_PID").ok().and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id());
+    let count = std::env::var("LISTEN_FDS").ok().and_then(|n| n.parse::<i32>().ok()).unwrap_or(0);
+    for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        std::env::remove_var(var);
+    }
+    if !pid_ok || count <= 0 {
+        return vec![];
+    }
+    let mut fds = Vec::new();
+    for fd in 3..3 + count.min(64) {
+        // SAFETY: systemd passed fds 3..3+LISTEN_FDS to this pid (checked above) and nothing else in this
+        // process owns them; the fd is only borrowed to check that it is open before ownership is taken.
+        let open = nix::fcntl::fcntl(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }, nix::fcntl::F_GETFD);
+        if open.is_ok() {
+            // SAFETY: as above; each fd is taken into ownership exactly once.
+            fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+    }
+    fds
 }

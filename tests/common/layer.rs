@@ -198,12 +198,12 @@ pub fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
 }
 
 fn octal(field: &mut [u8], value: u64) {
-    let s = format!("{:0width$o}", value, width = field.len() - 1);
+    let width = field.len() - 1;
+    let s = format!("{value:0width$o}");
     let b = s.as_bytes();
-    let start = b.len().saturating_sub(field.len() - 1);
-    let n = field.len() - 1;
-    field[..n].copy_from_slice(&b[start..]);
-    field[n] = 0;
+    let start = b.len().saturating_sub(width);
+    field[..width].copy_from_slice(&b[start..]);
+    field[width] = 0;
 }
 
 /// Writes one ustar header (names truncated to the field, byte-exact) and its padded data.

@@ -71,6 +71,5 @@ pub fn run(args: Args) -> Result<()> {
         chain_id: img.chain_id(),
         config,
     };
-    println!("{}", serde_json::to_string_pretty(&out)?);
-    Ok(())
+    crate::print_json(&out)
 }

@@ -105,7 +105,7 @@ pub fn run(args: Args) -> Result<()> {
 fn check_bundle(bundle: &Path) -> Result<bool> {
     match std::fs::symlink_metadata(bundle) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e).with_context(|| format!("{}", bundle.display())),
+        Err(e) => Err(anyhow::anyhow!("{}: {e}", bundle.display())),
         Ok(m) if m.is_dir() => {
             if std::fs::read_dir(bundle)?.next().is_some() {
                 bail!("{}: bundle directory exists and is not empty; refusing to overwrite it", bundle.display());
@@ -132,7 +132,10 @@ fn build(args: &Args, cancel: &Arc<AtomicBool>) -> Result<()> {
     let tmp = parent.join(format!(".{name}.kiln-tmp-{}", std::process::id()));
     {
         use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new().mode(0o700).create(&tmp).with_context(|| format!("mkdir {}", tmp.display()))?;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&tmp)
+            .map_err(|e| anyhow::anyhow!("mkdir {}: {e}", tmp.display()))?;
     }
     let mut guard = TempGuard(Some(tmp.clone()));
     let rootfs = tmp.join("rootfs");
@@ -163,7 +166,7 @@ fn build(args: &Args, cancel: &Arc<AtomicBool>) -> Result<()> {
 
     // Build in temp, then rename into place (STYLE.md habit 5).
     if existed_empty {
-        std::fs::remove_dir(bundle).with_context(|| format!("rmdir {}", bundle.display()))?;
+        std::fs::remove_dir(bundle).map_err(|e| anyhow::anyhow!("rmdir {}: {e}", bundle.display()))?;
     }
     let parent_fd = kiln::sys::open_dir(&parent)?;
     kiln::sys::fs::renameat2_noreplace(
@@ -202,55 +205,26 @@ fn build(args: &Args, cancel: &Arc<AtomicBool>) -> Result<()> {
     Ok(())
 }
 
-/// Writes `config.json` into the bundle being built and returns the explain record.
-///
-/// TEMPORARY (until `kiln::convert` lands on main): oci-spec's default `Spec` with args, env, cwd and a
-/// numeric user taken from the image. No user database lookup: a named user is refused.
+/// Writes `config.json` into the bundle being built and returns the explain record: the user database is read
+/// safely inside the new rootfs (`bundle::userdb`), then `convert` maps the image configuration (no caller
+/// overrides from this verb). Rootfs hygiene fix-ups are added to the explain record as I12 warnings.
 fn write_config(
     bundle: &Path,
     img: &ResolvedImage,
-    _rootfs: &Path,
+    rootfs: &Path,
     hygiene: &[HygieneFix],
 ) -> Result<serde_json::Value> {
-    use oci_spec::runtime::{ProcessBuilder, RootBuilder, Spec, UserBuilder};
-    let c = img.config.config.clone().unwrap_or_default();
-    // conversion.md: Cmd MUST be appended to Entrypoint (H7).
-    let mut args: Vec<String> = c.entrypoint.clone().unwrap_or_default();
-    args.extend(c.cmd.clone().unwrap_or_default());
-    if args.is_empty() {
-        bail!("image {} has neither Entrypoint nor Cmd: no process to run", img.config_digest());
-    }
-    let (uid, gid) = match c.user.as_deref().unwrap_or("") {
-        "" => (0, 0),
-        u => {
-            let (a, b) = u.split_once(':').unwrap_or((u, "0"));
-            match (a.parse::<u32>(), b.parse::<u32>()) {
-                (Ok(a), Ok(b)) => (a, b),
-                _ => bail!("image user {u:?}: named users need the convert module (temporary config writer)"),
-            }
-        }
-    };
-    let mut env = c.env.clone().unwrap_or_default();
-    if !env.iter().any(|e| e.starts_with("PATH=")) {
-        env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
-    }
-    let cwd = c.working_dir.clone().filter(|w| w.starts_with('/')).unwrap_or_else(|| "/".into());
-    let mut spec = Spec::default();
-    spec.set_hostname(Some("kiln".into()));
-    spec.set_process(Some(
-        ProcessBuilder::default()
-            .terminal(false)
-            .args(args)
-            .env(env)
-            .cwd(cwd)
-            .user(UserBuilder::default().uid(uid).gid(gid).additional_gids(vec![gid]).build()?)
-            .build()?,
-    ));
-    spec.set_root(Some(RootBuilder::default().path("rootfs").readonly(false).build()?));
-    let bytes = serde_json::to_vec_pretty(&spec)?;
+    let users = kiln::bundle::userdb::read(rootfs, &kiln::bundle::userdb::Limits::default())?;
+    let conv = kiln::convert::convert(&img.config, &kiln::convert::Overrides::default(), &users)
+        .map_err(|e| anyhow::anyhow!("image config {}: {e}", img.config_digest()))?;
+    let bytes = conv.to_json_bytes()?;
     kiln::sys::atomic_write(&bundle.join("config.json"), &bytes, 0o644)?;
-    Ok(serde_json::json!({
-        "configWriter": "temporary (oci-spec default Spec + image Entrypoint/Cmd/Env/WorkingDir/numeric User)",
-        "hygiene": hygiene,
-    }))
+    let mut explain = conv.explain;
+    for fix in hygiene.iter().filter(|f| f.found != "missing") {
+        explain.warnings.push(kiln::convert::Warning {
+            rule: "I12".into(),
+            message: format!("rootfs {} was a {} in the image; replaced by a directory", fix.path, fix.found),
+        });
+    }
+    Ok(serde_json::to_value(&explain)?)
 }

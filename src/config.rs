@@ -1,0 +1,260 @@
+//! Daemon configuration: a versioned TOML document whose every field has a default, so kilnd runs with no
+//! file at all. [`Config::validate`] says exactly which field is wrong; kilnd checks it before binding.
+//!
+//! May use: `error`.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ErrorKind;
+
+/// The configuration format this build reads.
+pub const CONFIG_VERSION: u32 = 1;
+
+/// Errors loading or validating a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    Parse { path: PathBuf, reason: String },
+    #[error("config field {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound => ErrorKind::NotFound,
+            Error::Read { .. } => ErrorKind::Internal,
+            Error::Parse { .. } | Error::Invalid { .. } => ErrorKind::InvalidArgument,
+        }
+    }
+}
+
+/// Which snapshotter backs bundles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotterKind {
+    /// Overlay mounts over committed layer directories (the default where the kernel has overlayfs).
+    Overlayfs,
+    /// Plain copies, for hosts without overlayfs.
+    Native,
+}
+
+impl SnapshotterKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotterKind::Overlayfs => "overlayfs",
+            SnapshotterKind::Native => "native",
+        }
+    }
+}
+
+impl std::str::FromStr for SnapshotterKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "overlayfs" => Ok(SnapshotterKind::Overlayfs),
+            "native" => Ok(SnapshotterKind::Native),
+            _ => Err(format!("unknown snapshotter {s:?} (overlayfs or native)")),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Log {
+    /// A tracing filter: `info`, `kiln=debug,warn`…
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log { level: "info".into(), format: LogFormat::Text }
+    }
+}
+
+/// kilnd's configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The format version; must be [`CONFIG_VERSION`].
+    pub version: u32,
+    /// Content store, snapshots and metadata (`content/`, `snapshots/`, `meta.redb`, `tmp/`).
+    pub root: PathBuf,
+    /// Socket and bundles; usually on a tmpfs.
+    pub state: PathBuf,
+    /// `unix:///path/to.sock` or an absolute path.
+    pub address: String,
+    /// Group owning the socket (mode 0660); `None` leaves it root's.
+    pub socket_group: Option<String>,
+    pub snapshotter: SnapshotterKind,
+    /// Layers extracted at once; 0 means the number of CPUs.
+    pub max_concurrent_unpacks: usize,
+    /// Read-only OCI layouts searched after `<root>/content`.
+    pub extra_stores: Vec<PathBuf>,
+    /// How long SIGTERM waits for in-flight requests, in seconds.
+    pub shutdown_timeout_secs: u64,
+    pub log: Log,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            version: CONFIG_VERSION,
+            root: PathBuf::from("/var/lib/kiln"),
+            state: PathBuf::from("/run/kiln"),
+            address: "unix:///run/kiln/kilnd.sock".into(),
+            socket_group: None,
+            snapshotter: SnapshotterKind::Overlayfs,
+            max_concurrent_unpacks: 0,
+            extra_stores: vec![],
+            shutdown_timeout_secs: 30,
+            log: Log::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Parses a TOML document; fields left out keep their defaults.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, Error> {
+        toml::from_str(text).map_err(|e| Error::Parse { path: path.to_path_buf(), reason: e.to_string() })
+    }
+
+    /// Reads `path`, or returns the defaults when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, Error> {
+        match path {
+            None => Ok(Config::default()),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| Error::Read { path: p.into(), source })?;
+                Config::from_toml(&text, p)
+            }
+        }
+    }
+
+    /// The socket path named by `address`.
+    pub fn socket_path(&self) -> Result<PathBuf, Error> {
+        socket_path(&self.address)
+    }
+
+    /// The number of concurrent layer extractions.
+    pub fn unpack_concurrency(&self) -> usize {
+        if self.max_concurrent_unpacks > 0 {
+            self.max_concurrent_unpacks
+        } else {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        }
+    }
+
+    /// Checks every field; the error names the first one that is wrong.
+    pub fn validate(&self) -> Result<(), Error> {
+        let invalid = |field, reason: String| Err(Error::Invalid { field, reason });
+        if self.version != CONFIG_VERSION {
+            return invalid(
+                "version",
+                format!("{} is not supported (this kilnd reads {CONFIG_VERSION})", self.version),
+            );
+        }
+        if !self.root.is_absolute() {
+            return invalid("root", format!("{:?} must be an absolute path", self.root));
+        }
+        if !self.state.is_absolute() {
+            return invalid("state", format!("{:?} must be an absolute path", self.state));
+        }
+        if self.root == self.state {
+            return invalid("state", "must differ from root".into());
+        }
+        self.socket_path()?;
+        if let Some(g) = &self.socket_group {
+            if g.is_empty() || g.contains([':', '/', '\0']) {
+                return invalid("socket_group", format!("{g:?} is not a group name"));
+            }
+        }
+        for s in &self.extra_stores {
+            if !s.is_absolute() {
+                return invalid("extra_stores", format!("{s:?} must be an absolute path"));
+            }
+        }
+        if self.max_concurrent_unpacks > 256 {
+            return invalid("max_concurrent_unpacks", format!("{} is over 256", self.max_concurrent_unpacks));
+        }
+        if !(1..=3600).contains(&self.shutdown_timeout_secs) {
+            return invalid("shutdown_timeout_secs", format!("{} is not within 1..=3600", self.shutdown_timeout_secs));
+        }
+        if tracing_filter_ok(&self.log.level).is_err() {
+            return invalid("log.level", format!("{:?} is not a tracing filter", self.log.level));
+        }
+        Ok(())
+    }
+}
+
+fn tracing_filter_ok(level: &str) -> Result<(), ()> {
+    tracing_subscriber::EnvFilter::try_new(level).map(|_| ()).map_err(|_| ())
+}
+
+/// `unix:///abs/path` or `/abs/path` → the path. Unix sockets are limited to 107 bytes.
+pub fn socket_path(address: &str) -> Result<PathBuf, Error> {
+    let path = address.strip_prefix("unix://").unwrap_or(address);
+    let invalid = |reason: String| Error::Invalid { field: "address", reason };
+    if !path.starts_with('/') {
+        return Err(invalid(format!("{address:?} is not unix:///ABSOLUTE/PATH")));
+    }
+    if path.len() > 107 {
+        return Err(invalid(format!("{address:?} is longer than a unix socket path may be (107 bytes)")));
+    }
+    Ok(PathBuf::from(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+        assert_eq!(Config::load(None).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn partial_file_keeps_defaults() {
+        let c = Config::from_toml("root = \"/srv/kiln\"\n[log]\nformat = \"json\"\n", Path::new("x.toml")).unwrap();
+        assert_eq!(c.root, PathBuf::from("/srv/kiln"));
+        assert_eq!(c.state, PathBuf::from("/run/kiln"));
+        assert_eq!(c.log.format, LogFormat::Json);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = Config::from_toml("rot = \"/x\"", Path::new("k.toml")).unwrap_err();
+        assert!(e.to_string().contains("rot") && e.to_string().contains("k.toml"), "{e}");
+        for (toml, field) in [
+            ("version = 2", "version"),
+            ("root = \"rel\"", "root"),
+            ("address = \"tcp://1.2.3.4:5\"", "address"),
+            ("snapshotter = \"zfs\"", "snapshotter"),
+            ("shutdown_timeout_secs = 0", "shutdown_timeout_secs"),
+            ("extra_stores = [\"x\"]", "extra_stores"),
+        ] {
+            let e = Config::from_toml(toml, Path::new("k.toml")).and_then(|c| c.validate()).unwrap_err();
+            assert!(e.to_string().contains(field), "{toml}: {e}");
+            assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        }
+    }
+}
