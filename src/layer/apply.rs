@@ -371,14 +371,16 @@ impl Applier<'_> {
         };
         let mut file = std::fs::File::from(fd);
         let mut write_err = None;
+        let mut written = 0u64;
         let copied = tr.copy_data(|chunk| {
+            written += chunk.len() as u64;
             file.write_all(chunk).inspect_err(|e| write_err = Some(std::io::Error::new(e.kind(), e.to_string())))
         });
         if let Some(source) = write_err {
             return Err(Error::Write { layer: self.layer.to_owned(), path: lossy(path), source });
         }
         copied.map_err(|e| self.tar_error(e))?;
-        self.stats.file_bytes += file.metadata().map(|m| m.len()).unwrap_or(0);
+        self.stats.file_bytes += written;
         let fd = OwnedFd::from(file);
         self.set_meta(&fd, path, meta, false)?;
         sfs::futimens(&fd, meta.mtime, meta.mtime_nsec).map_err(|e| self.sys(path, e))
