@@ -102,10 +102,9 @@ struct Applier<'a> {
 }
 
 pub(crate) fn apply_entries<R: BufRead>(r: &mut R, layer: &str, opts: &Options, root: &OwnedFd) -> Result<Stats> {
-    let root = root.try_clone().map_err(|e| Error::Internal {
-        layer: layer.to_owned(),
-        reason: if e.raw_os_error().is_some() { "dup of the root fd failed" } else { "dup failed" },
-    })?;
+    let root = root
+        .try_clone()
+        .map_err(|_| Error::Internal { layer: layer.to_owned(), reason: "dup of the root fd failed" })?;
     let mut a = Applier {
         layer,
         opts,
