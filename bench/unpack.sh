@@ -42,7 +42,7 @@ build_images() {
   fi
   rm -rf "$WORK/b/rootfs" && mv "$WORK/b/rootfs.new" "$WORK/b/rootfs"
   umoci repack --image "$L:minbase" "$WORK/b"
-  echo "$SRC" >"$L/SOURCE"
+  umoci config --image "$L:minbase" --config.cmd=/bin/sh
 
   # Layer 2: a 200 MiB file.
   rm -rf "$WORK/b"; umoci unpack --image "$L:minbase" "$WORK/b"
@@ -71,8 +71,10 @@ PY
   mkdir -p "$WORK/b/rootfs/data/d000" && echo recreated >"$WORK/b/rootfs/data/d000/new"
   head -c 1M /dev/urandom >"$WORK/b/rootfs/big.bin"
   umoci repack --image "$L:stack" "$WORK/b"
+  umoci config --image "$L:stack" --config.cmd=/bin/sh
   rm -rf "$WORK/b"
   umoci gc --layout "$L"
+  echo "$SRC" >"$L/SOURCE"
 }
 
 [ -f "$L/SOURCE" ] || build_images

@@ -161,3 +161,39 @@ fn e2e_umoci_images_unpack_and_run_under_runc_and_crun() {
     let got = run(Command::new("crun").args(["run", "--bundle"]).arg(&bundle).arg(format!("{id}-crun")));
     assert_eq!(got, expected_output(), "crun");
 }
+
+/// The same image recompressed by `skopeo copy` to zstd layers (a different producer and compressor) unpacks to
+/// the same rootfs and runs under runc.
+#[test]
+fn e2e_skopeo_zstd_copy_unpacks_identically() {
+    if !ready() || !common::require_tool("skopeo") {
+        return;
+    }
+    let d = common::scratch();
+    let layout = build_images(d.path());
+    let zlayout = d.path().join("zstd-layout");
+    run(Command::new("skopeo").args([
+        "copy",
+        "--dest-compress-format",
+        "zstd",
+        &format!("oci:{}:v3", layout.display()),
+        &format!("oci:{}:v3", zlayout.display()),
+    ]));
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(zlayout.join("index.json")).unwrap()).unwrap();
+    let mdigest = index["manifests"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(zlayout.join("blobs/sha256").join(mdigest)).unwrap()).unwrap();
+    assert!(manifest["layers"].as_array().unwrap().iter().all(|l| l["mediaType"].as_str().unwrap().ends_with("+zstd")));
+
+    let (a, b) = (d.path().join("gzip-bundle"), d.path().join("zstd-bundle"));
+    for (lay, bundle) in [(&layout, &a), (&zlayout, &b)] {
+        let image = format!("{}:v3", lay.display());
+        let out =
+            Command::new(env!("CARGO_BIN_EXE_kiln")).args(["unpack", "--image", &image]).arg(bundle).output().unwrap();
+        assert!(out.status.success(), "kiln unpack {image}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_eq!(describe(&a.join("rootfs"), true), describe(&b.join("rootfs"), true));
+    let id = format!("kiln-e2e-zstd-{}", std::process::id());
+    let got = run(Command::new("runc").args(["run", "--bundle"]).arg(&b).arg(id));
+    assert_eq!(got, expected_output());
+}
