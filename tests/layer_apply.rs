@@ -668,3 +668,27 @@ fn compressed_and_plain_stats() {
     assert_eq!(s.diff_id.unwrap().to_string(), cl::sha256(&tar));
     let _ = C::None;
 }
+
+#[test]
+fn f23_overlay_mode_skips_whiteouts_below_a_file_or_symlink_this_layer_made() {
+    if !common::require_root() {
+        return;
+    }
+    let d = common::scratch();
+    let canary = cl::Canary::new(d.path());
+    let upper = root_in(&d);
+    let o = Options { whiteout_mode: WhiteoutMode::Overlay, ..opts() };
+    let l = LayerBuilder::new()
+        .file("dir2file", b"now a file", 0o644)
+        .whiteout("dir2file/x")
+        .opaque("dir2file")
+        .symlink("s", &canary.path())
+        .whiteout("s/victim")
+        .opaque("s")
+        .whiteout("fresh/dir/gone");
+    let s = apply_tar(&l.build(), &upper, &o).unwrap();
+    canary.assert_untouched();
+    assert_eq!(s.whiteouts_skipped, 4);
+    assert_eq!(std::fs::read(upper.join("dir2file")).unwrap(), b"now a file");
+    assert!(std::fs::symlink_metadata(upper.join("fresh/dir/gone")).unwrap().file_type().is_char_device());
+}

@@ -631,11 +631,33 @@ impl Applier<'_> {
                 self.remove_lower_children(&dfd, parent, 0)
             }
             WhiteoutMode::Overlay => {
-                // The directory itself (made if this layer has no entry for it); an O_PATH fd, so the xattr is
-                // set through /proc/self/fd on exactly that inode.
-                let fd = self.parent_fd(parent)?;
-                sfs::fsetxattr_opath(&*fd, b"trusted.overlay.opaque", b"y").map_err(|e| self.sys(parent, e))
+                let Some(fd) = self.overlay_dir(parent)? else {
+                    self.stats.whiteouts_skipped += 1;
+                    return Ok(());
+                };
+                self.opaque_fd(&fd, parent)
             }
+        }
+    }
+
+    /// The directory `dir` of an overlay upper dir, made if this layer has no entry for it, without crossing a
+    /// symlink; `None` when a component is a symlink or a non-directory this layer made (umoci's
+    /// `dir2file/.wh.x`): the whiteout is then skipped.
+    fn overlay_dir(&mut self, dir: &[u8]) -> Result<Option<OwnedFd>> {
+        let p: &Path = if dir.is_empty() { Path::new(".") } else { Path::new(os(dir)) };
+        let open =
+            |root: &OwnedFd| sfs::openat2(root, p, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Resolve::BeneathNoSymlinks);
+        match open(&self.root) {
+            Ok(fd) => return Ok(Some(fd)),
+            Err(e) if e.errno == Errno::ENOENT => {}
+            Err(e) if is_skip_errno(e.errno) => return Ok(None),
+            Err(e) => return Err(self.sys(dir, e)),
+        }
+        self.mkdir_all(dir)?;
+        match open(&self.root) {
+            Ok(fd) => Ok(Some(fd)),
+            Err(e) if is_skip_errno(e.errno) => Ok(None),
+            Err(e) => Err(self.sys(dir, e)),
         }
     }
 
@@ -650,17 +672,20 @@ impl Applier<'_> {
     }
 
     fn whiteout_overlay(&mut self, parent: &[u8], base: &[u8], target: &[u8]) -> Result<()> {
-        let pfd = self.parent_fd(parent)?;
+        let Some(dfd) = self.overlay_dir(parent)? else {
+            self.stats.whiteouts_skipped += 1;
+            return Ok(());
+        };
         if self.created.contains(target) {
             // F18: this layer's own content stays; a directory it made that also hides a lower one is opaque.
-            match sfs::fstatat_nofollow(&*pfd, os(base)) {
-                Ok(st) if sfs::file_type(&st) == SFlag::S_IFDIR => self.set_opaque(&pfd, target, base)?,
+            match sfs::fstatat_nofollow(&dfd, os(base)) {
+                Ok(st) if sfs::file_type(&st) == SFlag::S_IFDIR => self.set_opaque(&dfd, target, base)?,
                 _ => self.stats.whiteouts_skipped += 1,
             }
             return Ok(());
         }
         // F23: a whiteout is a 0/0 character device in the layer's upper dir.
-        match sfs::mknodat(&*pfd, os(base), SFlag::S_IFCHR, 0, 0, 0) {
+        match sfs::mknodat(&dfd, os(base), SFlag::S_IFCHR, 0, 0, 0) {
             Ok(()) => Ok(()),
             Err(e) if e.errno == Errno::EEXIST => Ok(()),
             Err(e) => Err(self.sys(target, e)),
