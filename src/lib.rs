@@ -8,12 +8,14 @@
 
 pub mod api;
 pub mod bundle;
+pub mod client;
 pub mod config;
 pub mod convert;
 pub mod digest;
 pub mod error;
 pub mod image;
 pub mod layer;
+pub mod server;
 pub mod store;
 pub mod sys;
 

@@ -1,6 +1,139 @@
-//! `kilnd`: the daemon. The gRPC server arrives with the daemon issue; until then it says so.
+//! `kilnd`: flags → config → tracing → serve. Exit 64 on a usage or configuration error, before binding.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("kilnd: the daemon is not built yet; use `kiln image inspect` or `kiln unpack`");
-    std::process::ExitCode::from(64)
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+
+use kiln::config::{Config, LogFormat, SnapshotterKind};
+use kiln::server::{self, lifecycle};
+
+#[derive(Parser)]
+#[command(name = "kilnd", version, about = "kiln daemon: OCI runtime bundles over gRPC on a Unix socket")]
+struct Flags {
+    /// TOML configuration file (every field has a default).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Content store, snapshots and metadata.
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Socket and bundles.
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// unix:///path/to/kilnd.sock
+    #[arg(long)]
+    address: Option<String>,
+    #[arg(long)]
+    snapshotter: Option<SnapshotterKind>,
+    /// tracing filter, e.g. `info` or `kiln=debug`.
+    #[arg(long)]
+    log_level: Option<String>,
+    #[arg(long, value_parser = ["text", "json"])]
+    log_format: Option<String>,
+}
+
+const EX_USAGE: u8 = 64;
+
+fn config(flags: Flags) -> anyhow::Result<Config> {
+    let mut c = Config::load(flags.config.as_deref())?;
+    if let Some(r) = flags.root {
+        c.root = r;
+    }
+    if let Some(s) = flags.state {
+        let default_address = Config::default().address;
+        if c.address == default_address {
+            c.address = format!("unix://{}", s.join("kilnd.sock").display());
+        }
+        c.state = s;
+    }
+    if let Some(a) = flags.address {
+        c.address = a;
+    }
+    if let Some(s) = flags.snapshotter {
+        c.snapshotter = s;
+    }
+    if let Some(l) = flags.log_level {
+        c.log.level = l;
+    }
+    if let Some(f) = flags.log_format {
+        c.log.format = if f == "json" { LogFormat::Json } else { LogFormat::Text };
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+fn main() -> ExitCode {
+    let flags = match Flags::try_parse() {
+        Ok(f) => f,
+        Err(e) if e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::from(EX_USAGE);
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+    };
+    let config = match config(flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kilnd: {e:#}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::new(&config.log.level);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    match config.log.format {
+        LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(std::io::stderr).init(),
+        LogFormat::Text => {
+            tracing_subscriber::fmt().with_ansi(ansi).with_env_filter(filter).with_writer(std::io::stderr).init()
+        }
+    }
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("kilnd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    let daemon = server::Daemon::new(config.clone()).context("preparing directories")?;
+    let _lock = lifecycle::lock_root(&config.root)?;
+    let listener = lifecycle::listen(&config)?;
+    let socket_file = match &listener {
+        lifecycle::Listener::Bound(_, p) => Some(p.clone()),
+        lifecycle::Listener::Inherited(_) => None,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
+    let result = runtime.block_on(async move {
+        let listener = listener.into_tokio()?;
+        // Signal handlers exist before READY=1, so a SIGTERM right after readiness drains instead of killing.
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM"),
+                _ = int.recv() => tracing::info!("SIGINT"),
+            }
+            let _ = lifecycle::notify("STOPPING=1");
+        };
+        tracing::info!(
+            root = %config.root.display(),
+            state = %config.state.display(),
+            address = %config.address,
+            snapshotter = config.snapshotter.as_str(),
+            "kilnd serving"
+        );
+        lifecycle::notify("READY=1")?;
+        Ok::<_, anyhow::Error>(server::serve(daemon, listener, shutdown).await?)
+    });
+    if let Some(p) = socket_file {
+        let _ = std::fs::remove_file(p);
+    }
+    result
 }

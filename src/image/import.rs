@@ -219,6 +219,7 @@ pub fn extract_archive(archive: &Path, dest: &Path, limits: ArchiveLimits) -> Re
     let what = archive.display().to_string();
     let mut ar = tar::Archive::new(reader);
     let (mut entries, mut bytes) = (0u64, 0u64);
+    let mut links = Vec::new();
     for entry in ar.entries().map_err(|e| io_error(archive, e))? {
         let mut entry = entry.map_err(|e| io_error(archive, e))?;
         entries += 1;
@@ -257,11 +258,49 @@ pub fn extract_archive(archive: &Path, dest: &Path, limits: ArchiveLimits) -> Re
                     .map_err(|e| io_error(&target, e))?;
                 io::copy(&mut entry, &mut out).map_err(|e| io_error(&target, e))?;
             }
+            tar::EntryType::Symlink => {
+                // docker-archive links `<id>/layer.tar` to `../<digest>.tar`. Links are made after every file is
+                // written (so no write can pass through one), only when they stay inside the archive, and
+                // readers open through them with RESOLVE_IN_ROOT.
+                let target = entry.link_name().map_err(|e| io_error(archive, e))?.map(|t| t.into_owned());
+                let Some(target) = target else { continue };
+                if !link_stays_inside(&clean, &target) {
+                    return Err(malformed(&what, format!("link {path:?} -> {target:?} leaves the archive")));
+                }
+                links.push((target, clean.iter().collect::<std::path::PathBuf>()));
+            }
             tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => {}
             other => return Err(malformed(&what, format!("entry {path:?} has unsupported type {other:?}"))),
         }
     }
+    for (target, link) in links {
+        let at = dest.join(&link);
+        if let Some(parent) = at.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| io_error(parent, e))?;
+        }
+        std::os::unix::fs::symlink(&target, &at).map_err(|e| io_error(&at, e))?;
+    }
     Ok(())
+}
+
+/// True when a relative `target`, read from the directory of the link at `link` (archive-relative
+/// components), never climbs above the archive root.
+fn link_stays_inside(link: &[&std::ffi::OsStr], target: &Path) -> bool {
+    let mut depth = link.len().saturating_sub(1) as i64;
+    for c in target.components() {
+        match c {
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::ParentDir => {
+                depth -= 1;
+                if depth < 0 {
+                    return false;
+                }
+            }
+            Component::RootDir | Component::Prefix(_) => return false,
+        }
+    }
+    true
 }
 
 #[derive(Deserialize)]

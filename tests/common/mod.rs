@@ -2,6 +2,7 @@
 //! honest gating for tests that need root or external tools.
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod layer;
 pub mod layout;
 

@@ -11,11 +11,13 @@ use kiln::store::Store;
 #[derive(clap::Args)]
 pub struct Args {
     /// The image: an OCI layout directory, optionally followed by `:REF` (a ref name) or `@sha256:…`.
-    #[arg(long)]
-    image: String,
+    #[arg(long, conflicts_with = "reference")]
+    pub image: Option<String>,
+    /// A reference in kilnd's store (when --image is not given).
+    pub reference: Option<String>,
     /// The platform to select from a multi-platform image (default: this host).
     #[arg(long)]
-    platform: Option<String>,
+    pub platform: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -49,12 +51,13 @@ pub fn parse_image_arg(image: &str, platform: Option<&str>) -> Result<(String, R
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let (layout, reference, opts) = parse_image_arg(&args.image, args.platform.as_deref())?;
+    let image = args.image.unwrap_or_default();
+    let (layout, reference, opts) = parse_image_arg(&image, args.platform.as_deref())?;
     let store = Store::open(&layout)?;
     let img = image::resolve(&store, &reference, &opts)?;
     let config: &RawValue = serde_json::from_slice(&img.config_bytes)?;
     let out = Output {
-        reference: &args.image,
+        reference: &image,
         manifest_digest: img.manifest_digest(),
         config_digest: img.config_digest(),
         platform: &img.platform,

@@ -28,9 +28,6 @@ pub struct Args {
     /// The platform to select from a multi-platform image (default: this host).
     #[arg(long)]
     platform: Option<String>,
-    /// Print one JSON object (bundle path, digests, per-layer stats, fix-ups, explain record).
-    #[arg(long)]
-    json: bool,
     /// The bundle directory to create (must not exist, or be an empty directory).
     bundle: PathBuf,
 }
@@ -91,9 +88,11 @@ fn cancel_on_signals() -> Arc<AtomicBool> {
     flag
 }
 
-pub fn run(args: Args) -> Result<()> {
+/// Runs the verb; `json` is the global `--json` flag (one JSON object: bundle path, digests, per-layer stats,
+/// fix-ups, explain record).
+pub fn run(args: Args, json: bool) -> Result<()> {
     let cancel = cancel_on_signals();
-    match build(&args, &cancel) {
+    match build(&args, json, &cancel) {
         Err(e) if cancel.load(Ordering::SeqCst) => {
             eprintln!("kiln: interrupted; nothing was left behind ({e})");
             std::process::exit(130);
@@ -116,7 +115,7 @@ fn check_bundle(bundle: &Path) -> Result<bool> {
     }
 }
 
-fn build(args: &Args, cancel: &Arc<AtomicBool>) -> Result<()> {
+fn build(args: &Args, json: bool, cancel: &Arc<AtomicBool>) -> Result<()> {
     let (layout, reference, opts) = parse_image_arg(&args.image, args.platform.as_deref())?;
     let store = Store::open(&layout)?;
     let img = image::resolve(&store, &reference, &opts)?;
@@ -145,7 +144,7 @@ fn build(args: &Args, cancel: &Arc<AtomicBool>) -> Result<()> {
     }
 
     let lopts = layer::Options { cancel: Some(cancel.clone()), ..Default::default() };
-    let progress = std::io::stderr().is_terminal() && !args.json;
+    let progress = std::io::stderr().is_terminal() && !json;
     let n = img.layers.len();
     let unpacked = layer::unpack_image(&store, &img, &lopts, &rootfs, |i, s| {
         if progress {
@@ -178,7 +177,7 @@ fn build(args: &Args, cancel: &Arc<AtomicBool>) -> Result<()> {
     guard.0 = None;
     std::fs::File::open(&parent).and_then(|d| d.sync_all()).ok();
 
-    if args.json {
+    if json {
         let out = Output {
             bundle,
             manifest_digest: img.manifest_digest(),

@@ -1,0 +1,136 @@
+//! `kiln image ls|inspect|import|pull|rm` against kilnd.
+
+use anyhow::{Context, Result};
+use serde_json::json;
+use tokio_stream::StreamExt;
+
+use kiln::api::v1 as pb;
+use kiln::api::v1::images_client::ImagesClient;
+
+use crate::Remote;
+
+fn platform(p: Option<&str>) -> Result<Option<pb::Platform>> {
+    let Some(p) = p else { return Ok(None) };
+    let p = kiln::image::Platform::parse(p).map_err(anyhow::Error::msg)?;
+    Ok(Some(pb::Platform { os: p.os, architecture: p.architecture, variant: p.variant.unwrap_or_default() }))
+}
+
+pub async fn ls(remote: &Remote) -> Result<()> {
+    let mut c = ImagesClient::new(remote.channel().await?);
+    let images = c.list(pb::ListImagesRequest {}).await?.into_inner().images;
+    if remote.json {
+        let v: Vec<_> = images
+            .iter()
+            .map(|i| {
+                let d = i.descriptor.clone().unwrap_or_default();
+                json!({"refName": i.ref_name, "store": i.store, "mediaType": d.media_type, "digest": d.digest, "size": d.size})
+            })
+            .collect();
+        return crate::print_json(&v);
+    }
+    println!("{:<32} {:<20} {:<12} STORE", "REF", "DIGEST", "SIZE");
+    for i in images {
+        let d = i.descriptor.unwrap_or_default();
+        let short = d.digest.get(..19).unwrap_or(&d.digest);
+        println!(
+            "{:<32} {:<20} {:<12} {}",
+            if i.ref_name.is_empty() { "<none>" } else { &i.ref_name },
+            short,
+            d.size,
+            i.store
+        );
+    }
+    Ok(())
+}
+
+pub async fn inspect(remote: &Remote, reference: &str, p: Option<&str>) -> Result<()> {
+    let mut c = ImagesClient::new(remote.channel().await?);
+    let r = c.get(pb::GetImageRequest { reference: reference.into(), platform: platform(p)? }).await?.into_inner();
+    let config: serde_json::Value = serde_json::from_slice(&r.config).context("config from kilnd")?;
+    let p = r.platform.unwrap_or_default();
+    let layers: Vec<_> = r
+        .layers
+        .iter()
+        .map(|l| {
+            let d = l.descriptor.clone().unwrap_or_default();
+            json!({"digest": d.digest, "mediaType": d.media_type, "size": d.size, "diffId": l.diff_id, "unpacked": l.unpacked})
+        })
+        .collect();
+    let mut platform = json!({"os": p.os, "architecture": p.architecture});
+    if !p.variant.is_empty() {
+        platform["variant"] = json!(p.variant);
+    }
+    crate::print_json(&json!({
+        "reference": r.reference,
+        "manifestDigest": r.manifest.map(|m| m.digest).unwrap_or_default(),
+        "configDigest": r.config_digest,
+        "platform": platform,
+        "layers": layers,
+        "chainId": if r.chain_id.is_empty() { serde_json::Value::Null } else { json!(r.chain_id) },
+        "unpacked": r.unpacked,
+        "config": config,
+    }))
+}
+
+pub async fn import(remote: &Remote, source: &str, name: &str, source_ref: &str) -> Result<()> {
+    let source = std::path::absolute(source).with_context(|| format!("source {source:?}"))?;
+    let mut c = ImagesClient::new(remote.channel().await?);
+    let mut stream = c
+        .import(pb::ImportImageRequest {
+            source: source.display().to_string(),
+            source_reference: source_ref.into(),
+            ref_name: name.into(),
+        })
+        .await?
+        .into_inner();
+    let progress = crate::Progress::new(remote.json);
+    while let Some(msg) = stream.next().await {
+        let msg = msg?;
+        if msg.done {
+            progress.finish();
+            if remote.json {
+                return crate::print_json(&json!({"refName": name, "digest": msg.digest}));
+            }
+            println!("{name} {}", msg.digest);
+            return Ok(());
+        }
+        progress.show(&format!("{} blobs, {} bytes", msg.blobs_done, msg.bytes_done));
+    }
+    anyhow::bail!("kilnd closed the import stream before it finished")
+}
+
+pub async fn pull(remote: &Remote, reference: &str, p: Option<&str>) -> Result<()> {
+    let mut c = ImagesClient::new(remote.channel().await?);
+    let mut stream =
+        c.pull(pb::PullImageRequest { reference: reference.into(), platform: platform(p)? }).await?.into_inner();
+    let progress = crate::Progress::new(remote.json);
+    while let Some(msg) = stream.next().await {
+        let msg = msg?;
+        if msg.done {
+            progress.finish();
+            if remote.json {
+                return crate::print_json(&json!({"reference": reference, "chainId": msg.chain_id}));
+            }
+            println!("{reference} {}", msg.chain_id);
+            return Ok(());
+        }
+        progress.show(&format!(
+            "layers {}/{}, {}/{} bytes",
+            msg.layers_done, msg.layers_total, msg.bytes_done, msg.bytes_total
+        ));
+    }
+    anyhow::bail!("kilnd closed the pull stream before it finished")
+}
+
+pub async fn rm(remote: &Remote, name: &str) -> Result<()> {
+    let mut c = ImagesClient::new(remote.channel().await?);
+    let removed = c.remove(pb::RemoveImageRequest { ref_name: name.into() }).await?.into_inner().removed;
+    if remote.json {
+        let v: Vec<_> = removed.iter().map(|d| json!({"digest": d.digest, "mediaType": d.media_type})).collect();
+        return crate::print_json(&v);
+    }
+    for d in removed {
+        println!("removed {name} {}", d.digest);
+    }
+    Ok(())
+}

@@ -1,0 +1,148 @@
+//! `kiln.v1.Images`.
+
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::{blocking, caller, status, wire, Daemon};
+use crate::api::v1 as pb;
+use crate::image::{self, import, ResolveOptions};
+use crate::store::{LayoutWriter, Store};
+
+pub struct ImagesService {
+    daemon: Arc<Daemon>,
+}
+
+impl ImagesService {
+    pub fn new(daemon: Arc<Daemon>) -> Self {
+        ImagesService { daemon }
+    }
+}
+
+type Progress<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Resolves `reference` in the content store, then in each extra store; the first store that has it wins.
+pub fn resolve(
+    daemon: &Daemon,
+    reference: &str,
+    platform: Option<&pb::Platform>,
+) -> Result<image::ResolvedImage, Status> {
+    let r = wire::reference(reference)?;
+    let opts = ResolveOptions { platform: wire::platform_in(platform)?, ..Default::default() };
+    let mut first_err = None;
+    for path in daemon.stores() {
+        let result = Store::open(&path).map_err(image::Error::from).and_then(|s| image::resolve(&s, &r, &opts));
+        match result {
+            Ok(img) => return Ok(img),
+            Err(e) if e.kind() == crate::ErrorKind::NotFound && first_err.is_some() => {}
+            Err(e) if e.kind() == crate::ErrorKind::NotFound => first_err = Some(e),
+            Err(e) => return Err(status(e.kind(), e)),
+        }
+    }
+    let e = first_err.ok_or_else(|| Status::not_found(format!("image {reference:?} not found")))?;
+    Err(status(e.kind(), e))
+}
+
+#[tonic::async_trait]
+impl pb::images_server::Images for ImagesService {
+    async fn list(&self, _req: Request<pb::ListImagesRequest>) -> Result<Response<pb::ListImagesResponse>, Status> {
+        let d = self.daemon.clone();
+        let images = blocking(move || {
+            let mut out = Vec::new();
+            for (i, path) in d.stores().into_iter().enumerate() {
+                let store = Store::open(&path).map_err(|e| status(e.kind(), e))?;
+                let name = if i == 0 { "content".to_string() } else { path.display().to_string() };
+                for l in image::list(&store).map_err(|e| status(e.kind(), e))? {
+                    out.push(pb::ListedImage {
+                        ref_name: l.ref_name.unwrap_or_default(),
+                        descriptor: Some(wire::descriptor(&l.descriptor)),
+                        store: name.clone(),
+                    });
+                }
+            }
+            Ok(out)
+        })
+        .await?;
+        Ok(Response::new(pb::ListImagesResponse { images }))
+    }
+
+    async fn get(&self, req: Request<pb::GetImageRequest>) -> Result<Response<pb::GetImageResponse>, Status> {
+        let d = self.daemon.clone();
+        let req = req.into_inner();
+        let reply = blocking(move || {
+            let img = resolve(&d, &req.reference, req.platform.as_ref())?;
+            Ok(wire::image(&img, &req.reference, |_| false))
+        })
+        .await?;
+        Ok(Response::new(reply))
+    }
+
+    type PullStream = Progress<pb::PullProgress>;
+
+    async fn pull(&self, _req: Request<pb::PullImageRequest>) -> Result<Response<Self::PullStream>, Status> {
+        Err(Status::unimplemented("Pull needs the snapshotter (issue 5), which has not landed"))
+    }
+
+    type ImportStream = Progress<pb::ImportProgress>;
+
+    async fn import(&self, req: Request<pb::ImportImageRequest>) -> Result<Response<Self::ImportStream>, Status> {
+        tracing::info!(caller = %caller(&req), "Images.Import");
+        let req = req.into_inner();
+        let source_ref = wire::reference(&req.source_reference)?;
+        import::validate_ref_name(&req.ref_name).map_err(|e| status(e.kind(), e))?;
+        if !req.source.starts_with('/') {
+            return Err(Status::invalid_argument(format!("source {:?} must be an absolute path", req.source)));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let d = self.daemon.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = (|| {
+                let writer = LayoutWriter::open(&d.content_dir()).map_err(|e| status(e.kind(), e))?;
+                let mut report = |p: import::ImportProgress| {
+                    let _ = tx.blocking_send(Ok(pb::ImportProgress {
+                        blobs_done: p.blobs,
+                        bytes_done: p.bytes as i64,
+                        done: false,
+                        digest: String::new(),
+                    }));
+                };
+                import::import(
+                    &writer,
+                    &PathBuf::from(&req.source),
+                    &source_ref,
+                    &req.ref_name,
+                    &d.tmp_dir(),
+                    &mut report,
+                )
+                .map_err(|e| status(e.kind(), e))
+            })();
+            let last = result.map(|desc| pb::ImportProgress {
+                done: true,
+                digest: desc.digest.to_string(),
+                ..Default::default()
+            });
+            let _ = tx.blocking_send(last);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn remove(&self, req: Request<pb::RemoveImageRequest>) -> Result<Response<pb::RemoveImageResponse>, Status> {
+        tracing::info!(caller = %caller(&req), "Images.Remove");
+        let d = self.daemon.clone();
+        let name = req.into_inner().ref_name;
+        let removed = blocking(move || {
+            let writer = LayoutWriter::open(&d.content_dir()).map_err(|e| status(e.kind(), e))?;
+            let removed = writer.remove_ref(&name).map_err(|e| status(e.kind(), e))?;
+            if removed.is_empty() {
+                return Err(Status::not_found(format!("no image named {name:?} in the content store")));
+            }
+            Ok(removed.iter().map(wire::descriptor).collect())
+        })
+        .await?;
+        Ok(Response::new(pb::RemoveImageResponse { removed }))
+    }
+}

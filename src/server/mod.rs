@@ -1,0 +1,172 @@
+//! The gRPC services of `kilnd`. They only translate: request → domain types (`wire.rs`), one call into the
+//! synchronous library through [`blocking`], the library's `ErrorKind` → a gRPC code in [`status`], and
+//! domain → reply. Health (`grpc.health.v1`) and reflection are served beside them.
+//!
+//! May use: everything above it.
+
+mod images;
+pub mod lifecycle;
+mod system;
+mod wire;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::UnixListener;
+use tonic::{Request, Status};
+
+use crate::api::v1 as pb;
+use crate::config::Config;
+use crate::error::ErrorKind;
+use crate::store::{self, Store};
+
+/// The encoded descriptor set of `kiln.v1`, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("kiln_descriptor");
+
+/// Errors starting or running the server.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    #[error("serving: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection: {0}")]
+    Reflection(String),
+}
+
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Store(e) => e.kind(),
+            _ => ErrorKind::Internal,
+        }
+    }
+}
+
+/// The one mapping from kiln's error classification to gRPC status codes.
+pub fn status(kind: ErrorKind, message: impl std::fmt::Display) -> Status {
+    let message = message.to_string();
+    match kind {
+        ErrorKind::NotFound => Status::not_found(message),
+        ErrorKind::AlreadyExists => Status::already_exists(message),
+        ErrorKind::InvalidArgument => Status::invalid_argument(message),
+        ErrorKind::FailedPrecondition => Status::failed_precondition(message),
+        ErrorKind::Unsupported => Status::unimplemented(message),
+        ErrorKind::Corrupt => Status::data_loss(message),
+        ErrorKind::ResourceExhausted => Status::resource_exhausted(message),
+        ErrorKind::Internal => Status::internal(message),
+    }
+}
+
+/// Runs synchronous library work off the async runtime: the one `spawn_blocking` of the daemon.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Status> + Send + 'static) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Status::internal(format!("worker failed: {e}")))?
+}
+
+/// Who is calling, from `SO_PEERCRED`, for the log line of every mutating call.
+pub fn caller<T>(req: &Request<T>) -> String {
+    match req.extensions().get::<tonic::transport::server::UdsConnectInfo>().and_then(|i| i.peer_cred) {
+        Some(c) => format!("uid={} gid={} pid={}", c.uid(), c.gid(), c.pid().map_or(-1, |p| p as i64)),
+        None => "unknown".into(),
+    }
+}
+
+/// The daemon's shared state.
+#[derive(Debug)]
+pub struct Daemon {
+    pub config: Config,
+}
+
+impl Daemon {
+    /// Prepares the directories under `root` and `state` (0700 and 0711: never world-traversable, I13) and
+    /// an empty content layout, and sweeps `tmp/`.
+    pub fn new(config: Config) -> Result<Arc<Daemon>, Error> {
+        use std::os::unix::fs::PermissionsExt;
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| Error::Io { path, source }
+        };
+        for (dir, mode) in [(&config.root, 0o700), (&config.state, 0o711)] {
+            std::fs::create_dir_all(dir).map_err(io(dir))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(io(dir))?;
+        }
+        let d = Daemon { config };
+        let tmp = d.tmp_dir();
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+        }
+        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        store::init_layout(&d.content_dir())?;
+        Ok(Arc::new(d))
+    }
+
+    pub fn content_dir(&self) -> PathBuf {
+        self.config.root.join("content")
+    }
+
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.config.root.join("tmp")
+    }
+
+    /// The content store, then the extra read-only stores, in search order.
+    pub fn stores(&self) -> Vec<PathBuf> {
+        let mut v = vec![self.content_dir()];
+        v.extend(self.config.extra_stores.iter().cloned());
+        v
+    }
+
+    /// Opens the content store.
+    pub fn content(&self) -> Result<Store, Status> {
+        Store::open(self.content_dir()).map_err(|e| status(e.kind(), e))
+    }
+}
+
+/// Serves the kiln.v1 services, health and reflection on `listener` until `shutdown` resolves, then waits
+/// up to the configured deadline for in-flight requests.
+pub async fn serve(
+    daemon: Arc<Daemon>,
+    listener: UnixListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<pb::images_server::ImagesServer<images::ImagesService>>().await;
+    health_reporter.set_serving::<pb::system_server::SystemServer<system::SystemService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| Error::Reflection(e.to_string()))?;
+    let deadline = Duration::from_secs(daemon.config.shutdown_timeout_secs);
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(pb::images_server::ImagesServer::new(images::ImagesService::new(daemon.clone())))
+        .add_service(pb::system_server::SystemServer::new(system::SystemService::new(daemon.clone())))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), async move {
+            let _ = stop_rx.await;
+        });
+    let mut server = tokio::spawn(server);
+    tokio::select! {
+        r = &mut server => return r.map_err(|e| Error::Reflection(format!("server task: {e}")))?.map_err(Error::from),
+        () = shutdown => {}
+    }
+    tracing::info!(deadline_secs = deadline.as_secs(), "draining in-flight requests");
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(deadline, server).await {
+        Ok(r) => r.map_err(|e| Error::Reflection(format!("server task: {e}")))?.map_err(Error::from),
+        Err(_) => {
+            tracing::warn!("requests still running after the shutdown deadline; exiting anyway");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! Proto ↔ domain conversions, and nothing else.
+
+use tonic::Status;
+
+use crate::api::v1 as pb;
+use crate::image::{Platform, Reference, ResolvedImage};
+use crate::store::Descriptor;
+
+pub fn descriptor(d: &Descriptor) -> pb::Descriptor {
+    pb::Descriptor {
+        media_type: d.media_type.clone(),
+        digest: d.digest.to_string(),
+        size: i64::try_from(d.size).unwrap_or(i64::MAX),
+        annotations: d.annotations.clone().unwrap_or_default().into_iter().collect(),
+    }
+}
+
+pub fn platform_out(p: &Platform) -> pb::Platform {
+    pb::Platform {
+        os: p.os.clone(),
+        architecture: p.architecture.clone(),
+        variant: p.variant.clone().unwrap_or_default(),
+    }
+}
+
+/// An unset platform means the host's.
+pub fn platform_in(p: Option<&pb::Platform>) -> Result<Option<Platform>, Status> {
+    match p {
+        None => Ok(None),
+        Some(p) if p.os.is_empty() && p.architecture.is_empty() => Ok(None),
+        Some(p) => {
+            let text = if p.variant.is_empty() {
+                format!("{}/{}", p.os, p.architecture)
+            } else {
+                format!("{}/{}/{}", p.os, p.architecture, p.variant)
+            };
+            Platform::parse(&text).map(Some).map_err(|e| Status::invalid_argument(format!("platform: {e}")))
+        }
+    }
+}
+
+pub fn reference(r: &str) -> Result<Reference, Status> {
+    Reference::parse(r).map_err(|e| super::status(e.kind(), e))
+}
+
+pub fn image(
+    img: &ResolvedImage,
+    reference: &str,
+    unpacked: impl Fn(&crate::digest::Digest) -> bool,
+) -> pb::GetImageResponse {
+    let layers: Vec<pb::Layer> = img
+        .layers
+        .iter()
+        .map(|l| pb::Layer {
+            descriptor: Some(descriptor(&l.descriptor)),
+            diff_id: l.diff_id.to_string(),
+            chain_id: l.chain_id.to_string(),
+            unpacked: unpacked(&l.chain_id),
+        })
+        .collect();
+    pb::GetImageResponse {
+        reference: reference.to_owned(),
+        manifest: Some(descriptor(&img.manifest_descriptor)),
+        config_digest: img.config_digest().to_string(),
+        platform: Some(platform_out(&img.platform)),
+        unpacked: layers.iter().all(|l| l.unpacked),
+        compressed_size: img.layers.iter().map(|l| l.descriptor.size as i64).sum(),
+        layers,
+        chain_id: img.chain_id().map(|c| c.to_string()).unwrap_or_default(),
+        config: img.config_bytes.clone(),
+    }
+}

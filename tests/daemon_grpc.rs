@@ -1,0 +1,321 @@
+//! kilnd end to end: a real daemon as a child process, called through the generated client and the `kiln`
+//! binary; error codes for bad input; health and reflection; lifecycle (stale socket, one daemon per root,
+//! SIGTERM, socket activation, readiness).
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::daemon::{path_str, Kilnd};
+use common::layer::{Compression, LayerBuilder};
+use common::layout::*;
+use kiln::api::v1 as pb;
+use kiln::api::v1::images_client::ImagesClient;
+use kiln::api::v1::system_client::SystemClient;
+use serde_json::Value;
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// A layout with one image named `app`, outside the daemon's root.
+fn source_layout() -> (tempfile::TempDir, Value) {
+    let tmp = common::scratch();
+    let layer = LayerBuilder::new().dir("etc", 0o755).file("etc/motd", b"hello\n", 0o644).layer(Compression::Gzip);
+    let (_b, desc) = single_image(tmp.path(), &ImageSpec::with_layers(vec![layer]), "app");
+    (tmp, desc)
+}
+
+async fn import(addr: &str, source: &str, name: &str) -> Result<String, tonic::Status> {
+    let mut c = ImagesClient::new(kiln::client::connect(addr).await.unwrap());
+    let mut stream = c
+        .import(pb::ImportImageRequest {
+            source: source.into(),
+            source_reference: String::new(),
+            ref_name: name.into(),
+        })
+        .await?
+        .into_inner();
+    while let Some(m) = stream.next().await {
+        let m = m?;
+        if m.done {
+            return Ok(m.digest);
+        }
+    }
+    panic!("import stream ended without done");
+}
+
+#[test]
+fn images_and_system_rpcs() {
+    let k = Kilnd::start(&[]);
+    let (src, desc) = source_layout();
+    let addr = k.address();
+    rt().block_on(async {
+        let ch = kiln::client::connect(&addr).await.unwrap();
+        let mut images = ImagesClient::new(ch.clone());
+        let mut system = SystemClient::new(ch);
+
+        let info = system.info(pb::InfoRequest {}).await.unwrap().into_inner();
+        assert_eq!(info.version, env!("CARGO_PKG_VERSION"));
+        assert_eq!(info.root, path_str(&k.root));
+        assert!(images.list(pb::ListImagesRequest {}).await.unwrap().into_inner().images.is_empty());
+
+        let digest = import(&addr, path_str(src.path()), "app:v1").await.unwrap();
+        assert_eq!(digest, desc["digest"].as_str().unwrap());
+        let listed = images.list(pb::ListImagesRequest {}).await.unwrap().into_inner().images;
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].ref_name, "app:v1");
+
+        let got =
+            images.get(pb::GetImageRequest { reference: "app:v1".into(), platform: None }).await.unwrap().into_inner();
+        assert_eq!(got.manifest.unwrap().digest, digest);
+        assert_eq!(got.layers.len(), 1);
+        assert!(serde_json::from_slice::<Value>(&got.config).is_ok());
+        // Importing again is idempotent.
+        assert_eq!(import(&addr, path_str(src.path()), "app:v1").await.unwrap(), digest);
+
+        // Error codes.
+        let e = images.get(pb::GetImageRequest { reference: "nope".into(), platform: None }).await.unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{e:?}");
+        assert!(e.message().contains("nope"));
+        let bad = pb::Platform { os: "linux".into(), architecture: "".into(), variant: "".into() };
+        let e = images.get(pb::GetImageRequest { reference: "app:v1".into(), platform: Some(bad) }).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        let e = import(&addr, path_str(src.path()), "bad name").await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        let e = import(&addr, "relative/path", "x").await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+
+        // A corrupt blob in the store is DATA_LOSS, naming the digest.
+        let manifest: Value = serde_json::from_slice(
+            &std::fs::read(k.content().join("blobs/sha256").join(&digest["sha256:".len()..])).unwrap(),
+        )
+        .unwrap();
+        let cfg = manifest["config"]["digest"].as_str().unwrap();
+        let cfg_path = k.content().join("blobs/sha256").join(&cfg["sha256:".len()..]);
+        let mut bytes = std::fs::read(&cfg_path).unwrap();
+        bytes[0] = b' ';
+        std::fs::write(&cfg_path, bytes).unwrap();
+        let e = images.get(pb::GetImageRequest { reference: "app:v1".into(), platform: None }).await.unwrap_err();
+        assert_eq!(e.code(), Code::DataLoss, "{e:?}");
+        assert!(e.message().contains(cfg), "{e:?}");
+
+        let removed = images.remove(pb::RemoveImageRequest { ref_name: "app:v1".into() }).await.unwrap().into_inner();
+        assert_eq!(removed.removed.len(), 1);
+        let e = images.remove(pb::RemoveImageRequest { ref_name: "app:v1".into() }).await.unwrap_err();
+        assert_eq!(e.code(), Code::NotFound);
+    });
+}
+
+#[test]
+fn health_and_reflection() {
+    let k = Kilnd::start(&[]);
+    let addr = k.address();
+    rt().block_on(async {
+        let ch = kiln::client::connect(&addr).await.unwrap();
+        let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
+        let r = health
+            .check(tonic_health::pb::HealthCheckRequest { service: "kiln.v1.Images".into() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+
+        use tonic_reflection::pb::v1::{
+            server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
+            server_reflection_response::MessageResponse, ServerReflectionRequest,
+        };
+        let mut refl = ServerReflectionClient::new(ch);
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut resp = refl.server_reflection_info(tokio_stream::iter(vec![req])).await.unwrap().into_inner();
+        let msg = resp.next().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else { panic!("{msg:?}") };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        for want in ["kiln.v1.Images", "kiln.v1.System", "grpc.health.v1.Health"] {
+            assert!(names.iter().any(|n| n == want), "{names:?}");
+        }
+    });
+}
+
+#[test]
+fn cli_against_the_daemon() {
+    let k = Kilnd::start(&[]);
+    let (src, desc) = source_layout();
+    let out = k.kiln(&["image", "import", path_str(src.path()), "--name", "app"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = k.kiln(&["--json", "image", "ls"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["refName"], "app");
+    assert_eq!(v[0]["digest"], desc["digest"]);
+    let out = k.kiln(&["image", "inspect", "app"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["manifestDigest"], desc["digest"]);
+    let out = k.kiln(&["--json", "system", "info"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["snapshotter"], "overlayfs");
+    let out = k.kiln(&["image", "inspect", "missing"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("missing"), "{stderr}");
+    let out = k.kiln(&["image", "rm", "app"]);
+    assert!(out.status.success());
+    // No daemon at the address: one clear line.
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["--address", "unix:///nonexistent/kilnd.sock", "system", "info"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/kilnd.sock"));
+}
+
+#[test]
+fn archives_made_by_skopeo_import() {
+    if !common::require_tool("skopeo") {
+        return;
+    }
+    let k = Kilnd::start(&[]);
+    let (src, _desc) = source_layout();
+    let dir = common::scratch();
+    let oci_archive = dir.path().join("oci.tar");
+    let docker_archive = dir.path().join("docker.tar");
+    let from = format!("oci:{}:app", src.path().display());
+    for (dest, _) in [
+        (format!("oci-archive:{}:app", oci_archive.display()), ()),
+        (format!("docker-archive:{}:example/app:1", docker_archive.display()), ()),
+    ] {
+        let st = Command::new("skopeo").args(["copy", "--quiet", &from, &dest]).status().unwrap();
+        assert!(st.success(), "skopeo copy to {dest}");
+    }
+    let addr = k.address();
+    rt().block_on(async {
+        let d1 = import(&addr, path_str(&oci_archive), "from-oci-archive").await.unwrap();
+        let d2 = import(&addr, path_str(&docker_archive), "from-docker-archive").await.unwrap();
+        let mut images = ImagesClient::new(kiln::client::connect(&addr).await.unwrap());
+        for (name, d) in [("from-oci-archive", d1), ("from-docker-archive", d2)] {
+            let got =
+                images.get(pb::GetImageRequest { reference: name.into(), platform: None }).await.unwrap().into_inner();
+            assert_eq!(got.manifest.unwrap().digest, d);
+            assert_eq!(got.layers.len(), 1);
+            // The DiffID of the one layer is the same whichever way it travelled.
+            assert_eq!(got.layers[0].diff_id, got.layers[0].diff_id);
+        }
+    });
+    // Nothing is left in tmp/ after the archive imports.
+    assert_eq!(std::fs::read_dir(k.root.join("tmp")).unwrap().count(), 0);
+}
+
+#[test]
+fn one_daemon_per_root_stale_socket_and_sigterm() {
+    let mut k = Kilnd::start(&[]);
+    // A second kilnd on the same root refuses to start.
+    let out = Command::new(env!("CARGO_BIN_EXE_kilnd"))
+        .arg("--root")
+        .arg(&k.root)
+        .arg("--state")
+        .arg(k.dir.path().join("state2"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another kilnd"), "{}", String::from_utf8_lossy(&out.stderr));
+    // SIGTERM: exit 0, socket removed.
+    let st = k.stop();
+    assert!(st.success(), "{st:?}");
+    assert!(!k.socket.exists());
+    // A stale socket file (nobody listening) is replaced.
+    let _ = std::os::unix::net::UnixListener::bind(&k.socket).unwrap();
+    assert!(k.socket.exists());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kilnd"))
+        .arg("--root")
+        .arg(&k.root)
+        .arg("--state")
+        .arg(&k.state)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    k.child = None;
+    k.wait_ready();
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn bad_config_exits_64_before_binding() {
+    let dir = common::scratch();
+    let cfg = dir.path().join("kilnd.toml");
+    std::fs::write(&cfg, "version = 1\nsnapshotter = \"zfs\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kilnd")).arg("--config").arg(&cfg).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("snapshotter") && stderr.contains("kilnd.toml"), "{stderr}");
+    let out = Command::new(env!("CARGO_BIN_EXE_kilnd")).args(["--root", "relative"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("root"));
+}
+
+#[test]
+fn readiness_is_notified() {
+    let dir = common::scratch();
+    let notify = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kilnd"))
+        .arg("--root")
+        .arg(dir.path().join("root"))
+        .arg("--state")
+        .arg(dir.path().join("state"))
+        .env("NOTIFY_SOCKET", &notify)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = sock.recv(&mut buf).expect("READY=1 within 20 s");
+    assert_eq!(&buf[..n], b"READY=1");
+    // By then the socket answers.
+    assert!(std::os::unix::net::UnixStream::connect(dir.path().join("state/kilnd.sock")).is_ok());
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    let n = sock.recv(&mut buf).expect("STOPPING=1");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn socket_activation() {
+    if !common::require_tool("systemd-socket-activate") {
+        return;
+    }
+    let dir = common::scratch();
+    let socket = dir.path().join("activated.sock");
+    let mut activator = Command::new("systemd-socket-activate")
+        .arg("-l")
+        .arg(&socket)
+        .arg(env!("CARGO_BIN_EXE_kilnd"))
+        .arg("--root")
+        .arg(dir.path().join("root"))
+        .arg("--state")
+        .arg(dir.path().join("state"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !socket.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let addr = format!("unix://{}", socket.display());
+    let info = rt().block_on(async {
+        let mut s = SystemClient::new(kiln::client::connect(&addr).await.unwrap());
+        s.info(pb::InfoRequest {}).await.unwrap().into_inner()
+    });
+    assert_eq!(info.version, env!("CARGO_PKG_VERSION"));
+    // kilnd served on the inherited socket and did not bind its own.
+    assert!(!dir.path().join("state/kilnd.sock").exists());
+    let _ =
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(activator.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    let _ = activator.wait();
+}
