@@ -216,3 +216,37 @@ fn unpack_sigint_leaves_nothing() {
     assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
     assert_nothing_left(d.path(), &bundle);
 }
+
+#[test]
+fn unpack_removes_symlinks_under_dev() {
+    let d = common::scratch();
+    let layout = d.path().join("layout");
+    let l = LayerBuilder::new()
+        .dir("dev", 0o755)
+        .symlink("dev/null", "/proc/sys/kernel/core_pattern")
+        .symlink("dev/console", "/etc/shadow")
+        .dir("dev/pts", 0o755)
+        .symlink("dev/pts/ptmx", "/etc/passwd")
+        .file("dev/keep", b"a file stays", 0o644)
+        .dir("bin", 0o755)
+        .file("bin/sh", b"x", 0o755)
+        .layer(Compression::Gzip);
+    single_image(&layout, &ImageSpec::with_layers(vec![l]), "latest");
+    let bundle = d.path().join("bundle");
+    let out = unpack(&layout, &bundle, &["--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dev = bundle.join("rootfs/dev");
+    for p in ["null", "console", "pts/ptmx"] {
+        assert!(std::fs::symlink_metadata(dev.join(p)).is_err(), "{p} still there");
+    }
+    assert!(dev.join("keep").is_file());
+    let j: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let removed: Vec<&str> = j["hygiene"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["now"] == "removed")
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(removed, ["/dev/console", "/dev/null", "/dev/pts/ptmx"]);
+}

@@ -1,6 +1,7 @@
 //! All layers of a resolved image onto one directory, then rootfs hygiene.
 
 use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use nix::errno::Errno;
@@ -27,11 +28,11 @@ pub struct UnpackStats {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HygieneFix {
-    /// `/dev`, `/proc` or `/sys`.
+    /// `/dev`, `/proc`, `/sys`, or a symlink under `/dev`.
     pub path: String,
     /// What the image had there: `missing`, `symlink`, `regular file`, …
     pub found: &'static str,
-    /// Always `directory` (0755, owned by the caller).
+    /// `directory` (0755, owned by the caller) for the three mount points; `removed` for symlinks under `/dev`.
     pub now: &'static str,
 }
 
@@ -69,8 +70,10 @@ fn type_name(t: SFlag) -> &'static str {
 }
 
 /// Makes `/dev`, `/proc` and `/sys` real directories in `rootfs`, replacing whatever an image put there
-/// (runc CVE-2026-41579: `/dev` as a symlink; CVE-2023-27561: `/proc` as a symlink; checklist I12). A directory
-/// that is already there is left as it is (the runtime mounts over it).
+/// (runc CVE-2026-41579: `/dev` as a symlink; CVE-2023-27561: `/proc` as a symlink; checklist I12), and removes
+/// symlinks an image left under `/dev` (threats.md §9: `dev/null -> /proc/sys/kernel/core_pattern`,
+/// `dev/console` as a symlink; CVE-2025-31133, CVE-2025-52565). A directory that is already there keeps its
+/// other contents (the runtime mounts over it).
 pub fn hygiene(rootfs: &Path) -> Result<Vec<HygieneFix>> {
     let root = crate::sys::open_dir(rootfs).map_err(|source| Error::Root { path: rootfs.to_path_buf(), source })?;
     let err = |name: &str, source| Error::Root { path: rootfs.join(name), source };
@@ -96,5 +99,40 @@ pub fn hygiene(rootfs: &Path) -> Result<Vec<HygieneFix>> {
         }
         fixes.push(HygieneFix { path: format!("/{name}"), found, now: "directory" });
     }
+    let dev = sfs::openat(&root, OsStr::new("dev"), nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY, 0)
+        .map_err(|e| err("dev", e))?;
+    remove_dev_symlinks(&dev, "/dev", 0, &mut fixes).map_err(|e| err("dev", e))?;
     Ok(fixes)
+}
+
+/// Removes every symlink under the directory `dir` (walked by fd, never following links), recording each.
+fn remove_dev_symlinks(
+    dir: &std::os::fd::OwnedFd,
+    path: &str,
+    depth: usize,
+    fixes: &mut Vec<HygieneFix>,
+) -> std::result::Result<(), crate::sys::SysError> {
+    if depth > 16 {
+        return Ok(());
+    }
+    let mut names = sfs::read_dir_names(dir)?;
+    names.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, _) in names {
+        let n = OsStr::from_bytes(&name);
+        let child = format!("{path}/{}", String::from_utf8_lossy(&name));
+        let st = sfs::fstatat_nofollow(dir, n)?;
+        match sfs::file_type(&st) {
+            SFlag::S_IFLNK => {
+                sfs::unlinkat(dir, n, false)?;
+                tracing::warn!(path = %child, "rootfs hygiene: symlink under /dev removed");
+                fixes.push(HygieneFix { path: child, found: "symlink", now: "removed" });
+            }
+            SFlag::S_IFDIR => {
+                let sub = sfs::openat(dir, n, nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY, 0)?;
+                remove_dev_symlinks(&sub, &child, depth + 1, fixes)?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }

@@ -222,7 +222,11 @@ fn write_config(
     for fix in hygiene.iter().filter(|f| f.found != "missing") {
         explain.warnings.push(kiln::convert::Warning {
             rule: "I12".into(),
-            message: format!("rootfs {} was a {} in the image; replaced by a directory", fix.path, fix.found),
+            message: if fix.now == "removed" {
+                format!("rootfs {} was a {} in the image; removed", fix.path, fix.found)
+            } else {
+                format!("rootfs {} was a {} in the image; replaced by a directory", fix.path, fix.found)
+            },
         });
     }
     Ok(serde_json::to_value(&explain)?)
