@@ -692,3 +692,78 @@ fn f23_overlay_mode_skips_whiteouts_below_a_file_or_symlink_this_layer_made() {
     assert_eq!(std::fs::read(upper.join("dir2file")).unwrap(), b"now a file");
     assert!(std::fs::symlink_metadata(upper.join("fresh/dir/gone")).unwrap().file_type().is_char_device());
 }
+
+fn layout_with(d: &tempfile::TempDir, layers: Vec<cl::Layer>) -> (std::path::PathBuf, serde_json::Value) {
+    let dir = d.path().join("layout");
+    let (b, desc) = common::layout::single_image(&dir, &common::layout::ImageSpec::with_layers(layers), "latest");
+    let _ = b;
+    (dir, desc)
+}
+
+fn resolved(dir: &Path) -> (kiln::store::Store, kiln::image::ResolvedImage) {
+    let store = kiln::store::Store::open(dir).unwrap();
+    let img = kiln::image::resolve(
+        &store,
+        &kiln::image::Reference::Name("latest".into()),
+        &kiln::image::ResolveOptions::default(),
+    )
+    .unwrap();
+    (store, img)
+}
+
+#[test]
+fn f2_tampered_compressed_blob_is_a_digest_error_whatever_the_decompressor_says() {
+    for (c, at) in [(C::Gzip, 0.5), (C::Gzip, 0.99), (C::Zstd, 0.5), (C::None, 0.5)] {
+        let d = common::scratch();
+        let (dir, _) = layout_with(&d, vec![base_layer().file("big", &vec![9u8; 200_000], 0o644).layer(c)]);
+        let (store, img) = resolved(&dir);
+        let p = store.blob_path(&img.layers[0].descriptor.digest);
+        let mut blob = std::fs::read(&p).unwrap();
+        let i = (blob.len() as f64 * at) as usize;
+        blob[i] ^= 0x55;
+        std::fs::write(&p, blob).unwrap();
+        let root = root_in(&d);
+        let e = kiln::layer::apply_layer(&store, &img.layers[0], &opts(), &root).unwrap_err();
+        assert!(matches!(e, Error::Digest { .. }), "{c:?}@{at}: {e}");
+        assert_eq!(e.kind(), ErrorKind::Corrupt);
+    }
+}
+
+#[test]
+fn g2_unpack_image_applies_layers_in_order_and_reports_each() {
+    let d = common::scratch();
+    let l1 = LayerBuilder::new().file("f", b"1", 0o644).file("only1", b"1", 0o644).layer(C::Gzip);
+    let l2 = LayerBuilder::new().file("f", b"2", 0o644).whiteout("only1").layer(C::Zstd);
+    let l3 = LayerBuilder::new().file("f", b"3", 0o644).layer(C::None);
+    let (dir, _) = layout_with(&d, vec![l1, l2, l3]);
+    let (store, img) = resolved(&dir);
+    let root = root_in(&d);
+    let mut seen = vec![];
+    let s = kiln::layer::unpack_image(&store, &img, &opts(), &root, |i, st| seen.push((i, st.entries))).unwrap();
+    assert_eq!(seen, [(0, 2), (1, 2), (2, 1)]);
+    assert_eq!(std::fs::read(root.join("f")).unwrap(), b"3");
+    assert!(!root.join("only1").exists());
+    for (l, st) in img.layers.iter().zip(&s.layers) {
+        assert_eq!(st.diff_id.as_ref(), Some(&l.diff_id));
+    }
+    assert_eq!(s.hygiene.len(), 3);
+}
+
+#[test]
+fn d6_unknown_layer_media_type_is_an_error_naming_it() {
+    let d = common::scratch();
+    let l = base_layer().layer(C::Gzip).with_media_type("application/vnd.example.layer");
+    let (dir, _) = layout_with(&d, vec![l]);
+    let store = kiln::store::Store::open(&dir).unwrap();
+    let r = kiln::image::resolve(
+        &store,
+        &kiln::image::Reference::Name("latest".into()),
+        &kiln::image::ResolveOptions::default(),
+    );
+    // Either resolution or application refuses it, naming the type.
+    let msg = match r {
+        Err(e) => e.to_string(),
+        Ok(img) => kiln::layer::apply_layer(&store, &img.layers[0], &opts(), &root_in(&d)).unwrap_err().to_string(),
+    };
+    assert!(msg.contains("application/vnd.example.layer"), "{msg}");
+}
