@@ -767,3 +767,30 @@ fn d6_unknown_layer_media_type_is_an_error_naming_it() {
     };
     assert!(msg.contains("application/vnd.example.layer"), "{msg}");
 }
+
+#[test]
+fn f23_overlay_mode_with_user_xattrs_for_userxattr_mounts() {
+    if !common::require_root() {
+        return;
+    }
+    let d = common::scratch();
+    let upper = root_in(&d);
+    let o = Options { whiteout_mode: WhiteoutMode::Overlay, overlay_user_xattrs: true, ..opts() };
+    let l = LayerBuilder::new().dir("a", 0o755).opaque("a").xattr("user.overlay.opaque", b"n");
+    apply_tar(&l.build(), &upper, &o).unwrap();
+    assert_eq!(xattr(&upper.join("a"), "user.overlay.opaque").as_deref(), Some(&b"y"[..]));
+    assert_eq!(xattr(&upper.join("a"), "trusted.overlay.opaque"), None);
+}
+
+#[test]
+fn rootless_options_keep_the_callers_ownership() {
+    let d = common::scratch();
+    let root = root_in(&d);
+    let o = Options { same_owner: false, devices: DevicePolicy::Skip, ..opts() };
+    let l = LayerBuilder::new().dir("d", 0o755).owner(1234, 1234).file("d/f", b"x", 0o4755).owner(1234, 1234);
+    apply_tar(&l.build(), &root, &o).unwrap();
+    let me = nix::unistd::geteuid().as_raw();
+    assert_eq!(std::fs::metadata(root.join("d/f")).unwrap().uid(), me);
+    assert_eq!(std::fs::metadata(root.join("d")).unwrap().uid(), me);
+    assert_eq!(mode(&root.join("d/f")), 0o4755);
+}

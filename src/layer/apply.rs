@@ -666,9 +666,12 @@ impl Applier<'_> {
         self.opaque_fd(&fd, path)
     }
 
-    /// F23: overlayfs marks an opaque directory with `trusted.overlay.opaque=y`.
+    /// F23: overlayfs marks an opaque directory with `trusted.overlay.opaque=y` (`user.overlay.opaque=y` when
+    /// mounted with `userxattr`).
     fn opaque_fd(&mut self, fd: &OwnedFd, path: &[u8]) -> Result<()> {
-        sfs::fsetxattr(fd, b"trusted.overlay.opaque", b"y").map_err(|e| self.sys(path, e))
+        let name: &[u8] =
+            if self.opts.overlay_user_xattrs { b"user.overlay.opaque" } else { b"trusted.overlay.opaque" };
+        sfs::fsetxattr(fd, name, b"y").map_err(|e| self.sys(path, e))
     }
 
     fn whiteout_overlay(&mut self, parent: &[u8], base: &[u8], target: &[u8]) -> Result<()> {

@@ -9,6 +9,10 @@
 //! crossed); objects are created with `*at` calls on a parent fd and one name, existing non-directories are
 //! unlinked first, and metadata is set on fds. A layer's symlink is never followed on the host.
 //!
+//! Memory is bounded by the pipeline's buffers (6 × 256 KiB) plus, per layer, the set of paths the layer wrote
+//! and its directory attributes (needed to apply whiteouts only to lower content, F18/F19, and to set directory
+//! times last), which grow with the entry count and are capped through [`Limits::max_entries`].
+//!
 //! A failed apply leaves the directory partially written: callers build in a staging directory and discard it
 //! on error (the unpack verb and the snapshotter both do). Nothing here knows about snapshots.
 //!
@@ -42,7 +46,8 @@ pub enum WhiteoutMode {
     #[default]
     Delete,
     /// Apply into an empty overlay upper dir: `.wh.NAME` becomes a 0/0 character device and `.wh..wh..opq`
-    /// the `trusted.overlay.opaque=y` xattr on its directory (F23). Needs `CAP_MKNOD` and `CAP_SYS_ADMIN`.
+    /// the `trusted.overlay.opaque=y` xattr on its directory (F23); with [`Options::overlay_user_xattrs`],
+    /// `user.overlay.opaque=y` instead (overlayfs mounted with `userxattr`, e.g. in a user namespace).
     Overlay,
 }
 
@@ -96,6 +101,9 @@ pub struct Options {
     pub same_owner: bool,
     /// Keep `security.capability` xattrs (F12). Overlay-private xattrs are always dropped.
     pub file_capabilities: bool,
+    /// In [`WhiteoutMode::Overlay`], mark opaque directories with `user.overlay.opaque` (for overlayfs mounted
+    /// with `userxattr`) instead of `trusted.overlay.opaque`.
+    pub overlay_user_xattrs: bool,
     /// Checked between chunks and entries; when set, the apply stops with [`Error::Cancelled`].
     pub cancel: Option<Arc<AtomicBool>>,
 }
@@ -109,6 +117,7 @@ impl Default for Options {
             devices: if root { DevicePolicy::Create } else { DevicePolicy::Skip },
             same_owner: root,
             file_capabilities: true,
+            overlay_user_xattrs: false,
             cancel: None,
         }
     }
