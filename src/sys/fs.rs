@@ -219,3 +219,10 @@ pub fn read_dir_names(dir: impl AsFd) -> Result<Vec<(Vec<u8>, Option<nix::dir::T
     }
     Ok(out)
 }
+
+/// `syncfs(fd)`: flushes the filesystem holding `fd` (one call instead of an fsync per file of a rootfs). Not
+/// on an `O_PATH` descriptor (EBADF).
+pub fn syncfs(f: impl AsFd) -> Result<()> {
+    let raw = fd(&f);
+    nix::unistd::syncfs(f).map_err(|e| SysError::new("syncfs", raw, e))
+}

@@ -121,14 +121,17 @@ fn build(args: &Args, json: bool, cancel: &Arc<AtomicBool>) -> Result<()> {
     let img = image::resolve(&store, &reference, &opts)?;
 
     let bundle = &args.bundle;
-    let name = bundle.file_name().context("BUNDLE must name a directory")?.to_string_lossy().into_owned();
+    let name = bundle.file_name().context("BUNDLE must name a directory")?.to_owned();
     let parent = match bundle.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
     let existed_empty = check_bundle(bundle)?;
 
-    let tmp = parent.join(format!(".{name}.kiln-tmp-{}", std::process::id()));
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(&name);
+    tmp_name.push(format!(".kiln-tmp-{}", std::process::id()));
+    let tmp = parent.join(&tmp_name);
     {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
@@ -163,17 +166,13 @@ fn build(args: &Args, json: bool, cancel: &Arc<AtomicBool>) -> Result<()> {
         bail!("interrupted");
     }
 
-    // Build in temp, then rename into place (STYLE.md habit 5).
+    // Build in temp, sync, then rename into place (STYLE.md habit 5).
+    kiln::sys::fs::syncfs(std::fs::File::open(&tmp)?)?;
     if existed_empty {
         std::fs::remove_dir(bundle).map_err(|e| anyhow::anyhow!("rmdir {}: {e}", bundle.display()))?;
     }
     let parent_fd = kiln::sys::open_dir(&parent)?;
-    kiln::sys::fs::renameat2_noreplace(
-        &parent_fd,
-        std::ffi::OsStr::new(tmp.file_name().context("temp name")?),
-        &parent_fd,
-        std::ffi::OsStr::new(&name),
-    )?;
+    kiln::sys::fs::renameat2_noreplace(&parent_fd, &tmp_name, &parent_fd, &name)?;
     guard.0 = None;
     std::fs::File::open(&parent).and_then(|d| d.sync_all()).ok();
 
