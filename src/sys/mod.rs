@@ -4,6 +4,8 @@
 //! May use: `error`.
 #![allow(unsafe_code)]
 
+pub mod fs;
+
 use std::ffi::OsStr;
 use std::fmt;
 use std::fs::File;

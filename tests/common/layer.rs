@@ -18,6 +18,8 @@ pub enum Kind {
     Fifo,
     Char(u32, u32),
     Block(u32, u32),
+    /// Bytes written verbatim into the stream (hostile or hand-made headers).
+    Raw(Vec<u8>),
 }
 
 #[derive(Debug, Clone)]
@@ -72,6 +74,15 @@ impl LayerBuilder {
         self.entry(path, Kind::Char(major, minor), 0o666)
     }
 
+    pub fn block_device(self, path: &str, major: u32, minor: u32) -> Self {
+        self.entry(path, Kind::Block(major, minor), 0o660)
+    }
+
+    /// Raw bytes appended to the stream as they are (use [`write_entry`] and [`pax_record`] to make them).
+    pub fn raw(self, bytes: Vec<u8>) -> Self {
+        self.entry("", Kind::Raw(bytes), 0)
+    }
+
     /// `.wh.NAME` next to `path`'s basename.
     pub fn whiteout(self, path: &str) -> Self {
         let (dir, base) = match path.rsplit_once('/') {
@@ -122,6 +133,10 @@ impl LayerBuilder {
     pub fn build(&self) -> Vec<u8> {
         let mut out = Vec::new();
         for e in &self.entries {
+            if let Kind::Raw(bytes) = &e.kind {
+                out.extend_from_slice(bytes);
+                continue;
+            }
             if !e.pax.is_empty() {
                 let mut body = Vec::new();
                 for (k, v) in &e.pax {
@@ -143,6 +158,7 @@ impl LayerBuilder {
                 Kind::Fifo => (b'6', b"", "", (0, 0)),
                 Kind::Char(a, b) => (b'3', b"", "", (*a, *b)),
                 Kind::Block(a, b) => (b'4', b"", "", (*a, *b)),
+                Kind::Raw(_) => unreachable!(),
             };
             if link.len() > 100 {
                 let mut long = link.as_bytes().to_vec();
@@ -155,13 +171,20 @@ impl LayerBuilder {
         out
     }
 
+    /// The tar stream without the two zero blocks that end it (to append raw bytes after).
+    pub fn build_open(&self) -> Vec<u8> {
+        let mut t = self.build();
+        t.truncate(t.len() - 1024);
+        t
+    }
+
     /// Builds and compresses into a layer blob with its media type and DiffID.
     pub fn layer(&self, compression: Compression) -> Layer {
         Layer::from_tar(self.build(), compression)
     }
 }
 
-fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+pub fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
     // "%d %s=%s\n" where the length counts itself.
     let base = key.len() + value.len() + 3;
     let mut len = base + base.to_string().len();
@@ -273,4 +296,176 @@ pub fn gzip(bytes: &[u8]) -> Vec<u8> {
 
 pub fn zstd(bytes: &[u8]) -> Vec<u8> {
     zstd::stream::encode_all(bytes, 3).expect("zstd")
+}
+
+/// A PAX extended header (`x`) block with its records, ready to go before an entry.
+pub fn pax_header(records: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (k, v) in records {
+        body.extend_from_slice(&pax_record(k, v));
+    }
+    let mut out = Vec::new();
+    write_entry(&mut out, "PaxHeaders/x", b'x', 0o644, 0, 0, 0, "", &body, (0, 0));
+    out
+}
+
+/// Gzip with each part as its own member (multi-member, like pigz or concatenated layers).
+pub fn gzip_members(parts: &[&[u8]]) -> Vec<u8> {
+    parts.iter().flat_map(|p| gzip(p)).collect()
+}
+
+/// zstd with each part as its own frame, and a skippable frame between every two (zstd:chunked style).
+pub fn zstd_frames(parts: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            // Skippable frame: magic 0x184D2A5?, little-endian 4-byte length, payload.
+            out.extend_from_slice(&0x184D2A50u32.to_le_bytes());
+            out.extend_from_slice(&5u32.to_le_bytes());
+            out.extend_from_slice(b"kiln!");
+        }
+        out.extend_from_slice(&zstd(p));
+    }
+    out
+}
+
+// ---- Applying layers in tests -------------------------------------------------------------------------------
+
+/// Applies an uncompressed tar onto `root` with its own sha256 as DiffID.
+pub fn apply_tar(
+    tar: &[u8],
+    root: &std::path::Path,
+    opts: &kiln::layer::Options,
+) -> kiln::layer::Result<kiln::layer::Stats> {
+    let diff_id = kiln::digest::Digest::sha256(tar);
+    kiln::layer::apply(std::io::Cursor::new(tar.to_vec()), kiln::image::Compression::None, &diff_id, "test", opts, root)
+}
+
+/// Applies a (possibly compressed) blob with an explicit DiffID.
+pub fn apply_blob(
+    blob: &[u8],
+    compression: kiln::image::Compression,
+    diff_id: &str,
+    root: &std::path::Path,
+    opts: &kiln::layer::Options,
+) -> kiln::layer::Result<kiln::layer::Stats> {
+    let diff_id = kiln::digest::Digest::parse(diff_id).expect("diff id");
+    kiln::layer::apply(std::io::Cursor::new(blob.to_vec()), compression, &diff_id, "test", opts, root)
+}
+
+/// Reads one xattr without following symlinks (`None` when absent).
+pub fn xattr(path: &std::path::Path, name: &str) -> Option<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let n = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0u8; 65536];
+    // SAFETY: both strings are NUL-terminated; buf is valid for its length.
+    let r = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if r < 0 {
+        return None;
+    }
+    buf.truncate(r as usize);
+    Some(buf)
+}
+
+/// Names of all xattrs of `path` (not following symlinks), sorted.
+pub fn xattr_names(path: &std::path::Path) -> Vec<String> {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(p) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return vec![] };
+    let mut buf = vec![0u8; 65536];
+    // SAFETY: p is NUL-terminated; buf is valid for its length.
+    let r = unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if r <= 0 {
+        return vec![];
+    }
+    let mut names: Vec<String> = buf[..r as usize]
+        .split(|&b| b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A line per object under `root` (not following symlinks): type, mode, owner, size, content hash or link
+/// target or device numbers, mtime (seconds), and xattrs — for comparing trees.
+pub fn describe(root: &std::path::Path, with_mtime: bool) -> std::collections::BTreeMap<String, String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut out = std::collections::BTreeMap::new();
+    fn walk(
+        root: &std::path::Path,
+        dir: &std::path::Path,
+        with_mtime: bool,
+        out: &mut std::collections::BTreeMap<String, String>,
+    ) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir).expect("read_dir").map(|e| e.expect("entry").path()).collect();
+        entries.sort();
+        for p in entries {
+            let m = std::fs::symlink_metadata(&p).expect("lstat");
+            let rel = p.strip_prefix(root).expect("prefix").to_string_lossy().into_owned();
+            let ft = m.file_type();
+            let what = if ft.is_dir() {
+                "dir".to_string()
+            } else if ft.is_symlink() {
+                format!("symlink -> {}", std::fs::read_link(&p).expect("readlink").display())
+            } else if ft.is_file() {
+                format!("file {} {}", m.len(), sha256(&std::fs::read(&p).expect("read")))
+            } else if ft.is_fifo() {
+                "fifo".into()
+            } else if ft.is_char_device() {
+                format!("char {}", m.rdev())
+            } else if ft.is_block_device() {
+                format!("block {}", m.rdev())
+            } else {
+                "other".into()
+            };
+            let mut line = format!("{what} mode={:o} uid={} gid={}", m.mode() & 0o7777, m.uid(), m.gid());
+            if ft.is_file() {
+                line.push_str(&format!(" nlink={}", m.nlink()));
+            }
+            if with_mtime && !ft.is_symlink() {
+                line.push_str(&format!(" mtime={}", m.mtime()));
+            }
+            for n in xattr_names(&p) {
+                let v = xattr(&p, &n).unwrap_or_default();
+                line.push_str(&format!(" xattr:{n}={}", String::from_utf8_lossy(&v)));
+            }
+            out.insert(rel, line);
+            if ft.is_dir() {
+                walk(root, &p, with_mtime, out);
+            }
+        }
+    }
+    walk(root, root, with_mtime, &mut out);
+    out
+}
+
+/// A directory of canary files *outside* a root: hostile layers must leave it exactly as it was.
+pub struct Canary {
+    pub dir: std::path::PathBuf,
+    before: std::collections::BTreeMap<String, String>,
+}
+
+impl Canary {
+    /// Makes `base/outside` with a few files, a subdirectory and a file named like common targets.
+    pub fn new(base: &std::path::Path) -> Canary {
+        let dir = base.join("outside");
+        std::fs::create_dir_all(dir.join("etc/cron.d")).expect("mkdir");
+        std::fs::write(dir.join("etc/passwd"), b"root:x:0:0::/root:/bin/sh\n").expect("write");
+        std::fs::write(dir.join("etc/shadow"), b"root:*:1::::::\n").expect("write");
+        std::fs::write(dir.join("victim"), b"do not touch").expect("write");
+        let before = describe(&dir, true);
+        Canary { dir, before }
+    }
+
+    /// The canary dir as an absolute path string (for link targets).
+    pub fn path(&self) -> String {
+        self.dir.to_string_lossy().into_owned()
+    }
+
+    /// Panics if anything under the canary dir changed.
+    pub fn assert_untouched(&self) {
+        assert!(self.dir.is_dir(), "canary dir is gone");
+        assert_eq!(describe(&self.dir, true), self.before, "files outside the root changed");
+    }
 }

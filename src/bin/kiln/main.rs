@@ -4,6 +4,7 @@
 mod image;
 mod inspect;
 mod system;
+mod unpack;
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -33,6 +34,8 @@ enum Command {
         #[command(subcommand)]
         command: ImageCommand,
     },
+    /// Unpack an image from an OCI layout into a runtime bundle (config.json + rootfs), no daemon.
+    Unpack(unpack::Args),
     /// The daemon itself.
     System {
         #[command(subcommand)]
@@ -161,6 +164,7 @@ fn main() -> ExitCode {
             }
             ImageCommand::Rm { name } => remote_call(image::rm(&remote, &name)),
         },
+        Command::Unpack(args) => unpack::run(args, remote.json),
         Command::System { command } => match command {
             SystemCommand::Info => remote_call(system::info(&remote)),
             SystemCommand::Gc { dry_run } => remote_call(system::gc(&remote, dry_run)),

@@ -1,0 +1,232 @@
+//! `kiln unpack --image LAYOUT[:REF] [--platform OS/ARCH[/VARIANT]] [--json] BUNDLE`: a runtime bundle
+//! (`config.json` + `rootfs/`) with no daemon, like `umoci unpack`.
+//!
+//! Everything is built in a temporary sibling of BUNDLE (`.NAME.kiln-tmp-PID`) and renamed into place at the
+//! end; on any error, SIGINT, SIGTERM or SIGHUP, the temporary directory is removed and BUNDLE never appears.
+//! An existing empty BUNDLE directory is replaced; anything else there is refused.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use kiln::digest::Digest;
+use kiln::image::{self, ResolvedImage};
+use kiln::layer::{self, HygieneFix, Stats};
+use kiln::store::Store;
+
+use crate::inspect::parse_image_arg;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The image: an OCI layout directory, optionally followed by `:REF` (a ref name) or `@sha256:…`.
+    #[arg(long)]
+    image: String,
+    /// The platform to select from a multi-platform image (default: this host).
+    #[arg(long)]
+    platform: Option<String>,
+    /// The bundle directory to create (must not exist, or be an empty directory).
+    bundle: PathBuf,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Output<'a> {
+    bundle: &'a Path,
+    manifest_digest: &'a Digest,
+    config_digest: &'a Digest,
+    chain_id: Option<&'a Digest>,
+    layers: Vec<LayerOut<'a>>,
+    hygiene: &'a [HygieneFix],
+    explain: serde_json::Value,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct LayerOut<'a> {
+    digest: &'a Digest,
+    media_type: &'a str,
+    diff_id: &'a Digest,
+    stats: &'a Stats,
+}
+
+/// Removes the temporary bundle on every early return.
+struct TempGuard(Option<PathBuf>);
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            // std's remove_dir_all never follows symlinks (CVE-2022-21658 fix).
+            if let Err(e) = std::fs::remove_dir_all(&p) {
+                eprintln!("kiln: could not remove {}: {e}", p.display());
+            }
+        }
+    }
+}
+
+/// Blocks SIGINT/SIGTERM/SIGHUP in this thread (inherited by the worker threads started later) and waits
+/// for them on a dedicated thread, which only raises the cancel flag: the apply stops at the next chunk or
+/// entry, and the guard removes the temporary directory.
+fn cancel_on_signals() -> Arc<AtomicBool> {
+    use nix::sys::signal::{SigSet, Signal};
+    let flag = Arc::new(AtomicBool::new(false));
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(s);
+    }
+    if set.thread_block().is_ok() {
+        let f = flag.clone();
+        std::thread::spawn(move || {
+            if set.wait().is_ok() {
+                f.store(true, Ordering::SeqCst);
+            }
+        });
+    }
+    flag
+}
+
+/// Runs the verb; `json` is the global `--json` flag (one JSON object: bundle path, digests, per-layer stats,
+/// fix-ups, explain record).
+pub fn run(args: Args, json: bool) -> Result<()> {
+    let cancel = cancel_on_signals();
+    match build(&args, json, &cancel) {
+        Err(e) if cancel.load(Ordering::SeqCst) => {
+            eprintln!("kiln: interrupted; nothing was left behind ({e})");
+            std::process::exit(130);
+        }
+        other => other,
+    }
+}
+
+fn check_bundle(bundle: &Path) -> Result<bool> {
+    match std::fs::symlink_metadata(bundle) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(anyhow::anyhow!("{}: {e}", bundle.display())),
+        Ok(m) if m.is_dir() => {
+            if std::fs::read_dir(bundle)?.next().is_some() {
+                bail!("{}: bundle directory exists and is not empty; refusing to overwrite it", bundle.display());
+            }
+            Ok(true)
+        }
+        Ok(_) => bail!("{}: exists and is not a directory; refusing to overwrite it", bundle.display()),
+    }
+}
+
+fn build(args: &Args, json: bool, cancel: &Arc<AtomicBool>) -> Result<()> {
+    let (layout, reference, opts) = parse_image_arg(&args.image, args.platform.as_deref())?;
+    let store = Store::open(&layout)?;
+    let img = image::resolve(&store, &reference, &opts)?;
+
+    let bundle = &args.bundle;
+    let name = bundle.file_name().context("BUNDLE must name a directory")?.to_owned();
+    let parent = match bundle.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let existed_empty = check_bundle(bundle)?;
+
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(&name);
+    tmp_name.push(format!(".kiln-tmp-{}", std::process::id()));
+    let tmp = parent.join(&tmp_name);
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&tmp)
+            .map_err(|e| anyhow::anyhow!("mkdir {}: {e}", tmp.display()))?;
+    }
+    let mut guard = TempGuard(Some(tmp.clone()));
+    let rootfs = tmp.join("rootfs");
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().mode(0o755).create(&rootfs)?;
+    }
+
+    let lopts = layer::Options { cancel: Some(cancel.clone()), ..Default::default() };
+    let progress = std::io::stderr().is_terminal() && !json;
+    let n = img.layers.len();
+    let unpacked = layer::unpack_image(&store, &img, &lopts, &rootfs, |i, s| {
+        if progress {
+            eprintln!(
+                "layer {}/{n} {}: {} entries, {} bytes",
+                i + 1,
+                img.layers[i].descriptor.digest,
+                s.entries,
+                s.expanded_bytes
+            );
+        }
+    })?;
+
+    let explain = write_config(&tmp, &img, &rootfs, &unpacked.hygiene)?;
+    if cancel.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+
+    // Build in temp, sync, then rename into place (STYLE.md habit 5).
+    kiln::sys::fs::syncfs(std::fs::File::open(&tmp)?)?;
+    if existed_empty {
+        std::fs::remove_dir(bundle).map_err(|e| anyhow::anyhow!("rmdir {}: {e}", bundle.display()))?;
+    }
+    let parent_fd = kiln::sys::open_dir(&parent)?;
+    kiln::sys::fs::renameat2_noreplace(&parent_fd, &tmp_name, &parent_fd, &name)?;
+    guard.0 = None;
+    std::fs::File::open(&parent).and_then(|d| d.sync_all()).ok();
+
+    if json {
+        let out = Output {
+            bundle,
+            manifest_digest: img.manifest_digest(),
+            config_digest: img.config_digest(),
+            chain_id: img.chain_id(),
+            layers: img
+                .layers
+                .iter()
+                .zip(&unpacked.layers)
+                .map(|(l, s)| LayerOut {
+                    digest: &l.descriptor.digest,
+                    media_type: &l.descriptor.media_type,
+                    diff_id: &l.diff_id,
+                    stats: s,
+                })
+                .collect(),
+            hygiene: &unpacked.hygiene,
+            explain,
+        };
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else if progress {
+        eprintln!("bundle {} ready", bundle.display());
+    }
+    Ok(())
+}
+
+/// Writes `config.json` into the bundle being built and returns the explain record: the user database is read
+/// safely inside the new rootfs (`bundle::userdb`), then `convert` maps the image configuration (no caller
+/// overrides from this verb). Rootfs hygiene fix-ups are added to the explain record as I12 warnings.
+fn write_config(
+    bundle: &Path,
+    img: &ResolvedImage,
+    rootfs: &Path,
+    hygiene: &[HygieneFix],
+) -> Result<serde_json::Value> {
+    let users = kiln::bundle::userdb::read(rootfs, &kiln::bundle::userdb::Limits::default())?;
+    let conv = kiln::convert::convert(&img.config, &kiln::convert::Overrides::default(), &users)
+        .map_err(|e| anyhow::anyhow!("image config {}: {e}", img.config_digest()))?;
+    let bytes = conv.to_json_bytes()?;
+    kiln::sys::atomic_write(&bundle.join("config.json"), &bytes, 0o644)?;
+    let mut explain = conv.explain;
+    for fix in hygiene.iter().filter(|f| f.found != "missing") {
+        explain.warnings.push(kiln::convert::Warning {
+            rule: "I12".into(),
+            message: if fix.now == "removed" {
+                format!("rootfs {} was a {} in the image; removed", fix.path, fix.found)
+            } else {
+                format!("rootfs {} was a {} in the image; replaced by a directory", fix.path, fix.found)
+            },
+        });
+    }
+    Ok(serde_json::to_value(&explain)?)
+}

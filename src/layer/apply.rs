@@ -1,0 +1,733 @@
+//! The second stage: tar entries → objects in the root, every path resolved inside it.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::io::{BufRead, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::stat::SFlag;
+
+use crate::sys::fs::{self as sfs, Resolve};
+use crate::sys::SysError;
+
+use super::tar::{Header, Kind, TarError, TarLimits, TarReader};
+use super::{DevicePolicy, Error, Options, Result, Stats, WhiteoutMode};
+
+const WH_PREFIX: &[u8] = b".wh.";
+const WH_OPAQUE: &[u8] = b".wh..wh..opq";
+/// Directory depth at which recursive removal gives up instead of exhausting the stack or fds.
+const MAX_REMOVE_DEPTH: usize = 4096;
+
+/// Metadata applied to an object after its content.
+#[derive(Debug, Clone)]
+struct Meta {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+    mtime_nsec: u32,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+fn os(b: &[u8]) -> &OsStr {
+    OsStr::from_bytes(b)
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
+    if parent.is_empty() {
+        return name.to_vec();
+    }
+    let mut p = Vec::with_capacity(parent.len() + 1 + name.len());
+    p.extend_from_slice(parent);
+    p.push(b'/');
+    p.extend_from_slice(name);
+    p
+}
+
+fn split_last(path: &[u8]) -> (&[u8], &[u8]) {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => (&[], path),
+    }
+}
+
+/// Normalises an entry name to `a/b/c` ("" is the root): leading `/` and `.` components are dropped (names are
+/// relative to the root, CVE-2020-10696); a `..` component or a NUL byte is refused outright.
+fn normalise(raw: &[u8]) -> std::result::Result<Vec<u8>, &'static str> {
+    if raw.contains(&0) {
+        return Err("NUL byte in name");
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    for comp in raw.split(|&b| b == b'/') {
+        match comp {
+            b"" | b"." => continue,
+            b".." => return Err("'..' component"),
+            c => {
+                if !out.is_empty() {
+                    out.push(b'/');
+                }
+                out.extend_from_slice(c);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn is_skip_errno(e: Errno) -> bool {
+    matches!(e, Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP | Errno::EXDEV)
+}
+
+struct Applier<'a> {
+    layer: &'a str,
+    opts: &'a Options,
+    root: Rc<OwnedFd>,
+    /// Paths this layer wrote (entries and the parents made for them): whiteouts only hide lower content (F18).
+    created: HashSet<Vec<u8>>,
+    /// Directory metadata, applied after the last entry so children do not disturb mtimes and read-only
+    /// directories can still be filled (last entry for a path wins).
+    dirs: HashMap<Vec<u8>, Meta>,
+    /// The last parent directory resolved; dropped on every removal (a removal may change what a path means).
+    cache: Option<(Vec<u8>, Rc<OwnedFd>)>,
+    stats: Stats,
+}
+
+pub(crate) fn apply_entries<R: BufRead>(r: &mut R, layer: &str, opts: &Options, root: &OwnedFd) -> Result<Stats> {
+    let root = root
+        .try_clone()
+        .map_err(|_| Error::Internal { layer: layer.to_owned(), reason: "dup of the root fd failed" })?;
+    let mut a = Applier {
+        layer,
+        opts,
+        root: Rc::new(root),
+        created: HashSet::new(),
+        dirs: HashMap::new(),
+        cache: None,
+        stats: Stats::default(),
+    };
+    let limits = TarLimits {
+        max_pax_bytes: opts.limits.max_pax_bytes,
+        max_name_bytes: opts.limits.max_name_bytes,
+        max_xattr_bytes: opts.limits.max_xattr_bytes,
+    };
+    let mut tr = TarReader::new(r, limits);
+    loop {
+        if opts.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Err(Error::Cancelled);
+        }
+        let h = match tr.next_entry() {
+            Ok(Some(h)) => h,
+            Ok(None) => break,
+            Err(e) => return Err(a.tar_error(e)),
+        };
+        a.stats.entries += 1;
+        if a.stats.entries > opts.limits.max_entries {
+            return Err(Error::LimitExceeded {
+                layer: layer.to_owned(),
+                limit: "max_entries",
+                value: a.stats.entries,
+                cap: opts.limits.max_entries,
+            });
+        }
+        a.entry(&mut tr, h)?;
+    }
+    a.finish_dirs()?;
+    Ok(a.stats)
+}
+
+impl Applier<'_> {
+    fn tar_error(&self, e: TarError) -> Error {
+        let layer = self.layer.to_owned();
+        match e {
+            TarError::Io(e) if e.kind() == std::io::ErrorKind::Interrupted => Error::Cancelled,
+            TarError::Io(e) => Error::Decompress { layer, source: e },
+            TarError::Malformed { offset, reason } => Error::Tar { layer, offset, reason },
+            TarError::Limit { limit, value, cap, .. } => Error::LimitExceeded { layer, limit, value, cap },
+            TarError::Unsupported { offset, what } => Error::UnsupportedEntry { layer, offset, what },
+        }
+    }
+
+    fn sys(&self, path: &[u8], source: SysError) -> Error {
+        Error::Sys { layer: self.layer.to_owned(), path: lossy(path), source }
+    }
+
+    fn meta(&self, h: &Header, path: &[u8]) -> Result<Meta> {
+        let id = |field: &'static str, v: u64| {
+            u32::try_from(v).ok().filter(|&v| v != u32::MAX).ok_or_else(|| Error::OutOfRange {
+                layer: self.layer.to_owned(),
+                path: lossy(path),
+                field,
+                value: v,
+            })
+        };
+        Ok(Meta {
+            mode: h.mode,
+            uid: id("uid", h.uid)?,
+            gid: id("gid", h.gid)?,
+            mtime: h.mtime,
+            mtime_nsec: h.mtime_nsec,
+            xattrs: h.xattrs.clone(),
+        })
+    }
+
+    fn entry<R: BufRead>(&mut self, tr: &mut TarReader<R>, h: Header) -> Result<()> {
+        let path = normalise(&h.path).map_err(|reason| Error::UnsafePath {
+            layer: self.layer.to_owned(),
+            path: lossy(&h.path),
+            reason,
+        })?;
+        let (parent, name) = split_last(&path);
+        let (parent, name) = (parent.to_vec(), name.to_vec());
+        // layer.md: a whiteout is a marker, never content; it cannot have children either.
+        if parent.split(|&b| b == b'/').any(|c| c.starts_with(WH_PREFIX)) {
+            return Err(Error::InvalidWhiteout {
+                layer: self.layer.to_owned(),
+                path: lossy(&h.path),
+                reason: "a whiteout cannot be a directory",
+            });
+        }
+        if name.starts_with(WH_PREFIX) {
+            return self.whiteout(&parent, &name, &h);
+        }
+        let meta = self.meta(&h, &path)?;
+        if path.is_empty() {
+            // CVE-2021-29136: an entry naming the root may only be a directory; only its attributes apply.
+            if h.kind != Kind::Directory {
+                return Err(Error::RootNotDirectory {
+                    layer: self.layer.to_owned(),
+                    path: lossy(&h.path),
+                    kind: kind_name(h.kind),
+                });
+            }
+            self.stats.dirs += 1;
+            self.dirs.insert(Vec::new(), meta);
+            return Ok(());
+        }
+        let pfd = self.parent_fd(&parent)?;
+        match h.kind {
+            Kind::Directory => self.directory(&pfd, &path, &name, meta)?,
+            Kind::Regular => self.regular(tr, &pfd, &path, &name, &meta)?,
+            Kind::Symlink => self.symlink(&pfd, &path, &name, &h.link, &meta)?,
+            Kind::Hardlink => self.hardlink(&pfd, &path, &name, &h.link)?,
+            Kind::Fifo | Kind::Char | Kind::Block => {
+                if h.kind != Kind::Fifo && self.opts.devices == DevicePolicy::Skip {
+                    self.stats.skipped_devices += 1;
+                    tracing::warn!(layer = self.layer, path = %lossy(&path), "device node skipped by policy");
+                    return Ok(());
+                }
+                self.node(&pfd, &path, &name, &h, &meta)?
+            }
+        }
+        self.created.insert(path);
+        Ok(())
+    }
+
+    /// The directory `parent` (a normalised path) resolved inside the root, made (0755) if missing.
+    fn parent_fd(&mut self, parent: &[u8]) -> Result<Rc<OwnedFd>> {
+        if parent.is_empty() {
+            return Ok(self.root.clone());
+        }
+        if let Some((p, fd)) = &self.cache {
+            if p.as_slice() == parent {
+                return Ok(fd.clone());
+            }
+        }
+        // layer.md + threats.md §1: resolved by the kernel with RESOLVE_IN_ROOT; a symlink in the tree can
+        // redirect only to another place inside the root.
+        let fd =
+            match sfs::openat2(&*self.root, Path::new(os(parent)), OFlag::O_PATH | OFlag::O_DIRECTORY, Resolve::InRoot)
+            {
+                Ok(fd) => Rc::new(fd),
+                Err(e) if e.errno == Errno::ENOENT => self.mkdir_all(parent)?,
+                Err(e) => return Err(self.sys(parent, e)),
+            };
+        self.cache = Some((parent.to_vec(), fd.clone()));
+        Ok(fd)
+    }
+
+    /// Makes every missing directory of `path`, one component at a time, each with `mkdirat` on the fd of its
+    /// resolved parent (CVE-2021-38511: nothing is made before its parent was resolved inside the root).
+    fn mkdir_all(&mut self, path: &[u8]) -> Result<Rc<OwnedFd>> {
+        let mut cur = self.root.clone();
+        let mut prefix: Vec<u8> = Vec::new();
+        for comp in path.split(|&b| b == b'/') {
+            prefix = join(&prefix, comp);
+            match sfs::openat2(&*self.root, Path::new(os(&prefix)), OFlag::O_PATH | OFlag::O_DIRECTORY, Resolve::InRoot)
+            {
+                Ok(fd) => cur = Rc::new(fd),
+                Err(e) if e.errno == Errno::ENOENT => {
+                    match sfs::mkdirat(&*cur, os(comp), 0o755) {
+                        Ok(()) | Err(SysError { errno: Errno::EEXIST, .. }) => {}
+                        Err(e) => return Err(self.sys(&prefix, e)),
+                    }
+                    let fd = sfs::openat(&*cur, os(comp), OFlag::O_PATH | OFlag::O_DIRECTORY, 0)
+                        .map_err(|e| self.sys(&prefix, e))?;
+                    cur = Rc::new(fd);
+                    self.created.insert(prefix.clone());
+                }
+                Err(e) => return Err(self.sys(&prefix, e)),
+            }
+        }
+        Ok(cur)
+    }
+
+    /// Removes whatever `name` is in `dir` (a directory with its subtree). Returns false when nothing was there.
+    fn remove_existing(&mut self, dir: &OwnedFd, path: &[u8], name: &[u8]) -> Result<bool> {
+        let st = match sfs::fstatat_nofollow(dir, os(name)) {
+            Ok(st) => st,
+            Err(e) if e.errno == Errno::ENOENT => return Ok(false),
+            Err(e) => return Err(self.sys(path, e)),
+        };
+        self.cache = None;
+        if sfs::file_type(&st) == SFlag::S_IFDIR {
+            self.remove_all(dir, path, name, 0)?;
+        } else {
+            sfs::unlinkat(dir, os(name), false).map_err(|e| self.sys(path, e))?;
+        }
+        Ok(true)
+    }
+
+    /// Removes the directory `name` of `dir` and everything under it, walking by fd without following links.
+    fn remove_all(&mut self, dir: &OwnedFd, path: &[u8], name: &[u8], depth: usize) -> Result<()> {
+        if depth > MAX_REMOVE_DEPTH {
+            return Err(self.sys(path, SysError::new("unlinkat", "(directory tree too deep)", Errno::ELOOP)));
+        }
+        let d = sfs::openat(dir, os(name), OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0).map_err(|e| self.sys(path, e))?;
+        for (child, typ) in sfs::read_dir_names(&d).map_err(|e| self.sys(path, e))? {
+            let cpath = join(path, &child);
+            let is_dir = match typ {
+                Some(t) => t == nix::dir::Type::Directory,
+                None => sfs::fstatat_nofollow(&d, os(&child))
+                    .map(|st| sfs::file_type(&st) == SFlag::S_IFDIR)
+                    .map_err(|e| self.sys(&cpath, e))?,
+            };
+            if is_dir {
+                self.remove_all(&d, &cpath, &child, depth + 1)?;
+            } else {
+                sfs::unlinkat(&d, os(&child), false).map_err(|e| self.sys(&cpath, e))?;
+            }
+        }
+        sfs::unlinkat(dir, os(name), true).map_err(|e| self.sys(path, e))
+    }
+
+    fn directory(&mut self, pfd: &OwnedFd, path: &[u8], name: &[u8], meta: Meta) -> Result<()> {
+        self.stats.dirs += 1;
+        let mut make = true;
+        match sfs::fstatat_nofollow(pfd, os(name)) {
+            // layer.md: both directories → the existing directory takes the entry's attributes (F15), later.
+            Ok(st) if sfs::file_type(&st) == SFlag::S_IFDIR => make = false,
+            Ok(st) => {
+                // layer.md: otherwise unlink + recreate (F15); a symlink is never chmod'ed through
+                // (CVE-2026-33056, CVE-2021-32760).
+                let was_whiteout = sfs::file_type(&st) == SFlag::S_IFCHR && st.st_rdev == 0;
+                self.cache = None;
+                sfs::unlinkat(pfd, os(name), false).map_err(|e| self.sys(path, e))?;
+                if was_whiteout && self.opts.whiteout_mode == WhiteoutMode::Overlay {
+                    // A directory made over this layer's own whiteout hides the lower one: opaque (F22).
+                    sfs::mkdirat(pfd, os(name), 0o700).map_err(|e| self.sys(path, e))?;
+                    self.set_opaque(pfd, path, name)?;
+                    make = false;
+                }
+            }
+            Err(e) if e.errno == Errno::ENOENT => {}
+            Err(e) => return Err(self.sys(path, e)),
+        }
+        if make {
+            sfs::mkdirat(pfd, os(name), 0o700).map_err(|e| self.sys(path, e))?;
+        }
+        self.dirs.insert(path.to_vec(), meta);
+        Ok(())
+    }
+
+    fn regular<R: BufRead>(
+        &mut self,
+        tr: &mut TarReader<R>,
+        pfd: &OwnedFd,
+        path: &[u8],
+        name: &[u8],
+        meta: &Meta,
+    ) -> Result<()> {
+        self.stats.files += 1;
+        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL;
+        // O_EXCL|O_NOFOLLOW: never opens (or truncates) an existing object, so never writes through a link
+        // (RUSTSEC-2018-0002, CVE-2014-6407); the existing entry is unlinked and the file made anew (F15).
+        let fd = match sfs::openat(pfd, os(name), flags, 0o600) {
+            Ok(fd) => fd,
+            Err(e) if e.errno == Errno::EEXIST => {
+                self.remove_existing(pfd, path, name)?;
+                sfs::openat(pfd, os(name), flags, 0o600).map_err(|e| self.sys(path, e))?
+            }
+            Err(e) => return Err(self.sys(path, e)),
+        };
+        let mut file = std::fs::File::from(fd);
+        let mut write_err = None;
+        let mut written = 0u64;
+        let copied = tr.copy_data(|chunk| {
+            written += chunk.len() as u64;
+            file.write_all(chunk).inspect_err(|e| write_err = Some(std::io::Error::new(e.kind(), e.to_string())))
+        });
+        if let Some(source) = write_err {
+            return Err(Error::Write { layer: self.layer.to_owned(), path: lossy(path), source });
+        }
+        copied.map_err(|e| self.tar_error(e))?;
+        self.stats.file_bytes += written;
+        let fd = OwnedFd::from(file);
+        self.set_meta(&fd, path, meta, false)?;
+        sfs::futimens(&fd, meta.mtime, meta.mtime_nsec).map_err(|e| self.sys(path, e))
+    }
+
+    fn symlink(&mut self, pfd: &OwnedFd, path: &[u8], name: &[u8], target: &[u8], meta: &Meta) -> Result<()> {
+        self.stats.symlinks += 1;
+        if target.is_empty() || target.contains(&0) {
+            return Err(Error::UnsafePath {
+                layer: self.layer.to_owned(),
+                path: lossy(path),
+                reason: "symlink target is empty or holds a NUL byte",
+            });
+        }
+        // The target is stored verbatim: it is only ever resolved later, inside the root.
+        match sfs::symlinkat(os(target), pfd, os(name)) {
+            Ok(()) => {}
+            Err(e) if e.errno == Errno::EEXIST => {
+                self.remove_existing(pfd, path, name)?;
+                sfs::symlinkat(os(target), pfd, os(name)).map_err(|e| self.sys(path, e))?;
+            }
+            Err(e) => return Err(self.sys(path, e)),
+        }
+        if self.opts.same_owner {
+            sfs::fchownat_nofollow(pfd, os(name), meta.uid, meta.gid).map_err(|e| self.sys(path, e))?;
+        }
+        if !meta.xattrs.is_empty() {
+            self.stats.skipped_xattrs += meta.xattrs.len() as u64;
+        }
+        sfs::utimensat_nofollow(pfd, os(name), meta.mtime, meta.mtime_nsec).map_err(|e| self.sys(path, e))
+    }
+
+    fn hardlink(&mut self, pfd: &OwnedFd, path: &[u8], name: &[u8], link: &[u8]) -> Result<()> {
+        self.stats.hardlinks += 1;
+        let err_target = |s: &Self, source: SysError| Error::HardlinkTarget {
+            layer: s.layer.to_owned(),
+            path: lossy(path),
+            target: lossy(link),
+            source,
+        };
+        let target = normalise(link).map_err(|reason| Error::UnsafePath {
+            layer: self.layer.to_owned(),
+            path: lossy(path),
+            reason: if reason == "'..' component" { "hardlink target has a '..' component" } else { reason },
+        })?;
+        if target.is_empty() {
+            return Err(Error::UnsafePath {
+                layer: self.layer.to_owned(),
+                path: lossy(path),
+                reason: "hardlink to the root",
+            });
+        }
+        if target == path {
+            return Ok(());
+        }
+        let (tparent, tname) = split_last(&target);
+        // F11: the target is resolved inside the root (it may be in this layer or a lower one).
+        let tfd = if tparent.is_empty() {
+            self.root.clone()
+        } else {
+            Rc::new(
+                sfs::openat2(&*self.root, Path::new(os(tparent)), OFlag::O_PATH | OFlag::O_DIRECTORY, Resolve::InRoot)
+                    .map_err(|e| err_target(self, e))?,
+            )
+        };
+        let st = sfs::fstatat_nofollow(&*tfd, os(tname)).map_err(|e| err_target(self, e))?;
+        if sfs::file_type(&st) == SFlag::S_IFDIR {
+            return Err(err_target(
+                self,
+                SysError::new("linkat", format!("{:?} (a directory)", lossy(link)), Errno::EPERM),
+            ));
+        }
+        // Replacing `path` when it already is the target's inode would delete the target: nothing to do.
+        if let Ok(cur) = sfs::fstatat_nofollow(pfd, os(name)) {
+            if cur.st_ino == st.st_ino && cur.st_dev == st.st_dev {
+                return Ok(());
+            }
+        }
+        self.remove_existing(pfd, path, name)?;
+        sfs::linkat(&*tfd, os(tname), pfd, os(name)).map_err(|e| err_target(self, e))
+    }
+
+    fn node(&mut self, pfd: &OwnedFd, path: &[u8], name: &[u8], h: &Header, meta: &Meta) -> Result<()> {
+        self.stats.devices += 1;
+        let kind = match h.kind {
+            Kind::Char => SFlag::S_IFCHR,
+            Kind::Block => SFlag::S_IFBLK,
+            _ => SFlag::S_IFIFO,
+        };
+        let (major, minor) = (h.dev_major, h.dev_minor);
+        match sfs::mknodat(pfd, os(name), kind, 0o600, major, minor) {
+            Ok(()) => {}
+            Err(e) if e.errno == Errno::EEXIST => {
+                self.remove_existing(pfd, path, name)?;
+                sfs::mknodat(pfd, os(name), kind, 0o600, major, minor).map_err(|e| self.sys(path, e))?;
+            }
+            Err(e) => return Err(self.sys(path, e)),
+        }
+        // An O_PATH handle: opening a FIFO or a device for real would block or have side effects.
+        let fd = sfs::openat(pfd, os(name), OFlag::O_PATH, 0).map_err(|e| self.sys(path, e))?;
+        self.set_meta(&fd, path, meta, true)?;
+        sfs::utimensat_nofollow(pfd, os(name), meta.mtime, meta.mtime_nsec).map_err(|e| self.sys(path, e))
+    }
+
+    /// Owner, then mode (chown clears set-id bits), then xattrs (chown clears `security.capability`) — all on
+    /// the object's fd (F13).
+    fn set_meta(&mut self, fd: &OwnedFd, path: &[u8], meta: &Meta, opath: bool) -> Result<()> {
+        if self.opts.same_owner {
+            sfs::fchown(fd, meta.uid, meta.gid).map_err(|e| self.sys(path, e))?;
+        }
+        let r = if opath { sfs::fchmod_opath(fd, meta.mode) } else { sfs::fchmod(fd, meta.mode) };
+        r.map_err(|e| self.sys(path, e))?;
+        for (k, v) in &meta.xattrs {
+            // threats.md §8: overlay-private xattrs from layer content would change the merged view (F12).
+            if k.starts_with(b"trusted.overlay.") || k.starts_with(b"user.overlay.") {
+                self.stats.dropped_overlay_xattrs += 1;
+                continue;
+            }
+            if k.as_slice() == b"security.capability" && !self.opts.file_capabilities {
+                self.stats.skipped_xattrs += 1;
+                continue;
+            }
+            let r = if opath { sfs::fsetxattr_opath(fd, k, v) } else { sfs::fsetxattr(fd, k, v) };
+            match r {
+                Ok(()) => {}
+                Err(e) if matches!(e.errno, Errno::EPERM | Errno::EOPNOTSUPP | Errno::EACCES) => {
+                    self.stats.skipped_xattrs += 1;
+                    tracing::warn!(layer = self.layer, path = %lossy(path), error = %e, "xattr not applied");
+                }
+                Err(e) => return Err(self.sys(path, e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn finish_dirs(&mut self) -> Result<()> {
+        let dirs = std::mem::take(&mut self.dirs);
+        for (path, meta) in dirs {
+            let p: &Path = if path.is_empty() { Path::new(".") } else { Path::new(os(&path)) };
+            // Re-resolved inside the root; O_NOFOLLOW: if a later entry replaced the directory by a symlink,
+            // its attributes are not applied through it.
+            let fd = match sfs::openat2(
+                &*self.root,
+                p,
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW,
+                Resolve::InRoot,
+            ) {
+                Ok(fd) => fd,
+                Err(e) if is_skip_errno(e.errno) => continue,
+                Err(e) => return Err(self.sys(&path, e)),
+            };
+            self.set_meta(&fd, &path, &meta, false)?;
+            sfs::futimens(&fd, meta.mtime, meta.mtime_nsec).map_err(|e| self.sys(&path, e))?;
+        }
+        Ok(())
+    }
+
+    fn invalid_whiteout(&self, h: &Header, reason: &'static str) -> Error {
+        Error::InvalidWhiteout { layer: self.layer.to_owned(), path: lossy(&h.path), reason }
+    }
+
+    fn whiteout(&mut self, parent: &[u8], name: &[u8], h: &Header) -> Result<()> {
+        let base = &name[WH_PREFIX.len()..];
+        // image-spec (PR #1314): a bare `.wh.` SHOULD be rejected (F17); `.wh..` and `.wh...` name no sibling.
+        if base.is_empty() {
+            return Err(self.invalid_whiteout(h, "bare '.wh.' has no name"));
+        }
+        if base == b"." || base == b".." {
+            return Err(self.invalid_whiteout(h, "whiteout of '.' or '..'"));
+        }
+        if name == WH_OPAQUE {
+            self.stats.opaques += 1;
+            return self.opaque(parent);
+        }
+        if base.starts_with(WH_PREFIX) {
+            // Other `.wh..wh.*` names are aufs bookkeeping (`.wh..wh.plnk`, `.wh..wh.aufs`): ignored, as moby does.
+            self.stats.whiteouts_skipped += 1;
+            return Ok(());
+        }
+        self.stats.whiteouts += 1;
+        let target = join(parent, base);
+        match self.opts.whiteout_mode {
+            WhiteoutMode::Delete => self.whiteout_delete(parent, base, &target),
+            WhiteoutMode::Overlay => self.whiteout_overlay(parent, base, &target),
+        }
+    }
+
+    /// Opens `dir` (normalised) for deletions: no symlink may be crossed (threats.md §3), so a whiteout below
+    /// a symlink or below a non-directory made by this layer is skipped without touching anything (`None`).
+    fn open_for_delete(&mut self, dir: &[u8]) -> Result<Option<OwnedFd>> {
+        let p: &Path = if dir.is_empty() { Path::new(".") } else { Path::new(os(dir)) };
+        match sfs::openat2(&*self.root, p, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Resolve::BeneathNoSymlinks) {
+            Ok(fd) => Ok(Some(fd)),
+            Err(e) if is_skip_errno(e.errno) => Ok(None),
+            Err(e) => Err(self.sys(dir, e)),
+        }
+    }
+
+    fn whiteout_delete(&mut self, parent: &[u8], base: &[u8], target: &[u8]) -> Result<()> {
+        let Some(dfd) = self.open_for_delete(parent)? else {
+            self.stats.whiteouts_skipped += 1;
+            return Ok(());
+        };
+        if self.created.contains(target) {
+            // layer.md: whiteouts MUST only apply to lower layers (F18). What this layer wrote stays; if it is
+            // a directory merged over a lower one, the lower children it still holds are hidden.
+            match sfs::openat(&dfd, os(base), OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0) {
+                Ok(child) => self.remove_lower_children(&child, target, 0)?,
+                Err(_) => self.stats.whiteouts_skipped += 1,
+            }
+            return Ok(());
+        }
+        // layer.md: delete the lower path (F16); nothing there is harmless (F20). unlinkat on the parent fd
+        // never follows the last component.
+        if !self.remove_existing(&dfd, target, base)? {
+            self.stats.whiteouts_skipped += 1;
+        }
+        Ok(())
+    }
+
+    /// Removes the children of `dir` (path `dpath`) that this layer did not write, descending into the
+    /// directories it did write (F19: an opaque marker hides all lower content wherever it sits in the tar).
+    fn remove_lower_children(&mut self, dir: &OwnedFd, dpath: &[u8], depth: usize) -> Result<()> {
+        if depth > MAX_REMOVE_DEPTH {
+            return Err(self.sys(dpath, SysError::new("unlinkat", "(directory tree too deep)", Errno::ELOOP)));
+        }
+        for (child, typ) in sfs::read_dir_names(dir).map_err(|e| self.sys(dpath, e))? {
+            let cpath = join(dpath, &child);
+            if self.created.contains(&cpath) {
+                if typ == Some(nix::dir::Type::Directory) || typ.is_none() {
+                    if let Ok(c) = sfs::openat(dir, os(&child), OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0) {
+                        self.remove_lower_children(&c, &cpath, depth + 1)?;
+                    }
+                }
+                continue;
+            }
+            self.remove_existing(dir, &cpath, &child)?;
+        }
+        Ok(())
+    }
+
+    fn opaque(&mut self, parent: &[u8]) -> Result<()> {
+        match self.opts.whiteout_mode {
+            WhiteoutMode::Delete => {
+                let Some(dfd) = self.open_for_delete(parent)? else {
+                    self.stats.whiteouts_skipped += 1;
+                    return Ok(());
+                };
+                self.remove_lower_children(&dfd, parent, 0)
+            }
+            WhiteoutMode::Overlay => {
+                let Some(fd) = self.overlay_dir(parent)? else {
+                    self.stats.whiteouts_skipped += 1;
+                    return Ok(());
+                };
+                self.opaque_fd(&fd, parent)
+            }
+        }
+    }
+
+    /// The directory `dir` of an overlay upper dir, made if this layer has no entry for it, without crossing a
+    /// symlink; `None` when a component is a symlink or a non-directory this layer made (umoci's
+    /// `dir2file/.wh.x`): the whiteout is then skipped.
+    fn overlay_dir(&mut self, dir: &[u8]) -> Result<Option<OwnedFd>> {
+        let p: &Path = if dir.is_empty() { Path::new(".") } else { Path::new(os(dir)) };
+        let open =
+            |root: &OwnedFd| sfs::openat2(root, p, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Resolve::BeneathNoSymlinks);
+        match open(&self.root) {
+            Ok(fd) => return Ok(Some(fd)),
+            Err(e) if e.errno == Errno::ENOENT => {}
+            Err(e) if is_skip_errno(e.errno) => return Ok(None),
+            Err(e) => return Err(self.sys(dir, e)),
+        }
+        self.mkdir_all(dir)?;
+        match open(&self.root) {
+            Ok(fd) => Ok(Some(fd)),
+            Err(e) if is_skip_errno(e.errno) => Ok(None),
+            Err(e) => Err(self.sys(dir, e)),
+        }
+    }
+
+    fn set_opaque(&mut self, pfd: &OwnedFd, path: &[u8], name: &[u8]) -> Result<()> {
+        let fd = sfs::openat(pfd, os(name), OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0).map_err(|e| self.sys(path, e))?;
+        self.opaque_fd(&fd, path)
+    }
+
+    /// F23: overlayfs marks an opaque directory with `trusted.overlay.opaque=y` (`user.overlay.opaque=y` when
+    /// mounted with `userxattr`).
+    fn opaque_fd(&mut self, fd: &OwnedFd, path: &[u8]) -> Result<()> {
+        let name: &[u8] =
+            if self.opts.overlay_user_xattrs { b"user.overlay.opaque" } else { b"trusted.overlay.opaque" };
+        sfs::fsetxattr(fd, name, b"y").map_err(|e| self.sys(path, e))
+    }
+
+    fn whiteout_overlay(&mut self, parent: &[u8], base: &[u8], target: &[u8]) -> Result<()> {
+        let Some(dfd) = self.overlay_dir(parent)? else {
+            self.stats.whiteouts_skipped += 1;
+            return Ok(());
+        };
+        if self.created.contains(target) {
+            // F18: this layer's own content stays; a directory it made that also hides a lower one is opaque.
+            match sfs::fstatat_nofollow(&dfd, os(base)) {
+                Ok(st) if sfs::file_type(&st) == SFlag::S_IFDIR => self.set_opaque(&dfd, target, base)?,
+                _ => self.stats.whiteouts_skipped += 1,
+            }
+            return Ok(());
+        }
+        // F23: a whiteout is a 0/0 character device in the layer's upper dir.
+        match sfs::mknodat(&dfd, os(base), SFlag::S_IFCHR, 0, 0, 0) {
+            Ok(()) => Ok(()),
+            Err(e) if e.errno == Errno::EEXIST => Ok(()),
+            Err(e) => Err(self.sys(target, e)),
+        }
+    }
+}
+
+fn kind_name(k: Kind) -> &'static str {
+    match k {
+        Kind::Regular => "regular file",
+        Kind::Hardlink => "hardlink",
+        Kind::Symlink => "symlink",
+        Kind::Char => "character device",
+        Kind::Block => "block device",
+        Kind::Directory => "directory",
+        Kind::Fifo => "FIFO",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalise_names() {
+        assert_eq!(normalise(b"./a//b/./c/").unwrap(), b"a/b/c");
+        assert_eq!(normalise(b"/etc/passwd").unwrap(), b"etc/passwd");
+        assert_eq!(normalise(b"./").unwrap(), b"");
+        assert_eq!(normalise(b"/").unwrap(), b"");
+        assert!(normalise(b"a/../b").is_err());
+        assert!(normalise(b"../x").is_err());
+        assert!(normalise(b"a\0b").is_err());
+    }
+
+    #[test]
+    fn split_and_join() {
+        assert_eq!(split_last(b"a/b/c"), (&b"a/b"[..], &b"c"[..]));
+        assert_eq!(split_last(b"c"), (&b""[..], &b"c"[..]));
+        assert_eq!(join(b"", b"x"), b"x");
+        assert_eq!(join(b"a", b"x"), b"a/x");
+    }
+}
