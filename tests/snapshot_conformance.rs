@@ -53,6 +53,18 @@ fn unpacked_tree(backend: Backend, layers: &[LayerBuilder]) -> Tree {
     tree(&mnt)
 }
 
+/// `kiln unpack`'s plain rootfs for `layers` (every layer applied in order, delete mode), without hygiene.
+fn plain_tree(layers: &[LayerBuilder]) -> Tree {
+    let d = Scratch(common::scratch());
+    let (store, img) = image_of(d.path(), layers.iter().map(|l| l.layer(Compression::Gzip)).collect());
+    let rootfs = d.path().join("rootfs");
+    fs::create_dir(&rootfs).unwrap();
+    for l in &img.layers {
+        kiln::layer::apply_layer(&store, l, &kiln::layer::Options::default(), &rootfs).unwrap();
+    }
+    tree(&rootfs)
+}
+
 #[test]
 fn verbs_and_errors() {
     if !common::require_root() {
@@ -180,6 +192,59 @@ fn fixtures() -> Vec<(&'static str, Vec<LayerBuilder>)> {
             ],
         ),
         (
+            // F16/F19: opaque then re-create in one layer; a dir re-created in the layer that whited it out.
+            "opaque and re-create in one layer",
+            vec![
+                LayerBuilder::new()
+                    .dir("o", 0o755)
+                    .file("o/old", b"old", 0o644)
+                    .dir("o/sub", 0o755)
+                    .file("o/sub/deep", b"d", 0o644)
+                    .dir("w", 0o755)
+                    .file("w/old", b"old", 0o644),
+                LayerBuilder::new()
+                    .dir("o", 0o700)
+                    .opaque("o")
+                    .file("o/new", b"new", 0o644)
+                    .whiteout("w")
+                    .dir("w", 0o711)
+                    .file("w/new", b"new", 0o644),
+            ],
+        ),
+        (
+            "special files, owners and xattrs",
+            vec![
+                LayerBuilder::new()
+                    .dir("dev", 0o755)
+                    .char_device("dev/null", 1, 3)
+                    .fifo("fifo")
+                    .file("owned", b"o", 0o640)
+                    .owner(1234, 5678)
+                    .file("xa", b"x", 0o644)
+                    .xattr("user.kiln", b"value")
+                    .symlink("abs", "/etc/passwd")
+                    .symlink("rel", "../x"),
+                LayerBuilder::new().file("owned", b"again", 0o2750).owner(1, 2).symlink("fifo", "owned"),
+            ],
+        ),
+        (
+            // No parent entries in the tar: implicit directories get the lower directory's owner and mode.
+            "implicit parent directories",
+            vec![
+                LayerBuilder::new().dir("p", 0o710).owner(7, 8).dir("p/q", 0o700).file("p/q/a", b"a", 0o644),
+                LayerBuilder::new().file("p/q/b", b"b", 0o644).file("new/dir/c", b"c", 0o644),
+            ],
+        ),
+        (
+            // A later layer writes through a lower layer's symlink (resolved inside the root): its parentless
+            // overlay diff would show a directory instead, so it is applied through a mount of its parents.
+            "write through a lower symlink",
+            vec![
+                LayerBuilder::new().dir("real", 0o755).symlink("link", "real").symlink("abs", "/real"),
+                LayerBuilder::new().file("link/via-rel", b"r", 0o644).file("abs/via-abs", b"a", 0o644),
+            ],
+        ),
+        (
             // A hardlink to a lower layer's file: overlay applies this layer through a mount (copy-up).
             "hardlink to a lower layer",
             vec![
@@ -200,7 +265,12 @@ fn backends_produce_identical_trees() {
         let overlay = unpacked_tree(Backend::Overlay, &layers);
         let native = unpacked_tree(Backend::Native, &layers);
         assert_eq!(overlay, native, "{name}");
+        assert_eq!(native, plain_tree(&layers), "{name}: differs from kiln unpack");
         match name {
+            "write through a lower symlink" => {
+                assert!(native.contains_key("/real/via-rel") && native.contains_key("/real/via-abs"), "{native:#?}");
+                assert!(native["/link"].starts_with("symlink"));
+            }
             "delete then re-create in three layers" => {
                 assert!(native.contains_key("/d/y") && !native.contains_key("/d/x"), "{native:#?}")
             }

@@ -102,6 +102,8 @@ pub enum Error {
     Convert { id: String, source: convert::Error },
     #[error("bundle {id:?}: {source}")]
     Sys { id: String, source: SysError },
+    #[error("bundle {id:?}: rootfs hygiene: {source}")]
+    Hygiene { id: String, source: Box<crate::layer::Error> },
     #[error("{op} {path}: {source}", path = .path.display())]
     Io { op: &'static str, path: PathBuf, source: std::io::Error },
     #[error("bundle record {id:?} is not valid: {reason}")]
@@ -118,6 +120,7 @@ impl Error {
             Error::UserDb { source, .. } => source.kind(),
             Error::Convert { source, .. } => source.kind(),
             Error::Sys { source, .. } => source.kind(),
+            Error::Hygiene { source, .. } => source.kind(),
             Error::Io { .. } | Error::Record { .. } => ErrorKind::Internal,
         }
     }
@@ -500,7 +503,8 @@ impl Engine {
         fs::create_dir(&rootfs).map_err(io_err("mkdir", &rootfs))?;
         let sys = |source| Error::Sys { id: sid.clone(), source };
         self.mounter.mount_all(&mounts, &rootfs).map_err(sys)?;
-        let fixes: Vec<Fix> = hygiene::make_safe(&rootfs).map_err(sys)?;
+        let fixes: Vec<Fix> =
+            hygiene::make_safe(&rootfs).map_err(|e| Error::Hygiene { id: sid.clone(), source: Box::new(e) })?;
         let users =
             userdb::read(&rootfs, &self.userdb_limits).map_err(|source| Error::UserDb { id: sid.clone(), source })?;
         let mut overrides = overrides.clone();
@@ -526,7 +530,7 @@ impl Engine {
             snapshot: key,
             config_digest: Digest::sha256(&bytes),
             created: rfc3339_now(),
-            fixes: fixes.iter().map(|f| format!("{} was {}; replaced by a directory", f.path, f.was)).collect(),
+            fixes: fixes.iter().map(Fix::to_string).collect(),
             config_json: String::from_utf8_lossy(&bytes).into_owned(),
         };
         let value =

@@ -1,62 +1,39 @@
 //! Rootfs hygiene before a bundle is handed to a runtime (checklist I12): top-level `/dev`, `/proc` and `/sys`
 //! must be real directories, never symlinks or files from the image (runc CVE-2026-41579, CVE-2023-27561,
-//! CVE-2019-16884 shapes). Whatever the image put there is replaced by an empty directory; with overlay the
-//! change lands in the bundle's own upper directory (a kiln-owned top layer, like Docker's init layer), so the
-//! image's committed layers are untouched.
+//! CVE-2019-16884 shapes), and symlinks an image left under `/dev` are removed (CVE-2025-31133 shapes). With
+//! overlay the changes land in the bundle's own upper directory (a kiln-owned top layer, like Docker's init
+//! layer), so the image's committed layers are untouched.
 //!
-//! Every call is made on a file descriptor of the rootfs with one name, never following a symlink.
+//! The fix-ups themselves are `kiln::layer::hygiene`, the same code `kiln unpack` runs on a plain rootfs, so
+//! that bundles made by the daemon and by the CLI get identical treatment (one implementation rather than two;
+//! this is the one place `bundle` reaches into `layer`).
 
-use std::ffi::OsStr;
-use std::os::fd::OwnedFd;
 use std::path::Path;
-
-use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag};
-use nix::sys::stat::{Mode, SFlag};
-use nix::unistd::UnlinkatFlags;
-
-use crate::sys::SysError;
-
-/// The top-level names that must be real directories.
-pub const MUST_BE_DIRS: [&str; 3] = ["dev", "proc", "sys"];
 
 /// One change made to the rootfs.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Fix {
-    /// `/dev`, `/proc` or `/sys`.
+    /// `/dev`, `/proc`, `/sys`, or a symlink under `/dev`.
     pub path: String,
-    /// What was there: `missing`, `symlink`, `file`, `other`.
-    pub was: &'static str,
+    /// What the image had there: `missing`, `symlink`, `regular file`, …
+    pub was: String,
+    /// `directory` or `removed`.
+    pub now: String,
 }
 
-/// Makes `/dev`, `/proc` and `/sys` of `rootfs` real, empty-if-replaced directories (mode 0755). Returns the
-/// changes made.
-pub fn make_safe(rootfs: &Path) -> Result<Vec<Fix>, SysError> {
-    let root: OwnedFd =
-        nix::fcntl::open(rootfs, OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty()).map_err(
-            |e| SysError::new("open", format!("{:?}, O_DIRECTORY|O_NOFOLLOW", rootfs.display().to_string()), e),
-        )?;
-    let mut fixes = Vec::new();
-    for name in MUST_BE_DIRS {
-        let was = match nix::sys::stat::fstatat(&root, OsStr::new(name), AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Ok(st) => match SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT {
-                SFlag::S_IFDIR => continue,
-                SFlag::S_IFLNK => "symlink",
-                SFlag::S_IFREG => "file",
-                _ => "other",
-            },
-            Err(Errno::ENOENT) => "missing",
-            Err(e) => return Err(SysError::new("fstatat", format!("{name:?}, AT_SYMLINK_NOFOLLOW"), e)),
-        };
-        if was != "missing" {
-            nix::unistd::unlinkat(&root, OsStr::new(name), UnlinkatFlags::NoRemoveDir)
-                .map_err(|e| SysError::new("unlinkat", format!("{name:?}"), e))?;
-        }
-        nix::sys::stat::mkdirat(&root, OsStr::new(name), Mode::from_bits_truncate(0o755))
-            .map_err(|e| SysError::new("mkdirat", format!("{name:?}, 0755"), e))?;
-        fixes.push(Fix { path: format!("/{name}"), was });
+impl std::fmt::Display for Fix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {} → {}", self.path, self.was, self.now)
     }
-    Ok(fixes)
+}
+
+/// Makes `/dev`, `/proc` and `/sys` of `rootfs` real directories and drops symlinks under `/dev`. Returns the
+/// changes made.
+pub fn make_safe(rootfs: &Path) -> Result<Vec<Fix>, crate::layer::Error> {
+    Ok(crate::layer::hygiene(rootfs)?
+        .into_iter()
+        .map(|h| Fix { path: h.path, was: h.found.to_owned(), now: h.now.to_owned() })
+        .collect())
 }
 
 #[cfg(test)]
@@ -74,8 +51,10 @@ mod tests {
         std::fs::write(root.join("proc"), b"x").unwrap();
         std::fs::create_dir(root.join("sys")).unwrap();
         let fixes = make_safe(&root).unwrap();
-        assert_eq!(fixes, vec![Fix { path: "/dev".into(), was: "symlink" }, Fix { path: "/proc".into(), was: "file" }]);
-        for n in MUST_BE_DIRS {
+        let paths: Vec<&str> = fixes.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, ["/dev", "/proc"], "{fixes:?}");
+        assert_eq!(fixes[0].was, "symlink");
+        for n in ["dev", "proc", "sys"] {
             assert!(std::fs::symlink_metadata(root.join(n)).unwrap().is_dir());
         }
         assert!(outside.is_dir(), "the symlink's target is untouched");

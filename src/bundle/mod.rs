@@ -3,7 +3,7 @@
 //! [`engine`] creates, restores and deletes bundles (and owns the snapshotter for the daemon); [`hygiene`]
 //! fixes the rootfs for the runtime (I12); [`userdb`] reads the rootfs user database that feeds `convert`.
 //!
-//! May use: `snapshot`, `convert`, `image`, `sys`, `error`.
+//! May use: `snapshot`, `convert`, `image`, `sys`, `error` (and `layer::hygiene`, see [`hygiene`]).
 
 pub mod engine;
 pub mod hygiene;

@@ -19,15 +19,19 @@ use crate::digest::Digest;
 use crate::error::ErrorKind;
 use crate::sys::SysError;
 
+mod apply;
 pub mod copy;
 mod local;
 pub mod meta;
 pub mod unpack;
 
+/// How whiteouts are written where a layer is applied (the layer module's type).
+pub use crate::layer::WhiteoutMode;
 pub use crate::sys::mount::Mount;
+pub use apply::LayerModule;
 pub use local::{probe_overlay, Backend, LocalSnapshotter};
 pub use meta::Meta;
-pub use unpack::{Applied, ApplyError, LayerApplier, Progress, UnpackReport, Unpacker, WhiteoutMode};
+pub use unpack::{Applied, ApplyError, LayerApplier, Progress, UnpackReport, Unpacker};
 
 /// Labels on a snapshot (containerd's `map[string]string`).
 pub type Labels = BTreeMap<String, String>;

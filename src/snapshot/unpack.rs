@@ -18,22 +18,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
-use super::{Error, Kind, Labels, Result, Snapshotter};
+use super::{Error, Kind, Labels, Result, Snapshotter, WhiteoutMode};
 use crate::digest::Digest;
 use crate::error::ErrorKind;
 use crate::image::Layer;
 use crate::store::Store;
 use crate::sys::mount::Mounter;
-
-/// How whiteouts are represented in the directory a layer is applied to (layer.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WhiteoutMode {
-    /// Whiteouts delete what they name; the directory is a full tree.
-    Delete,
-    /// Whiteouts become char 0:0 devices and opaque dirs get `trusted.overlay.opaque=y`; the directory is an
-    /// overlay diff.
-    Overlay,
-}
 
 /// A layer applier's failure, classified.
 #[derive(Debug)]

@@ -1,10 +1,9 @@
-//! Shared helpers for the snapshot and bundle tests: a counting applier, tree snapshots for comparing
+//! Shared helpers for the snapshot and bundle tests: the real applier (`kiln::layer`), a counting wrapper, tree snapshots for comparing
 //! backends, and a mount guard that never leaves a mount behind.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -55,143 +54,9 @@ impl LayerApplier for Failing {
     }
 }
 
-/// The layer applier the tests use: `kiln::layer` once it exists on this branch; meanwhile a small trusted-input
-/// tar applier for fixtures built by `LayerBuilder` (gzip or plain; no hostile input).
+/// The layer applier the tests use: `kiln::layer`.
 pub fn applier() -> Arc<dyn LayerApplier> {
-    Arc::new(FixtureTar)
-}
-
-pub struct FixtureTar;
-
-fn err(e: impl std::fmt::Display) -> ApplyError {
-    ApplyError::new(ErrorKind::Internal, e.to_string())
-}
-
-fn remove_any(p: &Path) {
-    match fs::symlink_metadata(p) {
-        Ok(md) if md.is_dir() => {
-            let _ = fs::remove_dir_all(p);
-        }
-        Ok(_) => {
-            let _ = fs::remove_file(p);
-        }
-        Err(_) => {}
-    }
-}
-
-impl LayerApplier for FixtureTar {
-    fn apply(&self, store: &Store, layer: &Layer, dir: &Path, w: WhiteoutMode) -> Result<Applied, ApplyError> {
-        let blob = store.open_blob(&layer.descriptor).map_err(err)?;
-        let reader: Box<dyn Read> = if layer.descriptor.media_type.ends_with("gzip") {
-            Box::new(flate2::read::GzDecoder::new(blob))
-        } else if layer.descriptor.media_type.ends_with("zstd") {
-            Box::new(zstd::stream::read::Decoder::new(blob).map_err(err)?)
-        } else {
-            Box::new(blob)
-        };
-        let mut ar = tar::Archive::new(reader);
-        let mut applied = Applied::default();
-        for entry in ar.entries().map_err(err)? {
-            let mut e = entry.map_err(err)?;
-            let rel: PathBuf =
-                e.path().map_err(err)?.components().filter(|c| matches!(c, std::path::Component::Normal(_))).collect();
-            let name = rel.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let parent = dir.join(rel.parent().unwrap_or(Path::new("")));
-            let path = dir.join(&rel);
-            let parent_rel = rel.parent().unwrap_or(Path::new("")).to_owned();
-            if name == ".wh..wh..opq" {
-                mkdir_parents(dir, &parent_rel, &mut applied)?;
-                match w {
-                    WhiteoutMode::Delete => {
-                        for c in fs::read_dir(&parent).map_err(err)? {
-                            remove_any(&c.map_err(err)?.path());
-                        }
-                    }
-                    WhiteoutMode::Overlay => xattr::set(&parent, "trusted.overlay.opaque", b"y").map_err(err)?,
-                }
-                continue;
-            }
-            if let Some(hidden) = name.strip_prefix(".wh.") {
-                let target = parent.join(hidden);
-                remove_any(&target);
-                if w == WhiteoutMode::Overlay {
-                    mkdir_parents(dir, &parent_rel, &mut applied)?;
-                    nix::sys::stat::mknod(&target, nix::sys::stat::SFlag::S_IFCHR, nix::sys::stat::Mode::empty(), 0)
-                        .map_err(err)?;
-                }
-                continue;
-            }
-            if rel.as_os_str().is_empty() {
-                continue;
-            }
-            mkdir_parents(dir, &parent_rel, &mut applied)?;
-            let h = e.header().clone();
-            let mode = h.mode().map_err(err)? & 0o7777;
-            let kind = h.entry_type();
-            let existing = fs::symlink_metadata(&path).ok();
-            if let Some(md) = &existing {
-                if !(md.is_dir() && kind.is_dir()) {
-                    remove_any(&path);
-                }
-            }
-            if kind.is_dir() {
-                if existing.as_ref().is_none_or(|m| !m.is_dir()) {
-                    fs::create_dir(&path).map_err(err)?;
-                }
-            } else if kind.is_file() {
-                let mut data = Vec::new();
-                e.read_to_end(&mut data).map_err(err)?;
-                fs::write(&path, data).map_err(err)?;
-            } else if kind.is_symlink() {
-                let t = e.link_name().map_err(err)?.ok_or_else(|| err("no link name"))?;
-                std::os::unix::fs::symlink(t, &path).map_err(err)?;
-            } else if kind.is_hard_link() {
-                let t = e.link_name().map_err(err)?.ok_or_else(|| err("no link name"))?;
-                fs::hard_link(dir.join(&t), &path).map_err(|e| {
-                    // A link to a file of a lower layer cannot be made in a parentless overlay diff.
-                    let mut a = err(format!("hardlink target {}: {e}", t.display()));
-                    a.needs_parent = e.kind() == std::io::ErrorKind::NotFound;
-                    a
-                })?;
-                continue;
-            } else {
-                continue;
-            }
-            std::os::unix::fs::lchown(&path, Some(h.uid().map_err(err)? as u32), Some(h.gid().map_err(err)? as u32))
-                .map_err(err)?;
-            if !kind.is_symlink() {
-                use std::os::unix::fs::PermissionsExt;
-                fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(err)?;
-            }
-            if kind.is_dir() {
-                applied.implicit_dirs.retain(|d| d != &rel);
-            }
-        }
-        Ok(applied)
-    }
-}
-
-/// Makes the missing parents of an entry, recording them as implicit.
-fn mkdir_parents(root: &Path, rel: &Path, applied: &mut Applied) -> Result<(), ApplyError> {
-    let mut cur = PathBuf::new();
-    for c in rel.components() {
-        cur.push(c);
-        let p = root.join(&cur);
-        match fs::symlink_metadata(&p) {
-            Err(_) => {
-                fs::create_dir(&p).map_err(err)?;
-                applied.implicit_dirs.push(cur.clone());
-            }
-            // This fixture applier never follows a link (the real one resolves inside the root).
-            Ok(md) if !md.is_dir() => {
-                let mut e = err(format!("{}: not a directory", cur.display()));
-                e.needs_parent = true;
-                return Err(e);
-            }
-            Ok(_) => {}
-        }
-    }
-    Ok(())
+    Arc::new(kiln::snapshot::LayerModule::default())
 }
 
 /// What a tree holds, per relative path: type, mode, owner, size, content hash or link target, xattrs.

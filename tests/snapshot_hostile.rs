@@ -1,0 +1,150 @@
+//! Hostile layers (threats.md §1–3, §8) through the snapshot path, on both backends: nothing outside the
+//! snapshot root changes (a sentinel tree is hashed before and after), a layer kiln refuses leaves no committed
+//! snapshot for its chain, overlay-private xattrs from the image never reach a lower dir, and when both backends
+//! accept an image their trees are identical.
+
+mod common;
+mod snapshot_support;
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+
+use common::layer::{Compression, LayerBuilder};
+use common::layout::{single_image, ImageSpec};
+use kiln::image::{self, Reference, ResolveOptions};
+use kiln::snapshot::{Backend, LocalSnapshotter, Meta, Snapshotter, Unpacker};
+use kiln::store::Store;
+use snapshot_support::{applier, tree, MountGuard, Scratch, Tree};
+
+/// Unpacks `layers`; returns the merged tree, or the error text. Panics if the sentinel changed.
+fn unpack(backend: Backend, layers: &[LayerBuilder], sentinel: &Path) -> Result<Tree, String> {
+    let before = tree(sentinel);
+    let d = Scratch(common::scratch());
+    let root = d.path().join("root");
+    fs::create_dir_all(&root).unwrap();
+    let meta = Arc::new(Meta::open(&root.join("meta.redb")).unwrap());
+    let snap = Arc::new(LocalSnapshotter::open(&root, backend, meta).unwrap());
+    let layout = d.path().join("layout");
+    single_image(&layout, &ImageSpec::with_layers(layers.iter().map(|l| l.layer(Compression::Gzip)).collect()), "x");
+    let store = Store::open(&layout).unwrap();
+    let img = image::resolve(&store, &Reference::Name("x".into()), &ResolveOptions::default()).unwrap();
+    let u = Unpacker::new(snap.clone(), applier(), 0).with_mounter(Arc::new(kiln::sys::SysMounter));
+    let r = u.unpack(&store, &img.layers);
+    assert_eq!(tree(sentinel), before, "{}: the host sentinel changed", backend.name());
+    for i in snap.walk().unwrap() {
+        // Only whole chains are committed, never an unpack's scratch.
+        assert!(!i.key.starts_with("unpack/"), "{i:?}");
+        for (name, path) in dir_xattrs(&snap.diff_dir(&i.key).unwrap()) {
+            // The kernel writes trusted.overlay.uuid/impure/origin itself when a layer is applied through a
+            // mount; redirects, metacopy and user.overlay.* can only come from the image.
+            let forbidden = name == "trusted.overlay.redirect"
+                || name == "trusted.overlay.metacopy"
+                || name.starts_with("user.overlay.");
+            assert!(!forbidden, "{}: image xattr {name} reached {}", backend.name(), path.display());
+        }
+    }
+    match r {
+        Err(e) => {
+            let top = img.chain_id().unwrap();
+            assert!(snap.stat(top.as_str()).is_err(), "a refused image has no committed top");
+            Err(e.to_string())
+        }
+        Ok(_) => {
+            let mnt = d.path().join("mnt");
+            let _g = MountGuard::new(&snap.mounts(img.chain_id().unwrap().as_str()).unwrap(), &mnt);
+            Ok(tree(&mnt))
+        }
+    }
+}
+
+fn dir_xattrs(root: &Path) -> Vec<(String, std::path::PathBuf)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(p) = stack.pop() {
+        if let Ok(names) = xattr::list(&p) {
+            for n in names {
+                out.push((n.to_string_lossy().into_owned(), p.clone()));
+            }
+        }
+        if fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+            for e in fs::read_dir(&p).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn hostile_layers_stay_inside_on_both_backends() {
+    if !common::require_root() {
+        return;
+    }
+    let host = Scratch(common::scratch());
+    let sentinel = host.path().join("sentinel");
+    fs::create_dir_all(sentinel.join("etc")).unwrap();
+    fs::write(sentinel.join("etc/passwd"), b"host").unwrap();
+    fs::write(sentinel.join("victim"), b"host").unwrap();
+    let s = sentinel.to_str().unwrap();
+    let cases: Vec<(&str, Vec<LayerBuilder>)> = vec![
+        // CVE-2014-9356 / CVE-2014-6407: a link to the host, then a write through it, in a later layer.
+        (
+            "symlink-abs-then-write",
+            vec![
+                LayerBuilder::new().symlink("evil", s),
+                LayerBuilder::new().file("evil/etc/pwn", b"x", 0o644).file("evil/victim", b"x", 0o644),
+            ],
+        ),
+        (
+            "symlink-rel-dotdot-then-write",
+            vec![
+                LayerBuilder::new().symlink("up", "../../../../../../../../.."),
+                LayerBuilder::new().file(&format!("up{s}/victim"), b"x", 0o644),
+            ],
+        ),
+        ("hardlink-abs", vec![LayerBuilder::new().hardlink("h", &format!("{s}/victim"))]),
+        (
+            "dup-entry-link-then-file",
+            vec![LayerBuilder::new().symlink("a", &format!("{s}/victim")), LayerBuilder::new().file("a", b"x", 0o644)],
+        ),
+        ("symlink-then-dir-chmod", vec![LayerBuilder::new().symlink("foo", s), LayerBuilder::new().dir("foo", 0o777)]),
+        // threats.md §3: whiteouts and opaque markers through a lower layer's link.
+        (
+            "whiteout-through-symlink",
+            vec![LayerBuilder::new().symlink("d", &format!("{s}/etc")), LayerBuilder::new().whiteout("d/passwd")],
+        ),
+        (
+            "opaque-through-symlink",
+            vec![LayerBuilder::new().symlink("d", &format!("{s}/etc")), LayerBuilder::new().opaque("d")],
+        ),
+        ("root-dot-symlink", vec![LayerBuilder::new().symlink(".", s), LayerBuilder::new().file("pwn", b"x", 0o644)]),
+        // threats.md §8: overlay-private xattrs in the image.
+        (
+            "overlay-xattr-injection",
+            vec![
+                LayerBuilder::new().dir("etc", 0o755).file("etc/keep", b"k", 0o644),
+                LayerBuilder::new()
+                    .dir("etc", 0o755)
+                    .xattr("trusted.overlay.opaque", b"y")
+                    .dir("x", 0o755)
+                    .xattr("trusted.overlay.redirect", b"/etc")
+                    .file("x/f", b"f", 0o644),
+            ],
+        ),
+    ];
+    for (name, layers) in cases {
+        let overlay = unpack(Backend::Overlay, &layers, &sentinel);
+        let native = unpack(Backend::Native, &layers, &sentinel);
+        println!("{name}: overlay {}, native {}", overlay.is_ok(), native.is_ok());
+        match (&overlay, &native) {
+            (Ok(o), Ok(n)) => assert_eq!(o, n, "{name}: backends disagree"),
+            (Err(_), Err(_)) => {}
+            _ => panic!("{name}: one backend accepted, the other refused: {overlay:?} / {native:?}"),
+        }
+        if name == "overlay-xattr-injection" {
+            let t = overlay.unwrap();
+            assert!(t.contains_key("/etc/keep"), "an injected opaque xattr must not hide lower content");
+        }
+    }
+}
