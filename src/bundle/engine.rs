@@ -720,6 +720,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn engine_is_shared_across_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<Engine>();
+        shared::<LocalSnapshotter>();
+    }
+
+    #[test]
     fn bundle_ids() {
         for ok in ["a", "my-bundle_1.2", &"x".repeat(128)] {
             BundleId::parse(ok).unwrap();
