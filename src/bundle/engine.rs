@@ -386,28 +386,29 @@ impl Engine {
     fn recover_bundles(&self) -> Result<Vec<String>> {
         let mut actions = Vec::new();
         let records = self.meta.bundles()?;
-        let mut kept = HashSet::new();
+        let mut kept_ids = HashSet::new();
+        let mut kept_snapshots = HashSet::new();
         for (id, bytes) in &records {
-            let bundle: Option<Bundle> = serde_json::from_slice(&bytes[..]).ok();
-            let restored = match &bundle {
-                Some(b) if self.snapshots.stat(&b.snapshot).is_ok() => self.restore(b).map(|_| b),
-                _ => Err(Error::Record { id: id.clone(), reason: "record or its snapshot is gone".into() }),
-            };
-            match restored {
-                Ok(b) => {
-                    kept.insert(id.clone());
-                    kept.insert(b.snapshot.clone());
-                }
-                Err(e) => {
+            let bundle = match serde_json::from_slice::<Bundle>(&bytes[..]) {
+                Ok(b) if self.snapshots.stat(&b.snapshot).is_ok() => b,
+                Ok(_) | Err(_) => {
                     self.meta.write(|w| w.delete_bundle(id).map(|_| ()))?;
-                    actions.push(format!("dropped bundle {id:?}: {e}"));
+                    actions.push(format!("dropped bundle {id:?}: its record or its snapshot is gone"));
+                    continue;
                 }
+            };
+            // A bundle that cannot be restored now (a mount failing) keeps its record and its snapshot (the
+            // container's writes): it is reported, and a later start or a delete deals with it.
+            if let Err(e) = self.restore(&bundle) {
+                actions.push(format!("could not restore bundle {id:?}: {e}"));
             }
+            kept_ids.insert(id.clone());
+            kept_snapshots.insert(bundle.snapshot);
         }
         let dir = self.bundles_dir();
         for e in fs::read_dir(&dir).map_err(io_err("opendir", &dir))?.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if kept.contains(&name) {
+            if kept_ids.contains(&name) {
                 continue;
             }
             self.unmount_under(&e.path())?;
@@ -415,7 +416,7 @@ impl Engine {
             actions.push(format!("removed {}: no bundle record", e.path().display()));
         }
         for info in self.snapshots.walk()? {
-            if info.key.starts_with(SNAPSHOT_PREFIX) && !kept.contains(&info.key) {
+            if info.key.starts_with(SNAPSHOT_PREFIX) && !kept_snapshots.contains(&info.key) {
                 self.snapshots.remove(&info.key)?;
                 actions.push(format!("removed snapshot {:?}: no bundle record", info.key));
             }
