@@ -375,3 +375,33 @@ fn pull_progress_counts_layers_and_bytes() {
     assert_eq!(seen.last().unwrap().bytes_done, total);
     assert!(seen.windows(2).all(|w| w[0].bytes_done <= w[1].bytes_done));
 }
+
+#[test]
+fn verify_finds_damage_and_repair_re_extracts() {
+    if !common::require_root() {
+        return;
+    }
+    for b in BACKENDS {
+        let d = Scratch(common::scratch());
+        let (store, img) = image(d.path(), layers());
+        let e = engine(d.path(), b, applier());
+        e.unpack(&store, &img).unwrap();
+        let report = e.verify(&store, &img).unwrap();
+        assert!(report.ok(), "{}: {report:#?}", b.name());
+        // Damage: a changed file and a lost one in the committed snapshots.
+        let top = e.snapshotter().diff_dir(img.chain_id().unwrap().as_str()).unwrap();
+        fs::write(top.join("etc/motd"), b"bit rot").unwrap();
+        let base = e.snapshotter().diff_dir(img.layers[0].chain_id.as_str()).unwrap();
+        fs::remove_file(base.join("etc/group")).unwrap();
+        let report = e.verify(&store, &img).unwrap();
+        assert!(report.differences.iter().any(|d| d.starts_with("/etc/motd:")), "{report:#?}");
+        if b == Backend::Overlay {
+            assert!(report.differences.iter().any(|d| d.starts_with("/etc/group: missing")), "{report:#?}");
+        }
+        let r = e.repair(&store, &img).unwrap();
+        assert_eq!(r.extracted.len(), 3, "{}: {r:?}", b.name());
+        assert!(e.verify(&store, &img).unwrap().ok());
+        assert!(kiln::sys::mount::mount_points_under(d.path()).is_empty());
+        assert_eq!(fs::read_dir(d.path().join("root/tmp")).unwrap().count(), 0);
+    }
+}

@@ -9,4 +9,6 @@ pub mod engine;
 pub mod hygiene;
 pub mod userdb;
 
-pub use engine::{Bundle, BundleId, Created, Engine, EngineInfo, Error, GcItem, GcReport, GcRoot, Options};
+pub use engine::{
+    Bundle, BundleId, Created, Engine, EngineInfo, Error, GcItem, GcReport, GcRoot, Options, VerifyReport,
+};

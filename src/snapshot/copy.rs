@@ -148,3 +148,62 @@ fn make_writable(dir: &Path) {
         }
     }
 }
+
+/// A description of a tree for comparing two of them: per path (relative, `/`-rooted), the type, permission
+/// bits, owner, content digest or link target or device number, and xattrs. Directory timestamps and
+/// `trusted.overlay.*` xattrs (overlay's own bookkeeping) are left out; symlinks are never followed.
+pub fn describe(root: &Path) -> Result<std::collections::BTreeMap<String, String>> {
+    use std::io::Read;
+    use std::os::unix::fs::FileTypeExt;
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let p = root.join(&rel);
+        let md = fs::symlink_metadata(&p).map_err(io_err("lstat", &p))?;
+        let ft = md.file_type();
+        let what = if ft.is_dir() {
+            for e in fs::read_dir(&p).map_err(io_err("opendir", &p))? {
+                stack.push(rel.join(e.map_err(io_err("readdir", &p))?.file_name()));
+            }
+            "dir".to_owned()
+        } else if ft.is_file() {
+            let mut f = fs::File::open(&p).map_err(io_err("open", &p))?;
+            let mut h = crate::digest::Hasher::new(crate::digest::Algorithm::Sha256);
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                let n = f.read(&mut buf).map_err(io_err("read", &p))?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+            }
+            format!("file {} {}", md.len(), h.finish())
+        } else if ft.is_symlink() {
+            format!("symlink {}", fs::read_link(&p).map_err(io_err("readlink", &p))?.display())
+        } else if ft.is_char_device() || ft.is_block_device() {
+            format!("{} {}", if ft.is_char_device() { "char" } else { "block" }, md.rdev())
+        } else if ft.is_fifo() {
+            "fifo".to_owned()
+        } else {
+            "socket".to_owned()
+        };
+        let mut xattrs: Vec<String> = match xattr::list(&p) {
+            Ok(names) => names
+                .map(|n| n.to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with("trusted.overlay."))
+                .map(|n| {
+                    let v = xattr::get(&p, &n).ok().flatten().unwrap_or_default();
+                    format!("{n}={}", crate::digest::Digest::sha256(&v))
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        xattrs.sort();
+        let mode = if ft.is_symlink() { 0 } else { md.mode() & 0o7777 };
+        out.insert(
+            format!("/{}", rel.display()),
+            format!("{what} mode={mode:o} owner={}:{} xattrs=[{}]", md.uid(), md.gid(), xattrs.join(",")),
+        );
+    }
+    Ok(out)
+}
