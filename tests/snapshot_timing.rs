@@ -65,6 +65,8 @@ fn cold_and_warm_timings() {
             let dir = d.path().join(format!("{}{round}", backend.name()));
             let mut o = Options::new(&dir.join("root"), &dir.join("state"), applier());
             o.backend = backend;
+            o.max_concurrent_unpacks =
+                std::env::var("KILN_TIMING_CONCURRENCY").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
             let e = Engine::open(o).unwrap();
             let t = Instant::now();
             e.unpack(&store, &img).unwrap();
@@ -92,4 +94,21 @@ fn cold_and_warm_timings() {
     for i in 0..21 {
         e.delete(&BundleId::parse(&format!("w{i}")).unwrap()).unwrap();
     }
+}
+
+#[test]
+#[ignore]
+fn metadata_transaction_cost() {
+    let d = Scratch(common::scratch());
+    let meta = kiln::snapshot::Meta::open(&d.path().join("meta.redb")).unwrap();
+    let t = Instant::now();
+    for i in 0..100 {
+        meta.write(|w| w.put_bundle(&format!("b{i}"), b"{}")).unwrap();
+    }
+    println!("meta.redb write transaction on {}: {:?} each", d.path().display(), t.elapsed() / 100);
+    let t = Instant::now();
+    for _ in 0..100 {
+        kiln::sys::syncfs(d.path()).unwrap();
+    }
+    println!("syncfs: {:?} each", t.elapsed() / 100);
 }

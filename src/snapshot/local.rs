@@ -326,7 +326,7 @@ impl LocalSnapshotter {
             size: 0,
             id,
         };
-        let recorded = self.meta.write(|w| {
+        let recorded = self.meta.write_with(false, |w| {
             if w.snapshot(key)?.is_some() {
                 return Err(Error::AlreadyExists { key: key.to_owned() });
             }
@@ -387,7 +387,7 @@ impl LocalSnapshotter {
             id: info.id,
         };
         let _st = self.lock();
-        self.meta.write(|w| {
+        self.meta.write_with(false, |w| {
             if w.snapshot(name)?.is_some() {
                 return Err(Error::AlreadyExists { key: name.to_owned() });
             }
@@ -484,7 +484,7 @@ impl Snapshotter for LocalSnapshotter {
             if !children.is_empty() {
                 return Err(Error::HasChildren { key: key.to_owned(), children: children.join(", ") });
             }
-            self.meta.write(|w| w.delete_snapshot(key))?;
+            self.meta.write_with(false, |w| w.delete_snapshot(key))?;
             info
         };
         let dir = self.dir(info.id);

@@ -78,10 +78,23 @@ impl Meta {
         &self.path
     }
 
-    /// Runs `f` in one write transaction and commits it (durably) when `f` returns `Ok`.
+    /// Runs `f` in one write transaction and commits it durably (fsync) when `f` returns `Ok`.
     pub fn write<T>(&self, f: impl FnOnce(&mut Writer<'_>) -> Result<T>) -> Result<T> {
+        self.write_with(true, f)
+    }
+
+    /// Like [`write`](Self::write); with `durable == false` the commit is atomic and visible at once but only
+    /// reaches the disk with the next durable commit. A crash may then roll it back — which every snapshot
+    /// record change tolerates: recovery removes a directory without a record, drops a record without a
+    /// directory, and removes unfinished unpacks (at worst a layer is extracted again). Bundle records, which
+    /// callers act on, are written durably and carry every earlier commit with them.
+    pub fn write_with<T>(&self, durable: bool, f: impl FnOnce(&mut Writer<'_>) -> Result<T>) -> Result<T> {
         let err = db_err(&self.path);
-        let txn = self.db.begin_write().map_err(|e| err(e.into()))?;
+        let mut txn = self.db.begin_write().map_err(|e| err(e.into()))?;
+        if !durable {
+            txn.set_durability(redb::Durability::None)
+                .map_err(|e| Error::Meta { path: self.path.clone(), source: Box::new(redb::Error::from(e)) })?;
+        }
         let out = {
             let snapshots = txn.open_table(SNAPSHOTS).map_err(|e| err(e.into()))?;
             let bundles = txn.open_table(BUNDLES).map_err(|e| err(e.into()))?;
