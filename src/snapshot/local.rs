@@ -64,6 +64,9 @@ struct State {
     /// Snapshots being built (key → parent), so that concurrent prepares of one key and removal of a parent
     /// in use are refused while nothing is recorded yet.
     pending: HashMap<String, Option<String>>,
+    /// Usage measured by [`Snapshotter::usage`] on an active snapshot, reused by its commit (the unpacker
+    /// measures in its parallel stage so that the in-order commits stay short).
+    measured: HashMap<String, Usage>,
 }
 
 fn now() -> u64 {
@@ -375,7 +378,11 @@ impl LocalSnapshotter {
         if work.exists() {
             copy::remove_tree(&work)?;
         }
-        let usage = copy::usage(&dir.join("fs"))?;
+        let measured = self.lock().measured.remove(key);
+        let usage = match measured {
+            Some(u) => u,
+            None => copy::usage(&dir.join("fs"))?,
+        };
         crate::sys::syncfs(&dir)?;
         let committed = Info {
             key: name.to_owned(),
@@ -487,6 +494,7 @@ impl Snapshotter for LocalSnapshotter {
             self.meta.write_with(false, |w| w.delete_snapshot(key))?;
             info
         };
+        self.lock().measured.remove(key);
         let dir = self.dir(info.id);
         // A crash may have left something mounted inside (an unpack's mount of its parents).
         for m in crate::sys::mount::mount_points_under(&dir) {
@@ -504,9 +512,15 @@ impl Snapshotter for LocalSnapshotter {
         Ok(self.meta.snapshots()?.into_values().collect())
     }
 
+    /// Measures `key`'s own data. For an active snapshot the result is kept for its commit: callers that
+    /// write to it after measuring must not rely on the committed size.
     fn usage(&self, key: &str) -> Result<Usage> {
         let info = self.get(key)?;
-        copy::usage(&self.fs_dir(&info))
+        let u = copy::usage(&self.fs_dir(&info))?;
+        if info.kind == Kind::Active {
+            self.lock().measured.insert(key.to_owned(), u);
+        }
+        Ok(u)
     }
 
     fn diff_target(&self, key: &str) -> Result<DiffTarget> {

@@ -406,11 +406,12 @@ impl Unpacker {
         self.snapshotter.prepare(&key, parent, Labels::new())?;
         let r = (|| {
             let target = self.snapshotter.diff_target(&key)?;
-            self.applier.apply(store, layer, &target.dir, target.whiteouts).map_err(|source| Error::Apply {
-                digest: layer.descriptor.digest.clone(),
-                diff_id: layer.diff_id.clone(),
-                source,
-            })
+            let applied = self.applier.apply(store, layer, &target.dir, target.whiteouts).map_err(|source| {
+                Error::Apply { digest: layer.descriptor.digest.clone(), diff_id: layer.diff_id.clone(), source }
+            })?;
+            // Measured here, in parallel, rather than in the in-order commit.
+            self.snapshotter.usage(&key)?;
+            Ok(applied)
         })();
         match r {
             Ok(applied) => Ok((key, applied)),
