@@ -330,12 +330,7 @@ impl<R: Read> Read for VerifyingReader<R> {
 /// ChainID of a stack of layers (config.md, G1): ChainID(L0) = DiffID(L0);
 /// ChainID(L0…Ln) = sha256(ChainID(L0…Ln-1) + " " + DiffID(Ln)). `None` for an empty stack.
 pub fn chain_id(diff_ids: &[Digest]) -> Option<Digest> {
-    let mut iter = diff_ids.iter();
-    let mut chain = iter.next()?.clone();
-    for diff_id in iter {
-        chain = Digest::sha256(format!("{chain} {diff_id}").as_bytes());
-    }
-    Some(chain)
+    chain_ids(diff_ids).pop()
 }
 
 /// The ChainIDs of every prefix of the stack: `chain_ids(d)[i] == chain_id(&d[..=i])`.

@@ -14,6 +14,7 @@ pub mod convert;
 pub mod digest;
 pub mod error;
 pub mod image;
+pub mod import;
 pub mod layer;
 pub mod server;
 pub mod snapshot;

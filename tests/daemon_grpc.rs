@@ -214,6 +214,8 @@ fn archives_made_by_skopeo_import() {
 #[test]
 fn one_daemon_per_root_stale_socket_and_sigterm() {
     let mut k = Kilnd::start(&[]);
+    // Work in progress of the running daemon, which a refused second daemon must not sweep.
+    std::fs::create_dir_all(k.root.join("tmp/import-inflight")).unwrap();
     // A second kilnd on the same root refuses to start.
     let out = Command::new(env!("CARGO_BIN_EXE_kilnd"))
         .arg("--root")
@@ -223,7 +225,10 @@ fn one_daemon_per_root_stale_socket_and_sigterm() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("another kilnd"), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("another kilnd"), "{stderr}");
+    assert_eq!(stderr.matches("another kilnd").count(), 1, "the cause is said once: {stderr}");
+    assert!(k.root.join("tmp/import-inflight").is_dir(), "the refused daemon swept the live one's tmp/");
     // SIGTERM: exit 0, socket removed.
     let st = k.stop();
     assert!(st.success(), "{st:?}");
@@ -243,6 +248,24 @@ fn one_daemon_per_root_stale_socket_and_sigterm() {
     k.wait_ready();
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[test]
+fn a_regular_file_at_the_socket_address_is_not_deleted() {
+    let dir = common::scratch();
+    std::fs::create_dir_all(dir.path().join("state")).unwrap();
+    let not_a_socket = dir.path().join("state/kilnd.sock");
+    std::fs::write(&not_a_socket, b"precious").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kilnd"))
+        .arg("--root")
+        .arg(dir.path().join("root"))
+        .arg("--state")
+        .arg(dir.path().join("state"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a socket"));
+    assert_eq!(std::fs::read(&not_a_socket).unwrap(), b"precious");
 }
 
 #[test]

@@ -959,6 +959,37 @@ fn references_by_digest_and_default() {
 }
 
 #[test]
+fn digest_of_a_foreign_manifest_pins_its_platform() {
+    let (tmp, d) = multi_platform(&[("linux", foreign_arch(), None), ("linux", host_arch(), None)]);
+    let digest = d[0]["digest"].as_str().unwrap();
+    let img = resolve(tmp.path(), digest).unwrap();
+    assert_eq!(img.platform.architecture, foreign_arch());
+    // An explicit platform still has to agree.
+    expect_err(
+        resolve_on(tmp.path(), digest, Some(&format!("linux/{}", host_arch()))),
+        ErrorKind::FailedPrecondition,
+        "",
+    );
+}
+
+#[test]
+fn fan_out_of_nested_indexes_is_bounded() {
+    let tmp = common::scratch();
+    let mut b = LayoutBuilder::new(tmp.path());
+    let mut desc = b.image(&ImageSpec::default());
+    for _ in 0..6 {
+        desc = b.index(vec![desc; 16]);
+    }
+    b.add(desc, Some("wide"));
+    b.write_index();
+    // 16^6 paths but 6 distinct indexes: a digest search reads each once.
+    let absent = format!("@sha256:{}", "3".repeat(64));
+    expect_err(resolve(tmp.path(), &absent), ErrorKind::NotFound, &absent);
+    // Platform-less entries cannot be told apart: refused, quickly, not walked 16^6 times.
+    expect_err(resolve(tmp.path(), "wide"), ErrorKind::FailedPrecondition, "none has a platform");
+}
+
+#[test]
 fn default_reference_with_several_named_images_is_ambiguous() {
     let tmp = common::scratch();
     let mut b = LayoutBuilder::new(tmp.path());
@@ -966,7 +997,7 @@ fn default_reference_with_several_named_images_is_ambiguous() {
     let m2 = b.image(&ImageSpec { config: json!({"Cmd": ["b"]}), ..Default::default() });
     b.add(m1, Some("a")).add(m2, Some("b"));
     b.write_index();
-    expect_err(resolve(tmp.path(), ""), ErrorKind::FailedPrecondition, "name one of: a, b");
+    expect_err(resolve(tmp.path(), ""), ErrorKind::FailedPrecondition, "name one of: \"a\", \"b\"");
 }
 
 #[test]

@@ -5,8 +5,8 @@ mod common;
 
 use common::layer::{write_entry, LayerBuilder};
 use common::layout::*;
-use kiln::image::import::{self, ArchiveLimits};
 use kiln::image::Reference;
+use kiln::import::{self, ArchiveLimits};
 use kiln::store::{init_layout, LayoutWriter, Store};
 use kiln::ErrorKind;
 
@@ -19,7 +19,7 @@ fn tar(entries: &[(&str, u8, &str, &[u8])]) -> Vec<u8> {
     out
 }
 
-fn extract(bytes: &[u8], limits: ArchiveLimits) -> (tempfile::TempDir, Result<(), kiln::image::Error>) {
+fn extract(bytes: &[u8], limits: ArchiveLimits) -> (tempfile::TempDir, Result<(), kiln::import::Error>) {
     let tmp = common::scratch();
     let archive = tmp.path().join("a.tar");
     std::fs::write(&archive, bytes).unwrap();
@@ -48,11 +48,66 @@ fn archive_entries_outside_the_scratch_dir_are_refused() {
 }
 
 #[test]
+fn chained_directory_links_never_leave_the_scratch_dir() {
+    // Each link passes a textual check on its own; followed on disk they would climb out (review S1).
+    let chain = tar(&[
+        ("d/l", b'2', "..", b""),
+        ("d/l/m", b'2', "../..", b""),
+        ("d/l/m/pwned/x/evil", b'2', "../../..", b""),
+        ("d/l/m/up", b'2', "../../..", b""),
+        ("d/l/m/up/etc/x", b'0', "", b"owned"),
+    ]);
+    let (tmp, r) = extract(&chain, ArchiveLimits::default());
+    let _ = r; // refused or confined; either way nothing exists outside `out/`.
+    assert!(!tmp.path().join("pwned").exists());
+    assert!(!tmp.path().join("m").exists());
+    assert!(!tmp.path().parent().unwrap().join("pwned").exists());
+    let mut outside: Vec<String> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    outside.sort();
+    assert_eq!(outside, ["a.tar", "out"]);
+    // No symbolic link is ever created in the scratch tree.
+    let mut stack = vec![tmp.path().join("out")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let t = e.file_type().unwrap();
+            assert!(!t.is_symlink(), "{:?} is a symlink", e.path());
+            if t.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+}
+
+#[test]
+fn long_name_and_pax_bombs_are_capped() {
+    // A GNU long-name entry of 64 MiB (zeros compress to almost nothing): refused at the name cap, not read.
+    let mut bomb = Vec::new();
+    write_entry(&mut bomb, "././@LongLink", b'L', 0o644, 0, 0, 0, "", &vec![b'a'; 64 << 20], (0, 0));
+    write_entry(&mut bomb, "x", b'0', 0o644, 0, 0, 0, "", b"", (0, 0));
+    bomb.extend_from_slice(&[0u8; 1024]);
+    let gz = common::layer::gzip(&bomb);
+    let (_t, r) = extract(&gz, ArchiveLimits::default());
+    let e = r.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ResourceExhausted, "{e}");
+    let mut pax = Vec::new();
+    write_entry(&mut pax, "PaxHeaders/x", b'x', 0o644, 0, 0, 0, "", &vec![b'1'; 8 << 20], (0, 0));
+    pax.extend_from_slice(&[0u8; 1024]);
+    let (_t, r) = extract(&pax, ArchiveLimits::default());
+    assert_ne!(r.unwrap_err().kind(), ErrorKind::Internal);
+}
+
+#[test]
 fn archive_links_inside_are_kept_and_caps_hold() {
     let ok = tar(&[("blobs/x.tar", b'0', "", b"data"), ("id/layer.tar", b'2', "../blobs/x.tar", b"")]);
     let (tmp, r) = extract(&ok, ArchiveLimits::default());
     r.unwrap();
-    assert_eq!(std::fs::read(tmp.path().join("out/id/layer.tar")).unwrap(), b"data");
+    let linked = tmp.path().join("out/id/layer.tar");
+    assert_eq!(std::fs::read(&linked).unwrap(), b"data");
+    assert!(!std::fs::symlink_metadata(&linked).unwrap().file_type().is_symlink(), "a hard link, never a symlink");
 
     let many = tar(&[("a", b'0', "", b"1"), ("b", b'0', "", b"2"), ("c", b'0', "", b"3")]);
     let (_t, r) = extract(&many, ArchiveLimits { max_entries: 2, max_bytes: 1 << 20 });
@@ -102,6 +157,45 @@ fn layout_import_copies_blob_first_and_verifies() {
 
 fn layer_digest(l: &common::layer::Layer) -> String {
     common::layer::sha256(&l.blob)
+}
+
+#[test]
+fn fifo_and_missing_sources_are_refused_quickly() {
+    let tmp = common::scratch();
+    let fifo = tmp.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let e = import::stage(&fifo, tmp.path()).err().expect("a FIFO is refused");
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    let e = import::stage(&tmp.path().join("missing"), tmp.path()).err().expect("missing");
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    let plain = tmp.path().join("dir");
+    std::fs::create_dir(&plain).unwrap();
+    let e = import::stage(&plain, tmp.path()).err().expect("not a layout");
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+}
+
+#[test]
+fn fan_out_of_indexes_is_copied_once() {
+    // 16 entries per index, 4 levels, all naming the same child: 16^4 paths, 5 documents.
+    let src = common::scratch();
+    let mut b = LayoutBuilder::new(src.path());
+    let mut desc = b.image(&ImageSpec::default());
+    for _ in 0..4 {
+        desc = b.index(vec![desc; 16]);
+    }
+    b.add(desc, Some("wide"));
+    b.write_index();
+    let dest = common::scratch();
+    init_layout(dest.path()).unwrap();
+    let writer = LayoutWriter::open(dest.path()).unwrap();
+    let mut blobs = 0;
+    import::import(&writer, src.path(), &Reference::Name("wide".into()), "wide", dest.path(), &mut |p| blobs = p.blobs)
+        .unwrap();
+    assert_eq!(blobs, 6, "config, manifest and four indexes, each once");
+    // Resolution walks it once too (it used to be exponential).
+    let missing = Reference::Digest(kiln::digest::Digest::sha256(b"absent"));
+    let e = kiln::image::resolve(writer.store(), &missing, &Default::default()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound);
 }
 
 #[test]

@@ -78,7 +78,7 @@ fn main() -> ExitCode {
     let config = match config(flags) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("kilnd: {e:#}");
+            eprintln!("kilnd: {}", kiln::error::report(e.as_ref()));
             return ExitCode::from(EX_USAGE);
         }
     };
@@ -93,22 +93,23 @@ fn main() -> ExitCode {
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("kilnd: {e:#}");
+            // Logging is set up by now and writes to stderr: one record, in the configured format.
+            tracing::error!("kilnd: {}", kiln::error::report(e.as_ref()));
             ExitCode::FAILURE
         }
     }
 }
 
 fn run(config: Config) -> anyhow::Result<()> {
-    let daemon = server::Daemon::new(config.clone()).context("preparing directories")?;
     let _lock = lifecycle::lock_root(&config.root)?;
+    let daemon = server::Daemon::new(config.clone()).context("preparing directories")?;
     let listener = lifecycle::listen(&config)?;
     let socket_file = match &listener {
         lifecycle::Listener::Bound(_, p) => Some(p.clone()),
         lifecycle::Listener::Inherited(_) => None,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
+    let deadline = std::time::Duration::from_secs(config.shutdown_timeout_secs);
     let result = runtime.block_on(async move {
         let listener = listener.into_tokio()?;
         // Signal handlers exist before READY=1, so a SIGTERM right after readiness drains instead of killing.
@@ -135,5 +136,7 @@ fn run(config: Config) -> anyhow::Result<()> {
     if let Some(p) = socket_file {
         let _ = std::fs::remove_file(p);
     }
+    // Blocking work still running past the drain deadline (a stuck import, say) does not hold up exit.
+    runtime.shutdown_timeout(deadline);
     result
 }

@@ -9,7 +9,6 @@
 //!
 //! May use: `store`, `digest`, `error`.
 
-pub mod import;
 mod platform;
 mod types;
 
@@ -63,11 +62,13 @@ pub struct Limits {
     pub max_index_depth: usize,
     /// Most layers in one image. Overlay mounts of 128 layers are supported; this leaves room.
     pub max_layers: usize,
+    /// Most index documents one resolution reads: a layout cannot make a walk fan out without bound.
+    pub max_documents: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_index_depth: 8, max_layers: 256 }
+        Limits { max_index_depth: 8, max_layers: 256, max_documents: 1000 }
     }
 }
 
@@ -78,18 +79,18 @@ pub enum Error {
     Store(#[from] store::Error),
     #[error("invalid reference {reference:?}: {reason}")]
     InvalidReference { reference: String, reason: String },
-    #[error("no image named {reference:?} in {layout} (refs: {})", if .available.is_empty() { "none".to_string() } else { .available.join(", ") })]
+    #[error("no image named {reference:?} in {layout} (refs: {})", quoted_list(.available))]
     RefNotFound { reference: String, layout: String, available: Vec<String> },
     #[error("{what}: {reason}")]
     Ambiguous { what: String, reason: String },
-    #[error("{what}: no manifest for platform {platform} (available: {})", if .available.is_empty() { "none".to_string() } else { .available.join(", ") })]
+    #[error("{what}: no manifest for platform {platform} (available: {})", quoted_list(.available))]
     NoMatchingPlatform { what: String, platform: String, available: Vec<String> },
     #[error("{what}: {reason}")]
     Malformed { what: String, reason: String },
     #[error("{what}: nested indexes deeper than {limit}")]
     TooDeep { what: String, limit: usize },
-    #[error("{what}: index cycle through {digest}")]
-    Cycle { what: String, digest: Digest },
+    #[error("{what}: more than {limit} index documents to read")]
+    TooManyDocuments { what: String, limit: usize },
     #[error("{what}: image has {count} layers, over the cap of {limit}")]
     TooManyLayers { what: String, count: usize, limit: usize },
     #[error("manifest {digest}: not a runnable image: {reason}")]
@@ -98,6 +99,14 @@ pub enum Error {
     UnsupportedMediaType { what: String, media_type: String },
     #[error("config {digest}: platform {actual} does not match the selected platform {expected}")]
     PlatformMismatch { digest: Digest, expected: String, actual: String },
+}
+
+/// Names from a layout, quoted so that control characters in them cannot reach a terminal.
+fn quoted_list(items: &[String]) -> String {
+    if items.is_empty() {
+        return "none".into();
+    }
+    items.iter().map(|i| format!("{i:?}")).collect::<Vec<_>>().join(", ")
 }
 
 impl Error {
@@ -109,8 +118,10 @@ impl Error {
             Error::Ambiguous { .. } | Error::NoMatchingPlatform { .. } | Error::NotRunnable { .. } => {
                 ErrorKind::FailedPrecondition
             }
-            Error::PlatformMismatch { .. } | Error::Malformed { .. } | Error::Cycle { .. } => ErrorKind::Corrupt,
-            Error::TooDeep { .. } | Error::TooManyLayers { .. } => ErrorKind::ResourceExhausted,
+            Error::PlatformMismatch { .. } | Error::Malformed { .. } => ErrorKind::Corrupt,
+            Error::TooDeep { .. } | Error::TooManyLayers { .. } | Error::TooManyDocuments { .. } => {
+                ErrorKind::ResourceExhausted
+            }
             Error::UnsupportedMediaType { .. } => ErrorKind::Unsupported,
         }
     }
@@ -162,8 +173,9 @@ impl fmt::Display for Reference {
 pub fn split_layout_ref(value: &str) -> (&str, &str) {
     if let Some(at) = value.rfind('@') {
         let tail = &value[at + 1..];
-        if tail.contains(':') && !tail.contains('/') {
-            // `LAYOUT@alg:encoded`: always a digest reference, so a malformed one is reported as such.
+        if ["sha256:", "sha512:", "blake3:"].iter().any(|a| tail.starts_with(a)) && !tail.contains('/') {
+            // `LAYOUT@alg:encoded` with a registered algorithm: a digest reference, so a malformed one is
+            // reported as such (`/tmp/x@y:tag` stays a layout `/tmp/x@y` with ref `tag`).
             return (&value[..at], &value[at..]);
         }
     }
@@ -263,30 +275,37 @@ pub fn list(store: &Store) -> Result<Vec<ListedImage>> {
 }
 
 /// Resolves `reference` in `store` to a runnable image for the wanted platform.
+///
+/// A digest that names a manifest pins that manifest: unless a platform is given explicitly, its own platform
+/// is the wanted one (inspecting a foreign-architecture manifest by digest needs no `--platform`).
 pub fn resolve(store: &Store, reference: &Reference, opts: &ResolveOptions) -> Result<ResolvedImage> {
-    let wanted = opts.platform.clone().unwrap_or_else(Platform::host);
+    let mut wanted = opts.platform.clone().unwrap_or_else(Platform::host);
     let index = store.index()?;
     let layout = store.path().display().to_string();
     let top: Vec<Descriptor> = valid_entries(&index, "index.json");
+    let mut walk = Walk::new(store, opts);
+    let mut pinned = false;
 
-    let (start, mut ctx) = match reference {
+    let (candidates, what) = match reference {
         Reference::Name(name) => {
             // A9: ref names are only considered on descriptors of index.json.
             let named: Vec<Descriptor> = top.iter().filter(|d| d.ref_name() == Some(name)).cloned().collect();
             if named.is_empty() {
                 return Err(Error::RefNotFound { reference: name.clone(), layout, available: ref_names(&top) });
             }
-            (Start::Candidates(named, format!("ref {name:?}")), Walk::new(store, &wanted, opts))
+            (named, format!("ref {name:?}"))
         }
         Reference::Digest(digest) => {
-            let mut walk = Walk::new(store, &wanted, opts);
-            let found = walk.find_by_digest(&top, digest, 0)?;
-            let desc = found.ok_or_else(|| Error::RefNotFound {
+            let mut desc = walk.find_by_digest(&top, digest, 0)?.ok_or_else(|| Error::RefNotFound {
                 reference: format!("@{digest}"),
                 layout: layout.clone(),
                 available: ref_names(&top),
             })?;
-            (Start::Candidates(vec![desc], format!("@{digest}")), walk)
+            if store::is_manifest_type(&desc.media_type) && opts.platform.is_none() {
+                pinned = true;
+                walk.index_platform = desc.platform.take().as_ref().and_then(Platform::from_raw);
+            }
+            (vec![desc], format!("@{digest}"))
         }
         Reference::Default => {
             let runnable: Vec<Descriptor> = top
@@ -301,22 +320,24 @@ pub fn resolve(store: &Store, reference: &Reference, opts: &ResolveOptions) -> R
             if runnable.len() > 1 && named.len() > 1 {
                 return Err(Error::Ambiguous {
                     what: layout,
-                    reason: format!("index.json holds several images; name one of: {}", ref_names(&top).join(", ")),
+                    reason: format!("index.json holds several images; name one of: {}", quoted_list(&ref_names(&top))),
                 });
             }
-            (Start::Candidates(runnable, "index.json".into()), Walk::new(store, &wanted, opts))
+            (runnable, "index.json".to_string())
         }
     };
-    let Start::Candidates(candidates, what) = start;
-    let manifest_desc = ctx.select(&candidates, &what, 0)?;
+    let manifest_desc = walk.select(&candidates, &what, &wanted, 0)?;
     let mut image = read_image(store, reference, manifest_desc, &wanted, &opts.limits)?;
     // C13: the config must agree with the platform that was selected, whether an index, the caller or the
     // host chose it: an index saying linux/amd64 over an arm64 config is refused.
     let actual = Platform::new(&image.config.os, &image.config.architecture, image.config.variant.as_deref());
+    if pinned {
+        wanted = walk.index_platform.clone().unwrap_or_else(|| actual.clone());
+    }
     let index_agrees =
-        ctx.index_platform.as_ref().is_none_or(|p| p.os == actual.os && p.architecture == actual.architecture);
+        walk.index_platform.as_ref().is_none_or(|p| p.os == actual.os && p.architecture == actual.architecture);
     if wanted.rank(&actual).is_none() || !index_agrees {
-        let expected = ctx.index_platform.clone().filter(|_| !index_agrees).unwrap_or(wanted);
+        let expected = walk.index_platform.clone().filter(|_| !index_agrees).unwrap_or(wanted);
         return Err(Error::PlatformMismatch {
             digest: image.config_digest().clone(),
             expected: expected.to_string(),
@@ -327,12 +348,9 @@ pub fn resolve(store: &Store, reference: &Reference, opts: &ResolveOptions) -> R
     Ok(image)
 }
 
-enum Start {
-    Candidates(Vec<Descriptor>, String),
-}
-
 fn ref_names(entries: &[Descriptor]) -> Vec<String> {
     let mut names: Vec<String> = entries.iter().filter_map(|d| d.ref_name().map(str::to_owned)).collect();
+    names.sort();
     names.dedup();
     names
 }
@@ -354,17 +372,21 @@ fn valid_entries(index: &Index, what: &str) -> Vec<Descriptor> {
         .collect()
 }
 
+/// A walk down indexes. Content addressing makes cycles impossible; what is bounded is depth, and the number
+/// of documents read, since one index may name the same child many times.
 struct Walk<'a> {
     store: &'a Store,
-    wanted: &'a Platform,
     limits: Limits,
-    visited: HashSet<Digest>,
+    /// Indexes already searched by `find_by_digest` (never searched twice).
+    searched: HashSet<Digest>,
+    documents: usize,
+    /// The platform of the index entry that was chosen (C13), if any.
     index_platform: Option<Platform>,
 }
 
 impl<'a> Walk<'a> {
-    fn new(store: &'a Store, wanted: &'a Platform, opts: &ResolveOptions) -> Walk<'a> {
-        Walk { store, wanted, limits: opts.limits, visited: HashSet::new(), index_platform: None }
+    fn new(store: &'a Store, opts: &ResolveOptions) -> Walk<'a> {
+        Walk { store, limits: opts.limits, searched: HashSet::new(), documents: 0, index_platform: None }
     }
 
     fn read_index(&mut self, desc: &Descriptor, depth: usize) -> Result<Vec<Descriptor>> {
@@ -372,8 +394,9 @@ impl<'a> Walk<'a> {
         if depth >= self.limits.max_index_depth {
             return Err(Error::TooDeep { what, limit: self.limits.max_index_depth });
         }
-        if !self.visited.insert(desc.digest.clone()) {
-            return Err(Error::Cycle { what, digest: desc.digest.clone() });
+        self.documents += 1;
+        if self.documents > self.limits.max_documents {
+            return Err(Error::TooManyDocuments { what, limit: self.limits.max_documents });
         }
         let bytes = self.store.read_document(desc)?;
         let index = store::parse_index(&bytes).map_err(|reason| Error::Malformed { what: what.clone(), reason })?;
@@ -395,21 +418,19 @@ impl<'a> Walk<'a> {
             return Ok(Some(d.clone()));
         }
         for d in entries.iter().filter(|d| store::is_index_type(&d.media_type)) {
-            if self.visited.contains(&d.digest) {
+            if !self.searched.insert(d.digest.clone()) {
                 continue;
             }
             let children = self.read_index(d, depth)?;
             if let Some(found) = self.find_by_digest(&children, digest, depth + 1)? {
-                self.visited.clear();
                 return Ok(Some(found));
             }
         }
-        self.visited.clear();
         Ok(None)
     }
 
     /// From a set of candidate descriptors, follows indexes and platform matching down to one manifest.
-    fn select(&mut self, candidates: &[Descriptor], what: &str, depth: usize) -> Result<Descriptor> {
+    fn select(&mut self, candidates: &[Descriptor], what: &str, wanted: &Platform, depth: usize) -> Result<Descriptor> {
         let known: Vec<&Descriptor> = candidates
             .iter()
             .filter(|d| store::is_manifest_type(&d.media_type) || store::is_index_type(&d.media_type))
@@ -424,7 +445,7 @@ impl<'a> Walk<'a> {
             }
             return Err(Error::NoMatchingPlatform {
                 what: what.into(),
-                platform: self.wanted.to_string(),
+                platform: wanted.to_string(),
                 available: vec![],
             });
         }
@@ -450,7 +471,7 @@ impl<'a> Walk<'a> {
                 if d.platform.as_ref().and_then(|r| r.os_features.as_ref()).is_some_and(|f| !f.is_empty()) {
                     continue;
                 }
-                if let Some(rank) = self.wanted.rank(&p) {
+                if let Some(rank) = wanted.rank(&p) {
                     if best.is_none_or(|(r, _)| rank > r) {
                         best = Some((rank, d));
                     }
@@ -464,7 +485,7 @@ impl<'a> Walk<'a> {
                 None => {
                     return Err(Error::NoMatchingPlatform {
                         what: what.into(),
-                        platform: self.wanted.to_string(),
+                        platform: wanted.to_string(),
                         available: known
                             .iter()
                             .filter_map(|d| d.platform.as_ref().and_then(Platform::from_raw).map(|p| p.to_string()))
@@ -477,7 +498,7 @@ impl<'a> Walk<'a> {
             // C11: a ref that points at an index is resolved through it by platform.
             let children = self.read_index(chosen, depth)?;
             let what = format!("index {}", chosen.digest);
-            return self.select(&children, &what, depth + 1);
+            return self.select(&children, &what, wanted, depth + 1);
         }
         Ok(chosen.clone())
     }

@@ -105,7 +105,11 @@ fn normalize_arch(arch: &str, variant: &str) -> (String, String) {
     let arch = arch.to_ascii_lowercase();
     let variant = variant.to_ascii_lowercase();
     match arch.as_str() {
-        "i386" | "i686" => ("386".into(), String::new()),
+        "i386" | "i686" | "x86" => ("386".into(), String::new()),
+        // Rust's names for little-endian targets, as GOARCH spells them.
+        "powerpc64" if cfg!(target_endian = "little") => ("ppc64le".into(), variant),
+        "mips64" if cfg!(target_endian = "little") => ("mips64le".into(), variant),
+        "loongarch64" => ("loong64".into(), variant),
         "x86_64" | "x86-64" | "amd64" => ("amd64".into(), if variant == "v1" { String::new() } else { variant }),
         "aarch64" | "arm64" => {
             ("arm64".into(), if variant == "8" || variant == "v8" { String::new() } else { variant })

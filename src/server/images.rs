@@ -10,7 +10,8 @@ use tonic::{Request, Response, Status};
 
 use super::{blocking, caller, status, wire, Daemon};
 use crate::api::v1 as pb;
-use crate::image::{self, import, ResolveOptions};
+use crate::image::{self, ResolveOptions};
+use crate::import;
 use crate::store::{LayoutWriter, Store};
 
 pub struct ImagesService {
@@ -34,8 +35,17 @@ pub fn resolve(
     let r = wire::reference(reference)?;
     let opts = ResolveOptions { platform: wire::platform_in(platform)?, ..Default::default() };
     let mut first_err = None;
-    for path in daemon.stores() {
-        let result = Store::open(&path).map_err(image::Error::from).and_then(|s| image::resolve(&s, &r, &opts));
+    for (i, path) in daemon.stores().into_iter().enumerate() {
+        let store = match Store::open(&path) {
+            Ok(s) => s,
+            // A broken extra store is skipped (and logged), so it cannot take the content store down with it.
+            Err(e) if i > 0 => {
+                tracing::warn!(store = %path.display(), error = %e, "skipping unreadable extra store");
+                continue;
+            }
+            Err(e) => return Err(status(e.kind(), e)),
+        };
+        let result = image::resolve(&store, &r, &opts);
         match result {
             Ok(img) => return Ok(img),
             Err(e) if e.kind() == crate::ErrorKind::NotFound && first_err.is_some() => {}
@@ -47,6 +57,31 @@ pub fn resolve(
     Err(status(e.kind(), e))
 }
 
+/// The caller's uid from `SO_PEERCRED`, if the transport has one.
+fn caller_uid<T>(req: &Request<T>) -> Option<u32> {
+    req.extensions().get::<tonic::transport::server::UdsConnectInfo>().and_then(|i| i.peer_cred).map(|c| c.uid())
+}
+
+/// Import reads the source with the daemon's rights, so a caller other than root may only name a source it
+/// owns: a member of the socket's group cannot use kilnd to read files it could not read itself.
+fn check_source_owner(source: &std::path::Path, uid: Option<u32>) -> Result<(), Status> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = uid.ok_or_else(|| Status::permission_denied("caller identity unknown (no SO_PEERCRED)"))?;
+    if uid == 0 {
+        return Ok(());
+    }
+    let meta = std::fs::symlink_metadata(source)
+        .map_err(|e| Status::not_found(format!("import source {}: {e}", source.display())))?;
+    if meta.uid() != uid {
+        return Err(Status::permission_denied(format!(
+            "import source {} is owned by uid {}, not by the caller (uid {uid})",
+            source.display(),
+            meta.uid()
+        )));
+    }
+    Ok(())
+}
+
 #[tonic::async_trait]
 impl pb::images_server::Images for ImagesService {
     async fn list(&self, _req: Request<pb::ListImagesRequest>) -> Result<Response<pb::ListImagesResponse>, Status> {
@@ -54,7 +89,14 @@ impl pb::images_server::Images for ImagesService {
         let images = blocking(move || {
             let mut out = Vec::new();
             for (i, path) in d.stores().into_iter().enumerate() {
-                let store = Store::open(&path).map_err(|e| status(e.kind(), e))?;
+                let store = match Store::open(&path) {
+                    Ok(s) => s,
+                    Err(e) if i > 0 => {
+                        tracing::warn!(store = %path.display(), error = %e, "skipping unreadable extra store");
+                        continue;
+                    }
+                    Err(e) => return Err(status(e.kind(), e)),
+                };
                 let name = if i == 0 { "content".to_string() } else { path.display().to_string() };
                 for l in image::list(&store).map_err(|e| status(e.kind(), e))? {
                     out.push(pb::ListedImage {
@@ -90,17 +132,24 @@ impl pb::images_server::Images for ImagesService {
     type ImportStream = Progress<pb::ImportProgress>;
 
     async fn import(&self, req: Request<pb::ImportImageRequest>) -> Result<Response<Self::ImportStream>, Status> {
-        tracing::info!(caller = %caller(&req), "Images.Import");
+        let who = caller(&req);
+        let uid = caller_uid(&req);
+        tracing::info!(caller = %who, "Images.Import");
         let req = req.into_inner();
         let source_ref = wire::reference(&req.source_reference)?;
         import::validate_ref_name(&req.ref_name).map_err(|e| status(e.kind(), e))?;
-        if !req.source.starts_with('/') {
+        let source = PathBuf::from(&req.source);
+        if !source.is_absolute() {
             return Err(Status::invalid_argument(format!("source {:?} must be an absolute path", req.source)));
         }
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let d = self.daemon.clone();
         tokio::task::spawn_blocking(move || {
             let result = (|| {
+                check_source_owner(&source, uid)?;
+                // The source is read (and an archive unpacked) before the index lock is taken, so a slow or
+                // hostile source never holds up other imports and removals.
+                let staged = import::stage(&source, &d.tmp_dir()).map_err(|e| status(e.kind(), e))?;
                 let writer = LayoutWriter::open(&d.content_dir()).map_err(|e| status(e.kind(), e))?;
                 let mut report = |p: import::ImportProgress| {
                     let _ = tx.blocking_send(Ok(pb::ImportProgress {
@@ -110,15 +159,8 @@ impl pb::images_server::Images for ImagesService {
                         digest: String::new(),
                     }));
                 };
-                import::import(
-                    &writer,
-                    &PathBuf::from(&req.source),
-                    &source_ref,
-                    &req.ref_name,
-                    &d.tmp_dir(),
-                    &mut report,
-                )
-                .map_err(|e| status(e.kind(), e))
+                import::commit(&writer, &staged, &source, &source_ref, &req.ref_name, &mut report)
+                    .map_err(|e| status(e.kind(), e))
             })();
             let last = result.map(|desc| pb::ImportProgress {
                 done: true,

@@ -20,6 +20,8 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error {
 pub struct RootLock(#[allow(dead_code)] Flock<File>);
 
 pub fn lock_root(root: &Path) -> Result<RootLock, Error> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(root).map_err(io(root))?;
     let path = root.join("kilnd.lock");
     let file = File::options().create(true).truncate(false).write(true).open(&path).map_err(io(&path))?;
     Flock::lock(file, FlockArg::LockExclusiveNonblock).map(RootLock).map_err(|(_, errno)| Error::Io {
@@ -60,7 +62,14 @@ pub fn listen(config: &Config) -> Result<Listener, Error> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(io(parent))?;
     }
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(&path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            return Err(Error::Io {
+                path,
+                source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "exists and is not a socket"),
+            });
+        }
         if std::os::unix::net::UnixStream::connect(&path).is_ok() {
             return Err(Error::Io {
                 path,

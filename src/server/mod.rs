@@ -20,7 +20,7 @@ use tonic::{Request, Status};
 use crate::api::v1 as pb;
 use crate::config::Config;
 use crate::error::ErrorKind;
-use crate::store::{self, Store};
+use crate::store;
 
 /// The encoded descriptor set of `kiln.v1`, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("kiln_descriptor");
@@ -87,7 +87,8 @@ pub struct Daemon {
 
 impl Daemon {
     /// Prepares the directories under `root` and `state` (0700 and 0711: never world-traversable, I13) and
-    /// an empty content layout, and sweeps `tmp/`.
+    /// an empty content layout, and sweeps `tmp/` and half-written blobs. Call it holding the root lock
+    /// ([`lifecycle::lock_root`]): the sweep would otherwise pull work from under a running daemon.
     pub fn new(config: Config) -> Result<Arc<Daemon>, Error> {
         use std::os::unix::fs::PermissionsExt;
         let io = |path: &Path| {
@@ -105,6 +106,7 @@ impl Daemon {
         }
         std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
         store::init_layout(&d.content_dir())?;
+        store::sweep_ingest(&d.content_dir())?;
         Ok(Arc::new(d))
     }
 
@@ -121,11 +123,6 @@ impl Daemon {
         let mut v = vec![self.content_dir()];
         v.extend(self.config.extra_stores.iter().cloned());
         v
-    }
-
-    /// Opens the content store.
-    pub fn content(&self) -> Result<Store, Status> {
-        Store::open(self.content_dir()).map_err(|e| status(e.kind(), e))
     }
 }
 

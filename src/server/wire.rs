@@ -64,7 +64,10 @@ pub fn image(
         config_digest: img.config_digest().to_string(),
         platform: Some(platform_out(&img.platform)),
         unpacked: layers.iter().all(|l| l.unpacked),
-        compressed_size: img.layers.iter().map(|l| l.descriptor.size as i64).sum(),
+        compressed_size: img
+            .layers
+            .iter()
+            .fold(0i64, |a, l| a.saturating_add(i64::try_from(l.descriptor.size).unwrap_or(i64::MAX))),
         layers,
         chain_id: img.chain_id().map(|c| c.to_string()).unwrap_or_default(),
         config: img.config_bytes.clone(),

@@ -22,7 +22,7 @@ use base64::Engine as _;
 
 pub use descriptor::*;
 pub use json::from_slice_strict;
-pub use write::{init_layout, LayoutWriter};
+pub use write::{init_layout, sweep_ingest, LayoutWriter, INGEST_DIR};
 
 use crate::digest::{self, Digest, VerifyingReader};
 use crate::error::ErrorKind;
@@ -202,11 +202,6 @@ impl Store {
         self.root.join(blob_rel_path(digest))
     }
 
-    /// True when the layout holds a file for `digest` (not verified).
-    pub fn has_blob(&self, digest: &Digest) -> bool {
-        sys::open_regular_in_root(&self.dir, &blob_rel_path(digest)).is_ok()
-    }
-
     /// Reads a whole JSON document (manifest, index or config), capped and verified (B5, B6, B8, B14).
     pub fn read_document(&self, desc: &Descriptor) -> Result<Vec<u8>> {
         if desc.size > self.limits.max_json_bytes {
@@ -273,7 +268,7 @@ impl Store {
     }
 
     /// Reads a file of the layout that has no descriptor, capped.
-    fn read_capped(&self, name: &str) -> Result<Vec<u8>> {
+    pub(crate) fn read_capped(&self, name: &str) -> Result<Vec<u8>> {
         let what = || self.root.join(name).display().to_string();
         let file = sys::open_regular_in_root(&self.dir, Path::new(name))
             .map_err(|source| Error::Sys { what: what(), source })?;

@@ -4,8 +4,10 @@
 //! is replaced by atomic rename while an exclusive `flock` on `index.json.lock` is held, so a reader never
 //! sees a ref whose blobs are missing, and two kiln writers never lose each other's update. Other tools
 //! (skopeo, umoci) do not take that lock: kiln re-reads `index.json` under the lock right before replacing it,
-//! which narrows, but cannot close, the window against them. Entries kiln does not touch are written back
-//! exactly as they were, unknown fields included.
+//! which narrows, but cannot close, the window against them. Entries kiln does not touch keep every field,
+//! unknown ones included (their keys may come back in another order). Blobs are staged in `.kiln-ingest/`
+//! at the layout's top, not in `blobs/`, so tools that walk `blobs/` (umoci gc) never see half-written files;
+//! [`sweep_ingest`] removes what a crash left there.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -27,6 +29,18 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
 fn sys_err(what: impl Into<String>) -> impl FnOnce(sys::SysError) -> Error {
     let what = what.into();
     move |source| Error::Sys { what, source }
+}
+
+/// Where blobs are written before they are renamed into `blobs/`.
+pub const INGEST_DIR: &str = ".kiln-ingest";
+
+/// Removes half-written blobs a crash left in the layout at `path` (call with no writer running).
+pub fn sweep_ingest(path: &Path) -> Result<()> {
+    let dir = path.join(INGEST_DIR);
+    match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::Io { what: dir.display().to_string(), source: e }),
+        _ => Ok(()),
+    }
 }
 
 /// Creates an empty layout at `path` (`oci-layout`, `index.json`, `blobs/sha256/`) unless one is there.
@@ -87,7 +101,14 @@ impl LayoutWriter {
         }
         let dir = self.store.path().join("blobs").join(digest.algorithm_str());
         std::fs::create_dir_all(&dir).map_err(io_err(dir.display().to_string()))?;
-        let tmp = TempFile::new(dir.join(format!(".tmp-{}-{}", digest.encoded(), std::process::id())));
+        let ingest = self.store.path().join(INGEST_DIR);
+        std::fs::create_dir_all(&ingest).map_err(io_err(ingest.display().to_string()))?;
+        let tmp = TempFile::new(ingest.join(format!(
+            "{}-{}-{}",
+            digest.algorithm_str(),
+            digest.encoded(),
+            std::process::id()
+        )));
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -141,7 +162,7 @@ impl LayoutWriter {
     fn edit_index(&self, f: impl FnOnce(&mut Vec<Value>) -> Vec<Value>) -> Result<Vec<Value>> {
         let path = self.store.path().join("index.json");
         let what = path.display().to_string();
-        let bytes = std::fs::read(&path).map_err(io_err(what.clone()))?;
+        let bytes = self.store.read_capped("index.json")?;
         let mut index: Value =
             from_slice_strict(&bytes).map_err(|reason| Error::Malformed { what: what.clone(), reason })?;
         let manifests = index

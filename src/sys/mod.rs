@@ -80,10 +80,15 @@ pub fn atomic_write(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().map(OsStr::as_bytes).unwrap_or(b"file");
+    // pid and a counter keep concurrent writers apart; a stale file of a crashed run with the same pid (pid 1
+    // in a container) is removed first instead of failing every later write with EEXIST.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut tmp_name = b".".to_vec();
     tmp_name.extend_from_slice(name);
-    tmp_name.extend_from_slice(format!(".tmp-{}", std::process::id()).as_bytes());
+    tmp_name.extend_from_slice(format!(".tmp-{}-{n}", std::process::id()).as_bytes());
     let tmp: PathBuf = dir.join(OsStr::from_bytes(&tmp_name));
+    let _ = std::fs::remove_file(&tmp);
     let io = |call: &'static str, p: &Path, e: std::io::Error| {
         SysError::new(call, quoted(p), Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
     };

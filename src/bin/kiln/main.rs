@@ -134,7 +134,7 @@ fn describe(e: &anyhow::Error) -> String {
     match e.downcast_ref::<tonic::Status>() {
         Some(s) if s.message().is_empty() => format!("{:?}", s.code()),
         Some(s) => s.message().replace('\n', " "),
-        None => format!("{e:#}").replace('\n', " "),
+        None => kiln::error::report(e.as_ref()),
     }
 }
 

@@ -1,0 +1,652 @@
+//! Import: copy an image into a layout kiln writes (the daemon's `<root>/content`) from another OCI layout
+//! directory, an `oci-archive` tarball, or a `docker-archive` tarball (as `skopeo copy` and `docker save`
+//! write them). Every blob is verified while it is copied; blobs land before the ref that names them.
+//!
+//! The source is named by a caller, so it is opened without following a FIFO into a hang (`O_NONBLOCK`, then
+//! `fstat`: a directory or a regular file only). Archives are unpacked into a private scratch directory with
+//! kiln's capped tar reader (no header, long name or PAX record can grow without bound; containerd
+//! CVE-2023-25153), accepting only plain relative names of regular files and directories. Symbolic links in
+//! an archive (docker-archive links `<id>/layer.tar` to `../<digest>.tar`) are never created: each is resolved
+//! lexically inside the archive and, when it names a regular file of the archive, becomes a hard link to it.
+//! The layout's index lock is taken only after the source has been read into the scratch directory.
+//!
+//! May use: `store`, `image`, `layer` (its tar reader), `digest`, `sys`, `error`.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{self, BufReader, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::digest::{Algorithm, Digest, Hasher};
+use crate::error::ErrorKind;
+use crate::image::{self, Reference};
+use crate::layer::tar::{Kind, TarError, TarLimits, TarReader};
+use crate::store::{self, Descriptor, LayoutWriter, Store};
+
+/// Errors importing. Each names the source path, entry or digest involved.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    #[error(transparent)]
+    Image(#[from] image::Error),
+    #[error("import source {path}: no such file or directory")]
+    SourceNotFound { path: PathBuf },
+    #[error("import source {path}: {reason}")]
+    InvalidSource { path: PathBuf, reason: String },
+    #[error("archive {path}: {reason}")]
+    Archive { path: PathBuf, reason: String },
+    #[error("archive {path}: {what} is over the cap of {limit}")]
+    TooLarge { path: PathBuf, what: &'static str, limit: u64 },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Store(e) => e.kind(),
+            Error::Image(e) => e.kind(),
+            Error::SourceNotFound { .. } => ErrorKind::NotFound,
+            Error::InvalidSource { .. } => ErrorKind::InvalidArgument,
+            Error::Archive { .. } => ErrorKind::Corrupt,
+            Error::TooLarge { .. } => ErrorKind::ResourceExhausted,
+            Error::Io { .. } => ErrorKind::Internal,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
+    move |source| Error::Io { path: path.to_path_buf(), source }
+}
+
+/// Progress of an import, reported after each blob.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ImportProgress {
+    pub blobs: u32,
+    pub bytes: u64,
+}
+
+/// Caps on archives.
+#[derive(Debug, Clone, Copy)]
+pub struct ArchiveLimits {
+    pub max_entries: u64,
+    /// Uncompressed bytes of the whole archive stream.
+    pub max_bytes: u64,
+}
+
+impl Default for ArchiveLimits {
+    fn default() -> Self {
+        ArchiveLimits { max_entries: 100_000, max_bytes: 64 << 30 }
+    }
+}
+
+/// Most manifests, indexes and blobs one import may visit: a layout cannot fan out without bound.
+const MAX_DOCUMENTS: usize = 10_000;
+
+/// A source read into kiln's own scratch space, ready to be copied into a layout under its lock.
+pub enum Staged {
+    Layout(Store),
+    /// An archive unpacked in a scratch directory (removed on drop).
+    Archive(TempDir),
+}
+
+/// Opens `source` safely and, for an archive, unpacks it into a scratch directory under `tmp`. Needs no lock.
+pub fn stage(source: &Path, tmp: &Path) -> Result<Staged> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
+        .open(source)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => Error::SourceNotFound { path: source.to_path_buf() },
+            _ => Error::Io { path: source.to_path_buf(), source: e },
+        })?;
+    let meta = file.metadata().map_err(io_error(source))?;
+    if meta.is_dir() {
+        let store = Store::open(source).map_err(|e| Error::InvalidSource {
+            path: source.to_path_buf(),
+            reason: format!("not an OCI image layout: {e}"),
+        })?;
+        return Ok(Staged::Layout(store));
+    }
+    if !meta.is_file() {
+        return Err(Error::InvalidSource {
+            path: source.to_path_buf(),
+            reason: "neither a directory nor a regular file".into(),
+        });
+    }
+    let scratch = tempdir_in(tmp)?;
+    extract_archive_from(file, source, scratch.path(), ArchiveLimits::default())?;
+    Ok(Staged::Archive(scratch))
+}
+
+/// Copies a staged source into `dest` under `ref_name`. Returns the descriptor the ref now names.
+pub fn commit(
+    dest: &LayoutWriter,
+    staged: &Staged,
+    source: &Path,
+    source_ref: &Reference,
+    ref_name: &str,
+    progress: &mut dyn FnMut(ImportProgress),
+) -> Result<Descriptor> {
+    validate_ref_name(ref_name)?;
+    match staged {
+        Staged::Layout(src) => import_layout(dest, src, source_ref, ref_name, progress),
+        Staged::Archive(dir) => {
+            let oci = dir.path().join("oci-layout").is_file();
+            let docker = dir.path().join("manifest.json").is_file();
+            // Docker ≥ 25 `docker save` writes both: a RepoTag reference goes through manifest.json.
+            let by_repo_tag = docker && matches!(source_ref, Reference::Name(_));
+            if oci && !by_repo_tag {
+                let src = Store::open(dir.path())?;
+                import_layout(dest, &src, source_ref, ref_name, progress)
+            } else if docker {
+                import_docker_archive(dest, dir.path(), source_ref, ref_name, progress)
+            } else {
+                Err(Error::InvalidSource {
+                    path: source.to_path_buf(),
+                    reason: "neither an oci-archive (oci-layout) nor a docker-archive (manifest.json)".into(),
+                })
+            }
+        }
+    }
+}
+
+/// [`stage`] then [`commit`], for callers that hold no lock of their own.
+pub fn import(
+    dest: &LayoutWriter,
+    source: &Path,
+    source_ref: &Reference,
+    ref_name: &str,
+    tmp: &Path,
+    progress: &mut dyn FnMut(ImportProgress),
+) -> Result<Descriptor> {
+    validate_ref_name(ref_name)?;
+    let staged = stage(source, tmp)?;
+    commit(dest, &staged, source, source_ref, ref_name, progress)
+}
+
+/// Ref names follow image-layout.md's grammar closely enough to be safe everywhere: printable, no spaces.
+pub fn validate_ref_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._:@+/".contains(&b))
+        && name.as_bytes()[0].is_ascii_alphanumeric();
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Image(image::Error::InvalidReference {
+            reference: name.into(),
+            reason: "ref names are [A-Za-z0-9][A-Za-z0-9-._:@+/]*".into(),
+        }))
+    }
+}
+
+/// Copies the image `source_ref` names in `src` (the whole index tree, for a multi-platform image).
+pub fn import_layout(
+    dest: &LayoutWriter,
+    src: &Store,
+    source_ref: &Reference,
+    ref_name: &str,
+    progress: &mut dyn FnMut(ImportProgress),
+) -> Result<Descriptor> {
+    let index = src.index()?;
+    let layout = src.path().display().to_string();
+    let entries: Vec<&Descriptor> = index
+        .manifests
+        .iter()
+        .filter(|d| store::is_index_type(&d.media_type) || store::is_manifest_type(&d.media_type))
+        .collect();
+    let not_found =
+        |reference: String| image::Error::RefNotFound { reference, layout: layout.clone(), available: vec![] };
+    let top: Descriptor = match source_ref {
+        Reference::Name(n) => {
+            let named: Vec<&&Descriptor> = entries.iter().filter(|d| d.ref_name() == Some(n.as_str())).collect();
+            match named.as_slice() {
+                [one] => (**one).clone(),
+                [] => return Err(not_found(n.clone()).into()),
+                _ => {
+                    return Err(image::Error::Ambiguous {
+                        what: format!("ref {n:?}"),
+                        reason: "several descriptors carry it".into(),
+                    }
+                    .into())
+                }
+            }
+        }
+        Reference::Digest(d) => {
+            entries.iter().find(|e| &e.digest == d).map(|e| (*e).clone()).ok_or_else(|| not_found(format!("@{d}")))?
+        }
+        Reference::Default => match entries.as_slice() {
+            [one] => (*one).clone(),
+            _ => {
+                return Err(image::Error::Ambiguous {
+                    what: layout,
+                    reason: format!("{} images; name one with a source reference", entries.len()),
+                }
+                .into())
+            }
+        },
+    };
+    let mut copier = Copier { dest, src, done: HashSet::new(), state: ImportProgress::default(), progress };
+    copier.tree(&top, 0)?;
+    let mut named = top.clone();
+    named.annotations = None;
+    dest.set_ref(ref_name, &named)?;
+    Ok(named)
+}
+
+struct Copier<'a> {
+    dest: &'a LayoutWriter,
+    src: &'a Store,
+    /// Every blob copied so far: a blob named many times (a fan-out of indexes) is copied once.
+    done: HashSet<Digest>,
+    state: ImportProgress,
+    progress: &'a mut dyn FnMut(ImportProgress),
+}
+
+impl Copier<'_> {
+    fn blob(&mut self, desc: &Descriptor) -> Result<()> {
+        if !self.done.insert(desc.digest.clone()) {
+            return Ok(());
+        }
+        if self.done.len() > MAX_DOCUMENTS {
+            return Err(Error::TooLarge {
+                path: self.src.path().into(),
+                what: "number of blobs",
+                limit: MAX_DOCUMENTS as u64,
+            });
+        }
+        let reader = self.src.open_blob(desc)?;
+        self.state.bytes += self.dest.put_blob(&desc.digest, desc.size, reader)?;
+        self.state.blobs += 1;
+        (self.progress)(self.state);
+        Ok(())
+    }
+
+    fn tree(&mut self, desc: &Descriptor, depth: usize) -> Result<()> {
+        let limit = image::Limits::default().max_index_depth;
+        if depth > limit {
+            return Err(image::Error::TooDeep { what: format!("index {}", desc.digest), limit }.into());
+        }
+        if self.done.contains(&desc.digest) {
+            return Ok(());
+        }
+        let malformed = |what: String, reason: String| Error::Image(image::Error::Malformed { what, reason });
+        if store::is_index_type(&desc.media_type) {
+            let bytes = self.src.read_document(desc)?;
+            let index = store::parse_index(&bytes).map_err(|r| malformed(format!("index {}", desc.digest), r))?;
+            for child in &index.manifests {
+                if store::is_index_type(&child.media_type) || store::is_manifest_type(&child.media_type) {
+                    self.tree(child, depth + 1)?;
+                }
+            }
+        } else if store::is_manifest_type(&desc.media_type) {
+            #[derive(Deserialize)]
+            struct Refs {
+                config: Descriptor,
+                #[serde(default)]
+                layers: Vec<Descriptor>,
+            }
+            let bytes = self.src.read_document(desc)?;
+            let refs: Refs =
+                store::from_slice_strict(&bytes).map_err(|r| malformed(format!("manifest {}", desc.digest), r))?;
+            self.blob(&refs.config)?;
+            for layer in &refs.layers {
+                self.blob(layer)?;
+            }
+        }
+        // Blob-first: the document itself lands after everything it names.
+        self.blob(desc)
+    }
+}
+
+/// Unpacks the archive at `archive` into `dest` (which must be empty and private). See the module docs.
+pub fn extract_archive(archive: &Path, dest: &Path, limits: ArchiveLimits) -> Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(archive)
+        .map_err(io_error(archive))?;
+    extract_archive_from(file, archive, dest, limits)
+}
+
+fn extract_archive_from(file: File, archive: &Path, dest: &Path, limits: ArchiveLimits) -> Result<()> {
+    let bad = |reason: String| Error::Archive { path: archive.to_path_buf(), reason };
+    let mut buffered = BufReader::with_capacity(1 << 16, file);
+    let head = io::BufRead::fill_buf(&mut buffered).map_err(io_error(archive))?;
+    let reader: Box<dyn io::BufRead> = if head.starts_with(&[0x1f, 0x8b]) {
+        Box::new(BufReader::with_capacity(1 << 16, flate2::bufread::MultiGzDecoder::new(buffered)))
+    } else {
+        Box::new(buffered)
+    };
+    let tar_limits = TarLimits { max_pax_bytes: 1 << 20, max_name_bytes: 4096, max_xattr_bytes: 64 << 10 };
+    let mut tar = TarReader::new(reader, tar_limits);
+    let mut entries = 0u64;
+    let mut links: Vec<(Vec<String>, Vec<u8>)> = Vec::new();
+    let mut files: HashSet<Vec<String>> = HashSet::new();
+    loop {
+        let header = match tar.next_entry() {
+            Ok(Some(h)) => h,
+            Ok(None) => break,
+            Err(e) => return Err(tar_error(archive, e)),
+        };
+        entries += 1;
+        if entries > limits.max_entries {
+            return Err(Error::TooLarge {
+                path: archive.to_path_buf(),
+                what: "entry count",
+                limit: limits.max_entries,
+            });
+        }
+        if tar.offset().saturating_add(header.size) > limits.max_bytes {
+            return Err(Error::TooLarge {
+                path: archive.to_path_buf(),
+                what: "uncompressed size",
+                limit: limits.max_bytes,
+            });
+        }
+        let name = String::from_utf8_lossy(&header.path).into_owned();
+        let Some(components) = plain_components(&name) else {
+            return Err(bad(format!("entry {name:?} is not a plain relative path")));
+        };
+        if components.is_empty() {
+            continue;
+        }
+        let target = components.iter().fold(dest.to_path_buf(), |p, c| p.join(c));
+        match header.kind {
+            Kind::Directory => std::fs::create_dir_all(&target).map_err(io_error(&target))?,
+            Kind::Regular => {
+                if let Some(parent) = target.parent() {
+                    std::fs::create_dir_all(parent).map_err(io_error(parent))?;
+                }
+                // Only this function writes here and it never makes symbolic links, so no component can
+                // redirect a write.
+                let mut out = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                    .open(&target)
+                    .map_err(io_error(&target))?;
+                tar.copy_data(|buf| out.write_all(buf)).map_err(|e| tar_error(archive, e))?;
+                files.insert(components);
+            }
+            Kind::Symlink => links.push((components, header.link.clone())),
+            other => return Err(bad(format!("entry {name:?} has unsupported type {other:?}"))),
+        }
+    }
+    // Links last, as hard links to the regular file they resolve to inside the archive.
+    let link_map: HashMap<Vec<String>, Vec<u8>> = links.iter().cloned().collect();
+    for (link, target) in &links {
+        let Some(resolved) = resolve_link(link, target, &link_map) else {
+            return Err(bad(format!(
+                "link {:?} -> {:?} leaves the archive",
+                link.join("/"),
+                String::from_utf8_lossy(target)
+            )));
+        };
+        if !files.contains(&resolved) {
+            // A link to a directory or to nothing: no importer reads through one, so it is left out.
+            tracing::debug!(link = %link.join("/"), "archive link does not name a file; skipped");
+            continue;
+        }
+        let from = resolved.iter().fold(dest.to_path_buf(), |p, c| p.join(c));
+        let at = link.iter().fold(dest.to_path_buf(), |p, c| p.join(c));
+        if let Some(parent) = at.parent() {
+            std::fs::create_dir_all(parent).map_err(io_error(parent))?;
+        }
+        std::fs::hard_link(&from, &at).map_err(io_error(&at))?;
+    }
+    Ok(())
+}
+
+fn tar_error(archive: &Path, e: TarError) -> Error {
+    let path = archive.to_path_buf();
+    match e {
+        TarError::Io(source) => Error::Io { path, source },
+        TarError::Malformed { offset, reason } => {
+            Error::Archive { path, reason: format!("at byte {offset}: {reason}") }
+        }
+        TarError::Limit { limit, cap, .. } => Error::TooLarge { path, what: limit, limit: cap },
+        TarError::Unsupported { offset, what } => {
+            Error::Archive { path, reason: format!("at byte {offset}: unsupported {what}") }
+        }
+    }
+}
+
+/// The normal components of a relative name (`.` dropped); `None` for absolute names or `..`.
+fn plain_components(name: &str) -> Option<Vec<String>> {
+    if name.starts_with('/') {
+        return None;
+    }
+    let mut out = Vec::new();
+    for c in name.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => return None,
+            c => out.push(c.to_owned()),
+        }
+    }
+    Some(out)
+}
+
+/// Resolves a symbolic link lexically inside the archive, following other links of the archive (40 hops at
+/// most, like the kernel). `None` when the path climbs above the archive root or is absolute.
+fn resolve_link(link: &[String], target: &[u8], links: &HashMap<Vec<String>, Vec<u8>>) -> Option<Vec<String>> {
+    let mut base: Vec<String> = link[..link.len().saturating_sub(1)].to_vec();
+    let mut target = String::from_utf8_lossy(target).into_owned();
+    for _ in 0..40 {
+        if target.starts_with('/') {
+            return None;
+        }
+        let mut path = base.clone();
+        let mut rest: Vec<&str> = target.split('/').collect();
+        rest.reverse();
+        let mut next: Option<(Vec<String>, String)> = None;
+        while let Some(c) = rest.pop() {
+            match c {
+                "" | "." => {}
+                ".." => {
+                    path.pop()?;
+                }
+                c => {
+                    path.push(c.to_owned());
+                    if let Some(t) = links.get(&path) {
+                        let mut remaining: Vec<&str> = rest.clone();
+                        remaining.reverse();
+                        let tail = remaining.join("/");
+                        let joined = if tail.is_empty() {
+                            String::from_utf8_lossy(t).into_owned()
+                        } else {
+                            format!("{}/{tail}", String::from_utf8_lossy(t))
+                        };
+                        path.pop();
+                        next = Some((path.clone(), joined));
+                        break;
+                    }
+                }
+            }
+        }
+        match next {
+            None => return Some(path),
+            Some((b, t)) => {
+                base = b;
+                target = t;
+            }
+        }
+    }
+    None
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerArchiveEntry {
+    config: String,
+    #[serde(default)]
+    repo_tags: Option<Vec<String>>,
+    layers: Vec<String>,
+}
+
+/// Converts a docker-archive (manifest.json + config + layer tars) into an OCI manifest in `dest`.
+fn import_docker_archive(
+    dest: &LayoutWriter,
+    dir: &Path,
+    source_ref: &Reference,
+    ref_name: &str,
+    progress: &mut dyn FnMut(ImportProgress),
+) -> Result<Descriptor> {
+    let sys_err = |what: String| move |source| Error::Store(store::Error::Sys { what, source });
+    let root = crate::sys::open_dir(dir).map_err(sys_err(dir.display().to_string()))?;
+    let cap = store::Limits::default().max_json_bytes;
+    let read_small = |name: &str| -> Result<Vec<u8>> {
+        let f = crate::sys::open_regular_in_root(&root, Path::new(name))
+            .map_err(sys_err(format!("docker-archive {name}")))?;
+        let mut buf = Vec::new();
+        f.take(cap + 1).read_to_end(&mut buf).map_err(io_error(&dir.join(name)))?;
+        if buf.len() as u64 > cap {
+            return Err(Error::TooLarge { path: dir.join(name), what: "JSON document", limit: cap });
+        }
+        Ok(buf)
+    };
+    let malformed =
+        |reason: String| Error::Image(image::Error::Malformed { what: "docker-archive manifest.json".into(), reason });
+    let entries: Vec<DockerArchiveEntry> =
+        store::from_slice_strict(&read_small("manifest.json")?).map_err(malformed)?;
+    let entry = match source_ref {
+        Reference::Default if entries.len() == 1 => &entries[0],
+        Reference::Name(n) => {
+            entries.iter().find(|e| e.repo_tags.iter().flatten().any(|t| t == n)).ok_or_else(|| {
+                image::Error::RefNotFound {
+                    reference: n.clone(),
+                    layout: "docker-archive".into(),
+                    available: entries.iter().flat_map(|e| e.repo_tags.iter().flatten().cloned()).collect(),
+                }
+            })?
+        }
+        _ => {
+            return Err(image::Error::Ambiguous {
+                what: "docker-archive".into(),
+                reason: format!("{} images; name one by RepoTag", entries.len()),
+            }
+            .into())
+        }
+    };
+    let mut state = ImportProgress::default();
+    let config_bytes = read_small(&entry.config)?;
+    let config = Descriptor::new(store::MEDIA_TYPE_CONFIG, Digest::sha256(&config_bytes), config_bytes.len() as u64);
+    let mut layers = Vec::with_capacity(entry.layers.len());
+    for name in &entry.layers {
+        let open = || {
+            crate::sys::open_regular_in_root(&root, Path::new(name))
+                .map_err(sys_err(format!("docker-archive layer {name}")))
+        };
+        // First pass: digest, size and compression; second pass: the verified copy.
+        let mut f = open()?;
+        let mut hasher = Hasher::new(Algorithm::Sha256);
+        let mut buf = vec![0u8; 1 << 16];
+        let (mut size, mut head) = (0u64, Vec::new());
+        loop {
+            let n = f.read(&mut buf).map_err(io_error(&dir.join(name)))?;
+            if n == 0 {
+                break;
+            }
+            if head.len() < 4 {
+                head.extend_from_slice(&buf[..n.min(4 - head.len())]);
+            }
+            hasher.update(&buf[..n]);
+            size += n as u64;
+        }
+        let media_type = if head.starts_with(&[0x1f, 0x8b]) {
+            image::LAYER_TAR_GZIP
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            image::LAYER_TAR_ZSTD
+        } else {
+            image::LAYER_TAR
+        };
+        let desc = Descriptor::new(media_type, hasher.finish(), size);
+        state.bytes += dest.put_blob(&desc.digest, size, open()?)?;
+        state.blobs += 1;
+        progress(state);
+        layers.push(desc);
+    }
+    state.bytes += dest.put_blob(&config.digest, config.size, &config_bytes[..])?;
+    state.blobs += 1;
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": store::MEDIA_TYPE_MANIFEST,
+        "config": config,
+        "layers": layers,
+    });
+    let bytes = serde_json::to_vec(&manifest).map_err(|e| malformed(e.to_string()))?;
+    let desc = Descriptor::new(store::MEDIA_TYPE_MANIFEST, Digest::sha256(&bytes), bytes.len() as u64);
+    state.bytes += dest.put_blob(&desc.digest, desc.size, &bytes[..])?;
+    state.blobs += 1;
+    progress(state);
+    dest.set_ref(ref_name, &desc)?;
+    Ok(desc)
+}
+
+/// A private (0700) scratch directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempdir_in(parent: &Path) -> Result<TempDir> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::create_dir_all(parent).map_err(io_error(parent))?;
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    for _ in 0..100 {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = parent.join(format!("import-{}-{n}", std::process::id()));
+        match std::fs::DirBuilder::new().mode(0o700).create(&p) {
+            Ok(()) => return Ok(TempDir(p)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(Error::Io { path: p, source: e }),
+        }
+    }
+    Err(Error::Io { path: parent.to_path_buf(), source: io::Error::other("could not create a scratch directory") })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn comps(s: &str) -> Vec<String> {
+        plain_components(s).unwrap()
+    }
+
+    #[test]
+    fn links_resolve_lexically_inside_the_archive() {
+        let mut links = HashMap::new();
+        assert_eq!(resolve_link(&comps("id/layer.tar"), b"../abc.tar", &links), Some(comps("abc.tar")));
+        assert_eq!(resolve_link(&comps("l"), b"../x", &links), None);
+        assert_eq!(resolve_link(&comps("l"), b"/etc/passwd", &links), None);
+        // A chain of directory links that would climb out when followed on disk.
+        links.insert(comps("d/l"), b"..".to_vec());
+        links.insert(comps("d/l/m"), b"../..".to_vec());
+        assert_eq!(resolve_link(&comps("d/l/m/x"), b"y", &links), Some(comps("d/l/m/y")));
+        assert_eq!(resolve_link(&comps("d/x"), b"l/m/../../../../etc", &links), None);
+        links.insert(comps("loop"), b"loop".to_vec());
+        assert_eq!(resolve_link(&comps("z"), b"loop", &links), None);
+    }
+}
