@@ -27,11 +27,12 @@ impl ImagesService {
 type Progress<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// Resolves `reference` in the content store, then in each extra store; the first store that has it wins.
+/// Returns the store's path with the image.
 pub fn resolve(
     daemon: &Daemon,
     reference: &str,
     platform: Option<&pb::Platform>,
-) -> Result<image::ResolvedImage, Status> {
+) -> Result<(PathBuf, image::ResolvedImage), Status> {
     let r = wire::reference(reference)?;
     let opts = ResolveOptions { platform: wire::platform_in(platform)?, ..Default::default() };
     let mut first_err = None;
@@ -47,7 +48,7 @@ pub fn resolve(
         };
         let result = image::resolve(&store, &r, &opts);
         match result {
-            Ok(img) => return Ok(img),
+            Ok(img) => return Ok((path, img)),
             Err(e) if e.kind() == crate::ErrorKind::NotFound && first_err.is_some() => {}
             Err(e) if e.kind() == crate::ErrorKind::NotFound => first_err = Some(e),
             Err(e) => return Err(status(e.kind(), e)),
@@ -116,8 +117,12 @@ impl pb::images_server::Images for ImagesService {
         let d = self.daemon.clone();
         let req = req.into_inner();
         let reply = blocking(move || {
-            let img = resolve(&d, &req.reference, req.platform.as_ref())?;
-            Ok(wire::image(&img, &req.reference, |_| false))
+            let (_, img) = resolve(&d, &req.reference, req.platform.as_ref())?;
+            let snapshots = d.engine.snapshotter();
+            Ok(wire::image(&img, &req.reference, |chain| {
+                use crate::snapshot::Snapshotter;
+                snapshots.stat(chain.as_str()).is_ok_and(|i| i.kind == crate::snapshot::Kind::Committed)
+            }))
         })
         .await?;
         Ok(Response::new(reply))
@@ -125,8 +130,40 @@ impl pb::images_server::Images for ImagesService {
 
     type PullStream = Progress<pb::PullProgress>;
 
-    async fn pull(&self, _req: Request<pb::PullImageRequest>) -> Result<Response<Self::PullStream>, Status> {
-        Err(Status::unimplemented("Pull needs the snapshotter (issue 5), which has not landed"))
+    async fn pull(&self, req: Request<pb::PullImageRequest>) -> Result<Response<Self::PullStream>, Status> {
+        tracing::info!(caller = %caller(&req), "Images.Pull");
+        let req = req.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let d = self.daemon.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = (|| {
+                let (path, img) = resolve(&d, &req.reference, req.platform.as_ref())?;
+                let store = Store::open(&path).map_err(|e| status(e.kind(), e))?;
+                let report = |p: crate::snapshot::Progress| {
+                    let _ = tx.blocking_send(Ok(pb::PullProgress {
+                        layers_done: p.layers_done as u32,
+                        layers_total: p.layers_total as u32,
+                        bytes_done: i64::try_from(p.bytes_done).unwrap_or(i64::MAX),
+                        bytes_total: i64::try_from(p.bytes_total).unwrap_or(i64::MAX),
+                        done: false,
+                        chain_id: String::new(),
+                    }));
+                };
+                d.engine.unpack_with_progress(&store, &img, &report).map_err(|e| status(e.kind(), e))?;
+                let total = img.layers.len() as u32;
+                let bytes = img.layers.iter().map(|l| l.descriptor.size).sum::<u64>();
+                Ok(pb::PullProgress {
+                    layers_done: total,
+                    layers_total: total,
+                    bytes_done: i64::try_from(bytes).unwrap_or(i64::MAX),
+                    bytes_total: i64::try_from(bytes).unwrap_or(i64::MAX),
+                    done: true,
+                    chain_id: img.chain_id().map(|c| c.to_string()).unwrap_or_default(),
+                })
+            })();
+            let _ = tx.blocking_send(result);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     type ImportStream = Progress<pb::ImportProgress>;

@@ -4,6 +4,7 @@
 //!
 //! May use: everything above it.
 
+mod bundles;
 mod images;
 pub mod lifecycle;
 mod system;
@@ -18,8 +19,10 @@ use tokio::net::UnixListener;
 use tonic::{Request, Status};
 
 use crate::api::v1 as pb;
-use crate::config::Config;
+use crate::bundle::engine::{Engine, Options as EngineOptions};
+use crate::config::{Config, SnapshotterKind};
 use crate::error::ErrorKind;
+use crate::snapshot::{Backend, LayerModule};
 use crate::store;
 
 /// The encoded descriptor set of `kiln.v1`, for server reflection.
@@ -40,12 +43,15 @@ pub enum Error {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection: {0}")]
     Reflection(String),
+    #[error(transparent)]
+    Engine(#[from] crate::bundle::engine::Error),
 }
 
 impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Store(e) => e.kind(),
+            Error::Engine(e) => e.kind(),
             _ => ErrorKind::Internal,
         }
     }
@@ -83,6 +89,8 @@ pub fn caller<T>(req: &Request<T>) -> String {
 #[derive(Debug)]
 pub struct Daemon {
     pub config: Config,
+    /// Snapshots and bundles.
+    pub engine: Engine,
 }
 
 impl Daemon {
@@ -99,15 +107,33 @@ impl Daemon {
             std::fs::create_dir_all(dir).map_err(io(dir))?;
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(io(dir))?;
         }
-        let d = Daemon { config };
-        let tmp = d.tmp_dir();
+        let tmp = config.root.join("tmp");
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
         }
         std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-        store::init_layout(&d.content_dir())?;
-        store::sweep_ingest(&d.content_dir())?;
-        Ok(Arc::new(d))
+        let content = config.root.join("content");
+        store::init_layout(&content)?;
+        store::sweep_ingest(&content)?;
+
+        let mut backend = match config.snapshotter {
+            SnapshotterKind::Overlayfs => Backend::Overlay,
+            SnapshotterKind::Native => Backend::Native,
+        };
+        if backend == Backend::Overlay {
+            if let Err(e) = crate::snapshot::probe_overlay(&tmp) {
+                tracing::warn!(error = %e, "overlayfs does not work here; using the native (copying) snapshotter");
+                backend = Backend::Native;
+            }
+        }
+        let mut opts = EngineOptions::new(&config.root, &config.state, Arc::new(LayerModule::default()));
+        opts.backend = backend;
+        opts.max_concurrent_unpacks = config.max_concurrent_unpacks;
+        let engine = Engine::open(opts)?;
+        for line in engine.recovery() {
+            tracing::info!(action = %line, "recovery");
+        }
+        Ok(Arc::new(Daemon { config, engine }))
     }
 
     pub fn content_dir(&self) -> PathBuf {
@@ -136,6 +162,7 @@ pub async fn serve(
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<pb::images_server::ImagesServer<images::ImagesService>>().await;
     health_reporter.set_serving::<pb::system_server::SystemServer<system::SystemService>>().await;
+    health_reporter.set_serving::<pb::bundles_server::BundlesServer<bundles::BundlesService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -149,6 +176,7 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(pb::images_server::ImagesServer::new(images::ImagesService::new(daemon.clone())))
         .add_service(pb::system_server::SystemServer::new(system::SystemService::new(daemon.clone())))
+        .add_service(pb::bundles_server::BundlesServer::new(bundles::BundlesService::new(daemon.clone())))
         .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), async move {
             let _ = stop_rx.await;
         });

@@ -4,8 +4,10 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{blocking, Daemon};
+use super::{blocking, caller, status, Daemon};
 use crate::api::v1 as pb;
+use crate::bundle::engine::Engine;
+use crate::store::Store;
 
 pub struct SystemService {
     daemon: Arc<Daemon>,
@@ -39,20 +41,50 @@ impl pb::system_server::System for SystemService {
     async fn info(&self, _req: Request<pb::InfoRequest>) -> Result<Response<pb::InfoResponse>, Status> {
         let d = self.daemon.clone();
         let reply = blocking(move || {
+            let e = d.engine.info().map_err(|e| status(e.kind(), e))?;
             Ok(pb::InfoResponse {
                 version: env!("CARGO_PKG_VERSION").into(),
                 root: d.config.root.display().to_string(),
                 state: d.config.state.display().to_string(),
-                snapshotter: d.config.snapshotter.as_str().into(),
-                content_bytes: disk_usage(&d.content_dir().join("blobs")) as i64,
-                ..Default::default()
+                snapshotter: e.snapshotter.into(),
+                content_bytes: i64::try_from(disk_usage(&d.content_dir().join("blobs"))).unwrap_or(i64::MAX),
+                snapshot_bytes: i64::try_from(e.snapshot_bytes).unwrap_or(i64::MAX),
+                snapshots: e.snapshots,
+                bundles: e.bundles,
             })
         })
         .await?;
         Ok(Response::new(reply))
     }
 
-    async fn gc(&self, _req: Request<pb::GcRequest>) -> Result<Response<pb::GcResponse>, Status> {
-        Err(Status::unimplemented("Gc needs the snapshotter (issue 5), which has not landed"))
+    async fn gc(&self, req: Request<pb::GcRequest>) -> Result<Response<pb::GcResponse>, Status> {
+        tracing::info!(caller = %caller(&req), "System.Gc");
+        let dry_run = req.into_inner().dry_run;
+        let d = self.daemon.clone();
+        let reply = blocking(move || {
+            // Every image in every store holds its chain; a store that cannot be read holds nothing, so a
+            // broken content store stops the collection instead of emptying it.
+            let mut roots = Vec::new();
+            for (i, path) in d.stores().into_iter().enumerate() {
+                match Store::open(&path) {
+                    Ok(store) => roots.extend(Engine::image_roots(&store)),
+                    Err(e) if i == 0 => return Err(status(e.kind(), e)),
+                    Err(e) => tracing::warn!(store = %path.display(), error = %e, "extra store unreadable during gc"),
+                }
+            }
+            let report = d.engine.gc(&roots, dry_run).map_err(|e| status(e.kind(), e))?;
+            let item = |i: &crate::bundle::engine::GcItem| pb::GcItem {
+                kind: "snapshot".into(),
+                key: i.key.clone(),
+                reason: i.reason.clone(),
+                size: i64::try_from(i.size).unwrap_or(i64::MAX),
+            };
+            Ok(pb::GcResponse {
+                removed: report.removed.iter().map(item).collect(),
+                kept: report.kept.iter().map(item).collect(),
+            })
+        })
+        .await?;
+        Ok(Response::new(reply))
     }
 }

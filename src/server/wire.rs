@@ -73,3 +73,80 @@ pub fn image(
         config: img.config_bytes.clone(),
     }
 }
+
+/// The caller's overrides, CRI-style: empty lists and strings mean "not given".
+pub fn overrides(o: pb::Overrides) -> Result<crate::convert::Overrides, Status> {
+    let mut mounts = Vec::with_capacity(o.mounts.len());
+    for m in o.mounts {
+        if !m.destination.starts_with('/') {
+            return Err(Status::invalid_argument(format!("mount destination {:?} must be absolute", m.destination)));
+        }
+        let mut b = oci_spec::runtime::MountBuilder::default().destination(m.destination.clone());
+        if !m.r#type.is_empty() {
+            b = b.typ(m.r#type);
+        }
+        if !m.source.is_empty() {
+            b = b.source(m.source);
+        }
+        if !m.options.is_empty() {
+            b = b.options(m.options);
+        }
+        mounts.push(b.build().map_err(|e| Status::invalid_argument(format!("mount {:?}: {e}", m.destination)))?);
+    }
+    let some = |v: Vec<String>| (!v.is_empty()).then_some(v);
+    let text = |s: String| (!s.is_empty()).then_some(s);
+    Ok(crate::convert::Overrides {
+        entrypoint: some(o.entrypoint),
+        args: some(o.args),
+        env: o.env,
+        user: text(o.user),
+        cwd: text(o.cwd),
+        annotations: o.annotations.into_iter().collect(),
+        mounts,
+        readonly_rootfs: o.readonly_rootfs,
+        terminal: o.terminal,
+        ..Default::default()
+    })
+}
+
+pub fn bundle(b: &crate::bundle::engine::Bundle) -> pb::Bundle {
+    pb::Bundle {
+        id: b.id.clone(),
+        path: b.path.display().to_string(),
+        image: b.image.clone(),
+        manifest_digest: b.manifest_digest.to_string(),
+        config_digest: b.config_digest.to_string(),
+        created: b.created.clone(),
+    }
+}
+
+pub fn created(c: &crate::bundle::engine::Created) -> pb::CreateBundleResponse {
+    use crate::convert::Source;
+    pb::CreateBundleResponse {
+        bundle: Some(bundle(&c.bundle)),
+        explain: c
+            .explain
+            .fields
+            .iter()
+            .map(|f| pb::ExplainEntry {
+                field: f.field.clone(),
+                source: match f.source {
+                    Source::Image => "image",
+                    Source::Caller => "caller",
+                    Source::Default => "default",
+                }
+                .into(),
+                rule: f.rule.clone(),
+                note: f.note.clone().unwrap_or_default(),
+            })
+            .collect(),
+        warnings: c
+            .explain
+            .warnings
+            .iter()
+            .map(|w| format!("{}: {}", w.rule, w.message))
+            .chain(c.bundle.fixes.iter().map(|f| format!("I12: {f}")))
+            .collect(),
+        extracted: c.unpack.extracted.iter().map(|d| d.to_string()).collect(),
+    }
+}

@@ -1,0 +1,71 @@
+//! `kiln.v1.Bundles`.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::images::resolve;
+use super::{blocking, caller, status, wire, Daemon};
+use crate::api::v1 as pb;
+use crate::bundle::engine::BundleId;
+use crate::store::Store;
+
+pub struct BundlesService {
+    daemon: Arc<Daemon>,
+}
+
+impl BundlesService {
+    pub fn new(daemon: Arc<Daemon>) -> Self {
+        BundlesService { daemon }
+    }
+}
+
+fn id(s: &str) -> Result<BundleId, Status> {
+    BundleId::parse(s).map_err(|e| status(e.kind(), e))
+}
+
+#[tonic::async_trait]
+impl pb::bundles_server::Bundles for BundlesService {
+    async fn create(
+        &self,
+        req: Request<pb::CreateBundleRequest>,
+    ) -> Result<Response<pb::CreateBundleResponse>, Status> {
+        tracing::info!(caller = %caller(&req), "Bundles.Create");
+        let d = self.daemon.clone();
+        let req = req.into_inner();
+        let bundle_id = id(&req.id)?;
+        let overrides = wire::overrides(req.overrides.unwrap_or_default())?;
+        let reply = blocking(move || {
+            let (store_path, img) = resolve(&d, &req.image, req.platform.as_ref())?;
+            let store = Store::open(&store_path).map_err(|e| status(e.kind(), e))?;
+            let created = d.engine.create(&bundle_id, &store, &img, &overrides).map_err(|e| status(e.kind(), e))?;
+            Ok(wire::created(&created))
+        })
+        .await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn get(&self, req: Request<pb::GetBundleRequest>) -> Result<Response<pb::Bundle>, Status> {
+        let d = self.daemon.clone();
+        let bundle_id = id(&req.into_inner().id)?;
+        let b = blocking(move || d.engine.get(&bundle_id).map_err(|e| status(e.kind(), e))).await?;
+        Ok(Response::new(wire::bundle(&b)))
+    }
+
+    async fn list(&self, _req: Request<pb::ListBundlesRequest>) -> Result<Response<pb::ListBundlesResponse>, Status> {
+        let d = self.daemon.clone();
+        let bundles = blocking(move || d.engine.list().map_err(|e| status(e.kind(), e))).await?;
+        Ok(Response::new(pb::ListBundlesResponse { bundles: bundles.iter().map(wire::bundle).collect() }))
+    }
+
+    async fn delete(
+        &self,
+        req: Request<pb::DeleteBundleRequest>,
+    ) -> Result<Response<pb::DeleteBundleResponse>, Status> {
+        tracing::info!(caller = %caller(&req), "Bundles.Delete");
+        let d = self.daemon.clone();
+        let bundle_id = id(&req.into_inner().id)?;
+        blocking(move || d.engine.delete(&bundle_id).map_err(|e| status(e.kind(), e))).await?;
+        Ok(Response::new(pb::DeleteBundleResponse {}))
+    }
+}
