@@ -12,11 +12,10 @@
 //! threads at once; share one `Engine` per root.
 //!
 //! ```no_run
-//! # use std::{path::Path, sync::Arc};
-//! # fn applier() -> Arc<dyn kiln::snapshot::LayerApplier> { unimplemented!() }
+//! # use std::path::Path;
 //! use kiln::bundle::{BundleId, Engine, Options};
 //! use kiln::image::{resolve, Reference, ResolveOptions};
-//! let mut opts = Options::new(Path::new("/var/lib/kiln"), Path::new("/run/kiln"), applier());
+//! let mut opts = Options::defaults(Path::new("/var/lib/kiln"), Path::new("/run/kiln"));
 //! opts.backend = kiln::snapshot::Backend::Overlay;
 //! let engine = Engine::open(opts)?; // recovery happens here; engine.recovery() says what was repaired
 //! let store = kiln::store::Store::open("/var/lib/kiln/content")?;
@@ -241,7 +240,13 @@ pub struct Options {
 }
 
 impl Options {
-    /// Overlay, one extraction per CPU, real mounts.
+    /// What `kilnd` uses: layers applied by `kiln::layer` with its default limits, overlay, one extraction per
+    /// CPU, real mounts.
+    pub fn defaults(root: &Path, state: &Path) -> Options {
+        Options::new(root, state, Arc::new(snapshot::LayerModule::default()))
+    }
+
+    /// Overlay, one extraction per CPU, real mounts, layers applied by `applier`.
     pub fn new(root: &Path, state: &Path, applier: Arc<dyn LayerApplier>) -> Options {
         Options {
             root: root.to_owned(),
