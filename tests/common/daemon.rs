@@ -19,6 +19,8 @@ impl Kilnd {
         let root = dir.path().join("root");
         let state = dir.path().join("state");
         let socket = state.join("kilnd.sock");
+        // The log goes to a file: a pipe nobody reads would fill up and stall the daemon.
+        let log = std::fs::File::create(dir.path().join("kilnd.log")).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_kilnd"))
             .arg("--root")
             .arg(&root)
@@ -27,7 +29,7 @@ impl Kilnd {
             .args(["--log-level", "info"])
             .args(extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(log)
             .spawn()
             .expect("spawn kilnd");
         let k = Kilnd { child: Some(child), dir, root, state, socket };
@@ -63,6 +65,11 @@ impl Kilnd {
         child.wait().expect("wait kilnd")
     }
 
+    /// What the daemon logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("kilnd.log")).unwrap_or_default()
+    }
+
     pub fn content(&self) -> PathBuf {
         self.root.join("content")
     }
@@ -74,6 +81,23 @@ impl Drop for Kilnd {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // Bundles outlive the daemon by design; a test's must not outlive the test.
+        detach_mounts_under(self.dir.path());
+    }
+}
+
+/// Lazily unmounts every mount point under `dir`, deepest first.
+pub fn detach_mounts_under(dir: &Path) {
+    let prefix = dir.to_string_lossy().into_owned();
+    let mut points: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+        .filter(|m| m.starts_with(&prefix))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        let _ = nix::mount::umount2(p.as_str(), nix::mount::MntFlags::MNT_DETACH);
     }
 }
 

@@ -1,6 +1,7 @@
 //! `kiln`: the command-line client. Daemonless verbs (`image inspect --image`, `unpack`) call the library
 //! directly; the others talk to kilnd over its socket. One file per verb group.
 
+mod bundle;
 mod image;
 mod inspect;
 mod system;
@@ -36,11 +37,28 @@ enum Command {
     },
     /// Unpack an image from an OCI layout into a runtime bundle (config.json + rootfs), no daemon.
     Unpack(unpack::Args),
+    /// Work with bundles prepared by kilnd.
+    Bundle {
+        #[command(subcommand)]
+        command: BundleCommand,
+    },
     /// The daemon itself.
     System {
         #[command(subcommand)]
         command: SystemCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum BundleCommand {
+    /// Prepare a bundle from an image; prints its path (for `runc run --bundle`).
+    Create(bundle::CreateArgs),
+    /// Describe one bundle.
+    Inspect { id: String },
+    /// List bundles.
+    Ls,
+    /// Unmount and remove a bundle.
+    Rm { id: String },
 }
 
 #[derive(Subcommand)]
@@ -165,6 +183,12 @@ fn main() -> ExitCode {
             ImageCommand::Rm { name } => remote_call(image::rm(&remote, &name)),
         },
         Command::Unpack(args) => unpack::run(args, remote.json),
+        Command::Bundle { command } => match command {
+            BundleCommand::Create(args) => remote_call(bundle::create(&remote, args)),
+            BundleCommand::Inspect { id } => remote_call(bundle::inspect(&remote, &id)),
+            BundleCommand::Ls => remote_call(bundle::ls(&remote)),
+            BundleCommand::Rm { id } => remote_call(bundle::rm(&remote, &id)),
+        },
         Command::System { command } => match command {
             SystemCommand::Info => remote_call(system::info(&remote)),
             SystemCommand::Gc { dry_run } => remote_call(system::gc(&remote, dry_run)),

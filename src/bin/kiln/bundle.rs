@@ -1,0 +1,123 @@
+//! `kiln bundle create|inspect|ls|rm` against kilnd.
+
+use anyhow::Result;
+use serde_json::json;
+
+use kiln::api::v1 as pb;
+use kiln::api::v1::bundles_client::BundlesClient;
+
+use crate::Remote;
+
+/// Flags of `kiln bundle create`.
+#[derive(clap::Args)]
+pub struct CreateArgs {
+    /// The bundle id ([A-Za-z0-9_.-], at most 128).
+    pub id: String,
+    /// The image reference in kilnd's store.
+    #[arg(long)]
+    pub image: String,
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// Replace the image's Entrypoint (and drop its Cmd); repeat for each element.
+    #[arg(long = "entrypoint")]
+    pub entrypoint: Vec<String>,
+    /// Replace the image's Cmd: everything after `--`.
+    #[arg(last = true)]
+    pub args: Vec<String>,
+    /// NAME=VALUE, merged by name over the image's Env; repeatable.
+    #[arg(long = "env", short = 'e')]
+    pub env: Vec<String>,
+    #[arg(long)]
+    pub user: Option<String>,
+    #[arg(long)]
+    pub cwd: Option<String>,
+    /// KEY=VALUE annotations; repeatable.
+    #[arg(long = "annotation")]
+    pub annotations: Vec<String>,
+    #[arg(long)]
+    pub read_only: bool,
+    #[arg(long)]
+    pub tty: bool,
+}
+
+fn bundle_json(b: &pb::Bundle) -> serde_json::Value {
+    json!({"id": b.id, "path": b.path, "image": b.image, "manifestDigest": b.manifest_digest,
+           "configDigest": b.config_digest, "created": b.created})
+}
+
+pub async fn create(remote: &Remote, a: CreateArgs) -> Result<()> {
+    let platform = match a.platform.as_deref() {
+        None => None,
+        Some(p) => {
+            let p = kiln::image::Platform::parse(p).map_err(anyhow::Error::msg)?;
+            Some(pb::Platform { os: p.os, architecture: p.architecture, variant: p.variant.unwrap_or_default() })
+        }
+    };
+    let mut annotations = std::collections::HashMap::new();
+    for kv in &a.annotations {
+        let (k, v) = kv.split_once('=').ok_or_else(|| anyhow::anyhow!("annotation {kv:?} is not KEY=VALUE"))?;
+        annotations.insert(k.to_owned(), v.to_owned());
+    }
+    let overrides = pb::Overrides {
+        entrypoint: a.entrypoint,
+        args: a.args,
+        env: a.env,
+        user: a.user.unwrap_or_default(),
+        cwd: a.cwd.unwrap_or_default(),
+        annotations,
+        mounts: vec![],
+        readonly_rootfs: a.read_only,
+        terminal: a.tty,
+    };
+    let mut c = BundlesClient::new(remote.channel().await?);
+    let r = c
+        .create(pb::CreateBundleRequest { id: a.id, image: a.image, platform, overrides: Some(overrides) })
+        .await?
+        .into_inner();
+    let b = r.bundle.unwrap_or_default();
+    if remote.json {
+        let explain: Vec<_> = r
+            .explain
+            .iter()
+            .map(|e| json!({"field": e.field, "source": e.source, "rule": e.rule, "note": e.note}))
+            .collect();
+        let mut v = bundle_json(&b);
+        v["explain"] = json!(explain);
+        v["warnings"] = json!(r.warnings);
+        v["extracted"] = json!(r.extracted);
+        return crate::print_json(&v);
+    }
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
+    }
+    println!("{}", b.path);
+    Ok(())
+}
+
+pub async fn inspect(remote: &Remote, id: &str) -> Result<()> {
+    let mut c = BundlesClient::new(remote.channel().await?);
+    let b = c.get(pb::GetBundleRequest { id: id.into() }).await?.into_inner();
+    crate::print_json(&bundle_json(&b))
+}
+
+pub async fn ls(remote: &Remote) -> Result<()> {
+    let mut c = BundlesClient::new(remote.channel().await?);
+    let bundles = c.list(pb::ListBundlesRequest {}).await?.into_inner().bundles;
+    if remote.json {
+        return crate::print_json(&bundles.iter().map(bundle_json).collect::<Vec<_>>());
+    }
+    println!("{:<24} {:<32} {:<22} PATH", "ID", "IMAGE", "CREATED");
+    for b in bundles {
+        println!("{:<24} {:<32} {:<22} {}", b.id, b.image, b.created, b.path);
+    }
+    Ok(())
+}
+
+pub async fn rm(remote: &Remote, id: &str) -> Result<()> {
+    let mut c = BundlesClient::new(remote.channel().await?);
+    c.delete(pb::DeleteBundleRequest { id: id.into() }).await?;
+    if remote.json {
+        return crate::print_json(&json!({"deleted": id}));
+    }
+    Ok(())
+}

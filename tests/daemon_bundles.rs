@@ -1,0 +1,283 @@
+//! kilnd's Bundles, Pull and Gc end to end: a real daemon, a busybox image imported through the API, bundles
+//! that runc runs, error codes, and load (64 concurrent creates from a cold image, then 1 000 warm
+//! create/delete cycles that leave nothing behind).
+
+mod common;
+
+use std::process::Command;
+
+use common::daemon::{path_str, Kilnd};
+use common::layer::{Compression, LayerBuilder};
+use common::layout::*;
+use kiln::api::v1 as pb;
+use kiln::api::v1::bundles_client::BundlesClient;
+use kiln::api::v1::images_client::ImagesClient;
+use kiln::api::v1::system_client::SystemClient;
+use serde_json::json;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+use tonic::Code;
+
+const BUSYBOX: &str = "/bin/busybox";
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap()
+}
+
+/// A two-layer busybox image (binary + links, then /etc files) in a layout outside the daemon.
+fn busybox_layout() -> Option<tempfile::TempDir> {
+    let Ok(bin) = std::fs::read(BUSYBOX) else {
+        common::skip("needs /bin/busybox (apt-get install busybox-static)");
+        return None;
+    };
+    let mut base = LayerBuilder::new().dir("bin", 0o755).file("bin/busybox", &bin, 0o755);
+    for applet in ["sh", "echo", "id", "cat", "ls", "true"] {
+        base = base.symlink(&format!("bin/{applet}"), "busybox");
+    }
+    let etc = LayerBuilder::new()
+        .dir("etc", 0o755)
+        .file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/:/bin/sh\n", 0o644)
+        .file("etc/group", b"root:x:0:\napp:x:1000:\n", 0o644)
+        .dir("tmp", 0o1777);
+    let spec = ImageSpec {
+        layers: vec![base.layer(Compression::Gzip), etc.layer(Compression::Zstd)],
+        config: json!({"Cmd": ["/bin/sh", "-c", "echo hello"], "Env": ["PATH=/bin"], "User": "app"}),
+        ..Default::default()
+    };
+    let tmp = common::scratch();
+    single_image(tmp.path(), &spec, "busybox");
+    Some(tmp)
+}
+
+async fn import(ch: &Channel, source: &str, name: &str) -> String {
+    let mut c = ImagesClient::new(ch.clone());
+    let mut s = c
+        .import(pb::ImportImageRequest {
+            source: source.into(),
+            source_reference: String::new(),
+            ref_name: name.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    while let Some(m) = s.next().await {
+        let m = m.unwrap();
+        if m.done {
+            return m.digest;
+        }
+    }
+    panic!("no final import message")
+}
+
+fn create_req(id: &str, image: &str, args: &[&str]) -> pb::CreateBundleRequest {
+    pb::CreateBundleRequest {
+        id: id.into(),
+        image: image.into(),
+        platform: None,
+        overrides: Some(pb::Overrides { args: args.iter().map(|s| s.to_string()).collect(), ..Default::default() }),
+    }
+}
+
+/// Mount points under `dir` in this mount namespace.
+fn mounts_under(dir: &std::path::Path) -> usize {
+    let prefix = dir.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&prefix)))
+        .count()
+}
+
+#[test]
+fn bundles_pull_and_gc() {
+    if !common::require_root() || !common::require_tool("runc") {
+        return;
+    }
+    let Some(layout) = busybox_layout() else { return };
+    let k = Kilnd::start(&[]);
+    let addr = k.address();
+    rt().block_on(async {
+        let ch = kiln::client::connect(&addr).await.unwrap();
+        import(&ch, path_str(layout.path()), "busybox").await;
+        let mut images = ImagesClient::new(ch.clone());
+        let mut bundles = BundlesClient::new(ch.clone());
+        let mut system = SystemClient::new(ch.clone());
+
+        // Pull: progress, then done with the ChainID; Get then says unpacked.
+        let mut s = images
+            .pull(pb::PullImageRequest { reference: "busybox".into(), platform: None })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut last = None;
+        while let Some(m) = s.next().await {
+            last = Some(m.unwrap());
+        }
+        let last = last.unwrap();
+        assert!(last.done && last.layers_total == 2 && !last.chain_id.is_empty(), "{last:?}");
+        let got =
+            images.get(pb::GetImageRequest { reference: "busybox".into(), platform: None }).await.unwrap().into_inner();
+        assert!(got.unpacked && got.layers.iter().all(|l| l.unpacked));
+        assert_eq!(got.chain_id, last.chain_id);
+
+        // Create: warm (nothing extracted), explain record, runc runs it as the image's user.
+        let r = bundles
+            .create(create_req("web-1", "busybox", &["/bin/sh", "-c", "echo hi; id -u"]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(r.extracted.is_empty(), "warm create extracts nothing: {:?}", r.extracted);
+        assert!(r.explain.iter().any(|e| e.field == "process.args" && e.source == "caller"), "{:?}", r.explain);
+        assert!(r.explain.iter().any(|e| e.field == "process.user.uid" && e.source == "image"), "{:?}", r.explain);
+        let b = r.bundle.unwrap();
+        assert!(std::path::Path::new(&b.path).join("config.json").is_file());
+        let out = Command::new("runc").args(["run", "--bundle", &b.path, "kiln-daemon-test-1"]).output().unwrap();
+        assert!(out.status.success(), "runc: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n1000\n");
+
+        // Get, List; error codes.
+        assert_eq!(bundles.get(pb::GetBundleRequest { id: "web-1".into() }).await.unwrap().into_inner().path, b.path);
+        assert_eq!(bundles.list(pb::ListBundlesRequest {}).await.unwrap().into_inner().bundles.len(), 1);
+        let e = bundles.create(create_req("web-1", "busybox", &[])).await.unwrap_err();
+        assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
+        for bad in ["../x", "", "a/b", "a\0b", "."] {
+            let e = bundles.create(create_req(bad, "busybox", &[])).await.unwrap_err();
+            assert_eq!(e.code(), Code::InvalidArgument, "{bad:?}: {e:?}");
+        }
+        let e = bundles.create(create_req("web-2", "nope", &[])).await.unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{e:?}");
+        let e = bundles.get(pb::GetBundleRequest { id: "web-9".into() }).await.unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{e:?}");
+
+        let info = system.info(pb::InfoRequest {}).await.unwrap().into_inner();
+        assert_eq!((info.snapshots, info.bundles), (2, 1));
+        assert_eq!(info.snapshotter, "overlayfs");
+
+        // Gc keeps what the image and the bundle hold, and says so.
+        let gc = system.gc(pb::GcRequest { dry_run: false }).await.unwrap().into_inner();
+        assert!(gc.removed.is_empty(), "{gc:?}");
+        assert_eq!(gc.kept.len(), 3, "two layers and the bundle's snapshot: {gc:?}");
+        assert!(gc.kept.iter().all(|i| i.reason.contains("web-1")), "{gc:?}");
+
+        // Delete: no mounts, dirs or records left; then removing the image lets gc take the snapshots.
+        bundles.delete(pb::DeleteBundleRequest { id: "web-1".into() }).await.unwrap();
+        assert!(!std::path::Path::new(&b.path).exists());
+        let gc = system.gc(pb::GcRequest { dry_run: true }).await.unwrap().into_inner();
+        assert!(gc.removed.is_empty() && gc.kept.iter().all(|i| i.reason.contains("image \"busybox\"")), "{gc:?}");
+        assert_eq!(mounts_under(&k.state), 0);
+        images.remove(pb::RemoveImageRequest { ref_name: "busybox".into() }).await.unwrap();
+        let dry = system.gc(pb::GcRequest { dry_run: true }).await.unwrap().into_inner();
+        assert_eq!(dry.removed.len(), 2, "{dry:?}");
+        assert_eq!(system.info(pb::InfoRequest {}).await.unwrap().into_inner().snapshots, 2, "dry run removed nothing");
+        let gc = system.gc(pb::GcRequest { dry_run: false }).await.unwrap().into_inner();
+        assert_eq!(gc.removed.len(), 2, "{gc:?}");
+        assert_eq!(system.info(pb::InfoRequest {}).await.unwrap().into_inner().snapshots, 0);
+    });
+}
+
+#[test]
+fn corrupt_layer_is_data_loss_and_leaves_nothing() {
+    if !common::require_root() {
+        return;
+    }
+    let Some(layout) = busybox_layout() else { return };
+    let k = Kilnd::start(&[]);
+    let addr = k.address();
+    rt().block_on(async {
+        let ch = kiln::client::connect(&addr).await.unwrap();
+        import(&ch, path_str(layout.path()), "busybox").await;
+        // Flip one byte of the last layer blob in the store (same size).
+        let got = ImagesClient::new(ch.clone())
+            .get(pb::GetImageRequest { reference: "busybox".into(), platform: None })
+            .await
+            .unwrap()
+            .into_inner();
+        let digest = got.layers[1].descriptor.as_ref().unwrap().digest.clone();
+        let blob = k.content().join("blobs/sha256").join(&digest["sha256:".len()..]);
+        let mut bytes = std::fs::read(&blob).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x55;
+        std::fs::write(&blob, bytes).unwrap();
+        let e = BundlesClient::new(ch).create(create_req("x", "busybox", &[])).await.unwrap_err();
+        assert_eq!(e.code(), Code::DataLoss, "{e:?}");
+        assert!(e.message().contains(&digest), "{e:?}");
+    });
+    assert!(!k.state.join("bundles/x").exists());
+    assert_eq!(mounts_under(&k.state), 0);
+}
+
+#[test]
+fn load_concurrent_cold_creates_then_warm_cycles() {
+    if !common::require_root() {
+        return;
+    }
+    let Some(layout) = busybox_layout() else { return };
+    let k = Kilnd::start(&[]);
+    let addr = k.address();
+    rt().block_on(async {
+        let ch = kiln::client::connect(&addr).await.unwrap();
+        import(&ch, path_str(layout.path()), "busybox").await;
+        // 64 concurrent creates of a cold image: all succeed, and each layer is extracted exactly once.
+        let mut tasks = Vec::new();
+        for i in 0..64 {
+            let mut c = BundlesClient::new(ch.clone());
+            tasks.push(tokio::spawn(async move { c.create(create_req(&format!("c{i}"), "busybox", &[])).await }));
+        }
+        let mut extracted = Vec::new();
+        for t in tasks {
+            let r = t.await.unwrap().unwrap().into_inner();
+            extracted.extend(r.extracted);
+        }
+        extracted.sort();
+        let before = extracted.len();
+        extracted.dedup();
+        assert_eq!((before, extracted.len()), (2, 2), "each of the two layers extracted once: {extracted:?}");
+        let mut c = BundlesClient::new(ch.clone());
+        assert_eq!(c.list(pb::ListBundlesRequest {}).await.unwrap().into_inner().bundles.len(), 64);
+        for i in 0..64 {
+            c.delete(pb::DeleteBundleRequest { id: format!("c{i}") }).await.unwrap();
+        }
+        // 1 000 warm create/delete cycles.
+        for i in 0..1000 {
+            let id = format!("w{}", i % 7);
+            c.create(create_req(&id, "busybox", &[])).await.unwrap();
+            c.delete(pb::DeleteBundleRequest { id }).await.unwrap();
+        }
+        assert!(c.list(pb::ListBundlesRequest {}).await.unwrap().into_inner().bundles.is_empty());
+    });
+    assert_eq!(mounts_under(&k.state), 0, "no mounts left");
+    assert_eq!(std::fs::read_dir(k.state.join("bundles")).unwrap().count(), 0, "no bundle dirs left");
+    let snapshots: Vec<_> = std::fs::read_dir(k.root.join("snapshots")).unwrap().flatten().collect();
+    assert_eq!(snapshots.len(), 2, "only the two committed layers remain");
+}
+
+#[test]
+fn cli_bundle_verbs() {
+    if !common::require_root() {
+        return;
+    }
+    let Some(layout) = busybox_layout() else { return };
+    let k = Kilnd::start(&[]);
+    let out = k.kiln(&["image", "import", path_str(layout.path()), "--name", "bb"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = k.kiln(&["--json", "bundle", "create", "one", "--image", "bb", "--env", "A=1", "--", "/bin/echo", "x"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["id"], "one");
+    let config: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(std::path::Path::new(v["path"].as_str().unwrap()).join("config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config["process"]["args"], json!(["/bin/echo", "x"]));
+    assert!(config["process"]["env"].as_array().unwrap().iter().any(|e| e == "A=1"));
+    let out = k.kiln(&["--json", "bundle", "ls"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    let out = k.kiln(&["bundle", "create", "one", "--image", "bb"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(k.kiln(&["bundle", "rm", "one"]).status.success());
+    let out = k.kiln(&["--json", "system", "gc", "--dry-run"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
