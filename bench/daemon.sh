@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Benchmark (not a test): kilnd's warm Bundles.Create + Delete throughput and latency at 1, 8 and 64 concurrent
+# callers, and kilnd's idle RSS. Root, a release build, umoci and busybox-static (for the demo image).
+#
+#   bench/daemon.sh            # COUNT=1000 CONCURRENCY=1,8,64 WORK=/dev/shm/kiln-bench-daemon
+set -euo pipefail
+cd "$(dirname "$0")/.."
+COUNT=${COUNT:-1000}
+CONCURRENCY=${CONCURRENCY:-1,8,64}
+WORK=${WORK:-/dev/shm/kiln-bench-daemon}
+[ "$(id -u)" = 0 ] || { echo "bench: needs root (overlay mounts)"; exit 2; }
+cargo build --release --bin kilnd --bin kiln --example grpc_load >/dev/null
+
+cleanup() {
+  [ -n "${pid:-}" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+  awk -v p="$WORK" '$5 ~ "^"p {print $5}' /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+rm -rf "$WORK"; mkdir -p "$WORK"
+scripts/demo-image.sh "$WORK/layout" >/dev/null
+
+target/release/kilnd --root "$WORK/root" --state "$WORK/state" --log-level warn &
+pid=$!
+addr="unix://$WORK/state/kilnd.sock"
+for _ in $(seq 100); do [ -S "$WORK/state/kilnd.sock" ] && break; sleep 0.05; done
+sleep 0.5
+echo "kilnd idle RSS after start: $(awk '/VmRSS/ {print $2, $3}' /proc/$pid/status)"
+target/release/kiln --address "$addr" image import "$WORK/layout" --name busybox --source-ref busybox >/dev/null
+target/release/kiln --address "$addr" image pull busybox >/dev/null
+target/release/examples/grpc_load --address "$addr" --image busybox --concurrency "$CONCURRENCY" --count "$COUNT"
+sleep 1
+echo "kilnd RSS after the load: $(awk '/VmRSS/ {print $2, $3}' /proc/$pid/status); peak: $(awk '/VmHWM/ {print $2, $3}' /proc/$pid/status)"
