@@ -16,5 +16,6 @@ for applet in sh ls cat echo id true env; do ln -s busybox "$root/bin/$applet"; 
 printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' > "$root/etc/passwd"
 printf 'root:x:0:\nnogroup:x:65534:\n' > "$root/etc/group"
 umoci insert --image "$out:busybox" "$root" /
-umoci config --image "$out:busybox" --config.cmd /bin/sh --config.env PATH=/bin --config.workingdir /
+umoci config --image "$out:busybox" --config.cmd /bin/sh --config.cmd -c --config.cmd 'echo hello from a kiln bundle' \
+  --config.env PATH=/bin --config.workingdir /
 echo "$out:busybox"
