@@ -36,16 +36,7 @@ pub fn resolve(
     let r = wire::reference(reference)?;
     let opts = ResolveOptions { platform: wire::platform_in(platform)?, ..Default::default() };
     let mut first_err = None;
-    for (i, path) in daemon.stores().into_iter().enumerate() {
-        let store = match Store::open(&path) {
-            Ok(s) => s,
-            // A broken extra store is skipped (and logged), so it cannot take the content store down with it.
-            Err(e) if i > 0 => {
-                tracing::warn!(store = %path.display(), error = %e, "skipping unreadable extra store");
-                continue;
-            }
-            Err(e) => return Err(status(e.kind(), e)),
-        };
+    for (path, store) in daemon.open_stores()? {
         let result = image::resolve(&store, &r, &opts);
         match result {
             Ok(img) => return Ok((path, img)),
@@ -89,16 +80,8 @@ impl pb::images_server::Images for ImagesService {
         let d = self.daemon.clone();
         let images = blocking(move || {
             let mut out = Vec::new();
-            for (i, path) in d.stores().into_iter().enumerate() {
-                let store = match Store::open(&path) {
-                    Ok(s) => s,
-                    Err(e) if i > 0 => {
-                        tracing::warn!(store = %path.display(), error = %e, "skipping unreadable extra store");
-                        continue;
-                    }
-                    Err(e) => return Err(status(e.kind(), e)),
-                };
-                let name = if i == 0 { "content".to_string() } else { path.display().to_string() };
+            for (path, store) in d.open_stores()? {
+                let name = if path == d.content_dir() { "content".to_string() } else { path.display().to_string() };
                 for l in image::list(&store).map_err(|e| status(e.kind(), e))? {
                     out.push(pb::ListedImage {
                         ref_name: l.ref_name.unwrap_or_default(),

@@ -23,7 +23,7 @@ use crate::bundle::engine::{Engine, Options as EngineOptions};
 use crate::config::{Config, SnapshotterKind};
 use crate::error::ErrorKind;
 use crate::snapshot::{Backend, LayerModule};
-use crate::store;
+use crate::store::{self, Store};
 
 /// The encoded descriptor set of `kiln.v1`, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("kiln_descriptor");
@@ -144,11 +144,18 @@ impl Daemon {
         self.config.root.join("tmp")
     }
 
-    /// The content store, then the extra read-only stores, in search order.
-    pub fn stores(&self) -> Vec<PathBuf> {
-        let mut v = vec![self.content_dir()];
-        v.extend(self.config.extra_stores.iter().cloned());
-        v
+    /// Opens the content store, then the extra read-only stores, in search order. The content store must
+    /// open; a broken extra store is skipped (and logged), so it cannot take the content store down with it.
+    pub fn open_stores(&self) -> Result<Vec<(PathBuf, Store)>, Status> {
+        let content = self.content_dir();
+        let mut out = vec![(content.clone(), Store::open(&content).map_err(|e| status(e.kind(), e))?)];
+        for path in &self.config.extra_stores {
+            match Store::open(path) {
+                Ok(s) => out.push((path.clone(), s)),
+                Err(e) => tracing::warn!(store = %path.display(), error = %e, "skipping unreadable extra store"),
+            }
+        }
+        Ok(out)
     }
 }
 

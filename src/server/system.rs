@@ -7,7 +7,6 @@ use tonic::{Request, Response, Status};
 use super::{blocking, caller, status, Daemon};
 use crate::api::v1 as pb;
 use crate::bundle::engine::Engine;
-use crate::store::Store;
 
 pub struct SystemService {
     daemon: Arc<Daemon>,
@@ -64,13 +63,16 @@ impl pb::system_server::System for SystemService {
         let reply = blocking(move || {
             // Every image in every store holds its chain; a store that cannot be read holds nothing, so a
             // broken content store stops the collection instead of emptying it.
+            let stores = d.open_stores()?;
+            if stores.len() != 1 + d.config.extra_stores.len() {
+                // An unreadable store would make the snapshots of its images look unused.
+                return Err(Status::failed_precondition(
+                    "an extra store cannot be read; gc would remove what it holds",
+                ));
+            }
             let mut roots = Vec::new();
-            for (i, path) in d.stores().into_iter().enumerate() {
-                match Store::open(&path) {
-                    Ok(store) => roots.extend(Engine::image_roots(&store)),
-                    Err(e) if i == 0 => return Err(status(e.kind(), e)),
-                    Err(e) => tracing::warn!(store = %path.display(), error = %e, "extra store unreadable during gc"),
-                }
+            for (_, store) in &stores {
+                roots.extend(Engine::image_roots(store));
             }
             let report = d.engine.gc(&roots, dry_run).map_err(|e| status(e.kind(), e))?;
             let item = |i: &crate::bundle::engine::GcItem| pb::GcItem {

@@ -72,54 +72,57 @@ pub async fn inspect(remote: &Remote, reference: &str, p: Option<&str>) -> Resul
     }))
 }
 
+/// Follows a progress stream to its final message (the one with `done`), redrawing a progress line on the
+/// way; returns the final message.
+async fn follow<T>(
+    mut stream: tonic::Streaming<T>,
+    json: bool,
+    done: impl Fn(&T) -> bool,
+    line: impl Fn(&T) -> String,
+) -> Result<T> {
+    let progress = crate::Progress::new(json);
+    while let Some(msg) = stream.next().await {
+        let msg = msg?;
+        if done(&msg) {
+            progress.finish();
+            return Ok(msg);
+        }
+        progress.show(&line(&msg));
+    }
+    anyhow::bail!("kilnd closed the stream before it finished")
+}
+
 pub async fn import(remote: &Remote, source: &str, name: &str, source_ref: &str) -> Result<()> {
     let source = std::path::absolute(source).with_context(|| format!("source {source:?}"))?;
     let mut c = ImagesClient::new(remote.channel().await?);
-    let mut stream = c
-        .import(pb::ImportImageRequest {
-            source: source.display().to_string(),
-            source_reference: source_ref.into(),
-            ref_name: name.into(),
-        })
-        .await?
-        .into_inner();
-    let progress = crate::Progress::new(remote.json);
-    while let Some(msg) = stream.next().await {
-        let msg = msg?;
-        if msg.done {
-            progress.finish();
-            if remote.json {
-                return crate::print_json(&json!({"refName": name, "digest": msg.digest}));
-            }
-            println!("{name} {}", msg.digest);
-            return Ok(());
-        }
-        progress.show(&format!("{} blobs, {} bytes", msg.blobs_done, msg.bytes_done));
+    let req = pb::ImportImageRequest {
+        source: source.display().to_string(),
+        source_reference: source_ref.into(),
+        ref_name: name.into(),
+    };
+    let stream = c.import(req).await?.into_inner();
+    let last =
+        follow(stream, remote.json, |m| m.done, |m| format!("{} blobs, {} bytes", m.blobs_done, m.bytes_done)).await?;
+    if remote.json {
+        return crate::print_json(&json!({"refName": name, "digest": last.digest}));
     }
-    anyhow::bail!("kilnd closed the import stream before it finished")
+    println!("{name} {}", last.digest);
+    Ok(())
 }
 
 pub async fn pull(remote: &Remote, reference: &str, p: Option<&str>) -> Result<()> {
     let mut c = ImagesClient::new(remote.channel().await?);
-    let mut stream =
-        c.pull(pb::PullImageRequest { reference: reference.into(), platform: platform(p)? }).await?.into_inner();
-    let progress = crate::Progress::new(remote.json);
-    while let Some(msg) = stream.next().await {
-        let msg = msg?;
-        if msg.done {
-            progress.finish();
-            if remote.json {
-                return crate::print_json(&json!({"reference": reference, "chainId": msg.chain_id}));
-            }
-            println!("{reference} {}", msg.chain_id);
-            return Ok(());
-        }
-        progress.show(&format!(
-            "layers {}/{}, {}/{} bytes",
-            msg.layers_done, msg.layers_total, msg.bytes_done, msg.bytes_total
-        ));
+    let req = pb::PullImageRequest { reference: reference.into(), platform: platform(p)? };
+    let stream = c.pull(req).await?.into_inner();
+    let line = |m: &pb::PullProgress| {
+        format!("layers {}/{}, {}/{} bytes", m.layers_done, m.layers_total, m.bytes_done, m.bytes_total)
+    };
+    let last = follow(stream, remote.json, |m| m.done, line).await?;
+    if remote.json {
+        return crate::print_json(&json!({"reference": reference, "chainId": last.chain_id}));
     }
-    anyhow::bail!("kilnd closed the pull stream before it finished")
+    println!("{reference} {}", last.chain_id);
+    Ok(())
 }
 
 pub async fn rm(remote: &Remote, name: &str) -> Result<()> {
