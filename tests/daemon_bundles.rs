@@ -281,3 +281,70 @@ fn cli_bundle_verbs() {
     let out = k.kiln(&["--json", "system", "gc", "--dry-run"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn skopeo_writes_into_the_store_and_runc_runs_the_bundle() {
+    if !common::require_root() || !common::require_tool("skopeo") || !common::require_tool("runc") {
+        return;
+    }
+    let Some(layout) = busybox_layout() else { return };
+    let k = Kilnd::start(&[]);
+    // No import: skopeo writes straight into kilnd's content store, as an engine's pull would.
+    let st = Command::new("skopeo")
+        .args([
+            "copy",
+            "--quiet",
+            &format!("oci:{}:busybox", layout.path().display()),
+            &format!("oci:{}:from-skopeo", k.content().display()),
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let addr = k.address();
+    let path = rt().block_on(async {
+        let ch = kiln::client::connect(&addr).await.unwrap();
+        let listed = ImagesClient::new(ch.clone()).list(pb::ListImagesRequest {}).await.unwrap().into_inner().images;
+        assert!(listed.iter().any(|i| i.ref_name == "from-skopeo"), "{listed:?}");
+        let r = BundlesClient::new(ch)
+            .create(create_req("sk", "from-skopeo", &["/bin/echo", "from skopeo"]))
+            .await
+            .unwrap()
+            .into_inner();
+        r.bundle.unwrap().path
+    });
+    let out = Command::new("runc").args(["run", "--bundle", &path, "kiln-skopeo-test"]).output().unwrap();
+    assert!(out.status.success(), "runc: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "from skopeo\n");
+}
+
+#[test]
+fn sigterm_drains_an_in_flight_request() {
+    if !common::require_root() {
+        return;
+    }
+    // A layout with a 64 MiB layer: its import takes long enough to be in flight when SIGTERM arrives.
+    let src = common::scratch();
+    let big: Vec<u8> = (0..64u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let layer = LayerBuilder::new().file("big", &big, 0o644).layer(Compression::None);
+    single_image(src.path(), &ImageSpec::with_layers(vec![layer]), "big");
+    let mut k = Kilnd::start(&[]);
+    let addr = k.address();
+    let source = path_str(src.path()).to_owned();
+    let handle = std::thread::spawn(move || {
+        let digest =
+            rt().block_on(async move { import(&kiln::client::connect(&addr).await.unwrap(), &source, "big").await });
+        (digest, std::time::Instant::now())
+    });
+    // SIGTERM once the daemon has the request.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !k.log().contains("Images.Import") && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let sent = std::time::Instant::now();
+    let status = k.stop();
+    let (digest, finished) = handle.join().expect("the import finished despite SIGTERM");
+    assert!(digest.starts_with("sha256:"));
+    assert!(finished > sent, "the import was still in flight when SIGTERM was sent");
+    assert!(status.success(), "{status:?}");
+    assert!(k.log().contains("draining"), "{}", k.log());
+}

@@ -219,6 +219,10 @@ fn a9_same_ref_per_platform_is_selected_by_platform() {
     assert_eq!(resolve(tmp.path(), "multi").unwrap().manifest_digest().as_str(), host["digest"]);
 }
 
+// A10 (a layout transported as an archive) is covered where kiln reads archives: tests/import_archives.rs
+// (entry caps, size caps, names confined to the scratch directory) and tests/daemon_grpc.rs (skopeo's
+// oci-archive and docker-archive).
+
 // -------------------------------------------------------------------------------------------- B. descriptors
 
 #[test]
@@ -819,6 +823,27 @@ fn d7_subject_not_followed() {
         m
     });
     resolve(tmp.path(), "latest").unwrap();
+}
+
+#[test]
+fn d8_manifest_annotations_follow_annotation_rules() {
+    let tmp = layout_with_manifest(|b| {
+        let mut m = manifest_for(b, &base_config(&[]));
+        m["annotations"] = json!({"org.opencontainers.image.created": "x", "com.example.empty": ""});
+        m
+    });
+    let img = resolve(tmp.path(), "latest").unwrap();
+    assert_eq!(img.manifest.annotations.unwrap().get("com.example.empty").map(String::as_str), Some(""));
+    let tmp = common::scratch();
+    let mut b = LayoutBuilder::new(tmp.path());
+    let config = config_desc(&b, &base_config(&[]));
+    let raw = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{MT_MANIFEST}","config":{config},"layers":[],"annotations":{{"k":"a","k":"b"}}}}"#
+    );
+    let desc = b.blob(MT_MANIFEST, raw.as_bytes());
+    b.add(desc, Some("latest"));
+    b.write_index();
+    expect_err(resolve(tmp.path(), "latest"), ErrorKind::Corrupt, "duplicate key \"k\"");
 }
 
 #[test]

@@ -179,6 +179,8 @@ pub async fn serve(
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
+        // One span per request: every log line of a call carries its method.
+        .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
         .add_service(health)
         .add_service(reflection)
         .add_service(pb::images_server::ImagesServer::new(images::ImagesService::new(daemon.clone())))
