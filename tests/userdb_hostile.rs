@@ -5,7 +5,7 @@
 #[path = "golden/support.rs"]
 mod support;
 
-use std::os::unix::fs::symlink;
+use std::os::unix::fs::{symlink, OpenOptionsExt};
 use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -194,4 +194,30 @@ fn h28_socket_refused() {
     let _listener = std::os::unix::net::UnixListener::bind(root.path().join("etc/passwd")).expect("bind");
     let err = read_quickly(root.path(), Limits::default()).expect_err("socket");
     assert!(matches!(err, Error::NotRegular { .. }), "{err}");
+}
+
+/// A special file as `etc/passwd` is refused without being opened for reading (a device's driver would run
+/// on open: `/dev/watchdog` reboots the node). Seen through a FIFO: a writer blocked in `open(O_WRONLY)` wakes
+/// only if someone opens the FIFO for reading, so it must still be blocked after the reader ran.
+#[test]
+fn h28_special_files_are_never_opened() {
+    let root = rootfs();
+    let passwd = root.path().join("etc/passwd");
+    nix::unistd::mkfifo(&passwd, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let writer_path = passwd.clone();
+    std::thread::spawn(move || {
+        let opened = std::fs::OpenOptions::new().write(true).open(&writer_path).is_ok();
+        let _ = tx.send(opened);
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let e = read_quickly(root.path(), Limits::default()).unwrap_err();
+    assert!(e.to_string().contains("etc/passwd"), "{e}");
+    assert!(
+        rx.recv_timeout(Duration::from_millis(300)).is_err(),
+        "the reader opened the FIFO for reading (the writer woke up)"
+    );
+    // Release the writer thread.
+    let _ = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&passwd);
+    assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(true));
 }

@@ -58,20 +58,30 @@ pub fn open_dir(path: &Path) -> Result<OwnedFd> {
         .map_err(|e| SysError::new("open", format!("{}, O_PATH|O_DIRECTORY", quoted(path)), e))
 }
 
-/// `openat2(dir, path, O_RDONLY|O_NONBLOCK, RESOLVE_IN_ROOT|RESOLVE_NO_MAGICLINKS)` followed by `fstat`: opens
-/// a regular file resolved inside `dir`, treating `dir` as `/` for absolute links and `..`. `O_NONBLOCK` keeps a
-/// FIFO from hanging the open; anything that is not a regular file is refused with `EINVAL` before a byte is read.
+/// Opens a regular file resolved inside `dir` (`openat2` with `RESOLVE_IN_ROOT|RESOLVE_NO_MAGICLINKS`: absolute
+/// links and `..` stay inside `dir`). The path is first opened `O_PATH`, which runs no driver or FIFO code, and
+/// only when `fstat` says it is a regular file is it reopened for reading through `/proc/self/fd`: a device
+/// node or FIFO planted in an image (`etc/passwd` as `/dev/watchdog`) is refused with `EINVAL` without ever
+/// being opened.
 pub fn open_regular_in_root(dir: impl AsFd, path: &Path) -> Result<File> {
+    use std::os::fd::AsRawFd;
     let how = OpenHow::new()
-        .flags(OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOCTTY)
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
         .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
     let fd = nix::fcntl::openat2(dir, path, how)
-        .map_err(|e| SysError::new("openat2", format!("{}, RESOLVE_IN_ROOT", quoted(path)), e))?;
+        .map_err(|e| SysError::new("openat2", format!("{}, O_PATH, RESOLVE_IN_ROOT", quoted(path)), e))?;
     let st = nix::sys::stat::fstat(&fd).map_err(|e| SysError::new("fstat", quoted(path), e))?;
     if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
         return Err(SysError::new("fstat", format!("{} (not a regular file)", quoted(path)), Errno::EINVAL));
     }
-    Ok(File::from(fd))
+    let proc_path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let file = nix::fcntl::open(
+        proc_path.as_str(),
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK,
+        Mode::empty(),
+    )
+    .map_err(|e| SysError::new("open", format!("{proc_path:?} (reopening {})", quoted(path)), e))?;
+    Ok(File::from(file))
 }
 
 /// Writes `bytes` to `path` atomically: a temporary sibling, `fsync`, `rename`, then `fsync` of the directory.
