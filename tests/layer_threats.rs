@@ -546,7 +546,7 @@ fn device_nodes_follow_the_policy() {
     let s = apply_tar(&l.build(), &root, &o).unwrap();
     assert_eq!(s.skipped_devices, 2);
     assert!(!root.join("srv/sda").exists() && !root.join("srv/mem").exists());
-    if nix::unistd::geteuid().is_root() {
+    if common::require_root() {
         let o = Options { devices: DevicePolicy::Create, ..opts() };
         apply_tar(&l.build(), &root, &o).unwrap();
         assert!(std::fs::symlink_metadata(root.join("srv/sda")).unwrap().file_type().is_block_device());
@@ -554,9 +554,58 @@ fn device_nodes_follow_the_policy() {
 }
 
 #[test]
+fn deep_trees_are_refused_before_they_exist() {
+    // A tree 600 levels deep could not be removed again with 1024 fds (review finding): refused at the cap.
+    let (_d, canary, root) = setup();
+    let deep = vec!["a"; 600].join("/") + "/f";
+    let l = LayerBuilder::new().file(&deep, b"x", 0o644);
+    let e = try_apply(&l, &root).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ResourceExhausted, "{e}");
+    assert!(e.to_string().contains("path depth"), "{e}");
+    canary.assert_untouched();
+}
+
+#[test]
+fn bookkeeping_memory_is_capped() {
+    // Many long names: what the applier remembers for the layer (F18 needs the paths it wrote) is bounded.
+    let (_d, canary, root) = setup();
+    let mut l = LayerBuilder::new().dir("d", 0o755);
+    for i in 0..400 {
+        l = l.file(&format!("d/{}{i}", "n".repeat(200)), b"", 0o644);
+    }
+    let o = Options { limits: Limits { max_retained_bytes: 32 << 10, ..Limits::default() }, ..opts() };
+    let e = apply_tar(&l.build(), &root, &o).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ResourceExhausted, "{e}");
+    assert!(e.to_string().contains("retained"), "{e}");
+    canary.assert_untouched();
+}
+
+#[test]
+fn directory_xattrs_are_set_at_once_and_still_win() {
+    // Directory xattrs are applied when the entry is read (not held until the layer ends), and a later entry
+    // for the same directory still sets its own.
+    let (_d, _canary, root) = setup();
+    let big = vec![b'v'; 4096];
+    let l = LayerBuilder::new()
+        .dir("d", 0o755)
+        .xattr("user.a", &big)
+        .file("d/f", b"", 0o644)
+        .dir("d", 0o700)
+        .xattr("user.b", b"2");
+    let Ok(_) = try_apply(&l, &root) else { panic!("apply failed") };
+    if xattr::get(root.join("d"), "user.b").ok().flatten().is_none() {
+        common::skip("this filesystem has no user xattrs");
+        return;
+    }
+    assert_eq!(xattr::get(root.join("d"), "user.a").unwrap().as_deref(), Some(&big[..]));
+    assert_eq!(xattr::get(root.join("d"), "user.b").unwrap().as_deref(), Some(&b"2"[..]));
+    assert_eq!(std::fs::metadata(root.join("d")).unwrap().mode() & 0o777, 0o700);
+}
+
+#[test]
 fn overlay_xattr_injection_is_dropped_in_both_modes() {
     for mode in [WhiteoutMode::Delete, WhiteoutMode::Overlay] {
-        if mode == WhiteoutMode::Overlay && !nix::unistd::geteuid().is_root() {
+        if mode == WhiteoutMode::Overlay && !common::require_root() {
             continue;
         }
         let (_d, _canary, root) = setup();

@@ -98,6 +98,8 @@ struct Applier<'a> {
     dirs: HashMap<Vec<u8>, Meta>,
     /// The last parent directory resolved; dropped on every removal (a removal may change what a path means).
     cache: Option<(Vec<u8>, Rc<OwnedFd>)>,
+    /// Bytes held in `created` and `dirs`, against `max_retained_bytes`.
+    retained: u64,
     stats: Stats,
 }
 
@@ -112,6 +114,7 @@ pub(crate) fn apply_entries<R: BufRead>(r: &mut R, layer: &str, opts: &Options, 
         created: HashSet::new(),
         dirs: HashMap::new(),
         cache: None,
+        retained: 0,
         stats: Stats::default(),
     };
     let limits = TarLimits {
@@ -160,6 +163,21 @@ impl Applier<'_> {
         Error::Sys { layer: self.layer.to_owned(), path: lossy(path), source }
     }
 
+    /// Accounts for `bytes` more of bookkeeping held until the layer ends (paths, deferred metadata).
+    fn retain(&mut self, bytes: usize) -> Result<()> {
+        self.retained += bytes as u64 + 64;
+        let cap = self.opts.limits.max_retained_bytes;
+        if self.retained > cap {
+            return Err(Error::LimitExceeded {
+                layer: self.layer.to_owned(),
+                limit: "retained bookkeeping bytes",
+                value: self.retained,
+                cap,
+            });
+        }
+        Ok(())
+    }
+
     fn meta(&self, h: &Header, path: &[u8]) -> Result<Meta> {
         let id = |field: &'static str, v: u64| {
             u32::try_from(v).ok().filter(|&v| v != u32::MAX).ok_or_else(|| Error::OutOfRange {
@@ -185,6 +203,15 @@ impl Applier<'_> {
             path: lossy(&h.path),
             reason,
         })?;
+        let depth = path.split(|&b| b == b'/').count() as u64;
+        if depth > self.opts.limits.max_depth {
+            return Err(Error::LimitExceeded {
+                layer: self.layer.to_owned(),
+                limit: "path depth",
+                value: depth,
+                cap: self.opts.limits.max_depth,
+            });
+        }
         let (parent, name) = split_last(&path);
         let (parent, name) = (parent.to_vec(), name.to_vec());
         // layer.md: a whiteout is a marker, never content; it cannot have children either.
@@ -209,6 +236,7 @@ impl Applier<'_> {
                 });
             }
             self.stats.dirs += 1;
+            let meta = self.apply_dir_xattrs_now(&Vec::new(), meta)?;
             self.dirs.insert(Vec::new(), meta);
             return Ok(());
         }
@@ -227,6 +255,7 @@ impl Applier<'_> {
                 self.node(&pfd, &path, &name, &h, &meta)?
             }
         }
+        self.retain(path.len())?;
         self.created.insert(path);
         Ok(())
     }
@@ -272,6 +301,7 @@ impl Applier<'_> {
                     let fd = sfs::openat(&*cur, os(comp), OFlag::O_PATH | OFlag::O_DIRECTORY, 0)
                         .map_err(|e| self.sys(&prefix, e))?;
                     cur = Rc::new(fd);
+                    self.retain(prefix.len())?;
                     self.created.insert(prefix.clone());
                 }
                 Err(e) => return Err(self.sys(&prefix, e)),
@@ -344,8 +374,26 @@ impl Applier<'_> {
         if make {
             sfs::mkdirat(pfd, os(name), 0o700).map_err(|e| self.sys(path, e))?;
         }
+        let meta = self.apply_dir_xattrs_now(path, meta)?;
+        self.retain(path.len())?;
         self.dirs.insert(path.to_vec(), meta);
         Ok(())
+    }
+
+    /// Sets a directory's xattrs right away, so that only its mode, owner and times wait for the layer's end:
+    /// deferring xattrs too would let a layer make the applier hold up to 1 MiB per directory. Returns the
+    /// metadata still to apply.
+    fn apply_dir_xattrs_now(&mut self, path: &[u8], mut meta: Meta) -> Result<Meta> {
+        if meta.xattrs.is_empty() {
+            return Ok(meta);
+        }
+        let p: &Path = if path.is_empty() { Path::new(".") } else { Path::new(os(path)) };
+        let fd =
+            sfs::openat2(&*self.root, p, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW, Resolve::InRoot)
+                .map_err(|e| self.sys(path, e))?;
+        let xattrs = std::mem::take(&mut meta.xattrs);
+        self.set_xattrs(&fd, path, &xattrs, false)?;
+        Ok(meta)
     }
 
     fn regular<R: BufRead>(
@@ -492,7 +540,11 @@ impl Applier<'_> {
         }
         let r = if opath { sfs::fchmod_opath(fd, meta.mode) } else { sfs::fchmod(fd, meta.mode) };
         r.map_err(|e| self.sys(path, e))?;
-        for (k, v) in &meta.xattrs {
+        self.set_xattrs(fd, path, &meta.xattrs, opath)
+    }
+
+    fn set_xattrs(&mut self, fd: &OwnedFd, path: &[u8], xattrs: &[(Vec<u8>, Vec<u8>)], opath: bool) -> Result<()> {
+        for (k, v) in xattrs {
             // threats.md §8: overlay-private xattrs from layer content would change the merged view (F12).
             if k.starts_with(b"trusted.overlay.") || k.starts_with(b"user.overlay.") {
                 self.stats.dropped_overlay_xattrs += 1;

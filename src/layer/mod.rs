@@ -76,6 +76,12 @@ pub struct Limits {
     pub max_xattr_bytes: u64,
     /// Largest zstd window accepted, as log2 (27 = 128 MiB, zstd's own default limit).
     pub max_zstd_window_log: u32,
+    /// Bytes of bookkeeping one layer may make the applier hold until its end (paths it wrote, deferred
+    /// directory metadata): bounds memory whatever the entry count and name lengths.
+    pub max_retained_bytes: u64,
+    /// Path components in one entry: a tree deeper than this could not even be removed with a normal fd
+    /// budget (each level holds a directory fd).
+    pub max_depth: u64,
 }
 
 impl Default for Limits {
@@ -87,6 +93,8 @@ impl Default for Limits {
             max_name_bytes: 64 << 10,
             max_xattr_bytes: 64 << 10,
             max_zstd_window_log: 27,
+            max_retained_bytes: 256 << 20,
+            max_depth: 512,
         }
     }
 }
