@@ -86,6 +86,10 @@ fn hostile_layers_stay_inside_on_both_backends() {
     fs::create_dir_all(sentinel.join("etc")).unwrap();
     fs::write(sentinel.join("etc/passwd"), b"host").unwrap();
     fs::write(sentinel.join("victim"), b"host").unwrap();
+    // A host directory with distinctive attributes: they must never be copied into an image's directory.
+    fs::create_dir_all(sentinel.join("meta/sub")).unwrap();
+    std::os::unix::fs::chown(sentinel.join("meta/sub"), Some(1234), Some(1234)).unwrap();
+    fs::set_permissions(sentinel.join("meta/sub"), std::os::unix::fs::PermissionsExt::from_mode(0o711)).unwrap();
     let s = sentinel.to_str().unwrap();
     let cases: Vec<(&str, Vec<LayerBuilder>)> = vec![
         // CVE-2014-9356 / CVE-2014-6407: a link to the host, then a write through it, in a later layer.
@@ -119,6 +123,17 @@ fn hostile_layers_stay_inside_on_both_backends() {
             vec![LayerBuilder::new().symlink("d", &format!("{s}/etc")), LayerBuilder::new().opaque("d")],
         ),
         ("root-dot-symlink", vec![LayerBuilder::new().symlink(".", s), LayerBuilder::new().file("pwn", b"x", 0o644)]),
+        // A lower link replaced by a directory, then a file below it whose parent the layer does not list: the
+        // implicit parent's attributes are looked up in the lowers without following the lower's link to the
+        // host (the overlay tree would otherwise take `meta/sub`'s 0711 and uid 1234).
+        (
+            "implicit-parent-through-lower-link",
+            vec![
+                LayerBuilder::new().symlink("a", &format!("{s}/meta")),
+                LayerBuilder::new().dir("a", 0o755),
+                LayerBuilder::new().file("a/sub/x", b"x", 0o644),
+            ],
+        ),
         // threats.md §8: overlay-private xattrs in the image.
         (
             "overlay-xattr-injection",

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -312,15 +312,14 @@ impl Unpacker {
     fn adopt_implicit_dirs(diff: &Path, lowers: &[PathBuf], dirs: &[PathBuf]) -> Result<()> {
         for rel in dirs {
             let dst = diff.join(rel);
-            // The topmost entry decides (a whiteout or a file hides everything below).
-            let Some(md) = lowers.iter().find_map(|l| std::fs::symlink_metadata(l.join(rel)).ok()) else { continue };
-            if md.is_dir() {
-                std::os::unix::fs::lchown(&dst, Some(md.uid()), Some(md.gid())).map_err(|source| Error::Io {
+            let Some(st) = lower_lookup(lowers, rel) else { continue };
+            if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                std::os::unix::fs::lchown(&dst, Some(st.st_uid), Some(st.st_gid)).map_err(|source| Error::Io {
                     op: "lchown",
                     path: dst.clone(),
                     source,
                 })?;
-                std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(md.mode() & 0o7777))
+                std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(st.st_mode & 0o7777))
                     .map_err(|source| Error::Io { op: "chmod", path: dst.clone(), source })?;
             }
         }
@@ -343,14 +342,16 @@ impl Unpacker {
                     continue;
                 }
                 let child = rel.join(entry.file_name());
-                let Some(md) = lowers.iter().find_map(|l| std::fs::symlink_metadata(l.join(&child)).ok()) else {
-                    continue;
+                let st = match lower_lookup_raw(lowers, &child) {
+                    Lookup::Found(st) => st,
+                    Lookup::Absent => continue,
+                    // A parent that is a link or not a directory in the lowers: the layer went through it.
+                    Lookup::Blocked => return Ok(true),
                 };
-                use std::os::unix::fs::FileTypeExt;
-                if md.file_type().is_char_device() && md.rdev() == 0 {
+                if st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == 0 {
                     continue; // deleted below: the diff's directory is new
                 }
-                if !md.is_dir() {
+                if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
                     return Ok(true);
                 }
                 let opaque = xattr::get(diff.join(&child), "trusted.overlay.opaque").ok().flatten();
@@ -584,5 +585,34 @@ impl Drop for LeadGuard {
         self.flight
             .finish(Err(Arc::new(Error::Internal { what: format!("unpack of {} was abandoned", self.chain_id) })));
         self.flights.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.chain_id);
+    }
+}
+
+/// What a path is in a stack of lower diff directories, looked up without following any link.
+enum Lookup {
+    Found(nix::sys::stat::FileStat),
+    Absent,
+    /// A parent component is a symbolic link or not a directory in a lower: the path cannot be seen.
+    Blocked,
+}
+
+/// The topmost lower that has `rel` decides (a file or whiteout there hides everything below). Each lower is
+/// searched with `RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS`, so an image's `a -> /root` never sends the lookup
+/// to the host.
+fn lower_lookup_raw(lowers: &[PathBuf], rel: &Path) -> Lookup {
+    for l in lowers {
+        match crate::sys::lstat_beneath(l, rel) {
+            Ok(st) => return Lookup::Found(st),
+            Err(e) if e.errno == nix::errno::Errno::ENOENT => continue,
+            Err(_) => return Lookup::Blocked,
+        }
+    }
+    Lookup::Absent
+}
+
+fn lower_lookup(lowers: &[PathBuf], rel: &Path) -> Option<nix::sys::stat::FileStat> {
+    match lower_lookup_raw(lowers, rel) {
+        Lookup::Found(st) => Some(st),
+        _ => None,
     }
 }
