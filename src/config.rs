@@ -180,6 +180,15 @@ impl Config {
         if self.root == self.state {
             return invalid("state", "must differ from root".into());
         }
+        // These paths end up in overlay mount option strings, where `,` `:` and `\` are separators or escapes.
+        for (field, p) in [("root", &self.root), ("state", &self.state)] {
+            if p.to_string_lossy().contains([',', ':', '\\', '\n', '=']) {
+                return invalid(
+                    field,
+                    format!("{p:?} contains a character overlay options cannot carry (, : \\ = newline)"),
+                );
+            }
+        }
         self.socket_path()?;
         if let Some(g) = &self.socket_group {
             if g.is_empty() || g.contains([':', '/', '\0']) {

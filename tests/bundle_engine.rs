@@ -304,10 +304,12 @@ fn volumes_are_seeded_from_inside_the_rootfs() {
         .file("data/seed", b"seed", 0o600)
         .symlink("link", "/etc")
         .symlink("escape", "../../../../../../etc")
+        .symlink("whole", "/")
         .layer(Compression::Gzip)];
     let layout = d.path().join("layout");
     let spec = ImageSpec {
-        config: serde_json::json!({"Cmd": ["/bin/true"], "Volumes": {"/data": {}, "/link": {}, "/escape": {}, "/none": {}}}),
+        config: serde_json::json!({"Cmd": ["/bin/true"],
+            "Volumes": {"/data": {}, "/link": {}, "/escape": {}, "/none": {}, "/whole": {}}}),
         ..ImageSpec::with_layers(layers)
     };
     single_image(&layout, &spec, "latest");
@@ -332,8 +334,34 @@ fn volumes_are_seeded_from_inside_the_rootfs() {
         assert_eq!(fs::read_dir(&v).unwrap().count(), 1, "{dest}");
     }
     assert_eq!(fs::read_dir(source_of("/none")).unwrap().count(), 0);
+    // A volume that resolves to the rootfs itself seeds nothing (it would copy the whole image).
+    assert_eq!(fs::read_dir(source_of("/whole")).unwrap().count(), 0);
     e.delete(&id("vol")).unwrap();
     assert!(!c.bundle.path.exists());
+}
+
+#[test]
+fn volume_count_is_capped() {
+    if !common::require_root() {
+        return;
+    }
+    let d = Scratch(common::scratch());
+    let layout = d.path().join("layout");
+    let volumes: serde_json::Map<String, serde_json::Value> =
+        (0..=kiln::bundle::engine::MAX_VOLUMES).map(|i| (format!("/v{i}"), serde_json::json!({}))).collect();
+    let layer = LayerBuilder::new().dir("etc", 0o755).layer(Compression::Gzip);
+    let spec = ImageSpec {
+        config: serde_json::json!({"Cmd": ["/bin/true"], "Volumes": volumes}),
+        ..ImageSpec::with_layers(vec![layer])
+    };
+    single_image(&layout, &spec, "latest");
+    let store = Store::open(&layout).unwrap();
+    let img = image::resolve(&store, &Reference::Name("latest".into()), &ResolveOptions::default()).unwrap();
+    let e = engine(d.path(), Backend::Overlay, applier());
+    let err = e.create(&id("many"), &store, &img, &Overrides::default()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ResourceExhausted, "{err}");
+    assert!(e.list().unwrap().is_empty());
+    assert!(!d.path().join("state/bundles/many").exists());
 }
 
 #[test]

@@ -107,7 +107,12 @@ pub enum Error {
     Io { op: &'static str, path: PathBuf, source: std::io::Error },
     #[error("bundle record {id:?} is not valid: {reason}")]
     Record { id: String, reason: String },
+    #[error("bundle {id:?}: the image declares {count} volumes, over the cap of {limit}")]
+    TooManyVolumes { id: String, count: usize, limit: usize },
 }
+
+/// Most image volumes a bundle seeds: each is a copy of image content into the state directory (a tmpfs).
+pub const MAX_VOLUMES: usize = 64;
 
 impl Error {
     pub fn kind(&self) -> ErrorKind {
@@ -121,6 +126,7 @@ impl Error {
             Error::Sys { source, .. } => source.kind(),
             Error::Hygiene { source, .. } => source.kind(),
             Error::Io { .. } | Error::Record { .. } => ErrorKind::Internal,
+            Error::TooManyVolumes { .. } => ErrorKind::ResourceExhausted,
         }
     }
 }
@@ -538,6 +544,9 @@ impl Engine {
         let conv = convert::convert(&image.config, &overrides, &users)
             .map_err(|source| Error::Convert { id: sid.clone(), source })?;
         let bytes = conv.to_json_bytes().map_err(|source| Error::Convert { id: sid.clone(), source })?;
+        if conv.volumes.len() > MAX_VOLUMES {
+            return Err(Error::TooManyVolumes { id: sid.clone(), count: conv.volumes.len(), limit: MAX_VOLUMES });
+        }
         for v in &conv.volumes {
             if let Some(src) = &v.source {
                 seed_volume(&rootfs, &v.destination, src)
@@ -761,6 +770,14 @@ fn seed_volume(rootfs: &Path, destination: &str, src: &Path) -> snapshot::Result
     let Ok(fd) = nix::fcntl::openat2(&root, Path::new(if rel.is_empty() { "." } else { rel }), how) else {
         return Ok(());
     };
+    // A volume whose destination resolves to the rootfs itself (`/v -> /`) would copy the whole image into
+    // the volume: it seeds nothing.
+    let (here, top) = (nix::sys::stat::fstat(&fd), nix::sys::stat::fstat(&root));
+    if let (Ok(h), Ok(t)) = (here, top) {
+        if (h.st_dev, h.st_ino) == (t.st_dev, t.st_ino) {
+            return Ok(());
+        }
+    }
     use std::os::fd::AsRawFd;
     // Below the resolved directory the copy never follows a symlink (lstat walk).
     let resolved = PathBuf::from(format!("/proc/self/fd/{}/.", fd.as_raw_fd()));

@@ -136,14 +136,35 @@ pub fn remove_tree(dir: &Path) -> Result<()> {
     }
 }
 
+/// Makes every directory below `dir` writable, walking by file descriptor: each directory is opened
+/// `O_NOFOLLOW|O_DIRECTORY` relative to its parent's fd and changed with `fchmod`, so a tree that is being
+/// changed under us (a container still writing to its upper dir) can never redirect a chmod to a host path
+/// through a swapped-in symlink.
 fn make_writable(dir: &Path) {
-    let mut stack = vec![dir.to_owned()];
-    while let Some(p) = stack.pop() {
-        let Ok(md) = fs::symlink_metadata(&p) else { continue };
-        if md.is_dir() {
-            let _ = fs::set_permissions(&p, fs::Permissions::from_mode(0o700));
-            if let Ok(rd) = fs::read_dir(&p) {
-                stack.extend(rd.flatten().map(|e| e.path()));
+    use nix::fcntl::OFlag;
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(top) = crate::sys::fs::openat(
+        nix::fcntl::AT_FDCWD,
+        dir.as_os_str(),
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW,
+        0,
+    ) else {
+        return;
+    };
+    let mut stack = vec![(top, 0usize)];
+    while let Some((fd, depth)) = stack.pop() {
+        let _ = crate::sys::fs::fchmod(&fd, 0o700);
+        if depth >= 4096 {
+            continue;
+        }
+        let Ok(names) = crate::sys::fs::read_dir_names(&fd) else { continue };
+        for (name, typ) in names {
+            if typ.is_some_and(|t| t != nix::dir::Type::Directory) {
+                continue;
+            }
+            let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW;
+            if let Ok(child) = crate::sys::fs::openat(&fd, std::ffi::OsStr::from_bytes(&name), flags, 0) {
+                stack.push((child, depth + 1));
             }
         }
     }

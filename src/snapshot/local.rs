@@ -187,8 +187,11 @@ impl LocalSnapshotter {
             for m in crate::sys::mount::mount_points_under(&e.path()) {
                 let _ = crate::sys::mount::umount2(&m);
             }
-            copy::remove_tree(&e.path())?;
-            actions.push(format!("swept {}", e.path().display()));
+            // What cannot be removed is reported, not fatal: one stubborn leftover must not keep kilnd down.
+            match copy::remove_tree(&e.path()) {
+                Ok(()) => actions.push(format!("swept {}", e.path().display())),
+                Err(err) => actions.push(format!("could not sweep {}: {err}", e.path().display())),
+            }
         }
         let mut records = self.meta.snapshots()?;
         let mut drop: Vec<String> = Vec::new();
@@ -235,8 +238,10 @@ impl LocalSnapshotter {
             for m in crate::sys::mount::mount_points_under(&e.path()) {
                 let _ = crate::sys::mount::umount2(&m);
             }
-            copy::remove_tree(&e.path())?;
-            actions.push(format!("removed {}: no record", e.path().display()));
+            match copy::remove_tree(&e.path()) {
+                Ok(()) => actions.push(format!("removed {}: no record", e.path().display())),
+                Err(err) => actions.push(format!("could not remove {} (no record): {err}", e.path().display())),
+            }
         }
         st.next_id = max_id + 1;
         Ok(actions)
