@@ -802,3 +802,24 @@ fn rootless_options_keep_the_callers_ownership() {
     assert_eq!(std::fs::metadata(root.join("d")).unwrap().uid(), me);
     assert_eq!(mode(&root.join("d/f")), 0o4755);
 }
+
+#[test]
+fn f22_overlay_mode_whiteout_then_child_without_a_directory_entry() {
+    // One layer: `.wh.d`, then `d/y` with no `d/` entry. The whiteout becomes an opaque directory (both modes
+    // accept the layer, and the merged view shows only `d/y`).
+    if !common::require_root() {
+        return;
+    }
+    let d = common::scratch();
+    let upper = root_in(&d);
+    let o = Options { whiteout_mode: WhiteoutMode::Overlay, ..opts() };
+    let l = LayerBuilder::new().whiteout("d").file("d/y", b"y", 0o644);
+    apply_tar(&l.build(), &upper, &o).unwrap();
+    assert!(upper.join("d").is_dir());
+    assert_eq!(std::fs::read(upper.join("d/y")).unwrap(), b"y");
+    assert_eq!(xattr(&upper.join("d"), "trusted.overlay.opaque").as_deref(), Some(&b"y"[..]));
+    let plain = d.path().join("plain");
+    std::fs::create_dir(&plain).unwrap();
+    apply_tar(&l.build(), &plain, &opts()).unwrap();
+    assert_eq!(std::fs::read(plain.join("d/y")).unwrap(), b"y");
+}

@@ -277,6 +277,10 @@ impl Applier<'_> {
             {
                 Ok(fd) => Rc::new(fd),
                 Err(e) if e.errno == Errno::ENOENT => self.mkdir_all(parent)?,
+                // Overlay mode: a parent may be this layer's own whiteout (`.wh.d` then `d/y`), replaced below.
+                Err(e) if e.errno == Errno::ENOTDIR && self.opts.whiteout_mode == WhiteoutMode::Overlay => {
+                    self.mkdir_all(parent)?
+                }
                 Err(e) => return Err(self.sys(parent, e)),
             };
         self.cache = Some((parent.to_vec(), fd.clone()));
@@ -293,6 +297,19 @@ impl Applier<'_> {
             match sfs::openat2(&*self.root, Path::new(os(&prefix)), OFlag::O_PATH | OFlag::O_DIRECTORY, Resolve::InRoot)
             {
                 Ok(fd) => cur = Rc::new(fd),
+                Err(e) if e.errno == Errno::ENOTDIR && self.own_overlay_whiteout(&cur, comp) => {
+                    // layer.md: a directory re-created over a whiteout hides the lower one: it becomes an
+                    // opaque directory (F22), as `directory()` does for an explicit entry.
+                    self.cache = None;
+                    sfs::unlinkat(&*cur, os(comp), false).map_err(|e| self.sys(&prefix, e))?;
+                    sfs::mkdirat(&*cur, os(comp), 0o755).map_err(|e| self.sys(&prefix, e))?;
+                    self.set_opaque(&cur, &prefix, comp)?;
+                    let fd = sfs::openat(&*cur, os(comp), OFlag::O_PATH | OFlag::O_DIRECTORY, 0)
+                        .map_err(|e| self.sys(&prefix, e))?;
+                    cur = Rc::new(fd);
+                    self.retain(prefix.len())?;
+                    self.created.insert(prefix.clone());
+                }
                 Err(e) if e.errno == Errno::ENOENT => {
                     match sfs::mkdirat(&*cur, os(comp), 0o755) {
                         Ok(()) | Err(SysError { errno: Errno::EEXIST, .. }) => {}
@@ -308,6 +325,14 @@ impl Applier<'_> {
             }
         }
         Ok(cur)
+    }
+
+    /// Whether `name` in `dir` is an overlay whiteout (char 0/0) while writing overlay diffs: one that a path
+    /// of this layer goes through was written by this layer (lower whiteouts are never visible here).
+    fn own_overlay_whiteout(&self, dir: &OwnedFd, name: &[u8]) -> bool {
+        self.opts.whiteout_mode == WhiteoutMode::Overlay
+            && sfs::fstatat_nofollow(dir, os(name))
+                .is_ok_and(|st| sfs::file_type(&st) == SFlag::S_IFCHR && st.st_rdev == 0)
     }
 
     /// Removes whatever `name` is in `dir` (a directory with its subtree). Returns false when nothing was there.
