@@ -192,7 +192,7 @@ fn e2e_skopeo_zstd_copy_unpacks_identically() {
             Command::new(env!("CARGO_BIN_EXE_kiln")).args(["unpack", "--image", &image]).arg(bundle).output().unwrap();
         assert!(out.status.success(), "kiln unpack {image}: {}", String::from_utf8_lossy(&out.stderr));
     }
-    assert_eq!(describe(&a.join("rootfs"), true), describe(&b.join("rootfs"), true));
+    assert_eq!(common::layer::describe_rootfs(&a.join("rootfs")), common::layer::describe_rootfs(&b.join("rootfs")));
     let id = format!("kiln-e2e-zstd-{}", std::process::id());
     let got = run(Command::new("runc").args(["run", "--bundle"]).arg(&b).arg(id));
     assert_eq!(got, expected_output());

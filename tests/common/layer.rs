@@ -440,6 +440,18 @@ pub fn describe(root: &std::path::Path, with_mtime: bool) -> std::collections::B
     out
 }
 
+/// [`describe`] of an unpacked rootfs: `/dev`, `/proc` and `/sys`, made by rootfs hygiene at unpack time, are
+/// described without their mtime (the clock's), so two unpacks of one image compare equal.
+pub fn describe_rootfs(root: &std::path::Path) -> std::collections::BTreeMap<String, String> {
+    let mut tree = describe(root, true);
+    for made in ["dev", "proc", "sys"] {
+        if let Some(line) = tree.get_mut(made) {
+            *line = line.split(" mtime=").next().unwrap_or_default().to_owned();
+        }
+    }
+    tree
+}
+
 /// A directory of canary files *outside* a root: hostile layers must leave it exactly as it was.
 pub struct Canary {
     pub dir: std::path::PathBuf,
