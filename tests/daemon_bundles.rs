@@ -69,6 +69,20 @@ async fn import(ch: &Channel, source: &str, name: &str) -> String {
     panic!("no final import message")
 }
 
+/// A running kilnd with the busybox image imported as `busybox`; `None` (after a SKIPPED) without root or
+/// busybox. The layout is returned too: it must outlive the daemon's use of it.
+fn daemon_with_busybox() -> Option<(tempfile::TempDir, Kilnd)> {
+    if !common::require_root() {
+        return None;
+    }
+    let layout = busybox_layout()?;
+    let k = Kilnd::start(&[]);
+    let addr = k.address();
+    let source = path_str(layout.path()).to_owned();
+    rt().block_on(async move { import(&kiln::client::connect(&addr).await.unwrap(), &source, "busybox").await });
+    Some((layout, k))
+}
+
 fn create_req(id: &str, image: &str, args: &[&str]) -> pb::CreateBundleRequest {
     pb::CreateBundleRequest {
         id: id.into(),
@@ -177,15 +191,10 @@ fn bundles_pull_and_gc() {
 
 #[test]
 fn corrupt_layer_is_data_loss_and_leaves_nothing() {
-    if !common::require_root() {
-        return;
-    }
-    let Some(layout) = busybox_layout() else { return };
-    let k = Kilnd::start(&[]);
+    let Some((_layout, k)) = daemon_with_busybox() else { return };
     let addr = k.address();
     rt().block_on(async {
         let ch = kiln::client::connect(&addr).await.unwrap();
-        import(&ch, path_str(layout.path()), "busybox").await;
         // Flip one byte of the last layer blob in the store (same size).
         let got = ImagesClient::new(ch.clone())
             .get(pb::GetImageRequest { reference: "busybox".into(), platform: None })
@@ -208,15 +217,10 @@ fn corrupt_layer_is_data_loss_and_leaves_nothing() {
 
 #[test]
 fn load_concurrent_cold_creates_then_warm_cycles() {
-    if !common::require_root() {
-        return;
-    }
-    let Some(layout) = busybox_layout() else { return };
-    let k = Kilnd::start(&[]);
+    let Some((_layout, k)) = daemon_with_busybox() else { return };
     let addr = k.address();
     rt().block_on(async {
         let ch = kiln::client::connect(&addr).await.unwrap();
-        import(&ch, path_str(layout.path()), "busybox").await;
         // 64 concurrent creates of a cold image: all succeed, and each layer is extracted exactly once.
         let mut tasks = Vec::new();
         for i in 0..64 {
