@@ -87,6 +87,9 @@ cpid=$!
 for _ in $(seq 200); do C version >/dev/null 2>&1 && break; sleep 0.05; done
 C version >/dev/null || { cat "$W/containerd.log"; exit 1; }
 CTD_VERSION=$(containerd --version | awk '{print $3}')
+# containerd 1.6 inflates through `unpigz` when it is on PATH (and CONTAINERD_DISABLE_PIGZ is unset).
+if command -v unpigz >/dev/null && [ -z "${CONTAINERD_DISABLE_PIGZ:-}" ]; then CTD_VERSION+=" (gzip via unpigz)"
+else CTD_VERSION+=" (gzip via Go compress/gzip)"; fi
 
 # kilnd: a fresh root and state for every cold run.
 KADDR="unix://$W/k/state/kilnd.sock"
