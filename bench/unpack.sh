@@ -4,6 +4,7 @@
 #
 #   bench/unpack.sh                      # needs root, umoci, GNU tar, /usr/bin/time; debootstrap for image A
 #   RUNS=7 WORK=/dev/shm/kiln-bench KILN=target/release/kiln bench/unpack.sh
+#   BUILD_ONLY=1 bench/unpack.sh         # only build (or find) the images under $WORK/layout; used by containerd.sh
 #
 # Images (built once, cached under $WORK/layout):
 #   minbase  one gzip layer: `debootstrap --variant=minbase bookworm` packed by umoci (falls back to a copy of
@@ -79,6 +80,7 @@ PY
 
 [ -f "$L/SOURCE" ] || build_images
 SRC=$(cat "$L/SOURCE")
+[ -z "${BUILD_ONLY:-}" ] || { echo "images in $L (source: $SRC)"; exit 0; }
 
 # The layer blobs of a tag, bottom first.
 blobs() {
