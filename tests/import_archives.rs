@@ -207,3 +207,30 @@ fn ref_names_validated() {
         import::validate_ref_name(good).unwrap();
     }
 }
+
+#[test]
+fn blob_collection_keeps_what_images_hold_and_refuses_to_guess() {
+    let dir = common::scratch();
+    let layer = LayerBuilder::new().file("f", b"x", 0o644).layer(common::layer::Compression::Gzip);
+    let (b, desc) = single_image(dir.path(), &ImageSpec::with_layers(vec![layer]), "keep");
+    let stray = b.blob("application/octet-stream", b"nobody refers to me");
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    for e in std::fs::read_dir(dir.path().join("blobs/sha256")).unwrap().flatten() {
+        std::fs::File::options().write(true).open(e.path()).unwrap().set_modified(old).unwrap();
+    }
+    let writer = LayoutWriter::open(dir.path()).unwrap();
+    let held = kiln::image::reachable(writer.store(), &Default::default()).unwrap();
+    assert_eq!(held.len(), 3, "manifest, config, layer: {held:?}");
+    let grace = std::time::Duration::from_secs(600);
+    let report = writer.collect_blobs(&held, grace, true).unwrap();
+    assert_eq!(report.removed.len(), 1);
+    assert_eq!(report.removed[0].0.as_str(), stray["digest"]);
+    assert!(b.blob_path(&stray).exists(), "dry run");
+    writer.collect_blobs(&held, grace, false).unwrap();
+    assert!(!b.blob_path(&stray).exists());
+    assert!(b.blob_path(&desc).exists());
+    // A manifest that cannot be read: reachability is unknown, so nothing may be collected.
+    std::fs::write(b.blob_path(&desc), b"{").unwrap();
+    let e = kiln::image::reachable(writer.store(), &Default::default()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+}

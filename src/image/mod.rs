@@ -264,6 +264,63 @@ pub struct ListedImage {
     pub descriptor: Descriptor,
 }
 
+/// Every blob reachable from `store`'s index.json, with who holds it (`image "name" (sha256:…)`): indexes and
+/// their children, manifests with their config and layers, and entries of other media types as themselves.
+/// Any document that cannot be read or parsed is an error: a collector must not guess what it would have
+/// named.
+pub fn reachable(store: &Store, limits: &Limits) -> Result<std::collections::BTreeMap<Digest, String>> {
+    use std::collections::BTreeMap;
+    #[derive(serde::Deserialize)]
+    struct Refs {
+        config: Descriptor,
+        #[serde(default)]
+        layers: Vec<Descriptor>,
+    }
+    let mut held: BTreeMap<Digest, String> = BTreeMap::new();
+    let mut documents = 0usize;
+    let mut stack: Vec<(Descriptor, String, usize)> = store
+        .index()?
+        .manifests
+        .into_iter()
+        .map(|d| {
+            let holder = match d.ref_name() {
+                Some(n) => format!("image {n:?} ({})", d.digest),
+                None => format!("image {}", d.digest),
+            };
+            (d, holder, 0)
+        })
+        .collect();
+    while let Some((desc, holder, depth)) = stack.pop() {
+        if held.contains_key(&desc.digest) {
+            continue;
+        }
+        held.insert(desc.digest.clone(), holder.clone());
+        let what = format!("{} {}", desc.media_type, desc.digest);
+        if !(store::is_index_type(&desc.media_type) || store::is_manifest_type(&desc.media_type)) {
+            continue;
+        }
+        if depth > limits.max_index_depth {
+            return Err(Error::TooDeep { what, limit: limits.max_index_depth });
+        }
+        documents += 1;
+        if documents > limits.max_documents {
+            return Err(Error::TooManyDocuments { what, limit: limits.max_documents });
+        }
+        let bytes = store.read_document(&desc)?;
+        if store::is_index_type(&desc.media_type) {
+            let index = store::parse_index(&bytes).map_err(|reason| Error::Malformed { what: what.clone(), reason })?;
+            stack.extend(index.manifests.into_iter().map(|d| (d, holder.clone(), depth + 1)));
+        } else {
+            let refs: Refs = store::from_slice_strict(&bytes).map_err(|reason| Error::Malformed { what, reason })?;
+            held.entry(refs.config.digest).or_insert_with(|| holder.clone());
+            for l in refs.layers {
+                held.entry(l.digest).or_insert_with(|| holder.clone());
+            }
+        }
+    }
+    Ok(held)
+}
+
 /// Lists the descriptors of index.json (A8: entries of unknown media types are listed too).
 pub fn list(store: &Store) -> Result<Vec<ListedImage>> {
     Ok(store

@@ -7,6 +7,12 @@ use tonic::{Request, Response, Status};
 use super::{blocking, caller, status, Daemon};
 use crate::api::v1 as pb;
 use crate::bundle::engine::Engine;
+use crate::image;
+use crate::store::LayoutWriter;
+
+/// Blobs younger than this are never collected: skopeo and umoci write blobs before the index.json that
+/// names them, without kiln's lock.
+const BLOB_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
 
 pub struct SystemService {
     daemon: Arc<Daemon>,
@@ -81,10 +87,23 @@ impl pb::system_server::System for SystemService {
                 reason: i.reason.clone(),
                 size: i64::try_from(i.size).unwrap_or(i64::MAX),
             };
-            Ok(pb::GcResponse {
+            let mut reply = pb::GcResponse {
                 removed: report.removed.iter().map(item).collect(),
                 kept: report.kept.iter().map(item).collect(),
-            })
+            };
+            // Blobs of the content store (extra stores are read-only), under the index lock.
+            let writer = LayoutWriter::open(&d.content_dir()).map_err(|e| status(e.kind(), e))?;
+            let held = image::reachable(writer.store(), &image::Limits::default()).map_err(|e| status(e.kind(), e))?;
+            let blobs = writer.collect_blobs(&held, BLOB_GRACE, dry_run).map_err(|e| status(e.kind(), e))?;
+            let blob = |(digest, size, reason): &(crate::digest::Digest, u64, String)| pb::GcItem {
+                kind: "blob".into(),
+                key: digest.to_string(),
+                reason: reason.clone(),
+                size: i64::try_from(*size).unwrap_or(i64::MAX),
+            };
+            reply.removed.extend(blobs.removed.iter().map(blob));
+            reply.kept.extend(blobs.kept.iter().map(blob));
+            Ok(reply)
         })
         .await?;
         Ok(Response::new(reply))

@@ -22,7 +22,7 @@ use base64::Engine as _;
 
 pub use descriptor::*;
 pub use json::from_slice_strict;
-pub use write::{init_layout, sweep_ingest, LayoutWriter, INGEST_DIR};
+pub use write::{init_layout, sweep_ingest, BlobReport, LayoutWriter, INGEST_DIR};
 
 use crate::digest::{self, Digest, VerifyingReader};
 use crate::error::ErrorKind;

@@ -159,6 +159,51 @@ impl LayoutWriter {
             .collect()
     }
 
+    /// Removes the blobs of `blobs/` that `held` does not name (`held`: digest → who holds it, as
+    /// `image::reachable` computes it, under this writer's lock). Blobs written less than `grace` ago are kept:
+    /// tools that do not take kiln's lock (skopeo, umoci) write blobs before the `index.json` that names them.
+    pub fn collect_blobs(
+        &self,
+        held: &std::collections::BTreeMap<Digest, String>,
+        grace: std::time::Duration,
+        dry_run: bool,
+    ) -> Result<BlobReport> {
+        let mut report = BlobReport::default();
+        let blobs = self.store.path().join("blobs");
+        let now = std::time::SystemTime::now();
+        for alg in std::fs::read_dir(&blobs).map_err(io_err(blobs.display().to_string()))?.flatten() {
+            let Ok(entries) = std::fs::read_dir(alg.path()) else { continue };
+            for e in entries.flatten() {
+                let name = format!("{}:{}", alg.file_name().to_string_lossy(), e.file_name().to_string_lossy());
+                let Ok(meta) = e.metadata() else { continue };
+                if !meta.is_file() {
+                    continue;
+                }
+                let size = meta.len();
+                // A name that is not a digest was not written by a layout writer: it is left alone.
+                let Ok(digest) = Digest::parse(&name) else { continue };
+                if let Some(holder) = held.get(&digest) {
+                    report.kept.push((digest, size, format!("held by {holder}")));
+                    continue;
+                }
+                let age = meta.modified().ok().and_then(|m| now.duration_since(m).ok()).unwrap_or_default();
+                if age < grace {
+                    report.kept.push((
+                        digest,
+                        size,
+                        format!("written {}s ago; a write may still name it", age.as_secs()),
+                    ));
+                    continue;
+                }
+                if !dry_run {
+                    std::fs::remove_file(e.path()).map_err(io_err(e.path().display().to_string()))?;
+                }
+                report.removed.push((digest, size, "no image in index.json refers to it".into()));
+            }
+        }
+        Ok(report)
+    }
+
     fn edit_index(&self, f: impl FnOnce(&mut Vec<Value>) -> Vec<Value>) -> Result<Vec<Value>> {
         let path = self.store.path().join("index.json");
         let what = path.display().to_string();
@@ -176,6 +221,13 @@ impl LayoutWriter {
         sys::atomic_write(&path, &body, 0o644).map_err(sys_err(what))?;
         Ok(out)
     }
+}
+
+/// What [`LayoutWriter::collect_blobs`] removed and kept: digest, size, reason.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct BlobReport {
+    pub removed: Vec<(Digest, u64, String)>,
+    pub kept: Vec<(Digest, u64, String)>,
 }
 
 /// Removes a half-written file on drop unless disarmed.
