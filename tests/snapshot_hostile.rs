@@ -163,3 +163,24 @@ fn hostile_layers_stay_inside_on_both_backends() {
         }
     }
 }
+
+#[test]
+fn f15_explicit_directory_attributes_win_on_both_backends() {
+    // L2 lists `d` as 0755 root:root with a future mtime: it is explicit (F15: its attributes replace the
+    // lower's), never mistaken for a directory the layer had to make (which would take L1's 0700, uid 5).
+    if !common::require_root() {
+        return;
+    }
+    let host = Scratch(common::scratch());
+    let sentinel = host.path().join("sentinel");
+    fs::create_dir_all(&sentinel).unwrap();
+    let future = 4_000_000_000;
+    let layers = vec![
+        LayerBuilder::new().dir("d", 0o700).owner(5, 5).file("d/old", b"o", 0o644),
+        LayerBuilder::new().dir("d", 0o755).mtime(future).file("d/f", b"f", 0o644).file("e/implicit", b"i", 0o644),
+    ];
+    let overlay = unpack(Backend::Overlay, &layers, &sentinel).unwrap();
+    let native = unpack(Backend::Native, &layers, &sentinel).unwrap();
+    assert_eq!(overlay, native);
+    assert!(overlay["/d"].contains("mode=755 owner=0:0"), "{overlay:?}");
+}

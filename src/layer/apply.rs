@@ -100,6 +100,8 @@ struct Applier<'a> {
     cache: Option<(Vec<u8>, Rc<OwnedFd>)>,
     /// Bytes held in `created` and `dirs`, against `max_retained_bytes`.
     retained: u64,
+    /// Directories made for an entry's parent and never listed by an entry of their own.
+    implicit: HashSet<Vec<u8>>,
     stats: Stats,
 }
 
@@ -115,6 +117,7 @@ pub(crate) fn apply_entries<R: BufRead>(r: &mut R, layer: &str, opts: &Options, 
         dirs: HashMap::new(),
         cache: None,
         retained: 0,
+        implicit: HashSet::new(),
         stats: Stats::default(),
     };
     let limits = TarLimits {
@@ -144,6 +147,10 @@ pub(crate) fn apply_entries<R: BufRead>(r: &mut R, layer: &str, opts: &Options, 
         a.entry(&mut tr, h)?;
     }
     a.finish_dirs()?;
+    let mut implicit: Vec<std::path::PathBuf> =
+        a.implicit.iter().map(|p| std::path::PathBuf::from(os(p).to_owned())).collect();
+    implicit.sort();
+    a.stats.implicit_dirs = implicit;
     Ok(a.stats)
 }
 
@@ -312,7 +319,11 @@ impl Applier<'_> {
                 }
                 Err(e) if e.errno == Errno::ENOENT => {
                     match sfs::mkdirat(&*cur, os(comp), 0o755) {
-                        Ok(()) | Err(SysError { errno: Errno::EEXIST, .. }) => {}
+                        Ok(()) => {
+                            self.retain(prefix.len())?;
+                            self.implicit.insert(prefix.clone());
+                        }
+                        Err(SysError { errno: Errno::EEXIST, .. }) => {}
                         Err(e) => return Err(self.sys(&prefix, e)),
                     }
                     let fd = sfs::openat(&*cur, os(comp), OFlag::O_PATH | OFlag::O_DIRECTORY, 0)
@@ -401,6 +412,7 @@ impl Applier<'_> {
         }
         let meta = self.apply_dir_xattrs_now(path, meta)?;
         self.retain(path.len())?;
+        self.implicit.remove(path);
         self.dirs.insert(path.to_vec(), meta);
         Ok(())
     }

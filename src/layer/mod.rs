@@ -157,6 +157,11 @@ pub struct Stats {
     pub dropped_overlay_xattrs: u64,
     /// xattrs the filesystem or privileges refused (EPERM, EOPNOTSUPP), and xattrs on symlinks.
     pub skipped_xattrs: u64,
+    /// Directories the layer needed but did not list (a parent of an entry, made 0755 root:root), sorted.
+    /// Applied onto its parents, such a directory would be the lower one: an overlay diff extracted alone
+    /// gives it the lower directory's attributes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub implicit_dirs: Vec<std::path::PathBuf>,
 }
 
 /// Errors applying a layer. Each names the layer (digest), the entry path or the field involved.
