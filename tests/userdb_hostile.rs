@@ -8,7 +8,7 @@ mod support;
 use std::os::unix::fs::{symlink, OpenOptionsExt};
 use std::path::Path;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kiln::bundle::userdb::{self, Error, Limits};
 use kiln::convert::{self, Overrides, UserDb};
@@ -27,13 +27,11 @@ fn rootfs() -> tempfile::TempDir {
 fn read_quickly(root: &Path, limits: Limits) -> Result<UserDb, Error> {
     let (tx, rx) = mpsc::channel();
     let root = root.to_owned();
-    let start = Instant::now();
     std::thread::spawn(move || {
         let _ = tx.send(userdb::read(&root, &limits));
     });
-    let result = rx.recv_timeout(Duration::from_secs(10)).expect("userdb::read must not hang");
-    assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
-    result
+    // A hang guard, not a performance check: a FIFO or /dev/zero would block the reader forever.
+    rx.recv_timeout(Duration::from_secs(30)).expect("userdb::read must not hang")
 }
 
 fn skip_or_fail(reason: &str) {
