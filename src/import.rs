@@ -38,6 +38,8 @@ pub enum Error {
     SourceNotFound { path: PathBuf },
     #[error("import source {path}: {reason}")]
     InvalidSource { path: PathBuf, reason: String },
+    #[error("import source {path} is owned by uid {owner}, not by the caller (uid {caller})")]
+    NotOwner { path: PathBuf, owner: u32, caller: u32 },
     #[error("archive {path}: {reason}")]
     Archive { path: PathBuf, reason: String },
     #[error("archive {path}: {what} is over the cap of {limit}")]
@@ -57,6 +59,7 @@ impl Error {
             Error::Image(e) => e.kind(),
             Error::SourceNotFound { .. } => ErrorKind::NotFound,
             Error::InvalidSource { .. } => ErrorKind::InvalidArgument,
+            Error::NotOwner { .. } => ErrorKind::FailedPrecondition,
             Error::Archive { .. } => ErrorKind::Corrupt,
             Error::TooLarge { .. } => ErrorKind::ResourceExhausted,
             Error::Io { .. } => ErrorKind::Internal,
@@ -103,6 +106,13 @@ pub enum Staged {
 
 /// Opens `source` safely and, for an archive, unpacks it into a scratch directory under `tmp`. Needs no lock.
 pub fn stage(source: &Path, tmp: &Path) -> Result<Staged> {
+    stage_for(source, tmp, None)
+}
+
+/// [`stage`] on behalf of a caller: with `owner`, the file or directory that `source` names (after any link)
+/// must belong to that uid. The check is made on the opened file, and a layout directory is then read through
+/// that same open directory, so swapping the path afterwards changes nothing.
+pub fn stage_for(source: &Path, tmp: &Path, owner: Option<u32>) -> Result<Staged> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
@@ -112,8 +122,16 @@ pub fn stage(source: &Path, tmp: &Path) -> Result<Staged> {
             _ => Error::Io { path: source.to_path_buf(), source: e },
         })?;
     let meta = file.metadata().map_err(io_error(source))?;
+    if let Some(caller) = owner {
+        use std::os::unix::fs::MetadataExt;
+        if caller != 0 && meta.uid() != caller {
+            return Err(Error::NotOwner { path: source.to_path_buf(), owner: meta.uid(), caller });
+        }
+    }
     if meta.is_dir() {
-        let store = Store::open(source).map_err(|e| Error::InvalidSource {
+        use std::os::fd::AsRawFd;
+        let pinned = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        let store = Store::open(&pinned).map_err(|e| Error::InvalidSource {
             path: source.to_path_buf(),
             reason: format!("not an OCI image layout: {e}"),
         })?;

@@ -234,3 +234,26 @@ fn blob_collection_keeps_what_images_hold_and_refuses_to_guess() {
     let e = kiln::image::reachable(writer.store(), &Default::default()).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
 }
+
+#[test]
+fn callers_import_only_what_they_own() {
+    if !common::require_root() {
+        return;
+    }
+    let tmp = common::scratch();
+    let layout = tmp.path().join("root-owned");
+    single_image(&layout, &ImageSpec::default(), "x");
+    // A link the caller owns, to a layout it does not: the target's owner is what counts.
+    let link = tmp.path().join("mine");
+    std::os::unix::fs::symlink(&layout, &link).unwrap();
+    std::os::unix::fs::lchown(&link, Some(1000), Some(1000)).unwrap();
+    let e = import::stage_for(&link, tmp.path(), Some(1000)).err().expect("refused");
+    assert_eq!(e.kind(), ErrorKind::FailedPrecondition, "{e}");
+    assert!(e.to_string().contains("uid 0") && e.to_string().contains("uid 1000"), "{e}");
+    // Root may import anything; the owner may import their own.
+    assert!(import::stage_for(&link, tmp.path(), Some(0)).is_ok());
+    let theirs = tmp.path().join("theirs");
+    single_image(&theirs, &ImageSpec::default(), "x");
+    std::os::unix::fs::chown(&theirs, Some(1000), Some(1000)).unwrap();
+    assert!(import::stage_for(&theirs, tmp.path(), Some(1000)).is_ok());
+}

@@ -54,26 +54,6 @@ fn caller_uid<T>(req: &Request<T>) -> Option<u32> {
     req.extensions().get::<tonic::transport::server::UdsConnectInfo>().and_then(|i| i.peer_cred).map(|c| c.uid())
 }
 
-/// Import reads the source with the daemon's rights, so a caller other than root may only name a source it
-/// owns: a member of the socket's group cannot use kilnd to read files it could not read itself.
-fn check_source_owner(source: &std::path::Path, uid: Option<u32>) -> Result<(), Status> {
-    use std::os::unix::fs::MetadataExt;
-    let uid = uid.ok_or_else(|| Status::permission_denied("caller identity unknown (no SO_PEERCRED)"))?;
-    if uid == 0 {
-        return Ok(());
-    }
-    let meta = std::fs::symlink_metadata(source)
-        .map_err(|e| Status::not_found(format!("import source {}: {e}", source.display())))?;
-    if meta.uid() != uid {
-        return Err(Status::permission_denied(format!(
-            "import source {} is owned by uid {}, not by the caller (uid {uid})",
-            source.display(),
-            meta.uid()
-        )));
-    }
-    Ok(())
-}
-
 #[tonic::async_trait]
 impl pb::images_server::Images for ImagesService {
     async fn list(&self, _req: Request<pb::ListImagesRequest>) -> Result<Response<pb::ListImagesResponse>, Status> {
@@ -166,10 +146,11 @@ impl pb::images_server::Images for ImagesService {
         let d = self.daemon.clone();
         tokio::task::spawn_blocking(move || {
             let result = (|| {
-                check_source_owner(&source, uid)?;
-                // The source is read (and an archive unpacked) before the index lock is taken, so a slow or
-                // hostile source never holds up other imports and removals.
-                let staged = import::stage(&source, &d.tmp_dir()).map_err(|e| status(e.kind(), e))?;
+                // Import reads the source with the daemon's rights, so a caller other than root may only name a
+                // source it owns (checked on the opened file). The source is read (and an archive unpacked)
+                // before the index lock is taken, so a slow or hostile source never holds up other imports.
+                let uid = uid.ok_or_else(|| Status::permission_denied("caller identity unknown (no SO_PEERCRED)"))?;
+                let staged = import::stage_for(&source, &d.tmp_dir(), Some(uid)).map_err(|e| status(e.kind(), e))?;
                 let writer = LayoutWriter::open(&d.content_dir()).map_err(|e| status(e.kind(), e))?;
                 let mut report = |p: import::ImportProgress| {
                     let _ = tx.blocking_send(Ok(pb::ImportProgress {
