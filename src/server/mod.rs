@@ -95,7 +95,7 @@ pub struct Daemon {
 
 impl Daemon {
     /// Prepares the directories under `root` and `state` (0700 and 0711: never world-traversable, I13) and
-    /// an empty content layout, and sweeps `tmp/` and half-written blobs. Call it holding the root lock
+    /// an empty content layout, removes half-written blobs, and opens the engine (which sweeps `tmp/`). Call it holding the root lock
     /// ([`lifecycle::lock_root`]): the sweep would otherwise pull work from under a running daemon.
     pub fn new(config: Config) -> Result<Arc<Daemon>, Error> {
         use std::os::unix::fs::PermissionsExt;
@@ -107,10 +107,9 @@ impl Daemon {
             std::fs::create_dir_all(dir).map_err(io(dir))?;
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(io(dir))?;
         }
+        // `tmp/` itself is swept by `Engine::open` below, which unmounts what a crash left mounted there
+        // before removing anything (a plain recursive delete would descend into such a mount).
         let tmp = config.root.join("tmp");
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
-        }
         std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
         let content = config.root.join("content");
         store::init_layout(&content)?;

@@ -24,23 +24,6 @@ impl SystemService {
     }
 }
 
-/// Bytes used by regular files under `dir` (not following links).
-pub fn disk_usage(dir: &std::path::Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
-        for e in entries.flatten() {
-            match e.metadata() {
-                Ok(m) if m.is_dir() => stack.push(e.path()),
-                Ok(m) if m.is_file() => total += m.len(),
-                _ => {}
-            }
-        }
-    }
-    total
-}
-
 #[tonic::async_trait]
 impl pb::system_server::System for SystemService {
     async fn info(&self, _req: Request<pb::InfoRequest>) -> Result<Response<pb::InfoResponse>, Status> {
@@ -52,7 +35,9 @@ impl pb::system_server::System for SystemService {
                 root: d.config.root.display().to_string(),
                 state: d.config.state.display().to_string(),
                 snapshotter: e.snapshotter.into(),
-                content_bytes: i64::try_from(disk_usage(&d.content_dir().join("blobs"))).unwrap_or(i64::MAX),
+                content_bytes: crate::snapshot::copy::usage(&d.content_dir().join("blobs"))
+                    .map(|u| i64::try_from(u.size).unwrap_or(i64::MAX))
+                    .unwrap_or(0),
                 snapshot_bytes: i64::try_from(e.snapshot_bytes).unwrap_or(i64::MAX),
                 snapshots: e.snapshots,
                 bundles: e.bundles,
