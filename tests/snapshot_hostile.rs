@@ -134,6 +134,21 @@ fn hostile_layers_stay_inside_on_both_backends() {
                 LayerBuilder::new().file("a/sub/x", b"x", 0o644),
             ],
         ),
+        // Issue 9's report: L2 makes a link to a place that exists in its own diff (`{s}/meta`, also the host's
+        // path), then an entry through it whose parent is implicit and exists below (`evil/sub`, from L1).
+        // Adopting L1's attributes by the logical path `diff/evil/sub` let the host kernel follow the absolute
+        // link out of the diff and chown/chmod the host's `{s}/meta/sub`.
+        (
+            "implicit-parent-through-own-link-to-host-path",
+            vec![
+                LayerBuilder::new().dir("evil", 0o755).dir("evil/sub", 0o777).owner(77, 77),
+                LayerBuilder::new().dir(&format!("{s}/meta"), 0o755).symlink("evil", &format!("{s}/meta")).file(
+                    "evil/sub/f",
+                    b"x",
+                    0o644,
+                ),
+            ],
+        ),
         // threats.md §8: overlay-private xattrs in the image.
         (
             "overlay-xattr-injection",

@@ -102,6 +102,8 @@ struct Applier<'a> {
     retained: u64,
     /// Directories made for an entry's parent and never listed by an entry of their own.
     implicit: HashSet<Vec<u8>>,
+    /// The layer has an entry for the root itself.
+    root_listed: bool,
     stats: Stats,
 }
 
@@ -118,6 +120,7 @@ pub(crate) fn apply_entries<R: BufRead>(r: &mut R, layer: &str, opts: &Options, 
         cache: None,
         retained: 0,
         implicit: HashSet::new(),
+        root_listed: false,
         stats: Stats::default(),
     };
     let limits = TarLimits {
@@ -151,6 +154,7 @@ pub(crate) fn apply_entries<R: BufRead>(r: &mut R, layer: &str, opts: &Options, 
         a.implicit.iter().map(|p| std::path::PathBuf::from(os(p).to_owned())).collect();
     implicit.sort();
     a.stats.implicit_dirs = implicit;
+    a.stats.root_listed = a.root_listed;
     Ok(a.stats)
 }
 
@@ -243,6 +247,7 @@ impl Applier<'_> {
                 });
             }
             self.stats.dirs += 1;
+            self.root_listed = true;
             let meta = self.apply_dir_xattrs_now(&Vec::new(), meta)?;
             self.dirs.insert(Vec::new(), meta);
             return Ok(());
@@ -267,6 +272,25 @@ impl Applier<'_> {
         Ok(())
     }
 
+    /// Resolves `path` (normalised) inside the root. A path that crosses no symlink is opened with
+    /// `RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS`; one that does is resolved again with `RESOLVE_IN_ROOT` (a link
+    /// can only lead to another place inside the root) and recorded in [`Stats::crossed_link`]: what such a
+    /// path means depends on links, which may live in lower layers that a parentless overlay diff does not
+    /// see, so the snapshotter applies such a layer through a mount of its parents instead.
+    fn resolve(&mut self, path: &[u8], flags: OFlag) -> std::result::Result<OwnedFd, SysError> {
+        let p: &Path = if path.is_empty() { Path::new(".") } else { Path::new(os(path)) };
+        match sfs::openat2(&*self.root, p, flags, Resolve::BeneathNoSymlinks) {
+            Err(e) if matches!(e.errno, Errno::ELOOP | Errno::EXDEV) => {
+                let fd = sfs::openat2(&*self.root, p, flags, Resolve::InRoot)?;
+                if self.stats.crossed_link.is_none() {
+                    self.stats.crossed_link = Some(std::path::PathBuf::from(os(path).to_owned()));
+                }
+                Ok(fd)
+            }
+            r => r,
+        }
+    }
+
     /// The directory `parent` (a normalised path) resolved inside the root, made (0755) if missing.
     fn parent_fd(&mut self, parent: &[u8]) -> Result<Rc<OwnedFd>> {
         if parent.is_empty() {
@@ -279,17 +303,15 @@ impl Applier<'_> {
         }
         // layer.md + threats.md §1: resolved by the kernel with RESOLVE_IN_ROOT; a symlink in the tree can
         // redirect only to another place inside the root.
-        let fd =
-            match sfs::openat2(&*self.root, Path::new(os(parent)), OFlag::O_PATH | OFlag::O_DIRECTORY, Resolve::InRoot)
-            {
-                Ok(fd) => Rc::new(fd),
-                Err(e) if e.errno == Errno::ENOENT => self.mkdir_all(parent)?,
-                // Overlay mode: a parent may be this layer's own whiteout (`.wh.d` then `d/y`), replaced below.
-                Err(e) if e.errno == Errno::ENOTDIR && self.opts.whiteout_mode == WhiteoutMode::Overlay => {
-                    self.mkdir_all(parent)?
-                }
-                Err(e) => return Err(self.sys(parent, e)),
-            };
+        let fd = match self.resolve(parent, OFlag::O_PATH | OFlag::O_DIRECTORY) {
+            Ok(fd) => Rc::new(fd),
+            Err(e) if e.errno == Errno::ENOENT => self.mkdir_all(parent)?,
+            // Overlay mode: a parent may be this layer's own whiteout (`.wh.d` then `d/y`), replaced below.
+            Err(e) if e.errno == Errno::ENOTDIR && self.opts.whiteout_mode == WhiteoutMode::Overlay => {
+                self.mkdir_all(parent)?
+            }
+            Err(e) => return Err(self.sys(parent, e)),
+        };
         self.cache = Some((parent.to_vec(), fd.clone()));
         Ok(fd)
     }
@@ -301,8 +323,7 @@ impl Applier<'_> {
         let mut prefix: Vec<u8> = Vec::new();
         for comp in path.split(|&b| b == b'/') {
             prefix = join(&prefix, comp);
-            match sfs::openat2(&*self.root, Path::new(os(&prefix)), OFlag::O_PATH | OFlag::O_DIRECTORY, Resolve::InRoot)
-            {
+            match self.resolve(&prefix, OFlag::O_PATH | OFlag::O_DIRECTORY) {
                 Ok(fd) => cur = Rc::new(fd),
                 Err(e) if e.errno == Errno::ENOTDIR && self.own_overlay_whiteout(&cur, comp) => {
                     // layer.md: a directory re-created over a whiteout hides the lower one: it becomes an
@@ -424,10 +445,9 @@ impl Applier<'_> {
         if meta.xattrs.is_empty() {
             return Ok(meta);
         }
-        let p: &Path = if path.is_empty() { Path::new(".") } else { Path::new(os(path)) };
-        let fd =
-            sfs::openat2(&*self.root, p, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW, Resolve::InRoot)
-                .map_err(|e| self.sys(path, e))?;
+        let fd = self
+            .resolve(path, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW)
+            .map_err(|e| self.sys(path, e))?;
         let xattrs = std::mem::take(&mut meta.xattrs);
         self.set_xattrs(&fd, path, &xattrs, false)?;
         Ok(meta)
@@ -525,10 +545,7 @@ impl Applier<'_> {
         let tfd = if tparent.is_empty() {
             self.root.clone()
         } else {
-            Rc::new(
-                sfs::openat2(&*self.root, Path::new(os(tparent)), OFlag::O_PATH | OFlag::O_DIRECTORY, Resolve::InRoot)
-                    .map_err(|e| err_target(self, e))?,
-            )
+            Rc::new(self.resolve(tparent, OFlag::O_PATH | OFlag::O_DIRECTORY).map_err(|e| err_target(self, e))?)
         };
         let st = sfs::fstatat_nofollow(&*tfd, os(tname)).map_err(|e| err_target(self, e))?;
         if sfs::file_type(&st) == SFlag::S_IFDIR {
@@ -607,15 +624,9 @@ impl Applier<'_> {
     fn finish_dirs(&mut self) -> Result<()> {
         let dirs = std::mem::take(&mut self.dirs);
         for (path, meta) in dirs {
-            let p: &Path = if path.is_empty() { Path::new(".") } else { Path::new(os(&path)) };
             // Re-resolved inside the root; O_NOFOLLOW: if a later entry replaced the directory by a symlink,
             // its attributes are not applied through it.
-            let fd = match sfs::openat2(
-                &*self.root,
-                p,
-                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW,
-                Resolve::InRoot,
-            ) {
+            let fd = match self.resolve(&path, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW) {
                 Ok(fd) => fd,
                 Err(e) if is_skip_errno(e.errno) => continue,
                 Err(e) => return Err(self.sys(&path, e)),

@@ -162,6 +162,14 @@ pub struct Stats {
     /// gives it the lower directory's attributes.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub implicit_dirs: Vec<std::path::PathBuf>,
+    /// The first path (an entry's parent or a hardlink's target) that the layer resolved through a symbolic
+    /// link. Applied alone, such a layer resolves it through the links it sees, which may not be the ones its
+    /// parents would add: a parentless overlay diff of it is not exact.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crossed_link: Option<std::path::PathBuf>,
+    /// The layer has an entry for the root directory itself (else the root keeps the attributes below it).
+    #[serde(skip)]
+    pub root_listed: bool,
 }
 
 /// Errors applying a layer. Each names the layer (digest), the entry path or the field involved.

@@ -24,7 +24,12 @@ impl LayerApplier for LayerModule {
         let mut o = self.options.clone();
         o.whiteout_mode = w;
         match layer::apply_layer(store, l, &o, dir) {
-            Ok(stats) if w == WhiteoutMode::Overlay => Ok(Applied { implicit_dirs: stats.implicit_dirs }),
+            Ok(stats) if w == WhiteoutMode::Overlay => Ok(Applied {
+                implicit_dirs: stats.implicit_dirs,
+                crossed_link: stats.crossed_link,
+                root_listed: stats.root_listed,
+                whiteouts: stats.whiteouts > 0,
+            }),
             Ok(_) => Ok(Applied::default()),
             Err(e) => {
                 let needs_parent = matches!(e, layer::Error::HardlinkTarget { .. });

@@ -12,8 +12,10 @@
 //!   [`Unpacker::recover`].
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::fmt;
-use std::os::unix::fs::PermissionsExt;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -23,7 +25,11 @@ use crate::digest::Digest;
 use crate::error::ErrorKind;
 use crate::image::Layer;
 use crate::store::Store;
+use crate::sys::fs as sfs;
 use crate::sys::mount::Mounter;
+use crate::sys::tree;
+use nix::errno::Errno;
+use nix::sys::stat::{FileStat, SFlag};
 
 /// A layer applier's failure, classified.
 #[derive(Debug)]
@@ -64,6 +70,13 @@ pub struct Applied {
     /// does not list. In an overlay diff extracted without its parents these would hide the lower directory's
     /// owner and mode, so the unpacker gives them the lower directory's attributes before commit.
     pub implicit_dirs: Vec<PathBuf>,
+    /// A path the layer resolved through a symbolic link (see `layer::Stats::crossed_link`): its parentless
+    /// diff is then not exact, and the unpacker applies it again through a mount of its parents.
+    pub crossed_link: Option<PathBuf>,
+    /// The layer lists the root directory itself; otherwise the root takes the attributes of the one below.
+    pub root_listed: bool,
+    /// The layer wrote whiteouts, which the unpacker checks against the layers below.
+    pub whiteouts: bool,
 }
 
 /// Applies one verified layer stream from `store` to `dir`. The real one wraps `kiln::layer`; tests use fakes.
@@ -192,7 +205,8 @@ struct LeadGuard {
     active: Option<String>,
     /// Stage 1's failure, reported in stage 2.
     failed: Option<Error>,
-    implicit_dirs: Vec<PathBuf>,
+    /// What stage 1's applier reported.
+    applied: Applied,
     flights: Arc<Mutex<HashMap<Digest, Arc<Flight>>>>,
 }
 
@@ -269,7 +283,7 @@ impl Unpacker {
             chain_id: chain_id.clone(),
             active: None,
             failed: None,
-            implicit_dirs: Vec::new(),
+            applied: Applied::default(),
             flights: self.flights.clone(),
         }))
     }
@@ -295,76 +309,22 @@ impl Unpacker {
         }
     }
 
-    /// The `fs` dirs of `parent` and its ancestors, top first.
-    fn lower_dirs(&self, parent: Option<&str>) -> Result<Vec<PathBuf>> {
+    /// The `fs` dirs of `parent` and its ancestors, top first, opened (their roots are kiln's own directories;
+    /// everything below them is reached by descriptor).
+    fn lower_fds(&self, parent: Option<&str>) -> Result<Vec<OwnedFd>> {
         let mut lowers = Vec::new();
         let mut next = parent.map(str::to_owned);
         while let Some(k) = next {
             let info = self.snapshotter.stat(&k)?;
-            lowers.push(self.snapshotter.diff_dir(&k)?);
+            lowers.push(tree::open_root(&self.snapshotter.diff_dir(&k)?)?);
             next = info.parent;
         }
         Ok(lowers)
     }
 
-    /// Gives each implicit directory of `diff` the owner and mode of the same directory in `lowers`, as if the
-    /// layer had been applied on top of them.
-    fn adopt_implicit_dirs(diff: &Path, lowers: &[PathBuf], dirs: &[PathBuf]) -> Result<()> {
-        for rel in dirs {
-            let dst = diff.join(rel);
-            let Some(st) = lower_lookup(lowers, rel) else { continue };
-            if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
-                std::os::unix::fs::lchown(&dst, Some(st.st_uid), Some(st.st_gid)).map_err(|source| Error::Io {
-                    op: "lchown",
-                    path: dst.clone(),
-                    source,
-                })?;
-                std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(st.st_mode & 0o7777))
-                    .map_err(|source| Error::Io { op: "chmod", path: dst.clone(), source })?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Whether a layer extracted without its parents went through something that is not a directory in them
-    /// (`L1: evil -> /etc`, `L2: evil/x`): applied on its parents, such a layer resolves that path differently
-    /// (inside the rootfs, through the link), so its parentless diff is not what it means.
-    fn crosses_lower_non_dir(diff: &Path, lowers: &[PathBuf]) -> Result<bool> {
-        let mut stack = vec![PathBuf::new()];
-        while let Some(rel) = stack.pop() {
-            let here = diff.join(&rel);
-            let rd =
-                std::fs::read_dir(&here).map_err(|source| Error::Io { op: "opendir", path: here.clone(), source })?;
-            for entry in rd {
-                let entry = entry.map_err(|source| Error::Io { op: "readdir", path: here.clone(), source })?;
-                let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-                if !is_dir {
-                    continue;
-                }
-                let child = rel.join(entry.file_name());
-                let st = match lower_lookup_raw(lowers, &child) {
-                    Lookup::Found(st) => st,
-                    Lookup::Absent => continue,
-                    // A parent that is a link or not a directory in the lowers: the layer went through it.
-                    Lookup::Blocked => return Ok(true),
-                };
-                if st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == 0 {
-                    continue; // deleted below: the diff's directory is new
-                }
-                if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
-                    return Ok(true);
-                }
-                let opaque = xattr::get(diff.join(&child), "trusted.overlay.opaque").ok().flatten();
-                if opaque.as_deref() != Some(b"y") {
-                    stack.push(child);
-                }
-            }
-        }
-        Ok(false)
-    }
-
-    /// Commits a layer extracted without its parents onto `parent`, after checking that it did not depend on
-    /// them; one that did is applied again through a mount of its parents.
+    /// Commits a layer extracted without its parents onto `parent`, after making its diff mean on them what
+    /// the layer means ([`exact_on`]); one that depends on them in a way a diff cannot express is removed and
+    /// applied again through a mount of its parents.
     fn commit_parallel(
         &self,
         store: &Store,
@@ -373,18 +333,21 @@ impl Unpacker {
         g: &mut LeadGuard,
         key: String,
     ) -> Result<()> {
-        let lowers = self.lower_dirs(parent)?;
-        let diff = self.snapshotter.diff_dir(&key)?;
-        if let Some(m) = &self.mounter {
-            if !lowers.is_empty() && Self::crosses_lower_non_dir(&diff, &lowers)? {
-                self.snapshotter.remove(&key)?;
-                g.active = None;
-                let key = self.extract_mounted(store, layer, parent, m.as_ref())?;
-                g.active = Some(key.clone());
-                return self.snapshotter.commit(layer.chain_id.as_str(), &key, Self::labels(layer));
-            }
+        let lowers = self.lower_fds(parent)?;
+        let diff = tree::open_root(&self.snapshotter.diff_dir(&key)?)?;
+        if let Some(reason) = exact_on(&diff, &lowers, &g.applied)? {
+            let Some(m) = &self.mounter else {
+                return Err(Error::Internal {
+                    what: format!("layer {} cannot be extracted without its parents ({reason})", layer.chain_id),
+                });
+            };
+            tracing::debug!(layer = %layer.descriptor.digest, %reason, "applying through a mount of its parents");
+            self.snapshotter.remove(&key)?;
+            g.active = None;
+            let key = self.extract_mounted(store, layer, parent, m.as_ref())?;
+            g.active = Some(key.clone());
+            return self.snapshotter.commit(layer.chain_id.as_str(), &key, Self::labels(layer));
         }
-        Self::adopt_implicit_dirs(&diff, &lowers, &g.implicit_dirs)?;
         self.snapshotter.commit_onto(layer.chain_id.as_str(), &key, parent, Self::labels(layer))
     }
 
@@ -502,7 +465,7 @@ impl Unpacker {
                     match results.remove(&i) {
                         Some(Ok((key, applied))) => {
                             g.active = Some(key);
-                            g.implicit_dirs = applied.implicit_dirs;
+                            g.applied = applied;
                         }
                         Some(Err(e)) => g.failed = Some(e),
                         None => {}
@@ -588,31 +551,182 @@ impl Drop for LeadGuard {
     }
 }
 
-/// What a path is in a stack of lower diff directories, looked up without following any link.
-enum Lookup {
-    Found(nix::sys::stat::FileStat),
+/// Makes the parentless overlay diff `diff` of a layer mean, on top of `lowers` (diff roots, top first), what
+/// the layer means when applied onto them, or says why it cannot. Every lookup goes by descriptor: a link in
+/// the diff or in a lower is never followed (the host kernel would resolve it from the host's `/`).
+///
+/// - A path the layer resolved through a link, and a directory of the diff that is a link or another
+///   non-directory below (`L1: evil -> /etc`, `L2: evil/x`): on its parents the layer resolves that path
+///   differently. Returns the reason; the caller applies the layer through a mount instead.
+/// - Implicit directories (made for an entry's parent, not listed by the layer) that exist below take the
+///   lower directory's owner, mode and xattrs; so does the root when the layer does not list it.
+/// - A whiteout of a name that exists in no lower (or below an opaque or new directory) is removed: it
+///   deletes nothing, and in a directory overlayfs does not merge it would show as an entry that cannot be
+///   stat-ed.
+pub fn exact_on(diff: &OwnedFd, lowers: &[OwnedFd], applied: &Applied) -> Result<Option<String>> {
+    if let Some(p) = &applied.crossed_link {
+        return Ok(Some(format!("{:?} goes through a symbolic link", p)));
+    }
+    let stack: Vec<OwnedFd> =
+        if is_opaque(diff)? { Vec::new() } else { lowers.iter().map(dup).collect::<Result<_>>()? };
+    if let Some(reason) = scan(diff, &mut PathBuf::new(), stack, applied.whiteouts, 0)? {
+        return Ok(Some(reason));
+    }
+    let mut adopt: Vec<&Path> = applied.implicit_dirs.iter().map(PathBuf::as_path).collect();
+    if !applied.root_listed {
+        adopt.push(Path::new(""));
+    }
+    for rel in adopt {
+        if let Lookup::Found(st, Some(lower)) = lower_lookup(diff, lowers, rel)? {
+            if tree::kind(&st) == SFlag::S_IFDIR {
+                let dst = tree::open_dir_beneath(diff, rel)?;
+                tree::copy_dir_attrs(&lower, &dst)?;
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn dup(fd: &OwnedFd) -> Result<OwnedFd> {
+    fd.try_clone().map_err(|source| Error::Io { op: "dup", path: PathBuf::from("(lower diff)"), source })
+}
+
+/// What a directory's lower stack says about one name (overlayfs lookup: the topmost layer that has it decides;
+/// directories merge until a non-directory, a whiteout or an opaque directory).
+enum Below {
     Absent,
-    /// A parent component is a symbolic link or not a directory in a lower: the path cannot be seen.
+    /// The topmost lower holding the name has a non-directory there.
+    NonDir(FileStat),
+    /// Directories, topmost first, that merge at this name.
+    Dirs(FileStat, Vec<OwnedFd>),
+}
+
+fn below(stack: &[OwnedFd], name: &OsStr) -> Result<Below> {
+    let mut dirs = Vec::new();
+    let mut top: Option<FileStat> = None;
+    for d in stack {
+        let st = match sfs::fstatat_nofollow(d, name) {
+            Ok(st) => st,
+            Err(e) if e.errno == Errno::ENOENT => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if tree::is_whiteout(&st) {
+            break;
+        }
+        if tree::kind(&st) != SFlag::S_IFDIR {
+            if top.is_none() {
+                return Ok(Below::NonDir(st));
+            }
+            break;
+        }
+        top.get_or_insert(st);
+        let fd = tree::open_dir_at(d, name)?;
+        let opaque = is_opaque(&fd)?;
+        dirs.push(fd);
+        if opaque {
+            break;
+        }
+    }
+    Ok(match top {
+        Some(st) => Below::Dirs(st, dirs),
+        None => Below::Absent,
+    })
+}
+
+fn is_opaque(dir: &OwnedFd) -> Result<bool> {
+    for n in [&b"trusted.overlay.opaque"[..], b"user.overlay.opaque"] {
+        if tree::get_xattr(dir, false, n)?.as_deref() == Some(b"y") {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Walks the diff directory `dir` (at `rel`) against `stack`, the lower directories that merge with it.
+/// Directories new in the diff are walked only when the layer has whiteouts (to drop pointless ones).
+fn scan(
+    dir: &OwnedFd,
+    rel: &mut PathBuf,
+    stack: Vec<OwnedFd>,
+    whiteouts: bool,
+    depth: usize,
+) -> Result<Option<String>> {
+    if depth >= tree::MAX_DEPTH {
+        return Err(Error::Internal { what: format!("diff deeper than {} at {rel:?}", tree::MAX_DEPTH) });
+    }
+    for (name, _) in sfs::read_dir_names(dir)? {
+        let name = OsStr::from_bytes(&name).to_owned();
+        let st = sfs::fstatat_nofollow(dir, &name)?;
+        if tree::is_whiteout(&st) {
+            if matches!(below(&stack, &name)?, Below::Absent) {
+                sfs::unlinkat(dir, &name, false)?;
+            }
+            continue;
+        }
+        if tree::kind(&st) != SFlag::S_IFDIR {
+            continue;
+        }
+        let child_stack = match below(&stack, &name)? {
+            Below::NonDir(lst) => {
+                rel.push(&name);
+                let what = if tree::kind(&lst) == SFlag::S_IFLNK { "a symbolic link" } else { "not a directory" };
+                return Ok(Some(format!("directory {rel:?} of the layer is {what} in the layers below")));
+            }
+            Below::Absent => Vec::new(),
+            Below::Dirs(_, dirs) => dirs,
+        };
+        let child = tree::open_dir_at(dir, &name)?;
+        let child_stack = if is_opaque(&child)? { Vec::new() } else { child_stack };
+        if child_stack.is_empty() && !whiteouts {
+            continue;
+        }
+        rel.push(&name);
+        let r = scan(&child, rel, child_stack, whiteouts, depth + 1);
+        rel.pop();
+        if let Some(reason) = r? {
+            return Ok(Some(reason));
+        }
+    }
+    Ok(None)
+}
+
+/// What a path is in a stack of lower diff directories, looked up the way overlayfs does, by descriptor.
+enum Lookup {
+    /// The entry's stat and, for a directory, the topmost lower directory holding it.
+    Found(FileStat, Option<OwnedFd>),
+    Absent,
+    /// A parent component is a symbolic link or not a directory in the lowers.
     Blocked,
 }
 
-/// The topmost lower that has `rel` decides (a file or whiteout there hides everything below). Each lower is
-/// searched with `RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS`, so an image's `a -> /root` never sends the lookup
-/// to the host.
-fn lower_lookup_raw(lowers: &[PathBuf], rel: &Path) -> Lookup {
-    for l in lowers {
-        match crate::sys::lstat_beneath(l, rel) {
-            Ok(st) => return Lookup::Found(st),
-            Err(e) if e.errno == nix::errno::Errno::ENOENT => continue,
-            Err(_) => return Lookup::Blocked,
+/// Looks `rel` up in `lowers` as the merged view below `diff` would show it: an opaque directory of `diff` on
+/// the way hides everything below it.
+fn lower_lookup(diff: &OwnedFd, lowers: &[OwnedFd], rel: &Path) -> Result<Lookup> {
+    let mut here = dup(diff)?;
+    let mut stack: Vec<OwnedFd> = lowers.iter().map(dup).collect::<Result<_>>()?;
+    if rel.as_os_str().is_empty() {
+        return match stack.first() {
+            Some(top) => Ok(Lookup::Found(sfs::fstat(top)?, Some(dup(top)?))),
+            None => Ok(Lookup::Absent),
+        };
+    }
+    let comps: Vec<&OsStr> = rel.iter().collect();
+    for (i, c) in comps.iter().enumerate() {
+        if is_opaque(&here)? {
+            return Ok(Lookup::Absent);
+        }
+        if i + 1 < comps.len() {
+            here = tree::open_dir_at(&here, c)?;
+        }
+        match below(&stack, c)? {
+            Below::Absent => return Ok(Lookup::Absent),
+            Below::NonDir(st) if i + 1 == comps.len() => return Ok(Lookup::Found(st, None)),
+            Below::NonDir(_) => return Ok(Lookup::Blocked),
+            Below::Dirs(st, dirs) if i + 1 == comps.len() => {
+                return Ok(Lookup::Found(st, dirs.into_iter().next()));
+            }
+            Below::Dirs(_, dirs) => stack = dirs,
         }
     }
-    Lookup::Absent
-}
-
-fn lower_lookup(lowers: &[PathBuf], rel: &Path) -> Option<nix::sys::stat::FileStat> {
-    match lower_lookup_raw(lowers, rel) {
-        Lookup::Found(st) => Some(st),
-        _ => None,
-    }
+    Ok(Lookup::Absent)
 }

@@ -5,6 +5,7 @@
 #![allow(unsafe_code)]
 
 pub mod fs;
+pub mod tree;
 
 use std::ffi::OsStr;
 use std::fmt;
