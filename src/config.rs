@@ -142,7 +142,8 @@ impl Config {
         match path {
             None => Ok(Config::default()),
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|source| Error::Read { path: p.into(), source })?;
+                let text =
+                    crate::sys::host::read_to_string(p).map_err(|source| Error::Read { path: p.into(), source })?;
                 Config::from_toml(&text, p)
             }
         }
@@ -231,6 +232,7 @@ pub fn socket_path(address: &str) -> Result<PathBuf, Error> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests build fixtures by path
 mod tests {
     use super::*;
 

@@ -347,6 +347,7 @@ pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests build fixtures by path
 mod tests {
     use super::*;
 

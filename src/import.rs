@@ -13,10 +13,13 @@
 //! May use: `store`, `image`, `layer` (its tar reader), `digest`, `sys`, `error`.
 
 use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
+use nix::fcntl::OFlag;
+use nix::sys::stat::SFlag;
 
 use serde::Deserialize;
 use serde_json::json;
@@ -26,6 +29,7 @@ use crate::error::ErrorKind;
 use crate::image::{self, Reference};
 use crate::layer::tar::{Kind, TarError, TarLimits, TarReader};
 use crate::store::{self, Descriptor, LayoutWriter, Store};
+use crate::sys;
 
 /// Errors importing. Each names the source path, entry or digest involved.
 #[derive(Debug, thiserror::Error)]
@@ -113,14 +117,10 @@ pub fn stage(source: &Path, tmp: &Path) -> Result<Staged> {
 /// must belong to that uid. The check is made on the opened file, and a layout directory is then read through
 /// that same open directory, so swapping the path afterwards changes nothing.
 pub fn stage_for(source: &Path, tmp: &Path, owner: Option<u32>) -> Result<Staged> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
-        .open(source)
-        .map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => Error::SourceNotFound { path: source.to_path_buf() },
-            _ => Error::Io { path: source.to_path_buf(), source: e },
-        })?;
+    let file = sys::host::open_follow(source, OFlag::O_RDONLY | OFlag::O_NONBLOCK).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => Error::SourceNotFound { path: source.to_path_buf() },
+        _ => Error::Io { path: source.to_path_buf(), source: e },
+    })?;
     let meta = file.metadata().map_err(io_error(source))?;
     if let Some(caller) = owner {
         use std::os::unix::fs::MetadataExt;
@@ -161,8 +161,11 @@ pub fn commit(
     match staged {
         Staged::Layout(src) => import_layout(dest, src, source_ref, ref_name, progress),
         Staged::Archive(dir) => {
-            let oci = dir.path().join("oci-layout").is_file();
-            let docker = dir.path().join("manifest.json").is_file();
+            let is_file = |name: &str| {
+                sys::host::lstat(&dir.path().join(name)).is_ok_and(|st| sys::fs::file_type(&st) == SFlag::S_IFREG)
+            };
+            let oci = is_file("oci-layout");
+            let docker = is_file("manifest.json");
             // Docker ≥ 25 `docker save` writes both: a RepoTag reference goes through manifest.json.
             let by_repo_tag = docker && matches!(source_ref, Reference::Name(_));
             if oci && !by_repo_tag {
@@ -331,11 +334,7 @@ impl Copier<'_> {
 
 /// Unpacks the archive at `archive` into `dest` (which must be empty and private). See the module docs.
 pub fn extract_archive(archive: &Path, dest: &Path, limits: ArchiveLimits) -> Result<()> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(archive)
-        .map_err(io_error(archive))?;
+    let file = sys::host::open_follow(archive, OFlag::O_RDONLY | OFlag::O_NONBLOCK).map_err(io_error(archive))?;
     extract_archive_from(file, archive, dest, limits)
 }
 
@@ -353,6 +352,8 @@ fn extract_archive_from(file: File, archive: &Path, dest: &Path, limits: Archive
     let mut entries = 0u64;
     let mut links: Vec<(Vec<String>, Vec<u8>)> = Vec::new();
     let mut files: HashSet<Vec<String>> = HashSet::new();
+    // Written by descriptor from the scratch root, one name at a time (no entry is ever a link on disk).
+    let root = sys::tree::open_root(dest).map_err(|e| sys_error(dest, e))?;
     loop {
         let header = match tar.next_entry() {
             Ok(Some(h)) => h,
@@ -382,20 +383,17 @@ fn extract_archive_from(file: File, archive: &Path, dest: &Path, limits: Archive
             continue;
         }
         let target = components.iter().fold(dest.to_path_buf(), |p, c| p.join(c));
+        let (last, parents) = components.split_last().unwrap_or((&components[0], &[]));
         match header.kind {
-            Kind::Directory => std::fs::create_dir_all(&target).map_err(io_error(&target))?,
+            Kind::Directory => {
+                scratch_dir(&root, &components).map_err(|e| sys_error(&target, e))?;
+            }
             Kind::Regular => {
-                if let Some(parent) = target.parent() {
-                    std::fs::create_dir_all(parent).map_err(io_error(parent))?;
-                }
-                // Only this function writes here and it never makes symbolic links, so no component can
-                // redirect a write.
-                let mut out = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                    .open(&target)
-                    .map_err(io_error(&target))?;
+                let pfd = scratch_dir(&root, parents).map_err(|e| sys_error(&target, e))?;
+                let out =
+                    sys::fs::openat(&pfd, OsStr::new(last), OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL, 0o600)
+                        .map_err(|e| sys_error(&target, e))?;
+                let mut out = File::from(out);
                 tar.copy_data(|buf| out.write_all(buf)).map_err(|e| tar_error(archive, e))?;
                 files.insert(components);
             }
@@ -418,14 +416,35 @@ fn extract_archive_from(file: File, archive: &Path, dest: &Path, limits: Archive
             tracing::debug!(link = %link.join("/"), "archive link does not name a file; skipped");
             continue;
         }
-        let from = resolved.iter().fold(dest.to_path_buf(), |p, c| p.join(c));
         let at = link.iter().fold(dest.to_path_buf(), |p, c| p.join(c));
-        if let Some(parent) = at.parent() {
-            std::fs::create_dir_all(parent).map_err(io_error(parent))?;
-        }
-        std::fs::hard_link(&from, &at).map_err(io_error(&at))?;
+        let (Some((fname, fparents)), Some((lname, lparents))) = (resolved.split_last(), link.split_last()) else {
+            continue;
+        };
+        let fdir = scratch_dir(&root, fparents).map_err(|e| sys_error(&at, e))?;
+        let ldir = scratch_dir(&root, lparents).map_err(|e| sys_error(&at, e))?;
+        sys::fs::linkat(&fdir, OsStr::new(fname), &ldir, OsStr::new(lname)).map_err(|e| sys_error(&at, e))?;
     }
     Ok(())
+}
+
+/// The scratch directory at `comps` below `root`, made (0755) where missing, one name at a time by fd.
+fn scratch_dir(root: &std::os::fd::OwnedFd, comps: &[String]) -> sys::Result<std::os::fd::OwnedFd> {
+    let mut cur =
+        root.try_clone().map_err(|_| sys::SysError::new("dup", "(scratch root)", nix::errno::Errno::EMFILE))?;
+    for c in comps {
+        let name = OsStr::new(c.as_str());
+        match sys::fs::mkdirat(&cur, name, 0o755) {
+            Err(e) if e.errno != nix::errno::Errno::EEXIST => return Err(e),
+            _ => {}
+        }
+        cur = sys::tree::open_dir_at(&cur, name)?;
+    }
+    Ok(cur)
+}
+
+fn sys_error(path: &Path, e: sys::SysError) -> Error {
+    let kind = io::Error::from_raw_os_error(e.errno as i32).kind();
+    Error::Io { path: path.to_path_buf(), source: io::Error::new(kind, e.to_string()) }
 }
 
 fn tar_error(archive: &Path, e: TarError) -> Error {
@@ -625,27 +644,27 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = sys::tree::remove_tree(&self.0);
     }
 }
 
 fn tempdir_in(parent: &Path) -> Result<TempDir> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::create_dir_all(parent).map_err(io_error(parent))?;
+    sys::host::create_dir_all(parent).map_err(|e| sys_error(parent, e))?;
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     for _ in 0..100 {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let p = parent.join(format!("import-{}-{n}", std::process::id()));
-        match std::fs::DirBuilder::new().mode(0o700).create(&p) {
+        match sys::host::mkdir(&p, 0o700) {
             Ok(()) => return Ok(TempDir(p)),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(Error::Io { path: p, source: e }),
+            Err(e) if e.errno == nix::errno::Errno::EEXIST => continue,
+            Err(e) => return Err(sys_error(&p, e)),
         }
     }
     Err(Error::Io { path: parent.to_path_buf(), source: io::Error::other("could not create a scratch directory") })
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests build fixtures by path
 mod tests {
     use super::*;
 

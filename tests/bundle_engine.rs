@@ -1,5 +1,6 @@
 //! The bundle engine: create/get/list/delete on both backends, rootfs hygiene (I12), state dir modes (I13),
 //! recovery after a reboot or crash, GC with reasons, and 32 concurrent creates from one cold image (G4).
+#![allow(clippy::disallowed_methods)] // tests build fixtures and inspect results by path
 
 mod common;
 mod snapshot_support;

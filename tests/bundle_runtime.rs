@@ -4,6 +4,7 @@
 //! `Engine::delete` leaves no mount behind.
 //!
 //! Needs root, runc, crun and a static /bin/busybox.
+#![allow(clippy::disallowed_methods)] // tests build fixtures and inspect results by path
 
 mod common;
 mod snapshot_support;

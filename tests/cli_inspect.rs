@@ -1,4 +1,5 @@
 //! `kiln image inspect`: the JSON it prints, and one clear line on stderr for bad input.
+#![allow(clippy::disallowed_methods)] // tests build fixtures and inspect results by path
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! One test per item of conversion-checklist.md sections H and I, named after it. Every generated
 //! `config.json` is also validated against the runtime-spec schema (see `golden/support.rs`).
+#![allow(clippy::disallowed_methods)] // tests build fixtures and inspect results by path
 
 #[path = "golden/support.rs"]
 mod support;

@@ -1,6 +1,7 @@
 //! Golden files: representative image configurations converted and compared byte for byte with
 //! `tests/golden/*.json` (`KILN_UPDATE_GOLDEN=1 cargo test --test convert_golden` regenerates them), each also
 //! validated against the runtime-spec schema. The explain records are pinned next to them.
+#![allow(clippy::disallowed_methods)] // tests build fixtures and inspect results by path
 
 #[path = "golden/support.rs"]
 mod support;

@@ -6,6 +6,7 @@
 //! missing. A host where the runtime cannot start even the bundle of its own `spec` command is reported as
 //! `SKIPPED` (a failure under strict mode); when the runtime's own bundle runs and kiln's does not, the test
 //! fails.
+#![allow(clippy::disallowed_methods)] // tests build fixtures and inspect results by path
 
 #[path = "golden/support.rs"]
 mod support;

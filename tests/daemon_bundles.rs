@@ -1,6 +1,7 @@
 //! kilnd's Bundles, Pull and Gc end to end: a real daemon, a busybox image imported through the API, bundles
 //! that runc runs, error codes, and load (64 concurrent creates from a cold image, then 1 000 warm
 //! create/delete cycles that leave nothing behind).
+#![allow(clippy::disallowed_methods)] // tests build fixtures and inspect results by path
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! kilnd end to end: a real daemon as a child process, called through the generated client and the `kiln`
 //! binary; error codes for bad input; health and reflection; lifecycle (stale socket, one daemon per root,
 //! SIGTERM, socket activation, readiness).
+#![allow(clippy::disallowed_methods)] // tests build fixtures and inspect results by path
 
 mod common;
 

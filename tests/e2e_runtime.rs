@@ -4,6 +4,7 @@
 //!
 //! Needs root, umoci, runc, crun and /bin/busybox. crun 1.8 on hybrid cgroups needs a v1 hugetlb hierarchy:
 //! this test mounts it (idempotently) when it is missing.
+#![allow(clippy::disallowed_methods)] // tests build fixtures and inspect results by path
 
 mod common;
 

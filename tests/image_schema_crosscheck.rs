@@ -1,6 +1,7 @@
 //! Cross-check with the image-spec JSON schemas shipped in Debian's golang-github-opencontainers-image-spec-dev:
 //! for each document, kiln's verdict agrees with the schema's, except where kiln is deliberately stricter
 //! (named per case).
+#![allow(clippy::disallowed_methods)] // tests build fixtures and inspect results by path
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Interop: layouts written by umoci and skopeo resolve, and kiln's manifestDigest is the one those tools
 //! report. Needs umoci and skopeo (and root for `umoci unpack`/`repack`); prints SKIPPED without them.
+#![allow(clippy::disallowed_methods)] // tests build fixtures and inspect results by path
 
 mod common;
 

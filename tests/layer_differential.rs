@@ -1,6 +1,7 @@
 //! Differential test (F14): for generated layers without whiteouts, the tree kiln writes equals what GNU
 //! `tar -x` writes from the same stream — types, modes, owners, sizes, content hashes, xattrs, link targets and
 //! mtimes.
+#![allow(clippy::disallowed_methods)] // tests build fixtures and inspect results by path
 
 mod common;
 

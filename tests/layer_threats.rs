@@ -1,5 +1,6 @@
 //! One test per extraction attack in threats.md §1–4 and §8. Each puts a canary directory *outside* the root;
 //! the pass condition is always: the canary is untouched, and kiln confines the effect to the root or refuses.
+#![allow(clippy::disallowed_methods)] // tests build fixtures and inspect results by path
 
 mod common;
 

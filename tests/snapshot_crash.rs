@@ -2,6 +2,7 @@
 //! bundle delete and GC, and is killed with SIGKILL at a random instant. After each kill the engine is opened
 //! again (recovery), and then metadata and directories must agree, nothing may be left mounted or half-built,
 //! and the same operations must succeed. The child is this test binary re-executed with `KILN_CRASH_DIR` set.
+#![allow(clippy::disallowed_methods)] // tests build fixtures and inspect results by path
 
 mod common;
 mod snapshot_support;

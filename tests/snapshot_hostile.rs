@@ -2,6 +2,7 @@
 //! snapshot root changes (a sentinel tree is hashed before and after), a layer kiln refuses leaves no committed
 //! snapshot for its chain, overlay-private xattrs from the image never reach a lower dir, and when both backends
 //! accept an image their trees are identical.
+#![allow(clippy::disallowed_methods)] // tests build fixtures and inspect results by path
 
 mod common;
 mod snapshot_support;

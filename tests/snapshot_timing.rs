@@ -1,6 +1,7 @@
 //! Timings, not assertions (run with `--ignored --nocapture`): cold unpack of a multi-layer image with the
 //! overlay backend (parallel extraction) and the native backend, next to applying the same layers in order
 //! onto one directory (what `kiln unpack` does), and warm bundle creation.
+#![allow(clippy::disallowed_methods)] // tests build fixtures and inspect results by path
 
 mod common;
 mod snapshot_support;

@@ -1,5 +1,6 @@
 //! `kiln unpack`: bundles built in a temporary sibling and renamed; nothing left behind on any failure;
 //! rootfs hygiene for `/dev`, `/proc`, `/sys`.
+#![allow(clippy::disallowed_methods)] // tests build fixtures and inspect results by path
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The rootfs user database reader against hostile rootfs contents (threats.md section 5, checklist H28):
 //! symlinks to devices and out of the root, FIFOs, huge sparse files and huge lines. Each case must give a clear
 //! error (or an empty database) quickly, and never read a host file.
+#![allow(clippy::disallowed_methods)] // tests build fixtures and inspect results by path
 
 #[path = "golden/support.rs"]
 mod support;

@@ -134,7 +134,7 @@ fn run(config: Config) -> anyhow::Result<()> {
         Ok::<_, anyhow::Error>(server::serve(daemon, listener, shutdown).await?)
     });
     if let Some(p) = socket_file {
-        let _ = std::fs::remove_file(p);
+        let _ = kiln::sys::host::remove_file(&p);
     }
     // Blocking work still running past the drain deadline (a stuck import, say) does not hold up exit.
     runtime.shutdown_timeout(deadline);

@@ -29,8 +29,6 @@
 //! ```
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 
@@ -42,8 +40,9 @@ use crate::error::ErrorKind;
 use crate::image::{self, Reference, ResolveOptions, ResolvedImage};
 use crate::snapshot::{self, Backend, Kind, LayerApplier, LocalSnapshotter, Meta, Snapshotter, UnpackReport, Unpacker};
 use crate::store::Store;
+use crate::sys::fs::Resolve;
 use crate::sys::mount::{mount_points_under, Mounter};
-use crate::sys::SysError;
+use crate::sys::{host, tree, SysError};
 
 /// Key prefix of bundle snapshots.
 pub const SNAPSHOT_PREFIX: &str = "bundle/";
@@ -132,10 +131,6 @@ impl Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
-
-fn io_err<'a>(op: &'static str, path: &'a Path) -> impl Fn(std::io::Error) -> Error + 'a {
-    move |source| Error::Io { op, path: path.to_owned(), source }
-}
 
 /// A prepared bundle, as recorded.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -315,7 +310,7 @@ impl Drop for CreateGuard<'_> {
             return;
         }
         let _ = self.engine.unmount_under(&self.dir);
-        let _ = fs::remove_dir_all(&self.dir);
+        let _ = snapshot::copy::remove_tree(&self.dir);
         if let Some(key) = &self.snapshot {
             let _ = self.engine.snapshots.remove(key);
         }
@@ -323,8 +318,7 @@ impl Drop for CreateGuard<'_> {
 }
 
 fn ensure_mode(dir: &Path, mode: u32) -> Result<()> {
-    fs::create_dir_all(dir).map_err(io_err("mkdir", dir))?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(mode)).map_err(io_err("chmod", dir))
+    host::ensure_dir(dir, mode).map_err(|source| Error::Sys { id: dir.display().to_string(), source })
 }
 
 impl Engine {
@@ -435,14 +429,15 @@ impl Engine {
             kept_snapshots.insert(bundle.snapshot);
         }
         let dir = self.bundles_dir();
-        for e in fs::read_dir(&dir).map_err(io_err("opendir", &dir))?.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if kept_ids.contains(&name) {
+        let names = host::dir_names(&dir).map_err(|source| Error::Sys { id: dir.display().to_string(), source })?;
+        for name in names {
+            let path = dir.join(&name);
+            if kept_ids.contains(&*name.to_string_lossy()) {
                 continue;
             }
-            self.unmount_under(&e.path())?;
-            fs::remove_dir_all(e.path()).map_err(io_err("rmdir", &e.path()))?;
-            actions.push(format!("removed {}: no bundle record", e.path().display()));
+            self.unmount_under(&path)?;
+            snapshot::copy::remove_tree(&path)?;
+            actions.push(format!("removed {}: no bundle record", path.display()));
         }
         for info in self.snapshots.walk()? {
             if info.key.starts_with(SNAPSHOT_PREFIX) && !kept_snapshots.contains(&info.key) {
@@ -456,14 +451,14 @@ impl Engine {
     /// Makes a recorded bundle whole again: directory, rootfs mount, config.json.
     fn restore(&self, b: &Bundle) -> Result<()> {
         let rootfs = b.rootfs();
-        fs::create_dir_all(&rootfs).map_err(io_err("mkdir", &rootfs))?;
+        host::create_dir_all(&rootfs).map_err(|source| Error::Sys { id: b.id.clone(), source })?;
         if !self.mounter.is_mounted(&rootfs) {
             let mounts =
                 self.snapshots.mounts(&b.snapshot).map_err(|source| Error::Snapshot { id: b.id.clone(), source })?;
             self.mounter.mount_all(&mounts, &rootfs).map_err(|source| Error::Sys { id: b.id.clone(), source })?;
         }
         let config = b.path.join("config.json");
-        if fs::read(&config).ok().as_deref() != Some(b.config_json.as_bytes()) && !b.config_json.is_empty() {
+        if host::read(&config).ok().as_deref() != Some(b.config_json.as_bytes()) && !b.config_json.is_empty() {
             crate::sys::atomic_write(&config, b.config_json.as_bytes(), 0o644)
                 .map_err(|source| Error::Sys { id: b.id.clone(), source })?;
         }
@@ -512,9 +507,7 @@ impl Engine {
         let dir = self.bundles_dir().join(id.as_str());
         // No record: anything under this id is what a crash left.
         self.unmount_under(&dir)?;
-        if dir.exists() {
-            fs::remove_dir_all(&dir).map_err(io_err("rmdir", &dir))?;
-        }
+        snapshot::copy::remove_tree(&dir)?;
         if self.snapshots.stat(&key).is_ok() {
             self.snapshots.remove(&key).map_err(|source| Error::Snapshot { id: sid.clone(), source })?;
         }
@@ -528,10 +521,9 @@ impl Engine {
             .map_err(|source| Error::Snapshot { id: sid.clone(), source })?;
         guard.snapshot = Some(key.clone());
         let rootfs = dir.join("rootfs");
-        fs::create_dir(&dir).map_err(io_err("mkdir", &dir))?;
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(io_err("chmod", &dir))?;
-        fs::create_dir(&rootfs).map_err(io_err("mkdir", &rootfs))?;
         let sys = |source| Error::Sys { id: sid.clone(), source };
+        host::mkdir(&dir, 0o700).map_err(sys)?;
+        host::mkdir(&rootfs, 0o755).map_err(sys)?;
         self.mounter.mount_all(&mounts, &rootfs).map_err(sys)?;
         let fixes: Vec<Fix> =
             hygiene::make_safe(&rootfs).map_err(|e| Error::Hygiene { id: sid.clone(), source: Box::new(e) })?;
@@ -593,10 +585,7 @@ impl Engine {
         let b = self.get(id)?;
         self.meta.write(|w| w.delete_bundle(id.as_str()).map(|_| ()))?;
         self.unmount_under(&b.path)?;
-        match fs::remove_dir_all(&b.path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_err("rmdir", &b.path)(e)),
-            _ => {}
-        }
+        snapshot::copy::remove_tree(&b.path)?;
         match self.snapshots.remove(&b.snapshot) {
             Err(snapshot::Error::NotFound { .. }) | Ok(()) => Ok(()),
             Err(source) => Err(Error::Snapshot { id: id.to_string(), source }),
@@ -688,8 +677,8 @@ impl Engine {
         let scratch = self.root.join("tmp").join(format!("verify-{}-{n}", std::process::id()));
         let (plain, mnt) = (scratch.join("plain"), scratch.join("mnt"));
         let result = (|| {
-            fs::create_dir_all(&plain).map_err(io_err("mkdir", &plain))?;
-            fs::create_dir_all(&mnt).map_err(io_err("mkdir", &mnt))?;
+            host::create_dir_all(&plain).map_err(snapshot::Error::from)?;
+            host::create_dir_all(&mnt).map_err(snapshot::Error::from)?;
             for l in &image.layers {
                 self.applier.apply(store, l, &plain, snapshot::WhiteoutMode::Delete).map_err(|source| {
                     snapshot::Error::Apply { digest: l.descriptor.digest.clone(), diff_id: l.diff_id.clone(), source }
@@ -757,31 +746,23 @@ impl Engine {
 /// the image, CVE-2022-23648): `destination` is resolved inside the rootfs (`RESOLVE_IN_ROOT`), so a `..` or a
 /// symlink in the image can only lead to another path of the rootfs; anything but a directory seeds nothing.
 fn seed_volume(rootfs: &Path, destination: &str, src: &Path) -> snapshot::Result<()> {
-    let io = |op: &'static str, path: &Path| {
-        let path = path.to_owned();
-        move |source| snapshot::Error::Io { op, path: path.clone(), source }
-    };
-    fs::create_dir_all(src).map_err(io("mkdir", src))?;
-    let root = crate::sys::open_dir(rootfs)?;
-    let how = nix::fcntl::OpenHow::new()
-        .flags(nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC)
-        .resolve(nix::fcntl::ResolveFlag::RESOLVE_IN_ROOT | nix::fcntl::ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    host::create_dir_all(src)?;
+    let root = tree::open_root(rootfs)?;
     let rel = destination.trim_start_matches('/');
-    let Ok(fd) = nix::fcntl::openat2(&root, Path::new(if rel.is_empty() { "." } else { rel }), how) else {
+    let flags = nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY;
+    let Ok(fd) =
+        crate::sys::fs::openat2(&root, Path::new(if rel.is_empty() { "." } else { rel }), flags, Resolve::InRoot)
+    else {
         return Ok(());
     };
     // A volume whose destination resolves to the rootfs itself (`/v -> /`) would copy the whole image into
     // the volume: it seeds nothing.
-    let (here, top) = (nix::sys::stat::fstat(&fd), nix::sys::stat::fstat(&root));
-    if let (Ok(h), Ok(t)) = (here, top) {
-        if (h.st_dev, h.st_ino) == (t.st_dev, t.st_ino) {
-            return Ok(());
-        }
+    let (here, top) = (crate::sys::fs::fstat(&fd)?, crate::sys::fs::fstat(&root)?);
+    if (here.st_dev, here.st_ino) == (top.st_dev, top.st_ino) {
+        return Ok(());
     }
-    use std::os::fd::AsRawFd;
-    // Below the resolved directory the copy never follows a symlink (lstat walk).
-    let resolved = PathBuf::from(format!("/proc/self/fd/{}/.", fd.as_raw_fd()));
-    snapshot::copy::copy_tree(&resolved, src)
+    // Below the resolved directory the copy goes by descriptor and never follows a link.
+    Ok(tree::copy_tree(&fd, &tree::open_root(src)?)?)
 }
 
 fn depth(infos: &BTreeMap<String, snapshot::Info>, key: &str) -> usize {
@@ -820,6 +801,7 @@ fn rfc3339(secs: u64) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests build fixtures by path
 mod tests {
     use super::*;
 

@@ -37,6 +37,7 @@ pub fn make_safe(rootfs: &Path) -> Result<Vec<Fix>, crate::layer::Error> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests build fixtures by path
 mod tests {
     use super::*;
 

@@ -149,6 +149,7 @@ pub(crate) fn build(
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests build fixtures by path
 mod tests {
     use super::*;
 

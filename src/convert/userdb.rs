@@ -126,6 +126,7 @@ pub fn parse_group(bytes: &[u8]) -> Vec<Group> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests build fixtures by path
 mod tests {
     use super::*;
 

@@ -585,6 +585,7 @@ fn pax_time(v: &[u8], offset: u64) -> Result<(i64, u32)> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests build fixtures by path
 mod tests {
     use super::*;
 

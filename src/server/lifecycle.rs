@@ -1,8 +1,8 @@
 //! The daemon's shell around the services: one kilnd per root, the listening socket (inherited from systemd
 //! or bound here, a stale one removed), and readiness notification.
 
+use crate::sys::host;
 use std::fs::File;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener as StdUnixListener;
 use std::path::{Path, PathBuf};
 
@@ -16,14 +16,18 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { path, source }
 }
 
+fn sys(path: &Path) -> impl FnOnce(crate::sys::SysError) -> Error {
+    let path = path.to_path_buf();
+    move |e| Error::Io { path, source: std::io::Error::other(e.to_string()) }
+}
+
 /// Holds `<root>/kilnd.lock` for the daemon's life: a second kilnd on the same root refuses to start.
 pub struct RootLock(#[allow(dead_code)] Flock<File>);
 
 pub fn lock_root(root: &Path) -> Result<RootLock, Error> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(root).map_err(io(root))?;
+    host::ensure_dir(root, 0o700).map_err(sys(root))?;
     let path = root.join("kilnd.lock");
-    let file = File::options().create(true).truncate(false).write(true).open(&path).map_err(io(&path))?;
+    let file = host::open_write(&path, nix::fcntl::OFlag::empty(), 0o600).map_err(sys(&path))?;
     Flock::lock(file, FlockArg::LockExclusiveNonblock).map(RootLock).map_err(|(_, errno)| Error::Io {
         path,
         source: std::io::Error::new(std::io::ErrorKind::WouldBlock, format!("another kilnd holds this root ({errno})")),
@@ -60,11 +64,10 @@ pub fn listen(config: &Config) -> Result<Listener, Error> {
         source: std::io::Error::other(e.to_string()),
     })?;
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(io(parent))?;
+        host::create_dir_all(parent).map_err(sys(parent))?;
     }
-    if let Ok(meta) = std::fs::symlink_metadata(&path) {
-        use std::os::unix::fs::FileTypeExt;
-        if !meta.file_type().is_socket() {
+    if let Ok(st) = host::lstat(&path) {
+        if crate::sys::fs::file_type(&st) != nix::sys::stat::SFlag::S_IFSOCK {
             return Err(Error::Io {
                 path,
                 source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "exists and is not a socket"),
@@ -76,10 +79,10 @@ pub fn listen(config: &Config) -> Result<Listener, Error> {
                 source: std::io::Error::new(std::io::ErrorKind::AddrInUse, "a daemon is already listening here"),
             });
         }
-        std::fs::remove_file(&path).map_err(io(&path))?;
+        host::remove_file(&path).map_err(sys(&path))?;
     }
     let listener = StdUnixListener::bind(&path).map_err(io(&path))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660)).map_err(io(&path))?;
+    host::chmod(&path, 0o660).map_err(sys(&path))?;
     if let Some(group) = &config.socket_group {
         let gid = nix::unistd::Group::from_name(group)
             .ok()
@@ -89,7 +92,7 @@ pub fn listen(config: &Config) -> Result<Listener, Error> {
                 source: std::io::Error::other(format!("no group {group:?}")),
             })?
             .gid;
-        nix::unistd::chown(&path, None, Some(gid)).map_err(|e| Error::Io { path: path.clone(), source: e.into() })?;
+        host::chown(&path, None, Some(gid.as_raw())).map_err(sys(&path))?;
     }
     Ok(Listener::Bound(listener, path))
 }

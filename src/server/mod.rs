@@ -98,19 +98,17 @@ impl Daemon {
     /// an empty content layout, removes half-written blobs, and opens the engine (which sweeps `tmp/`). Call it holding the root lock
     /// ([`lifecycle::lock_root`]): the sweep would otherwise pull work from under a running daemon.
     pub fn new(config: Config) -> Result<Arc<Daemon>, Error> {
-        use std::os::unix::fs::PermissionsExt;
         let io = |path: &Path| {
             let path = path.to_path_buf();
-            move |source| Error::Io { path, source }
+            move |e: crate::sys::SysError| Error::Io { path, source: std::io::Error::other(e.to_string()) }
         };
         for (dir, mode) in [(&config.root, 0o700), (&config.state, 0o711)] {
-            std::fs::create_dir_all(dir).map_err(io(dir))?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(io(dir))?;
+            crate::sys::host::ensure_dir(dir, mode).map_err(io(dir))?;
         }
         // `tmp/` itself is swept by `Engine::open` below, which unmounts what a crash left mounted there
         // before removing anything (a plain recursive delete would descend into such a mount).
         let tmp = config.root.join("tmp");
-        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        crate::sys::host::ensure_dir(&tmp, 0o700).map_err(io(&tmp))?;
         let content = config.root.join("content");
         store::init_layout(&content)?;
         store::sweep_ingest(&content)?;

@@ -11,9 +11,13 @@
 //! (`LocalSnapshotter::open`) repairs both.
 
 use std::collections::HashMap;
-use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
+
+use nix::fcntl::OFlag;
+
+use crate::sys::fs as sfs;
+use crate::sys::{host, tree};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -73,25 +77,9 @@ fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-fn io_err<'a>(op: &'static str, path: &'a Path) -> impl Fn(std::io::Error) -> Error + 'a {
-    move |source| Error::Io { op, path: path.to_owned(), source }
-}
-
 /// Makes `dir` (and parents) and gives it `mode` — also when it existed with a wider one (I13).
 pub(crate) fn ensure_dir(dir: &Path, mode: u32) -> Result<()> {
-    fs::create_dir_all(dir).map_err(io_err("mkdir", dir))?;
-    let md = fs::symlink_metadata(dir).map_err(io_err("lstat", dir))?;
-    if !md.is_dir() {
-        return Err(Error::Io {
-            op: "mkdir",
-            path: dir.to_owned(),
-            source: std::io::Error::from_raw_os_error(libc::ENOTDIR),
-        });
-    }
-    if md.mode() & 0o7777 != mode {
-        fs::set_permissions(dir, fs::Permissions::from_mode(mode)).map_err(io_err("chmod", dir))?;
-    }
-    Ok(())
+    Ok(host::ensure_dir(dir, mode)?)
 }
 
 /// Checks that overlay can be mounted with upper and work dirs on the filesystem holding `tmp`, and that
@@ -100,18 +88,20 @@ pub fn probe_overlay(tmp: &Path) -> Result<()> {
     let dir = tmp.join(format!("probe-{}", std::process::id()));
     let _ = copy::remove_tree(&dir);
     let result = (|| {
+        host::mkdir(&dir, 0o700)?;
+        let top = host::open_dir(&dir)?;
         for d in ["lower", "upper", "work", "merged"] {
-            fs::create_dir_all(dir.join(d)).map_err(io_err("mkdir", &dir))?;
+            sfs::mkdirat(&top, OsStr::new(d), 0o755)?;
         }
-        fs::write(dir.join("lower/f"), b"").map_err(io_err("write", &dir))?;
-        nix::sys::stat::mknod(&dir.join("upper/wh"), nix::sys::stat::SFlag::S_IFCHR, nix::sys::stat::Mode::empty(), 0)
-            .map_err(|e| Error::Io { op: "mknod", path: dir.join("upper/wh"), source: e.into() })?;
-        xattr::set(dir.join("upper"), "trusted.overlay.opaque", b"y")
-            .map_err(io_err("lsetxattr trusted.overlay.opaque", &dir))?;
-        let _ = xattr::remove(dir.join("upper"), "trusted.overlay.opaque");
+        let lower = tree::open_dir_at(&top, OsStr::new("lower"))?;
+        sfs::openat(&lower, OsStr::new("f"), OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL, 0o644)?;
+        let upper = tree::open_dir_at(&top, OsStr::new("upper"))?;
+        sfs::mknodat(&upper, OsStr::new("wh"), nix::sys::stat::SFlag::S_IFCHR, 0, 0, 0)?;
+        sfs::fsetxattr(&upper, b"trusted.overlay.opaque", b"y")?;
+        tree::remove_xattr(&upper, b"trusted.overlay.opaque")?;
         let m = Mount::overlay(&[dir.join("lower")], Some((&dir.join("upper"), &dir.join("work"))));
         crate::sys::mount::mount(&m, &dir.join("merged"))?;
-        let seen = dir.join("merged/f").exists();
+        let seen = host::exists(&dir.join("merged/f"));
         crate::sys::mount::umount2(&dir.join("merged"))?;
         if !seen {
             return Err(Error::Unsupported { backend: "overlayfs", what: "probe mount did not show lower".into() });
@@ -183,14 +173,15 @@ impl LocalSnapshotter {
         let mut actions = Vec::new();
         let mut st = self.lock();
         let tmp = self.tmp_dir();
-        for e in fs::read_dir(&tmp).map_err(io_err("opendir", &tmp))?.flatten() {
-            for m in crate::sys::mount::mount_points_under(&e.path()) {
+        for name in host::dir_names(&tmp)? {
+            let path = tmp.join(name);
+            for m in crate::sys::mount::mount_points_under(&path) {
                 let _ = crate::sys::mount::umount2(&m);
             }
             // What cannot be removed is reported, not fatal: one stubborn leftover must not keep kilnd down.
-            match copy::remove_tree(&e.path()) {
-                Ok(()) => actions.push(format!("swept {}", e.path().display())),
-                Err(err) => actions.push(format!("could not sweep {}: {err}", e.path().display())),
+            match copy::remove_tree(&path) {
+                Ok(()) => actions.push(format!("swept {}", path.display())),
+                Err(err) => actions.push(format!("could not sweep {}: {err}", path.display())),
             }
         }
         let mut records = self.meta.snapshots()?;
@@ -199,7 +190,7 @@ impl LocalSnapshotter {
             let gone: Vec<String> = records
                 .values()
                 .filter(|i| {
-                    !self.dir(i.id).join("fs").is_dir()
+                    !host::is_dir(&self.dir(i.id).join("fs"))
                         || i.parent
                             .as_ref()
                             .is_some_and(|p| !records.get(p).is_some_and(|pi| pi.kind == Kind::Committed))
@@ -226,8 +217,8 @@ impl LocalSnapshotter {
         let ids: HashMap<u64, &str> = records.values().map(|i| (i.id, i.key.as_str())).collect();
         let mut max_id = ids.keys().copied().max().unwrap_or(0);
         let snaps = self.root.join("snapshots");
-        for e in fs::read_dir(&snaps).map_err(io_err("opendir", &snaps))?.flatten() {
-            let name = e.file_name();
+        for name in host::dir_names(&snaps)? {
+            let path = snaps.join(&name);
             let id = name.to_str().and_then(|n| n.parse::<u64>().ok());
             if let Some(id) = id {
                 max_id = max_id.max(id);
@@ -235,12 +226,12 @@ impl LocalSnapshotter {
                     continue;
                 }
             }
-            for m in crate::sys::mount::mount_points_under(&e.path()) {
+            for m in crate::sys::mount::mount_points_under(&path) {
                 let _ = crate::sys::mount::umount2(&m);
             }
-            match copy::remove_tree(&e.path()) {
-                Ok(()) => actions.push(format!("removed {}: no record", e.path().display())),
-                Err(err) => actions.push(format!("could not remove {} (no record): {err}", e.path().display())),
+            match copy::remove_tree(&path) {
+                Ok(()) => actions.push(format!("removed {}: no record", path.display())),
+                Err(err) => actions.push(format!("could not remove {} (no record): {err}", path.display())),
             }
         }
         st.next_id = max_id + 1;
@@ -302,28 +293,22 @@ impl LocalSnapshotter {
     fn build(&self, id: u64, key: &str, parent: Option<&Info>, kind: Kind, labels: Labels) -> Result<()> {
         let tmp = self.tmp_dir().join(id.to_string());
         let guard = RemoveOnDrop(Some(tmp.clone()));
-        fs::create_dir(&tmp).map_err(io_err("mkdir", &tmp))?;
-        let fs_dir = tmp.join("fs");
-        fs::create_dir(&fs_dir).map_err(io_err("mkdir", &fs_dir))?;
-        fs::set_permissions(&fs_dir, fs::Permissions::from_mode(0o755)).map_err(io_err("chmod", &fs_dir))?;
+        host::mkdir(&tmp, 0o700)?;
+        let tmp_fd = host::open_dir(&tmp)?;
+        let fs_dir = tree::mkdir_at(&tmp_fd, OsStr::new("fs"), 0o755)?;
+        sfs::fchmod(&fs_dir, 0o755)?;
         match (self.backend, parent) {
-            (Backend::Native, Some(p)) => copy::copy_tree(&self.fs_dir(p), &fs_dir)?,
-            (Backend::Overlay, Some(p)) => {
-                // The merged root takes the upper dir's attributes: start from the parent's.
-                let md = fs::symlink_metadata(self.fs_dir(p)).map_err(io_err("lstat", &fs_dir))?;
-                std::os::unix::fs::lchown(&fs_dir, Some(md.uid()), Some(md.gid()))
-                    .map_err(io_err("lchown", &fs_dir))?;
-                fs::set_permissions(&fs_dir, md.permissions()).map_err(io_err("chmod", &fs_dir))?;
-            }
+            (Backend::Native, Some(p)) => tree::copy_tree(&tree::open_root(&self.fs_dir(p))?, &fs_dir)?,
+            // The merged root takes the upper dir's attributes: start from the parent's.
+            (Backend::Overlay, Some(p)) => tree::copy_dir_attrs(&tree::open_root(&self.fs_dir(p))?, &fs_dir)?,
             _ => {}
         }
         if self.backend == Backend::Overlay && kind == Kind::Active {
-            let work = tmp.join("work");
-            fs::create_dir(&work).map_err(io_err("mkdir", &work))?;
+            sfs::mkdirat(&tmp_fd, OsStr::new("work"), 0o700)?;
         }
-        crate::sys::syncfs(&tmp)?;
+        sfs::syncfs(&tmp_fd)?;
         let dest = self.dir(id);
-        fs::rename(&tmp, &dest).map_err(io_err("rename", &dest))?;
+        host::rename(&tmp, &dest)?;
         std::mem::forget(guard);
         let info = Info {
             key: key.to_owned(),
@@ -380,9 +365,7 @@ impl LocalSnapshotter {
         }
         let dir = self.dir(info.id);
         let work = dir.join("work");
-        if work.exists() {
-            copy::remove_tree(&work)?;
-        }
+        copy::remove_tree(&work)?;
         let measured = self.lock().measured.remove(key);
         let usage = match measured {
             Some(u) => u,
@@ -506,10 +489,10 @@ impl Snapshotter for LocalSnapshotter {
             crate::sys::mount::umount2(&m)?;
         }
         let trash = self.tmp_dir().join(format!("rm-{}", info.id));
-        match fs::rename(&dir, &trash) {
+        match host::rename(&dir, &trash) {
             Ok(()) => copy::remove_tree(&trash),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err("rename", &dir)(e)),
+            Err(e) if e.errno == nix::errno::Errno::ENOENT => Ok(()),
+            Err(e) => Err(e.into()),
         }
     }
 

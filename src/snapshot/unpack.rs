@@ -194,7 +194,7 @@ pub const UNPACK_PREFIX: &str = "unpack/";
 enum Role {
     Present,
     Follow(Arc<Flight>),
-    Lead(LeadGuard),
+    Lead(Box<LeadGuard>),
 }
 
 /// The leader's hold on a flight: publishes an error if dropped before finishing, so followers never hang.
@@ -278,14 +278,14 @@ impl Unpacker {
         }
         let flight = Arc::new(Flight::default());
         flights.insert(chain_id.clone(), flight.clone());
-        Ok(Role::Lead(LeadGuard {
+        Ok(Role::Lead(Box::new(LeadGuard {
             flight,
             chain_id: chain_id.clone(),
             active: None,
             failed: None,
             applied: Applied::default(),
             flights: self.flights.clone(),
-        }))
+        })))
     }
 
     /// Publishes the leader's result to its followers and leaves the flight map (after the commit, see
@@ -395,11 +395,11 @@ impl Unpacker {
         let r = (|| {
             let dir = self.snapshotter.diff_dir(&key)?;
             let mnt = dir.with_file_name("mnt");
-            std::fs::create_dir(&mnt).map_err(|source| Error::Io { op: "mkdir", path: mnt.clone(), source })?;
+            crate::sys::host::mkdir(&mnt, 0o700)?;
             m.mount_all(&mounts, &mnt)?;
             let applied = self.applier.apply(store, layer, &mnt, WhiteoutMode::Delete);
             let unmounted = m.unmount(&mnt);
-            let _ = std::fs::remove_dir(&mnt);
+            let _ = crate::sys::host::remove_dir(&mnt);
             applied.map_err(|source| Error::Apply {
                 digest: layer.descriptor.digest.clone(),
                 diff_id: layer.diff_id.clone(),
@@ -521,7 +521,7 @@ impl Unpacker {
                         })
                     };
                     let failed = r.is_err();
-                    match self.finish(g, r) {
+                    match self.finish(*g, r) {
                         Ok(()) => report.extracted.push(layer.chain_id.clone()),
                         Err(e) if first_err.is_none() && failed => first_err = Some(e),
                         Err(_) => {}

@@ -182,6 +182,7 @@ fn check_url(value: &str) -> Result<(), &'static str> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests build fixtures by path
 mod tests {
     use super::*;
 

@@ -82,6 +82,7 @@ pub fn non_negative<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
 use serde::Deserialize;
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests build fixtures by path
 mod tests {
     use super::*;
     use std::collections::BTreeMap;

@@ -142,8 +142,8 @@ impl Store {
         let store = Store { root, dir, limits };
 
         // image-layout.md: the blobs directory MUST exist (it may be empty) (A1).
-        match std::fs::symlink_metadata(store.root.join("blobs")) {
-            Ok(m) if m.is_dir() => {}
+        match crate::sys::fs::fstatat_nofollow(&store.dir, std::ffi::OsStr::new("blobs")) {
+            Ok(st) if crate::sys::fs::file_type(&st) == nix::sys::stat::SFlag::S_IFDIR => {}
             _ => {
                 return Err(Error::InvalidLayout {
                     path: store.root.clone(),

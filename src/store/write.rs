@@ -9,9 +9,9 @@
 //! at the layout's top, not in `blobs/`, so tools that walk `blobs/` (umoci gc) never see half-written files;
 //! [`sweep_ingest`] removes what a crash left there.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -37,22 +37,20 @@ pub const INGEST_DIR: &str = ".kiln-ingest";
 /// Removes half-written blobs a crash left in the layout at `path` (call with no writer running).
 pub fn sweep_ingest(path: &Path) -> Result<()> {
     let dir = path.join(INGEST_DIR);
-    match std::fs::remove_dir_all(&dir) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::Io { what: dir.display().to_string(), source: e }),
-        _ => Ok(()),
-    }
+    sys::tree::remove_tree(&dir).map_err(sys_err(dir.display().to_string()))
 }
 
 /// Creates an empty layout at `path` (`oci-layout`, `index.json`, `blobs/sha256/`) unless one is there.
 pub fn init_layout(path: &Path) -> Result<()> {
-    std::fs::create_dir_all(path.join("blobs/sha256")).map_err(io_err(path.display().to_string()))?;
+    let blobs = path.join("blobs/sha256");
+    sys::host::ensure_dir(&blobs, 0o755).map_err(sys_err(blobs.display().to_string()))?;
     let layout = path.join("oci-layout");
-    if !layout.exists() {
+    if !sys::host::exists(&layout) {
         let body = format!("{{\"imageLayoutVersion\":\"{LAYOUT_VERSION}\"}}");
         sys::atomic_write(&layout, body.as_bytes(), 0o644).map_err(sys_err(layout.display().to_string()))?;
     }
     let index = path.join("index.json");
-    if !index.exists() {
+    if !sys::host::exists(&index) {
         let body = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#;
         sys::atomic_write(&index, body, 0o644).map_err(sys_err(index.display().to_string()))?;
     }
@@ -69,14 +67,8 @@ impl LayoutWriter {
     /// Opens the layout at `path` for writing, waiting for the index lock.
     pub fn open(path: &Path) -> Result<LayoutWriter> {
         let lock_path = path.join("index.json.lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o644)
-            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-            .open(&lock_path)
-            .map_err(io_err(lock_path.display().to_string()))?;
+        let file = sys::host::open_write(&lock_path, nix::fcntl::OFlag::empty(), 0o644)
+            .map_err(sys_err(lock_path.display().to_string()))?;
         let lock = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| Error::Sys {
             what: lock_path.display().to_string(),
             source: sys::SysError::new("flock", "LOCK_EX", errno),
@@ -100,30 +92,26 @@ impl LayoutWriter {
             }
         }
         let dir = self.store.path().join("blobs").join(digest.algorithm_str());
-        std::fs::create_dir_all(&dir).map_err(io_err(dir.display().to_string()))?;
+        sys::host::ensure_dir(&dir, 0o755).map_err(sys_err(dir.display().to_string()))?;
         let ingest = self.store.path().join(INGEST_DIR);
-        std::fs::create_dir_all(&ingest).map_err(io_err(ingest.display().to_string()))?;
+        sys::host::ensure_dir(&ingest, 0o700).map_err(sys_err(ingest.display().to_string()))?;
         let tmp = TempFile::new(ingest.join(format!(
             "{}-{}-{}",
             digest.algorithm_str(),
             digest.encoded(),
             std::process::id()
         )));
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-            .open(&tmp.0)
-            .map_err(io_err(tmp.0.display().to_string()))?;
+        let mut file = sys::host::open_write(&tmp.0, nix::fcntl::OFlag::O_EXCL, 0o644)
+            .map_err(sys_err(tmp.0.display().to_string()))?;
         let mut verifying = VerifyingReader::new(reader, digest.clone(), size)
             .map_err(|source| Error::Digest { what: what.clone(), source })?;
         let copied = io::copy(&mut verifying, &mut file).map_err(|e| Error::from_read(what.clone(), e))?;
         file.flush().and_then(|()| file.sync_all()).map_err(io_err(tmp.0.display().to_string()))?;
         let dest = self.store.blob_path(digest);
-        std::fs::rename(&tmp.0, &dest).map_err(io_err(dest.display().to_string()))?;
+        sys::host::rename(&tmp.0, &dest).map_err(sys_err(dest.display().to_string()))?;
         tmp.disarm();
-        File::open(&dir).and_then(|d| d.sync_all()).map_err(io_err(dir.display().to_string()))?;
+        let dfd = sys::host::open_dir(&dir).map_err(sys_err(dir.display().to_string()))?;
+        File::from(dfd).sync_all().map_err(io_err(dir.display().to_string()))?;
         Ok(copied)
     }
 
@@ -171,22 +159,33 @@ impl LayoutWriter {
         let mut report = BlobReport::default();
         let blobs = self.store.path().join("blobs");
         let now = std::time::SystemTime::now();
-        for alg in std::fs::read_dir(&blobs).map_err(io_err(blobs.display().to_string()))?.flatten() {
-            let Ok(entries) = std::fs::read_dir(alg.path()) else { continue };
-            for e in entries.flatten() {
-                let name = format!("{}:{}", alg.file_name().to_string_lossy(), e.file_name().to_string_lossy());
-                let Ok(meta) = e.metadata() else { continue };
-                if !meta.is_file() {
+        // By descriptor: `blobs/` and each algorithm directory are opened O_NOFOLLOW, entries are looked at
+        // with fstatat and removed with unlinkat, so a link planted in the layout never sends GC elsewhere.
+        let bfd = sys::host::open_dir(&blobs).map_err(sys_err(blobs.display().to_string()))?;
+        for (alg, _) in sys::fs::read_dir_names(&bfd).map_err(sys_err(blobs.display().to_string()))? {
+            let alg = std::ffi::OsString::from_vec(alg);
+            let Ok(afd) = sys::tree::open_dir_at(&bfd, &alg) else { continue };
+            let Ok(entries) = sys::fs::read_dir_names(&afd) else { continue };
+            for (file, _) in entries {
+                let file = std::ffi::OsString::from_vec(file);
+                let name = format!("{}:{}", alg.to_string_lossy(), file.to_string_lossy());
+                let Ok(st) = sys::fs::fstatat_nofollow(&afd, &file) else { continue };
+                if sys::fs::file_type(&st) != nix::sys::stat::SFlag::S_IFREG {
                     continue;
                 }
-                let size = meta.len();
+                let size = st.st_size as u64;
                 // A name that is not a digest was not written by a layout writer: it is left alone.
                 let Ok(digest) = Digest::parse(&name) else { continue };
                 if let Some(holder) = held.get(&digest) {
                     report.kept.push((digest, size, format!("held by {holder}")));
                     continue;
                 }
-                let age = meta.modified().ok().and_then(|m| now.duration_since(m).ok()).unwrap_or_default();
+                let modified = std::time::UNIX_EPOCH
+                    + std::time::Duration::new(
+                        st.st_mtime.max(0) as u64,
+                        st.st_mtime_nsec.clamp(0, 999_999_999) as u32,
+                    );
+                let age = now.duration_since(modified).unwrap_or_default();
                 if age < grace {
                     report.kept.push((
                         digest,
@@ -196,7 +195,7 @@ impl LayoutWriter {
                     continue;
                 }
                 if !dry_run {
-                    std::fs::remove_file(e.path()).map_err(io_err(e.path().display().to_string()))?;
+                    sys::fs::unlinkat(&afd, &file, false).map_err(sys_err(format!("blob {name}")))?;
                 }
                 report.removed.push((digest, size, "no image in index.json refers to it".into()));
             }
@@ -235,7 +234,7 @@ struct TempFile(PathBuf, bool);
 
 impl TempFile {
     fn new(path: PathBuf) -> TempFile {
-        let _ = std::fs::remove_file(&path);
+        let _ = sys::host::remove_file(&path);
         TempFile(path, true)
     }
     fn disarm(mut self) {
@@ -246,7 +245,7 @@ impl TempFile {
 impl Drop for TempFile {
     fn drop(&mut self) {
         if self.1 {
-            let _ = std::fs::remove_file(&self.0);
+            let _ = sys::host::remove_file(&self.0);
         }
     }
 }

@@ -333,6 +333,7 @@ impl Mounter for RecordingMounter {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests build fixtures by path
 mod tests {
     use super::*;
 

@@ -59,8 +59,8 @@ struct TempGuard(Option<PathBuf>);
 impl Drop for TempGuard {
     fn drop(&mut self) {
         if let Some(p) = self.0.take() {
-            // std's remove_dir_all never follows symlinks (CVE-2022-21658 fix).
-            if let Err(e) = std::fs::remove_dir_all(&p) {
+            // By descriptor: the image's links in rootfs/ are never followed.
+            if let Err(e) = kiln::sys::tree::remove_tree(&p) {
                 eprintln!("kiln: could not remove {}: {e}", p.display());
             }
         }
@@ -102,11 +102,12 @@ pub fn run(args: Args, json: bool) -> Result<()> {
 }
 
 fn check_bundle(bundle: &Path) -> Result<bool> {
-    match std::fs::symlink_metadata(bundle) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+    use kiln::sys::host;
+    match host::lstat(bundle) {
+        Err(e) if e.errno == nix::errno::Errno::ENOENT => Ok(false),
         Err(e) => Err(anyhow::anyhow!("{}: {e}", bundle.display())),
-        Ok(m) if m.is_dir() => {
-            if std::fs::read_dir(bundle)?.next().is_some() {
+        Ok(st) if kiln::sys::fs::file_type(&st) == nix::sys::stat::SFlag::S_IFDIR => {
+            if !host::dir_names(bundle)?.is_empty() {
                 bail!("{}: bundle directory exists and is not empty; refusing to overwrite it", bundle.display());
             }
             Ok(true)
@@ -132,19 +133,10 @@ fn build(args: &Args, json: bool, cancel: &Arc<AtomicBool>) -> Result<()> {
     tmp_name.push(&name);
     tmp_name.push(format!(".kiln-tmp-{}", std::process::id()));
     let tmp = parent.join(&tmp_name);
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&tmp)
-            .map_err(|e| anyhow::anyhow!("mkdir {}: {e}", tmp.display()))?;
-    }
+    kiln::sys::host::mkdir(&tmp, 0o700)?;
     let mut guard = TempGuard(Some(tmp.clone()));
     let rootfs = tmp.join("rootfs");
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new().mode(0o755).create(&rootfs)?;
-    }
+    kiln::sys::host::mkdir(&rootfs, 0o755)?;
 
     let lopts = layer::Options { cancel: Some(cancel.clone()), ..Default::default() };
     let progress = std::io::stderr().is_terminal() && !json;
@@ -167,14 +159,16 @@ fn build(args: &Args, json: bool, cancel: &Arc<AtomicBool>) -> Result<()> {
     }
 
     // Build in temp, sync, then rename into place (STYLE.md habit 5).
-    kiln::sys::fs::syncfs(std::fs::File::open(&tmp)?)?;
+    kiln::sys::fs::syncfs(kiln::sys::host::open_dir(&tmp)?)?;
     if existed_empty {
-        std::fs::remove_dir(bundle).map_err(|e| anyhow::anyhow!("rmdir {}: {e}", bundle.display()))?;
+        kiln::sys::host::remove_dir(bundle)?;
     }
     let parent_fd = kiln::sys::open_dir(&parent)?;
     kiln::sys::fs::renameat2_noreplace(&parent_fd, &tmp_name, &parent_fd, &name)?;
     guard.0 = None;
-    std::fs::File::open(&parent).and_then(|d| d.sync_all()).ok();
+    if let Ok(d) = kiln::sys::host::open_dir(&parent) {
+        std::fs::File::from(d).sync_all().ok();
+    }
 
     if json {
         let out = Output {
