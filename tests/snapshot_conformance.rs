@@ -246,6 +246,48 @@ fn fixtures() -> Vec<(&'static str, Vec<LayerBuilder>)> {
             ],
         ),
         (
+            // An explicit directory over a lower one has exactly the entry's xattrs (umoci clears the others
+            // first; an overlay diff holds only the entry's): user.old is gone on every backend.
+            "directory entry replaces the lower directory's xattrs",
+            vec![
+                LayerBuilder::new().dir("d", 0o755).xattr("user.old", b"1").xattr("user.keep", b"1"),
+                LayerBuilder::new().dir("d", 0o750).xattr("user.keep", b"2").file("d/f", b"f", 0o644),
+            ],
+        ),
+        (
+            // The root: listed by L1 (0700, uid 7, an xattr), not by L2; the merged root keeps L1's attributes
+            // although L2's diff was extracted without its parent.
+            "root attributes survive a layer that does not list the root",
+            vec![
+                LayerBuilder::new().dir(".", 0o700).owner(7, 7).xattr("user.root", b"r").file("a", b"a", 0o644),
+                LayerBuilder::new().file("b", b"b", 0o644),
+            ],
+        ),
+        (
+            // An implicit parent that exists below takes the lower directory's owner, mode and xattrs.
+            "implicit parent takes the lower directory's attributes and xattrs",
+            vec![
+                LayerBuilder::new().dir("p", 0o750).owner(3, 4).xattr("user.p", b"lower"),
+                LayerBuilder::new().file("p/q/f", b"f", 0o644),
+                LayerBuilder::new().file("p/g", b"g", 0o644),
+            ],
+        ),
+        (
+            // Whiteouts of names no lower layer has, inside a directory that is new in that layer and at the
+            // root: nothing to delete, and no whiteout device may stay in the diff (overlayfs would list it in
+            // the unmerged new directory as an entry that cannot be stat-ed).
+            "whiteouts of names that exist nowhere below",
+            vec![
+                LayerBuilder::new().file("base", b"b", 0o644),
+                LayerBuilder::new()
+                    .dir("new", 0o755)
+                    .whiteout("new/ghost")
+                    .whiteout("ghost")
+                    .file("new/f", b"f", 0o644),
+                LayerBuilder::new().dir("new2", 0o755).opaque("new2").whiteout("new2/ghost"),
+            ],
+        ),
+        (
             // A hardlink to a lower layer's file: overlay applies this layer through a mount (copy-up).
             "hardlink to a lower layer",
             vec![
@@ -281,6 +323,20 @@ fn backends_produce_identical_trees() {
                 // fuse-overlayfs#151: a root-level whiteout removes only /test.
                 assert!(!native.contains_key("/test") && native.contains_key("/sub/test"));
                 assert!(!native.keys().any(|k| k.contains(".wh.")));
+            }
+            "directory entry replaces the lower directory's xattrs" => {
+                assert!(native["/d"].contains("user.keep") && !native["/d"].contains("user.old"), "{native:#?}")
+            }
+            "root attributes survive a layer that does not list the root" => {
+                assert!(native["/"].contains("mode=700") && native["/"].contains("owner=7:7"), "{native:#?}")
+            }
+            "implicit parent takes the lower directory's attributes and xattrs" => {
+                assert!(native["/p"].contains("mode=750") && native["/p"].contains("user.p"), "{native:#?}")
+            }
+            "whiteouts of names that exist nowhere below" => {
+                assert!(!native.keys().any(|k| k.contains("ghost")), "{native:#?}");
+                // Every entry the merged view lists can be stat-ed (the tree walk lstat's each one).
+                assert!(native.contains_key("/new/f") && native.contains_key("/new2"));
             }
             _ => {}
         }

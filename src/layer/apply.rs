@@ -248,7 +248,7 @@ impl Applier<'_> {
             }
             self.stats.dirs += 1;
             self.root_listed = true;
-            let meta = self.apply_dir_xattrs_now(&Vec::new(), meta)?;
+            let meta = self.apply_dir_xattrs_now(&Vec::new(), meta, true)?;
             self.dirs.insert(Vec::new(), meta);
             return Ok(());
         }
@@ -428,10 +428,11 @@ impl Applier<'_> {
             Err(e) if e.errno == Errno::ENOENT => {}
             Err(e) => return Err(self.sys(path, e)),
         }
+        let existed = !make;
         if make {
             sfs::mkdirat(pfd, os(name), 0o700).map_err(|e| self.sys(path, e))?;
         }
-        let meta = self.apply_dir_xattrs_now(path, meta)?;
+        let meta = self.apply_dir_xattrs_now(path, meta, existed)?;
         self.retain(path.len())?;
         self.implicit.remove(path);
         self.dirs.insert(path.to_vec(), meta);
@@ -441,13 +442,33 @@ impl Applier<'_> {
     /// Sets a directory's xattrs right away, so that only its mode, owner and times wait for the layer's end:
     /// deferring xattrs too would let a layer make the applier hold up to 1 MiB per directory. Returns the
     /// metadata still to apply.
-    fn apply_dir_xattrs_now(&mut self, path: &[u8], mut meta: Meta) -> Result<Meta> {
-        if meta.xattrs.is_empty() {
+    ///
+    /// An entry for a directory that exists already (a lower layer's, or this layer's own earlier entry) gives
+    /// it exactly the entry's xattrs: the others are removed first, as umoci does. Otherwise the result would
+    /// depend on the backend: an overlay diff holds only the entry's xattrs (the merged directory shows the
+    /// upper's), while a copy of the parents would keep the lower ones too.
+    fn apply_dir_xattrs_now(&mut self, path: &[u8], mut meta: Meta, existed: bool) -> Result<Meta> {
+        if meta.xattrs.is_empty() && !existed {
             return Ok(meta);
         }
         let fd = self
             .resolve(path, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW)
             .map_err(|e| self.sys(path, e))?;
+        if existed {
+            let names = crate::sys::tree::list_xattrs(&fd, false).map_err(|e| self.sys(path, e))?;
+            for n in names {
+                if crate::sys::tree::is_overlay_xattr(&n) || meta.xattrs.iter().any(|(k, _)| *k == n) {
+                    continue;
+                }
+                match crate::sys::tree::remove_xattr(&fd, &n) {
+                    Ok(()) => {}
+                    Err(e) if matches!(e.errno, Errno::EPERM | Errno::EOPNOTSUPP | Errno::EACCES) => {
+                        tracing::warn!(layer = self.layer, path = %lossy(path), error = %e, "xattr not removed");
+                    }
+                    Err(e) => return Err(self.sys(path, e)),
+                }
+            }
+        }
         let xattrs = std::mem::take(&mut meta.xattrs);
         self.set_xattrs(&fd, path, &xattrs, false)?;
         Ok(meta)
