@@ -88,25 +88,6 @@ pub fn open_regular_in_root(dir: impl AsFd, path: &Path) -> Result<File> {
     Ok(File::from(file))
 }
 
-/// `lstat` of `rel` below `dir`, never following a symbolic link on the way (`openat2` of the parent with
-/// `RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS`, then `fstatat(AT_SYMLINK_NOFOLLOW)`): for looking at a path inside
-/// an image's tree without letting the image's links point the lookup at the host. A link in a parent
-/// component is `ELOOP`.
-pub fn lstat_beneath(dir: &Path, rel: &Path) -> Result<nix::sys::stat::FileStat> {
-    let (parent, name) = match (rel.parent(), rel.file_name()) {
-        (Some(p), Some(n)) => (if p.as_os_str().is_empty() { Path::new(".") } else { p }, n),
-        _ => (Path::new("."), OsStr::new(".")),
-    };
-    let root = open_dir(dir)?;
-    let how = OpenHow::new()
-        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
-        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    let pfd = nix::fcntl::openat2(&root, parent, how)
-        .map_err(|e| SysError::new("openat2", format!("{}, RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS", quoted(parent)), e))?;
-    nix::sys::stat::fstatat(&pfd, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
-        .map_err(|e| SysError::new("fstatat", format!("{}, AT_SYMLINK_NOFOLLOW", quoted(rel)), e))
-}
-
 /// Writes `bytes` to `path` atomically: a temporary sibling, `fsync`, `rename`, then `fsync` of the directory.
 /// A crash leaves either the old file or the new one (I14).
 pub fn atomic_write(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
