@@ -230,6 +230,20 @@ fn one_daemon_per_root_stale_socket_and_sigterm() {
     assert!(stderr.contains("another kilnd"), "{stderr}");
     assert_eq!(stderr.matches("another kilnd").count(), 1, "the cause is said once: {stderr}");
     assert!(k.root.join("tmp/import-inflight").is_dir(), "the refused daemon swept the live one's tmp/");
+    // Issue 10 (3): nor does one with another root but the same state directory touch the live one's bundles.
+    std::fs::create_dir_all(k.state.join("bundles/inflight")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kilnd"))
+        .arg("--root")
+        .arg(k.dir.path().join("root2"))
+        .arg("--state")
+        .arg(&k.state)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("another kilnd holds this state directory"), "{stderr}");
+    assert!(k.state.join("bundles/inflight").is_dir(), "the refused daemon swept the live one's bundles");
+    assert!(k.socket.exists(), "the refused daemon removed the live one's socket");
     // SIGTERM: exit 0, socket removed.
     let st = k.stop();
     assert!(st.success(), "{st:?}");

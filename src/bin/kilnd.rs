@@ -101,7 +101,7 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config) -> anyhow::Result<()> {
-    let _lock = lifecycle::lock_root(&config.root)?;
+    let _lock = lifecycle::lock_root(&config.root, &config.state)?;
     let daemon = server::Daemon::new(config.clone()).context("preparing directories")?;
     let listener = lifecycle::listen(&config)?;
     let socket_file = match &listener {

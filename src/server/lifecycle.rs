@@ -21,17 +21,28 @@ fn sys(path: &Path) -> impl FnOnce(crate::sys::SysError) -> Error {
     move |e| Error::Io { path, source: std::io::Error::other(e.to_string()) }
 }
 
-/// Holds `<root>/kilnd.lock` for the daemon's life: a second kilnd on the same root refuses to start.
-pub struct RootLock(#[allow(dead_code)] Flock<File>);
+/// Holds `<root>/kilnd.lock` and `<state>/kilnd.lock` for the daemon's life: a second kilnd on the same root
+/// or the same state directory refuses to start, before it has swept, mounted or removed anything (a
+/// `kilnd --root /tmp/x` on a host whose kilnd uses the default state would otherwise sweep that daemon's
+/// bundles as "no record").
+pub struct RootLock(#[allow(dead_code)] Vec<Flock<File>>);
 
-pub fn lock_root(root: &Path) -> Result<RootLock, Error> {
-    host::ensure_dir(root, 0o700).map_err(sys(root))?;
-    let path = root.join("kilnd.lock");
-    let file = host::open_write(&path, nix::fcntl::OFlag::empty(), 0o600).map_err(sys(&path))?;
-    Flock::lock(file, FlockArg::LockExclusiveNonblock).map(RootLock).map_err(|(_, errno)| Error::Io {
-        path,
-        source: std::io::Error::new(std::io::ErrorKind::WouldBlock, format!("another kilnd holds this root ({errno})")),
-    })
+pub fn lock_root(root: &Path, state: &Path) -> Result<RootLock, Error> {
+    let mut held = Vec::new();
+    for (dir, mode, what) in [(root, 0o700, "root"), (state, 0o711, "state directory")] {
+        host::ensure_dir(dir, mode).map_err(sys(dir))?;
+        let path = dir.join("kilnd.lock");
+        let file = host::open_write(&path, nix::fcntl::OFlag::empty(), 0o600).map_err(sys(&path))?;
+        let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| Error::Io {
+            path: path.clone(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                format!("another kilnd holds this {what} ({errno})"),
+            ),
+        })?;
+        held.push(lock);
+    }
+    Ok(RootLock(held))
 }
 
 /// Where the listener came from.
