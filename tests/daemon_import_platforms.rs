@@ -11,6 +11,7 @@ use common::layout::*;
 use kiln::api::v1 as pb;
 use kiln::api::v1::bundles_client::BundlesClient;
 use kiln::api::v1::images_client::ImagesClient;
+use kiln::api::v1::system_client::SystemClient;
 use serde_json::{json, Value};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
@@ -110,6 +111,11 @@ fn several_platform_manifests_under_one_ref_import_as_one_index_and_bundle_the_h
         }
         // Importing again gives the same index.
         assert_eq!(import(&ch, path_str(src.path()), "latest", "multi").await.unwrap(), digest);
+        // The collector sees every platform's blobs as held by the image.
+        let gc = SystemClient::new(ch.clone()).gc(pb::GcRequest { dry_run: true }).await.unwrap().into_inner();
+        assert!(gc.removed.is_empty(), "{gc:?}");
+        let held = gc.kept.iter().filter(|i| i.kind == "blob" && i.reason.contains("image \"multi\"")).count();
+        assert_eq!(held, 1 + 3 * 3, "the index, and manifest, config and layer of each platform: {gc:?}");
 
         // Resolution picks the host's platform; the others are still there.
         let mut images = ImagesClient::new(ch.clone());
