@@ -539,10 +539,10 @@ impl<R: BufRead> TarReader<R> {
         };
         self.remaining = data;
         self.padding = pad(data);
-        if let (Some(pending), Some(limits)) = (sparse.as_ref(), self.sparse_limits) {
+        if let (Some(pending), Some(limits)) = (sparse, self.sparse_limits) {
             let (real_size, segments) = match pending {
-                PendingSparse::Map(real_size, segments) => (*real_size, segments.clone()),
-                PendingSparse::InData(real_size) => (*real_size, self.sparse_map_1x0(offset, &limits)?),
+                PendingSparse::Map(real_size, segments) => (real_size, segments),
+                PendingSparse::InData(real_size) => (real_size, self.sparse_map_1x0(offset, &limits)?),
             };
             check_sparse(&segments, real_size, self.remaining, offset, &path)?;
             self.sparse_real_total = self.sparse_real_total.saturating_add(real_size);
