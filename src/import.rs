@@ -214,6 +214,22 @@ pub fn validate_ref_name(name: &str) -> Result<()> {
 }
 
 /// Copies the image `source_ref` names in `src` (the whole index tree, for a multi-platform image).
+///
+/// The reference is looked up as `kiln unpack` and `Bundles.Create` look it up ([`image::lookup`]). When it
+/// leads to a platform choice (an index, or several descriptors of index.json under one ref name, one per
+/// platform), the host's platform must be among them ([`image::select`]), or the import fails naming the ref
+/// and the platforms there are, as `skopeo copy` (without `--all`) and `ctr import` refuse such an image: it
+/// could never become a bundle here without an explicit platform. Several descriptors that nothing tells
+/// apart are refused as ambiguous; one index is otherwise copied whatever resolution will later say of it.
+///
+/// Every platform is copied, not only the host's: the store keeps the multi-platform image and resolution
+/// picks the platform when a bundle is made (or the caller names one), as containerd keeps a whole index in
+/// its content store and as `skopeo copy --all` does. Several descriptors under one ref become one new image
+/// index listing them (ref names dropped, platforms and other annotations kept) and the ref names that index:
+/// a ref names one descriptor in kiln's store (as a containerd image has one target), which `Images.Remove`,
+/// `List` and the collector rely on, and containerd's own importer writes such an index for an archive's
+/// manifests. The index is built the same way every time, so importing again gives the same digest. A ref that
+/// names one manifest or one index is copied as it is, digest unchanged.
 pub fn import_layout(
     dest: &LayoutWriter,
     src: &Store,
@@ -221,50 +237,72 @@ pub fn import_layout(
     ref_name: &str,
     progress: &mut dyn FnMut(ImportProgress),
 ) -> Result<Descriptor> {
-    let index = src.index()?;
-    let layout = src.path().display().to_string();
-    let entries: Vec<&Descriptor> = index
-        .manifests
+    let limits = image::Limits::default();
+    let named = image::lookup(src, source_ref, &limits)?;
+    let images: Vec<Descriptor> = named
+        .candidates
         .iter()
         .filter(|d| store::is_index_type(&d.media_type) || store::is_manifest_type(&d.media_type))
+        .cloned()
         .collect();
-    let not_found =
-        |reference: String| image::Error::RefNotFound { reference, layout: layout.clone(), available: vec![] };
-    let top: Descriptor = match source_ref {
-        Reference::Name(n) => {
-            let named: Vec<&&Descriptor> = entries.iter().filter(|d| d.ref_name() == Some(n.as_str())).collect();
-            match named.as_slice() {
-                [one] => (**one).clone(),
-                [] => return Err(not_found(n.clone()).into()),
-                _ => {
-                    return Err(image::Error::Ambiguous {
-                        what: format!("ref {n:?}"),
-                        reason: "several descriptors carry it".into(),
-                    }
-                    .into())
-                }
+    let one_manifest = matches!(images.as_slice(), [d] if store::is_manifest_type(&d.media_type));
+    if !one_manifest {
+        match image::select(src, &named, &image::Platform::host(), &limits) {
+            Ok(_) => {}
+            // One index is copied as it is whatever else resolution will say of it (it is the caller's image);
+            // only an index with nothing for this host is refused.
+            Err(e) if images.len() == 1 && !matches!(e, image::Error::NoMatchingPlatform { .. }) => {
+                tracing::debug!(source = %named.what, error = %e, "imported index does not resolve here");
             }
+            Err(e) => return Err(e.into()),
         }
-        Reference::Digest(d) => {
-            entries.iter().find(|e| &e.digest == d).map(|e| (*e).clone()).ok_or_else(|| not_found(format!("@{d}")))?
-        }
-        Reference::Default => match entries.as_slice() {
-            [one] => (*one).clone(),
-            _ => {
-                return Err(image::Error::Ambiguous {
-                    what: layout,
-                    reason: format!("{} images; name one with a source reference", entries.len()),
-                }
-                .into())
-            }
-        },
-    };
+    }
     let mut copier = Copier { dest, src, done: HashSet::new(), state: ImportProgress::default(), progress };
-    copier.tree(&top, 0)?;
-    let mut named = top.clone();
-    named.annotations = None;
-    dest.set_ref(ref_name, &named)?;
-    Ok(named)
+    let top = match images.as_slice() {
+        [one] => {
+            copier.tree(one, 0)?;
+            let mut named = one.clone();
+            named.annotations = None;
+            named
+        }
+        _ => {
+            for d in &images {
+                copier.tree(d, 0)?;
+            }
+            let manifests: Vec<Descriptor> = images
+                .iter()
+                .map(|d| {
+                    let mut d = d.clone();
+                    if let Some(a) = d.annotations.as_mut() {
+                        a.remove(store::ANNOTATION_REF_NAME);
+                    }
+                    if d.annotations.as_ref().is_some_and(|a| a.is_empty()) {
+                        d.annotations = None;
+                    }
+                    d
+                })
+                .collect();
+            let index = json!({
+                "schemaVersion": 2,
+                "mediaType": store::MEDIA_TYPE_INDEX,
+                "manifests": manifests,
+            });
+            let bytes = serde_json::to_vec(&index).map_err(|e| {
+                Error::Image(image::Error::Malformed {
+                    what: format!("index for {}", named.what),
+                    reason: e.to_string(),
+                })
+            })?;
+            let desc = Descriptor::new(store::MEDIA_TYPE_INDEX, Digest::sha256(&bytes), bytes.len() as u64);
+            // Blob-first: the index lands after everything it names.
+            copier.state.bytes += dest.put_blob(&desc.digest, desc.size, &bytes[..])?;
+            copier.state.blobs += 1;
+            (copier.progress)(copier.state);
+            desc
+        }
+    };
+    dest.set_ref(ref_name, &top)?;
+    Ok(top)
 }
 
 struct Copier<'a> {

@@ -567,8 +567,20 @@ fn i4_empty_args_rejected() {
         let err =
             convert::convert(&image(cfg.clone()), &Overrides::default(), &UserDb::default()).expect_err("no args");
         assert!(matches!(err, Error::NoArgs), "{cfg}");
-        assert_eq!(err.kind(), ErrorKind::FailedPrecondition);
+        // The request lacks what the image needs: the caller fixes it by passing args.
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+        assert!(matches!(convert::process_args(&image(cfg.clone()), &Overrides::default()), Err(Error::NoArgs)));
+        // kiln unpack's way (umoci's too): written anyway, args left out, an I4 warning in the explain record.
+        let o = Overrides { allow_no_args: true, ..Overrides::default() };
+        let c = convert_ok(&image(cfg.clone()), &o, &UserDb::default());
+        assert!(json(&c)["process"].get("args").is_none(), "{cfg}: {}", json(&c)["process"]);
+        assert!(c.explain.field("process.args").is_none());
+        assert!(c.explain.warnings.iter().any(|w| w.rule == "I4" && w.message.contains("process.args")), "{cfg}");
+        assert_eq!(convert::process_args(&image(cfg.clone()), &o).unwrap(), Vec::<String>::new());
     }
+    // With args from the image, allow_no_args changes nothing.
+    let o = Overrides { allow_no_args: true, ..Overrides::default() };
+    assert_eq!(args(&convert_ok(&image(json!({"Cmd": ["sh"]})), &o, &UserDb::default())), ["sh"]);
     // E6: no `config` at all, caller args → fine.
     let o = Overrides { args: Some(vec!["/bin/true".into()]), ..Overrides::default() };
     assert_eq!(args(&convert_ok(&image(serde_json::Value::Null), &o, &UserDb::default())), ["/bin/true"]);

@@ -367,3 +367,40 @@ fn sigterm_drains_an_in_flight_request() {
     assert!(status.success(), "{status:?}");
     assert!(k.log().contains("draining"), "{}", k.log());
 }
+
+#[test]
+fn create_refuses_an_image_without_entrypoint_or_cmd_unless_args_are_given() {
+    // kiln unpack writes such a bundle with a warning; the daemon keeps requiring args (I4, E6).
+    if !common::require_root() {
+        return;
+    }
+    let layout = common::scratch();
+    let layer = LayerBuilder::new().dir("etc", 0o755).file("etc/motd", b"hi", 0o644).layer(Compression::Gzip);
+    let spec = ImageSpec { config: json!({"Env": ["PATH=/bin"]}), ..ImageSpec::with_layers(vec![layer]) };
+    single_image(layout.path(), &spec, "noargs");
+    let k = Kilnd::start(&[]);
+    let addr = k.address();
+    let source = path_str(layout.path()).to_owned();
+    rt().block_on(async move {
+        let ch = kiln::client::connect(&addr).await.unwrap();
+        import(&ch, &source, "noargs").await;
+        let mut bundles = BundlesClient::new(ch.clone());
+        let e = bundles.create(create_req("na-1", "noargs", &[])).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        for text in ["\"na-1\"", "\"noargs\"", "no Entrypoint or Cmd", "pass args"] {
+            assert!(e.message().contains(text), "{text:?} not in {:?}", e.message());
+        }
+        // Refused before any work: no bundle, no snapshot, no mount.
+        assert!(bundles.list(pb::ListBundlesRequest {}).await.unwrap().into_inner().bundles.is_empty());
+        let info = SystemClient::new(ch.clone()).info(pb::InfoRequest {}).await.unwrap().into_inner();
+        assert_eq!((info.snapshots, info.bundles), (0, 0));
+        assert_eq!(mounts_under(&k.state), 0);
+        // With args from the caller, the same image makes a bundle.
+        let r = bundles.create(create_req("na-2", "noargs", &["/bin/true"])).await.unwrap().into_inner();
+        let b = r.bundle.unwrap();
+        let cfg: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(std::path::Path::new(&b.path).join("config.json")).unwrap()).unwrap();
+        assert_eq!(cfg["process"]["args"], json!(["/bin/true"]));
+        bundles.delete(pb::DeleteBundleRequest { id: "na-2".into() }).await.unwrap();
+    });
+}

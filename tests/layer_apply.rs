@@ -186,15 +186,23 @@ fn f5_duplicate_entries_last_wins_never_through_a_symlink() {
 }
 
 #[test]
-fn f7_gnu_sparse_is_refused_as_unsupported() {
-    let mut raw = Vec::new();
-    cl::write_entry(&mut raw, "sparse", b'S', 0o644, 0, 0, 0, "", b"", (0, 0));
-    let l = LayerBuilder::new().raw(raw);
+fn f7_gnu_sparse_is_read_or_refused_clearly() {
+    // F7: correct content or an explicit error, never silent corruption (tests/layer_sparse.rs has the rest).
+    let (real, segs) = (5000u64, [(1000u64, 3u64), (4000, 2)]);
+    let l = LayerBuilder::new().sparse(cl::SparseFormat::Pax10, "s", real, &segs, b"abcde");
     let d = common::scratch();
     let root = root_in(&d);
-    let e = apply_tar(&l.build(), &root, &opts()).unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
-    let l = LayerBuilder::new().file("s", b"x", 0o644).pax("GNU.sparse.major", b"1");
+    apply_tar(&l.build(), &root, &opts()).expect("GNU sparse 1.0");
+    let got = std::fs::read(root.join("s")).unwrap();
+    assert_eq!(got.len(), 5000);
+    assert_eq!((&got[1000..1003], &got[4000..4002]), (&b"abc"[..], &b"de"[..]));
+    assert!(got[..1000].iter().chain(&got[1003..4000]).chain(&got[4002..]).all(|&b| b == 0));
+    // An `S` header without the GNU magic (star's layout), and a sparse version kiln does not know.
+    let mut raw = Vec::new();
+    cl::write_entry(&mut raw, "sparse", b'S', 0o644, 0, 0, 0, "", b"", (0, 0));
+    let e = apply_tar(&LayerBuilder::new().raw(raw).build(), &root, &opts()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    let l = LayerBuilder::new().file("s2", b"x", 0o644).pax("GNU.sparse.major", b"1");
     let e = apply_tar(&l.build(), &root, &opts()).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
 }

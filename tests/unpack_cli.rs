@@ -286,3 +286,70 @@ fn unpack_peak_rss_is_bounded_for_a_large_layer() {
     assert!(kib < 64 << 10, "peak RSS {kib} KiB");
     assert_eq!(std::fs::metadata(bundle.join("rootfs/big")).unwrap().len(), 384 << 20);
 }
+
+#[test]
+fn unpack_of_an_image_without_entrypoint_or_cmd_warns_and_leaves_args_out() {
+    // Like `umoci unpack`: the bundle is written and the caller sets process.args later (runtime-spec makes
+    // `args` OPTIONAL; present, it needs an entry, so kiln leaves it out rather than writing `[]`).
+    let busybox = std::fs::read("/bin/busybox").ok();
+    let d = common::scratch();
+    for (name, config) in [("env-only", json!({"Env": ["PATH=/bin"]})), ("no-config", Value::Null)] {
+        let layout = d.path().join(format!("layout-{name}"));
+        let mut l = LayerBuilder::new().dir("etc", 0o755).file("etc/motd", b"hi", 0o644);
+        if let Some(bin) = &busybox {
+            l = l.dir("bin", 0o755).file("bin/busybox", bin, 0o755);
+        }
+        let spec = ImageSpec { config, ..ImageSpec::with_layers(vec![l.layer(Compression::Gzip)]) };
+        single_image(&layout, &spec, "latest");
+
+        let bundle = d.path().join(format!("bundle-{name}"));
+        let out = unpack(&layout, &bundle, &["--json"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{name}: {stderr}");
+        assert!(stderr.contains("warning") && stderr.contains("process.args"), "{name}: no warning: {stderr}");
+        let j: Value = serde_json::from_slice(&out.stdout).expect("json output");
+        let warnings = j["explain"]["warnings"].as_array().expect("explain warnings");
+        assert!(warnings.iter().any(|w| w["rule"] == "I4"), "{name}: {warnings:?}");
+        let cfg: Value = serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
+        assert!(cfg["process"].get("args").is_none(), "{name}: {}", cfg["process"]);
+        assert_eq!(std::fs::read(bundle.join("rootfs/etc/motd")).unwrap(), b"hi");
+
+        // Without --json the warning is still printed.
+        let quiet = d.path().join(format!("quiet-{name}"));
+        let out = unpack(&layout, &quiet, &[]);
+        assert!(out.status.success() && String::from_utf8_lossy(&out.stderr).contains("warning"), "{name}");
+    }
+
+    // What runc makes of it: refused until the caller sets process.args, then it runs.
+    if !common::require_root() || !common::require_tool("runc") {
+        return;
+    }
+    if busybox.is_none() {
+        return common::skip("needs /bin/busybox (apt-get install busybox-static)");
+    }
+    let bundle = d.path().join("bundle-env-only");
+    let state = d.path().join("runc-state");
+    let run = |id: &str| {
+        Command::new("runc")
+            .arg("--root")
+            .arg(&state)
+            .args(["run", "--bundle"])
+            .arg(&bundle)
+            .arg(id)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("runc")
+    };
+    let id = format!("kiln-noargs-{}", std::process::id());
+    let out = run(&id);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("args must not be empty"), "{out:?}");
+    let _ = Command::new("runc").arg("--root").arg(&state).args(["delete", "-f", &id]).output();
+    let path = bundle.join("config.json");
+    let mut cfg: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    cfg["process"]["args"] = json!(["/bin/busybox", "echo", "set later"]);
+    std::fs::write(&path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let out = run(&format!("{id}-2"));
+    assert!(out.status.success(), "runc: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "set later\n");
+}

@@ -50,7 +50,10 @@ use crate::image::{ContainerConfig, ImageConfig};
 /// Errors of a conversion. Each names the field, user, path or key involved.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("process.args would be empty: the image has no Entrypoint or Cmd and the caller gave none")]
+    #[error(
+        "process.args would be empty: the image has no Entrypoint or Cmd and the caller gave none (pass args or an \
+         entrypoint)"
+    )]
     NoArgs,
     #[error("user {user:?}: no user named {name:?} in the rootfs /etc/passwd{}", if *.passwd_present { "" } else { " (the rootfs has no /etc/passwd)" })]
     UserNotFound { user: String, name: String, passwd_present: bool },
@@ -81,7 +84,8 @@ pub enum Error {
 impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::NoArgs => ErrorKind::FailedPrecondition,
+            // The request lacks what this image needs: the caller can fix it by passing args (I4, E6).
+            Error::NoArgs => ErrorKind::InvalidArgument,
             Error::UserNotFound { .. } | Error::GroupNotFound { .. } => ErrorKind::NotFound,
             Error::InvalidUser { .. }
             | Error::IdOutOfRange { .. }
@@ -126,6 +130,13 @@ pub struct Overrides {
     pub include_optional: bool,
     /// Host directory under which per-container volume directories live (see [`mounts`](self::mounts)).
     pub volume_root: Option<PathBuf>,
+    /// When the image has no Entrypoint or Cmd and the caller gave none, write the spec anyway with
+    /// `process.args` left out (runtime-spec makes it OPTIONAL; present, it needs an entry) and an I4
+    /// warning, instead of failing with [`Error::NoArgs`]: the caller sets `process.args` before a runtime
+    /// can start the container (runc refuses with "args must not be empty" until then). `umoci unpack`
+    /// allows such images too (it writes its template's `sh`; kiln invents no command, H1). `kiln unpack`
+    /// sets this; `Bundles.Create` never does.
+    pub allow_no_args: bool,
 }
 
 impl Default for Overrides {
@@ -143,6 +154,7 @@ impl Default for Overrides {
             terminal: false,
             include_optional: true,
             volume_root: None,
+            allow_no_args: false,
         }
     }
 }
@@ -204,7 +216,7 @@ pub fn convert(image: &ImageConfig, overrides: &Overrides, users: &UserDb) -> Re
     }
     process.set_console_size(None);
     process.set_user(user);
-    process.set_args(Some(args));
+    process.set_args((!args.is_empty()).then_some(args));
     process.set_command_line(None);
     process.set_env(Some(env));
     process.set_cwd(PathBuf::from(cwd));
@@ -257,6 +269,14 @@ pub fn convert(image: &ImageConfig, overrides: &Overrides, users: &UserDb) -> Re
     Ok(Conversion { spec, explain: ex, volumes })
 }
 
+/// The `process.args` [`convert`] would write for `image` and `overrides` (H7, H8, I4), without the rest of
+/// the conversion: a caller can refuse a request that lacks args before doing any work for it. Empty only
+/// with [`Overrides::allow_no_args`].
+pub fn process_args(image: &ImageConfig, overrides: &Overrides) -> Result<Vec<String>, Error> {
+    let none = ContainerConfig::default();
+    args(image.config.as_ref().unwrap_or(&none), overrides, &mut Explain::default())
+}
+
 /// `process.args` from Entrypoint and Cmd (H7) with the caller's overrides (H8).
 fn args(cfg: &ContainerConfig, o: &Overrides, ex: &mut Explain) -> Result<Vec<String>, Error> {
     let image_entrypoint = cfg.entrypoint.clone().unwrap_or_default();
@@ -276,7 +296,15 @@ fn args(cfg: &ContainerConfig, o: &Overrides, ex: &mut Explain) -> Result<Vec<St
     args.extend(cmd);
     if args.is_empty() {
         // runtime-spec: args needs at least one entry on Linux (I4).
-        return Err(Error::NoArgs);
+        if !o.allow_no_args {
+            return Err(Error::NoArgs);
+        }
+        ex.warn(
+            "I4",
+            "the image has no Entrypoint or Cmd and no args were given: process.args is left out of config.json \
+             and must be set before the container can start",
+        );
+        return Ok(args);
     }
     let part = |caller: bool| if caller { "caller" } else { "image" };
     let note = format!("Entrypoint ({}) + Cmd ({})", part(from_caller_e), part(from_caller_c));

@@ -331,58 +331,45 @@ pub fn list(store: &Store) -> Result<Vec<ListedImage>> {
         .collect())
 }
 
+/// What a reference names in a layout, before any platform is chosen: the descriptors resolution picks
+/// from, and how errors name them (`ref "latest"`, `@sha256:…`, `index.json`).
+#[derive(Debug, Clone)]
+pub struct Named {
+    pub candidates: Vec<Descriptor>,
+    pub what: String,
+}
+
+/// The one lookup of a reference (A9, C4): the descriptors of index.json that carry the ref name (several when
+/// a layout lists one manifest per platform under one name), the descriptor with the digest anywhere below
+/// index.json, or the layout's images for [`Reference::Default`]. Used by [`resolve`] and by import, so that
+/// both agree on what a reference means.
+pub fn lookup(store: &Store, reference: &Reference, limits: &Limits) -> Result<Named> {
+    let opts = ResolveOptions { platform: None, limits: *limits };
+    Walk::new(store, &opts).lookup(reference)
+}
+
+/// Follows indexes and platform matching from `named` down to one manifest descriptor for `platform`
+/// (C6–C11), as [`resolve`] does, without reading the manifest itself.
+pub fn select(store: &Store, named: &Named, platform: &Platform, limits: &Limits) -> Result<Descriptor> {
+    let opts = ResolveOptions { platform: None, limits: *limits };
+    Walk::new(store, &opts).select(&named.candidates, &named.what, platform, 0)
+}
+
 /// Resolves `reference` in `store` to a runnable image for the wanted platform.
 ///
 /// A digest that names a manifest pins that manifest: unless a platform is given explicitly, its own platform
 /// is the wanted one (inspecting a foreign-architecture manifest by digest needs no `--platform`).
 pub fn resolve(store: &Store, reference: &Reference, opts: &ResolveOptions) -> Result<ResolvedImage> {
     let mut wanted = opts.platform.clone().unwrap_or_else(Platform::host);
-    let index = store.index()?;
-    let layout = store.path().display().to_string();
-    let top: Vec<Descriptor> = valid_entries(&index, "index.json");
     let mut walk = Walk::new(store, opts);
+    let Named { mut candidates, what } = walk.lookup(reference)?;
     let mut pinned = false;
-
-    let (candidates, what) = match reference {
-        Reference::Name(name) => {
-            // A9: ref names are only considered on descriptors of index.json.
-            let named: Vec<Descriptor> = top.iter().filter(|d| d.ref_name() == Some(name)).cloned().collect();
-            if named.is_empty() {
-                return Err(Error::RefNotFound { reference: name.clone(), layout, available: ref_names(&top) });
-            }
-            (named, format!("ref {name:?}"))
+    if let (Reference::Digest(_), [desc]) = (reference, candidates.as_mut_slice()) {
+        if store::is_manifest_type(&desc.media_type) && opts.platform.is_none() {
+            pinned = true;
+            walk.index_platform = desc.platform.take().as_ref().and_then(Platform::from_raw);
         }
-        Reference::Digest(digest) => {
-            let mut desc = walk.find_by_digest(&top, digest, 0)?.ok_or_else(|| Error::RefNotFound {
-                reference: format!("@{digest}"),
-                layout: layout.clone(),
-                available: ref_names(&top),
-            })?;
-            if store::is_manifest_type(&desc.media_type) && opts.platform.is_none() {
-                pinned = true;
-                walk.index_platform = desc.platform.take().as_ref().and_then(Platform::from_raw);
-            }
-            (vec![desc], format!("@{digest}"))
-        }
-        Reference::Default => {
-            let runnable: Vec<Descriptor> = top
-                .iter()
-                .filter(|d| store::is_manifest_type(&d.media_type) || store::is_index_type(&d.media_type))
-                .cloned()
-                .collect();
-            let named: HashSet<&str> = runnable.iter().filter_map(|d| d.ref_name()).collect();
-            if runnable.is_empty() {
-                return Err(Error::RefNotFound { reference: String::new(), layout, available: vec![] });
-            }
-            if runnable.len() > 1 && named.len() > 1 {
-                return Err(Error::Ambiguous {
-                    what: layout,
-                    reason: format!("index.json holds several images; name one of: {}", quoted_list(&ref_names(&top))),
-                });
-            }
-            (runnable, "index.json".to_string())
-        }
-    };
+    }
     let manifest_desc = walk.select(&candidates, &what, &wanted, 0)?;
     let mut image = read_image(store, reference, manifest_desc, &wanted, &opts.limits)?;
     // C13: the config must agree with the platform that was selected, whether an index, the caller or the
@@ -444,6 +431,53 @@ struct Walk<'a> {
 impl<'a> Walk<'a> {
     fn new(store: &'a Store, opts: &ResolveOptions) -> Walk<'a> {
         Walk { store, limits: opts.limits, searched: HashSet::new(), documents: 0, index_platform: None }
+    }
+
+    /// See [`lookup`].
+    fn lookup(&mut self, reference: &Reference) -> Result<Named> {
+        let index = self.store.index()?;
+        let layout = self.store.path().display().to_string();
+        let top: Vec<Descriptor> = valid_entries(&index, "index.json");
+        let (candidates, what) = match reference {
+            Reference::Name(name) => {
+                // A9: ref names are only considered on descriptors of index.json.
+                let named: Vec<Descriptor> = top.iter().filter(|d| d.ref_name() == Some(name)).cloned().collect();
+                if named.is_empty() {
+                    return Err(Error::RefNotFound { reference: name.clone(), layout, available: ref_names(&top) });
+                }
+                (named, format!("ref {name:?}"))
+            }
+            Reference::Digest(digest) => {
+                let desc = self.find_by_digest(&top, digest, 0)?.ok_or_else(|| Error::RefNotFound {
+                    reference: format!("@{digest}"),
+                    layout: layout.clone(),
+                    available: ref_names(&top),
+                })?;
+                (vec![desc], format!("@{digest}"))
+            }
+            Reference::Default => {
+                let runnable: Vec<Descriptor> = top
+                    .iter()
+                    .filter(|d| store::is_manifest_type(&d.media_type) || store::is_index_type(&d.media_type))
+                    .cloned()
+                    .collect();
+                let named: HashSet<&str> = runnable.iter().filter_map(|d| d.ref_name()).collect();
+                if runnable.is_empty() {
+                    return Err(Error::RefNotFound { reference: String::new(), layout, available: vec![] });
+                }
+                if runnable.len() > 1 && named.len() > 1 {
+                    return Err(Error::Ambiguous {
+                        what: layout,
+                        reason: format!(
+                            "index.json holds several images; name one of: {}",
+                            quoted_list(&ref_names(&top))
+                        ),
+                    });
+                }
+                (runnable, "index.json".to_string())
+            }
+        };
+        Ok(Named { candidates, what })
     }
 
     fn read_index(&mut self, desc: &Descriptor, depth: usize) -> Result<Vec<Descriptor>> {
@@ -554,7 +588,8 @@ impl<'a> Walk<'a> {
         if store::is_index_type(&chosen.media_type) {
             // C11: a ref that points at an index is resolved through it by platform.
             let children = self.read_index(chosen, depth)?;
-            let what = format!("index {}", chosen.digest);
+            // Errors below still name what the caller asked for (`ref "latest", index sha256:…`).
+            let what = format!("{what}, index {}", chosen.digest);
             return self.select(&children, &what, wanted, depth + 1);
         }
         Ok(chosen.clone())

@@ -2,9 +2,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -16,7 +17,7 @@ use nix::sys::stat::SFlag;
 use crate::sys::fs::{self as sfs, Resolve};
 use crate::sys::SysError;
 
-use super::tar::{Header, Kind, TarError, TarLimits, TarReader};
+use super::tar::{Header, Kind, SparseLimits, TarError, TarLimits, TarReader};
 use super::{DevicePolicy, Error, Options, Result, Stats, WhiteoutMode};
 
 const WH_PREFIX: &[u8] = b".wh.";
@@ -128,7 +129,11 @@ pub(crate) fn apply_entries<R: BufRead>(r: &mut R, layer: &str, opts: &Options, 
         max_name_bytes: opts.limits.max_name_bytes,
         max_xattr_bytes: opts.limits.max_xattr_bytes,
     };
-    let mut tr = TarReader::new(r, limits);
+    let mut tr = TarReader::new(r, limits).with_sparse(SparseLimits {
+        max_segments: opts.limits.max_sparse_segments,
+        max_map_bytes: opts.limits.max_sparse_map_bytes,
+        max_real_bytes: opts.limits.max_expanded_bytes,
+    });
     loop {
         if opts.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
             return Err(Error::Cancelled);
@@ -494,17 +499,29 @@ impl Applier<'_> {
             }
             Err(e) => return Err(self.sys(path, e)),
         };
-        let mut file = std::fs::File::from(fd);
+        let file = std::fs::File::from(fd);
         let mut write_err = None;
         let mut written = 0u64;
-        let copied = tr.copy_data(|chunk| {
+        // F7: a sparse file's segments are written at their offsets and the holes between them are skipped,
+        // never written as zeros; the size is then set to the real size, so a trailing hole stays one too
+        // (where the filesystem has holes; elsewhere the kernel fills them with zeros).
+        let real_size = tr.sparse_map().map(|m| m.real_size);
+        let copied = tr.copy_file_data(|offset, chunk| {
             written += chunk.len() as u64;
-            file.write_all(chunk).inspect_err(|e| write_err = Some(std::io::Error::new(e.kind(), e.to_string())))
+            file.write_all_at(chunk, offset)
+                .inspect_err(|e| write_err = Some(std::io::Error::new(e.kind(), e.to_string())))
         });
         if let Some(source) = write_err {
             return Err(Error::Write { layer: self.layer.to_owned(), path: lossy(path), source });
         }
         copied.map_err(|e| self.tar_error(e))?;
+        if let Some(size) = real_size {
+            file.set_len(size).map_err(|source| Error::Write {
+                layer: self.layer.to_owned(),
+                path: lossy(path),
+                source,
+            })?;
+        }
         self.stats.file_bytes += written;
         let fd = OwnedFd::from(file);
         self.set_meta(&fd, path, meta, false)?;

@@ -82,6 +82,12 @@ pub struct Limits {
     /// Path components in one entry: a tree deeper than this could not even be removed with a normal fd
     /// budget (each level holds a directory fd).
     pub max_depth: u64,
+    /// Data segments in one GNU sparse file's map (F7). The real (apparent) size of a layer's sparse files
+    /// together is capped by `max_expanded_bytes`: a copy that does not keep holes would write them out.
+    pub max_sparse_segments: u64,
+    /// Bytes of one GNU sparse 1.0 map (it opens the file's data; the 0.x maps are PAX records, capped by
+    /// `max_pax_bytes`). Go's reader has the same 1 MiB cap.
+    pub max_sparse_map_bytes: u64,
 }
 
 impl Default for Limits {
@@ -95,6 +101,8 @@ impl Default for Limits {
             max_zstd_window_log: 27,
             max_retained_bytes: 256 << 20,
             max_depth: 512,
+            max_sparse_segments: 1 << 17,
+            max_sparse_map_bytes: 1 << 20,
         }
     }
 }

@@ -8,8 +8,16 @@
 //! - directories and hardlinks carry no data whatever their size field says (Go and GNU tar agree); a symlink,
 //!   FIFO or device with a non-zero size is refused, because there Go reads no data and GNU tar skips it;
 //! - global PAX headers (`g`) are consumed and ignored (as containerd does through Go's reader);
-//! - sparse entries (GNU `S`, PAX `GNU.sparse.*`) and multi-volume headers are refused as unsupported (F7),
-//!   never silently mis-read.
+//! - GNU sparse entries (F7) are read only when the caller asks for them ([`TarReader::with_sparse`]; the layer
+//!   applier does, the import scratch extraction does not): old-GNU `S` headers (map at offset 386, extension
+//!   blocks while `isextended` is set, real size at 483) and the PAX formats 0.0 (`GNU.sparse.offset` /
+//!   `GNU.sparse.numbytes` repeated), 0.1 (`GNU.sparse.map`) and 1.0 (`GNU.sparse.major=1`, `minor=0`, the map
+//!   in decimal lines at the start of the data, padded to a block). The entry takes its real name
+//!   (`GNU.sparse.name`, not the `GNUSparseFile.N/…` placeholder) and real size; every map is capped (segments,
+//!   map bytes, real size) and checked (ascending, non-overlapping, within the real size, no overflow, data
+//!   lengths summing to the stored bytes) before anything is written. An unknown sparse version, or a sparse
+//!   entry where sparse reading was not asked for, is refused as unsupported, never silently mis-read;
+//!   multi-volume headers are always refused.
 //!
 //! No `unwrap` on archive data: every malformed field is a [`TarError`] naming the offset.
 
@@ -21,6 +29,28 @@ pub struct TarLimits {
     pub max_pax_bytes: u64,
     pub max_name_bytes: u64,
     pub max_xattr_bytes: u64,
+}
+
+/// Caps on GNU sparse maps ([`TarReader::with_sparse`]).
+#[derive(Debug, Clone, Copy)]
+pub struct SparseLimits {
+    /// Data segments in one entry's map.
+    pub max_segments: u64,
+    /// Bytes of a format 1.0 map (at the start of the entry's data); 0.x maps are PAX records, under
+    /// `max_pax_bytes`, and old-GNU maps are bounded by `max_segments`.
+    pub max_map_bytes: u64,
+    /// Real (apparent) bytes of all the sparse files of the archive together: holes cost no disk here, but
+    /// a later copy that does not keep them would write them out.
+    pub max_real_bytes: u64,
+}
+
+/// The layout of a sparse file: where its data segments go; everything else up to `real_size` is a hole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SparseMap {
+    pub real_size: u64,
+    /// `(offset, length)`, ascending and non-overlapping, each within `real_size`; the lengths sum to the bytes
+    /// stored in the archive.
+    pub segments: Vec<(u64, u64)>,
 }
 
 /// What went wrong reading the archive.
@@ -79,8 +109,11 @@ pub struct Header {
     pub gid: u64,
     pub mtime: i64,
     pub mtime_nsec: u32,
-    /// Bytes of data that follow (0 for header-only types).
+    /// The file's size (0 for header-only types): for a sparse file its real size, holes included.
     pub size: u64,
+    /// A GNU sparse file: its segments are in [`TarReader::sparse_map`], its content comes through
+    /// [`TarReader::copy_file_data`].
+    pub sparse: bool,
     pub dev_major: u64,
     pub dev_minor: u64,
     /// `SCHILY.xattr.NAME` records, in archive order.
@@ -97,6 +130,12 @@ pub struct TarReader<R> {
     remaining: u64,
     padding: u64,
     done: bool,
+    /// Set by [`TarReader::with_sparse`]: GNU sparse entries are read within these caps; otherwise refused.
+    sparse_limits: Option<SparseLimits>,
+    /// Real bytes of the sparse files read so far, against `SparseLimits::max_real_bytes`.
+    sparse_real_total: u64,
+    /// The current entry's sparse map, until its data is copied.
+    sparse: Option<SparseMap>,
 }
 
 const BLOCK: usize = 512;
@@ -107,7 +146,28 @@ fn malformed(offset: u64, reason: impl Into<String>) -> TarError {
 
 impl<R: BufRead> TarReader<R> {
     pub fn new(r: R, limits: TarLimits) -> Self {
-        TarReader { r, limits, offset: 0, remaining: 0, padding: 0, done: false }
+        TarReader {
+            r,
+            limits,
+            offset: 0,
+            remaining: 0,
+            padding: 0,
+            done: false,
+            sparse_limits: None,
+            sparse_real_total: 0,
+            sparse: None,
+        }
+    }
+
+    /// Reads GNU sparse entries (F7) within `limits`, instead of refusing them as unsupported.
+    pub fn with_sparse(mut self, limits: SparseLimits) -> Self {
+        self.sparse_limits = Some(limits);
+        self
+    }
+
+    /// The current entry's sparse map, if it is a sparse file whose data was not copied yet.
+    pub fn sparse_map(&self) -> Option<&SparseMap> {
+        self.sparse.as_ref()
     }
 
     /// Bytes consumed so far.
@@ -178,7 +238,41 @@ impl<R: BufRead> TarReader<R> {
         Ok(out)
     }
 
-    /// Passes the current entry's data to `sink` in the reader's own buffers (no copy), then skips padding.
+    /// Passes the current entry's file content to `sink` as `(file offset, bytes)`, ascending, in the reader's
+    /// own buffers, then skips the padding: a plain file from offset 0 on; a sparse file's data segments at
+    /// their offsets, the holes between and after them (up to [`Header::size`]) never passed.
+    pub fn copy_file_data(&mut self, mut sink: impl FnMut(u64, &[u8]) -> io::Result<()>) -> Result<()> {
+        let segments = match self.sparse.take() {
+            Some(map) => map.segments,
+            None => vec![(0, self.remaining)],
+        };
+        for (start, len) in segments {
+            let mut done = 0u64;
+            while done < len {
+                let avail = self.r.fill_buf()?;
+                if avail.is_empty() {
+                    return Err(malformed(self.offset, "archive truncated inside file data"));
+                }
+                let k = (avail.len() as u64).min(len - done).min(self.remaining) as usize;
+                if k == 0 {
+                    return Err(malformed(self.offset, "sparse map runs past the entry's data"));
+                }
+                sink(start + done, &avail[..k])?;
+                self.r.consume(k);
+                self.offset += k as u64;
+                self.remaining -= k as u64;
+                done += k as u64;
+            }
+        }
+        // The map's lengths were checked to sum to the stored bytes, so nothing is left; skipped if there were.
+        let (rem, p) = (std::mem::take(&mut self.remaining), std::mem::take(&mut self.padding));
+        self.skip(rem + p)
+    }
+
+    /// Passes the current entry's stored data to `sink` in the reader's own buffers (no copy), then skips
+    /// padding. For a sparse file that is its data segments back to back: use [`copy_file_data`] to place them.
+    ///
+    /// [`copy_file_data`]: TarReader::copy_file_data
     pub fn copy_data(&mut self, mut sink: impl FnMut(&[u8]) -> io::Result<()>) -> Result<()> {
         while self.remaining > 0 {
             let avail = self.r.fill_buf()?;
@@ -203,6 +297,7 @@ impl<R: BufRead> TarReader<R> {
         }
         let (rem, p) = (std::mem::take(&mut self.remaining), std::mem::take(&mut self.padding));
         self.skip(rem + p)?;
+        self.sparse = None;
 
         let mut pax: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut pax_bytes = 0u64;
@@ -278,7 +373,9 @@ impl<R: BufRead> TarReader<R> {
                         long_link = Some(body);
                     }
                 }
-                b'S' => return Err(TarError::Unsupported { offset, what: "GNU sparse entry".into() }),
+                b'S' if self.sparse_limits.is_none() => {
+                    return Err(TarError::Unsupported { offset, what: "GNU sparse entry".into() })
+                }
                 b'V' | b'M' | b'N' => {
                     return Err(TarError::Unsupported {
                         offset,
@@ -323,7 +420,7 @@ impl<R: BufRead> TarReader<R> {
             link = l;
         }
         let mut kind = match typ {
-            b'0' | b'7' | 0 => Kind::Regular,
+            b'0' | b'7' | 0 | b'S' => Kind::Regular,
             b'1' => Kind::Hardlink,
             b'2' => Kind::Symlink,
             b'3' => Kind::Char,
@@ -355,6 +452,7 @@ impl<R: BufRead> TarReader<R> {
         let mut size = hsize;
         let mut xattrs = Vec::new();
         let mut xattr_bytes = 0u64;
+        let mut sparse_records: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         for (k, v) in pax {
             match k.as_slice() {
                 b"path" | b"linkpath" if v.is_empty() => {
@@ -381,13 +479,41 @@ impl<R: BufRead> TarReader<R> {
                     xattrs.push((name, v));
                 }
                 _ if k.starts_with(b"GNU.sparse.") => {
-                    return Err(TarError::Unsupported { offset, what: "PAX (GNU) sparse entry".into() })
+                    if self.sparse_limits.is_none() {
+                        return Err(TarError::Unsupported { offset, what: "PAX (GNU) sparse entry".into() });
+                    }
+                    sparse_records.push((k, v));
                 }
                 // atime, ctime, uname, gname, comment, charset, hdrcharset, SCHILY.dev…: not applied (F9:
                 // uname/gname are ignored when uid/gid are supported).
                 _ => {}
             }
         }
+        // F7: a sparse entry's map is read and checked before the entry is returned (old-GNU extension blocks
+        // follow the header; a 1.0 map opens the data, below).
+        let sparse = match self.sparse_limits {
+            Some(limits) if typ == b'S' || !sparse_records.is_empty() => {
+                if kind != Kind::Regular {
+                    return Err(malformed(
+                        offset,
+                        format!("{} entry {:?} carries a sparse map", kind_str(kind), String::from_utf8_lossy(&path)),
+                    ));
+                }
+                if typ == b'S' {
+                    if !sparse_records.is_empty() {
+                        return Err(malformed(offset, "old-GNU sparse header with PAX GNU.sparse records as well"));
+                    }
+                    Some(self.old_gnu_sparse(block, offset, &limits)?)
+                } else {
+                    let (pending, name) = pax_sparse(&sparse_records, offset, &limits)?;
+                    if let Some(name) = name {
+                        path = name;
+                    }
+                    Some(pending)
+                }
+            }
+            _ => None,
+        };
         if path.len() as u64 > self.limits.max_name_bytes || link.len() as u64 > self.limits.max_name_bytes {
             return Err(TarError::Limit {
                 offset,
@@ -413,6 +539,24 @@ impl<R: BufRead> TarReader<R> {
         };
         self.remaining = data;
         self.padding = pad(data);
+        if let (Some(pending), Some(limits)) = (sparse, self.sparse_limits) {
+            let (real_size, segments) = match pending {
+                PendingSparse::Map(real_size, segments) => (real_size, segments),
+                PendingSparse::InData(real_size) => (real_size, self.sparse_map_1x0(offset, &limits)?),
+            };
+            check_sparse(&segments, real_size, self.remaining, offset, &path)?;
+            self.sparse_real_total = self.sparse_real_total.saturating_add(real_size);
+            if self.sparse_real_total > limits.max_real_bytes {
+                return Err(TarError::Limit {
+                    offset,
+                    limit: "real size of sparse files",
+                    value: self.sparse_real_total,
+                    cap: limits.max_real_bytes,
+                });
+            }
+            size = real_size;
+            self.sparse = Some(SparseMap { real_size, segments });
+        }
         if typ == b'D' {
             // GNU dumpdir: the data lists directory contents; it is skipped.
             let (r, p) = (std::mem::take(&mut self.remaining), std::mem::take(&mut self.padding));
@@ -429,11 +573,265 @@ impl<R: BufRead> TarReader<R> {
             mtime,
             mtime_nsec,
             size: if kind == Kind::Regular { size } else { 0 },
+            sparse: self.sparse.is_some(),
             dev_major,
             dev_minor,
             xattrs,
         })
     }
+}
+
+/// A sparse map as far as the headers give it.
+enum PendingSparse {
+    /// Real size and segments (old GNU, PAX 0.0 and 0.1).
+    Map(u64, Vec<(u64, u64)>),
+    /// Real size; the map opens the entry's data (PAX 1.0).
+    InData(u64),
+}
+
+fn sparse_limit(offset: u64, limit: &'static str, value: u64, cap: u64) -> TarError {
+    TarError::Limit { offset, limit, value, cap }
+}
+
+impl<R: BufRead> TarReader<R> {
+    /// The old-GNU sparse map: 4 entries in the header at offset 386, then 21 per extension block for as long
+    /// as `isextended` is set (byte 482 of the header, 504 of an extension block); the real size is at 483.
+    /// An entry whose offset field starts with NUL ends its block's list (as GNU tar, BSD tar and Go read it).
+    fn old_gnu_sparse(&mut self, header: &[u8; BLOCK], offset: u64, limits: &SparseLimits) -> Result<PendingSparse> {
+        // The star format uses the same type flag with another layout: only the GNU one is read.
+        if &header[257..265] != b"ustar  \0" {
+            return Err(malformed(offset, "old-GNU sparse (S) header without the GNU magic"));
+        }
+        let real_size = numeric(&header[483..495], offset, "sparse realsize")?;
+        let mut segments: Vec<(u64, u64)> = Vec::new();
+        let mut block = *header;
+        let (mut start, mut count, mut extended_at) = (386usize, 4usize, 482usize);
+        // An extension block holds 21 entries: more blocks than the segment cap needs are refused too.
+        let max_blocks = limits.max_segments / 21 + 1;
+        let mut blocks = 0u64;
+        loop {
+            for i in 0..count {
+                let e = &block[start + i * 24..start + (i + 1) * 24];
+                if e[0] == 0 {
+                    break;
+                }
+                if segments.len() as u64 >= limits.max_segments {
+                    return Err(sparse_limit(
+                        offset,
+                        "max_sparse_segments",
+                        segments.len() as u64 + 1,
+                        limits.max_segments,
+                    ));
+                }
+                let off = numeric(&e[..12], offset, "sparse offset")?;
+                let len = numeric(&e[12..], offset, "sparse numbytes")?;
+                segments.push((off, len));
+            }
+            if block[extended_at] == 0 {
+                break;
+            }
+            blocks += 1;
+            if blocks > max_blocks {
+                return Err(sparse_limit(offset, "max_sparse_segments (extension headers)", blocks, max_blocks));
+            }
+            if !self.read_block(&mut block)? {
+                return Err(malformed(self.offset, "archive ends inside old-GNU sparse extension headers"));
+            }
+            (start, count, extended_at) = (0, 21, 504);
+        }
+        Ok(PendingSparse::Map(real_size, segments))
+    }
+
+    /// The format 1.0 map at the start of the data: decimal lines (the segment count, then offset and length
+    /// of each), read in whole blocks (the map is padded to one) and capped at `max_map_bytes`.
+    fn sparse_map_1x0(&mut self, offset: u64, limits: &SparseLimits) -> Result<Vec<(u64, u64)>> {
+        let mut buf: Vec<u8> = Vec::new();
+        let mut block = [0u8; BLOCK];
+        let mut newlines = 0u64;
+        let mut needed = 1u64;
+        let mut count: Option<u64> = None;
+        loop {
+            while newlines < needed {
+                let value = buf.len() as u64 + BLOCK as u64;
+                if value > limits.max_map_bytes {
+                    return Err(sparse_limit(offset, "max_sparse_map_bytes", value, limits.max_map_bytes));
+                }
+                if self.remaining < BLOCK as u64 {
+                    return Err(malformed(offset, "sparse map runs past the entry's data"));
+                }
+                if !self.read_block(&mut block)? {
+                    return Err(malformed(self.offset, "archive truncated inside a sparse map"));
+                }
+                self.remaining -= BLOCK as u64;
+                newlines += block.iter().filter(|&&b| b == b'\n').count() as u64;
+                buf.extend_from_slice(&block);
+            }
+            if count.is_some() {
+                break;
+            }
+            let first = buf.split(|&b| b == b'\n').next().unwrap_or_default();
+            let n = pax_u64(first, offset, "sparse map segment count")?;
+            if n > limits.max_segments {
+                return Err(sparse_limit(offset, "max_sparse_segments", n, limits.max_segments));
+            }
+            count = Some(n);
+            needed = 1 + 2 * n;
+        }
+        let mut tokens = buf.split(|&b| b == b'\n').skip(1);
+        let mut segments = Vec::with_capacity(count.unwrap_or(0) as usize);
+        for _ in 0..count.unwrap_or(0) {
+            let mut next = |what| pax_u64(tokens.next().unwrap_or_default(), offset, what);
+            let off = next("sparse map offset")?;
+            let len = next("sparse map length")?;
+            segments.push((off, len));
+        }
+        Ok(segments)
+    }
+}
+
+/// The PAX sparse records of one entry → its pending map and real name (0.1 and 1.0 carry `GNU.sparse.name`).
+fn pax_sparse(
+    records: &[(Vec<u8>, Vec<u8>)],
+    offset: u64,
+    limits: &SparseLimits,
+) -> Result<(PendingSparse, Option<Vec<u8>>)> {
+    let get = |key: &[u8]| records.iter().rev().find(|(k, _)| k.as_slice() == key).map(|(_, v)| v.as_slice());
+    for (k, _) in records {
+        let known: &[&[u8]] = &[
+            b"GNU.sparse.major",
+            b"GNU.sparse.minor",
+            b"GNU.sparse.name",
+            b"GNU.sparse.size",
+            b"GNU.sparse.realsize",
+            b"GNU.sparse.numblocks",
+            b"GNU.sparse.map",
+            b"GNU.sparse.offset",
+            b"GNU.sparse.numbytes",
+        ];
+        if !known.contains(&k.as_slice()) {
+            return Err(TarError::Unsupported {
+                offset,
+                what: format!("PAX record {:?} (unknown GNU sparse keyword)", String::from_utf8_lossy(k)),
+            });
+        }
+    }
+    let name = match get(b"GNU.sparse.name") {
+        Some([]) => return Err(malformed(offset, "empty GNU.sparse.name")),
+        Some(n) => Some(n.to_vec()),
+        None => None,
+    };
+    let number =
+        |key: &'static str| -> Result<Option<u64>> { get(key.as_bytes()).map(|v| pax_u64(v, offset, key)).transpose() };
+    let (size, realsize) = (number("GNU.sparse.size")?, number("GNU.sparse.realsize")?);
+    if let (Some(a), Some(b)) = (size, realsize) {
+        if a != b {
+            return Err(malformed(offset, format!("GNU.sparse.size {a} and GNU.sparse.realsize {b} disagree")));
+        }
+    }
+    let version_1 = match (get(b"GNU.sparse.major"), get(b"GNU.sparse.minor")) {
+        (None, None) | (Some(b"0"), Some(b"0" | b"1")) => false,
+        (Some(b"1"), Some(b"0")) => true,
+        (major, minor) => {
+            let v = |x: Option<&[u8]>| x.map_or("?".to_string(), |x| String::from_utf8_lossy(x).into_owned());
+            return Err(TarError::Unsupported {
+                offset,
+                what: format!("GNU sparse format version {}.{}", v(major), v(minor)),
+            });
+        }
+    };
+    let pairs: Vec<&(Vec<u8>, Vec<u8>)> = records
+        .iter()
+        .filter(|(k, _)| k.as_slice() == b"GNU.sparse.offset" || k.as_slice() == b"GNU.sparse.numbytes")
+        .collect();
+    let map = get(b"GNU.sparse.map");
+    let numblocks = number("GNU.sparse.numblocks")?;
+    if version_1 {
+        let real =
+            realsize.or(size).ok_or_else(|| malformed(offset, "GNU sparse 1.0 entry without GNU.sparse.realsize"))?;
+        if map.is_some() || !pairs.is_empty() || numblocks.is_some() {
+            return Err(malformed(offset, "GNU sparse 1.0 entry with a 0.x map in its PAX records"));
+        }
+        return Ok((PendingSparse::InData(real), name));
+    }
+    let real = size.or(realsize).ok_or_else(|| malformed(offset, "GNU sparse 0.x entry without GNU.sparse.size"))?;
+    let numblocks = numblocks.ok_or_else(|| malformed(offset, "GNU sparse 0.x entry without GNU.sparse.numblocks"))?;
+    if numblocks > limits.max_segments {
+        return Err(sparse_limit(offset, "max_sparse_segments", numblocks, limits.max_segments));
+    }
+    let mut segments = Vec::with_capacity(numblocks as usize);
+    match map {
+        Some(_) if !pairs.is_empty() => {
+            return Err(malformed(offset, "both GNU.sparse.map and GNU.sparse.offset/numbytes records"))
+        }
+        Some(map) => {
+            // 0.1: "offset,length,offset,length…" (empty for a file that is one hole).
+            let numbers: Vec<&[u8]> = if map.is_empty() { vec![] } else { map.split(|&b| b == b',').collect() };
+            if numbers.len() as u64 != 2 * numblocks {
+                return Err(malformed(
+                    offset,
+                    format!(
+                        "GNU.sparse.map holds {} numbers, GNU.sparse.numblocks says {numblocks} pairs",
+                        numbers.len()
+                    ),
+                ));
+            }
+            for pair in numbers.chunks(2) {
+                segments.push((
+                    pax_u64(pair[0], offset, "GNU.sparse.map offset")?,
+                    pax_u64(pair[1], offset, "GNU.sparse.map length")?,
+                ));
+            }
+        }
+        None => {
+            // 0.0: GNU.sparse.offset and GNU.sparse.numbytes alternate, one pair per segment.
+            if pairs.len() as u64 != 2 * numblocks {
+                return Err(malformed(
+                    offset,
+                    format!(
+                        "{} GNU.sparse.offset/numbytes records, GNU.sparse.numblocks says {numblocks} pairs",
+                        pairs.len()
+                    ),
+                ));
+            }
+            for pair in pairs.chunks(2) {
+                let (ok, ov) = pair[0];
+                let (lk, lv) = pair[1];
+                if ok.as_slice() != b"GNU.sparse.offset" || lk.as_slice() != b"GNU.sparse.numbytes" {
+                    return Err(malformed(
+                        offset,
+                        "GNU.sparse.offset and GNU.sparse.numbytes records do not alternate",
+                    ));
+                }
+                segments.push((pax_u64(ov, offset, "GNU.sparse.offset")?, pax_u64(lv, offset, "GNU.sparse.numbytes")?));
+            }
+        }
+    }
+    Ok((PendingSparse::Map(real, segments), name))
+}
+
+/// F7: a sparse map must describe the file it claims: segments ascending and non-overlapping, each inside
+/// the real size without overflow, and their lengths summing to the bytes the archive stores.
+fn check_sparse(segments: &[(u64, u64)], real_size: u64, stored: u64, offset: u64, path: &[u8]) -> Result<()> {
+    let bad = |reason: String| malformed(offset, format!("sparse file {:?}: {reason}", String::from_utf8_lossy(path)));
+    let mut prev_end = 0u64;
+    let mut total = 0u64;
+    for (i, &(off, len)) in segments.iter().enumerate() {
+        let end = off
+            .checked_add(len)
+            .ok_or_else(|| bad(format!("segment {i} (offset {off}, length {len}) overflows 64 bits")))?;
+        if off < prev_end {
+            return Err(bad(format!("segment {i} at offset {off} overlaps or precedes the one ending at {prev_end}")));
+        }
+        if end > real_size {
+            return Err(bad(format!("segment {i} ends at {end}, beyond the real size {real_size}")));
+        }
+        total += len;
+        prev_end = end;
+    }
+    if total != stored {
+        return Err(bad(format!("the map describes {total} data bytes but the entry stores {stored}")));
+    }
+    Ok(())
 }
 
 fn kind_str(k: Kind) -> &'static str {
@@ -540,7 +938,10 @@ fn parse_pax(mut body: &[u8], offset: u64, out: &mut Vec<(Vec<u8>, Vec<u8>)>) ->
         if k.is_empty() {
             return Err(malformed(offset, "pax record with an empty keyword"));
         }
-        out.retain(|(ok, _)| ok.as_slice() != k);
+        // GNU sparse 0.0 repeats these two keywords, one pair per segment, in order: they are all kept.
+        if k != b"GNU.sparse.offset" && k != b"GNU.sparse.numbytes" {
+            out.retain(|(ok, _)| ok.as_slice() != k);
+        }
         out.push((k.to_vec(), v.to_vec()));
         body = &body[len..];
     }
@@ -612,6 +1013,30 @@ mod tests {
         parse_pax(b"8 path=\n", 0, &mut out).unwrap();
         assert_eq!(out.len(), 2);
         assert_eq!(out[1], (b"path".to_vec(), vec![]));
+    }
+
+    #[test]
+    fn sparse_0_0_pairs_are_all_kept_in_order() {
+        let mut out = Vec::new();
+        let body = b"26 GNU.sparse.offset=4096\n28 GNU.sparse.numbytes=4096\n23 GNU.sparse.offset=0\n12 path=abc\n";
+        parse_pax(body, 0, &mut out).unwrap();
+        let keys: Vec<&[u8]> = out.iter().map(|(k, _)| k.as_slice()).collect();
+        assert_eq!(keys, [&b"GNU.sparse.offset"[..], b"GNU.sparse.numbytes", b"GNU.sparse.offset", b"path"]);
+    }
+
+    #[test]
+    fn sparse_maps_are_checked() {
+        assert!(check_sparse(&[(0, 10), (10, 5), (100, 0)], 100, 15, 0, b"f").is_ok());
+        assert!(check_sparse(&[], 1 << 40, 0, 0, b"f").is_ok());
+        for (segs, real, stored) in [
+            (&[(0u64, 10u64), (5, 5)][..], 100, 15),
+            (&[(50, 10), (0, 5)], 100, 15),
+            (&[(95, 10)], 100, 10),
+            (&[(u64::MAX, 1)], u64::MAX, 1),
+            (&[(0, 10)], 100, 11),
+        ] {
+            assert!(matches!(check_sparse(segs, real, stored, 0, b"f"), Err(TarError::Malformed { .. })), "{segs:?}");
+        }
     }
 
     #[test]

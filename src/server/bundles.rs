@@ -37,6 +37,9 @@ impl pb::bundles_server::Bundles for BundlesService {
         let overrides = wire::overrides(req.overrides.unwrap_or_default())?;
         let reply = blocking(move || {
             let (store_path, img) = resolve(&d, &req.image, req.platform.as_ref())?;
+            // I4: refused before any unpack or mount work when neither the image nor the caller gives args.
+            crate::convert::process_args(&img.config, &overrides)
+                .map_err(|e| status(e.kind(), format!("bundle {:?}: image {:?}: {e}", req.id, req.image)))?;
             let store = Store::open(&store_path).map_err(|e| status(e.kind(), e))?;
             let created = d.engine.create(&bundle_id, &store, &img, &overrides).map_err(|e| status(e.kind(), e))?;
             Ok(wire::created(&created))

@@ -83,6 +83,18 @@ impl LayerBuilder {
         self.entry("", Kind::Raw(bytes), 0)
     }
 
+    /// A GNU sparse file entry in `format`, as GNU tar writes it (see [`sparse_entry`]).
+    pub fn sparse(
+        self,
+        format: SparseFormat,
+        name: &str,
+        real_size: u64,
+        segments: &[(u64, u64)],
+        data: &[u8],
+    ) -> Self {
+        self.raw(sparse_entry(format, name, real_size, segments, data))
+    }
+
     /// `.wh.NAME` next to `path`'s basename.
     pub fn whiteout(self, path: &str) -> Self {
         let (dir, base) = match path.rsplit_once('/') {
@@ -243,6 +255,126 @@ pub fn write_entry(
     out.extend_from_slice(data);
     let pad = (512 - data.len() % 512) % 512;
     out.extend(std::iter::repeat_n(0u8, pad));
+}
+
+/// The GNU sparse formats (GNU tar's `--format=gnu`, and `--format=posix --sparse-version=…`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SparseFormat {
+    /// Type `S` header: the map at offset 386 (4 entries), extension blocks of 21, real size at 483.
+    OldGnu,
+    /// PAX `GNU.sparse.size`, `GNU.sparse.numblocks`, then `GNU.sparse.offset`/`numbytes` pairs.
+    Pax00,
+    /// PAX `GNU.sparse.map=off,len,…` and `GNU.sparse.name`; the ustar name is a `GNUSparseFile.0/` placeholder.
+    Pax01,
+    /// PAX `GNU.sparse.major=1`, `minor=0`, `name`, `realsize`; the map opens the data in decimal lines.
+    Pax10,
+}
+
+/// A 12-byte numeric field: octal when it fits, GNU base-256 otherwise.
+fn numeric12(field: &mut [u8], value: u64) {
+    if value < 8u64.pow(11) {
+        octal(field, value);
+    } else {
+        field.fill(0);
+        field[0] = 0x80;
+        field[4..12].copy_from_slice(&value.to_be_bytes());
+    }
+}
+
+/// The format 1.0 map as GNU tar writes it at the start of the data: decimal lines, padded to a block.
+pub fn sparse_map_1x0(segments: &[(u64, u64)]) -> Vec<u8> {
+    let mut map = format!("{}\n", segments.len());
+    for (o, l) in segments {
+        map.push_str(&format!("{o}\n{l}\n"));
+    }
+    let mut map = map.into_bytes();
+    map.resize(map.len().div_ceil(512) * 512, 0);
+    map
+}
+
+/// One GNU sparse file entry: `segments` are `(offset, length)` and `data` their contents back to back.
+/// Nothing is checked, so hostile maps (overlapping, past the real size, lengths that do not add up) can be
+/// written.
+pub fn sparse_entry(format: SparseFormat, name: &str, real_size: u64, segments: &[(u64, u64)], data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    match format {
+        SparseFormat::OldGnu => {
+            let mut h = [0u8; 512];
+            h[..name.len().min(100)].copy_from_slice(&name.as_bytes()[..name.len().min(100)]);
+            octal(&mut h[100..108], 0o644);
+            octal(&mut h[108..116], 0);
+            octal(&mut h[116..124], 0);
+            numeric12(&mut h[124..136], data.len() as u64);
+            octal(&mut h[136..148], 1_700_000_000);
+            h[156] = b'S';
+            h[257..265].copy_from_slice(b"ustar  \0");
+            let entry = |field: &mut [u8], (o, l): (u64, u64)| {
+                numeric12(&mut field[..12], o);
+                numeric12(&mut field[12..24], l);
+            };
+            let (first, rest) = segments.split_at(segments.len().min(4));
+            for (i, s) in first.iter().enumerate() {
+                entry(&mut h[386 + i * 24..386 + (i + 1) * 24], *s);
+            }
+            h[482] = u8::from(!rest.is_empty());
+            numeric12(&mut h[483..495], real_size);
+            h[148..156].copy_from_slice(b"        ");
+            let sum: u64 = h.iter().map(|&b| b as u64).sum();
+            octal(&mut h[148..155], sum);
+            h[155] = b' ';
+            out.extend_from_slice(&h);
+            let chunks: Vec<&[(u64, u64)]> = rest.chunks(21).collect();
+            for (n, chunk) in chunks.iter().enumerate() {
+                let mut b = [0u8; 512];
+                for (i, s) in chunk.iter().enumerate() {
+                    entry(&mut b[i * 24..(i + 1) * 24], *s);
+                }
+                b[504] = u8::from(n + 1 < chunks.len());
+                out.extend_from_slice(&b);
+            }
+            out.extend_from_slice(data);
+            out.resize(out.len().div_ceil(512) * 512, 0);
+        }
+        SparseFormat::Pax00 => {
+            let mut records: Vec<(String, Vec<u8>)> = vec![
+                ("GNU.sparse.size".into(), real_size.to_string().into_bytes()),
+                ("GNU.sparse.numblocks".into(), segments.len().to_string().into_bytes()),
+            ];
+            for (o, l) in segments {
+                records.push(("GNU.sparse.offset".into(), o.to_string().into_bytes()));
+                records.push(("GNU.sparse.numbytes".into(), l.to_string().into_bytes()));
+            }
+            let recs: Vec<(&str, &[u8])> = records.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();
+            out.extend_from_slice(&pax_header(&recs));
+            write_entry(&mut out, name, b'0', 0o644, 0, 0, 1_700_000_000, "", data, (0, 0));
+        }
+        SparseFormat::Pax01 => {
+            let map: Vec<String> = segments.iter().flat_map(|(o, l)| [o.to_string(), l.to_string()]).collect();
+            let (size, blocks, map) = (real_size.to_string(), segments.len().to_string(), map.join(","));
+            out.extend_from_slice(&pax_header(&[
+                ("GNU.sparse.size", size.as_bytes()),
+                ("GNU.sparse.numblocks", blocks.as_bytes()),
+                ("GNU.sparse.name", name.as_bytes()),
+                ("GNU.sparse.map", map.as_bytes()),
+            ]));
+            let placeholder = format!("GNUSparseFile.0/{}", name.rsplit('/').next().unwrap_or(name));
+            write_entry(&mut out, &placeholder, b'0', 0o644, 0, 0, 1_700_000_000, "", data, (0, 0));
+        }
+        SparseFormat::Pax10 => {
+            let real = real_size.to_string();
+            out.extend_from_slice(&pax_header(&[
+                ("GNU.sparse.major", b"1"),
+                ("GNU.sparse.minor", b"0"),
+                ("GNU.sparse.name", name.as_bytes()),
+                ("GNU.sparse.realsize", real.as_bytes()),
+            ]));
+            let mut body = sparse_map_1x0(segments);
+            body.extend_from_slice(data);
+            let placeholder = format!("GNUSparseFile.0/{}", name.rsplit('/').next().unwrap_or(name));
+            write_entry(&mut out, &placeholder, b'0', 0o644, 0, 0, 1_700_000_000, "", &body, (0, 0));
+        }
+    }
+    out
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -207,8 +207,13 @@ fn write_config(
     hygiene: &[HygieneFix],
 ) -> Result<serde_json::Value> {
     let users = kiln::bundle::userdb::read(rootfs, &kiln::bundle::userdb::Limits::default())?;
-    let conv = kiln::convert::convert(&img.config, &kiln::convert::Overrides::default(), &users)
+    // Like `umoci unpack`, an image without Entrypoint or Cmd still unpacks: the caller sets process.args.
+    let overrides = kiln::convert::Overrides { allow_no_args: true, ..Default::default() };
+    let conv = kiln::convert::convert(&img.config, &overrides, &users)
         .map_err(|e| anyhow::anyhow!("image config {}: {e}", img.config_digest()))?;
+    for w in conv.explain.warnings.iter().filter(|w| w.rule == "I4") {
+        eprintln!("kiln: warning: {}", w.message);
+    }
     let bytes = conv.to_json_bytes()?;
     kiln::sys::atomic_write(&bundle.join("config.json"), &bytes, 0o644)?;
     let mut explain = conv.explain;
