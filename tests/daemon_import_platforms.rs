@@ -2,6 +2,7 @@
 //! kilnd: the store keeps every platform under the one ref, resolution picks the host's (and `Bundles.Create`
 //! builds it), another platform stays selectable; a ref with no entry for the host is refused at import,
 //! naming the ref and the platforms there are, and so are several images under one ref with no platforms.
+#![allow(clippy::disallowed_methods)] // tests build fixtures and inspect results by path
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! 0.0, 0.1 and 1.0) expand to the real name and size with holes, through the layer API and `kiln unpack`;
 //! hand-built hostile maps hit typed errors (caps, overlap, order, past the real size, overflow, lengths that
 //! do not add up) before anything is written.
+#![allow(clippy::disallowed_methods)] // tests build fixtures and inspect results by path
 
 mod common;
 

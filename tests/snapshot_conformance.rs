@@ -415,3 +415,33 @@ fn state_dirs_are_private() {
         assert_eq!(mode, 0o700, "{d}");
     }
 }
+
+#[test]
+fn native_copies_keep_sparse_files_sparse() {
+    // A GNU sparse file (64 MiB, two 4 KiB data segments) in L1; L2's native snapshot is a copy of L1's. The
+    // copy goes by SEEK_DATA/SEEK_HOLE, so it allocates the data, not 64 MiB of zeros (tmpfs keeps holes).
+    if !common::require_root() {
+        return;
+    }
+    use common::layer::SparseFormat;
+    use std::os::unix::fs::MetadataExt;
+    let real = 64u64 << 20;
+    let data = vec![7u8; 8192];
+    let layers = vec![
+        LayerBuilder::new().sparse(SparseFormat::Pax10, "big", real, &[(0, 4096), (real - 4096, 4096)], &data),
+        LayerBuilder::new().file("other", b"o", 0o644),
+    ];
+    let e = env(Backend::Native);
+    let (store, img) = image_of(e.dir.path(), layers.iter().map(|l| l.layer(Compression::Gzip)).collect());
+    let u = Unpacker::new(e.snap.clone(), applier(), 0).with_mounter(Arc::new(kiln::sys::SysMounter));
+    u.unpack(&store, &img.layers).unwrap();
+    for l in &img.layers {
+        let md = fs::symlink_metadata(e.snap.diff_dir(l.chain_id.as_str()).unwrap().join("big")).unwrap();
+        assert_eq!(md.len(), real);
+        assert!(md.blocks() * 512 < 1 << 20, "{}: {} blocks allocated", l.chain_id, md.blocks());
+    }
+    let top = e.snap.diff_dir(img.chain_id().unwrap().as_str()).unwrap();
+    let bytes = fs::read(top.join("big")).unwrap();
+    assert!(bytes[..4096].iter().all(|&b| b == 7) && bytes[real as usize - 4096..].iter().all(|&b| b == 7));
+    assert!(bytes[4096..real as usize - 4096].iter().all(|&b| b == 0));
+}

@@ -417,12 +417,10 @@ fn copy_one(
     }
     match k {
         SFlag::S_IFREG => {
-            let mut from = open_regular_at(src, name)?;
+            let from = open_regular_at(src, name)?;
             let to = sfs::openat(dst, name, OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL, 0o600)?;
-            let mut to = File::from(to);
-            std::io::copy(&mut from, &mut to).map_err(|e| {
-                SysError::new("copy_file_range", quoted(rel), Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
-            })?;
+            let to = File::from(to);
+            copy_data(&from, &to, st.st_size).map_err(|e| SysError::new(e.call, quoted(rel), e.errno))?;
             let to = OwnedFd::from(to);
             copy_attrs(&OwnedFd::from(from), &to, st)?;
             sfs::futimens(&to, st.st_mtime, st.st_mtime_nsec as u32)
@@ -448,6 +446,66 @@ fn copy_one(
             sfs::utimensat_nofollow(dst, name, st.st_mtime, st.st_mtime_nsec as u32)
         }
     }
+}
+
+/// Copies a regular file's data, keeping its holes: only the ranges `SEEK_DATA`/`SEEK_HOLE` report as data are
+/// copied (with `copy_file_range`, which shares extents where the filesystem can), then the file is sized to
+/// `size`. A sparse file from a layer (GNU sparse entries) stays sparse in a native copy.
+fn copy_data(from: &File, to: &File, size: i64) -> Result<()> {
+    let (fi, fo) = (from.as_raw_fd(), to.as_raw_fd());
+    let mut off: i64 = 0;
+    while off < size {
+        // SAFETY: plain syscalls on fds borrowed for the duration of the call.
+        let data = unsafe { libc::lseek(fi, off, libc::SEEK_DATA) };
+        if data < 0 {
+            match Errno::last() {
+                Errno::ENXIO => break, // no data after `off`: the rest is a hole
+                e => return Err(SysError::new("lseek", format!("{fi}, {off}, SEEK_DATA"), e)),
+            }
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fi, data, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(SysError::new("lseek", format!("{fi}, {data}, SEEK_HOLE"), Errno::last()));
+        }
+        let (mut i, mut o) = (data, data);
+        while i < hole {
+            let len = (hole - i) as usize;
+            // SAFETY: the offsets are valid pointers to i64 for the duration of the call.
+            let n = unsafe { libc::copy_file_range(fi, &mut i, fo, &mut o, len, 0) };
+            if n < 0 {
+                match Errno::last() {
+                    Errno::EXDEV | Errno::EINVAL | Errno::EOPNOTSUPP | Errno::ENOSYS => {
+                        copy_range_rw(from, to, i, hole)?;
+                        break;
+                    }
+                    e => return Err(SysError::new("copy_file_range", format!("{fi}, {i}, {fo}, {len}"), e)),
+                }
+            }
+            if n == 0 {
+                break; // the source shrank under us
+            }
+        }
+        off = hole;
+    }
+    nix::unistd::ftruncate(to, size).map_err(|e| SysError::new("ftruncate", format!("{fo}, {size}"), e))
+}
+
+/// `pread`/`pwrite` fallback for [`copy_data`] where `copy_file_range` cannot cross the two filesystems.
+fn copy_range_rw(from: &File, to: &File, mut at: i64, end: i64) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 1 << 16];
+    while at < end {
+        let want = buf.len().min((end - at) as usize);
+        let errno = |e: std::io::Error| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
+        let n = from.read_at(&mut buf[..want], at as u64).map_err(|e| SysError::new("pread", at, errno(e)))?;
+        if n == 0 {
+            break;
+        }
+        to.write_all_at(&buf[..n], at as u64).map_err(|e| SysError::new("pwrite", at, errno(e)))?;
+        at += n as i64;
+    }
+    Ok(())
 }
 
 /// Owner, xattrs, then mode (chown clears setuid/setgid) of `src` onto `dst`, both readable fds.
