@@ -426,8 +426,8 @@ fn native_copies_keep_sparse_files_sparse() {
     use common::layer::SparseFormat;
     use std::os::unix::fs::MetadataExt;
     let real = 64u64 << 20;
-    let data = [7u8; 8192];
-    let layers = vec![
+    let data = vec![7u8; 8192];
+    let layers = [
         LayerBuilder::new().sparse(SparseFormat::Pax10, "big", real, &[(0, 4096), (real - 4096, 4096)], &data),
         LayerBuilder::new().file("other", b"o", 0o644),
     ];
