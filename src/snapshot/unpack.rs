@@ -567,20 +567,69 @@ pub fn exact_on(diff: &OwnedFd, lowers: &[OwnedFd], applied: &Applied) -> Result
     if let Some(p) = &applied.crossed_link {
         return Ok(Some(format!("{:?} goes through a symbolic link", p)));
     }
+    // A directory the layer had to make for an entry went, on its parents, through whatever is at that path
+    // below: a link or a file there (even if the layer replaced the directory later) changes the meaning.
+    for rel in &applied.implicit_dirs {
+        match lower_lookup(diff, lowers, rel)? {
+            Lookup::Blocked => return Ok(Some(format!("{rel:?}: a parent is not a directory in the layers below"))),
+            Lookup::Found(st, _) if tree::kind(&st) != SFlag::S_IFDIR => {
+                return Ok(Some(format!("{rel:?} is not a directory in the layers below")));
+            }
+            _ => {}
+        }
+    }
     let stack: Vec<OwnedFd> =
         if is_opaque(diff)? { Vec::new() } else { lowers.iter().map(dup).collect::<Result<_>>()? };
     if let Some(reason) = scan(diff, &mut PathBuf::new(), stack, applied.whiteouts, 0)? {
         return Ok(Some(reason));
     }
-    let mut adopt: Vec<&Path> = applied.implicit_dirs.iter().map(PathBuf::as_path).collect();
+    // Directories made only to hold a whiteout or an opaque marker of something nothing below has: applied on
+    // the parents, the marker finds nothing and makes nothing. Deepest first, so emptied parents go too.
+    for rel in applied.implicit_dirs.iter().rev() {
+        let Ok(d) = tree::open_dir_beneath(diff, rel) else { continue };
+        if !sfs::read_dir_names(&d)?.is_empty() || !matches!(lower_lookup(diff, lowers, rel)?, Lookup::Absent) {
+            continue;
+        }
+        let (parent, name) = (rel.parent().unwrap_or(Path::new("")), rel.file_name().unwrap_or_default());
+        let pfd = tree::open_dir_beneath(diff, parent)?;
+        sfs::unlinkat(&pfd, name, true)?;
+    }
+    // Implicit directories (and the root, when the layer does not list it) are, on the parents, the lower
+    // directory: its owner, mode and xattrs. One new below a set-group-ID directory inherits its group and the
+    // bit, as mkdir there would have given it.
+    let mut state: HashMap<PathBuf, (u32, bool)> = HashMap::new();
+    let mut adopt: Vec<&Path> = Vec::new();
     if !applied.root_listed {
         adopt.push(Path::new(""));
     }
+    adopt.extend(applied.implicit_dirs.iter().map(PathBuf::as_path));
     for rel in adopt {
-        if let Lookup::Found(st, Some(lower)) = lower_lookup(diff, lowers, rel)? {
-            if tree::kind(&st) == SFlag::S_IFDIR {
-                let dst = tree::open_dir_beneath(diff, rel)?;
+        let Ok(dst) = tree::open_dir_beneath(diff, rel) else { continue }; // replaced later in the layer
+        match lower_lookup(diff, lowers, rel)? {
+            Lookup::Found(st, Some(lower)) if tree::kind(&st) == SFlag::S_IFDIR => {
                 tree::copy_dir_attrs(&lower, &dst)?;
+                state.insert(rel.to_owned(), (st.st_gid, st.st_mode & libc::S_ISGID != 0));
+            }
+            _ if rel.as_os_str().is_empty() => {}
+            _ => {
+                let parent = rel.parent().unwrap_or(Path::new(""));
+                let (gid, setgid) = match state.get(parent) {
+                    Some(s) => *s,
+                    None => match lower_lookup(diff, lowers, parent)? {
+                        Lookup::Found(st, _) if tree::kind(&st) == SFlag::S_IFDIR => {
+                            (st.st_gid, st.st_mode & libc::S_ISGID != 0)
+                        }
+                        _ => (0, false),
+                    },
+                };
+                let cur = sfs::fstat(&dst)?;
+                if setgid {
+                    sfs::fchown(&dst, cur.st_uid, gid)?;
+                    sfs::fchmod(&dst, (cur.st_mode & 0o7777) | libc::S_ISGID)?;
+                    state.insert(rel.to_owned(), (gid, true));
+                } else {
+                    state.insert(rel.to_owned(), (cur.st_gid, cur.st_mode & libc::S_ISGID != 0));
+                }
             }
         }
     }
@@ -702,7 +751,7 @@ enum Lookup {
 /// Looks `rel` up in `lowers` as the merged view below `diff` would show it: an opaque directory of `diff` on
 /// the way hides everything below it.
 fn lower_lookup(diff: &OwnedFd, lowers: &[OwnedFd], rel: &Path) -> Result<Lookup> {
-    let mut here = dup(diff)?;
+    let mut here = Some(dup(diff)?);
     let mut stack: Vec<OwnedFd> = lowers.iter().map(dup).collect::<Result<_>>()?;
     if rel.as_os_str().is_empty() {
         return match stack.first() {
@@ -712,11 +761,14 @@ fn lower_lookup(diff: &OwnedFd, lowers: &[OwnedFd], rel: &Path) -> Result<Lookup
     }
     let comps: Vec<&OsStr> = rel.iter().collect();
     for (i, c) in comps.iter().enumerate() {
-        if is_opaque(&here)? {
-            return Ok(Lookup::Absent);
+        if let Some(h) = &here {
+            if is_opaque(h)? {
+                return Ok(Lookup::Absent);
+            }
         }
         if i + 1 < comps.len() {
-            here = tree::open_dir_at(&here, c)?;
+            // A component the layer replaced by a non-directory later: no opaque marker of its own below.
+            here = here.as_ref().and_then(|h| tree::open_dir_at(h, c).ok());
         }
         match below(&stack, c)? {
             Below::Absent => return Ok(Lookup::Absent),
