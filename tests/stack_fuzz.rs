@@ -14,7 +14,7 @@
 //! Environment: `KILN_FUZZ_SEED=S` (default 0x6b696c6e), `KILN_FUZZ_STACKS=N` (default 300),
 //! `KILN_FUZZ_DAEMON_STACKS=M` (how many of them also go through the daemons; default all),
 //! `KILN_FUZZ_ONLY=i` (just stack i of the seed, e.g. to reproduce), `KILN_FUZZ_SHRINK=K` (groups to shrink,
-//! default 8). `stack_fuzz_long` (ignored) runs 3000 stacks, all of them through the daemons too.
+//! default 12). `stack_fuzz_long` (ignored) runs 3000 stacks, all of them through the daemons too.
 
 mod common;
 
@@ -287,7 +287,7 @@ fn fuzz(stacks: u64, daemon_stacks: u64) {
     let seed = env_u64("KILN_FUZZ_SEED", 0x6b69_6c6e);
     let stacks = env_u64("KILN_FUZZ_STACKS", stacks);
     let daemon_stacks = env_u64("KILN_FUZZ_DAEMON_STACKS", daemon_stacks.min(stacks));
-    let shrink_max = env_u64("KILN_FUZZ_SHRINK", 8) as usize;
+    let shrink_max = env_u64("KILN_FUZZ_SHRINK", 12) as usize;
     let only = std::env::var("KILN_FUZZ_ONLY").ok().map(|_| env_u64("KILN_FUZZ_ONLY", 0));
     let (all, slice): (Vec<u64>, Vec<u64>) = match only {
         Some(i) => (vec![i], vec![i]),
@@ -316,7 +316,7 @@ fn fuzz(stacks: u64, daemon_stacks: u64) {
         found_d.len()
     );
     msg.push_str(&report("engine", &mut lib, seed, &found, shrink_max));
-    msg.push_str(&report("kilnd", &mut daemons, seed, &found_d, shrink_max.min(3)));
+    msg.push_str(&report("kilnd", &mut daemons, seed, &found_d, shrink_max.min(4)));
     println!("{msg}\n(reporting and shrinking took {:.1?})", t.elapsed());
     panic!("{msg}");
 }

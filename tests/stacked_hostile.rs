@@ -611,3 +611,158 @@ fn type_flip_symlink_to_opaque_dir_then_implicit_parent() {
     expect(t, "l/a", "a new 0755 root dir", is_dir(0o755, 0));
     expect(t, &format!("{s}/a"), "untouched in-rootfs dir", is_dir(0o700, 1000));
 }
+
+/// `a`: dir (with a child and an xattr) → char device → FIFO → dir again with an implicit child; `c`: a char
+/// device hard-linked by a later layer, then whited out.
+#[test]
+fn type_flips_dir_device_fifo_dir_and_hardlink_to_device() {
+    let Some(mut h) = harness() else { return };
+    let layers = vec![
+        LayerBuilder::new().dir("a", 0o700).owner(1000, 1000).xattr("user.kiln", b"a1").file("a/f", b"f", 0o644),
+        LayerBuilder::new().char_device("a", 1, 3).char_device("c", 1, 5),
+        LayerBuilder::new().fifo("a").hardlink("h", "c"),
+        LayerBuilder::new().dir("a", 0o750).file("a/b/f", b"f", 0o644).whiteout("c"),
+    ];
+    let r = h.check("dir-device-fifo-dir", &layers);
+    let t = tree(&r);
+    expect(t, "a", "L4's dir", is_dir(0o750, 0));
+    expect(t, "a", "no xattr", |e| e.xattrs.is_empty());
+    expect(t, "a/b", "a new 0755 root dir", is_dir(0o755, 0));
+    absent(t, "a/f");
+    absent(t, "c");
+    expect(t, "h", "the char device", |e| e.kind == FileKind::Char);
+}
+
+// ---- Layers that depend on their parents ---------------------------------------------------------------------
+
+/// usrmerge: a layer makes `lib -> usr/lib` (relative) and `lib64 -> /usr/lib` (absolute) and adds files through
+/// them, while `usr/lib` exists only in the layer below. Applied on its parents this is ordinary; a layer
+/// extracted without its parents must not fail (or resolve the links on the host).
+#[test]
+fn symlink_made_by_same_layer_into_lower_dir_then_files_through_it() {
+    let Some(mut h) = harness() else { return };
+    let layers = vec![
+        LayerBuilder::new().dir("usr", 0o755).dir("usr/lib", 0o755).file("usr/lib/libc.so", b"c", 0o755),
+        LayerBuilder::new()
+            .symlink("lib", "usr/lib")
+            .file("lib/libz.so", b"z", 0o755)
+            .symlink("lib64", "/usr/lib")
+            .file("lib64/ld.so", b"ld", 0o755)
+            .file("lib/sub/x.so", b"x", 0o644),
+    ];
+    let r = h.check("usrmerge", &layers);
+    let t = tree(&r);
+    for p in ["usr/lib/libc.so", "usr/lib/libz.so", "usr/lib/ld.so", "usr/lib/sub/x.so"] {
+        expect(t, p, "a file", |e| e.kind == FileKind::File);
+    }
+}
+
+/// A layer writes through a lower link (to the victim's in-rootfs path) and then replaces the link by a file:
+/// the writes happened inside the link's target and stay there; a parentless diff that only shows the final
+/// file must not lose them.
+#[test]
+fn write_through_lower_symlink_then_replace_the_symlink_keeps_the_writes() {
+    let Some(mut h) = harness() else { return };
+    let (v, s) = (h.victim.path().to_owned(), shadow(&h));
+    let layers = vec![
+        LayerBuilder::new().dir(&format!("{s}/x"), 0o777).symlink("c", &format!("{v}/x")),
+        LayerBuilder::new().file("c/c/f", b"written through the link", 0o644).file("c", b"now a file", 0o644),
+    ];
+    let r = h.check("write-then-replace-link", &layers);
+    let t = tree(&r);
+    expect(t, &format!("{s}/x/c/f"), "the file written through the link", |e| e.size == 24);
+    expect(t, "c", "the file", |e| e.kind == FileKind::File);
+}
+
+/// A layer goes through a lower char device as if it were a directory, then replaces the parent: applied on
+/// its parents this fails (ENOTDIR); every path must fail.
+#[test]
+fn entry_below_lower_device_then_parent_replaced_fails_everywhere() {
+    let Some(mut h) = harness() else { return };
+    let layers =
+        vec![LayerBuilder::new().char_device("a/c", 1, 5), LayerBuilder::new().fifo("a/c/c").file("a", b"file", 0o444)];
+    let r = h.check("below-device-then-replace", &layers);
+    all_fail(&r);
+}
+
+/// Hard links across layers: a file with a link in L1, a third link in L2; all three stay one inode.
+#[test]
+fn hardlink_groups_across_layers_stay_one_inode() {
+    let Some(mut h) = harness() else { return };
+    let layers = vec![
+        LayerBuilder::new().file("a/a", b"data", 0o4755).hardlink("b/a", "a/a"),
+        LayerBuilder::new().hardlink("c", "a/a"),
+    ];
+    let r = h.check("hardlink-groups", &layers);
+    let t = tree(&r);
+    expect(t, "a/a", "one inode with b/a and c", |e| e.hardlinks == ["b/a", "c"]);
+}
+
+// ---- Same-layer semantics that stacked layers depend on (F15, F18) -----------------------------------------
+
+/// F18: a whiteout applies only to lower layers. L2 makes `b/b` inside L1's `b`, then whites `b` out: L1's
+/// content of `b` goes, L2's `b/b` stays (layer.md: "files present in the same layer as a whiteout can only be
+/// hidden by whiteouts in subsequent layers").
+#[test]
+fn whiteout_of_lower_dir_after_own_entries_keeps_own_entries() {
+    let Some(mut h) = harness() else { return };
+    let layers = vec![
+        LayerBuilder::new().dir("b", 0o700).file("b/old", b"old", 0o644),
+        LayerBuilder::new().fifo("b/b").whiteout("b"),
+        LayerBuilder::new().file("top", b"t", 0o644),
+    ];
+    let r = h.check("whiteout-after-own-entries", &layers);
+    let t = tree(&r);
+    absent(t, "b/old");
+    expect(t, "b/b", "L2's fifo", |e| e.kind == FileKind::Fifo);
+}
+
+/// One directory named by six entries of one layer through six different links (all made by that layer): the
+/// last entry's attributes win, whatever order the deferred directory metadata is applied in. (With the bug,
+/// each process picks one of the six at random: the paths disagree almost always.)
+#[test]
+fn last_entry_wins_for_a_dir_named_through_several_links() {
+    let Some(mut h) = harness() else { return };
+    let mut l2 = LayerBuilder::new().dir("x", 0o755);
+    let modes = [0o700, 0o710, 0o711, 0o750, 0o751, 0o755];
+    for (i, m) in modes.iter().enumerate() {
+        l2 = l2.symlink(&format!("l{i}"), "x").dir(&format!("l{i}/d"), *m).owner(i as u64 * 1000, 0);
+    }
+    let layers = vec![LayerBuilder::new().file("base", b"b", 0o644), l2];
+    let r = h.check("dir-through-several-links", &layers);
+    expect(tree(&r), "x/d", "the last entry's 0755 uid 5000", is_dir(0o755, 5000));
+}
+
+/// A directory made through a link that the same layer then points elsewhere: its attributes belong to the
+/// directory that was made (`x/d`), not to whatever the path names at the end of the layer (`y/d`).
+#[test]
+fn dir_attributes_stay_with_the_dir_when_a_link_on_its_path_changes_later() {
+    let Some(mut h) = harness() else { return };
+    let layers = vec![
+        LayerBuilder::new().file("base", b"b", 0o644),
+        LayerBuilder::new()
+            .dir("x", 0o755)
+            .dir("y", 0o755)
+            .dir("y/d", 0o755)
+            .symlink("l", "x")
+            .dir("l/d", 0o751)
+            .owner(1000, 1000)
+            .symlink("l", "y"),
+    ];
+    let r = h.check("dir-then-link-changes", &layers);
+    let t = tree(&r);
+    expect(t, "x/d", "L2's 0751 uid 1000 dir", is_dir(0o751, 1000));
+    expect(t, "y/d", "L1's 0755 root dir", is_dir(0o755, 0));
+}
+
+/// An explicit directory entry over a lower directory (F15): every path gives the same xattrs.
+#[test]
+fn explicit_dir_over_lower_dir_gives_the_same_xattrs_everywhere() {
+    let Some(mut h) = harness() else { return };
+    let layers = vec![
+        LayerBuilder::new().dir("a", 0o755).xattr("user.kiln", b"lower").file("a/f", b"f", 0o644),
+        LayerBuilder::new().dir("a", 0o711),
+    ];
+    let r = h.check("explicit-over-lower-xattrs", &layers);
+    expect(tree(&r), "a", "L2's mode", is_dir(0o711, 0));
+}
