@@ -283,10 +283,10 @@ fn report(label: &str, h: &mut Harness, seed: u64, found: &BTreeMap<(u8, String)
     out
 }
 
-fn fuzz(stacks: u64, daemon_stacks: u64) {
+fn fuzz(stacks: u64) {
     let seed = env_u64("KILN_FUZZ_SEED", 0x6b69_6c6e);
     let stacks = env_u64("KILN_FUZZ_STACKS", stacks);
-    let daemon_stacks = env_u64("KILN_FUZZ_DAEMON_STACKS", daemon_stacks.min(stacks));
+    let daemon_stacks = env_u64("KILN_FUZZ_DAEMON_STACKS", stacks).min(stacks);
     let shrink_max = env_u64("KILN_FUZZ_SHRINK", 12) as usize;
     let only = std::env::var("KILN_FUZZ_ONLY").ok().map(|_| env_u64("KILN_FUZZ_ONLY", 0));
     let (all, slice): (Vec<u64>, Vec<u64>) = match only {
@@ -324,12 +324,12 @@ fn fuzz(stacks: u64, daemon_stacks: u64) {
 /// The default batch: 300 stacks in-process (+ umoci), and the same 300 through the daemons.
 #[test]
 fn stack_fuzz_kiln_paths_agree_and_host_is_untouched() {
-    fuzz(300, 300);
+    fuzz(300);
 }
 
 /// A long run: `cargo test --test stack_fuzz -- --ignored` (scale with KILN_FUZZ_STACKS / KILN_FUZZ_SEED).
 #[test]
 #[ignore]
 fn stack_fuzz_long() {
-    fuzz(3000, 3000);
+    fuzz(3000);
 }

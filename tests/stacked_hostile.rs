@@ -69,7 +69,8 @@ fn all_fail(r: &Report) {
 /// The issue: L1 has dir `evil/x` (0777, uid 1234); L2 makes the victim's path as a directory, `evil ->
 /// <victim>` and `evil/x/f`. Applied in order, `evil/x` is a new directory (0755 root) inside the rootfs at
 /// `<victim>/x`; an overlay diff extracted without its parents must not give that directory L1's `evil/x`
-/// attributes through the host's view of `diff/evil/x` (which is the host's `<victim>/x`).
+/// attributes through the host's view of `diff/evil/x` (which is the host's `<victim>/x`). threats.md §2
+/// (CVE-2021-32760, CVE-2026-33056: owner and mode applied through a link).
 #[test]
 fn symlink_made_by_same_layer_then_implicit_parent_through_it_absolute() {
     let Some(mut h) = harness() else { return };
@@ -262,7 +263,8 @@ fn implicit_parent_keeps_lower_dir_owner_mode_and_xattrs() {
 }
 
 /// The layer makes `c/x` (so `c` is an implicit parent, a directory below) and then replaces `c` by a link to
-/// the victim: the lower directory's owner and mode must not be applied through the link (chmod follows links).
+/// the victim: the lower directory's owner and mode must not be applied through the link (chmod follows links;
+/// threats.md §2, CVE-2021-32760).
 #[test]
 fn implicit_parent_replaced_by_symlink_in_same_layer_is_not_chmodded_through() {
     let Some(mut h) = harness() else { return };
@@ -338,6 +340,20 @@ fn explicit_root_entry_in_lower_layer_is_kept_by_later_layers() {
 
 // ---- Explicit entries through links (threats.md §2: CVE-2026-33056, CVE-2021-32760) ------------------------
 
+/// CVE-2021-29136 stacked: an upper layer's entry for the root itself as a link to the victim is refused by
+/// every path (only a directory may name the root), and nothing lands on the host.
+#[test]
+fn root_entry_as_symlink_in_upper_layer_is_refused() {
+    let Some(mut h) = harness() else { return };
+    let v = h.victim.path().to_owned();
+    let layers = vec![
+        LayerBuilder::new().dir("a", 0o755),
+        LayerBuilder::new().symlink(".", &v).file("pwn", b"x", 0o644).dir("a/b", 0o777),
+    ];
+    let r = h.check("root-dot-symlink", &layers);
+    all_fail(&r);
+}
+
 /// A directory entry over a lower link to the victim replaces the link; nothing on the host is chmod'ed.
 #[test]
 fn explicit_dir_over_lower_symlink_replaces_it() {
@@ -395,7 +411,8 @@ fn victim_shadow_layer(v: &str, s: &str) -> LayerBuilder {
         .symlink("d", v)
 }
 
-/// Whiteouts below a lower link never delete through it (neither in the rootfs nor on the host).
+/// Whiteouts below a lower link never delete through it (neither in the rootfs nor on the host; threats.md §3
+/// `whiteout-through-symlink`).
 #[test]
 fn whiteout_below_lower_symlink_deletes_nothing() {
     let Some(mut h) = harness() else { return };
@@ -552,7 +569,7 @@ fn hardlink_to_lower_file_survives_a_whiteout_of_the_original() {
 // ---- Type flips across layers ------------------------------------------------------------------------------
 
 /// `t`: file → dir → link to the victim → dir → relative link to a dir of that layer → an implicit dir through
-/// the link.
+/// the link (the dir ↔ link swaps of CVE-2025-47290's fixture family, split across layers).
 #[test]
 fn type_flips_file_dir_symlink_dir_symlink_then_implicit_parent() {
     let Some(mut h) = harness() else { return };

@@ -584,7 +584,7 @@ impl Harness {
         let layout = work.join("layout");
         let spec = ImageSpec::with_layers(layers.iter().map(|l| l.layer(Compression::Gzip)).collect());
         single_image(&layout, &spec, TAG);
-        let mut report = Report { outcomes: vec![], damage: vec![] };
+        let mut report = Report { outcomes: vec![], damage: vec![], umoci_without_link_whiteouts: None };
         let check_victim = |kind: PathKind, victim: &mut Victim, report: &mut Report| {
             if let Err(d) = victim.verify() {
                 report.damage.push((kind, d));
@@ -614,6 +614,22 @@ impl Harness {
             let o = run_umoci(&layout, &work.join("umoci"));
             report.outcomes.push((PathKind::Umoci, o));
             check_victim(PathKind::Umoci, &mut self.victim, &mut report);
+            // umoci resolves a whiteout's directory through links inside the rootfs; kiln never deletes through
+            // a link. When they disagree, umoci runs again without the whiteouts that sit below a link, for
+            // the `delete-through-symlink` class to compare with.
+            if report.umoci_disagreement().is_some() {
+                let kiln = report.get(PathKind::Unpack).cloned().unwrap_or(Err(String::new()));
+                let stripped = without_link_whiteouts(layers, &kiln);
+                if stripped.iter().map(|l| l.entries.len()).sum::<usize>()
+                    != layers.iter().map(|l| l.entries.len()).sum::<usize>()
+                {
+                    let layout2 = work.join("layout-stripped");
+                    let spec = ImageSpec::with_layers(stripped.iter().map(|l| l.layer(Compression::Gzip)).collect());
+                    single_image(&layout2, &spec, TAG);
+                    report.umoci_without_link_whiteouts = Some(run_umoci(&layout2, &work.join("umoci-stripped")));
+                    check_victim(PathKind::Umoci, &mut self.victim, &mut report);
+                }
+            }
         }
         let _ = std::fs::remove_dir_all(&work);
         report
@@ -721,6 +737,9 @@ fn run_engine(e: &kiln::bundle::Engine, layout: &Path, n: u64, gc_every: u64) ->
 pub struct Report {
     pub outcomes: Vec<(PathKind, Outcome)>,
     pub damage: Vec<(PathKind, Vec<String>)>,
+    /// umoci's result for the stack without the whiteouts and opaque markers that sit below a link (run only
+    /// when umoci disagrees with kiln and there are such markers).
+    pub umoci_without_link_whiteouts: Option<Outcome>,
 }
 
 /// One violation of the rule.
@@ -833,38 +852,45 @@ impl Report {
                 }
             }
         }
-        if let Some(f) = self.umoci_disagreement(layers) {
-            if !self.umoci_explained(layers, &f) {
+        if let Some(mut f) = self.umoci_disagreement() {
+            if self.umoci_classified(layers).is_empty() {
+                if let (Failure::Umoci { detail, .. }, Some(k), Some(u)) =
+                    (&mut f, self.get(PathKind::Unpack), self.umoci_without_link_whiteouts.as_ref())
+                {
+                    let (k, u) = (k.clone().map(|t| hygiene_view(&t)), u.clone().map(|t| hygiene_view(&t)));
+                    if let Some((_, d)) = compare(PathKind::Unpack, &k, PathKind::Umoci, &u) {
+                        detail.push("umoci without the whiteouts below links still differs:".into());
+                        detail.extend(d.into_iter().map(|l| format!("  {l}")));
+                    }
+                }
                 out.push(f);
             }
         }
         out
     }
 
-    fn umoci_disagreement(&self, _layers: &[LayerBuilder]) -> Option<Failure> {
+    /// How kiln unpack's tree and umoci's differ (seen through kiln's rootfs hygiene), if they do.
+    pub fn umoci_disagreement(&self) -> Option<Failure> {
         let u = self.get(PathKind::Umoci)?;
         let k = self.get(PathKind::Unpack)?;
         let (k, u) = (k.clone().map(|t| hygiene_view(&t)), u.clone().map(|t| hygiene_view(&t)));
         compare(PathKind::Unpack, &k, PathKind::Umoci, &u).map(|(classes, detail)| Failure::Umoci { classes, detail })
     }
 
-    fn umoci_explained(&self, layers: &[LayerBuilder], f: &Failure) -> bool {
-        !self.umoci_classes_for(layers, f).is_empty()
-    }
-
-    fn umoci_classes_for(&self, layers: &[LayerBuilder], f: &Failure) -> Vec<&'static str> {
-        let (Some(k), Some(u)) = (self.get(PathKind::Unpack), self.get(PathKind::Umoci)) else { return vec![] };
-        let Failure::Umoci { classes, detail } = f else { return vec![] };
-        let case = UmociCase { layers, kiln: k, umoci: u, classes, detail };
-        known_umoci_differences().iter().filter(|d| (d.applies)(&case)).map(|d| d.class).collect()
-    }
-
-    /// The known classes that explain umoci's disagreement with kiln on this stack (empty when they agree).
+    /// The known classes that explain umoci's disagreement with kiln on this stack (empty when they agree or
+    /// nothing explains it).
     pub fn umoci_classified(&self, layers: &[LayerBuilder]) -> Vec<&'static str> {
-        match self.umoci_disagreement(layers) {
-            Some(f) => self.umoci_classes_for(layers, &f),
-            None => vec![],
-        }
+        let Some(Failure::Umoci { classes, detail }) = self.umoci_disagreement() else { return vec![] };
+        let (Some(k), Some(u)) = (self.get(PathKind::Unpack), self.get(PathKind::Umoci)) else { return vec![] };
+        let case = UmociCase {
+            layers,
+            kiln: k,
+            umoci: u,
+            classes: &classes,
+            detail: &detail,
+            umoci_without_link_whiteouts: self.umoci_without_link_whiteouts.as_ref(),
+        };
+        known_umoci_differences().iter().filter(|d| (d.applies)(&case)).map(|d| d.class).collect()
     }
 }
 
@@ -878,6 +904,8 @@ pub struct UmociCase<'a> {
     /// How the trees differ (`error-vs-ok`, `mode`, `missing`, …).
     pub classes: &'a [&'static str],
     pub detail: &'a [String],
+    /// umoci's result without the whiteouts below links (see [`Report::umoci_without_link_whiteouts`]).
+    pub umoci_without_link_whiteouts: Option<&'a Outcome>,
 }
 
 /// A deliberate difference between kiln and umoci, recognised by a predicate over the stack.
@@ -921,14 +949,13 @@ pub fn known_umoci_differences() -> &'static [UmociDifference] {
             class: "delete-through-symlink",
             reason: "kiln never deletes through a symbolic link (threats.md §3: a whiteout or opaque marker below a \
                      link is skipped, deletions are resolved with RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS); umoci \
-                     resolves the marker's directory through the link inside the rootfs and deletes there. Only \
-                     ever makes umoci's tree a subset of kiln's",
+                     resolves the marker's directory through the link inside the rootfs and deletes there. \
+                     Recognised when umoci, run again without the markers that sit below a link, agrees with kiln",
             applies: |c| {
-                c.classes == ["missing"]
-                    && entries(c.layers).any(|(i, e)| {
-                        is_whiteout(&e.path)
-                            && (below_symlink(c.layers, i, &e.path) || below_symlink_in(c.kiln, &e.path))
-                    })
+                c.umoci_without_link_whiteouts.is_some_and(|u| {
+                    compare(PathKind::Unpack, c.kiln, PathKind::Umoci, u).is_none()
+                        || entry_classes(c.layers, c.kiln, u).is_some()
+                })
             },
         },
         UmociDifference {
@@ -947,7 +974,7 @@ pub fn known_umoci_differences() -> &'static [UmociDifference] {
             reason: "kiln drops `trusted.overlay.*` and `user.overlay.*` xattrs from layer content (threats.md §8: \
                      written into a layer used as an overlay lower they would change the merged view); umoci \
                      writes `user.overlay.*` like any user xattr",
-            applies: |c| entry_classes(c).is_some_and(|cl| cl.contains(&"overlay-private-xattrs")),
+            applies: |c| entry_classes_any(c).contains(&"overlay-private-xattrs"),
         },
         UmociDifference {
             class: "setgid-inherited-by-implicit-dir",
@@ -955,30 +982,45 @@ pub fn known_umoci_differences() -> &'static [UmociDifference] {
                      directory's mode is applied when its layer ends, so the kernel's S_ISGID inheritance never \
                      applies inside the layer that lists the setgid directory; umoci applies the mode at once and \
                      a directory it makes inside a setgid one inherits S_ISGID and the group",
-            applies: |c| entry_classes(c).is_some_and(|cl| cl.contains(&"setgid-inherited-by-implicit-dir")),
+            applies: |c| entry_classes_any(c).contains(&"setgid-inherited-by-implicit-dir"),
         },
         UmociDifference {
             class: "self-hardlink",
             reason: "kiln treats a hard link naming itself as a no-op (there is nothing to link; an existing file \
                      stays); umoci calls link(2) and fails when nothing is there",
             applies: |c| {
+                let base = |p: &str| norm(p).rsplit('/').next().unwrap_or("").to_owned();
                 c.kiln.is_ok()
                     && c.umoci.is_err()
-                    && entries(c.layers).any(|(_, e)| matches!(&e.kind, Kind::Hardlink(t) if norm(t) == norm(&e.path)))
+                    && entries(c.layers).any(|(i, e)| {
+                        matches!(&e.kind, Kind::Hardlink(t)
+                            if norm(t) == norm(&e.path)
+                                || (base(t) == base(&e.path) && below_symlink(c.layers, i, t)))
+                    })
             },
         },
     ]
 }
 
+/// The entry-level classes of umoci's result, or of its result without the whiteouts below links when
+/// `delete-through-symlink` explains the rest.
+fn entry_classes_any(c: &UmociCase) -> Vec<&'static str> {
+    let mut v = entry_classes(c.layers, c.kiln, c.umoci).unwrap_or_default();
+    if let Some(u) = c.umoci_without_link_whiteouts {
+        v.extend(entry_classes(c.layers, c.kiln, u).unwrap_or_default());
+    }
+    v
+}
+
 /// The entry-level classes (differences confined to single entries) that together explain every entry where
 /// kiln and umoci differ, or `None` when something else differs too. Each class only applies when the stack
 /// has what causes it.
-fn entry_classes(c: &UmociCase) -> Option<Vec<&'static str>> {
-    let (Ok(k), Ok(u)) = (c.kiln, c.umoci) else { return None };
+fn entry_classes(layers: &[LayerBuilder], kiln: &Outcome, umoci: &Outcome) -> Option<Vec<&'static str>> {
+    let (Ok(k), Ok(u)) = (kiln, umoci) else { return None };
     let (k, u) = (hygiene_view(k), hygiene_view(u));
     let overlay_xattrs =
-        entries(c.layers).any(|(_, e)| e.pax.iter().any(|(n, _)| n.starts_with("SCHILY.xattr.user.overlay.")));
-    let setgid_dirs = entries(c.layers).any(|(_, e)| matches!(e.kind, Kind::Dir) && e.mode & 0o2000 != 0);
+        entries(layers).any(|(_, e)| e.pax.iter().any(|(n, _)| n.starts_with("SCHILY.xattr.user.overlay.")));
+    let setgid_dirs = entries(layers).any(|(_, e)| matches!(e.kind, Kind::Dir) && e.mode & 0o2000 != 0);
     if k.len() != u.len() {
         return None;
     }
@@ -1017,6 +1059,18 @@ fn below_symlink_in(t: &Outcome, path: &str) -> bool {
     let p = norm(path);
     let comps: Vec<&str> = p.split('/').collect();
     (1..comps.len()).any(|n| t.get(&comps[..n].join("/")).is_some_and(|e| e.kind == FileKind::Symlink))
+}
+
+/// `layers` without the whiteouts and opaque markers whose directory goes through a link (by the stack's
+/// entries, or in kiln's final tree): what kiln skips.
+fn without_link_whiteouts(layers: &[LayerBuilder], kiln: &Outcome) -> Vec<LayerBuilder> {
+    let mut out = layers.to_vec();
+    for (i, l) in out.iter_mut().enumerate() {
+        l.entries.retain(|e| {
+            !(is_whiteout(&e.path) && (below_symlink(layers, i, &e.path) || below_symlink_in(kiln, &e.path)))
+        });
+    }
+    out
 }
 
 fn is_whiteout(p: &str) -> bool {
