@@ -19,6 +19,7 @@
 //! `KILN_FUZZ_DAEMON_STACKS=M` (how many of them also go through the daemons; default all),
 //! `KILN_FUZZ_ONLY=i` (just stack i of the seed, e.g. to reproduce), `KILN_FUZZ_SHRINK=K` (groups to shrink,
 //! default 12). `stack_fuzz_long` (ignored) runs 3000 stacks, all of them through the daemons too.
+#![allow(clippy::disallowed_methods)] // tests build fixtures and inspect results by path
 
 mod common;
 

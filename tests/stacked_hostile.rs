@@ -12,6 +12,7 @@
 //! (RESOLVE_IN_ROOT) while the host kernel, following the same link from a snapshot's diff directory, would reach
 //! the real victim. `climb(v)` is `../../…/../<victim>`: inside the rootfs `..` stops at `/`; from any diff
 //! directory on the host it reaches `/` and then the victim.
+#![allow(clippy::disallowed_methods)] // tests build fixtures and inspect results by path
 
 mod common;
 

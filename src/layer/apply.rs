@@ -262,7 +262,9 @@ impl Applier<'_> {
             }
             self.stats.dirs += 1;
             self.root_listed = true;
-            let root = self.root.clone();
+            // The root fd may be O_PATH: xattrs need a readable one.
+            let root = sfs::openat2(&*self.root, Path::new("."), OFlag::O_RDONLY | OFlag::O_DIRECTORY, Resolve::InRoot)
+                .map_err(|e| self.sys(&[], e))?;
             let meta = self.apply_dir_xattrs_now(&root, &[], meta, true)?;
             self.dirs.insert(Vec::new(), meta);
             return Ok(());

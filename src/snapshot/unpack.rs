@@ -11,7 +11,7 @@
 //!   A failed layer's active snapshot is removed; one left by a crash (keys under `unpack/`) is removed by
 //!   [`Unpacker::recover`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fmt;
 use std::os::fd::OwnedFd;
@@ -29,6 +29,7 @@ use crate::sys::fs as sfs;
 use crate::sys::mount::Mounter;
 use crate::sys::tree;
 use nix::errno::Errno;
+use nix::fcntl::OFlag;
 use nix::sys::stat::{FileStat, SFlag};
 
 /// A layer applier's failure, classified.
@@ -77,6 +78,8 @@ pub struct Applied {
     pub root_listed: bool,
     /// The layer wrote whiteouts, which the unpacker checks against the layers below.
     pub whiteouts: bool,
+    /// The layer has hard links (applied through a mount, their groups are mended after copy-up).
+    pub hardlinks: bool,
 }
 
 /// Applies one verified layer stream from `store` to `dir`. The real one wraps `kiln::layer`; tests use fakes.
@@ -398,6 +401,14 @@ impl Unpacker {
             crate::sys::host::mkdir(&mnt, 0o700)?;
             m.mount_all(&mounts, &mnt)?;
             let applied = self.applier.apply(store, layer, &mnt, WhiteoutMode::Delete);
+            // Copy-up splits a hard-link group: the names this layer linked to a lower file are in the upper,
+            // the group's other names stay in the lower as another inode. They are linked again in the upper.
+            let applied = match applied {
+                Ok(a) if a.hardlinks => relink_groups(&mnt, &dir, &self.lower_fds(parent)?)
+                    .map(|()| a)
+                    .map_err(|e| ApplyError::new(e.kind(), format!("re-linking hard-link groups after copy-up: {e}"))),
+                other => other,
+            };
             let unmounted = m.unmount(&mnt);
             let _ = crate::sys::host::remove_dir(&mnt);
             applied.map_err(|source| Error::Apply {
@@ -634,6 +645,64 @@ pub fn exact_on(diff: &OwnedFd, lowers: &[OwnedFd], applied: &Applied) -> Result
         }
     }
     Ok(None)
+}
+
+/// Mends hard-link groups that overlayfs's copy-up split while a layer was applied through the mount `mnt`
+/// (upper dir `upper`, lower diffs `lowers`, top first): a name the layer linked to a lower file is in the
+/// upper, linked to a copy of that file, while the group's other names stay in the lower as the old inode.
+/// Each such other name that the merged view still shows as that lower file is removed and linked to the
+/// upper copy, so the group is one inode, as in `kiln unpack` and a native copy. Everything by descriptor.
+fn relink_groups(mnt: &Path, upper: &Path, lowers: &[OwnedFd]) -> Result<()> {
+    let up = tree::open_root(upper)?;
+    let mut reps: Vec<PathBuf> = Vec::new();
+    tree::walk(&up, &mut |e| {
+        if tree::kind(e.st) == SFlag::S_IFREG && e.st.st_nlink > 1 {
+            reps.push(e.rel.to_owned());
+        }
+        Ok(true)
+    })?;
+    let mut done: HashSet<(u64, u64)> = HashSet::new();
+    let merged = tree::open_root(mnt)?;
+    for rep in reps {
+        // The lower file this upper copy came from, and the lower diff holding it.
+        let Lookup::Found(st, _) = lower_lookup(&up, lowers, &rep)? else { continue };
+        if tree::kind(&st) != SFlag::S_IFREG || st.st_nlink < 2 || !done.insert((st.st_dev, st.st_ino)) {
+            continue;
+        }
+        let Some(holder) = lowers
+            .iter()
+            .find(|l| tree::stat_beneath(*l, &rep).is_ok_and(|x| (x.st_dev, x.st_ino) == (st.st_dev, st.st_ino)))
+        else {
+            continue;
+        };
+        let mut names: Vec<PathBuf> = Vec::new();
+        tree::walk(holder, &mut |e| {
+            if (e.st.st_dev, e.st.st_ino) == (st.st_dev, st.st_ino) && e.rel != rep.as_path() {
+                names.push(e.rel.to_owned());
+            }
+            Ok(true)
+        })?;
+        let rep_ino = tree::stat_beneath(&up, &rep)?.st_ino;
+        for name in names {
+            if tree::stat_beneath(&up, &name).is_ok() {
+                continue; // the layer wrote this name itself (linked already, or replaced)
+            }
+            match lower_lookup(&up, lowers, &name)? {
+                Lookup::Found(x, _) if (x.st_dev, x.st_ino) == (st.st_dev, st.st_ino) => {}
+                _ => continue, // hidden by a layer in between
+            }
+            let split = |p: &Path| {
+                (p.parent().unwrap_or(Path::new("")).to_owned(), p.file_name().unwrap_or_default().to_owned())
+            };
+            let ((np, nn), (rp, rn)) = (split(&name), split(&rep));
+            let ndir = tree::open_beneath(&merged, &np, OFlag::O_PATH | OFlag::O_DIRECTORY)?;
+            let rdir = tree::open_beneath(&merged, &rp, OFlag::O_PATH | OFlag::O_DIRECTORY)?;
+            sfs::unlinkat(&ndir, &nn, false)?;
+            sfs::linkat(&rdir, &rn, &ndir, &nn)?;
+            debug_assert!(tree::stat_beneath(&up, &name).is_ok_and(|x| x.st_ino == rep_ino));
+        }
+    }
+    Ok(())
 }
 
 fn dup(fd: &OwnedFd) -> Result<OwnedFd> {
