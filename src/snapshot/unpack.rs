@@ -579,9 +579,10 @@ pub fn exact_on(diff: &OwnedFd, lowers: &[OwnedFd], applied: &Applied) -> Result
         return Ok(Some(format!("{:?} goes through a symbolic link", p)));
     }
     // A directory the layer had to make for an entry went, on its parents, through whatever is at that path
-    // below: a link or a file there (even if the layer replaced the directory later) changes the meaning.
+    // below: a link or a file there (even if the layer replaced the directory later, or made an ancestor
+    // opaque after the entry) changes the meaning.
     for rel in &applied.implicit_dirs {
-        match lower_lookup(diff, lowers, rel)? {
+        match lower_lookup_in(None, lowers, rel)? {
             Lookup::Blocked => return Ok(Some(format!("{rel:?}: a parent is not a directory in the layers below"))),
             Lookup::Found(st, _) if tree::kind(&st) != SFlag::S_IFDIR => {
                 return Ok(Some(format!("{rel:?} is not a directory in the layers below")));
@@ -820,7 +821,13 @@ enum Lookup {
 /// Looks `rel` up in `lowers` as the merged view below `diff` would show it: an opaque directory of `diff` on
 /// the way hides everything below it.
 fn lower_lookup(diff: &OwnedFd, lowers: &[OwnedFd], rel: &Path) -> Result<Lookup> {
-    let mut here = Some(dup(diff)?);
+    lower_lookup_in(Some(diff), lowers, rel)
+}
+
+/// [`lower_lookup`]; without `diff`, the layer's own opaque directories are not taken into account (the
+/// lowers as the layer met them before its opaque markers).
+fn lower_lookup_in(diff: Option<&OwnedFd>, lowers: &[OwnedFd], rel: &Path) -> Result<Lookup> {
+    let mut here = diff.map(dup).transpose()?;
     let mut stack: Vec<OwnedFd> = lowers.iter().map(dup).collect::<Result<_>>()?;
     if rel.as_os_str().is_empty() {
         return match stack.first() {
