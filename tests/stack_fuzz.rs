@@ -17,6 +17,7 @@
 //!
 //! Environment: `KILN_FUZZ_SEED=S` (default 0x6b696c6e), `KILN_FUZZ_STACKS=N` (default 300),
 //! `KILN_FUZZ_DAEMON_STACKS=M` (how many of them also go through the daemons; default all),
+//! `KILN_FUZZ_UMOCI=0` (leave umoci out of the in-process batch), `KILN_FUZZ_START=K` (begin at stack K),
 //! `KILN_FUZZ_ONLY=i` (just stack i of the seed, e.g. to reproduce), `KILN_FUZZ_SHRINK=K` (groups to shrink,
 //! default 12). `stack_fuzz_long` (ignored) runs 3000 stacks, all of them through the daemons too.
 #![allow(clippy::disallowed_methods)] // tests build fixtures and inspect results by path
@@ -240,7 +241,17 @@ struct Found {
 
 /// Runs stacks `indices` of `seed` through `h`; records the first stack of each failure signature.
 fn batch(h: &mut Harness, seed: u64, indices: &[u64], found: &mut BTreeMap<(u8, String), Found>) {
-    for &i in indices {
+    let t = Instant::now();
+    for (n, &i) in indices.iter().enumerate() {
+        if n > 0 && n % 1000 == 0 {
+            // Long runs (with --nocapture) show where they are.
+            eprintln!(
+                "stack fuzzer: {n}/{} stacks, {} failure signature(s), {:.0?}",
+                indices.len(),
+                found.len(),
+                t.elapsed()
+            );
+        }
         let layers = stack(seed, i, h.victim.path());
         let r = h.run(&layers);
         for f in r.failures(&layers) {
@@ -296,10 +307,16 @@ fn fuzz(stacks: u64) {
     let only = std::env::var("KILN_FUZZ_ONLY").ok().map(|_| env_u64("KILN_FUZZ_ONLY", 0));
     let (all, slice): (Vec<u64>, Vec<u64>) = match only {
         Some(i) => (vec![i], vec![i]),
-        None => ((0..stacks).collect(), (0..daemon_stacks).collect()),
+        None => {
+            // KILN_FUZZ_START=K: stacks K.. of the seed (to split a long run across processes).
+            let start = env_u64("KILN_FUZZ_START", 0);
+            ((start..start + stacks).collect(), (start..start + daemon_stacks).collect())
+        }
     };
 
-    let Some(mut lib) = Harness::new(Paths::LIBRARY) else { return };
+    // KILN_FUZZ_UMOCI=0 leaves umoci out of the in-process batch (for long runs: it is the slowest path).
+    let umoci = std::env::var("KILN_FUZZ_UMOCI").map_or(true, |v| v != "0");
+    let Some(mut lib) = Harness::new(Paths { umoci, ..Paths::LIBRARY }) else { return };
     let t = Instant::now();
     let mut found = BTreeMap::new();
     batch(&mut lib, seed, &all, &mut found);
