@@ -112,7 +112,95 @@ pub struct Config {
     /// How long SIGTERM waits for in-flight requests, in seconds.
     pub shutdown_timeout_secs: u64,
     pub log: Log,
+    /// What one caller may hold: connections, streams, message sizes, timeouts, requests in progress.
+    pub limits: Limits,
 }
+
+/// Bounds on what callers may hold of the daemon. A caller over a bound is refused at once
+/// (`RESOURCE_EXHAUSTED`, a refused stream or a closed connection) instead of queueing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Connections open on the socket at once; one more is closed as soon as it is accepted.
+    pub max_connections: usize,
+    /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`: requests open at once on one connection.
+    pub max_streams_per_connection: u32,
+    /// The largest request message kilnd decodes, in bytes.
+    pub max_request_bytes: usize,
+    /// The largest response message kilnd encodes, in bytes.
+    pub max_response_bytes: usize,
+    /// HTTP/2 PING interval on every connection, in seconds; 0 turns keepalive off.
+    pub keepalive_interval_secs: u64,
+    /// A PING not answered within this many seconds closes the connection.
+    pub keepalive_timeout_secs: u64,
+    /// A connection with no kiln request in progress for this many seconds is closed (a stream whose work is
+    /// done but whose reader does not read counts as idle); 0 keeps idle connections open.
+    pub idle_timeout_secs: u64,
+    /// The longest a unary request may run, in seconds (a shorter `grpc-timeout` from the caller wins); 0 means
+    /// no bound but the caller's.
+    pub request_timeout_secs: u64,
+    /// How long an import, a removal or a collection waits for the content store's index lock, in seconds.
+    pub index_lock_timeout_secs: u64,
+    /// How long `System.Gc` waits for unpacks and creations in progress to finish, in seconds.
+    pub gc_lock_timeout_secs: u64,
+    /// Requests of each kind in progress at once.
+    pub concurrent: Concurrency,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 128,
+            max_streams_per_connection: 32,
+            max_request_bytes: 1 << 20,
+            max_response_bytes: 16 << 20,
+            keepalive_interval_secs: 30,
+            keepalive_timeout_secs: 10,
+            idle_timeout_secs: 300,
+            request_timeout_secs: 900,
+            index_lock_timeout_secs: 10,
+            gc_lock_timeout_secs: 30,
+            concurrent: Concurrency::default(),
+        }
+    }
+}
+
+/// Requests in progress at once, per kind. Each takes a worker thread for its whole run; their sum is what
+/// kilnd's blocking pool is sized to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Concurrency {
+    /// `Bundles.Create`.
+    pub create: usize,
+    /// `Bundles.Delete` and `Images.Remove`.
+    pub delete: usize,
+    /// `Images.Pull`.
+    pub pull: usize,
+    /// `Images.Import`.
+    pub import: usize,
+    /// `System.Gc`.
+    pub gc: usize,
+    /// `System.Info` and every `Get` and `List`.
+    pub read: usize,
+}
+
+impl Default for Concurrency {
+    fn default() -> Self {
+        Concurrency { create: 64, delete: 64, pull: 8, import: 4, gc: 1, read: 64 }
+    }
+}
+
+impl Concurrency {
+    /// Every kind's bound added up: the most worker threads requests can take.
+    pub fn total(&self) -> usize {
+        [self.create, self.delete, self.pull, self.import, self.gc, self.read]
+            .iter()
+            .fold(0, |a, b| a.saturating_add(*b))
+    }
+}
+
+/// The most worker threads the per-kind bounds may add up to.
+pub const MAX_WORKERS: usize = 1024;
 
 impl Default for Config {
     fn default() -> Self {
@@ -127,6 +215,7 @@ impl Default for Config {
             extra_stores: vec![],
             shutdown_timeout_secs: 30,
             log: Log::default(),
+            limits: Limits::default(),
         }
     }
 }
@@ -207,8 +296,47 @@ impl Config {
         if !(1..=3600).contains(&self.shutdown_timeout_secs) {
             return invalid("shutdown_timeout_secs", format!("{} is not within 1..=3600", self.shutdown_timeout_secs));
         }
+        self.limits.validate()?;
         if tracing_filter_ok(&self.log.level).is_err() {
             return invalid("log.level", format!("{:?} is not a tracing filter", self.log.level));
+        }
+        Ok(())
+    }
+}
+
+impl Limits {
+    fn validate(&self) -> Result<(), Error> {
+        let invalid = |field, reason: String| Err(Error::Invalid { field, reason });
+        let within = |field, v: u64, lo: u64, hi: u64| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                invalid(field, format!("{v} is not within {lo}..={hi}"))
+            }
+        };
+        within("limits.max_connections", self.max_connections as u64, 1, 100_000)?;
+        within("limits.max_streams_per_connection", u64::from(self.max_streams_per_connection), 1, 10_000)?;
+        within("limits.max_request_bytes", self.max_request_bytes as u64, 4 << 10, 1 << 30)?;
+        within("limits.max_response_bytes", self.max_response_bytes as u64, 4 << 20, 1 << 30)?;
+        within("limits.keepalive_interval_secs", self.keepalive_interval_secs, 0, 86_400)?;
+        within("limits.keepalive_timeout_secs", self.keepalive_timeout_secs, 1, 3600)?;
+        within("limits.idle_timeout_secs", self.idle_timeout_secs, 0, 86_400 * 7)?;
+        within("limits.request_timeout_secs", self.request_timeout_secs, 0, 86_400)?;
+        within("limits.index_lock_timeout_secs", self.index_lock_timeout_secs, 1, 3600)?;
+        within("limits.gc_lock_timeout_secs", self.gc_lock_timeout_secs, 1, 3600)?;
+        let c = &self.concurrent;
+        for (field, v) in [
+            ("limits.concurrent.create", c.create),
+            ("limits.concurrent.delete", c.delete),
+            ("limits.concurrent.pull", c.pull),
+            ("limits.concurrent.import", c.import),
+            ("limits.concurrent.gc", c.gc),
+            ("limits.concurrent.read", c.read),
+        ] {
+            within(field, v as u64, 1, MAX_WORKERS as u64)?;
+        }
+        if c.total() > MAX_WORKERS {
+            return invalid("limits.concurrent", format!("the kinds add up to {}, over {MAX_WORKERS}", c.total()));
         }
         Ok(())
     }
@@ -252,6 +380,19 @@ mod tests {
     }
 
     #[test]
+    fn limits_have_defaults_and_can_be_set() {
+        let c =
+            Config::from_toml("[limits]\nmax_connections = 5\n[limits.concurrent]\ngc = 2\n", Path::new("x")).unwrap();
+        assert_eq!(c.limits.max_connections, 5);
+        assert_eq!(c.limits.concurrent.gc, 2);
+        assert_eq!(c.limits.concurrent.create, Concurrency::default().create);
+        assert_eq!(c.limits.idle_timeout_secs, Limits::default().idle_timeout_secs);
+        c.validate().unwrap();
+        let e = Config::from_toml("[limits]\nmax_conections = 5\n", Path::new("x")).unwrap_err();
+        assert!(e.to_string().contains("max_conections"), "{e}");
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let e = Config::from_toml("rot = \"/x\"", Path::new("k.toml")).unwrap_err();
         assert!(e.to_string().contains("rot") && e.to_string().contains("k.toml"), "{e}");
@@ -262,6 +403,10 @@ mod tests {
             ("snapshotter = \"zfs\"", "snapshotter"),
             ("shutdown_timeout_secs = 0", "shutdown_timeout_secs"),
             ("extra_stores = [\"x\"]", "extra_stores"),
+            ("[limits]\nmax_connections = 0", "limits.max_connections"),
+            ("[limits.concurrent]\npull = 0", "limits.concurrent.pull"),
+            ("[limits.concurrent]\ncreate = 1000\nread = 1000", "limits.concurrent"),
+            ("[limits]\nmax_request_bytes = 10", "limits.max_request_bytes"),
         ] {
             let e = Config::from_toml(toml, Path::new("k.toml")).and_then(|c| c.validate()).unwrap_err();
             assert!(e.to_string().contains(field), "{toml}: {e}");

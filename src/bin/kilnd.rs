@@ -100,7 +100,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// Raises the soft descriptor limit to the hard one (as Go programs do at start), and warns when
+/// `limits.max_connections` would leave too few descriptors for the work itself.
+fn descriptor_limit(config: &Config) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return };
+    let soft = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() { hard } else { soft };
+    // Work needs descriptors too: layer extraction, the store, meta.redb, mounts.
+    let wanted = config.limits.max_connections as u64 + 256;
+    if soft < wanted {
+        tracing::warn!(
+            nofile = soft,
+            max_connections = config.limits.max_connections,
+            "the descriptor limit leaves little room beside limits.max_connections; raise LimitNOFILE or lower it"
+        );
+    }
+}
+
 fn run(config: Config) -> anyhow::Result<()> {
+    descriptor_limit(&config);
     let _lock = lifecycle::lock_root(&config.root, &config.state)?;
     let daemon = server::Daemon::new(config.clone()).context("preparing directories")?;
     let listener = lifecycle::listen(&config)?;
@@ -108,7 +126,13 @@ fn run(config: Config) -> anyhow::Result<()> {
         lifecycle::Listener::Bound(_, p) => Some(p.clone()),
         lifecycle::Listener::Inherited(_) => None,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
+    // Every worker thread belongs to an admitted request (limits.concurrent), so the pool never queues.
+    let workers = config.limits.concurrent.total() + 16;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(workers)
+        .enable_all()
+        .build()
+        .context("starting tokio")?;
     let deadline = std::time::Duration::from_secs(config.shutdown_timeout_secs);
     let result = runtime.block_on(async move {
         let listener = listener.into_tokio()?;

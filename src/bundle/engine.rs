@@ -8,6 +8,9 @@
 //! which [`Engine::open`] removes. Records whose rootfs is not mounted any more are re-mounted.
 //!
 //! Locking: one lock per bundle id; creation and unpack hold the GC lock shared, [`Engine::gc`] exclusively.
+//! The collector never queues on that lock (a queued writer would stop every later creation): it polls for it
+//! and gives up after [`Options::gc_lock_timeout`] with [`Error::Busy`]. Nothing in here waits on a caller while
+//! it holds a lock; progress callbacks must return at once.
 //! Every method blocks (the server calls them through its `spawn_blocking` helper) and may be called from many
 //! threads at once; share one `Engine` per root.
 //!
@@ -30,7 +33,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockWriteGuard, TryLockError};
+use std::time::{Duration, Instant};
 
 use super::hygiene::{self, Fix};
 use super::userdb;
@@ -108,6 +112,8 @@ pub enum Error {
     Record { id: String, reason: String },
     #[error("bundle {id:?}: the image declares {count} volumes, over the cap of {limit}")]
     TooManyVolumes { id: String, count: usize, limit: usize },
+    #[error("{what}: unpacks and creations still in progress after {waited_ms} ms; try again")]
+    Busy { what: &'static str, waited_ms: u64 },
 }
 
 /// Most image volumes a bundle seeds: each is a copy of image content into the state directory (a tmpfs).
@@ -125,7 +131,7 @@ impl Error {
             Error::Sys { source, .. } => source.kind(),
             Error::Hygiene { source, .. } => source.kind(),
             Error::Io { .. } | Error::Record { .. } => ErrorKind::Internal,
-            Error::TooManyVolumes { .. } => ErrorKind::ResourceExhausted,
+            Error::TooManyVolumes { .. } | Error::Busy { .. } => ErrorKind::ResourceExhausted,
         }
     }
 }
@@ -160,6 +166,38 @@ pub struct Bundle {
 impl Bundle {
     pub fn rootfs(&self) -> PathBuf {
         self.path.join("rootfs")
+    }
+}
+
+/// A bundle record without its config.json, for listing: serde skips the `config_json` text unread.
+#[derive(serde::Deserialize)]
+struct BundleHead {
+    id: String,
+    path: PathBuf,
+    image: String,
+    manifest_digest: Digest,
+    chain_id: Option<Digest>,
+    snapshot: String,
+    config_digest: Digest,
+    created: String,
+    #[serde(default)]
+    fixes: Vec<String>,
+}
+
+impl From<BundleHead> for Bundle {
+    fn from(h: BundleHead) -> Bundle {
+        Bundle {
+            id: h.id,
+            path: h.path,
+            image: h.image,
+            manifest_digest: h.manifest_digest,
+            chain_id: h.chain_id,
+            snapshot: h.snapshot,
+            config_digest: h.config_digest,
+            created: h.created,
+            fixes: h.fixes,
+            config_json: String::new(),
+        }
     }
 }
 
@@ -238,6 +276,8 @@ pub struct Options {
     pub applier: Arc<dyn LayerApplier>,
     pub mounter: Arc<dyn Mounter>,
     pub userdb_limits: userdb::Limits,
+    /// How long [`Engine::gc`] and [`Engine::repair`] wait for the unpacks and creations in progress.
+    pub gc_lock_timeout: Duration,
 }
 
 impl Options {
@@ -257,6 +297,7 @@ impl Options {
             applier,
             mounter: Arc::new(crate::sys::SysMounter),
             userdb_limits: userdb::Limits::default(),
+            gc_lock_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -272,6 +313,7 @@ pub struct Engine {
     userdb_limits: userdb::Limits,
     meta: Arc<Meta>,
     gc_lock: RwLock<()>,
+    gc_lock_timeout: Duration,
     busy: Mutex<HashSet<String>>,
     idle: Condvar,
     recovery: Vec<String>,
@@ -346,6 +388,7 @@ impl Engine {
             userdb_limits: opts.userdb_limits,
             meta,
             gc_lock: RwLock::new(()),
+            gc_lock_timeout: opts.gc_lock_timeout,
             busy: Mutex::new(HashSet::new()),
             idle: Condvar::new(),
             recovery,
@@ -383,6 +426,27 @@ impl Engine {
         }
         busy.insert(id.to_owned());
         IdGuard { engine: self, id: id.to_owned() }
+    }
+
+    /// The GC lock, exclusively. Polled, never queued for: `std`'s lock makes readers wait behind a waiting
+    /// writer, so a collector waiting in the lock for a long unpack would stop every creation meanwhile.
+    fn gc_exclusive(&self, what: &'static str) -> Result<RwLockWriteGuard<'_, ()>> {
+        let start = Instant::now();
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match self.gc_lock.try_write() {
+                Ok(g) => return Ok(g),
+                Err(TryLockError::Poisoned(p)) => return Ok(p.into_inner()),
+                Err(TryLockError::WouldBlock) => {
+                    let waited = start.elapsed();
+                    if waited >= self.gc_lock_timeout {
+                        return Err(Error::Busy { what, waited_ms: waited.as_millis() as u64 });
+                    }
+                    std::thread::sleep(pause.min(self.gc_lock_timeout - waited));
+                    pause = (pause * 2).min(Duration::from_millis(20));
+                }
+            }
+        }
     }
 
     fn unmount_under(&self, dir: &Path) -> Result<()> {
@@ -569,12 +633,16 @@ impl Engine {
         self.record(id.as_str())?.ok_or_else(|| Error::NotFound { id: id.to_string() })
     }
 
-    /// Every bundle, by id.
+    /// Every bundle, by id, without its `config_json` (left empty; [`get`](Self::get) has it): records are read
+    /// one at a time and the config.json text in them is skipped, not copied.
     pub fn list(&self) -> Result<Vec<Bundle>> {
         let mut out = Vec::new();
-        for (id, bytes) in self.meta.bundles()? {
-            out.push(serde_json::from_slice(&bytes).map_err(|e| Error::Record { id, reason: e.to_string() })?);
-        }
+        self.meta.visit_bundles(|id, bytes| {
+            let head: BundleHead = serde_json::from_slice(bytes)
+                .map_err(|e| Error::Record { id: id.to_owned(), reason: e.to_string() })?;
+            out.push(head.into());
+            Ok::<_, Error>(())
+        })?;
         Ok(out)
     }
 
@@ -614,7 +682,7 @@ impl Engine {
     /// Removes committed snapshots reachable from neither `roots` (usually [`image_roots`](Self::image_roots))
     /// nor any bundle, and says for each kept snapshot who holds it. Active snapshots are never removed here.
     pub fn gc(&self, roots: &[GcRoot], dry_run: bool) -> Result<GcReport> {
-        let _gc = self.gc_lock.write().unwrap_or_else(|p| p.into_inner());
+        let _gc = self.gc_exclusive("gc")?;
         let infos: BTreeMap<String, snapshot::Info> =
             self.snapshots.walk()?.into_iter().map(|i| (i.key.clone(), i)).collect();
         let mut holders: HashMap<String, String> = HashMap::new();
@@ -711,7 +779,7 @@ impl Engine {
     /// A chain a bundle is built on cannot be repaired while the bundle exists.
     pub fn repair(&self, store: &Store, image: &ResolvedImage) -> Result<UnpackReport> {
         {
-            let _gc = self.gc_lock.write().unwrap_or_else(|p| p.into_inner());
+            let _gc = self.gc_exclusive("repair")?;
             for l in image.layers.iter().rev() {
                 match self.snapshots.remove(l.chain_id.as_str()) {
                     Ok(()) | Err(snapshot::Error::NotFound { .. }) => {}
@@ -736,7 +804,7 @@ impl Engine {
             state: self.state.clone(),
             snapshots: infos.iter().filter(|i| i.kind == Kind::Committed).count() as u32,
             snapshot_bytes: infos.iter().map(|i| i.size).sum(),
-            bundles: self.meta.bundles()?.len() as u32,
+            bundles: u32::try_from(self.meta.bundle_count()?).unwrap_or(u32::MAX),
             max_concurrent_unpacks: self.unpacker.max_concurrent(),
         })
     }
@@ -810,6 +878,23 @@ mod tests {
         fn shared<T: Send + Sync>() {}
         shared::<Engine>();
         shared::<LocalSnapshotter>();
+    }
+
+    #[test]
+    fn gc_gives_up_instead_of_queueing_behind_an_unpack() {
+        let d = tempfile::tempdir().unwrap();
+        let mut opts = Options::defaults(&d.path().join("root"), &d.path().join("state"));
+        opts.backend = Backend::Native;
+        opts.gc_lock_timeout = Duration::from_millis(50);
+        let engine = Engine::open(opts).unwrap();
+        let unpacking = engine.gc_lock.read().unwrap();
+        let e = engine.gc(&[], true).unwrap_err();
+        assert!(matches!(e, Error::Busy { what: "gc", .. }), "{e}");
+        assert_eq!(e.kind(), ErrorKind::ResourceExhausted);
+        // Readers were never made to wait: another creation could start meanwhile.
+        assert!(engine.gc_lock.try_read().is_ok());
+        drop(unpacking);
+        engine.gc(&[], true).unwrap();
     }
 
     #[test]

@@ -4,15 +4,15 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::{blocking, caller, status, wire, Daemon};
+use super::admission::{self, Kind};
+use super::{caller, status, wire, Daemon};
 use crate::api::v1 as pb;
 use crate::image::{self, ResolveOptions};
 use crate::import;
-use crate::store::{LayoutWriter, Store};
+use crate::store::Store;
 
 pub struct ImagesService {
     daemon: Arc<Daemon>,
@@ -56,9 +56,10 @@ fn caller_uid<T>(req: &Request<T>) -> Option<u32> {
 
 #[tonic::async_trait]
 impl pb::images_server::Images for ImagesService {
-    async fn list(&self, _req: Request<pb::ListImagesRequest>) -> Result<Response<pb::ListImagesResponse>, Status> {
+    async fn list(&self, req: Request<pb::ListImagesRequest>) -> Result<Response<pb::ListImagesResponse>, Status> {
+        let ticket = self.daemon.gates.admit(Kind::Read, "Images.List", &req)?;
         let d = self.daemon.clone();
-        let images = blocking(move || {
+        let images = admission::run(ticket, move |_| {
             let mut out = Vec::new();
             for (path, store) in d.open_stores()? {
                 let name = if path == d.content_dir() { "content".to_string() } else { path.display().to_string() };
@@ -77,9 +78,10 @@ impl pb::images_server::Images for ImagesService {
     }
 
     async fn get(&self, req: Request<pb::GetImageRequest>) -> Result<Response<pb::GetImageResponse>, Status> {
+        let ticket = self.daemon.gates.admit(Kind::Read, "Images.Get", &req)?;
         let d = self.daemon.clone();
         let req = req.into_inner();
-        let reply = blocking(move || {
+        let reply = admission::run(ticket, move |_| {
             let (_, img) = resolve(&d, &req.reference, req.platform.as_ref())?;
             let snapshots = d.engine.snapshotter();
             Ok(wire::image(&img, &req.reference, |chain| {
@@ -95,38 +97,39 @@ impl pb::images_server::Images for ImagesService {
 
     async fn pull(&self, req: Request<pb::PullImageRequest>) -> Result<Response<Self::PullStream>, Status> {
         tracing::info!(caller = %caller(&req), "Images.Pull");
+        let ticket = self.daemon.gates.admit(Kind::Pull, "Images.Pull", &req)?;
         let req = req.into_inner();
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
         let d = self.daemon.clone();
-        tokio::task::spawn_blocking(move || {
-            let result = (|| {
-                let (path, img) = resolve(&d, &req.reference, req.platform.as_ref())?;
-                let store = Store::open(&path).map_err(|e| status(e.kind(), e))?;
-                let report = |p: crate::snapshot::Progress| {
-                    let _ = tx.blocking_send(Ok(pb::PullProgress {
-                        layers_done: p.layers_done as u32,
-                        layers_total: p.layers_total as u32,
-                        bytes_done: i64::try_from(p.bytes_done).unwrap_or(i64::MAX),
-                        bytes_total: i64::try_from(p.bytes_total).unwrap_or(i64::MAX),
-                        done: false,
-                        chain_id: String::new(),
-                    }));
-                };
-                d.engine.unpack_with_progress(&store, &img, &report).map_err(|e| status(e.kind(), e))?;
-                let total = img.layers.len() as u32;
-                let bytes = img.layers.iter().map(|l| l.descriptor.size).sum::<u64>();
-                Ok(pb::PullProgress {
-                    layers_done: total,
-                    layers_total: total,
-                    bytes_done: i64::try_from(bytes).unwrap_or(i64::MAX),
-                    bytes_total: i64::try_from(bytes).unwrap_or(i64::MAX),
-                    done: true,
-                    chain_id: img.chain_id().map(|c| c.to_string()).unwrap_or_default(),
+        // Progress is lossy (the latest wins) and never waits for the caller: the unpack holds the GC lock shared
+        // and may lead a single flight other requests wait on.
+        let stream = admission::stream(ticket, move |_, progress| {
+            let (path, img) = resolve(&d, &req.reference, req.platform.as_ref())?;
+            let store = Store::open(&path).map_err(|e| status(e.kind(), e))?;
+            let report = |p: crate::snapshot::Progress| {
+                progress.report(pb::PullProgress {
+                    layers_done: p.layers_done as u32,
+                    layers_total: p.layers_total as u32,
+                    bytes_done: i64::try_from(p.bytes_done).unwrap_or(i64::MAX),
+                    bytes_total: i64::try_from(p.bytes_total).unwrap_or(i64::MAX),
+                    done: false,
+                    chain_id: String::new(),
                 })
-            })();
-            let _ = tx.blocking_send(result);
+            };
+            // Once started the unpack runs to its end even if the caller leaves: other requests may be waiting on
+            // it, and what it leaves is committed snapshots, never half-applied ones.
+            d.engine.unpack_with_progress(&store, &img, &report).map_err(|e| status(e.kind(), e))?;
+            let total = img.layers.len() as u32;
+            let bytes = img.layers.iter().map(|l| l.descriptor.size).sum::<u64>();
+            Ok(pb::PullProgress {
+                layers_done: total,
+                layers_total: total,
+                bytes_done: i64::try_from(bytes).unwrap_or(i64::MAX),
+                bytes_total: i64::try_from(bytes).unwrap_or(i64::MAX),
+                done: true,
+                chain_id: img.chain_id().map(|c| c.to_string()).unwrap_or_default(),
+            })
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(stream)))
     }
 
     type ImportStream = Progress<pb::ImportProgress>;
@@ -135,6 +138,7 @@ impl pb::images_server::Images for ImagesService {
         let who = caller(&req);
         let uid = caller_uid(&req);
         tracing::info!(caller = %who, "Images.Import");
+        let ticket = self.daemon.gates.admit(Kind::Import, "Images.Import", &req)?;
         let req = req.into_inner();
         let source_ref = wire::reference(&req.source_reference)?;
         import::validate_ref_name(&req.ref_name).map_err(|e| status(e.kind(), e))?;
@@ -142,43 +146,38 @@ impl pb::images_server::Images for ImagesService {
         if !source.is_absolute() {
             return Err(Status::invalid_argument(format!("source {:?} must be an absolute path", req.source)));
         }
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
         let d = self.daemon.clone();
-        tokio::task::spawn_blocking(move || {
-            let result = (|| {
-                // Import reads the source with the daemon's rights, so a caller other than root may only name a
-                // source it owns (checked on the opened file). The source is read (and an archive unpacked)
-                // before the index lock is taken, so a slow or hostile source never holds up other imports.
-                let uid = uid.ok_or_else(|| Status::permission_denied("caller identity unknown (no SO_PEERCRED)"))?;
-                let staged = import::stage_for(&source, &d.tmp_dir(), Some(uid)).map_err(|e| status(e.kind(), e))?;
-                let writer = LayoutWriter::open(&d.content_dir()).map_err(|e| status(e.kind(), e))?;
-                let mut report = |p: import::ImportProgress| {
-                    let _ = tx.blocking_send(Ok(pb::ImportProgress {
-                        blobs_done: p.blobs,
-                        bytes_done: p.bytes as i64,
-                        done: false,
-                        digest: String::new(),
-                    }));
-                };
-                import::commit(&writer, &staged, &source, &source_ref, &req.ref_name, &mut report)
-                    .map_err(|e| status(e.kind(), e))
-            })();
-            let last = result.map(|desc| pb::ImportProgress {
-                done: true,
-                digest: desc.digest.to_string(),
-                ..Default::default()
-            });
-            let _ = tx.blocking_send(last);
+        let stream = admission::stream(ticket, move |ticket, progress| {
+            // Import reads the source with the daemon's rights, so a caller other than root may only name a
+            // source it owns (checked on the opened file). The source is read (and an archive unpacked) first;
+            // blobs are then copied without the index lock, which is held only to name the image.
+            let uid = uid.ok_or_else(|| Status::permission_denied("caller identity unknown (no SO_PEERCRED)"))?;
+            let staged = import::stage_for(&source, &d.tmp_dir(), Some(uid)).map_err(|e| status(e.kind(), e))?;
+            // A caller gone while its source was staged: nothing is copied (the scratch copy goes on drop).
+            ticket.check()?;
+            let writer = d.writer()?;
+            let mut report = |p: import::ImportProgress| {
+                progress.report(pb::ImportProgress {
+                    blobs_done: p.blobs,
+                    bytes_done: p.bytes as i64,
+                    done: false,
+                    digest: String::new(),
+                })
+            };
+            let desc = import::commit(&writer, &staged, &source, &source_ref, &req.ref_name, &mut report)
+                .map_err(|e| status(e.kind(), e))?;
+            Ok(pb::ImportProgress { done: true, digest: desc.digest.to_string(), ..Default::default() })
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn remove(&self, req: Request<pb::RemoveImageRequest>) -> Result<Response<pb::RemoveImageResponse>, Status> {
         tracing::info!(caller = %caller(&req), "Images.Remove");
+        let ticket = self.daemon.gates.admit(Kind::Delete, "Images.Remove", &req)?;
         let d = self.daemon.clone();
         let name = req.into_inner().ref_name;
-        let removed = blocking(move || {
-            let writer = LayoutWriter::open(&d.content_dir()).map_err(|e| status(e.kind(), e))?;
+        let removed = admission::run(ticket, move |_| {
+            let writer = d.writer()?;
             let removed = writer.remove_ref(&name).map_err(|e| status(e.kind(), e))?;
             if removed.is_empty() {
                 return Err(Status::not_found(format!("no image named {name:?} in the content store")));

@@ -1,17 +1,22 @@
 //! The gRPC services of `kilnd`. They only translate: request → domain types (`wire.rs`), one call into the
-//! synchronous library through [`blocking`], the library's `ErrorKind` → a gRPC code in [`status`], and
-//! domain → reply. Health (`grpc.health.v1`) and reflection are served beside them.
+//! synchronous library through [`admission::run`] (after [`admission::Gates::admit`] gave the request a slot),
+//! the library's `ErrorKind` → a gRPC code in [`status`], and domain → reply. Health (`grpc.health.v1`) and
+//! reflection are served beside them. What a caller may hold — connections, streams, message sizes, requests
+//! in progress, time — is bounded by `[limits]` of the configuration (`admission.rs`, `transport.rs`).
 //!
 //! May use: everything above it.
 
+pub mod admission;
 mod bundles;
 mod images;
 pub mod lifecycle;
 mod system;
+pub mod transport;
 mod wire;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +28,7 @@ use crate::bundle::engine::{Engine, Options as EngineOptions};
 use crate::config::{Config, SnapshotterKind};
 use crate::error::ErrorKind;
 use crate::snapshot::{Backend, LayerModule};
-use crate::store::{self, Store};
+use crate::store::{self, BlobPins, LayoutWriter, Store};
 
 /// The encoded descriptor set of `kiln.v1`, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("kiln_descriptor");
@@ -72,11 +77,6 @@ pub fn status(kind: ErrorKind, message: impl std::fmt::Display) -> Status {
     }
 }
 
-/// Runs synchronous library work off the async runtime: the one `spawn_blocking` of the daemon.
-pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Status> + Send + 'static) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| Status::internal(format!("worker failed: {e}")))?
-}
-
 /// Who is calling, from `SO_PEERCRED`, for the log line of every mutating call.
 pub fn caller<T>(req: &Request<T>) -> String {
     match req.extensions().get::<tonic::transport::server::UdsConnectInfo>().and_then(|i| i.peer_cred) {
@@ -91,6 +91,12 @@ pub struct Daemon {
     pub config: Config,
     /// Snapshots and bundles.
     pub engine: Engine,
+    /// Requests in progress, per kind.
+    pub gates: admission::Gates,
+    /// Blobs imports in progress have written into `content/` before naming them; the collector keeps them.
+    pins: Arc<BlobPins>,
+    /// Stops every layer extraction (checked between chunks): set when the shutdown deadline passes.
+    cancel: Arc<AtomicBool>,
 }
 
 impl Daemon {
@@ -123,14 +129,28 @@ impl Daemon {
                 backend = Backend::Native;
             }
         }
-        let mut opts = EngineOptions::new(&config.root, &config.state, Arc::new(LayerModule::default()));
+        let cancel = Arc::new(AtomicBool::new(false));
+        let mut layers = LayerModule::default();
+        layers.options.cancel = Some(cancel.clone());
+        let mut opts = EngineOptions::new(&config.root, &config.state, Arc::new(layers));
         opts.backend = backend;
         opts.max_concurrent_unpacks = config.max_concurrent_unpacks;
+        opts.gc_lock_timeout = Duration::from_secs(config.limits.gc_lock_timeout_secs);
         let engine = Engine::open(opts)?;
         for line in engine.recovery() {
             tracing::info!(action = %line, "recovery");
         }
-        Ok(Arc::new(Daemon { config, engine }))
+        let gates = admission::Gates::new(&config.limits.concurrent);
+        Ok(Arc::new(Daemon { config, engine, gates, pins: Arc::default(), cancel }))
+    }
+
+    /// A writer on the content store: index lock taken per step with the configured timeout, blobs pinned in
+    /// the daemon's shared pin set.
+    pub fn writer(&self) -> Result<LayoutWriter, Status> {
+        Ok(LayoutWriter::open(&self.content_dir())
+            .map_err(|e| status(e.kind(), e))?
+            .with_pins(self.pins.clone())
+            .with_lock_timeout(Duration::from_secs(self.config.limits.index_lock_timeout_secs)))
     }
 
     pub fn content_dir(&self) -> PathBuf {
@@ -173,19 +193,51 @@ pub async fn serve(
         .build_v1()
         .map_err(|e| Error::Reflection(e.to_string()))?;
     let deadline = Duration::from_secs(daemon.config.shutdown_timeout_secs);
+    let limits = &daemon.config.limits;
+    let secs = |s: u64| (s > 0).then(|| Duration::from_secs(s));
+    let (decode, encode) = (limits.max_request_bytes, limits.max_response_bytes);
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder()
         // One span per request: every log line of a call carries its method.
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .http2_keepalive_interval(secs(limits.keepalive_interval_secs))
+        .http2_keepalive_timeout(Some(Duration::from_secs(limits.keepalive_timeout_secs)));
+    if let Some(t) = secs(limits.request_timeout_secs) {
+        builder = builder.timeout(t);
+    }
+    let server = builder
+        // Handlers read the caller's credentials as tonic's `UdsConnectInfo`; the connection brings a `ConnInfo`.
+        .layer(tower::util::MapRequestLayer::new(|mut req: tonic::codegen::http::Request<tonic::body::Body>| {
+            if let Some(c) = req.extensions().get::<transport::ConnInfo>().cloned() {
+                req.extensions_mut().insert(c.uds);
+            }
+            req
+        }))
         .add_service(health)
         .add_service(reflection)
-        .add_service(pb::images_server::ImagesServer::new(images::ImagesService::new(daemon.clone())))
-        .add_service(pb::system_server::SystemServer::new(system::SystemService::new(daemon.clone())))
-        .add_service(pb::bundles_server::BundlesServer::new(bundles::BundlesService::new(daemon.clone())))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), async move {
-            let _ = stop_rx.await;
-        });
+        .add_service(
+            pb::images_server::ImagesServer::new(images::ImagesService::new(daemon.clone()))
+                .max_decoding_message_size(decode)
+                .max_encoding_message_size(encode),
+        )
+        .add_service(
+            pb::system_server::SystemServer::new(system::SystemService::new(daemon.clone()))
+                .max_decoding_message_size(decode)
+                .max_encoding_message_size(encode),
+        )
+        .add_service(
+            pb::bundles_server::BundlesServer::new(bundles::BundlesService::new(daemon.clone()))
+                .max_decoding_message_size(decode)
+                .max_encoding_message_size(encode),
+        )
+        .serve_with_incoming_shutdown(
+            transport::Incoming::new(listener, limits.max_connections, secs(limits.idle_timeout_secs)),
+            async move {
+                let _ = stop_rx.await;
+            },
+        );
     let mut server = tokio::spawn(server);
     tokio::select! {
         r = &mut server => return r.map_err(|e| Error::Reflection(format!("server task: {e}")))?.map_err(Error::from),
@@ -196,7 +248,9 @@ pub async fn serve(
     match tokio::time::timeout(deadline, server).await {
         Ok(r) => r.map_err(|e| Error::Reflection(format!("server task: {e}")))?.map_err(Error::from),
         Err(_) => {
-            tracing::warn!("requests still running after the shutdown deadline; exiting anyway");
+            // Extractions stop at their next chunk and remove what they started.
+            daemon.cancel.store(true, Ordering::Relaxed);
+            tracing::warn!("requests still running after the shutdown deadline; cancelling them and exiting");
             Ok(())
         }
     }

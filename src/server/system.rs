@@ -4,11 +4,11 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{blocking, caller, status, Daemon};
+use super::admission::{self, Kind};
+use super::{caller, status, Daemon};
 use crate::api::v1 as pb;
 use crate::bundle::engine::Engine;
 use crate::image;
-use crate::store::LayoutWriter;
 
 /// Blobs younger than this are never collected: skopeo and umoci write blobs before the index.json that
 /// names them, without kiln's lock.
@@ -26,9 +26,10 @@ impl SystemService {
 
 #[tonic::async_trait]
 impl pb::system_server::System for SystemService {
-    async fn info(&self, _req: Request<pb::InfoRequest>) -> Result<Response<pb::InfoResponse>, Status> {
+    async fn info(&self, req: Request<pb::InfoRequest>) -> Result<Response<pb::InfoResponse>, Status> {
+        let ticket = self.daemon.gates.admit(Kind::Read, "System.Info", &req)?;
         let d = self.daemon.clone();
-        let reply = blocking(move || {
+        let reply = admission::run(ticket, move |_| {
             let e = d.engine.info().map_err(|e| status(e.kind(), e))?;
             Ok(pb::InfoResponse {
                 version: env!("CARGO_PKG_VERSION").into(),
@@ -49,9 +50,10 @@ impl pb::system_server::System for SystemService {
 
     async fn gc(&self, req: Request<pb::GcRequest>) -> Result<Response<pb::GcResponse>, Status> {
         tracing::info!(caller = %caller(&req), "System.Gc");
+        let ticket = self.daemon.gates.admit(Kind::Gc, "System.Gc", &req)?;
         let dry_run = req.into_inner().dry_run;
         let d = self.daemon.clone();
-        let reply = blocking(move || {
+        let reply = admission::run(ticket, move |_| {
             // Every image in every store holds its chain; a store that cannot be read holds nothing, so a
             // broken content store stops the collection instead of emptying it.
             let stores = d.open_stores()?;
@@ -76,10 +78,12 @@ impl pb::system_server::System for SystemService {
                 removed: report.removed.iter().map(item).collect(),
                 kept: report.kept.iter().map(item).collect(),
             };
-            // Blobs of the content store (extra stores are read-only), under the index lock.
-            let writer = LayoutWriter::open(&d.content_dir()).map_err(|e| status(e.kind(), e))?;
-            let held = image::reachable(writer.store(), &image::Limits::default()).map_err(|e| status(e.kind(), e))?;
-            let blobs = writer.collect_blobs(&held, BLOB_GRACE, dry_run).map_err(|e| status(e.kind(), e))?;
+            // Blobs of the content store (extra stores are read-only), under the index lock; blobs that imports in
+            // progress have written are pinned and kept.
+            let writer = d.writer()?;
+            let lock = writer.lock().map_err(|e| status(e.kind(), e))?;
+            let held = image::reachable(lock.store(), &image::Limits::default()).map_err(|e| status(e.kind(), e))?;
+            let blobs = lock.collect_blobs(&held, BLOB_GRACE, dry_run).map_err(|e| status(e.kind(), e))?;
             let blob = |(digest, size, reason): &(crate::digest::Digest, u64, String)| pb::GcItem {
                 kind: "blob".into(),
                 key: digest.to_string(),

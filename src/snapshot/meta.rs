@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::{Error, Info, Result};
 
@@ -145,5 +145,28 @@ impl Meta {
             out.insert(k.value().to_owned(), v.value().to_vec());
         }
         Ok(out)
+    }
+
+    /// How many bundle records there are, without reading any.
+    pub fn bundle_count(&self) -> Result<u64> {
+        let err = db_err(&self.path);
+        let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let t = txn.open_table(BUNDLES).map_err(|e| err(e.into()))?;
+        t.len().map_err(|e| err(e.into()))
+    }
+
+    /// Calls `f` with each bundle record in id order, one at a time (no copy of the whole table is made).
+    pub fn visit_bundles<E: From<Error>>(
+        &self,
+        mut f: impl FnMut(&str, &[u8]) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        let err = db_err(&self.path);
+        let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let t = txn.open_table(BUNDLES).map_err(|e| err(e.into()))?;
+        for item in t.iter().map_err(|e| err(e.into()))? {
+            let (k, v) = item.map_err(|e| err(e.into()))?;
+            f(k.value(), v.value())?;
+        }
+        Ok(())
     }
 }

@@ -22,7 +22,7 @@ use base64::Engine as _;
 
 pub use descriptor::*;
 pub use json::from_slice_strict;
-pub use write::{init_layout, sweep_ingest, BlobReport, LayoutWriter, INGEST_DIR};
+pub use write::{init_layout, sweep_ingest, BlobPins, BlobReport, IndexLock, LayoutWriter, INGEST_DIR};
 
 use crate::digest::{self, Digest, VerifyingReader};
 use crate::error::ErrorKind;
@@ -75,6 +75,8 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[error("{what}: another writer still holds it after {waited_ms} ms; try again")]
+    LockTimeout { what: String, waited_ms: u64 },
 }
 
 impl Error {
@@ -84,7 +86,7 @@ impl Error {
             Error::UnsupportedLayoutVersion { .. } => ErrorKind::Unsupported,
             Error::BlobNotFound { .. } => ErrorKind::NotFound,
             Error::Digest { source, .. } => source.kind(),
-            Error::TooLarge { .. } => ErrorKind::ResourceExhausted,
+            Error::TooLarge { .. } | Error::LockTimeout { .. } => ErrorKind::ResourceExhausted,
             Error::Sys { source, .. } => match source.errno {
                 // A blob that is a FIFO, device, directory or a link out of the layout is bad content.
                 nix::errno::Errno::EINVAL | nix::errno::Errno::ELOOP | nix::errno::Errno::EXDEV => ErrorKind::Corrupt,

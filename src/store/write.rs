@@ -2,17 +2,25 @@
 //!
 //! Blobs go first (temp file in `blobs/<alg>/`, verified while written, `fsync`, `rename`), then `index.json`
 //! is replaced by atomic rename while an exclusive `flock` on `index.json.lock` is held, so a reader never
-//! sees a ref whose blobs are missing, and two kiln writers never lose each other's update. Other tools
+//! sees a ref whose blobs are missing, and two kiln writers never lose each other's update. The lock is held
+//! for the short steps that read or replace `index.json` (and for a blob collection), never while blobs are
+//! copied, and it is waited for only so long ([`LayoutWriter::with_lock_timeout`]): a slow import, or one whose
+//! caller stopped reading its progress, holds up no other writer. Blobs a writer has put but no ref names yet
+//! are pinned in a [`BlobPins`] shared by the writers of one process, and a collection keeps pinned blobs, as
+//! containerd's leases keep an ingest's content. Other tools
 //! (skopeo, umoci) do not take that lock: kiln re-reads `index.json` under the lock right before replacing it,
 //! which narrows, but cannot close, the window against them. Entries kiln does not touch keep every field,
 //! unknown ones included (their keys may come back in another order). Blobs are staged in `.kiln-ingest/`
 //! at the layout's top, not in `blobs/`, so tools that walk `blobs/` (umoci gc) never see half-written files;
 //! [`sweep_ingest`] removes what a crash left there.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
 use serde_json::Value;
@@ -57,24 +65,122 @@ pub fn init_layout(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A writer on a layout, holding its index lock for as long as it lives.
+/// How long [`LayoutWriter::lock`] waits for the index lock unless told otherwise.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Blobs that writers have put (or found present) and that no ref may name yet: a collection keeps them. Share
+/// one between every writer and collector of a layout in a process; counts, so two writers may pin one blob.
+#[derive(Debug, Default)]
+pub struct BlobPins {
+    pinned: Mutex<HashMap<Digest, usize>>,
+}
+
+impl BlobPins {
+    fn guard(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, usize>> {
+        self.pinned.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn pin(&self, digest: &Digest) {
+        *self.guard().entry(digest.clone()).or_insert(0) += 1;
+    }
+
+    fn unpin(&self, digest: &Digest) {
+        let mut g = self.guard();
+        if let Some(n) = g.get_mut(digest) {
+            *n -= 1;
+            if *n == 0 {
+                g.remove(digest);
+            }
+        }
+    }
+
+    /// How many blobs are pinned.
+    pub fn len(&self) -> usize {
+        self.guard().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A writer on a layout. It takes the index lock only for the steps that need it, and pins the blobs it puts
+/// until it is dropped.
 pub struct LayoutWriter {
     store: Store,
+    lock_path: PathBuf,
+    lock_timeout: Duration,
+    pins: Arc<BlobPins>,
+    /// What this writer pinned, unpinned on drop.
+    mine: Mutex<Vec<Digest>>,
+}
+
+/// The layout's index lock, held until dropped; see [`LayoutWriter::lock`].
+pub struct IndexLock<'a> {
+    writer: &'a LayoutWriter,
     _lock: Flock<File>,
 }
 
 impl LayoutWriter {
-    /// Opens the layout at `path` for writing, waiting for the index lock.
+    /// Opens the layout at `path` for writing. No lock is taken here.
     pub fn open(path: &Path) -> Result<LayoutWriter> {
-        let lock_path = path.join("index.json.lock");
-        let file = sys::host::open_write(&lock_path, nix::fcntl::OFlag::empty(), 0o644)
-            .map_err(sys_err(lock_path.display().to_string()))?;
-        let lock = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| Error::Sys {
-            what: lock_path.display().to_string(),
-            source: sys::SysError::new("flock", "LOCK_EX", errno),
-        })?;
         let store = Store::open(path)?;
-        Ok(LayoutWriter { store, _lock: lock })
+        Ok(LayoutWriter {
+            store,
+            lock_path: path.join("index.json.lock"),
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
+            pins: Arc::new(BlobPins::default()),
+            mine: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Pins blobs in `pins` (shared with the other writers and the collector of this layout) instead of a set of
+    /// this writer's own.
+    pub fn with_pins(mut self, pins: Arc<BlobPins>) -> LayoutWriter {
+        self.pins = pins;
+        self
+    }
+
+    /// Waits at most `timeout` for the index lock, then fails with [`Error::LockTimeout`].
+    pub fn with_lock_timeout(mut self, timeout: Duration) -> LayoutWriter {
+        self.lock_timeout = timeout;
+        self
+    }
+
+    /// Takes the index lock (an exclusive `flock` on `index.json.lock`, which other kiln processes honour too),
+    /// waiting at most the lock timeout. It is polled rather than waited for in the kernel, so a thread never
+    /// sits in `flock` past its deadline.
+    pub fn lock(&self) -> Result<IndexLock<'_>> {
+        let what = self.lock_path.display().to_string();
+        let mut file =
+            sys::host::open_write(&self.lock_path, nix::fcntl::OFlag::empty(), 0o644).map_err(sys_err(what.clone()))?;
+        let start = Instant::now();
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => return Ok(IndexLock { writer: self, _lock: lock }),
+                Err((f, nix::errno::Errno::EWOULDBLOCK)) => {
+                    let waited = start.elapsed();
+                    if waited >= self.lock_timeout {
+                        return Err(Error::LockTimeout { what, waited_ms: waited.as_millis() as u64 });
+                    }
+                    std::thread::sleep(pause.min(self.lock_timeout - waited));
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                    file = f;
+                }
+                Err((_, errno)) => {
+                    return Err(Error::Sys { what, source: sys::SysError::new("flock", "LOCK_EX|LOCK_NB", errno) })
+                }
+            }
+        }
+    }
+
+    fn pin(&self, digest: &Digest) {
+        let mut mine = self.mine.lock().unwrap_or_else(|p| p.into_inner());
+        if !mine.contains(digest) {
+            self.pins.pin(digest);
+            mine.push(digest.clone());
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -82,8 +188,12 @@ impl LayoutWriter {
     }
 
     /// Copies `reader`'s content into `blobs/` as the blob `digest` of `size` bytes, verified while written.
-    /// A blob already present and intact is kept; returns the bytes written (0 when it was there).
+    /// A blob already present and intact is kept; returns the bytes written (0 when it was there). Either way
+    /// the blob is pinned until this writer is dropped. Needs no lock.
     pub fn put_blob(&self, digest: &Digest, size: u64, reader: impl Read) -> Result<u64> {
+        // Pinned before it is looked for: a collection that has not unlinked it yet now keeps it, and one that
+        // has makes the lookup below fail, so the blob is written again.
+        self.pin(digest);
         let what = format!("blob {digest}");
         let existing = Descriptor::new("application/octet-stream", digest.clone(), size);
         if let Ok(mut r) = self.store.open_blob(&existing) {
@@ -147,9 +257,56 @@ impl LayoutWriter {
             .collect()
     }
 
+    /// [`IndexLock::collect_blobs`] under a lock taken here; `held` should have been computed under the same
+    /// lock (use [`lock`](Self::lock) for that).
+    pub fn collect_blobs(
+        &self,
+        held: &std::collections::BTreeMap<Digest, String>,
+        grace: std::time::Duration,
+        dry_run: bool,
+    ) -> Result<BlobReport> {
+        self.lock()?.collect_blobs(held, grace, dry_run)
+    }
+
+    /// Reads, edits and replaces `index.json` under the index lock.
+    fn edit_index(&self, f: impl FnOnce(&mut Vec<Value>) -> Vec<Value>) -> Result<Vec<Value>> {
+        let _lock = self.lock()?;
+        let path = self.store.path().join("index.json");
+        let what = path.display().to_string();
+        let bytes = self.store.read_capped("index.json")?;
+        let mut index: Value =
+            from_slice_strict(&bytes).map_err(|reason| Error::Malformed { what: what.clone(), reason })?;
+        let manifests = index
+            .get_mut("manifests")
+            .and_then(Value::as_array_mut)
+            .ok_or_else(|| Error::Malformed { what: what.clone(), reason: "manifests is not an array".into() })?;
+        let out = f(manifests);
+        let body =
+            serde_json::to_vec(&index).map_err(|e| Error::Malformed { what: what.clone(), reason: e.to_string() })?;
+        super::parse_index(&body).map_err(|reason| Error::Malformed { what: what.clone(), reason })?;
+        sys::atomic_write(&path, &body, 0o644).map_err(sys_err(what))?;
+        Ok(out)
+    }
+}
+
+impl Drop for LayoutWriter {
+    fn drop(&mut self) {
+        for d in self.mine.get_mut().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            self.pins.unpin(&d);
+        }
+    }
+}
+
+impl IndexLock<'_> {
+    /// The layout, read under the lock.
+    pub fn store(&self) -> &Store {
+        &self.writer.store
+    }
+
     /// Removes the blobs of `blobs/` that `held` does not name (`held`: digest → who holds it, as
     /// `image::reachable` computes it, under this writer's lock). Blobs written less than `grace` ago are kept:
     /// tools that do not take kiln's lock (skopeo, umoci) write blobs before the `index.json` that names them.
+    /// Blobs a writer of this process has pinned are kept too.
     pub fn collect_blobs(
         &self,
         held: &std::collections::BTreeMap<Digest, String>,
@@ -157,7 +314,7 @@ impl LayoutWriter {
         dry_run: bool,
     ) -> Result<BlobReport> {
         let mut report = BlobReport::default();
-        let blobs = self.store.path().join("blobs");
+        let blobs = self.writer.store.path().join("blobs");
         let now = std::time::SystemTime::now();
         // By descriptor: `blobs/` and each algorithm directory are opened O_NOFOLLOW, entries are looked at
         // with fstatat and removed with unlinkat, so a link planted in the layout never sends GC elsewhere.
@@ -194,31 +351,20 @@ impl LayoutWriter {
                     ));
                     continue;
                 }
+                // The pin table stays locked from the check to the unlink: a writer pins before it looks.
+                let pins = self.writer.pins.guard();
+                if pins.contains_key(&digest) {
+                    report.kept.push((digest, size, "an import in progress wrote it".into()));
+                    continue;
+                }
                 if !dry_run {
                     sys::fs::unlinkat(&afd, &file, false).map_err(sys_err(format!("blob {name}")))?;
                 }
+                drop(pins);
                 report.removed.push((digest, size, "no image in index.json refers to it".into()));
             }
         }
         Ok(report)
-    }
-
-    fn edit_index(&self, f: impl FnOnce(&mut Vec<Value>) -> Vec<Value>) -> Result<Vec<Value>> {
-        let path = self.store.path().join("index.json");
-        let what = path.display().to_string();
-        let bytes = self.store.read_capped("index.json")?;
-        let mut index: Value =
-            from_slice_strict(&bytes).map_err(|reason| Error::Malformed { what: what.clone(), reason })?;
-        let manifests = index
-            .get_mut("manifests")
-            .and_then(Value::as_array_mut)
-            .ok_or_else(|| Error::Malformed { what: what.clone(), reason: "manifests is not an array".into() })?;
-        let out = f(manifests);
-        let body =
-            serde_json::to_vec(&index).map_err(|e| Error::Malformed { what: what.clone(), reason: e.to_string() })?;
-        super::parse_index(&body).map_err(|reason| Error::Malformed { what: what.clone(), reason })?;
-        sys::atomic_write(&path, &body, 0o644).map_err(sys_err(what))?;
-        Ok(out)
     }
 }
 
@@ -247,5 +393,57 @@ impl Drop for TempFile {
         if self.1 {
             let _ = sys::host::remove_file(&self.0);
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests build fixtures by path
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    fn layout() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        init_layout(d.path()).unwrap();
+        d
+    }
+
+    #[test]
+    fn the_index_lock_is_waited_for_only_so_long() {
+        let d = layout();
+        let a = LayoutWriter::open(d.path()).unwrap();
+        let b = LayoutWriter::open(d.path()).unwrap().with_lock_timeout(Duration::from_millis(50));
+        let held = a.lock().unwrap();
+        let e = b.set_ref("x", &Descriptor::new("application/octet-stream", Digest::sha256(b""), 0)).unwrap_err();
+        assert!(matches!(e, Error::LockTimeout { .. }), "{e}");
+        assert_eq!(e.kind(), ErrorKind::ResourceExhausted);
+        assert!(e.to_string().contains("index.json.lock"), "{e}");
+        drop(held);
+        // Blobs need no lock at all.
+        let l = b.lock().unwrap();
+        a.put_blob(&Digest::sha256(b"blob"), 4, &b"blob"[..]).unwrap();
+        drop(l);
+    }
+
+    #[test]
+    fn a_collection_keeps_the_blobs_a_writer_has_not_named_yet() {
+        let d = layout();
+        let pins = Arc::new(BlobPins::default());
+        let writer = LayoutWriter::open(d.path()).unwrap().with_pins(pins.clone());
+        let collector = LayoutWriter::open(d.path()).unwrap().with_pins(pins.clone());
+        let digest = Digest::sha256(b"blob");
+        writer.put_blob(&digest, 4, &b"blob"[..]).unwrap();
+        // Written again by another writer: found present, pinned twice.
+        let again = LayoutWriter::open(d.path()).unwrap().with_pins(pins.clone());
+        assert_eq!(again.put_blob(&digest, 4, &b"blob"[..]).unwrap(), 0);
+        let held = Default::default();
+        let r = collector.collect_blobs(&held, Duration::ZERO, false).unwrap();
+        assert!(r.removed.is_empty() && r.kept.len() == 1, "{r:?}");
+        drop(writer);
+        assert_eq!(pins.len(), 1);
+        drop(again);
+        assert!(pins.is_empty());
+        let r = collector.collect_blobs(&held, Duration::ZERO, false).unwrap();
+        assert_eq!(r.removed.len(), 1, "{r:?}");
     }
 }

@@ -15,13 +15,26 @@ pub struct Kilnd {
 impl Kilnd {
     /// Starts kilnd with `extra` flags and waits until its socket answers.
     pub fn start(extra: &[&str]) -> Kilnd {
+        Kilnd::start_with_config("", extra)
+    }
+
+    /// Starts kilnd with the TOML `config` (root, state and address come from flags) and `extra` flags.
+    pub fn start_with_config(config: &str, extra: &[&str]) -> Kilnd {
         let dir = super::scratch();
         let root = dir.path().join("root");
         let state = dir.path().join("state");
         let socket = state.join("kilnd.sock");
         // The log goes to a file: a pipe nobody reads would fill up and stall the daemon.
         let log = std::fs::File::create(dir.path().join("kilnd.log")).expect("log file");
+        let mut flags: Vec<std::ffi::OsString> = Vec::new();
+        if !config.is_empty() {
+            let file = dir.path().join("kilnd.toml");
+            std::fs::write(&file, config).expect("config file");
+            flags.push("--config".into());
+            flags.push(file.into());
+        }
         let child = Command::new(env!("CARGO_BIN_EXE_kilnd"))
+            .args(&flags)
             .arg("--root")
             .arg(&root)
             .arg("--state")
@@ -72,6 +85,40 @@ impl Kilnd {
 
     pub fn content(&self) -> PathBuf {
         self.root.join("content")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// The daemon's resident memory, threads and open descriptors, from `/proc/<pid>`.
+    pub fn usage(&self) -> Usage {
+        let pid = self.pid();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count() as u64).unwrap_or(0);
+        Usage { rss_kib: field("VmRSS:"), threads: field("Threads:"), fds }
+    }
+}
+
+/// See [`Kilnd::usage`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub rss_kib: u64,
+    pub threads: u64,
+    pub fds: u64,
+}
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RSS {:.1} MiB, {} threads, {} fds", self.rss_kib as f64 / 1024.0, self.threads, self.fds)
     }
 }
 
