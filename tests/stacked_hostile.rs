@@ -784,3 +784,50 @@ fn explicit_dir_over_lower_dir_gives_the_same_xattrs_everywhere() {
     let r = h.check("explicit-over-lower-xattrs", &layers);
     expect(tree(&r), "a", "L2's mode", is_dir(0o711, 0));
 }
+
+// ---- Found by the differential fuzzer (tests/stack_fuzz.rs), kept as regressions ----------------------------
+
+/// A directory entry (`dir c/a/b`) below a lower layer's file `c/a`, then an opaque marker on `c`: applied on
+/// its parents the entry fails (ENOTDIR) before the marker clears `c`; a parentless diff that consults its own
+/// later opaque marker would accept it. Every path fails.
+#[test]
+fn fuzz_dir_below_lower_file_then_opaque_parent_fails_everywhere() {
+    let Some(mut h) = harness() else { return };
+    let layers = vec![
+        LayerBuilder::new().file("b/a", &[7u8; 700], 0o644),
+        LayerBuilder::new().hardlink("c/a", "b/a"),
+        LayerBuilder::new().dir("c/a/b", 0o700).opaque("c"),
+    ];
+    let r = h.check("fuzz-dir-below-file-then-opaque", &layers);
+    all_fail(&r);
+}
+
+/// L2 replaces L1's directory `c` by a file, then lists `c` as a directory again: the new `c` is empty
+/// everywhere (in an overlay diff it must be opaque, or it would merge with L1's `c` and show `c/a` again).
+#[test]
+fn fuzz_dir_over_own_file_over_lower_dir_is_empty() {
+    let Some(mut h) = harness() else { return };
+    let layers = vec![
+        LayerBuilder::new().file("c/a", b"", 0o644),
+        LayerBuilder::new().file("c", b"hello\n", 0o777).dir("./c", 0o1777),
+    ];
+    let r = h.check("fuzz-dir-over-own-file", &layers);
+    let t = tree(&r);
+    absent(t, "c/a");
+    expect(t, "c", "the new 1777 dir", is_dir(0o1777, 0));
+}
+
+/// L1's root is set-group-ID (group 1000); L2 whites `a` out and then writes `a/b`, so `a` is made new by the
+/// kernel inside the root: it inherits the group and S_ISGID on every path (an overlay diff made `a` over its
+/// own whiteout as plain 0755 root:root).
+#[test]
+fn fuzz_dir_made_over_own_whiteout_inherits_setgid_root() {
+    let Some(mut h) = harness() else { return };
+    let layers = vec![
+        LayerBuilder::new().dir(".", 0o2755).owner(1000, 1000),
+        LayerBuilder::new().whiteout("a").file("a/b", b"", 0o644),
+    ];
+    let r = h.check("fuzz-setgid-over-whiteout", &layers);
+    let t = tree(&r);
+    expect(t, "a", "a new dir with the root's group and S_ISGID", |e| e.mode == 0o2755 && e.gid == 1000);
+}

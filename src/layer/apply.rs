@@ -111,6 +111,9 @@ struct Applier<'a> {
     implicit: HashSet<Vec<u8>>,
     /// The layer has an entry for the root itself.
     root_listed: bool,
+    /// Directories made for an entry's parent over this layer's own whiteout (overlay mode): new, not the
+    /// lower one.
+    fresh: HashSet<Vec<u8>>,
     stats: Stats,
 }
 
@@ -130,6 +133,7 @@ pub(crate) fn apply_entries<R: BufRead>(r: &mut R, layer: &str, opts: &Options, 
         retained: 0,
         implicit: HashSet::new(),
         root_listed: false,
+        fresh: HashSet::new(),
         stats: Stats::default(),
     };
     a.root_proc = proc_path_of(&a.root);
@@ -169,6 +173,10 @@ pub(crate) fn apply_entries<R: BufRead>(r: &mut R, layer: &str, opts: &Options, 
     implicit.sort();
     a.stats.implicit_dirs = implicit;
     a.stats.root_listed = a.root_listed;
+    let mut fresh: Vec<std::path::PathBuf> =
+        a.fresh.iter().map(|p| std::path::PathBuf::from(os(p).to_owned())).collect();
+    fresh.sort();
+    a.stats.fresh_dirs = fresh;
     Ok(a.stats)
 }
 
@@ -402,6 +410,8 @@ impl Applier<'_> {
                     cur = Rc::new(fd);
                     canon = join(&canon, comp);
                     let c = canon.clone();
+                    self.retain(c.len())?;
+                    self.fresh.insert(c.clone());
                     self.insert_created(&c)?;
                 }
                 Err(e) if e.errno == Errno::ENOENT => {
@@ -479,14 +489,16 @@ impl Applier<'_> {
         match sfs::fstatat_nofollow(pfd, os(name)) {
             // layer.md: both directories → the existing directory takes the entry's attributes (F15), later.
             Ok(st) if sfs::file_type(&st) == SFlag::S_IFDIR => make = false,
-            Ok(st) => {
+            Ok(_) => {
                 // layer.md: otherwise unlink + recreate (F15); a symlink is never chmod'ed through
                 // (CVE-2026-33056, CVE-2021-32760).
-                let was_whiteout = sfs::file_type(&st) == SFlag::S_IFCHR && st.st_rdev == 0;
                 self.cache = None;
                 sfs::unlinkat(pfd, os(name), false).map_err(|e| self.sys(path, e))?;
-                if was_whiteout && self.opts.whiteout_mode == WhiteoutMode::Overlay {
-                    // A directory made over this layer's own whiteout hides the lower one: opaque (F22).
+                if self.opts.whiteout_mode == WhiteoutMode::Overlay {
+                    // In an overlay diff, what is here was written by this layer: its own whiteout, or a file,
+                    // link or node that hid whatever the lower layers have there. A directory made over it
+                    // hides the lower one too: opaque (F22), or it would merge with a directory this layer
+                    // already deleted.
                     sfs::mkdirat(pfd, os(name), 0o700).map_err(|e| self.sys(path, e))?;
                     self.set_opaque(pfd, path, name)?;
                     make = false;

@@ -178,6 +178,10 @@ pub struct Stats {
     /// The layer has an entry for the root directory itself (else the root keeps the attributes below it).
     #[serde(skip)]
     pub root_listed: bool,
+    /// Directories made (overlay mode) for an entry's parent over the layer's own whiteout: new directories,
+    /// which on the parents would inherit a set-group-ID parent's group.
+    #[serde(skip)]
+    pub fresh_dirs: Vec<std::path::PathBuf>,
 }
 
 /// Errors applying a layer. Each names the layer (digest), the entry path or the field involved.

@@ -28,6 +28,7 @@ impl LayerApplier for LayerModule {
                 implicit_dirs: stats.implicit_dirs,
                 crossed_link: stats.crossed_link,
                 root_listed: stats.root_listed,
+                fresh_dirs: stats.fresh_dirs,
                 whiteouts: stats.whiteouts > 0,
                 hardlinks: stats.hardlinks > 0,
             }),

@@ -76,6 +76,8 @@ pub struct Applied {
     pub crossed_link: Option<PathBuf>,
     /// The layer lists the root directory itself; otherwise the root takes the attributes of the one below.
     pub root_listed: bool,
+    /// Directories made for an entry's parent over the layer's own whiteout: new, whatever is below.
+    pub fresh_dirs: Vec<PathBuf>,
     /// The layer wrote whiteouts, which the unpacker checks against the layers below.
     pub whiteouts: bool,
     /// The layer has hard links (applied through a mount, their groups are mended after copy-up).
@@ -615,9 +617,16 @@ pub fn exact_on(diff: &OwnedFd, lowers: &[OwnedFd], applied: &Applied) -> Result
         adopt.push(Path::new(""));
     }
     adopt.extend(applied.implicit_dirs.iter().map(PathBuf::as_path));
+    adopt.extend(applied.fresh_dirs.iter().map(PathBuf::as_path));
+    adopt.sort();
     for rel in adopt {
         let Ok(dst) = tree::open_dir_beneath(diff, rel) else { continue }; // replaced later in the layer
-        match lower_lookup(diff, lowers, rel)? {
+        let below = if applied.fresh_dirs.iter().any(|f| f == rel) {
+            Lookup::Absent // the layer's own whiteout deleted what was below
+        } else {
+            lower_lookup(diff, lowers, rel)?
+        };
+        match below {
             Lookup::Found(st, Some(lower)) if tree::kind(&st) == SFlag::S_IFDIR => {
                 tree::copy_dir_attrs(&lower, &dst)?;
                 state.insert(rel.to_owned(), (st.st_gid, st.st_mode & libc::S_ISGID != 0));

@@ -979,9 +979,10 @@ pub fn known_umoci_differences() -> &'static [UmociDifference] {
         UmociDifference {
             class: "setgid-inherited-by-implicit-dir",
             reason: "a directory kiln makes for an entry's unlisted parent is 0755 root:root, and a listed \
-                     directory's mode is applied when its layer ends, so the kernel's S_ISGID inheritance never \
-                     applies inside the layer that lists the setgid directory; umoci applies the mode at once and \
-                     a directory it makes inside a setgid one inherits S_ISGID and the group",
+                     directory's mode is applied when its layer ends, so a directory the layer makes inherits \
+                     S_ISGID and the group from its parent as the parent was before this layer's own entry for \
+                     it (set by a lower layer: inherited; set by this layer: not); umoci applies modes at once, \
+                     so its inheritance follows the parent's new mode either way",
             applies: |c| entry_classes_any(c).contains(&"setgid-inherited-by-implicit-dir"),
         },
         UmociDifference {
@@ -1036,12 +1037,7 @@ fn entry_classes(layers: &[LayerBuilder], kiln: &Outcome, umoci: &Outcome) -> Op
             eu.xattrs.retain(|n, _| !n.starts_with("user.overlay."));
             used.insert("overlay-private-xattrs");
         }
-        if setgid_dirs
-            && ek.kind == FileKind::Dir
-            && eu.kind == FileKind::Dir
-            && ek.mode ^ eu.mode == 0o2000
-            && eu.mode & 0o2000 != 0
-        {
+        if setgid_dirs && ek.kind == FileKind::Dir && eu.kind == FileKind::Dir && ek.mode ^ eu.mode == 0o2000 {
             ek.mode = eu.mode;
             ek.gid = eu.gid;
             used.insert("setgid-inherited-by-implicit-dir");
