@@ -16,11 +16,14 @@ use crate::store::{LayoutWriter, Store};
 
 pub struct ImagesService {
     daemon: Arc<Daemon>,
+    imports: Arc<import::ImportSlots>,
 }
 
 impl ImagesService {
     pub fn new(daemon: Arc<Daemon>) -> Self {
-        ImagesService { daemon }
+        let caps = &daemon.config.caps;
+        let imports = import::ImportSlots::new(caps.max_concurrent_imports, caps.max_imports_per_caller);
+        ImagesService { daemon, imports }
     }
 }
 
@@ -49,9 +52,20 @@ pub fn resolve(
     Err(status(e.kind(), e))
 }
 
-/// The caller's uid from `SO_PEERCRED`, if the transport has one.
-fn caller_uid<T>(req: &Request<T>) -> Option<u32> {
-    req.extensions().get::<tonic::transport::server::UdsConnectInfo>().and_then(|i| i.peer_cred).map(|c| c.uid())
+/// The import source a request names: the descriptor passed on its connection (`source_fd`), or a path.
+fn import_source(req: &pb::ImportImageRequest, peer: Option<&super::peer::Peer>) -> Result<import::Source, Status> {
+    if req.source_fd {
+        let fd = peer.and_then(|p| p.take_passed_fd()).ok_or_else(|| {
+            Status::failed_precondition("source_fd is set, but no file descriptor was passed on this connection")
+        })?;
+        let name = if req.source.is_empty() { "(passed descriptor)" } else { &req.source };
+        return Ok(import::Source::Handle { fd, name: PathBuf::from(name) });
+    }
+    let source = PathBuf::from(&req.source);
+    if !source.is_absolute() {
+        return Err(Status::invalid_argument(format!("source {:?} must be an absolute path", req.source)));
+    }
+    Ok(import::Source::Path(source))
 }
 
 #[tonic::async_trait]
@@ -133,24 +147,29 @@ impl pb::images_server::Images for ImagesService {
 
     async fn import(&self, req: Request<pb::ImportImageRequest>) -> Result<Response<Self::ImportStream>, Status> {
         let who = caller(&req);
-        let uid = caller_uid(&req);
+        let peer = req.extensions().get::<super::peer::Peer>().cloned();
         tracing::info!(caller = %who, "Images.Import");
         let req = req.into_inner();
         let source_ref = wire::reference(&req.source_reference)?;
         import::validate_ref_name(&req.ref_name).map_err(|e| status(e.kind(), e))?;
-        let source = PathBuf::from(&req.source);
-        if !source.is_absolute() {
-            return Err(Status::invalid_argument(format!("source {:?} must be an absolute path", req.source)));
-        }
+        // Read with the caller's rights (root's own for root): see `import`.
+        let access = peer
+            .as_ref()
+            .and_then(|p| p.import_access())
+            .ok_or_else(|| Status::permission_denied("caller identity unknown (no SO_PEERCRED)"))?;
+        let source = import_source(&req, peer.as_ref())?;
+        let uid = peer.as_ref().and_then(|p| p.uid).unwrap_or(u32::MAX);
+        let slot = self.imports.acquire(uid).map_err(|e| status(e.kind(), e))?;
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let d = self.daemon.clone();
         tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             let result = (|| {
-                // Import reads the source with the daemon's rights, so a caller other than root may only name a
-                // source it owns (checked on the opened file). The source is read (and an archive unpacked)
-                // before the index lock is taken, so a slow or hostile source never holds up other imports.
-                let uid = uid.ok_or_else(|| Status::permission_denied("caller identity unknown (no SO_PEERCRED)"))?;
-                let staged = import::stage_for(&source, &d.tmp_dir(), Some(uid)).map_err(|e| status(e.kind(), e))?;
+                // The source is read (and an archive unpacked) before the index lock is taken, so a slow or
+                // hostile source never holds up other imports.
+                let limits = d.config.caps.archive_limits();
+                let staged =
+                    import::stage_as(source, &d.tmp_dir(), &access, &limits).map_err(|e| status(e.kind(), e))?;
                 let writer = LayoutWriter::open(&d.content_dir()).map_err(|e| status(e.kind(), e))?;
                 let mut report = |p: import::ImportProgress| {
                     let _ = tx.blocking_send(Ok(pb::ImportProgress {
@@ -160,7 +179,7 @@ impl pb::images_server::Images for ImagesService {
                         digest: String::new(),
                     }));
                 };
-                import::commit(&writer, &staged, &source, &source_ref, &req.ref_name, &mut report)
+                import::commit(&writer, &staged, &source_ref, &req.ref_name, &mut report)
                     .map_err(|e| status(e.kind(), e))
             })();
             let last = result.map(|desc| pb::ImportProgress {

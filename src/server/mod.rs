@@ -7,6 +7,7 @@
 mod bundles;
 mod images;
 pub mod lifecycle;
+pub mod peer;
 mod system;
 mod wire;
 
@@ -79,10 +80,7 @@ pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Status> +
 
 /// Who is calling, from `SO_PEERCRED`, for the log line of every mutating call.
 pub fn caller<T>(req: &Request<T>) -> String {
-    match req.extensions().get::<tonic::transport::server::UdsConnectInfo>().and_then(|i| i.peer_cred) {
-        Some(c) => format!("uid={} gid={} pid={}", c.uid(), c.gid(), c.pid().map_or(-1, |p| p as i64)),
-        None => "unknown".into(),
-    }
+    req.extensions().get::<peer::Peer>().map_or_else(|| "unknown".into(), peer::Peer::describe)
 }
 
 /// The daemon's shared state.
@@ -126,6 +124,14 @@ impl Daemon {
         let mut opts = EngineOptions::new(&config.root, &config.state, Arc::new(LayerModule::default()));
         opts.backend = backend;
         opts.max_concurrent_unpacks = config.max_concurrent_unpacks;
+        opts.volume_dir = config.volume_dir();
+        opts.limits = crate::bundle::engine::BundleLimits {
+            input: config.caps.input_limits(),
+            mounts: config.caller_mounts.policy(),
+            max_record_bytes: config.caps.max_bundle_record_bytes,
+            max_volume_bytes: config.caps.max_volume_bytes,
+            max_volume_files: config.caps.max_volume_files,
+        };
         let engine = Engine::open(opts)?;
         for line in engine.recovery() {
             tracing::info!(action = %line, "recovery");
@@ -183,7 +189,7 @@ pub async fn serve(
         .add_service(pb::images_server::ImagesServer::new(images::ImagesService::new(daemon.clone())))
         .add_service(pb::system_server::SystemServer::new(system::SystemService::new(daemon.clone())))
         .add_service(pb::bundles_server::BundlesServer::new(bundles::BundlesService::new(daemon.clone())))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(peer::incoming(listener), async move {
             let _ = stop_rx.await;
         });
     let mut server = tokio::spawn(server);

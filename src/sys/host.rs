@@ -143,14 +143,6 @@ pub fn create_dir_all(dir: &Path) -> Result<()> {
     std::fs::DirBuilder::new().recursive(true).mode(0o755).create(dir).map_err(io("mkdir", dir))
 }
 
-/// Opens a path a caller named (an import source), following links as the caller's own path would; the
-/// caller's rights are checked on the opened file, never on the path.
-pub fn open_follow(path: &Path, flags: OFlag) -> std::io::Result<File> {
-    nix::fcntl::open(path, flags | OFlag::O_CLOEXEC | OFlag::O_NOCTTY, nix::sys::stat::Mode::empty())
-        .map(File::from)
-        .map_err(std::io::Error::from)
-}
-
 /// An `O_PATH` handle on what a caller's path names, following links as the caller's own open would; with
 /// `creds` the whole lookup runs with the caller's filesystem identity, so every directory on the way is
 /// searched with the caller's rights, and magic links (`/proc/<pid>/root/…`, `/proc/<pid>/fd/…`, which lead
