@@ -393,6 +393,15 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_documents_the_defaults() {
+        let readme = include_str!("../README.md");
+        let start = readme.find("```toml\nversion = 1").expect("README has the configuration block") + 8;
+        let len = readme[start..].find("```").expect("the block ends");
+        let documented = Config::from_toml(&readme[start..start + len], Path::new("README.md")).unwrap();
+        assert_eq!(documented, Config::default());
+    }
+
+    #[test]
     fn partial_file_keeps_defaults() {
         let c = Config::from_toml("root = \"/srv/kiln\"\n[log]\nformat = \"json\"\n", Path::new("x.toml")).unwrap();
         assert_eq!(c.root, PathBuf::from("/srv/kiln"));
