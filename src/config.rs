@@ -209,7 +209,7 @@ pub struct Config {
     /// How long SIGTERM waits for in-flight requests, in seconds.
     pub shutdown_timeout_secs: u64,
     /// Where bundles' volume directories go (`<dir>/<bundle id>/<n>`); `None` means `<root>/volumes`, on disk.
-    /// A directory on a tmpfs keeps them in RAM.
+    /// A directory on a tmpfs keeps them in RAM. kilnd owns it: at start-up, what no bundle holds is removed.
     pub volume_dir: Option<PathBuf>,
     pub log: Log,
     pub caps: Caps,
@@ -321,6 +321,10 @@ impl Config {
             if !v.is_absolute() {
                 return invalid("volume_dir", format!("{v:?} must be an absolute path"));
             }
+            // kilnd owns it: start-up removes what is there that no bundle holds.
+            if self.root.starts_with(v) || self.state.starts_with(v) {
+                return invalid("volume_dir", format!("{v:?} must not be root, state or a directory above them"));
+            }
         }
         let c = &self.caps;
         for (field, value) in [
@@ -422,6 +426,7 @@ mod tests {
             ("shutdown_timeout_secs = 0", "shutdown_timeout_secs"),
             ("extra_stores = [\"x\"]", "extra_stores"),
             ("volume_dir = \"rel\"", "volume_dir"),
+            ("volume_dir = \"/var/lib\"", "volume_dir"),
             ("[caps]\nmax_concurrent_imports = 0", "caps.max_concurrent_imports"),
             ("[caps]\nmax_bundle_record_bytes = 1000", "caps.max_bundle_record_bytes"),
             ("[caps]\nmax_volumes = 1", "max_volumes"),

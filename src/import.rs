@@ -216,12 +216,11 @@ pub fn stage_as(source: Source, tmp: &Path, access: &Access, limits: &ArchiveLim
         }
         _ => None,
     };
-    let sys_err = |e: sys::SysError| match unavailable(&e) {
-        Some(err) => err,
-        None if e.call == "setgroups" || e.call == "setfsuid" || e.call == "getgroups" => {
-            Error::Identity { path: name.clone(), source: e }
+    let sys_err = |e: sys::SysError| {
+        if sys::creds::Creds::is_identity_error(&e) {
+            return Error::Identity { path: name.clone(), source: e };
         }
-        None => sys_error(&name, e),
+        unavailable(&e).unwrap_or_else(|| sys_error(&name, e))
     };
     let handle = match source {
         Source::Handle { fd, .. } => fd,

@@ -71,7 +71,15 @@ impl Drop for Restore {
     }
 }
 
+/// The calls whose failure [`Creds::run`] reports (rather than the closure's own).
+const IDENTITY_CALLS: [&str; 3] = ["getgroups", "setgroups", "setfsuid"];
+
 impl Creds {
+    /// Whether `e` says the identity could not be taken (kilnd is not root, say), not that a path failed.
+    pub fn is_identity_error(e: &SysError) -> bool {
+        IDENTITY_CALLS.contains(&e.call)
+    }
+
     /// Runs `f` on this thread with `self` as the filesystem identity, then restores the thread's own.
     pub fn run<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
         let fail = |call: &'static str, errno| SysError::new(call, format!("uid {} gid {}", self.uid, self.gid), errno);
