@@ -155,6 +155,21 @@ fn unprivileged_imports_read_only_what_the_caller_can_read() {
         kiln_as_nobody(&k, &["image", "import", "--by-path", path_str(&tmp.path().join("mine")), "--name", "mine2"]);
     assert!(out.status.success(), "{}", stderr(&out));
 
+    // Archives too: the caller's own is unpacked, a root-only one is not even opened for it.
+    for (archive, owner, mode) in [("mine.tar", NOBODY, 0o644), ("root.tar", 0, 0o600)] {
+        let path = tmp.path().join(archive);
+        let st =
+            Command::new("tar").arg("-C").arg(tmp.path().join("mine")).arg("-cf").arg(&path).arg(".").status().unwrap();
+        assert!(st.success());
+        std::os::unix::fs::chown(&path, Some(owner), Some(owner)).unwrap();
+        chmod(&path, mode);
+    }
+    let out = kiln_as_nobody(&k, &["image", "import", path_str(&tmp.path().join("mine.tar")), "--name", "mine-tar"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = kiln_as_nobody(&k, &["image", "import", path_str(&tmp.path().join("root.tar")), "--name", "stolen"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not found, or not readable by uid 65534"), "{}", stderr(&out));
+
     // Root's layout whose config (with its labels) is root's alone: the caller may list the layout but not
     // read that blob, so neither may kilnd on its behalf — by descriptor or by path.
     let secret = image_layout(tmp.path(), "secret", b"secret\n");
@@ -210,7 +225,9 @@ fn unprivileged_imports_read_only_what_the_caller_can_read() {
 
     // Nothing of root's came back, the caller's images are there, and kilnd answers.
     let refs = store_refs(&k);
-    assert!(refs.contains(&"mine".to_string()) && refs.contains(&"mine2".to_string()), "{refs:?}");
+    for name in ["mine", "mine2", "mine-tar"] {
+        assert!(refs.contains(&name.to_string()), "{name}: {refs:?}");
+    }
     assert!(!refs.contains(&"stolen".to_string()), "{refs:?}");
     let out = k.kiln(&["image", "inspect", "stolen"]);
     assert!(!out.status.success());
