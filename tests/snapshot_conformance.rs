@@ -427,7 +427,7 @@ fn native_copies_keep_sparse_files_sparse() {
     use std::os::unix::fs::MetadataExt;
     let real = 64u64 << 20;
     let data = vec![7u8; 8192];
-    let layers = vec![
+    let layers = [
         LayerBuilder::new().sparse(SparseFormat::Pax10, "big", real, &[(0, 4096), (real - 4096, 4096)], &data),
         LayerBuilder::new().file("other", b"o", 0o644),
     ];

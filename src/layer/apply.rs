@@ -97,8 +97,14 @@ struct Applier<'a> {
     /// Directory metadata, applied after the last entry so children do not disturb mtimes and read-only
     /// directories can still be filled (last entry for a path wins).
     dirs: HashMap<Vec<u8>, Meta>,
-    /// The last parent directory resolved; dropped on every removal (a removal may change what a path means).
-    cache: Option<(Vec<u8>, Rc<OwnedFd>)>,
+    /// The last parent directory resolved, with its canonical path; dropped on every removal (a removal may
+    /// change what a path means).
+    cache: Option<(Vec<u8>, Rc<OwnedFd>, Vec<u8>)>,
+    /// `readlink("/proc/self/fd/<root>")`: strips the root's own place from a descriptor's path, giving the
+    /// canonical path (no link on it) of a directory reached through links.
+    root_proc: Option<Vec<u8>>,
+    /// Whether the last [`resolve`](Self::resolve) went through a link.
+    last_crossed: bool,
     /// Bytes held in `created` and `dirs`, against `max_retained_bytes`.
     retained: u64,
     /// Directories made for an entry's parent and never listed by an entry of their own.
@@ -119,11 +125,14 @@ pub(crate) fn apply_entries<R: BufRead>(r: &mut R, layer: &str, opts: &Options, 
         created: HashSet::new(),
         dirs: HashMap::new(),
         cache: None,
+        root_proc: None,
+        last_crossed: false,
         retained: 0,
         implicit: HashSet::new(),
         root_listed: false,
         stats: Stats::default(),
     };
+    a.root_proc = proc_path_of(&a.root);
     let limits = TarLimits {
         max_pax_bytes: opts.limits.max_pax_bytes,
         max_name_bytes: opts.limits.max_name_bytes,
@@ -253,13 +262,19 @@ impl Applier<'_> {
             }
             self.stats.dirs += 1;
             self.root_listed = true;
-            let meta = self.apply_dir_xattrs_now(&Vec::new(), meta, true)?;
+            // The root fd may be O_PATH: xattrs need a readable one.
+            let root = sfs::openat2(&*self.root, Path::new("."), OFlag::O_RDONLY | OFlag::O_DIRECTORY, Resolve::InRoot)
+                .map_err(|e| self.sys(&[], e))?;
+            let meta = self.apply_dir_xattrs_now(&root, &[], meta, true)?;
             self.dirs.insert(Vec::new(), meta);
             return Ok(());
         }
-        let pfd = self.parent_fd(&parent)?;
+        let (pfd, cparent) = self.parent_fd(&parent)?;
+        // The entry's canonical path (no link on it): what this layer's bookkeeping (F18's own entries, deferred
+        // directory metadata, implicit directories) is keyed by, so that two names for one directory are one.
+        let cpath = join(&cparent, &name);
         match h.kind {
-            Kind::Directory => self.directory(&pfd, &path, &name, meta)?,
+            Kind::Directory => self.directory(&pfd, &cpath, &name, meta)?,
             Kind::Regular => self.regular(tr, &pfd, &path, &name, &meta)?,
             Kind::Symlink => self.symlink(&pfd, &path, &name, &h.link, &meta)?,
             Kind::Hardlink => self.hardlink(&pfd, &path, &name, &h.link)?,
@@ -272,9 +287,34 @@ impl Applier<'_> {
                 self.node(&pfd, &path, &name, &h, &meta)?
             }
         }
-        self.retain(path.len())?;
-        self.created.insert(path);
+        self.insert_created(&cpath)?;
         Ok(())
+    }
+
+    /// Records `path` and its ancestors as written by this layer (F18: a whiteout of a lower directory this
+    /// layer put entries into removes only the lower content).
+    fn insert_created(&mut self, path: &[u8]) -> Result<()> {
+        let mut p = path;
+        while !p.is_empty() {
+            if !self.created.insert(p.to_vec()) {
+                break;
+            }
+            self.retain(p.len())?;
+            p = split_last(p).0;
+        }
+        Ok(())
+    }
+
+    /// The canonical path of the directory `fd` below the root, from `/proc/self/fd` (`None` when it is not
+    /// below the root's own path).
+    fn canonical(&self, fd: &OwnedFd) -> Option<Vec<u8>> {
+        let root = self.root_proc.as_ref()?;
+        let p = proc_path_of(fd)?;
+        if p == *root {
+            return Some(Vec::new());
+        }
+        let rest = p.strip_prefix(root.as_slice())?.strip_prefix(b"/")?;
+        Some(rest.to_vec())
     }
 
     /// Resolves `path` (normalised) inside the root. A path that crosses no symlink is opened with
@@ -284,12 +324,14 @@ impl Applier<'_> {
     /// see, so the snapshotter applies such a layer through a mount of its parents instead.
     fn resolve(&mut self, path: &[u8], flags: OFlag) -> std::result::Result<OwnedFd, SysError> {
         let p: &Path = if path.is_empty() { Path::new(".") } else { Path::new(os(path)) };
+        self.last_crossed = false;
         match sfs::openat2(&*self.root, p, flags, Resolve::BeneathNoSymlinks) {
             Err(e) if matches!(e.errno, Errno::ELOOP | Errno::EXDEV) => {
-                let fd = sfs::openat2(&*self.root, p, flags, Resolve::InRoot)?;
                 if self.stats.crossed_link.is_none() {
                     self.stats.crossed_link = Some(std::path::PathBuf::from(os(path).to_owned()));
                 }
+                let fd = sfs::openat2(&*self.root, p, flags, Resolve::InRoot)?;
+                self.last_crossed = true;
                 Ok(fd)
             }
             r => r,
@@ -297,19 +339,23 @@ impl Applier<'_> {
     }
 
     /// The directory `parent` (a normalised path) resolved inside the root, made (0755) if missing.
-    fn parent_fd(&mut self, parent: &[u8]) -> Result<Rc<OwnedFd>> {
+    /// Returns it with its canonical path.
+    fn parent_fd(&mut self, parent: &[u8]) -> Result<(Rc<OwnedFd>, Vec<u8>)> {
         if parent.is_empty() {
-            return Ok(self.root.clone());
+            return Ok((self.root.clone(), Vec::new()));
         }
-        if let Some((p, fd)) = &self.cache {
+        if let Some((p, fd, c)) = &self.cache {
             if p.as_slice() == parent {
-                return Ok(fd.clone());
+                return Ok((fd.clone(), c.clone()));
             }
         }
         // layer.md + threats.md §1: resolved by the kernel with RESOLVE_IN_ROOT; a symlink in the tree can
         // redirect only to another place inside the root.
-        let fd = match self.resolve(parent, OFlag::O_PATH | OFlag::O_DIRECTORY) {
-            Ok(fd) => Rc::new(fd),
+        let (fd, canon) = match self.resolve(parent, OFlag::O_PATH | OFlag::O_DIRECTORY) {
+            Ok(fd) => {
+                let canon = self.canon_after_resolve(&fd, parent);
+                (Rc::new(fd), canon)
+            }
             Err(e) if e.errno == Errno::ENOENT => self.mkdir_all(parent)?,
             // Overlay mode: a parent may be this layer's own whiteout (`.wh.d` then `d/y`), replaced below.
             Err(e) if e.errno == Errno::ENOTDIR && self.opts.whiteout_mode == WhiteoutMode::Overlay => {
@@ -317,19 +363,33 @@ impl Applier<'_> {
             }
             Err(e) => return Err(self.sys(parent, e)),
         };
-        self.cache = Some((parent.to_vec(), fd.clone()));
-        Ok(fd)
+        self.cache = Some((parent.to_vec(), fd.clone(), canon.clone()));
+        Ok((fd, canon))
+    }
+
+    /// The canonical path of what [`resolve`](Self::resolve) just opened for `logical`.
+    fn canon_after_resolve(&self, fd: &OwnedFd, logical: &[u8]) -> Vec<u8> {
+        if self.last_crossed {
+            self.canonical(fd).unwrap_or_else(|| logical.to_vec())
+        } else {
+            logical.to_vec()
+        }
     }
 
     /// Makes every missing directory of `path`, one component at a time, each with `mkdirat` on the fd of its
     /// resolved parent (CVE-2021-38511: nothing is made before its parent was resolved inside the root).
-    fn mkdir_all(&mut self, path: &[u8]) -> Result<Rc<OwnedFd>> {
+    /// Returns the directory with its canonical path.
+    fn mkdir_all(&mut self, path: &[u8]) -> Result<(Rc<OwnedFd>, Vec<u8>)> {
         let mut cur = self.root.clone();
         let mut prefix: Vec<u8> = Vec::new();
+        let mut canon: Vec<u8> = Vec::new();
         for comp in path.split(|&b| b == b'/') {
             prefix = join(&prefix, comp);
             match self.resolve(&prefix, OFlag::O_PATH | OFlag::O_DIRECTORY) {
-                Ok(fd) => cur = Rc::new(fd),
+                Ok(fd) => {
+                    canon = self.canon_after_resolve(&fd, &prefix);
+                    cur = Rc::new(fd);
+                }
                 Err(e) if e.errno == Errno::ENOTDIR && self.own_overlay_whiteout(&cur, comp) => {
                     // layer.md: a directory re-created over a whiteout hides the lower one: it becomes an
                     // opaque directory (F22), as `directory()` does for an explicit entry.
@@ -340,14 +400,16 @@ impl Applier<'_> {
                     let fd = sfs::openat(&*cur, os(comp), OFlag::O_PATH | OFlag::O_DIRECTORY, 0)
                         .map_err(|e| self.sys(&prefix, e))?;
                     cur = Rc::new(fd);
-                    self.retain(prefix.len())?;
-                    self.created.insert(prefix.clone());
+                    canon = join(&canon, comp);
+                    let c = canon.clone();
+                    self.insert_created(&c)?;
                 }
                 Err(e) if e.errno == Errno::ENOENT => {
+                    canon = join(&canon, comp);
                     match sfs::mkdirat(&*cur, os(comp), 0o755) {
                         Ok(()) => {
-                            self.retain(prefix.len())?;
-                            self.implicit.insert(prefix.clone());
+                            self.retain(canon.len())?;
+                            self.implicit.insert(canon.clone());
                         }
                         Err(SysError { errno: Errno::EEXIST, .. }) => {}
                         Err(e) => return Err(self.sys(&prefix, e)),
@@ -355,13 +417,13 @@ impl Applier<'_> {
                     let fd = sfs::openat(&*cur, os(comp), OFlag::O_PATH | OFlag::O_DIRECTORY, 0)
                         .map_err(|e| self.sys(&prefix, e))?;
                     cur = Rc::new(fd);
-                    self.retain(prefix.len())?;
-                    self.created.insert(prefix.clone());
+                    let c = canon.clone();
+                    self.insert_created(&c)?;
                 }
                 Err(e) => return Err(self.sys(&prefix, e)),
             }
         }
-        Ok(cur)
+        Ok((cur, canon))
     }
 
     /// Whether `name` in `dir` is an overlay whiteout (char 0/0) while writing overlay diffs: one that a path
@@ -437,7 +499,8 @@ impl Applier<'_> {
         if make {
             sfs::mkdirat(pfd, os(name), 0o700).map_err(|e| self.sys(path, e))?;
         }
-        let meta = self.apply_dir_xattrs_now(path, meta, existed)?;
+        let dfd = sfs::openat(pfd, os(name), OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0).map_err(|e| self.sys(path, e))?;
+        let meta = self.apply_dir_xattrs_now(&dfd, path, meta, existed)?;
         self.retain(path.len())?;
         self.implicit.remove(path);
         self.dirs.insert(path.to_vec(), meta);
@@ -452,13 +515,10 @@ impl Applier<'_> {
     /// it exactly the entry's xattrs: the others are removed first, as umoci does. Otherwise the result would
     /// depend on the backend: an overlay diff holds only the entry's xattrs (the merged directory shows the
     /// upper's), while a copy of the parents would keep the lower ones too.
-    fn apply_dir_xattrs_now(&mut self, path: &[u8], mut meta: Meta, existed: bool) -> Result<Meta> {
+    fn apply_dir_xattrs_now(&mut self, fd: &OwnedFd, path: &[u8], mut meta: Meta, existed: bool) -> Result<Meta> {
         if meta.xattrs.is_empty() && !existed {
             return Ok(meta);
         }
-        let fd = self
-            .resolve(path, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW)
-            .map_err(|e| self.sys(path, e))?;
         if existed {
             let names = crate::sys::tree::list_xattrs(&fd, false).map_err(|e| self.sys(path, e))?;
             for n in names {
@@ -475,7 +535,7 @@ impl Applier<'_> {
             }
         }
         let xattrs = std::mem::take(&mut meta.xattrs);
-        self.set_xattrs(&fd, path, &xattrs, false)?;
+        self.set_xattrs(fd, path, &xattrs, false)?;
         Ok(meta)
     }
 
@@ -664,7 +724,11 @@ impl Applier<'_> {
         for (path, meta) in dirs {
             // Re-resolved inside the root; O_NOFOLLOW: if a later entry replaced the directory by a symlink,
             // its attributes are not applied through it.
-            let fd = match self.resolve(&path, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW) {
+            // `path` is canonical: no link may be crossed now (one that replaced a directory on the way since
+            // means the directory is gone, and its attributes go with it).
+            let p: &Path = if path.is_empty() { Path::new(".") } else { Path::new(os(&path)) };
+            let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW;
+            let fd = match sfs::openat2(&*self.root, p, flags, Resolve::BeneathNoSymlinks) {
                 Ok(fd) => fd,
                 Err(e) if is_skip_errno(e.errno) => continue,
                 Err(e) => return Err(self.sys(&path, e)),
@@ -832,6 +896,10 @@ impl Applier<'_> {
             Err(e) => Err(self.sys(target, e)),
         }
     }
+}
+
+fn proc_path_of(fd: &OwnedFd) -> Option<Vec<u8>> {
+    sfs::fd_path(fd)
 }
 
 fn kind_name(k: Kind) -> &'static str {

@@ -29,10 +29,16 @@ impl LayerApplier for LayerModule {
                 crossed_link: stats.crossed_link,
                 root_listed: stats.root_listed,
                 whiteouts: stats.whiteouts > 0,
+                hardlinks: stats.hardlinks > 0,
             }),
-            Ok(_) => Ok(Applied::default()),
+            Ok(stats) => Ok(Applied { hardlinks: stats.hardlinks > 0, ..Applied::default() }),
             Err(e) => {
-                let needs_parent = matches!(e, layer::Error::HardlinkTarget { .. });
+                // A hard link to a lower file, and in a diff extracted alone any failed filesystem call (a path
+                // through a link whose target only the parents have, a dangling `lib -> usr/lib`): applied
+                // through a mount of its parents the layer may well apply. It is tried again there, and what
+                // fails there is the layer's own error.
+                let needs_parent = matches!(e, layer::Error::HardlinkTarget { .. })
+                    || (w == WhiteoutMode::Overlay && matches!(e, layer::Error::Sys { .. }));
                 let mut a = ApplyError::new(e.kind(), e);
                 a.needs_parent = needs_parent;
                 Err(a)

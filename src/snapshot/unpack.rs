@@ -11,7 +11,7 @@
 //!   A failed layer's active snapshot is removed; one left by a crash (keys under `unpack/`) is removed by
 //!   [`Unpacker::recover`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fmt;
 use std::os::fd::OwnedFd;
@@ -29,6 +29,7 @@ use crate::sys::fs as sfs;
 use crate::sys::mount::Mounter;
 use crate::sys::tree;
 use nix::errno::Errno;
+use nix::fcntl::OFlag;
 use nix::sys::stat::{FileStat, SFlag};
 
 /// A layer applier's failure, classified.
@@ -77,6 +78,8 @@ pub struct Applied {
     pub root_listed: bool,
     /// The layer wrote whiteouts, which the unpacker checks against the layers below.
     pub whiteouts: bool,
+    /// The layer has hard links (applied through a mount, their groups are mended after copy-up).
+    pub hardlinks: bool,
 }
 
 /// Applies one verified layer stream from `store` to `dir`. The real one wraps `kiln::layer`; tests use fakes.
@@ -398,6 +401,14 @@ impl Unpacker {
             crate::sys::host::mkdir(&mnt, 0o700)?;
             m.mount_all(&mounts, &mnt)?;
             let applied = self.applier.apply(store, layer, &mnt, WhiteoutMode::Delete);
+            // Copy-up splits a hard-link group: the names this layer linked to a lower file are in the upper,
+            // the group's other names stay in the lower as another inode. They are linked again in the upper.
+            let applied = match applied {
+                Ok(a) if a.hardlinks => relink_groups(&mnt, &dir, &self.lower_fds(parent)?)
+                    .map(|()| a)
+                    .map_err(|e| ApplyError::new(e.kind(), format!("re-linking hard-link groups after copy-up: {e}"))),
+                other => other,
+            };
             let unmounted = m.unmount(&mnt);
             let _ = crate::sys::host::remove_dir(&mnt);
             applied.map_err(|source| Error::Apply {
@@ -567,24 +578,132 @@ pub fn exact_on(diff: &OwnedFd, lowers: &[OwnedFd], applied: &Applied) -> Result
     if let Some(p) = &applied.crossed_link {
         return Ok(Some(format!("{:?} goes through a symbolic link", p)));
     }
+    // A directory the layer had to make for an entry went, on its parents, through whatever is at that path
+    // below: a link or a file there (even if the layer replaced the directory later, or made an ancestor
+    // opaque after the entry) changes the meaning.
+    for rel in &applied.implicit_dirs {
+        match lower_lookup_in(None, lowers, rel)? {
+            Lookup::Blocked => return Ok(Some(format!("{rel:?}: a parent is not a directory in the layers below"))),
+            Lookup::Found(st, _) if tree::kind(&st) != SFlag::S_IFDIR => {
+                return Ok(Some(format!("{rel:?} is not a directory in the layers below")));
+            }
+            _ => {}
+        }
+    }
     let stack: Vec<OwnedFd> =
         if is_opaque(diff)? { Vec::new() } else { lowers.iter().map(dup).collect::<Result<_>>()? };
     if let Some(reason) = scan(diff, &mut PathBuf::new(), stack, applied.whiteouts, 0)? {
         return Ok(Some(reason));
     }
-    let mut adopt: Vec<&Path> = applied.implicit_dirs.iter().map(PathBuf::as_path).collect();
+    // Directories made only to hold a whiteout or an opaque marker of something nothing below has: applied on
+    // the parents, the marker finds nothing and makes nothing. Deepest first, so emptied parents go too.
+    for rel in applied.implicit_dirs.iter().rev() {
+        let Ok(d) = tree::open_dir_beneath(diff, rel) else { continue };
+        if !sfs::read_dir_names(&d)?.is_empty() || !matches!(lower_lookup(diff, lowers, rel)?, Lookup::Absent) {
+            continue;
+        }
+        let (parent, name) = (rel.parent().unwrap_or(Path::new("")), rel.file_name().unwrap_or_default());
+        let pfd = tree::open_dir_beneath(diff, parent)?;
+        sfs::unlinkat(&pfd, name, true)?;
+    }
+    // Implicit directories (and the root, when the layer does not list it) are, on the parents, the lower
+    // directory: its owner, mode and xattrs. One new below a set-group-ID directory inherits its group and the
+    // bit, as mkdir there would have given it.
+    let mut state: HashMap<PathBuf, (u32, bool)> = HashMap::new();
+    let mut adopt: Vec<&Path> = Vec::new();
     if !applied.root_listed {
         adopt.push(Path::new(""));
     }
+    adopt.extend(applied.implicit_dirs.iter().map(PathBuf::as_path));
     for rel in adopt {
-        if let Lookup::Found(st, Some(lower)) = lower_lookup(diff, lowers, rel)? {
-            if tree::kind(&st) == SFlag::S_IFDIR {
-                let dst = tree::open_dir_beneath(diff, rel)?;
+        let Ok(dst) = tree::open_dir_beneath(diff, rel) else { continue }; // replaced later in the layer
+        match lower_lookup(diff, lowers, rel)? {
+            Lookup::Found(st, Some(lower)) if tree::kind(&st) == SFlag::S_IFDIR => {
                 tree::copy_dir_attrs(&lower, &dst)?;
+                state.insert(rel.to_owned(), (st.st_gid, st.st_mode & libc::S_ISGID != 0));
+            }
+            _ if rel.as_os_str().is_empty() => {}
+            _ => {
+                let parent = rel.parent().unwrap_or(Path::new(""));
+                let (gid, setgid) = match state.get(parent) {
+                    Some(s) => *s,
+                    None => match lower_lookup(diff, lowers, parent)? {
+                        Lookup::Found(st, _) if tree::kind(&st) == SFlag::S_IFDIR => {
+                            (st.st_gid, st.st_mode & libc::S_ISGID != 0)
+                        }
+                        _ => (0, false),
+                    },
+                };
+                let cur = sfs::fstat(&dst)?;
+                if setgid {
+                    sfs::fchown(&dst, cur.st_uid, gid)?;
+                    sfs::fchmod(&dst, (cur.st_mode & 0o7777) | libc::S_ISGID)?;
+                    state.insert(rel.to_owned(), (gid, true));
+                } else {
+                    state.insert(rel.to_owned(), (cur.st_gid, cur.st_mode & libc::S_ISGID != 0));
+                }
             }
         }
     }
     Ok(None)
+}
+
+/// Mends hard-link groups that overlayfs's copy-up split while a layer was applied through the mount `mnt`
+/// (upper dir `upper`, lower diffs `lowers`, top first): a name the layer linked to a lower file is in the
+/// upper, linked to a copy of that file, while the group's other names stay in the lower as the old inode.
+/// Each such other name that the merged view still shows as that lower file is removed and linked to the
+/// upper copy, so the group is one inode, as in `kiln unpack` and a native copy. Everything by descriptor.
+fn relink_groups(mnt: &Path, upper: &Path, lowers: &[OwnedFd]) -> Result<()> {
+    let up = tree::open_root(upper)?;
+    let mut reps: Vec<PathBuf> = Vec::new();
+    tree::walk(&up, &mut |e| {
+        if tree::kind(e.st) == SFlag::S_IFREG && e.st.st_nlink > 1 {
+            reps.push(e.rel.to_owned());
+        }
+        Ok(true)
+    })?;
+    let mut done: HashSet<(u64, u64)> = HashSet::new();
+    let merged = tree::open_root(mnt)?;
+    for rep in reps {
+        // The lower file this upper copy came from, and the lower diff holding it.
+        let Lookup::Found(st, _) = lower_lookup(&up, lowers, &rep)? else { continue };
+        if tree::kind(&st) != SFlag::S_IFREG || st.st_nlink < 2 || !done.insert((st.st_dev, st.st_ino)) {
+            continue;
+        }
+        let Some(holder) = lowers
+            .iter()
+            .find(|l| tree::stat_beneath(*l, &rep).is_ok_and(|x| (x.st_dev, x.st_ino) == (st.st_dev, st.st_ino)))
+        else {
+            continue;
+        };
+        let mut names: Vec<PathBuf> = Vec::new();
+        tree::walk(holder, &mut |e| {
+            if (e.st.st_dev, e.st.st_ino) == (st.st_dev, st.st_ino) && e.rel != rep.as_path() {
+                names.push(e.rel.to_owned());
+            }
+            Ok(true)
+        })?;
+        let rep_ino = tree::stat_beneath(&up, &rep)?.st_ino;
+        for name in names {
+            if tree::stat_beneath(&up, &name).is_ok() {
+                continue; // the layer wrote this name itself (linked already, or replaced)
+            }
+            match lower_lookup(&up, lowers, &name)? {
+                Lookup::Found(x, _) if (x.st_dev, x.st_ino) == (st.st_dev, st.st_ino) => {}
+                _ => continue, // hidden by a layer in between
+            }
+            let split = |p: &Path| {
+                (p.parent().unwrap_or(Path::new("")).to_owned(), p.file_name().unwrap_or_default().to_owned())
+            };
+            let ((np, nn), (rp, rn)) = (split(&name), split(&rep));
+            let ndir = tree::open_beneath(&merged, &np, OFlag::O_PATH | OFlag::O_DIRECTORY)?;
+            let rdir = tree::open_beneath(&merged, &rp, OFlag::O_PATH | OFlag::O_DIRECTORY)?;
+            sfs::unlinkat(&ndir, &nn, false)?;
+            sfs::linkat(&rdir, &rn, &ndir, &nn)?;
+            debug_assert!(tree::stat_beneath(&up, &name).is_ok_and(|x| x.st_ino == rep_ino));
+        }
+    }
+    Ok(())
 }
 
 fn dup(fd: &OwnedFd) -> Result<OwnedFd> {
@@ -702,7 +821,13 @@ enum Lookup {
 /// Looks `rel` up in `lowers` as the merged view below `diff` would show it: an opaque directory of `diff` on
 /// the way hides everything below it.
 fn lower_lookup(diff: &OwnedFd, lowers: &[OwnedFd], rel: &Path) -> Result<Lookup> {
-    let mut here = dup(diff)?;
+    lower_lookup_in(Some(diff), lowers, rel)
+}
+
+/// [`lower_lookup`]; without `diff`, the layer's own opaque directories are not taken into account (the
+/// lowers as the layer met them before its opaque markers).
+fn lower_lookup_in(diff: Option<&OwnedFd>, lowers: &[OwnedFd], rel: &Path) -> Result<Lookup> {
+    let mut here = diff.map(dup).transpose()?;
     let mut stack: Vec<OwnedFd> = lowers.iter().map(dup).collect::<Result<_>>()?;
     if rel.as_os_str().is_empty() {
         return match stack.first() {
@@ -712,11 +837,14 @@ fn lower_lookup(diff: &OwnedFd, lowers: &[OwnedFd], rel: &Path) -> Result<Lookup
     }
     let comps: Vec<&OsStr> = rel.iter().collect();
     for (i, c) in comps.iter().enumerate() {
-        if is_opaque(&here)? {
-            return Ok(Lookup::Absent);
+        if let Some(h) = &here {
+            if is_opaque(h)? {
+                return Ok(Lookup::Absent);
+            }
         }
         if i + 1 < comps.len() {
-            here = tree::open_dir_at(&here, c)?;
+            // A component the layer replaced by a non-directory later: no opaque marker of its own below.
+            here = here.as_ref().and_then(|h| tree::open_dir_at(h, c).ok());
         }
         match below(&stack, c)? {
             Below::Absent => return Ok(Lookup::Absent),

@@ -226,3 +226,11 @@ pub fn syncfs(f: impl AsFd) -> Result<()> {
     let raw = fd(&f);
     nix::unistd::syncfs(f).map_err(|e| SysError::new("syncfs", raw, e))
 }
+
+/// `readlink("/proc/self/fd/N")`: where the kernel says the directory `fd` holds is (its path from this mount
+/// namespace's root, as the dentry names it now). `None` when it cannot be read.
+pub fn fd_path(f: impl AsFd) -> Option<Vec<u8>> {
+    use std::os::unix::ffi::OsStringExt;
+    let link = proc_fd_path(&f);
+    nix::fcntl::readlink(link.as_str()).ok().map(|t| t.into_vec())
+}

@@ -5,6 +5,7 @@
 pub mod daemon;
 pub mod layer;
 pub mod layout;
+pub mod stack;
 
 /// True when `KILN_TEST_STRICT=1`: every skip is then a failure.
 pub fn strict() -> bool {
