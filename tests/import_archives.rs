@@ -262,6 +262,12 @@ fn callers_import_only_what_they_can_read() {
     let e = stage(&private).err().expect("refused");
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
     assert!(e.to_string().contains("not found, or not readable by uid 65534"), "{e}");
+    // A layout the caller may name but not enter: the same error.
+    let locked = tmp.path().join("locked");
+    single_image(&locked, &ImageSpec::default(), "x");
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let e = stage(&locked).err().expect("refused");
+    assert!(e.to_string().contains("not found, or not readable by uid 65534"), "{e}");
     // A directory the caller cannot search gives the same error as a path that does not exist.
     let closed = tmp.path().join("closed");
     std::fs::create_dir(&closed).unwrap();

@@ -157,6 +157,10 @@ impl Store {
         // image-layout.md: the blobs directory MUST exist (it may be empty) (A1).
         match store.as_reader(|| crate::sys::fs::fstatat_nofollow(&store.dir, std::ffi::OsStr::new("blobs"))) {
             Ok(st) if crate::sys::fs::file_type(&st) == nix::sys::stat::SFlag::S_IFDIR => {}
+            // Not allowed to look (a caller's identity): that, not "missing".
+            Err(e) if matches!(e.errno, nix::errno::Errno::EACCES | nix::errno::Errno::EPERM) => {
+                return Err(Error::Sys { what: store.root.join("blobs").display().to_string(), source: e })
+            }
             _ => {
                 return Err(Error::InvalidLayout {
                     path: store.root.clone(),
