@@ -1,10 +1,19 @@
-//! `connect(address)`: a tonic channel to kilnd over its Unix socket, for the CLI and tests.
+//! `connect(address)`: a tonic channel to kilnd over its Unix socket, for the CLI and tests;
+//! `connect_passing(address, fd)`: the same, with a file descriptor passed to kilnd on the connection's
+//! first bytes (`SCM_RIGHTS`), for `Images.Import` with `source_fd` (see `server::peer`).
 //!
-//! May use: `api`, `config`.
+//! May use: `api`, `config`, `sys`.
 
+use std::io;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
 
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::ErrorKind;
@@ -43,4 +52,61 @@ pub async fn connect(address: &str) -> Result<Channel, Error> {
         }))
         .await
         .map_err(|source| Error::Connect { path, source })
+}
+
+/// Connects to kilnd at `address` and passes `fd` with the first bytes the connection sends (the HTTP/2
+/// preface), so that a request on this channel can name it (`ImportImageRequest.source_fd`). The channel
+/// must not be used for anything that needs a second connection: only the first one carries the descriptor.
+pub async fn connect_passing(address: &str, fd: OwnedFd) -> Result<Channel, Error> {
+    let path = crate::config::socket_path(address)?;
+    let target = path.clone();
+    let fd = Arc::new(Mutex::new(Some(fd)));
+    Endpoint::from_static("http://kilnd.invalid")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let target = target.clone();
+            let fd = fd.lock().unwrap_or_else(|p| p.into_inner()).take();
+            async move { UnixStream::connect(target).await.map(|io| TokioIo::new(PassFd { io, fd })) }
+        }))
+        .await
+        .map_err(|source| Error::Connect { path, source })
+}
+
+/// A client connection whose first write carries a descriptor.
+struct PassFd {
+    io: UnixStream,
+    fd: Option<OwnedFd>,
+}
+
+impl AsyncRead for PassFd {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PassFd {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let Some(fd) = &this.fd else { return Pin::new(&mut this.io).poll_write(cx, buf) };
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let n = loop {
+            ready!(this.io.poll_write_ready(cx))?;
+            match this.io.try_io(Interest::WRITABLE, || crate::sys::sock::send_with_fd(&this.io, buf, fd)) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        };
+        this.fd = None;
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
 }

@@ -90,6 +90,103 @@ impl Default for Log {
     }
 }
 
+/// Caps on what one caller may make kilnd store, hold or write (`[caps]`). Exceeding one is
+/// `RESOURCE_EXHAUSTED`, naming the cap; nothing is left behind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Caps {
+    /// `process.args` entries a caller gives (entrypoint and args together), and their bytes.
+    pub max_args: usize,
+    pub max_args_bytes: usize,
+    /// Caller env entries, and their bytes.
+    pub max_env: usize,
+    pub max_env_bytes: usize,
+    /// Caller annotations, and the bytes of their keys and values (Kubernetes allows 256 KiB).
+    pub max_annotations: usize,
+    pub max_annotation_bytes: usize,
+    /// Caller mounts.
+    pub max_mounts: usize,
+    /// One bundle's record in `meta.redb`, its config.json included.
+    pub max_bundle_record_bytes: usize,
+    /// Bytes and files copied from the image into one bundle's volumes.
+    pub max_volume_bytes: u64,
+    pub max_volume_files: u64,
+    /// Imports running at once, in all and per caller uid (root is counted only in the total).
+    pub max_concurrent_imports: usize,
+    pub max_imports_per_caller: usize,
+    /// Bytes one import may write (the archive's unpacked contents in `tmp/`, the blobs it copies).
+    pub max_import_bytes: u64,
+    /// An archive may unpack to at most `ratio × its size + floor` bytes.
+    pub archive_expansion_ratio: u64,
+    pub archive_expansion_floor: u64,
+}
+
+impl Default for Caps {
+    fn default() -> Self {
+        let limits = crate::convert::InputLimits::default();
+        let archive = crate::import::ArchiveLimits::default();
+        Caps {
+            max_args: limits.max_args,
+            max_args_bytes: limits.max_args_bytes,
+            max_env: limits.max_env,
+            max_env_bytes: limits.max_env_bytes,
+            max_annotations: limits.max_annotations,
+            max_annotation_bytes: limits.max_annotation_bytes,
+            max_mounts: limits.max_mounts,
+            max_bundle_record_bytes: 1 << 20,
+            max_volume_bytes: 64 << 20,
+            max_volume_files: 16_384,
+            max_concurrent_imports: 4,
+            max_imports_per_caller: 2,
+            max_import_bytes: archive.max_bytes,
+            archive_expansion_ratio: archive.expansion_ratio,
+            archive_expansion_floor: archive.expansion_floor,
+        }
+    }
+}
+
+impl Caps {
+    /// The caps on a caller's overrides.
+    pub fn input_limits(&self) -> crate::convert::InputLimits {
+        crate::convert::InputLimits {
+            max_args: self.max_args,
+            max_args_bytes: self.max_args_bytes,
+            max_env: self.max_env,
+            max_env_bytes: self.max_env_bytes,
+            max_annotations: self.max_annotations,
+            max_annotation_bytes: self.max_annotation_bytes,
+            max_mounts: self.max_mounts,
+            ..Default::default()
+        }
+    }
+
+    /// The caps on one import.
+    pub fn archive_limits(&self) -> crate::import::ArchiveLimits {
+        crate::import::ArchiveLimits {
+            max_bytes: self.max_import_bytes,
+            expansion_ratio: self.archive_expansion_ratio,
+            expansion_floor: self.archive_expansion_floor,
+            ..Default::default()
+        }
+    }
+}
+
+/// What mounts a caller may add to config.json (`[caller_mounts]`; see `convert::MountPolicy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CallerMounts {
+    /// Accept any mount with an absolute destination (for a trusted engine that builds its own mounts).
+    pub trusted: bool,
+    /// Accept the propagation options `shared`, `rshared`, `slave`, `rslave`.
+    pub allow_propagation: bool,
+}
+
+impl CallerMounts {
+    pub fn policy(&self) -> crate::convert::MountPolicy {
+        crate::convert::MountPolicy { trusted: self.trusted, allow_propagation: self.allow_propagation }
+    }
+}
+
 /// kilnd's configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -111,9 +208,14 @@ pub struct Config {
     pub extra_stores: Vec<PathBuf>,
     /// How long SIGTERM waits for in-flight requests, in seconds.
     pub shutdown_timeout_secs: u64,
+    /// Where bundles' volume directories go (`<dir>/<bundle id>/<n>`); `None` means `<root>/volumes`, on disk.
+    /// A directory on a tmpfs keeps them in RAM. kilnd owns it: at start-up, what no bundle holds is removed.
+    pub volume_dir: Option<PathBuf>,
     pub log: Log,
     /// What one caller may hold: connections, streams, message sizes, timeouts, requests in progress.
     pub limits: Limits,
+    pub caps: Caps,
+    pub caller_mounts: CallerMounts,
 }
 
 /// Bounds on what callers may hold of the daemon. A caller over a bound is refused at once
@@ -214,8 +316,11 @@ impl Default for Config {
             max_concurrent_unpacks: 0,
             extra_stores: vec![],
             shutdown_timeout_secs: 30,
+            volume_dir: None,
             log: Log::default(),
             limits: Limits::default(),
+            caps: Caps::default(),
+            caller_mounts: CallerMounts::default(),
         }
     }
 }
@@ -241,6 +346,11 @@ impl Config {
     /// The socket path named by `address`.
     pub fn socket_path(&self) -> Result<PathBuf, Error> {
         socket_path(&self.address)
+    }
+
+    /// Where bundles' volume directories go.
+    pub fn volume_dir(&self) -> PathBuf {
+        self.volume_dir.clone().unwrap_or_else(|| self.root.join("volumes"))
     }
 
     /// The number of concurrent layer extractions.
@@ -297,6 +407,50 @@ impl Config {
             return invalid("shutdown_timeout_secs", format!("{} is not within 1..=3600", self.shutdown_timeout_secs));
         }
         self.limits.validate()?;
+        if let Some(v) = &self.volume_dir {
+            if !v.is_absolute() {
+                return invalid("volume_dir", format!("{v:?} must be an absolute path"));
+            }
+            // kilnd owns it: start-up removes what is there that no bundle holds.
+            if self.root.starts_with(v) || self.state.starts_with(v) {
+                return invalid("volume_dir", format!("{v:?} must not be root, state or a directory above them"));
+            }
+        }
+        let c = &self.caps;
+        for (field, value) in [
+            ("caps.max_args", c.max_args),
+            ("caps.max_args_bytes", c.max_args_bytes),
+            ("caps.max_env_bytes", c.max_env_bytes),
+            ("caps.max_annotation_bytes", c.max_annotation_bytes),
+            ("caps.max_bundle_record_bytes", c.max_bundle_record_bytes),
+            ("caps.max_concurrent_imports", c.max_concurrent_imports),
+            ("caps.max_imports_per_caller", c.max_imports_per_caller),
+        ] {
+            if value == 0 {
+                return invalid(field, "must be at least 1".into());
+            }
+        }
+        // A record must hold what the other caps let in (args, env, annotations), with room for the rest.
+        let inputs = c.max_args_bytes + c.max_env_bytes + c.max_annotation_bytes;
+        if c.max_bundle_record_bytes > 64 << 20 {
+            return invalid("caps.max_bundle_record_bytes", format!("{} is over 64 MiB", c.max_bundle_record_bytes));
+        }
+        if inputs > c.max_bundle_record_bytes {
+            return invalid(
+                "caps.max_bundle_record_bytes",
+                format!(
+                    "{} is less than max_args_bytes + max_env_bytes + max_annotation_bytes ({inputs}): such requests \
+                     could never be stored",
+                    c.max_bundle_record_bytes
+                ),
+            );
+        }
+        if c.max_import_bytes == 0 || c.archive_expansion_ratio == 0 {
+            return invalid(
+                "caps.max_import_bytes",
+                "max_import_bytes and archive_expansion_ratio must be at least 1".into(),
+            );
+        }
         if tracing_filter_ok(&self.log.level).is_err() {
             return invalid("log.level", format!("{:?} is not a tracing filter", self.log.level));
         }
@@ -371,6 +525,15 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_documents_the_defaults() {
+        let readme = include_str!("../README.md");
+        let start = readme.find("```toml\nversion = 1").expect("README has the configuration block") + 8;
+        let len = readme[start..].find("```").expect("the block ends");
+        let documented = Config::from_toml(&readme[start..start + len], Path::new("README.md")).unwrap();
+        assert_eq!(documented, Config::default());
+    }
+
+    #[test]
     fn partial_file_keeps_defaults() {
         let c = Config::from_toml("root = \"/srv/kiln\"\n[log]\nformat = \"json\"\n", Path::new("x.toml")).unwrap();
         assert_eq!(c.root, PathBuf::from("/srv/kiln"));
@@ -407,6 +570,12 @@ mod tests {
             ("[limits.concurrent]\npull = 0", "limits.concurrent.pull"),
             ("[limits.concurrent]\ncreate = 1000\nread = 1000", "limits.concurrent"),
             ("[limits]\nmax_request_bytes = 10", "limits.max_request_bytes"),
+            ("volume_dir = \"rel\"", "volume_dir"),
+            ("volume_dir = \"/var/lib\"", "volume_dir"),
+            ("[caps]\nmax_concurrent_imports = 0", "caps.max_concurrent_imports"),
+            ("[caps]\nmax_bundle_record_bytes = 1000", "caps.max_bundle_record_bytes"),
+            ("[caps]\nmax_volumes = 1", "max_volumes"),
+            ("[caller_mounts]\ntrusted = \"yes\"", "trusted"),
         ] {
             let e = Config::from_toml(toml, Path::new("k.toml")).and_then(|c| c.validate()).unwrap_err();
             assert!(e.to_string().contains(field), "{toml}: {e}");

@@ -2,13 +2,26 @@
 //! directory, an `oci-archive` tarball, or a `docker-archive` tarball (as `skopeo copy` and `docker save`
 //! write them). Every blob is verified while it is copied; blobs land before the ref that names them.
 //!
-//! The source is named by a caller, so it is opened without following a FIFO into a hang (`O_NONBLOCK`, then
-//! `fstat`: a directory or a regular file only). Archives are unpacked into a private scratch directory with
-//! kiln's capped tar reader (no header, long name or PAX record can grow without bound; containerd
-//! CVE-2023-25153), accepting only plain relative names of regular files and directories. Symbolic links in
-//! an archive (docker-archive links `<id>/layer.tar` to `../<digest>.tar`) are never created: each is resolved
-//! lexically inside the archive and, when it names a regular file of the archive, becomes a hard link to it.
-//! The layout's index lock is taken only after the source has been read into the scratch directory.
+//! The source is named by a caller ([`Source`]): a path kilnd looks up, or a descriptor the caller opened
+//! itself and passed over the socket (`kiln image import` does that, so the kernel resolved the path with the
+//! caller's rights, in the caller's mount namespace). Either way it becomes an `O_PATH` handle first, and its
+//! type is checked with `fstat` before anything is opened: a FIFO, device or socket is refused without ever
+//! being opened (an open would release a writer waiting on a FIFO, or run a driver). With [`Access::Caller`]
+//! every file of the source — the archive, the layout's `oci-layout`, `index.json` and each blob — is opened
+//! with the caller's filesystem identity ([`sys::creds`]), so the kernel decides what the caller may read,
+//! file by file, across whatever mounts the caller arranged. A path is looked up with the caller's identity
+//! too, refusing magic links (`/proc/<pid>/root/…`), and only when the caller is in kilnd's mount namespace
+//! (where the path means what the caller meant). A caller learns nothing of what it cannot see: a source
+//! missing or not permitted is one error ([`Error::SourceUnavailable`]).
+//!
+//! Archives are unpacked into a private scratch directory with kiln's capped tar reader (no header, long name
+//! or PAX record can grow without bound; containerd CVE-2023-25153), accepting only plain relative names of
+//! regular files and directories, and never more than [`ArchiveLimits::max_bytes_for`] the archive's size
+//! (a gzip bomb is refused after at most `ratio × size + floor` bytes). Symbolic links in an archive
+//! (docker-archive links `<id>/layer.tar` to `../<digest>.tar`) are never created: each is resolved lexically
+//! inside the archive and, when it names a regular file of the archive, becomes a hard link to it. The
+//! layout's index lock is taken only after the source has been read into the scratch directory.
+//! [`ImportSlots`] bounds how many imports run at once, in all and per caller.
 //!
 //! May use: `store`, `image`, `layer` (its tar reader), `digest`, `sys`, `error`.
 
@@ -16,8 +29,11 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
+use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::stat::SFlag;
 
@@ -29,7 +45,7 @@ use crate::error::ErrorKind;
 use crate::image::{self, Reference};
 use crate::layer::tar::{Kind, TarError, TarLimits, TarReader};
 use crate::store::{self, Descriptor, LayoutWriter, Store};
-use crate::sys;
+use crate::sys::{self, creds::Creds};
 
 /// Errors importing. Each names the source path, entry or digest involved.
 #[derive(Debug, thiserror::Error)]
@@ -40,14 +56,29 @@ pub enum Error {
     Image(#[from] image::Error),
     #[error("import source {path}: no such file or directory")]
     SourceNotFound { path: PathBuf },
+    /// Missing, or not reachable or readable with the caller's rights: one error, so that a caller cannot
+    /// tell paths it may not see apart.
+    #[error("import source {path}: not found, or not readable by uid {uid}")]
+    SourceUnavailable { path: PathBuf, uid: u32 },
+    #[error(
+        "import source {path}: the caller (pid {pid}) is not in kilnd's mount namespace, so kilnd cannot look its \
+         path up; pass the source as a file descriptor (kiln image import does)"
+    )]
+    OtherMountNamespace { path: PathBuf, pid: i32 },
     #[error("import source {path}: {reason}")]
     InvalidSource { path: PathBuf, reason: String },
-    #[error("import source {path} is owned by uid {owner}, not by the caller (uid {caller})")]
-    NotOwner { path: PathBuf, owner: u32, caller: u32 },
     #[error("archive {path}: {reason}")]
     Archive { path: PathBuf, reason: String },
     #[error("archive {path}: {what} is over the cap of {limit}")]
     TooLarge { path: PathBuf, what: &'static str, limit: u64 },
+    #[error("{running} imports are running, the most {whom} ({setting} = {limit}); try again later")]
+    Busy { running: usize, whom: &'static str, setting: &'static str, limit: usize },
+    #[error("import source {path}: cannot take the caller's identity: {source}")]
+    Identity {
+        path: PathBuf,
+        #[source]
+        source: sys::SysError,
+    },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -61,12 +92,12 @@ impl Error {
         match self {
             Error::Store(e) => e.kind(),
             Error::Image(e) => e.kind(),
-            Error::SourceNotFound { .. } => ErrorKind::NotFound,
+            Error::SourceNotFound { .. } | Error::SourceUnavailable { .. } => ErrorKind::NotFound,
+            Error::OtherMountNamespace { .. } => ErrorKind::FailedPrecondition,
             Error::InvalidSource { .. } => ErrorKind::InvalidArgument,
-            Error::NotOwner { .. } => ErrorKind::FailedPrecondition,
             Error::Archive { .. } => ErrorKind::Corrupt,
-            Error::TooLarge { .. } => ErrorKind::ResourceExhausted,
-            Error::Io { .. } => ErrorKind::Internal,
+            Error::TooLarge { .. } | Error::Busy { .. } => ErrorKind::ResourceExhausted,
+            Error::Identity { .. } | Error::Io { .. } => ErrorKind::Internal,
         }
     }
 }
@@ -84,83 +115,238 @@ pub struct ImportProgress {
     pub bytes: u64,
 }
 
-/// Caps on archives.
+/// Caps on what one import may write.
 #[derive(Debug, Clone, Copy)]
 pub struct ArchiveLimits {
     pub max_entries: u64,
-    /// Uncompressed bytes of the whole archive stream.
+    /// Uncompressed bytes of a whole archive stream, and bytes one import may copy into the store.
     pub max_bytes: u64,
+    /// An archive may expand to at most `expansion_ratio` times its own size plus `expansion_floor` bytes
+    /// (see [`max_bytes_for`](Self::max_bytes_for)).
+    pub expansion_ratio: u64,
+    pub expansion_floor: u64,
 }
 
 impl Default for ArchiveLimits {
     fn default() -> Self {
-        ArchiveLimits { max_entries: 100_000, max_bytes: 64 << 30 }
+        ArchiveLimits { max_entries: 100_000, max_bytes: 64 << 30, expansion_ratio: 100, expansion_floor: 16 << 20 }
+    }
+}
+
+impl ArchiveLimits {
+    /// The most uncompressed bytes an archive of `size` bytes may expand to: `ratio × size + floor`, never
+    /// over `max_bytes`. A plain tar expands to its own size; `docker save | gzip` to a few times it.
+    pub fn max_bytes_for(&self, size: u64) -> u64 {
+        size.saturating_mul(self.expansion_ratio).saturating_add(self.expansion_floor).min(self.max_bytes)
     }
 }
 
 /// Most manifests, indexes and blobs one import may visit: a layout cannot fan out without bound.
 const MAX_DOCUMENTS: usize = 10_000;
 
+/// Where an import reads from.
+#[derive(Debug)]
+pub enum Source {
+    /// A path, looked up by kilnd.
+    Path(PathBuf),
+    /// A descriptor the caller opened (passed over kilnd's socket with `SCM_RIGHTS`; any open mode, `O_PATH`
+    /// included: it only says *which* file); `name` labels it in messages.
+    Handle { fd: OwnedFd, name: PathBuf },
+}
+
+impl Source {
+    /// The path the source is known by, for messages.
+    pub fn name(&self) -> &Path {
+        match self {
+            Source::Path(p) => p,
+            Source::Handle { name, .. } => name,
+        }
+    }
+}
+
+/// Whose rights a source is read with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// kilnd's own: root callers, and the library used without a daemon.
+    Own,
+    /// A caller's (`SO_PEERCRED` and `SO_PEERGROUPS`): every file is opened with this identity, and a path
+    /// is looked up only if process `pid` shares kilnd's mount namespace.
+    Caller { creds: Creds, pid: Option<i32> },
+}
+
 /// A source read into kiln's own scratch space, ready to be copied into a layout under its lock.
-pub enum Staged {
+pub struct Staged {
+    name: PathBuf,
+    what: StagedKind,
+    max_bytes: u64,
+}
+
+enum StagedKind {
     Layout(Store),
     /// An archive unpacked in a scratch directory (removed on drop).
     Archive(TempDir),
 }
 
-/// Opens `source` safely and, for an archive, unpacks it into a scratch directory under `tmp`. Needs no lock.
-pub fn stage(source: &Path, tmp: &Path) -> Result<Staged> {
-    stage_for(source, tmp, None)
+impl Staged {
+    /// The source's name, for messages.
+    pub fn name(&self) -> &Path {
+        &self.name
+    }
 }
 
-/// [`stage`] on behalf of a caller: with `owner`, the file or directory that `source` names (after any link)
-/// must belong to that uid. The check is made on the opened file, and a layout directory is then read through
-/// that same open directory, so swapping the path afterwards changes nothing.
-pub fn stage_for(source: &Path, tmp: &Path, owner: Option<u32>) -> Result<Staged> {
-    let file = sys::host::open_follow(source, OFlag::O_RDONLY | OFlag::O_NONBLOCK).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => Error::SourceNotFound { path: source.to_path_buf() },
-        _ => Error::Io { path: source.to_path_buf(), source: e },
-    })?;
-    let meta = file.metadata().map_err(io_error(source))?;
-    if let Some(caller) = owner {
-        use std::os::unix::fs::MetadataExt;
-        if caller != 0 && meta.uid() != caller {
-            return Err(Error::NotOwner { path: source.to_path_buf(), owner: meta.uid(), caller });
+/// Opens the path `source` with kilnd's rights and, for an archive, unpacks it into a scratch directory under
+/// `tmp`, with default limits. Needs no lock.
+pub fn stage(source: &Path, tmp: &Path) -> Result<Staged> {
+    stage_as(Source::Path(source.to_path_buf()), tmp, &Access::Own, &ArchiveLimits::default())
+}
+
+/// [`stage`] on behalf of a caller: the source is resolved, type-checked and read as the module docs say.
+/// A layout directory is read through the handle it resolved to, so swapping the path afterwards changes
+/// nothing.
+pub fn stage_as(source: Source, tmp: &Path, access: &Access, limits: &ArchiveLimits) -> Result<Staged> {
+    let name = source.name().to_path_buf();
+    let creds = match access {
+        Access::Own => None,
+        Access::Caller { creds, .. } => Some(creds),
+    };
+    let unavailable = |e: &sys::SysError| match (access, e.errno) {
+        (Access::Own, Errno::ENOENT) => Some(Error::SourceNotFound { path: name.clone() }),
+        (Access::Caller { creds, .. }, errno) if caller_cannot_reach(errno) => {
+            Some(Error::SourceUnavailable { path: name.clone(), uid: creds.uid })
+        }
+        _ => None,
+    };
+    let sys_err = |e: sys::SysError| {
+        if sys::creds::Creds::is_identity_error(&e) {
+            return Error::Identity { path: name.clone(), source: e };
+        }
+        unavailable(&e).unwrap_or_else(|| sys_error(&name, e))
+    };
+    let handle = match source {
+        Source::Handle { fd, .. } => fd,
+        Source::Path(path) => {
+            if !path.is_absolute() {
+                return Err(Error::InvalidSource { path, reason: "not an absolute path".into() });
+            }
+            if let Access::Caller { creds, pid } = access {
+                // The path is the caller's, meant in the caller's mount namespace: kilnd looks it up only when
+                // that namespace is its own (a pid that is gone or unknown is not).
+                let same = pid.is_some_and(|p| p > 0 && sys::host::same_mount_namespace(p).unwrap_or(false));
+                if !same {
+                    return Err(Error::OtherMountNamespace { path, pid: pid.unwrap_or(0) });
+                }
+                sys::host::open_path_as(&path, Some(creds)).map_err(sys_err)?
+            } else {
+                sys::host::open_path_as(&path, None).map_err(sys_err)?
+            }
+        }
+    };
+    // The type first, on the handle: nothing is opened before it is known to be a directory or a file.
+    let st = sys::fs::fstat(&handle).map_err(sys_err)?;
+    match sys::fs::file_type(&st) {
+        SFlag::S_IFDIR => {
+            let store = Store::open_dir_as(handle, name.clone(), store::Limits::default(), creds.cloned()).map_err(
+                |e| match &e {
+                    store::Error::Sys { source, .. } if creds.is_some() && caller_cannot_reach(source.errno) => {
+                        unavailable(source).unwrap_or(Error::Store(e))
+                    }
+                    _ => Error::InvalidSource { path: name.clone(), reason: format!("not an OCI image layout: {e}") },
+                },
+            )?;
+            Ok(Staged { name, what: StagedKind::Layout(store), max_bytes: limits.max_bytes })
+        }
+        SFlag::S_IFREG => {
+            let file = sys::host::reopen_as(&handle, OFlag::O_RDONLY, creds).map_err(sys_err)?;
+            drop(handle);
+            let scratch = tempdir_in(tmp)?;
+            extract_archive_from(file, &name, scratch.path(), *limits)?;
+            Ok(Staged { name, what: StagedKind::Archive(scratch), max_bytes: limits.max_bytes })
+        }
+        _ => Err(Error::InvalidSource { path: name, reason: "neither a directory nor a regular file".into() }),
+    }
+}
+
+/// Errors of a lookup or open that mean "the caller cannot get there": reported as one.
+fn caller_cannot_reach(errno: Errno) -> bool {
+    matches!(errno, Errno::ENOENT | Errno::EACCES | Errno::EPERM | Errno::ENOTDIR | Errno::ELOOP | Errno::ENAMETOOLONG)
+}
+
+/// How many imports may run at once: in all, and per caller uid (root, kilnd's own engine, is counted only
+/// in the total). A full table refuses at once ([`Error::Busy`]) instead of queueing: a caller whose import
+/// stalls (a slow source) holds only its own slots.
+#[derive(Debug)]
+pub struct ImportSlots {
+    max_total: usize,
+    max_per_caller: usize,
+    running: Mutex<(usize, HashMap<u32, usize>)>,
+}
+
+/// One running import; its slot is freed on drop.
+#[derive(Debug)]
+pub struct Slot {
+    slots: Arc<ImportSlots>,
+    uid: u32,
+}
+
+impl ImportSlots {
+    pub fn new(max_total: usize, max_per_caller: usize) -> Arc<ImportSlots> {
+        Arc::new(ImportSlots { max_total, max_per_caller, running: Mutex::new((0, HashMap::new())) })
+    }
+
+    /// Takes a slot for caller `uid`, or says why there is none.
+    pub fn acquire(self: &Arc<Self>, uid: u32) -> Result<Slot> {
+        let mut g = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, per) = &mut *g;
+        if *total >= self.max_total {
+            return Err(Error::Busy {
+                running: *total,
+                whom: "at once",
+                setting: "caps.max_concurrent_imports",
+                limit: self.max_total,
+            });
+        }
+        let mine = per.entry(uid).or_insert(0);
+        if uid != 0 && *mine >= self.max_per_caller {
+            return Err(Error::Busy {
+                running: *mine,
+                whom: "for one caller",
+                setting: "caps.max_imports_per_caller",
+                limit: self.max_per_caller,
+            });
+        }
+        *mine += 1;
+        *total += 1;
+        Ok(Slot { slots: self.clone(), uid })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut g = self.slots.running.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, per) = &mut *g;
+        *total = total.saturating_sub(1);
+        if let Some(n) = per.get_mut(&self.uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                per.remove(&self.uid);
+            }
         }
     }
-    if meta.is_dir() {
-        use std::os::fd::AsRawFd;
-        let pinned = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-        let store = Store::open(&pinned).map_err(|e| Error::InvalidSource {
-            path: source.to_path_buf(),
-            reason: format!("not an OCI image layout: {e}"),
-        })?;
-        return Ok(Staged::Layout(store));
-    }
-    if !meta.is_file() {
-        return Err(Error::InvalidSource {
-            path: source.to_path_buf(),
-            reason: "neither a directory nor a regular file".into(),
-        });
-    }
-    let scratch = tempdir_in(tmp)?;
-    extract_archive_from(file, source, scratch.path(), ArchiveLimits::default())?;
-    Ok(Staged::Archive(scratch))
 }
 
 /// Copies a staged source into `dest` under `ref_name`. Returns the descriptor the ref now names.
 pub fn commit(
     dest: &LayoutWriter,
     staged: &Staged,
-    source: &Path,
     source_ref: &Reference,
     ref_name: &str,
     progress: &mut dyn FnMut(ImportProgress),
 ) -> Result<Descriptor> {
     validate_ref_name(ref_name)?;
-    match staged {
-        Staged::Layout(src) => import_layout(dest, src, source_ref, ref_name, progress),
-        Staged::Archive(dir) => {
+    let max = staged.max_bytes;
+    match &staged.what {
+        StagedKind::Layout(src) => import_layout_capped(dest, src, source_ref, ref_name, max, progress),
+        StagedKind::Archive(dir) => {
             let is_file = |name: &str| {
                 sys::host::lstat(&dir.path().join(name)).is_ok_and(|st| sys::fs::file_type(&st) == SFlag::S_IFREG)
             };
@@ -170,12 +356,12 @@ pub fn commit(
             let by_repo_tag = docker && matches!(source_ref, Reference::Name(_));
             if oci && !by_repo_tag {
                 let src = Store::open(dir.path())?;
-                import_layout(dest, &src, source_ref, ref_name, progress)
+                import_layout_capped(dest, &src, source_ref, ref_name, max, progress)
             } else if docker {
                 import_docker_archive(dest, dir.path(), source_ref, ref_name, progress)
             } else {
                 Err(Error::InvalidSource {
-                    path: source.to_path_buf(),
+                    path: staged.name.clone(),
                     reason: "neither an oci-archive (oci-layout) nor a docker-archive (manifest.json)".into(),
                 })
             }
@@ -194,23 +380,57 @@ pub fn import(
 ) -> Result<Descriptor> {
     validate_ref_name(ref_name)?;
     let staged = stage(source, tmp)?;
-    commit(dest, &staged, source, source_ref, ref_name, progress)
+    commit(dest, &staged, source_ref, ref_name, progress)
 }
 
-/// Ref names follow image-layout.md's grammar closely enough to be safe everywhere: printable, no spaces.
+/// Ref names follow the grammar of image-layout.md (`org.opencontainers.image.ref.name`):
+///
+/// ```text
+/// ref       ::= component ("/" component)*
+/// component ::= alphanum (separator alphanum)*
+/// alphanum  ::= [A-Za-z0-9]+
+/// separator ::= [-._:@+] | "--"
+/// ```
+///
+/// so no component is empty, `.` or `..` (`a/../../x` is refused: tools that turn ref names into paths
+/// cannot be led out of their directory), and at most 255 bytes.
 pub fn validate_ref_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 255
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._:@+/".contains(&b))
-        && name.as_bytes()[0].is_ascii_alphanumeric();
-    if ok {
+    if name.len() <= 255 && !name.is_empty() && name.split('/').all(ref_component_ok) {
         Ok(())
     } else {
         Err(Error::Image(image::Error::InvalidReference {
             reference: name.into(),
-            reason: "ref names are [A-Za-z0-9][A-Za-z0-9-._:@+/]*".into(),
+            reason: "not a ref name: components of [A-Za-z0-9]+ joined by one of - . _ : @ + or by --, \
+                     separated by /, at most 255 bytes (image-layout.md)"
+                .into(),
         }))
     }
+}
+
+fn ref_component_ok(c: &str) -> bool {
+    let b = c.as_bytes();
+    let alnum = |x: u8| x.is_ascii_alphanumeric();
+    let (Some(&first), Some(&last)) = (b.first(), b.last()) else { return false };
+    if !alnum(first) || !alnum(last) {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if alnum(b[i]) {
+            i += 1;
+            continue;
+        }
+        // A separator: one of -._:@+, or "--"; then an alphanumeric must follow.
+        let len = if b[i..].starts_with(b"--") { 2 } else { 1 };
+        if len == 1 && !b"-._:@+".contains(&b[i]) {
+            return false;
+        }
+        i += len;
+        if i >= b.len() || !alnum(b[i]) {
+            return false;
+        }
+    }
+    true
 }
 
 /// Copies the image `source_ref` names in `src` (the whole index tree, for a multi-platform image).
@@ -237,6 +457,18 @@ pub fn import_layout(
     ref_name: &str,
     progress: &mut dyn FnMut(ImportProgress),
 ) -> Result<Descriptor> {
+    import_layout_capped(dest, src, source_ref, ref_name, ArchiveLimits::default().max_bytes, progress)
+}
+
+/// [`import_layout`] copying at most `max_bytes` of blobs.
+fn import_layout_capped(
+    dest: &LayoutWriter,
+    src: &Store,
+    source_ref: &Reference,
+    ref_name: &str,
+    max_bytes: u64,
+    progress: &mut dyn FnMut(ImportProgress),
+) -> Result<Descriptor> {
     let limits = image::Limits::default();
     let named = image::lookup(src, source_ref, &limits)?;
     let images: Vec<Descriptor> = named
@@ -257,7 +489,7 @@ pub fn import_layout(
             Err(e) => return Err(e.into()),
         }
     }
-    let mut copier = Copier { dest, src, done: HashSet::new(), state: ImportProgress::default(), progress };
+    let mut copier = Copier { dest, src, done: HashSet::new(), state: ImportProgress::default(), max_bytes, progress };
     let top = match images.as_slice() {
         [one] => {
             copier.tree(one, 0)?;
@@ -311,6 +543,8 @@ struct Copier<'a> {
     /// Every blob copied so far: a blob named many times (a fan-out of indexes) is copied once.
     done: HashSet<Digest>,
     state: ImportProgress,
+    /// Most bytes the whole import may copy.
+    max_bytes: u64,
     progress: &'a mut dyn FnMut(ImportProgress),
 }
 
@@ -324,6 +558,13 @@ impl Copier<'_> {
                 path: self.src.path().into(),
                 what: "number of blobs",
                 limit: MAX_DOCUMENTS as u64,
+            });
+        }
+        if self.state.bytes.saturating_add(desc.size) > self.max_bytes {
+            return Err(Error::TooLarge {
+                path: self.src.path().into(),
+                what: "total size of the blobs",
+                limit: self.max_bytes,
             });
         }
         let reader = self.src.open_blob(desc)?;
@@ -372,12 +613,20 @@ impl Copier<'_> {
 
 /// Unpacks the archive at `archive` into `dest` (which must be empty and private). See the module docs.
 pub fn extract_archive(archive: &Path, dest: &Path, limits: ArchiveLimits) -> Result<()> {
-    let file = sys::host::open_follow(archive, OFlag::O_RDONLY | OFlag::O_NONBLOCK).map_err(io_error(archive))?;
+    let handle = sys::host::open_path_as(archive, None).map_err(|e| sys_error(archive, e))?;
+    let st = sys::fs::fstat(&handle).map_err(|e| sys_error(archive, e))?;
+    if sys::fs::file_type(&st) != SFlag::S_IFREG {
+        return Err(Error::InvalidSource { path: archive.to_path_buf(), reason: "not a regular file".into() });
+    }
+    let file = sys::host::reopen_as(&handle, OFlag::O_RDONLY, None).map_err(|e| sys_error(archive, e))?;
     extract_archive_from(file, archive, dest, limits)
 }
 
 fn extract_archive_from(file: File, archive: &Path, dest: &Path, limits: ArchiveLimits) -> Result<()> {
     let bad = |reason: String| Error::Archive { path: archive.to_path_buf(), reason };
+    // What this archive may expand to, from its own size (a gzip bomb stops at `ratio × size + floor`).
+    let size = file.metadata().map_err(io_error(archive))?.len();
+    let max_bytes = limits.max_bytes_for(size);
     let mut buffered = BufReader::with_capacity(1 << 16, file);
     let head = io::BufRead::fill_buf(&mut buffered).map_err(io_error(archive))?;
     let reader: Box<dyn io::BufRead> = if head.starts_with(&[0x1f, 0x8b]) {
@@ -406,11 +655,15 @@ fn extract_archive_from(file: File, archive: &Path, dest: &Path, limits: Archive
                 limit: limits.max_entries,
             });
         }
-        if tar.offset().saturating_add(header.size) > limits.max_bytes {
+        if tar.offset().saturating_add(header.size) > max_bytes {
             return Err(Error::TooLarge {
                 path: archive.to_path_buf(),
-                what: "uncompressed size",
-                limit: limits.max_bytes,
+                what: if max_bytes < limits.max_bytes {
+                    "uncompressed size (caps.archive_expansion_ratio × its size + caps.archive_expansion_floor)"
+                } else {
+                    "uncompressed size"
+                },
+                limit: max_bytes,
             });
         }
         let name = String::from_utf8_lossy(&header.path).into_owned();
@@ -723,5 +976,40 @@ mod tests {
         assert_eq!(resolve_link(&comps("d/x"), b"l/m/../../../../etc", &links), None);
         links.insert(comps("loop"), b"loop".to_vec());
         assert_eq!(resolve_link(&comps("z"), b"loop", &links), None);
+    }
+
+    #[test]
+    fn ref_name_grammar() {
+        for good in ["app", "example.com/app:v1.2", "a@b+c", "a--b", "v1.0.0", "A/b/C"] {
+            validate_ref_name(good).unwrap();
+        }
+        for bad in ["", "a/../../x", "..", "a/./b", "-x", "x-", "a---b", "a..b", "a//b", "/a", "a/", "a b", "a\nb"] {
+            assert!(validate_ref_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_ref_name(&"a".repeat(256)).is_err());
+    }
+
+    #[test]
+    fn slots_are_capped_in_all_and_per_caller() {
+        let slots = ImportSlots::new(3, 1);
+        let a = slots.acquire(1000).unwrap();
+        let e = slots.acquire(1000).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ResourceExhausted);
+        assert!(e.to_string().contains("caps.max_imports_per_caller"), "{e}");
+        let _b = slots.acquire(1001).unwrap();
+        // Root is counted only in the total.
+        let _r = slots.acquire(0).unwrap();
+        let e = slots.acquire(0).unwrap_err();
+        assert!(e.to_string().contains("caps.max_concurrent_imports"), "{e}");
+        drop(a);
+        let _c = slots.acquire(1000).unwrap();
+    }
+
+    #[test]
+    fn expansion_is_scaled_to_the_archive_size() {
+        let l = ArchiveLimits::default();
+        assert_eq!(l.max_bytes_for(1 << 20), 100 * (1 << 20) + (16 << 20));
+        assert_eq!(l.max_bytes_for(0), 16 << 20);
+        assert_eq!(l.max_bytes_for(u64::MAX), l.max_bytes);
     }
 }

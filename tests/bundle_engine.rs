@@ -325,7 +325,8 @@ fn volumes_are_seeded_from_inside_the_rootfs() {
         std::path::PathBuf::from(m["source"].as_str().unwrap())
     };
     let data = source_of("/data");
-    assert!(data.starts_with(&c.bundle.path), "{}", data.display());
+    // On disk under the root, not in the state directory (a tmpfs: RAM).
+    assert!(data.starts_with(d.path().join("root/volumes/vol")), "{}", data.display());
     assert_eq!(fs::read(data.join("seed")).unwrap(), b"seed");
     assert_eq!(fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o750);
     // Symlinks resolve inside the rootfs: both seed from the image's /etc, never the host's.
@@ -339,6 +340,7 @@ fn volumes_are_seeded_from_inside_the_rootfs() {
     assert_eq!(fs::read_dir(source_of("/whole")).unwrap().count(), 0);
     e.delete(&id("vol")).unwrap();
     assert!(!c.bundle.path.exists());
+    assert!(!d.path().join("root/volumes/vol").exists());
 }
 
 #[test]

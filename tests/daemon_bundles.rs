@@ -57,6 +57,7 @@ async fn import(ch: &Channel, source: &str, name: &str) -> String {
             source: source.into(),
             source_reference: String::new(),
             ref_name: name.into(),
+            source_fd: false,
         })
         .await
         .unwrap()

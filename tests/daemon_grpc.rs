@@ -37,6 +37,7 @@ async fn import(addr: &str, source: &str, name: &str) -> Result<String, tonic::S
             source: source.into(),
             source_reference: String::new(),
             ref_name: name.into(),
+            source_fd: false,
         })
         .await?
         .into_inner();

@@ -44,6 +44,7 @@ async fn import(ch: &Channel, source: &str, source_ref: &str, name: &str) -> Res
             source: source.into(),
             source_reference: source_ref.into(),
             ref_name: name.into(),
+            source_fd: false,
         })
         .await?
         .into_inner();

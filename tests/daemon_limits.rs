@@ -52,7 +52,12 @@ fn many_layers(n: usize) -> tempfile::TempDir {
 
 async fn import(ch: &Channel, source: &str, name: &str) -> Result<String, tonic::Status> {
     let mut c = ImagesClient::new(ch.clone());
-    let req = pb::ImportImageRequest { source: source.into(), source_reference: String::new(), ref_name: name.into() };
+    let req = pb::ImportImageRequest {
+        source: source.into(),
+        source_reference: String::new(),
+        ref_name: name.into(),
+        source_fd: false,
+    };
     let mut s = c.import(req).await?.into_inner();
     while let Some(m) = s.next().await {
         let m = m?;
@@ -211,6 +216,7 @@ fn unread_pull_and_import_streams_stall_nobody() {
                 source: source.clone(),
                 source_reference: String::new(),
                 ref_name: format!("stalled-{i}"),
+                source_fd: false,
             };
             attacker.call("/kiln.v1.Images/Import", &req).await;
         }

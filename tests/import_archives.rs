@@ -111,10 +111,10 @@ fn archive_links_inside_are_kept_and_caps_hold() {
     assert!(!std::fs::symlink_metadata(&linked).unwrap().file_type().is_symlink(), "a hard link, never a symlink");
 
     let many = tar(&[("a", b'0', "", b"1"), ("b", b'0', "", b"2"), ("c", b'0', "", b"3")]);
-    let (_t, r) = extract(&many, ArchiveLimits { max_entries: 2, max_bytes: 1 << 20 });
+    let (_t, r) = extract(&many, ArchiveLimits { max_entries: 2, max_bytes: 1 << 20, ..Default::default() });
     assert_eq!(r.unwrap_err().kind(), ErrorKind::ResourceExhausted);
     let big = tar(&[("a", b'0', "", &[0u8; 4096])]);
-    let (_t, r) = extract(&big, ArchiveLimits { max_entries: 10, max_bytes: 1000 });
+    let (_t, r) = extract(&big, ArchiveLimits { max_entries: 10, max_bytes: 1000, ..Default::default() });
     assert_eq!(r.unwrap_err().kind(), ErrorKind::ResourceExhausted);
 }
 
@@ -237,24 +237,73 @@ fn blob_collection_keeps_what_images_hold_and_refuses_to_guess() {
 }
 
 #[test]
-fn callers_import_only_what_they_own() {
+fn callers_import_only_what_they_can_read() {
     if !common::require_root() {
         return;
     }
+    use import::{Access, Source};
+    use std::os::unix::fs::PermissionsExt;
     let tmp = common::scratch();
-    let layout = tmp.path().join("root-owned");
-    single_image(&layout, &ImageSpec::default(), "x");
-    // A link the caller owns, to a layout it does not: the target's owner is what counts.
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let caller = Access::Caller {
+        creds: kiln::sys::creds::Creds { uid: 65534, gid: 65534, groups: vec![] },
+        pid: Some(std::process::id() as i32),
+    };
+    let limits = ArchiveLimits::default();
+    let stage = |p: &std::path::Path| import::stage_as(Source::Path(p.to_path_buf()), tmp.path(), &caller, &limits);
+    // A layout the caller can read: staged.
+    let readable = tmp.path().join("readable");
+    single_image(&readable, &ImageSpec::default(), "x");
+    assert!(stage(&readable).is_ok());
+    // One whose index.json is root's 0600: refused as unavailable, naming no owner.
+    let private = tmp.path().join("private");
+    single_image(&private, &ImageSpec::default(), "x");
+    std::fs::set_permissions(private.join("index.json"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let e = stage(&private).err().expect("refused");
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    assert!(e.to_string().contains("not found, or not readable by uid 65534"), "{e}");
+    // A layout the caller may name but not enter: the same error.
+    let locked = tmp.path().join("locked");
+    single_image(&locked, &ImageSpec::default(), "x");
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let e = stage(&locked).err().expect("refused");
+    assert!(e.to_string().contains("not found, or not readable by uid 65534"), "{e}");
+    // A directory the caller cannot search gives the same error as a path that does not exist.
+    let closed = tmp.path().join("closed");
+    std::fs::create_dir(&closed).unwrap();
+    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+    single_image(&closed.join("layout"), &ImageSpec::default(), "x");
+    let hidden = stage(&closed.join("layout")).err().expect("refused").to_string();
+    let missing = stage(&closed.join("nothing")).err().expect("refused").to_string();
+    assert_eq!(hidden.replace("layout", "X"), missing.replace("nothing", "X"));
+    // A link the caller owns, to a layout it cannot read: the target's rights are what count.
     let link = tmp.path().join("mine");
-    std::os::unix::fs::symlink(&layout, &link).unwrap();
-    std::os::unix::fs::lchown(&link, Some(1000), Some(1000)).unwrap();
-    let e = import::stage_for(&link, tmp.path(), Some(1000)).err().expect("refused");
+    std::os::unix::fs::symlink(&private, &link).unwrap();
+    std::os::unix::fs::lchown(&link, Some(65534), Some(65534)).unwrap();
+    assert_eq!(stage(&link).err().expect("refused").kind(), ErrorKind::NotFound);
+    // Magic links into other processes' namespaces are refused even where the rights would allow.
+    let via_proc = std::path::PathBuf::from(format!("/proc/{}/root{}", std::process::id(), readable.display()));
+    assert_eq!(stage(&via_proc).err().expect("refused").kind(), ErrorKind::NotFound);
+    // A caller whose process is not (or no longer) known cannot name paths.
+    let gone = Access::Caller { creds: kiln::sys::creds::Creds { uid: 65534, gid: 65534, groups: vec![] }, pid: None };
+    let e = import::stage_as(Source::Path(readable.clone()), tmp.path(), &gone, &limits).err().expect("refused");
     assert_eq!(e.kind(), ErrorKind::FailedPrecondition, "{e}");
-    assert!(e.to_string().contains("uid 0") && e.to_string().contains("uid 1000"), "{e}");
-    // Root may import anything; the owner may import their own.
-    assert!(import::stage_for(&link, tmp.path(), Some(0)).is_ok());
-    let theirs = tmp.path().join("theirs");
-    single_image(&theirs, &ImageSpec::default(), "x");
-    std::os::unix::fs::chown(&theirs, Some(1000), Some(1000)).unwrap();
-    assert!(import::stage_for(&theirs, tmp.path(), Some(1000)).is_ok());
+    // Root reads with kilnd's own rights.
+    assert!(import::stage_as(Source::Path(private.clone()), tmp.path(), &Access::Own, &limits).is_ok());
+}
+
+#[test]
+fn a_fifo_source_is_never_opened() {
+    // An open of a FIFO for reading releases a writer blocked in open(O_WRONLY); kilnd must not do it, for root
+    // or anyone: inotify sees every open, and an O_PATH lookup is not one.
+    let tmp = common::scratch();
+    let fifo = tmp.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let ino = nix::sys::inotify::Inotify::init(nix::sys::inotify::InitFlags::IN_NONBLOCK).unwrap();
+    ino.add_watch(&fifo, nix::sys::inotify::AddWatchFlags::IN_OPEN).unwrap();
+    let e = import::stage(&fifo, tmp.path()).err().expect("a FIFO is refused");
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    let e = import::extract_archive(&fifo, tmp.path(), ArchiveLimits::default()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    assert!(ino.read_events().is_err(), "the FIFO was opened");
 }

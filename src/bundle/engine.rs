@@ -51,8 +51,9 @@ use crate::sys::{host, tree, SysError};
 /// Key prefix of bundle snapshots.
 pub const SNAPSHOT_PREFIX: &str = "bundle/";
 
-/// A bundle id: 1–128 characters of `[A-Za-z0-9_.-]`, not `.` or `..` (so never `/`, NUL or empty). It becomes
-/// a path component, so it is checked once, here.
+/// A bundle id: 1–128 characters of `[A-Za-z0-9_.-]`, not `.` or `..` (so never `/`, NUL or empty), and not
+/// starting with `-`. It becomes a path component, and engines pass it to `runc … <id>` as an argument (where
+/// `-rf` or `--` would be taken for options), so it is checked once, here.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub struct BundleId(String);
 
@@ -67,6 +68,9 @@ impl BundleId {
         }
         if id == "." || id == ".." {
             return bad("\".\" and \"..\" are not ids");
+        }
+        if id.starts_with('-') {
+            return bad("an id may not start with '-' (a runtime's command line would take it for an option)");
         }
         if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-') {
             return bad("only A-Z, a-z, 0-9, '_', '.' and '-' are allowed");
@@ -114,6 +118,13 @@ pub enum Error {
     TooManyVolumes { id: String, count: usize, limit: usize },
     #[error("{what}: unpacks and creations still in progress after {waited_ms} ms; try again")]
     Busy { what: &'static str, waited_ms: u64 },
+    #[error(
+        "bundle {id:?}: the image's volumes hold more than {bytes} bytes or {files} files to copy, over the cap \
+         (caps.max_volume_bytes, caps.max_volume_files)"
+    )]
+    VolumesTooLarge { id: String, bytes: u64, files: u64 },
+    #[error("bundle {id:?}: its record would be {size} bytes, over the cap of {limit} (caps.max_bundle_record_bytes)")]
+    RecordTooLarge { id: String, size: usize, limit: usize },
 }
 
 /// Most image volumes a bundle seeds: each is a copy of image content into the state directory (a tmpfs).
@@ -131,7 +142,10 @@ impl Error {
             Error::Sys { source, .. } => source.kind(),
             Error::Hygiene { source, .. } => source.kind(),
             Error::Io { .. } | Error::Record { .. } => ErrorKind::Internal,
-            Error::TooManyVolumes { .. } | Error::Busy { .. } => ErrorKind::ResourceExhausted,
+            Error::TooManyVolumes { .. }
+            | Error::Busy { .. }
+            | Error::VolumesTooLarge { .. }
+            | Error::RecordTooLarge { .. } => ErrorKind::ResourceExhausted,
         }
     }
 }
@@ -278,6 +292,34 @@ pub struct Options {
     pub userdb_limits: userdb::Limits,
     /// How long [`Engine::gc`] and [`Engine::repair`] wait for the unpacks and creations in progress.
     pub gc_lock_timeout: Duration,
+    /// Where volume directories go: `<volume_dir>/<id>/<n>` (default `<root>/volumes`, on disk; the state
+    /// directory is usually a tmpfs, which is RAM).
+    pub volume_dir: PathBuf,
+    pub limits: BundleLimits,
+}
+
+/// Caps and policy on what one bundle creation may store and write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BundleLimits {
+    pub input: convert::InputLimits,
+    pub mounts: convert::MountPolicy,
+    /// One bundle record (config.json included) in `meta.redb`.
+    pub max_record_bytes: usize,
+    /// Bytes (apparent file sizes) and files copied from the image into the bundle's volumes.
+    pub max_volume_bytes: u64,
+    pub max_volume_files: u64,
+}
+
+impl Default for BundleLimits {
+    fn default() -> Self {
+        BundleLimits {
+            input: convert::InputLimits::default(),
+            mounts: convert::MountPolicy::default(),
+            max_record_bytes: 1 << 20,
+            max_volume_bytes: 64 << 20,
+            max_volume_files: 16_384,
+        }
+    }
 }
 
 impl Options {
@@ -298,6 +340,8 @@ impl Options {
             mounter: Arc::new(crate::sys::SysMounter),
             userdb_limits: userdb::Limits::default(),
             gc_lock_timeout: Duration::from_secs(30),
+            volume_dir: root.join("volumes"),
+            limits: BundleLimits::default(),
         }
     }
 }
@@ -311,6 +355,8 @@ pub struct Engine {
     mounter: Arc<dyn Mounter>,
     applier: Arc<dyn LayerApplier>,
     userdb_limits: userdb::Limits,
+    volume_dir: PathBuf,
+    limits: BundleLimits,
     meta: Arc<Meta>,
     gc_lock: RwLock<()>,
     gc_lock_timeout: Duration,
@@ -342,6 +388,7 @@ impl Drop for IdGuard<'_> {
 struct CreateGuard<'a> {
     engine: &'a Engine,
     dir: PathBuf,
+    volumes: PathBuf,
     snapshot: Option<String>,
     armed: bool,
 }
@@ -353,6 +400,7 @@ impl Drop for CreateGuard<'_> {
         }
         let _ = self.engine.unmount_under(&self.dir);
         let _ = snapshot::copy::remove_tree(&self.dir);
+        let _ = snapshot::copy::remove_tree(&self.volumes);
         if let Some(key) = &self.snapshot {
             let _ = self.engine.snapshots.remove(key);
         }
@@ -372,6 +420,7 @@ impl Engine {
         ensure_mode(&opts.root, 0o700)?;
         ensure_mode(&opts.state, 0o711)?;
         ensure_mode(&opts.state.join("bundles"), 0o700)?;
+        ensure_mode(&opts.volume_dir, 0o700)?;
         let meta = Arc::new(Meta::open(&opts.root.join("meta.redb"))?);
         let snapshots = Arc::new(LocalSnapshotter::open(&opts.root, opts.backend, meta.clone())?);
         let mut recovery = snapshots.recovered().to_vec();
@@ -386,6 +435,8 @@ impl Engine {
             mounter: opts.mounter,
             applier: opts.applier,
             userdb_limits: opts.userdb_limits,
+            volume_dir: opts.volume_dir,
+            limits: opts.limits,
             meta,
             gc_lock: RwLock::new(()),
             gc_lock_timeout: opts.gc_lock_timeout,
@@ -417,6 +468,11 @@ impl Engine {
 
     fn bundles_dir(&self) -> PathBuf {
         self.state.join("bundles")
+    }
+
+    /// Bundle `id`'s volume directories.
+    fn volumes_of(&self, id: &str) -> PathBuf {
+        self.volume_dir.join(id)
     }
 
     fn lock_id(&self, id: &str) -> IdGuard<'_> {
@@ -503,6 +559,16 @@ impl Engine {
             snapshot::copy::remove_tree(&path)?;
             actions.push(format!("removed {}: no bundle record", path.display()));
         }
+        let vdir = &self.volume_dir;
+        let names = host::dir_names(vdir).map_err(|source| Error::Sys { id: vdir.display().to_string(), source })?;
+        for name in names {
+            if kept_ids.contains(&*name.to_string_lossy()) {
+                continue;
+            }
+            let path = vdir.join(&name);
+            snapshot::copy::remove_tree(&path)?;
+            actions.push(format!("removed {}: no bundle record", path.display()));
+        }
         for info in self.snapshots.walk()? {
             if info.key.starts_with(SNAPSHOT_PREFIX) && !kept_snapshots.contains(&info.key) {
                 self.snapshots.remove(&info.key)?;
@@ -560,9 +626,12 @@ impl Engine {
         image: &ResolvedImage,
         overrides: &Overrides,
     ) -> Result<Created> {
+        let sid = id.as_str().to_owned();
+        // The caller's values first: refused before any work is done for them.
+        convert::check_overrides(overrides, &self.limits.input, &self.limits.mounts)
+            .map_err(|source| Error::Convert { id: sid.clone(), source })?;
         let _gc = self.gc_lock.read().unwrap_or_else(|p| p.into_inner());
         let _id = self.lock_id(id.as_str());
-        let sid = id.as_str().to_owned();
         if self.record(&sid)?.is_some() {
             return Err(Error::AlreadyExists { id: sid });
         }
@@ -570,15 +639,18 @@ impl Engine {
         let key = format!("{SNAPSHOT_PREFIX}{id}");
         let dir = self.bundles_dir().join(id.as_str());
         // No record: anything under this id is what a crash left.
+        let volumes = self.volumes_of(id.as_str());
         self.unmount_under(&dir)?;
         snapshot::copy::remove_tree(&dir)?;
+        snapshot::copy::remove_tree(&volumes)?;
         if self.snapshots.stat(&key).is_ok() {
             self.snapshots.remove(&key).map_err(|source| Error::Snapshot { id: sid.clone(), source })?;
         }
         let mut labels = snapshot::Labels::new();
         labels.insert("kiln.bundle".into(), sid.clone());
         let parent = image.chain_id().map(Digest::as_str);
-        let mut guard = CreateGuard { engine: self, dir: dir.clone(), snapshot: None, armed: true };
+        let mut guard =
+            CreateGuard { engine: self, dir: dir.clone(), volumes: volumes.clone(), snapshot: None, armed: true };
         let mounts = self
             .snapshots
             .prepare(&key, parent, labels)
@@ -595,7 +667,7 @@ impl Engine {
             userdb::read(&rootfs, &self.userdb_limits).map_err(|source| Error::UserDb { id: sid.clone(), source })?;
         let mut overrides = overrides.clone();
         if overrides.volume_root.is_none() {
-            overrides.volume_root = Some(dir.join("volumes"));
+            overrides.volume_root = Some(volumes.clone());
         }
         let conv = convert::convert(&image.config, &overrides, &users)
             .map_err(|source| Error::Convert { id: sid.clone(), source })?;
@@ -603,10 +675,19 @@ impl Engine {
         if conv.volumes.len() > MAX_VOLUMES {
             return Err(Error::TooManyVolumes { id: sid.clone(), count: conv.volumes.len(), limit: MAX_VOLUMES });
         }
+        // One budget for all the volumes of the bundle: nested volumes (`/a`, `/a/b`, …) copy the same files
+        // again, so a small image could otherwise write many times its size.
+        let (max_bytes, max_files) = (self.limits.max_volume_bytes, self.limits.max_volume_files);
+        let mut budget = tree::CopyBudget::new(max_bytes, max_files);
         for v in &conv.volumes {
             if let Some(src) = &v.source {
-                seed_volume(&rootfs, &v.destination, src)
-                    .map_err(|source| Error::Snapshot { id: sid.clone(), source })?;
+                seed_volume(&rootfs, &v.destination, src, &mut budget).map_err(|source| {
+                    if budget.exceeded {
+                        Error::VolumesTooLarge { id: sid.clone(), bytes: max_bytes, files: max_files }
+                    } else {
+                        Error::Snapshot { id: sid.clone(), source }
+                    }
+                })?;
             }
         }
         crate::sys::atomic_write(&dir.join("config.json"), &bytes, 0o644).map_err(sys)?;
@@ -624,6 +705,13 @@ impl Engine {
         };
         let value =
             serde_json::to_vec(&bundle).map_err(|e| Error::Record { id: sid.clone(), reason: e.to_string() })?;
+        if value.len() > self.limits.max_record_bytes {
+            return Err(Error::RecordTooLarge {
+                id: sid.clone(),
+                size: value.len(),
+                limit: self.limits.max_record_bytes,
+            });
+        }
         self.meta.write(|w| w.put_bundle(&sid, &value))?;
         guard.armed = false;
         Ok(Created { bundle, explain: conv.explain, unpack })
@@ -654,6 +742,7 @@ impl Engine {
         self.meta.write(|w| w.delete_bundle(id.as_str()).map(|_| ()))?;
         self.unmount_under(&b.path)?;
         snapshot::copy::remove_tree(&b.path)?;
+        snapshot::copy::remove_tree(&self.volumes_of(id.as_str()))?;
         match self.snapshots.remove(&b.snapshot) {
             Err(snapshot::Error::NotFound { .. }) | Ok(()) => Ok(()),
             Err(source) => Err(Error::Snapshot { id: id.to_string(), source }),
@@ -813,7 +902,7 @@ impl Engine {
 /// Makes volume directory `src` and copies into it what the image has at `destination` (CRI seeds volumes from
 /// the image, CVE-2022-23648): `destination` is resolved inside the rootfs (`RESOLVE_IN_ROOT`), so a `..` or a
 /// symlink in the image can only lead to another path of the rootfs; anything but a directory seeds nothing.
-fn seed_volume(rootfs: &Path, destination: &str, src: &Path) -> snapshot::Result<()> {
+fn seed_volume(rootfs: &Path, destination: &str, src: &Path, budget: &mut tree::CopyBudget) -> snapshot::Result<()> {
     host::create_dir_all(src)?;
     let root = tree::open_root(rootfs)?;
     let rel = destination.trim_start_matches('/');
@@ -830,7 +919,7 @@ fn seed_volume(rootfs: &Path, destination: &str, src: &Path) -> snapshot::Result
         return Ok(());
     }
     // Below the resolved directory the copy goes by descriptor and never follows a link.
-    Ok(tree::copy_tree(&fd, &tree::open_root(src)?)?)
+    Ok(tree::copy_tree_limited(&fd, &tree::open_root(src)?, budget)?)
 }
 
 fn depth(infos: &BTreeMap<String, snapshot::Info>, key: &str) -> usize {
@@ -902,7 +991,7 @@ mod tests {
         for ok in ["a", "my-bundle_1.2", &"x".repeat(128)] {
             BundleId::parse(ok).unwrap();
         }
-        for bad in ["", ".", "..", "a/b", "../x", "a\0b", "sp ace", &"x".repeat(129), "é"] {
+        for bad in ["", ".", "..", "a/b", "../x", "a\0b", "sp ace", &"x".repeat(129), "é", "-rf", "--", "-"] {
             assert_eq!(BundleId::parse(bad).unwrap_err().kind(), ErrorKind::InvalidArgument, "{bad:?}");
         }
     }

@@ -30,6 +30,7 @@
 
 pub mod defaults;
 mod explain;
+mod input;
 mod mounts;
 mod user;
 pub mod userdb;
@@ -41,6 +42,7 @@ use oci_spec::runtime::{Linux, Mount, Process, Spec, User};
 use serde::{Deserialize, Serialize};
 
 pub use explain::{Explain, Field, Source, Warning};
+pub use input::{check_overrides, InputLimits, MountPolicy};
 pub use mounts::{clean_rooted, Volume};
 pub use userdb::{Group, Passwd, UserDb};
 
@@ -73,6 +75,10 @@ pub enum Error {
     InvalidAnnotation { key: String, reason: String },
     #[error("env entry {entry:?}: {reason}")]
     InvalidEnv { entry: String, reason: String },
+    #[error("process.args[{index}]: {reason}")]
+    InvalidArg { index: usize, reason: String },
+    #[error("{what}: {size}, over the cap of {limit} ({cap})")]
+    TooLarge { what: &'static str, size: usize, limit: usize, cap: &'static str },
     #[error("image os {os:?} is not supported: kiln converts linux images")]
     UnsupportedOs { os: String },
     #[error("serializing config.json: {0}")]
@@ -93,7 +99,9 @@ impl Error {
             | Error::InvalidVolume { .. }
             | Error::InvalidMount { .. }
             | Error::InvalidAnnotation { .. }
-            | Error::InvalidEnv { .. } => ErrorKind::InvalidArgument,
+            | Error::InvalidEnv { .. }
+            | Error::InvalidArg { .. } => ErrorKind::InvalidArgument,
+            Error::TooLarge { .. } => ErrorKind::ResourceExhausted,
             Error::UnsupportedOs { .. } => ErrorKind::Unsupported,
             Error::Serialize(_) | Error::Spec(_) => ErrorKind::Internal,
         }

@@ -16,11 +16,14 @@ use crate::store::Store;
 
 pub struct ImagesService {
     daemon: Arc<Daemon>,
+    imports: Arc<import::ImportSlots>,
 }
 
 impl ImagesService {
     pub fn new(daemon: Arc<Daemon>) -> Self {
-        ImagesService { daemon }
+        let caps = &daemon.config.caps;
+        let imports = import::ImportSlots::new(caps.max_concurrent_imports, caps.max_imports_per_caller);
+        ImagesService { daemon, imports }
     }
 }
 
@@ -49,9 +52,20 @@ pub fn resolve(
     Err(status(e.kind(), e))
 }
 
-/// The caller's uid from `SO_PEERCRED`, if the transport has one.
-fn caller_uid<T>(req: &Request<T>) -> Option<u32> {
-    req.extensions().get::<tonic::transport::server::UdsConnectInfo>().and_then(|i| i.peer_cred).map(|c| c.uid())
+/// The import source a request names: the descriptor passed on its connection (`source_fd`), or a path.
+fn import_source(req: &pb::ImportImageRequest, peer: Option<&super::peer::Peer>) -> Result<import::Source, Status> {
+    if req.source_fd {
+        let fd = peer.and_then(|p| p.take_passed_fd()).ok_or_else(|| {
+            Status::failed_precondition("source_fd is set, but no file descriptor was passed on this connection")
+        })?;
+        let name = if req.source.is_empty() { "(passed descriptor)" } else { &req.source };
+        return Ok(import::Source::Handle { fd, name: PathBuf::from(name) });
+    }
+    let source = PathBuf::from(&req.source);
+    if !source.is_absolute() {
+        return Err(Status::invalid_argument(format!("source {:?} must be an absolute path", req.source)));
+    }
+    Ok(import::Source::Path(source))
 }
 
 #[tonic::async_trait]
@@ -136,23 +150,28 @@ impl pb::images_server::Images for ImagesService {
 
     async fn import(&self, req: Request<pb::ImportImageRequest>) -> Result<Response<Self::ImportStream>, Status> {
         let who = caller(&req);
-        let uid = caller_uid(&req);
+        let peer = req.extensions().get::<super::peer::Peer>().cloned();
         tracing::info!(caller = %who, "Images.Import");
         let ticket = self.daemon.gates.admit(Kind::Import, "Images.Import", &req)?;
         let req = req.into_inner();
         let source_ref = wire::reference(&req.source_reference)?;
         import::validate_ref_name(&req.ref_name).map_err(|e| status(e.kind(), e))?;
-        let source = PathBuf::from(&req.source);
-        if !source.is_absolute() {
-            return Err(Status::invalid_argument(format!("source {:?} must be an absolute path", req.source)));
-        }
+        // Read with the caller's rights (root's own for root): see `import`.
+        let access = peer
+            .as_ref()
+            .and_then(|p| p.import_access())
+            .ok_or_else(|| Status::permission_denied("caller identity unknown (no SO_PEERCRED)"))?;
+        let source = import_source(&req, peer.as_ref())?;
+        let uid = peer.as_ref().and_then(|p| p.uid).unwrap_or(u32::MAX);
+        let slot = self.imports.acquire(uid).map_err(|e| status(e.kind(), e))?;
         let d = self.daemon.clone();
         let stream = admission::stream(ticket, move |ticket, progress| {
-            // Import reads the source with the daemon's rights, so a caller other than root may only name a
-            // source it owns (checked on the opened file). The source is read (and an archive unpacked) first;
-            // blobs are then copied without the index lock, which is held only to name the image.
-            let uid = uid.ok_or_else(|| Status::permission_denied("caller identity unknown (no SO_PEERCRED)"))?;
-            let staged = import::stage_for(&source, &d.tmp_dir(), Some(uid)).map_err(|e| status(e.kind(), e))?;
+            let _slot = slot;
+            // The source is read (and an archive unpacked) before anything is written to the store, so a slow or
+            // hostile source never holds up other imports; blobs are then copied without the index lock, which
+            // is held only to name the image.
+            let limits = d.config.caps.archive_limits();
+            let staged = import::stage_as(source, &d.tmp_dir(), &access, &limits).map_err(|e| status(e.kind(), e))?;
             // A caller gone while its source was staged: nothing is copied (the scratch copy goes on drop).
             ticket.check()?;
             let writer = d.writer()?;
@@ -164,7 +183,7 @@ impl pb::images_server::Images for ImagesService {
                     digest: String::new(),
                 })
             };
-            let desc = import::commit(&writer, &staged, &source, &source_ref, &req.ref_name, &mut report)
+            let desc = import::commit(&writer, &staged, &source_ref, &req.ref_name, &mut report)
                 .map_err(|e| status(e.kind(), e))?;
             Ok(pb::ImportProgress { done: true, digest: desc.digest.to_string(), ..Default::default() })
         });

@@ -64,7 +64,8 @@ impl Listener {
 }
 
 /// The systemd-passed socket if there is one, else a new socket at the configured address (mode 0660,
-/// group as configured). A socket file nobody answers on is stale and replaced; a live one means another
+/// group as configured), in a directory only root or kilnd's user can change (else kilnd refuses to start,
+/// naming the directory). A socket file nobody answers on is stale and replaced; a live one means another
 /// daemon is serving there, and kilnd refuses.
 pub fn listen(config: &Config) -> Result<Listener, Error> {
     if let Some(fd) = crate::sys::listen_fds().into_iter().next() {
@@ -76,6 +77,17 @@ pub fn listen(config: &Config) -> Result<Listener, Error> {
     })?;
     if let Some(parent) = path.parent() {
         host::create_dir_all(parent).map_err(sys(parent))?;
+        // Whoever can write the socket's directory (or one above it) can swap the socket for their own and
+        // receive every caller's requests.
+        if let Some((dir, why)) = host::insecure_dir(parent, nix::unistd::geteuid().as_raw()) {
+            return Err(Error::Io {
+                path: dir,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!("{why}: the socket's directory must be changeable only by root or kilnd's user"),
+                ),
+            });
+        }
     }
     if let Ok(st) = host::lstat(&path) {
         if crate::sys::fs::file_type(&st) != nix::sys::stat::SFlag::S_IFSOCK {

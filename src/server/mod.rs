@@ -10,6 +10,7 @@ pub mod admission;
 mod bundles;
 mod images;
 pub mod lifecycle;
+pub mod peer;
 mod system;
 pub mod transport;
 mod wire;
@@ -79,10 +80,7 @@ pub fn status(kind: ErrorKind, message: impl std::fmt::Display) -> Status {
 
 /// Who is calling, from `SO_PEERCRED`, for the log line of every mutating call.
 pub fn caller<T>(req: &Request<T>) -> String {
-    match req.extensions().get::<tonic::transport::server::UdsConnectInfo>().and_then(|i| i.peer_cred) {
-        Some(c) => format!("uid={} gid={} pid={}", c.uid(), c.gid(), c.pid().map_or(-1, |p| p as i64)),
-        None => "unknown".into(),
-    }
+    req.extensions().get::<peer::Peer>().map_or_else(|| "unknown".into(), peer::Peer::describe)
 }
 
 /// The daemon's shared state.
@@ -136,6 +134,14 @@ impl Daemon {
         opts.backend = backend;
         opts.max_concurrent_unpacks = config.max_concurrent_unpacks;
         opts.gc_lock_timeout = Duration::from_secs(config.limits.gc_lock_timeout_secs);
+        opts.volume_dir = config.volume_dir();
+        opts.limits = crate::bundle::engine::BundleLimits {
+            input: config.caps.input_limits(),
+            mounts: config.caller_mounts.policy(),
+            max_record_bytes: config.caps.max_bundle_record_bytes,
+            max_volume_bytes: config.caps.max_volume_bytes,
+            max_volume_files: config.caps.max_volume_files,
+        };
         let engine = Engine::open(opts)?;
         for line in engine.recovery() {
             tracing::info!(action = %line, "recovery");
@@ -208,10 +214,11 @@ pub async fn serve(
         builder = builder.timeout(t);
     }
     let server = builder
-        // Handlers read the caller's credentials as tonic's `UdsConnectInfo`; the connection brings a `ConnInfo`.
+        // Handlers read the caller (credentials, a passed descriptor) as a `peer::Peer`; the connection brings a
+        // `ConnInfo` that holds it.
         .layer(tower::util::MapRequestLayer::new(|mut req: tonic::codegen::http::Request<tonic::body::Body>| {
             if let Some(c) = req.extensions().get::<transport::ConnInfo>().cloned() {
-                req.extensions_mut().insert(c.uds);
+                req.extensions_mut().insert(c.peer);
             }
             req
         }))

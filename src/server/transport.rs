@@ -18,11 +18,13 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 use tokio_stream::Stream;
-use tonic::transport::server::{Connected, UdsConnectInfo};
+use tonic::transport::server::Connected;
+
+use super::peer::{Peer, PeerStream};
 
 /// What one connection's requests share.
 #[derive(Debug)]
@@ -32,10 +34,11 @@ struct ConnState {
     idle_since: Mutex<Instant>,
 }
 
-/// The connection a request came on: tonic's Unix socket info, plus its busy count.
+/// The connection a request came on: who is at the other end (and the descriptor it passed), plus its busy
+/// count.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
-    pub uds: UdsConnectInfo,
+    pub peer: Peer,
     state: Arc<ConnState>,
 }
 
@@ -63,7 +66,7 @@ impl Drop for BusyGuard {
 
 /// An accepted connection. Holds its slot of `max_connections` until hyper drops it.
 pub struct Conn {
-    io: UnixStream,
+    io: PeerStream,
     state: Arc<ConnState>,
     idle_timeout: Option<Duration>,
     timer: Option<Pin<Box<Sleep>>>,
@@ -134,7 +137,7 @@ impl Connected for Conn {
     type ConnectInfo = ConnInfo;
 
     fn connect_info(&self) -> ConnInfo {
-        ConnInfo { uds: self.io.connect_info(), state: self.state.clone() }
+        ConnInfo { peer: self.io.connect_info(), state: self.state.clone() }
     }
 }
 
@@ -222,7 +225,7 @@ impl Stream for Incoming {
                         let state =
                             Arc::new(ConnState { busy: AtomicUsize::new(0), idle_since: Mutex::new(Instant::now()) });
                         let conn = Conn {
-                            io,
+                            io: PeerStream::new(io),
                             state,
                             idle_timeout: this.idle_timeout,
                             timer: None,

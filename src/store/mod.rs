@@ -124,6 +124,8 @@ pub struct Store {
     root: PathBuf,
     dir: OwnedFd,
     limits: Limits,
+    /// Whose rights files are opened with: `None` for kilnd's own, a caller's for an import source.
+    creds: Option<sys::creds::Creds>,
 }
 
 impl Store {
@@ -141,11 +143,26 @@ impl Store {
             }
             _ => Error::Sys { what: root.display().to_string(), source: e },
         })?;
-        let store = Store { root, dir, limits };
+        Store::from_dir(dir, root, limits, None)
+    }
+
+    /// Opens the layout whose directory `dir` holds (a descriptor, `O_PATH` or readable); `path` only names it
+    /// in messages. With `creds`, every file of the layout is opened with that identity (see
+    /// [`sys::creds`]): a caller's import source is read with the caller's rights, file by file.
+    pub fn open_dir_as(dir: OwnedFd, path: PathBuf, limits: Limits, creds: Option<sys::creds::Creds>) -> Result<Store> {
+        Store::from_dir(dir, path, limits, creds)
+    }
+
+    fn from_dir(dir: OwnedFd, root: PathBuf, limits: Limits, creds: Option<sys::creds::Creds>) -> Result<Store> {
+        let store = Store { root, dir, limits, creds };
 
         // image-layout.md: the blobs directory MUST exist (it may be empty) (A1).
-        match crate::sys::fs::fstatat_nofollow(&store.dir, std::ffi::OsStr::new("blobs")) {
+        match store.as_reader(|| crate::sys::fs::fstatat_nofollow(&store.dir, std::ffi::OsStr::new("blobs"))) {
             Ok(st) if crate::sys::fs::file_type(&st) == nix::sys::stat::SFlag::S_IFDIR => {}
+            // Not allowed to look (a caller's identity): that, not "missing".
+            Err(e) if matches!(e.errno, nix::errno::Errno::EACCES | nix::errno::Errno::EPERM) => {
+                return Err(Error::Sys { what: store.root.join("blobs").display().to_string(), source: e })
+            }
             _ => {
                 return Err(Error::InvalidLayout {
                     path: store.root.clone(),
@@ -259,8 +276,20 @@ impl Store {
         VerifyingReader::new(inner, digest.clone(), desc.size).map_err(|source| Error::Digest { what: what(), source })
     }
 
+    /// Runs a lookup below the layout with the store's identity.
+    fn as_reader<T>(&self, f: impl FnOnce() -> sys::Result<T>) -> sys::Result<T> {
+        match &self.creds {
+            None => f(),
+            Some(c) => c.run(f)?,
+        }
+    }
+
+    fn open_in(&self, rel: &Path) -> sys::Result<File> {
+        self.as_reader(|| sys::open_regular_in_root(&self.dir, rel))
+    }
+
     fn open_blob_file(&self, digest: &Digest) -> Result<File> {
-        sys::open_regular_in_root(&self.dir, &blob_rel_path(digest)).map_err(|e| {
+        self.open_in(&blob_rel_path(digest)).map_err(|e| {
             if e.errno == nix::errno::Errno::ENOENT {
                 Error::BlobNotFound { digest: digest.clone(), layout: self.root.clone() }
             } else {
@@ -272,8 +301,7 @@ impl Store {
     /// Reads a file of the layout that has no descriptor, capped.
     pub(crate) fn read_capped(&self, name: &str) -> Result<Vec<u8>> {
         let what = || self.root.join(name).display().to_string();
-        let file = sys::open_regular_in_root(&self.dir, Path::new(name))
-            .map_err(|source| Error::Sys { what: what(), source })?;
+        let file = self.open_in(Path::new(name)).map_err(|source| Error::Sys { what: what(), source })?;
         let limit = self.limits.max_json_bytes;
         let mut buf = Vec::new();
         file.take(limit + 1).read_to_end(&mut buf).map_err(|source| Error::Io { what: what(), source })?;

@@ -143,10 +143,85 @@ pub fn create_dir_all(dir: &Path) -> Result<()> {
     std::fs::DirBuilder::new().recursive(true).mode(0o755).create(dir).map_err(io("mkdir", dir))
 }
 
-/// Opens a path a caller named (an import source), following links as the caller's own path would; the
-/// caller's rights are checked on the opened file, never on the path.
-pub fn open_follow(path: &Path, flags: OFlag) -> std::io::Result<File> {
-    nix::fcntl::open(path, flags | OFlag::O_CLOEXEC | OFlag::O_NOCTTY, nix::sys::stat::Mode::empty())
+/// An `O_PATH` handle on what a caller's path names, following links as the caller's own open would; with
+/// `creds` the whole lookup runs with the caller's filesystem identity, so every directory on the way is
+/// searched with the caller's rights, and magic links (`/proc/<pid>/root/…`, `/proc/<pid>/fd/…`, which lead
+/// into other processes' mount namespaces and files) are refused (`ELOOP`). No FIFO, device or socket code
+/// runs: `O_PATH` opens nothing.
+pub fn open_path_as(path: &Path, creds: Option<&super::creds::Creds>) -> Result<OwnedFd> {
+    let lookup = || match creds {
+        None => nix::fcntl::open(path, OFlag::O_PATH | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
+            .map_err(|e| SysError::new("open", format!("{}, O_PATH", quoted(path)), e)),
+        Some(_) => {
+            let how = nix::fcntl::OpenHow::new()
+                .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+                .resolve(nix::fcntl::ResolveFlag::RESOLVE_NO_MAGICLINKS);
+            nix::fcntl::openat2(nix::fcntl::AT_FDCWD, path, how)
+                .map_err(|e| SysError::new("openat2", format!("{}, O_PATH, RESOLVE_NO_MAGICLINKS", quoted(path)), e))
+        }
+    };
+    match creds {
+        None => lookup(),
+        Some(c) => c.run(lookup)?,
+    }
+}
+
+/// Opens for reading what an `O_PATH` handle holds (a regular file or directory whose type the caller has
+/// checked), through `/proc/self/fd`; with `creds` the open is made with the caller's identity, so the kernel
+/// checks the caller's read permission on that inode.
+pub fn reopen_as(handle: &OwnedFd, flags: OFlag, creds: Option<&super::creds::Creds>) -> Result<File> {
+    use std::os::fd::AsRawFd;
+    let proc = format!("/proc/self/fd/{}", handle.as_raw_fd());
+    let open = || {
+        nix::fcntl::open(
+            proc.as_str(),
+            flags | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK,
+            nix::sys::stat::Mode::empty(),
+        )
         .map(File::from)
-        .map_err(std::io::Error::from)
+        .map_err(|e| SysError::new("open", quoted(&proc), e))
+    };
+    match creds {
+        None => open(),
+        Some(c) => c.run(open)?,
+    }
+}
+
+/// Whether process `pid` is in kilnd's mount namespace (the nsfs inodes of `/proc/<pid>/ns/mnt` and
+/// `/proc/self/ns/mnt` agree). A path a caller names means what it means in the caller's namespace.
+pub fn same_mount_namespace(pid: i32) -> Result<bool> {
+    let ns = |p: &str| nix::sys::stat::stat(p).map_err(|e| SysError::new("stat", quoted(p), e));
+    let theirs = ns(&format!("/proc/{pid}/ns/mnt"))?;
+    let ours = ns("/proc/self/ns/mnt")?;
+    Ok((theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino))
+}
+
+/// Why `dir` could be changed by someone other than root or `uid`, if it could: `dir` (links resolved) must be
+/// owned by root or `uid` and writable by neither group nor others, and so must every directory above it,
+/// except that a sticky one (`/tmp`, `/dev/shm`) may be world-writable, since nobody else can rename or remove
+/// the directories below it that root or `uid` own. Returns the offending directory and the reason.
+pub fn insecure_dir(dir: &Path, uid: u32) -> Option<(std::path::PathBuf, String)> {
+    let real = match std::fs::canonicalize(dir) {
+        Ok(p) => p,
+        Err(e) => return Some((dir.to_path_buf(), format!("cannot be resolved: {e}"))),
+    };
+    let mut at: Option<&Path> = Some(&real);
+    let mut first = true;
+    while let Some(d) = at {
+        let st = match lstat(d) {
+            Ok(st) => st,
+            Err(e) => return Some((d.to_path_buf(), e.to_string())),
+        };
+        let mode = st.st_mode & 0o7777;
+        if st.st_uid != 0 && st.st_uid != uid {
+            return Some((d.to_path_buf(), format!("is owned by uid {}, not by root or uid {uid}", st.st_uid)));
+        }
+        let sticky = mode & 0o1000 != 0;
+        if mode & 0o022 != 0 && (first || !sticky) {
+            return Some((d.to_path_buf(), format!("is writable by group or others (mode {mode:04o})")));
+        }
+        first = false;
+        at = d.parent();
+    }
+    None
 }

@@ -6,8 +6,10 @@
 // The descriptor-based wrappers, and `host` for paths kiln chose itself, are where path-based calls may live.
 #![allow(clippy::disallowed_methods)]
 
+pub mod creds;
 pub mod fs;
 pub mod host;
+pub mod sock;
 pub mod tree;
 
 use std::ffi::OsStr;

@@ -357,9 +357,43 @@ pub fn copy_dir_attrs(src: &OwnedFd, dst: &OwnedFd) -> Result<()> {
 /// timestamps, xattrs, device numbers and hard links inside the tree are kept. File data goes through
 /// `copy_file_range` (the kernel shares extents where it can).
 pub fn copy_tree(src: &OwnedFd, dst: &OwnedFd) -> Result<()> {
+    copy_tree_limited(src, dst, &mut CopyBudget::unlimited())
+}
+
+/// What a copy may still write: file data (apparent sizes, holes included) and entries. A copy that would go
+/// over either stops with `EFBIG` and sets `exceeded`; what it wrote so far stays for the caller to remove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopyBudget {
+    pub bytes: u64,
+    pub entries: u64,
+    pub exceeded: bool,
+}
+
+impl CopyBudget {
+    pub fn new(bytes: u64, entries: u64) -> CopyBudget {
+        CopyBudget { bytes, entries, exceeded: false }
+    }
+
+    pub fn unlimited() -> CopyBudget {
+        CopyBudget::new(u64::MAX, u64::MAX)
+    }
+
+    fn spend(&mut self, bytes: u64, rel: &Path) -> Result<()> {
+        if self.entries == 0 || bytes > self.bytes {
+            self.exceeded = true;
+            return Err(SysError::new("copy", format!("{} (over the copy's budget)", quoted(rel)), Errno::EFBIG));
+        }
+        self.entries -= 1;
+        self.bytes -= bytes;
+        Ok(())
+    }
+}
+
+/// [`copy_tree`] within `budget`.
+pub fn copy_tree_limited(src: &OwnedFd, dst: &OwnedFd, budget: &mut CopyBudget) -> Result<()> {
     let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
     let mut rel = PathBuf::new();
-    copy_contents(src, dst, dst, &mut rel, &mut links, 0)?;
+    copy_contents(src, dst, dst, &mut rel, &mut links, budget, 0)?;
     let st = sfs::fstat(src)?;
     copy_attrs(src, dst, &st)?;
     sfs::futimens(dst, st.st_mtime, st.st_mtime_nsec as u32)
@@ -371,6 +405,7 @@ fn copy_contents(
     dst_root: &OwnedFd,
     rel: &mut PathBuf,
     links: &mut HashMap<(u64, u64), PathBuf>,
+    budget: &mut CopyBudget,
     depth: usize,
 ) -> Result<()> {
     if depth >= MAX_DEPTH {
@@ -380,7 +415,9 @@ fn copy_contents(
         let name = OsString::from_vec(name);
         let st = sfs::fstatat_nofollow(src, &name)?;
         rel.push(&name);
-        let r = copy_one(src, dst, dst_root, &name, &st, rel, links, depth);
+        let data = if kind(&st) == SFlag::S_IFREG { st.st_size.max(0) as u64 } else { 0 };
+        let r =
+            budget.spend(data, rel).and_then(|()| copy_one(src, dst, dst_root, &name, &st, rel, links, budget, depth));
         rel.pop();
         r?;
     }
@@ -396,6 +433,7 @@ fn copy_one(
     st: &FileStat,
     rel: &mut PathBuf,
     links: &mut HashMap<(u64, u64), PathBuf>,
+    budget: &mut CopyBudget,
     depth: usize,
 ) -> Result<()> {
     let k = kind(st);
@@ -403,7 +441,7 @@ fn copy_one(
         sfs::mkdirat(dst, name, 0o700)?;
         let s = open_dir_at(src, name)?;
         let d = open_dir_at(dst, name)?;
-        copy_contents(&s, &d, dst_root, rel, links, depth + 1)?;
+        copy_contents(&s, &d, dst_root, rel, links, budget, depth + 1)?;
         copy_attrs(&s, &d, st)?;
         return sfs::futimens(&d, st.st_mtime, st.st_mtime_nsec as u32);
     }

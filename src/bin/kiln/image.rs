@@ -92,13 +92,24 @@ async fn follow<T>(
     anyhow::bail!("kilnd closed the stream before it finished")
 }
 
-pub async fn import(remote: &Remote, source: &str, name: &str, source_ref: &str) -> Result<()> {
+/// `kiln image import`: the source is opened here, with the user's own rights and in the user's own mount
+/// namespace, and passed to kilnd as a descriptor (`O_PATH`: nothing is read here, and a FIFO is not opened);
+/// kilnd then reads it with the user's rights. `by_path` sends the path instead, for kilnd to look up.
+pub async fn import(remote: &Remote, source: &str, name: &str, source_ref: &str, by_path: bool) -> Result<()> {
     let source = std::path::absolute(source).with_context(|| format!("source {source:?}"))?;
-    let mut c = ImagesClient::new(remote.channel().await?);
+    let channel = if by_path {
+        remote.channel().await?
+    } else {
+        let fd =
+            kiln::sys::host::open_path_as(&source, None).with_context(|| format!("source {}", source.display()))?;
+        kiln::client::connect_passing(&remote.address, fd).await?
+    };
+    let mut c = ImagesClient::new(channel);
     let req = pb::ImportImageRequest {
         source: source.display().to_string(),
         source_reference: source_ref.into(),
         ref_name: name.into(),
+        source_fd: !by_path,
     };
     let stream = c.import(req).await?.into_inner();
     let last =

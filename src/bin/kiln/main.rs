@@ -78,6 +78,10 @@ enum ImageCommand {
         /// Which image of the source to take (a ref name, or a RepoTag for docker-archive).
         #[arg(long, default_value = "")]
         source_ref: String,
+        /// Send the path for kilnd to look up, instead of opening the source here and passing it as a file
+        /// descriptor (either way kilnd reads it with your rights).
+        #[arg(long)]
+        by_path: bool,
     },
     /// Unpack an image's layers into snapshots ahead of time.
     Pull {
@@ -174,8 +178,8 @@ fn main() -> ExitCode {
                 remote_call(image::inspect(&remote, args.reference.as_deref().unwrap_or(""), args.platform.as_deref()))
             }
             ImageCommand::Ls => remote_call(image::ls(&remote)),
-            ImageCommand::Import { source, name, source_ref } => {
-                remote_call(image::import(&remote, &source, &name, &source_ref))
+            ImageCommand::Import { source, name, source_ref, by_path } => {
+                remote_call(image::import(&remote, &source, &name, &source_ref, by_path))
             }
             ImageCommand::Pull { reference, platform } => {
                 remote_call(image::pull(&remote, &reference, platform.as_deref()))
