@@ -831,3 +831,59 @@ fn fuzz_dir_made_over_own_whiteout_inherits_setgid_root() {
     let t = tree(&r);
     expect(t, "a", "a new dir with the root's group and S_ISGID", |e| e.mode == 0o2755 && e.gid == 1000);
 }
+
+/// A whiteout, then a hard link to the name it deleted (same layer): the target is gone on every path (an
+/// overlay diff must not link to its own whiteout device).
+#[test]
+fn fuzz_hardlink_to_own_whiteout_fails_everywhere() {
+    let Some(mut h) = harness() else { return };
+    let layers = vec![LayerBuilder::new().whiteout("a/a").hardlink("a/b", "a/a")];
+    let r = h.check("fuzz-hardlink-to-own-whiteout", &layers);
+    all_fail(&r);
+}
+
+/// An opaque marker below a lower directory `b` (`b/a/b`, nothing there), then a whiteout of `b`: the
+/// directories made only to hold the marker are not the layer's content, so `b` is deleted on every path.
+#[test]
+fn fuzz_marker_dirs_are_not_own_content() {
+    let Some(mut h) = harness() else { return };
+    let layers = vec![LayerBuilder::new().file("b/b", b"x", 0o644), LayerBuilder::new().opaque("b/a/b").whiteout("b")];
+    let r = h.check("fuzz-marker-dirs", &layers);
+    absent(tree(&r), "b");
+}
+
+/// Hard-link groups across layers when the layer then replaces its own link: the lower group (`a/a/a`,
+/// `a/a/b`) stays one inode after copy-up.
+#[test]
+fn fuzz_hardlink_group_survives_replacing_the_new_link() {
+    let Some(mut h) = harness() else { return };
+    let layers = vec![
+        LayerBuilder::new().file("a/a/b", b"", 0o4755),
+        LayerBuilder::new().hardlink("a/a/a", "a/a/b"),
+        LayerBuilder::new().hardlink("b", "a/a/b").file("b", b"", 0o700),
+    ];
+    let r = h.check("fuzz-hardlink-group-replace", &layers);
+    expect(tree(&r), "a/a/a", "one inode with a/a/b", |e| e.hardlinks == ["a/a/b"]);
+}
+
+/// A lower directory with a mode and an xattr, a file written into it, then the parent made opaque: on its
+/// parents the layer kept the lower directory (it holds the layer's file), so its attributes stay.
+#[test]
+fn fuzz_opaque_after_entry_keeps_the_lower_dir_attributes() {
+    let Some(mut h) = harness() else { return };
+    let layers = vec![
+        LayerBuilder::new().dir("b/c", 0o700).xattr("user.kiln", b"L1"),
+        LayerBuilder::new().file("b/c/b", b"hello\n", 0o4755).opaque("b"),
+    ];
+    let r = h.check("fuzz-opaque-after-entry", &layers);
+    expect(tree(&r), "b/c", "L1's 0700 dir with its xattr", |e| e.mode == 0o700 && e.xattrs.contains_key("user.kiln"));
+}
+
+/// A self hard link (`b/c/a -> b/c/a`) is a no-op, but its parents are made on every path.
+#[test]
+fn fuzz_self_hardlink_still_makes_its_parents() {
+    let Some(mut h) = harness() else { return };
+    let layers = vec![LayerBuilder::new().hardlink("b/c/a", "b/c/a")];
+    let r = h.check("fuzz-self-hardlink-parents", &layers);
+    expect(tree(&r), "b/c", "a directory", |e| e.kind == common::stack::FileKind::Dir);
+}

@@ -114,6 +114,10 @@ struct Applier<'a> {
     /// Directories made for an entry's parent over this layer's own whiteout (overlay mode): new, not the
     /// lower one.
     fresh: HashSet<Vec<u8>>,
+    /// Directories made (overlay mode) only to hold a whiteout or an opaque marker.
+    marker: HashSet<Vec<u8>>,
+    /// Directories this layer made opaque so far.
+    opaqued: HashSet<Vec<u8>>,
     stats: Stats,
 }
 
@@ -134,6 +138,8 @@ pub(crate) fn apply_entries<R: BufRead>(r: &mut R, layer: &str, opts: &Options, 
         implicit: HashSet::new(),
         root_listed: false,
         fresh: HashSet::new(),
+        marker: HashSet::new(),
+        opaqued: HashSet::new(),
         stats: Stats::default(),
     };
     a.root_proc = proc_path_of(&a.root);
@@ -177,6 +183,14 @@ pub(crate) fn apply_entries<R: BufRead>(r: &mut R, layer: &str, opts: &Options, 
         a.fresh.iter().map(|p| std::path::PathBuf::from(os(p).to_owned())).collect();
     fresh.sort();
     a.stats.fresh_dirs = fresh;
+    let mut marker: Vec<std::path::PathBuf> = a
+        .marker
+        .iter()
+        .filter(|p| !a.created.contains(*p))
+        .map(|p| std::path::PathBuf::from(os(p).to_owned()))
+        .collect();
+    marker.sort();
+    a.stats.marker_dirs = marker;
     Ok(a.stats)
 }
 
@@ -285,7 +299,7 @@ impl Applier<'_> {
             Kind::Directory => self.directory(&pfd, &cpath, &name, meta)?,
             Kind::Regular => self.regular(tr, &pfd, &path, &name, &meta)?,
             Kind::Symlink => self.symlink(&pfd, &path, &name, &h.link, &meta)?,
-            Kind::Hardlink => self.hardlink(&pfd, &path, &name, &h.link)?,
+            Kind::Hardlink => self.hardlink(&pfd, &path, &cpath, &name, &h.link)?,
             Kind::Fifo | Kind::Char | Kind::Block => {
                 if h.kind != Kind::Fifo && self.opts.devices == DevicePolicy::Skip {
                     self.stats.skipped_devices += 1;
@@ -311,6 +325,20 @@ impl Applier<'_> {
             p = split_last(p).0;
         }
         Ok(())
+    }
+
+    /// Whether a proper ancestor of `path` (the root included) was made opaque by this layer so far.
+    fn under_opaque(&self, path: &[u8]) -> bool {
+        let mut p = split_last(path).0;
+        loop {
+            if self.opaqued.contains(p) {
+                return true;
+            }
+            if p.is_empty() {
+                return false;
+            }
+            p = split_last(p).0;
+        }
     }
 
     /// The canonical path of the directory `fd` below the root, from `/proc/self/fd` (`None` when it is not
@@ -364,10 +392,10 @@ impl Applier<'_> {
                 let canon = self.canon_after_resolve(&fd, parent);
                 (Rc::new(fd), canon)
             }
-            Err(e) if e.errno == Errno::ENOENT => self.mkdir_all(parent)?,
+            Err(e) if e.errno == Errno::ENOENT => self.mkdir_all(parent, true)?,
             // Overlay mode: a parent may be this layer's own whiteout (`.wh.d` then `d/y`), replaced below.
             Err(e) if e.errno == Errno::ENOTDIR && self.opts.whiteout_mode == WhiteoutMode::Overlay => {
-                self.mkdir_all(parent)?
+                self.mkdir_all(parent, true)?
             }
             Err(e) => return Err(self.sys(parent, e)),
         };
@@ -386,8 +414,10 @@ impl Applier<'_> {
 
     /// Makes every missing directory of `path`, one component at a time, each with `mkdirat` on the fd of its
     /// resolved parent (CVE-2021-38511: nothing is made before its parent was resolved inside the root).
-    /// Returns the directory with its canonical path.
-    fn mkdir_all(&mut self, path: &[u8]) -> Result<(Rc<OwnedFd>, Vec<u8>)> {
+    /// Returns the directory with its canonical path. `for_entry`: the directory holds an entry of this layer
+    /// (else it is made only to hold a whiteout or an opaque marker in an overlay diff, and is not this layer's
+    /// own content: F18 does not protect it, and the snapshotter drops it when nothing below needs it).
+    fn mkdir_all(&mut self, path: &[u8], for_entry: bool) -> Result<(Rc<OwnedFd>, Vec<u8>)> {
         let mut cur = self.root.clone();
         let mut prefix: Vec<u8> = Vec::new();
         let mut canon: Vec<u8> = Vec::new();
@@ -412,7 +442,10 @@ impl Applier<'_> {
                     let c = canon.clone();
                     self.retain(c.len())?;
                     self.fresh.insert(c.clone());
-                    self.insert_created(&c)?;
+                    self.opaqued.insert(c.clone());
+                    if for_entry {
+                        self.insert_created(&c)?;
+                    }
                 }
                 Err(e) if e.errno == Errno::ENOENT => {
                     canon = join(&canon, comp);
@@ -420,6 +453,14 @@ impl Applier<'_> {
                         Ok(()) => {
                             self.retain(canon.len())?;
                             self.implicit.insert(canon.clone());
+                            if !for_entry {
+                                self.marker.insert(canon.clone());
+                            }
+                            // Made inside a directory this layer made opaque already: on the parents, the
+                            // lower one was gone by then, so this one is new.
+                            if self.under_opaque(&canon) {
+                                self.fresh.insert(canon.clone());
+                            }
                         }
                         Err(SysError { errno: Errno::EEXIST, .. }) => {}
                         Err(e) => return Err(self.sys(&prefix, e)),
@@ -427,8 +468,10 @@ impl Applier<'_> {
                     let fd = sfs::openat(&*cur, os(comp), OFlag::O_PATH | OFlag::O_DIRECTORY, 0)
                         .map_err(|e| self.sys(&prefix, e))?;
                     cur = Rc::new(fd);
-                    let c = canon.clone();
-                    self.insert_created(&c)?;
+                    if for_entry {
+                        let c = canon.clone();
+                        self.insert_created(&c)?;
+                    }
                 }
                 Err(e) => return Err(self.sys(&prefix, e)),
             }
@@ -627,7 +670,7 @@ impl Applier<'_> {
         sfs::utimensat_nofollow(pfd, os(name), meta.mtime, meta.mtime_nsec).map_err(|e| self.sys(path, e))
     }
 
-    fn hardlink(&mut self, pfd: &OwnedFd, path: &[u8], name: &[u8], link: &[u8]) -> Result<()> {
+    fn hardlink(&mut self, pfd: &OwnedFd, path: &[u8], cpath: &[u8], name: &[u8], link: &[u8]) -> Result<()> {
         self.stats.hardlinks += 1;
         let err_target = |s: &Self, source: SysError| Error::HardlinkTarget {
             layer: s.layer.to_owned(),
@@ -652,12 +695,23 @@ impl Applier<'_> {
         }
         let (tparent, tname) = split_last(&target);
         // F11: the target is resolved inside the root (it may be in this layer or a lower one).
-        let tfd = if tparent.is_empty() {
-            self.root.clone()
+        let (tfd, ctparent) = if tparent.is_empty() {
+            (self.root.clone(), Vec::new())
         } else {
-            Rc::new(self.resolve(tparent, OFlag::O_PATH | OFlag::O_DIRECTORY).map_err(|e| err_target(self, e))?)
+            let fd = self.resolve(tparent, OFlag::O_PATH | OFlag::O_DIRECTORY).map_err(|e| err_target(self, e))?;
+            let c = self.canon_after_resolve(&fd, tparent);
+            (Rc::new(fd), c)
         };
         let st = sfs::fstatat_nofollow(&*tfd, os(tname)).map_err(|e| err_target(self, e))?;
+        if self.opts.whiteout_mode == WhiteoutMode::Overlay && sfs::file_type(&st) == SFlag::S_IFCHR && st.st_rdev == 0
+        {
+            // This layer's own whiteout: the target is deleted, not a file to link to.
+            return Err(err_target(
+                self,
+                SysError::new("linkat", format!("{:?} (whited out)", lossy(link)), Errno::ENOENT),
+            ));
+        }
+        let ctarget = join(&ctparent, tname);
         if sfs::file_type(&st) == SFlag::S_IFDIR {
             return Err(err_target(
                 self,
@@ -671,7 +725,20 @@ impl Applier<'_> {
             }
         }
         self.remove_existing(pfd, path, name)?;
-        sfs::linkat(&*tfd, os(tname), pfd, os(name)).map_err(|e| err_target(self, e))
+        sfs::linkat(&*tfd, os(tname), pfd, os(name)).map_err(|e| err_target(self, e))?;
+        if !self.created.contains(&ctarget) {
+            // A link to a file of a lower layer: through an overlay mount the kernel copied it up, splitting it
+            // from its other lower names. Recorded (with the inode the mount shows now) for the snapshotter to
+            // mend; see `Stats::lower_links`.
+            let ino = sfs::fstatat_nofollow(pfd, os(name)).map(|st| st.st_ino).unwrap_or(0);
+            self.retain(cpath.len() + ctarget.len())?;
+            self.stats.lower_links.push((
+                std::path::PathBuf::from(os(cpath).to_owned()),
+                std::path::PathBuf::from(os(&ctarget).to_owned()),
+                ino,
+            ));
+        }
+        Ok(())
     }
 
     fn node(&mut self, pfd: &OwnedFd, path: &[u8], name: &[u8], h: &Header, meta: &Meta) -> Result<()> {
@@ -867,7 +934,7 @@ impl Applier<'_> {
             Err(e) if is_skip_errno(e.errno) => return Ok(None),
             Err(e) => return Err(self.sys(dir, e)),
         }
-        self.mkdir_all(dir)?;
+        self.mkdir_all(dir, false)?;
         match open(&self.root) {
             Ok(fd) => Ok(Some(fd)),
             Err(e) if is_skip_errno(e.errno) => Ok(None),
@@ -883,6 +950,10 @@ impl Applier<'_> {
     /// F23: overlayfs marks an opaque directory with `trusted.overlay.opaque=y` (`user.overlay.opaque=y` when
     /// mounted with `userxattr`).
     fn opaque_fd(&mut self, fd: &OwnedFd, path: &[u8]) -> Result<()> {
+        if !self.opaqued.contains(path) {
+            self.retain(path.len())?;
+            self.opaqued.insert(path.to_vec());
+        }
         let name: &[u8] =
             if self.opts.overlay_user_xattrs { b"user.overlay.opaque" } else { b"trusted.overlay.opaque" };
         sfs::fsetxattr(fd, name, b"y").map_err(|e| self.sys(path, e))
@@ -900,6 +971,12 @@ impl Applier<'_> {
                 _ => self.stats.whiteouts_skipped += 1,
             }
             return Ok(());
+        }
+        // A directory this layer made only to hold markers is not its content: the whiteout replaces it.
+        if let Ok(st) = sfs::fstatat_nofollow(&dfd, os(base)) {
+            if sfs::file_type(&st) == SFlag::S_IFDIR {
+                self.remove_existing(&dfd, target, base)?;
+            }
         }
         // F23: a whiteout is a 0/0 character device in the layer's upper dir.
         match sfs::mknodat(&dfd, os(base), SFlag::S_IFCHR, 0, 0, 0) {

@@ -182,6 +182,14 @@ pub struct Stats {
     /// which on the parents would inherit a set-group-ID parent's group.
     #[serde(skip)]
     pub fresh_dirs: Vec<std::path::PathBuf>,
+    /// Directories made (overlay mode) only to hold a whiteout or an opaque marker, holding no entry of the
+    /// layer: applied on the parents, such a marker makes nothing.
+    #[serde(skip)]
+    pub marker_dirs: Vec<std::path::PathBuf>,
+    /// Hard links this layer made to files it did not write: (link, target, inode the link had right after).
+    /// Applied through an overlay mount, copy-up splits such a file from its other lower names.
+    #[serde(skip)]
+    pub lower_links: Vec<(std::path::PathBuf, std::path::PathBuf, u64)>,
 }
 
 /// Errors applying a layer. Each names the layer (digest), the entry path or the field involved.

@@ -76,8 +76,13 @@ pub struct Applied {
     pub crossed_link: Option<PathBuf>,
     /// The layer lists the root directory itself; otherwise the root takes the attributes of the one below.
     pub root_listed: bool,
-    /// Directories made for an entry's parent over the layer's own whiteout: new, whatever is below.
+    /// Directories made for an entry's parent over the layer's own whiteout or inside a directory the layer
+    /// had made opaque by then: new, whatever is below.
     pub fresh_dirs: Vec<PathBuf>,
+    /// Directories made only to hold a whiteout or an opaque marker (no entry of the layer inside).
+    pub marker_dirs: Vec<PathBuf>,
+    /// Hard links to files the layer did not write: (link, target, inode right after linking).
+    pub lower_links: Vec<(PathBuf, PathBuf, u64)>,
     /// The layer wrote whiteouts, which the unpacker checks against the layers below.
     pub whiteouts: bool,
     /// The layer has hard links (applied through a mount, their groups are mended after copy-up).
@@ -406,9 +411,11 @@ impl Unpacker {
             // Copy-up splits a hard-link group: the names this layer linked to a lower file are in the upper,
             // the group's other names stay in the lower as another inode. They are linked again in the upper.
             let applied = match applied {
-                Ok(a) if a.hardlinks => relink_groups(&mnt, &dir, &self.lower_fds(parent)?)
-                    .map(|()| a)
-                    .map_err(|e| ApplyError::new(e.kind(), format!("re-linking hard-link groups after copy-up: {e}"))),
+                Ok(a) if !a.lower_links.is_empty() => {
+                    relink_groups(&mnt, &dir, &self.lower_fds(parent)?, &a.lower_links).map(|()| a).map_err(|e| {
+                        ApplyError::new(e.kind(), format!("re-linking hard-link groups after copy-up: {e}"))
+                    })
+                }
                 other => other,
             };
             let unmounted = m.unmount(&mnt);
@@ -599,7 +606,7 @@ pub fn exact_on(diff: &OwnedFd, lowers: &[OwnedFd], applied: &Applied) -> Result
     }
     // Directories made only to hold a whiteout or an opaque marker of something nothing below has: applied on
     // the parents, the marker finds nothing and makes nothing. Deepest first, so emptied parents go too.
-    for rel in applied.implicit_dirs.iter().rev() {
+    for rel in applied.marker_dirs.iter().rev() {
         let Ok(d) = tree::open_dir_beneath(diff, rel) else { continue };
         if !sfs::read_dir_names(&d)?.is_empty() || !matches!(lower_lookup(diff, lowers, rel)?, Lookup::Absent) {
             continue;
@@ -619,13 +626,12 @@ pub fn exact_on(diff: &OwnedFd, lowers: &[OwnedFd], applied: &Applied) -> Result
     adopt.extend(applied.implicit_dirs.iter().map(PathBuf::as_path));
     adopt.extend(applied.fresh_dirs.iter().map(PathBuf::as_path));
     adopt.sort();
+    adopt.dedup();
+    let fresh = |rel: &Path| applied.fresh_dirs.iter().any(|f| f == rel);
     for rel in adopt {
         let Ok(dst) = tree::open_dir_beneath(diff, rel) else { continue }; // replaced later in the layer
-        let below = if applied.fresh_dirs.iter().any(|f| f == rel) {
-            Lookup::Absent // the layer's own whiteout deleted what was below
-        } else {
-            lower_lookup(diff, lowers, rel)?
-        };
+                                                                           // The lowers as the layer met them: its own later opaque markers do not hide what it went through.
+        let below = if fresh(rel) { Lookup::Absent } else { lower_lookup_in(None, lowers, rel)? };
         match below {
             Lookup::Found(st, Some(lower)) if tree::kind(&st) == SFlag::S_IFDIR => {
                 tree::copy_dir_attrs(&lower, &dst)?;
@@ -634,22 +640,14 @@ pub fn exact_on(diff: &OwnedFd, lowers: &[OwnedFd], applied: &Applied) -> Result
             _ if rel.as_os_str().is_empty() => {}
             _ => {
                 let parent = rel.parent().unwrap_or(Path::new(""));
-                let (gid, setgid) = match state.get(parent) {
-                    Some(s) => *s,
-                    None => match lower_lookup(diff, lowers, parent)? {
-                        Lookup::Found(st, _) if tree::kind(&st) == SFlag::S_IFDIR => {
-                            (st.st_gid, st.st_mode & libc::S_ISGID != 0)
-                        }
-                        _ => (0, false),
-                    },
-                };
-                let cur = sfs::fstat(&dst)?;
+                let (gid, setgid) = state_of(parent, lowers, &fresh, &mut state)?;
                 if setgid {
+                    let cur = sfs::fstat(&dst)?;
                     sfs::fchown(&dst, cur.st_uid, gid)?;
                     sfs::fchmod(&dst, (cur.st_mode & 0o7777) | libc::S_ISGID)?;
                     state.insert(rel.to_owned(), (gid, true));
                 } else {
-                    state.insert(rel.to_owned(), (cur.st_gid, cur.st_mode & libc::S_ISGID != 0));
+                    state.insert(rel.to_owned(), (0, false));
                 }
             }
         }
@@ -658,61 +656,84 @@ pub fn exact_on(diff: &OwnedFd, lowers: &[OwnedFd], applied: &Applied) -> Result
 }
 
 /// Mends hard-link groups that overlayfs's copy-up split while a layer was applied through the mount `mnt`
-/// (upper dir `upper`, lower diffs `lowers`, top first): a name the layer linked to a lower file is in the
-/// upper, linked to a copy of that file, while the group's other names stay in the lower as the old inode.
-/// Each such other name that the merged view still shows as that lower file is removed and linked to the
-/// upper copy, so the group is one inode, as in `kiln unpack` and a native copy. Everything by descriptor.
-fn relink_groups(mnt: &Path, upper: &Path, lowers: &[OwnedFd]) -> Result<()> {
+/// (upper dir `upper`, lower diffs `lowers`, top first). For each link the layer made to a lower file, the
+/// kernel copied the file up: the link and the copy are one upper inode, the file's other lower names another.
+/// Each such other name that the merged view still shows as that lower file is removed and linked to the copy
+/// (found as whichever of link and target still is the inode the link had), so the group is one inode, as in
+/// `kiln unpack` and a native copy. Everything by descriptor.
+fn relink_groups(mnt: &Path, upper: &Path, lowers: &[OwnedFd], links: &[(PathBuf, PathBuf, u64)]) -> Result<()> {
+    if links.is_empty() {
+        return Ok(());
+    }
     let up = tree::open_root(upper)?;
-    let mut reps: Vec<PathBuf> = Vec::new();
-    tree::walk(&up, &mut |e| {
-        if tree::kind(e.st) == SFlag::S_IFREG && e.st.st_nlink > 1 {
-            reps.push(e.rel.to_owned());
-        }
-        Ok(true)
-    })?;
-    let mut done: HashSet<(u64, u64)> = HashSet::new();
     let merged = tree::open_root(mnt)?;
-    for rep in reps {
-        // The lower file this upper copy came from, and the lower diff holding it.
-        let Lookup::Found(st, _) = lower_lookup(&up, lowers, &rep)? else { continue };
+    let split =
+        |p: &Path| (p.parent().unwrap_or(Path::new("")).to_owned(), p.file_name().unwrap_or_default().to_owned());
+    let mut done: HashSet<(u64, u64)> = HashSet::new();
+    for (link, target, ino) in links {
+        // The copy: the link or the target, if either still is the inode the link had.
+        let same = |p: &Path| {
+            tree::stat_beneath(&merged, p).is_ok_and(|st| st.st_ino == *ino && tree::kind(&st) == SFlag::S_IFREG)
+        };
+        let Some(rep) = [link, target].into_iter().find(|p| same(p)) else { continue };
+        // The lower file the link was made to, and the lower diff that holds it.
+        let Lookup::Found(st, _) = lower_lookup_in(None, lowers, target)? else { continue };
         if tree::kind(&st) != SFlag::S_IFREG || st.st_nlink < 2 || !done.insert((st.st_dev, st.st_ino)) {
             continue;
         }
-        let Some(holder) = lowers
-            .iter()
-            .find(|l| tree::stat_beneath(*l, &rep).is_ok_and(|x| (x.st_dev, x.st_ino) == (st.st_dev, st.st_ino)))
+        let origin = (st.st_dev, st.st_ino);
+        let Some(holder) =
+            lowers.iter().find(|l| tree::stat_beneath(*l, target).is_ok_and(|x| (x.st_dev, x.st_ino) == origin))
         else {
             continue;
         };
         let mut names: Vec<PathBuf> = Vec::new();
         tree::walk(holder, &mut |e| {
-            if (e.st.st_dev, e.st.st_ino) == (st.st_dev, st.st_ino) && e.rel != rep.as_path() {
+            if (e.st.st_dev, e.st.st_ino) == origin {
                 names.push(e.rel.to_owned());
             }
             Ok(true)
         })?;
-        let rep_ino = tree::stat_beneath(&up, &rep)?.st_ino;
         for name in names {
             if tree::stat_beneath(&up, &name).is_ok() {
-                continue; // the layer wrote this name itself (linked already, or replaced)
+                continue; // in the upper: written (or copied up) by this layer
             }
             match lower_lookup(&up, lowers, &name)? {
-                Lookup::Found(x, _) if (x.st_dev, x.st_ino) == (st.st_dev, st.st_ino) => {}
-                _ => continue, // hidden by a layer in between
+                Lookup::Found(x, _) if (x.st_dev, x.st_ino) == origin => {}
+                _ => continue, // hidden, by a layer in between or by this one
             }
-            let split = |p: &Path| {
-                (p.parent().unwrap_or(Path::new("")).to_owned(), p.file_name().unwrap_or_default().to_owned())
-            };
-            let ((np, nn), (rp, rn)) = (split(&name), split(&rep));
+            let ((np, nn), (rp, rn)) = (split(&name), split(rep));
             let ndir = tree::open_beneath(&merged, &np, OFlag::O_PATH | OFlag::O_DIRECTORY)?;
             let rdir = tree::open_beneath(&merged, &rp, OFlag::O_PATH | OFlag::O_DIRECTORY)?;
             sfs::unlinkat(&ndir, &nn, false)?;
             sfs::linkat(&rdir, &rn, &ndir, &nn)?;
-            debug_assert!(tree::stat_beneath(&up, &name).is_ok_and(|x| x.st_ino == rep_ino));
         }
     }
     Ok(())
+}
+
+/// The group and set-group-ID bit directory `rel` had when this layer made something in it, on its parents:
+/// the lower directory's if it is one (and not new in this layer), else what mkdir gave it in its own parent.
+fn state_of(
+    rel: &Path,
+    lowers: &[OwnedFd],
+    fresh: &dyn Fn(&Path) -> bool,
+    state: &mut HashMap<PathBuf, (u32, bool)>,
+) -> Result<(u32, bool)> {
+    if let Some(s) = state.get(rel) {
+        return Ok(*s);
+    }
+    let found = if fresh(rel) { Lookup::Absent } else { lower_lookup_in(None, lowers, rel)? };
+    let s = match found {
+        Lookup::Found(st, _) if tree::kind(&st) == SFlag::S_IFDIR => (st.st_gid, st.st_mode & libc::S_ISGID != 0),
+        _ if rel.as_os_str().is_empty() => (0, false),
+        _ => match state_of(rel.parent().unwrap_or(Path::new("")), lowers, fresh, state)? {
+            (gid, true) => (gid, true),
+            _ => (0, false),
+        },
+    };
+    state.insert(rel.to_owned(), s);
+    Ok(s)
 }
 
 fn dup(fd: &OwnedFd) -> Result<OwnedFd> {
@@ -852,8 +873,14 @@ fn lower_lookup_in(diff: Option<&OwnedFd>, lowers: &[OwnedFd], rel: &Path) -> Re
             }
         }
         if i + 1 < comps.len() {
-            // A component the layer replaced by a non-directory later: no opaque marker of its own below.
-            here = here.as_ref().and_then(|h| tree::open_dir_at(h, c).ok());
+            if let Some(h) = &here {
+                match sfs::fstatat_nofollow(h, c) {
+                    // A file, link, node or whiteout of the diff on the way hides everything below it.
+                    Ok(st) if tree::kind(&st) != SFlag::S_IFDIR => return Ok(Lookup::Absent),
+                    Ok(_) => here = Some(tree::open_dir_at(h, c)?),
+                    Err(_) => here = None,
+                }
+            }
         }
         match below(&stack, c)? {
             Below::Absent => return Ok(Lookup::Absent),

@@ -221,7 +221,16 @@ pub fn hygiene_view(t: &Tree) -> Tree {
     for top in ["dev", "proc", "sys"] {
         t.remove(top);
     }
-    t.retain(|p, e| !(p.starts_with("dev/") && e.kind == FileKind::Symlink));
+    let gone: std::collections::BTreeSet<String> = t
+        .iter()
+        .filter(|(p, e)| p.starts_with("dev/") && e.kind == FileKind::Symlink)
+        .map(|(p, _)| p.clone())
+        .collect();
+    t.retain(|p, _| !gone.contains(p));
+    // A hard link partner of a symlink hygiene removed under /dev has one name fewer.
+    for e in t.values_mut() {
+        e.hardlinks.retain(|l| !gone.contains(l));
+    }
     t
 }
 
@@ -996,7 +1005,8 @@ pub fn known_umoci_differences() -> &'static [UmociDifference] {
                     && entries(c.layers).any(|(i, e)| {
                         matches!(&e.kind, Kind::Hardlink(t)
                             if norm(t) == norm(&e.path)
-                                || (base(t) == base(&e.path) && below_symlink(c.layers, i, t)))
+                                || (base(t) == base(&e.path)
+                                    && (below_symlink(c.layers, i, t) || below_symlink(c.layers, i, &e.path))))
                     })
             },
         },
