@@ -332,11 +332,19 @@ fn an_annotation_flood_is_refused_and_stores_nothing() {
         let mut b = BundlesClient::new(kiln::client::connect(&addr).await.unwrap());
         b.create(create("keep", pb::Overrides::default())).await.unwrap();
         let before = std::fs::metadata(&meta).unwrap().len();
-        // 25 creates, each with one 3.9 MB annotation (under the 4 MiB message limit).
+        // The reproduction: 25 creates, each with one 3.9 MB annotation. The transport's message limit
+        // (limits.max_request_bytes, 1 MiB) refuses them before they are decoded ...
         let big = "x".repeat(3_900_000);
         for i in 0..25 {
             let o = pb::Overrides { annotations: [("flood".to_string(), big.clone())].into(), ..Default::default() };
             let e = b.create(create(&format!("flood-{i}"), o)).await.unwrap_err();
+            assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
+        }
+        // ... and 25 with a 900 kB one (a message the transport takes) are refused by caps.max_annotation_bytes.
+        let big = "x".repeat(900_000);
+        for i in 0..25 {
+            let o = pb::Overrides { annotations: [("flood".to_string(), big.clone())].into(), ..Default::default() };
+            let e = b.create(create(&format!("flood-small-{i}"), o)).await.unwrap_err();
             assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
         }
         let after = std::fs::metadata(&meta).unwrap().len();
