@@ -887,3 +887,16 @@ fn fuzz_self_hardlink_still_makes_its_parents() {
     let r = h.check("fuzz-self-hardlink-parents", &layers);
     expect(tree(&r), "b/c", "a directory", |e| e.kind == common::stack::FileKind::Dir);
 }
+
+/// A symlink hard-linked twice in L1 (`c`, `b/b`), a third link in L2: copy-up of the link must not split the
+/// lower group (links are inodes too).
+#[test]
+fn fuzz_hardlinked_symlink_group_survives_copy_up() {
+    let Some(mut h) = harness() else { return };
+    let layers = vec![
+        LayerBuilder::new().symlink("c", "../../../../../../../../../../../../../../../../").hardlink("b/b", "c"),
+        LayerBuilder::new().hardlink("d", "c"),
+    ];
+    let r = h.check("fuzz-hardlinked-symlink", &layers);
+    expect(tree(&r), "c", "one inode with b/b and d", |e| e.hardlinks == ["b/b", "d"]);
+}

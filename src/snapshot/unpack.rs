@@ -673,12 +673,13 @@ fn relink_groups(mnt: &Path, upper: &Path, lowers: &[OwnedFd], links: &[(PathBuf
     for (link, target, ino) in links {
         // The copy: the link or the target, if either still is the inode the link had.
         let same = |p: &Path| {
-            tree::stat_beneath(&merged, p).is_ok_and(|st| st.st_ino == *ino && tree::kind(&st) == SFlag::S_IFREG)
+            tree::stat_beneath(&merged, p).is_ok_and(|st| st.st_ino == *ino && tree::kind(&st) != SFlag::S_IFDIR)
         };
         let Some(rep) = [link, target].into_iter().find(|p| same(p)) else { continue };
         // The lower file the link was made to, and the lower diff that holds it.
         let Lookup::Found(st, _) = lower_lookup_in(None, lowers, target)? else { continue };
-        if tree::kind(&st) != SFlag::S_IFREG || st.st_nlink < 2 || !done.insert((st.st_dev, st.st_ino)) {
+        // Links, fifos and device nodes can be hard-linked too (copy-up splits them alike).
+        if tree::kind(&st) == SFlag::S_IFDIR || st.st_nlink < 2 || !done.insert((st.st_dev, st.st_ino)) {
             continue;
         }
         let origin = (st.st_dev, st.st_ino);
