@@ -112,12 +112,26 @@ fn store_refs(k: &Kilnd) -> Vec<String> {
     })
 }
 
-/// The daemon answers, and says how many bundles it holds.
+/// The daemon answers, and says how many bundles it holds (prints System.Info's latency and kilnd's RSS, for
+/// the record; nothing is asserted on time).
 fn responsive(k: &Kilnd) -> u32 {
     let addr = k.address();
+    let pid = k.child.as_ref().map(|c| c.id());
     rt().block_on(async {
         let mut c = SystemClient::new(kiln::client::connect(&addr).await.unwrap());
-        c.info(pb::InfoRequest {}).await.expect("kilnd answers").into_inner().bundles
+        let mut worst = std::time::Duration::ZERO;
+        let mut bundles = 0;
+        for _ in 0..5 {
+            let t = std::time::Instant::now();
+            bundles = c.info(pb::InfoRequest {}).await.expect("kilnd answers").into_inner().bundles;
+            worst = worst.max(t.elapsed());
+        }
+        let rss = pid
+            .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+            .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_owned))
+            .unwrap_or_default();
+        println!("System.Info after the attack: max {worst:?} over 5 calls; kilnd {rss}");
+        bundles
     })
 }
 
