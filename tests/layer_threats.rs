@@ -650,3 +650,17 @@ fn file_capabilities_follow_the_policy() {
     assert_eq!(cl::xattr(&root.join("ping2"), "security.capability"), None);
     let _ = std::fs::metadata(root.join("ping")).unwrap().mode();
 }
+
+#[test]
+fn path_depth_is_capped_after_links() {
+    // Review finding: the depth cap counted an entry's own components only; through the layer's own links
+    // (`s1 -> a/…/a`, then `s1/b/…/b`) a short name lands deeper. The cap holds for where the entry lands.
+    let (_d, canary, root) = setup();
+    let deep_a = vec!["a"; 300].join("/");
+    let deep_b = vec!["b"; 300].join("/");
+    let l = LayerBuilder::new().dir(&deep_a, 0o755).symlink("s1", &deep_a).file(&format!("s1/{deep_b}/f"), b"x", 0o644);
+    let e = apply_tar(&l.build(), &root, &opts()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ResourceExhausted, "{e}");
+    assert!(e.to_string().contains("path depth (after links)"), "{e}");
+    canary.assert_untouched();
+}

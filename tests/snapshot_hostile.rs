@@ -200,3 +200,25 @@ fn f15_explicit_directory_attributes_win_on_both_backends() {
     assert_eq!(overlay, native);
     assert!(overlay["/d"].contains("mode=755 owner=0:0"), "{overlay:?}");
 }
+
+#[test]
+fn tree_removal_never_descends_into_a_mount_point() {
+    // Review finding: removal by descriptor trusted callers to unmount first. A tree with something still
+    // mounted inside (a bundle rootfs whose unmount failed) is refused with EXDEV, and what is mounted is kept.
+    if !common::require_root() {
+        return;
+    }
+    let d = Scratch(common::scratch());
+    let tree = d.path().join("tree");
+    let mnt = tree.join("a/rootfs");
+    fs::create_dir_all(&mnt).unwrap();
+    fs::write(tree.join("a/f"), b"x").unwrap();
+    nix::mount::mount(Some("tmpfs"), &mnt, Some("tmpfs"), nix::mount::MsFlags::empty(), None::<&str>).unwrap();
+    fs::write(mnt.join("container-data"), b"keep").unwrap();
+    let r = kiln::sys::tree::remove_tree(&tree);
+    let kept = fs::read(mnt.join("container-data"));
+    let _ = nix::mount::umount2(&mnt, nix::mount::MntFlags::MNT_DETACH);
+    let e = r.expect_err("a tree with a mount inside is not removed");
+    assert_eq!(e.errno, nix::errno::Errno::EXDEV, "{e}");
+    assert_eq!(kept.unwrap(), b"keep", "the mounted file system was touched");
+}

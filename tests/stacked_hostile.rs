@@ -900,3 +900,20 @@ fn fuzz_hardlinked_symlink_group_survives_copy_up() {
     let r = h.check("fuzz-hardlinked-symlink", &layers);
     expect(tree(&r), "c", "one inode with b/b and d", |e| e.hardlinks == ["b/b", "d"]);
 }
+
+/// Review finding: an opaque marker on the root (`./.wh..wh..opq`). overlayfs never honours opaque on a
+/// layer's root, so a diff cannot hide the lowers there; the layer is applied through a mount, and every path
+/// hides L1's content.
+#[test]
+fn opaque_root_hides_the_lower_layers_everywhere() {
+    let Some(mut h) = harness() else { return };
+    let layers = vec![
+        LayerBuilder::new().file("etc/secret", b"x", 0o600).file("top", b"t", 0o644),
+        LayerBuilder::new().opaque("").whiteout("etc").file("new", b"n", 0o644),
+    ];
+    let r = h.check("opaque-root", &layers);
+    let t = tree(&r);
+    absent(t, "etc/secret");
+    absent(t, "top");
+    expect(t, "new", "L2's file", |e| e.kind == common::stack::FileKind::File);
+}

@@ -399,6 +399,17 @@ impl Applier<'_> {
             }
             Err(e) => return Err(self.sys(parent, e)),
         };
+        // The entry's real depth: through links a short name can land deep (`s1 -> a/…/a`, `s1/b/…`); the
+        // depth cap holds for the directory it lands in, so no tree kiln writes is deeper than max_depth.
+        let depth = canon.split(|&b| b == b'/').count() as u64 + 1;
+        if depth > self.opts.limits.max_depth {
+            return Err(Error::LimitExceeded {
+                layer: self.layer.to_owned(),
+                limit: "path depth (after links)",
+                value: depth,
+                cap: self.opts.limits.max_depth,
+            });
+        }
         self.cache = Some((parent.to_vec(), fd.clone(), canon.clone()));
         Ok((fd, canon))
     }

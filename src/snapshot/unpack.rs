@@ -599,8 +599,13 @@ pub fn exact_on(diff: &OwnedFd, lowers: &[OwnedFd], applied: &Applied) -> Result
             _ => {}
         }
     }
-    let stack: Vec<OwnedFd> =
-        if is_opaque(diff)? { Vec::new() } else { lowers.iter().map(dup).collect::<Result<_>>()? };
+    // overlayfs never reads an opaque marker on a layer's root ("root is always merge"): a layer that makes
+    // the root opaque hides nothing as a diff, so it is applied through a mount (delete mode removes what it
+    // hides).
+    if !lowers.is_empty() && is_opaque(diff)? {
+        return Ok(Some("the layer makes the root opaque".into()));
+    }
+    let stack: Vec<OwnedFd> = lowers.iter().map(dup).collect::<Result<_>>()?;
     if let Some(reason) = scan(diff, &mut PathBuf::new(), stack, applied.whiteouts, 0)? {
         return Ok(Some(reason));
     }
@@ -670,6 +675,7 @@ fn relink_groups(mnt: &Path, upper: &Path, lowers: &[OwnedFd], links: &[(PathBuf
     let split =
         |p: &Path| (p.parent().unwrap_or(Path::new("")).to_owned(), p.file_name().unwrap_or_default().to_owned());
     let mut done: HashSet<(u64, u64)> = HashSet::new();
+    let mut index: HashMap<usize, HashMap<(u64, u64), Vec<PathBuf>>> = HashMap::new();
     for (link, target, ino) in links {
         // The copy: the link or the target, if either still is the inode the link had.
         let same = |p: &Path| {
@@ -688,13 +694,19 @@ fn relink_groups(mnt: &Path, upper: &Path, lowers: &[OwnedFd], links: &[(PathBuf
         else {
             continue;
         };
-        let mut names: Vec<PathBuf> = Vec::new();
-        tree::walk(holder, &mut |e| {
-            if (e.st.st_dev, e.st.st_ino) == origin {
-                names.push(e.rel.to_owned());
-            }
-            Ok(true)
-        })?;
+        // One walk per lower diff (not per link): its multiply-linked inodes and their names.
+        let hi = lowers.iter().position(|l| std::ptr::eq(l, holder)).unwrap_or(0);
+        if let std::collections::hash_map::Entry::Vacant(slot) = index.entry(hi) {
+            let mut m: HashMap<(u64, u64), Vec<PathBuf>> = HashMap::new();
+            tree::walk(holder, &mut |e| {
+                if tree::kind(e.st) != SFlag::S_IFDIR && e.st.st_nlink > 1 {
+                    m.entry((e.st.st_dev, e.st.st_ino)).or_default().push(e.rel.to_owned());
+                }
+                Ok(true)
+            })?;
+            slot.insert(m);
+        }
+        let names: Vec<PathBuf> = index.get(&hi).and_then(|m| m.get(&origin)).cloned().unwrap_or_default();
         for name in names {
             if tree::stat_beneath(&up, &name).is_ok() {
                 continue; // in the upper: written (or copied up) by this layer

@@ -276,7 +276,11 @@ pub fn remove_all_at(dir: impl AsFd, name: &OsStr) -> Result<()> {
         return unlink_ok_absent(dir, name, false);
     }
     let child = open_dir_at(dir, name)?;
-    empty_dir(&child, 0)?;
+    let mnt = mount_id(&dir);
+    if mnt.is_some() && mount_id(&child) != mnt {
+        return Err(SysError::new("unlinkat", format!("{} (a mount point: not removed)", quoted(name)), Errno::EXDEV));
+    }
+    empty_dir_on(&child, 0, mnt)?;
     unlink_ok_absent(dir, name, true)
 }
 
@@ -287,8 +291,29 @@ fn unlink_ok_absent(dir: impl AsFd, name: &OsStr, is_dir: bool) -> Result<()> {
     }
 }
 
-/// Removes everything in the directory `dir` (which stays).
+/// The mount id of what `fd` is on (`statx(STATX_MNT_ID)`), `None` where the kernel does not say.
+pub fn mount_id(fd: &impl AsFd) -> Option<u64> {
+    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: a valid fd, an empty NUL-terminated path with AT_EMPTY_PATH, and a buffer of the right type that
+    // the kernel fills.
+    let r = unsafe {
+        libc::statx(fd.as_fd().as_raw_fd(), c"".as_ptr(), libc::AT_EMPTY_PATH, libc::STATX_MNT_ID, stx.as_mut_ptr())
+    };
+    if r != 0 {
+        return None;
+    }
+    // SAFETY: statx succeeded and initialised the struct.
+    let stx = unsafe { stx.assume_init() };
+    (stx.stx_mask & libc::STATX_MNT_ID != 0).then_some(stx.stx_mnt_id)
+}
+
+/// Removes everything in the directory `dir` (which stays). A directory below that is another mount (a
+/// bundle's rootfs still mounted, a bind mount propagated in) is refused with `EXDEV`, never descended into.
 pub fn empty_dir(dir: &OwnedFd, depth: usize) -> Result<()> {
+    empty_dir_on(dir, depth, mount_id(dir))
+}
+
+fn empty_dir_on(dir: &OwnedFd, depth: usize, mnt: Option<u64>) -> Result<()> {
     if depth >= MAX_DEPTH {
         return Err(SysError::new("unlinkat", "(directory tree too deep)", Errno::ELOOP));
     }
@@ -305,7 +330,14 @@ pub fn empty_dir(dir: &OwnedFd, depth: usize) -> Result<()> {
         };
         if is_dir {
             let child = open_dir_at(dir, name)?;
-            empty_dir(&child, depth + 1)?;
+            if mnt.is_some() && mount_id(&child) != mnt {
+                return Err(SysError::new(
+                    "unlinkat",
+                    format!("{} (a mount point: not removed)", quoted(name)),
+                    Errno::EXDEV,
+                ));
+            }
+            empty_dir_on(&child, depth + 1, mnt)?;
         }
         unlink_ok_absent(dir, name, is_dir)?;
     }
