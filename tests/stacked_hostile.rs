@@ -917,3 +917,17 @@ fn opaque_root_hides_the_lower_layers_everywhere() {
     absent(t, "top");
     expect(t, "new", "L2's file", |e| e.kind == common::stack::FileKind::File);
 }
+
+/// L1's file `c`; L2 writes `c/c` (through L1's file: ENOTDIR on the parents), then lists `c` as a directory
+/// and replaces it by a device. The directory made for `c/c` went through the lower file even though the
+/// layer listed it later: every path fails.
+#[test]
+fn fuzz_parent_listed_later_still_went_through_the_lower_file() {
+    let Some(mut h) = harness() else { return };
+    let layers = vec![
+        LayerBuilder::new().file("c", b"", 0o4755),
+        LayerBuilder::new().file("c/c", b"x", 0o700).dir("c", 0o755).char_device("c", 1, 3),
+    ];
+    let r = h.check("fuzz-parent-listed-later", &layers);
+    all_fail(&r);
+}

@@ -118,6 +118,9 @@ struct Applier<'a> {
     marker: HashSet<Vec<u8>>,
     /// Directories this layer made opaque so far.
     opaqued: HashSet<Vec<u8>>,
+    /// Directories the layer lists with an entry of their own (an implicit one listed later stops being
+    /// implicit, but was still made, through whatever was there, when it was needed).
+    listed: HashSet<Vec<u8>>,
     stats: Stats,
 }
 
@@ -140,6 +143,7 @@ pub(crate) fn apply_entries<R: BufRead>(r: &mut R, layer: &str, opts: &Options, 
         fresh: HashSet::new(),
         marker: HashSet::new(),
         opaqued: HashSet::new(),
+        listed: HashSet::new(),
         stats: Stats::default(),
     };
     a.root_proc = proc_path_of(&a.root);
@@ -174,10 +178,13 @@ pub(crate) fn apply_entries<R: BufRead>(r: &mut R, layer: &str, opts: &Options, 
         a.entry(&mut tr, h)?;
     }
     a.finish_dirs()?;
-    let mut implicit: Vec<std::path::PathBuf> =
-        a.implicit.iter().map(|p| std::path::PathBuf::from(os(p).to_owned())).collect();
-    implicit.sort();
-    a.stats.implicit_dirs = implicit;
+    let to_paths = |set: &mut dyn Iterator<Item = &Vec<u8>>| {
+        let mut v: Vec<std::path::PathBuf> = set.map(|p| std::path::PathBuf::from(os(p).to_owned())).collect();
+        v.sort();
+        v
+    };
+    a.stats.made_dirs = to_paths(&mut a.implicit.iter());
+    a.stats.implicit_dirs = to_paths(&mut a.implicit.iter().filter(|p| !a.listed.contains(*p)));
     a.stats.root_listed = a.root_listed;
     let mut fresh: Vec<std::path::PathBuf> =
         a.fresh.iter().map(|p| std::path::PathBuf::from(os(p).to_owned())).collect();
@@ -568,7 +575,7 @@ impl Applier<'_> {
         let dfd = sfs::openat(pfd, os(name), OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0).map_err(|e| self.sys(path, e))?;
         let meta = self.apply_dir_xattrs_now(&dfd, path, meta, existed)?;
         self.retain(path.len())?;
-        self.implicit.remove(path);
+        self.listed.insert(path.to_vec());
         self.dirs.insert(path.to_vec(), meta);
         Ok(())
     }

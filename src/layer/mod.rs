@@ -186,6 +186,10 @@ pub struct Stats {
     /// layer: applied on the parents, such a marker makes nothing.
     #[serde(skip)]
     pub marker_dirs: Vec<std::path::PathBuf>,
+    /// Every directory the layer made for an entry's parent, also those it listed later: on the parents each
+    /// went through whatever the lowers have there.
+    #[serde(skip)]
+    pub made_dirs: Vec<std::path::PathBuf>,
     /// Hard links this layer made to files it did not write: (link, target, inode the link had right after).
     /// Applied through an overlay mount, copy-up splits such a file from its other lower names.
     #[serde(skip)]

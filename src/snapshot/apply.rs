@@ -30,6 +30,7 @@ impl LayerApplier for LayerModule {
                 root_listed: stats.root_listed,
                 fresh_dirs: stats.fresh_dirs,
                 marker_dirs: stats.marker_dirs,
+                made_dirs: stats.made_dirs,
                 lower_links: stats.lower_links,
                 whiteouts: stats.whiteouts > 0,
                 hardlinks: stats.hardlinks > 0,

@@ -81,6 +81,8 @@ pub struct Applied {
     pub fresh_dirs: Vec<PathBuf>,
     /// Directories made only to hold a whiteout or an opaque marker (no entry of the layer inside).
     pub marker_dirs: Vec<PathBuf>,
+    /// Every directory made for an entry's parent, also those listed later (for the check against the lowers).
+    pub made_dirs: Vec<PathBuf>,
     /// Hard links to files the layer did not write: (link, target, inode right after linking).
     pub lower_links: Vec<(PathBuf, PathBuf, u64)>,
     /// The layer wrote whiteouts, which the unpacker checks against the layers below.
@@ -590,7 +592,7 @@ pub fn exact_on(diff: &OwnedFd, lowers: &[OwnedFd], applied: &Applied) -> Result
     // A directory the layer had to make for an entry went, on its parents, through whatever is at that path
     // below: a link or a file there (even if the layer replaced the directory later, or made an ancestor
     // opaque after the entry) changes the meaning.
-    for rel in &applied.implicit_dirs {
+    for rel in applied.made_dirs.iter().chain(&applied.implicit_dirs) {
         match lower_lookup_in(None, lowers, rel)? {
             Lookup::Blocked => return Ok(Some(format!("{rel:?}: a parent is not a directory in the layers below"))),
             Lookup::Found(st, _) if tree::kind(&st) != SFlag::S_IFDIR => {

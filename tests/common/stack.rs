@@ -995,6 +995,16 @@ pub fn known_umoci_differences() -> &'static [UmociDifference] {
             applies: |c| entry_classes_any(c).contains(&"setgid-inherited-by-implicit-dir"),
         },
         UmociDifference {
+            class: "marker-below-looping-link",
+            reason: "kiln skips a whiteout or opaque marker whose directory goes through a link (threats.md §3), \
+                     a link that loops (`a -> a`) included; umoci resolves it with SecureJoin and fails with ELOOP",
+            applies: |c| {
+                c.kiln.is_ok()
+                    && matches!(c.umoci, Err(e) if e.contains("too many levels of symbolic links"))
+                    && entries(c.layers).any(|(_, e)| is_whiteout(&e.path))
+            },
+        },
+        UmociDifference {
             class: "self-hardlink",
             reason: "kiln treats a hard link naming itself as a no-op (there is nothing to link; an existing file \
                      stays); umoci calls link(2) and fails when nothing is there",
