@@ -995,6 +995,19 @@ pub fn known_umoci_differences() -> &'static [UmociDifference] {
             applies: |c| entry_classes_any(c).contains(&"setgid-inherited-by-implicit-dir"),
         },
         UmociDifference {
+            class: "hardlink-target-through-its-own-name",
+            reason: "kiln resolves a hard link's target before it replaces what is at the link's name; umoci \
+                     (like tar) removes the name first, so a target reached through that name (a link `c` \
+                     replaced by `c -> c/c/b`) is gone and link(2) fails",
+            applies: |c| {
+                c.kiln.is_ok()
+                    && matches!(c.umoci, Err(e) if e.contains("link: no such file or directory"))
+                    && entries(c.layers).any(|(_, e)| {
+                        matches!(&e.kind, Kind::Hardlink(t) if norm(t).starts_with(&format!("{}/", norm(&e.path))))
+                    })
+            },
+        },
+        UmociDifference {
             class: "marker-below-looping-link",
             reason: "kiln skips a whiteout or opaque marker whose directory goes through a link (threats.md §3), \
                      a link that loops (`a -> a`) included; umoci resolves it with SecureJoin and fails with ELOOP",
