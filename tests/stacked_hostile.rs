@@ -931,3 +931,14 @@ fn fuzz_parent_listed_later_still_went_through_the_lower_file() {
     let r = h.check("fuzz-parent-listed-later", &layers);
     all_fail(&r);
 }
+
+/// One layer: `c/a/b`, then `c` replaced by a fifo and by a directory again, then an opaque marker at
+/// `c/a/a`. The `c/a` made for the marker is not content (the first `c/a` went with the old `c`): nothing
+/// makes it on any path.
+#[test]
+fn fuzz_marker_dir_over_a_removed_own_dir_is_not_content() {
+    let Some(mut h) = harness() else { return };
+    let layers = vec![LayerBuilder::new().fifo("c/a/b").fifo("c").dir("c", 0o2755).opaque("c/a/a")];
+    let r = h.check("fuzz-marker-over-removed", &layers);
+    absent(tree(&r), "c/a");
+}

@@ -190,12 +190,8 @@ pub(crate) fn apply_entries<R: BufRead>(r: &mut R, layer: &str, opts: &Options, 
         a.fresh.iter().map(|p| std::path::PathBuf::from(os(p).to_owned())).collect();
     fresh.sort();
     a.stats.fresh_dirs = fresh;
-    let mut marker: Vec<std::path::PathBuf> = a
-        .marker
-        .iter()
-        .filter(|p| !a.created.contains(*p))
-        .map(|p| std::path::PathBuf::from(os(p).to_owned()))
-        .collect();
+    let mut marker: Vec<std::path::PathBuf> =
+        a.marker.iter().map(|p| std::path::PathBuf::from(os(p).to_owned())).collect();
     marker.sort();
     a.stats.marker_dirs = marker;
     Ok(a.stats)
@@ -324,6 +320,12 @@ impl Applier<'_> {
     /// layer put entries into removes only the lower content).
     fn insert_created(&mut self, path: &[u8]) -> Result<()> {
         let mut p = path;
+        // Ancestors that were made only for markers now hold an entry: they are content.
+        let mut q = split_last(path).0;
+        while !q.is_empty() && !self.marker.is_empty() {
+            self.marker.remove(q);
+            q = split_last(q).0;
+        }
         while !p.is_empty() {
             if !self.created.insert(p.to_vec()) {
                 break;
