@@ -942,3 +942,14 @@ fn fuzz_marker_dir_over_a_removed_own_dir_is_not_content() {
     let r = h.check("fuzz-marker-over-removed", &layers);
     absent(tree(&r), "c/a");
 }
+
+/// A whiteout below `c/c` (directories made only for it), then an explicit entry for `c`: `c` is the
+/// layer's content (1777, group 1000) on every path, and a later layer writing into it keeps that.
+#[test]
+fn fuzz_explicit_dir_over_marker_dirs_is_content() {
+    let Some(mut h) = harness() else { return };
+    let layers =
+        vec![LayerBuilder::new().whiteout("c/c/b").dir("c", 0o1777).owner(0, 1000), LayerBuilder::new().fifo("c/a/a")];
+    let r = h.check("fuzz-explicit-over-marker", &layers);
+    expect(tree(&r), "c", "L1's 1777 dir", |e| e.mode == 0o1777 && e.gid == 1000);
+}

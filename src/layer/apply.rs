@@ -320,8 +320,8 @@ impl Applier<'_> {
     /// layer put entries into removes only the lower content).
     fn insert_created(&mut self, path: &[u8]) -> Result<()> {
         let mut p = path;
-        // Ancestors that were made only for markers now hold an entry: they are content.
-        let mut q = split_last(path).0;
+        // The entry itself and ancestors that were made only for markers are content now.
+        let mut q = path;
         while !q.is_empty() && !self.marker.is_empty() {
             self.marker.remove(q);
             q = split_last(q).0;
