@@ -253,7 +253,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 128,
-            max_streams_per_connection: 32,
+            max_streams_per_connection: 128,
             max_request_bytes: 1 << 20,
             max_response_bytes: 16 << 20,
             keepalive_interval_secs: 30,

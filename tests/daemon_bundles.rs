@@ -237,6 +237,8 @@ fn load_concurrent_cold_creates_then_warm_cycles() {
     let addr = k.address();
     rt().block_on(async {
         let ch = kiln::client::connect(&addr).await.unwrap();
+        // One call first: the connection has kilnd's HTTP/2 SETTINGS (its stream limit) before the burst.
+        let _ = SystemClient::new(ch.clone()).info(pb::InfoRequest {}).await.unwrap();
         // 64 concurrent creates of a cold image: all succeed, and each layer is extracted exactly once.
         let mut tasks = Vec::new();
         for i in 0..64 {
