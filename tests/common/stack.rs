@@ -1070,7 +1070,10 @@ fn entry_classes(layers: &[LayerBuilder], kiln: &Outcome, umoci: &Outcome) -> Op
             eu.xattrs.retain(|n, _| !n.starts_with("user.overlay."));
             used.insert("overlay-private-xattrs");
         }
-        if setgid_dirs && ek.kind == FileKind::Dir && eu.kind == FileKind::Dir && ek.mode ^ eu.mode == 0o2000 {
+        // The inherited bit, or (both set-group-ID) only the inherited group, differs.
+        let inherited =
+            ek.mode ^ eu.mode == 0o2000 || (ek.mode == eu.mode && ek.mode & 0o2000 != 0 && ek.gid != eu.gid);
+        if setgid_dirs && ek.kind == FileKind::Dir && eu.kind == FileKind::Dir && inherited {
             ek.mode = eu.mode;
             ek.gid = eu.gid;
             used.insert("setgid-inherited-by-implicit-dir");
