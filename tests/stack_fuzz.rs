@@ -256,10 +256,8 @@ fn batch(h: &mut Harness, seed: u64, indices: &[u64], found: &mut BTreeMap<(u8, 
         let r = h.run(&layers);
         for f in r.failures(&layers) {
             if !found.contains_key(&(f.priority(), f.signature())) {
-                eprintln!(
-                    "stack fuzzer: new failure at KILN_FUZZ_SEED={seed:#x} KILN_FUZZ_ONLY={i}: {}",
-                    f.signature()
-                );
+                // The whole failure now, not only at the end: a long run that is stopped keeps what it found.
+                eprintln!("stack fuzzer: new failure at KILN_FUZZ_SEED={seed:#x} KILN_FUZZ_ONLY={i}: {f}");
             }
             found.entry((f.priority(), f.signature())).and_modify(|e| e.count += 1).or_insert_with(|| Found {
                 index: i,
