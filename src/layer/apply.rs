@@ -146,7 +146,7 @@ pub(crate) fn apply_entries<R: BufRead>(r: &mut R, layer: &str, opts: &Options, 
         listed: HashSet::new(),
         stats: Stats::default(),
     };
-    a.root_proc = proc_path_of(&a.root);
+    a.root_proc = sfs::fd_path(&*a.root);
     let limits = TarLimits {
         max_pax_bytes: opts.limits.max_pax_bytes,
         max_name_bytes: opts.limits.max_name_bytes,
@@ -287,10 +287,8 @@ impl Applier<'_> {
             }
             self.stats.dirs += 1;
             self.root_listed = true;
-            // The root fd may be O_PATH: xattrs need a readable one.
-            let root = sfs::openat2(&*self.root, Path::new("."), OFlag::O_RDONLY | OFlag::O_DIRECTORY, Resolve::InRoot)
-                .map_err(|e| self.sys(&[], e))?;
-            let meta = self.apply_dir_xattrs_now(&root, &[], meta, true)?;
+            let root = self.root.clone();
+            let meta = self.apply_dir_xattrs_now(&root, OsStr::new("."), &[], meta, true)?;
             self.dirs.insert(Vec::new(), meta);
             return Ok(());
         }
@@ -354,7 +352,7 @@ impl Applier<'_> {
     /// below the root's own path).
     fn canonical(&self, fd: &OwnedFd) -> Option<Vec<u8>> {
         let root = self.root_proc.as_ref()?;
-        let p = proc_path_of(fd)?;
+        let p = sfs::fd_path(fd)?;
         if p == *root {
             return Some(Vec::new());
         }
@@ -574,8 +572,7 @@ impl Applier<'_> {
         if make {
             sfs::mkdirat(pfd, os(name), 0o700).map_err(|e| self.sys(path, e))?;
         }
-        let dfd = sfs::openat(pfd, os(name), OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0).map_err(|e| self.sys(path, e))?;
-        let meta = self.apply_dir_xattrs_now(&dfd, path, meta, existed)?;
+        let meta = self.apply_dir_xattrs_now(pfd, os(name), path, meta, existed)?;
         self.retain(path.len())?;
         self.listed.insert(path.to_vec());
         self.dirs.insert(path.to_vec(), meta);
@@ -590,10 +587,21 @@ impl Applier<'_> {
     /// it exactly the entry's xattrs: the others are removed first, as umoci does. Otherwise the result would
     /// depend on the backend: an overlay diff holds only the entry's xattrs (the merged directory shows the
     /// upper's), while a copy of the parents would keep the lower ones too.
-    fn apply_dir_xattrs_now(&mut self, fd: &OwnedFd, path: &[u8], mut meta: Meta, existed: bool) -> Result<Meta> {
+    fn apply_dir_xattrs_now(
+        &mut self,
+        pfd: &OwnedFd,
+        name: &OsStr,
+        path: &[u8],
+        mut meta: Meta,
+        existed: bool,
+    ) -> Result<Meta> {
         if meta.xattrs.is_empty() && !existed {
             return Ok(meta);
         }
+        // Opened only when there is something to do (the hot path lists many directories without xattrs);
+        // readable, since xattrs refuse an O_PATH fd.
+        let fd = sfs::openat(pfd, name, OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0).map_err(|e| self.sys(path, e))?;
+        let fd = &fd;
         if existed {
             let names = crate::sys::tree::list_xattrs(&fd, false).map_err(|e| self.sys(path, e))?;
             for n in names {
@@ -1005,10 +1013,6 @@ impl Applier<'_> {
             Err(e) => Err(self.sys(target, e)),
         }
     }
-}
-
-fn proc_path_of(fd: &OwnedFd) -> Option<Vec<u8>> {
-    sfs::fd_path(fd)
 }
 
 fn kind_name(k: Kind) -> &'static str {

@@ -33,11 +33,8 @@ impl LayerApplier for LayerModule {
                 made_dirs: stats.made_dirs,
                 lower_links: stats.lower_links,
                 whiteouts: stats.whiteouts > 0,
-                hardlinks: stats.hardlinks > 0,
             }),
-            Ok(stats) => {
-                Ok(Applied { hardlinks: stats.hardlinks > 0, lower_links: stats.lower_links, ..Applied::default() })
-            }
+            Ok(stats) => Ok(Applied { lower_links: stats.lower_links, ..Applied::default() }),
             Err(e) => {
                 // A hard link to a lower file, and in a diff extracted alone any failed filesystem call (a path
                 // through a link whose target only the parents have, a dangling `lib -> usr/lib`): applied

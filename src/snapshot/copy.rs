@@ -6,7 +6,6 @@
 //! below them is ever joined into a host path.
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::Read;
 use std::path::Path;
 
 use nix::sys::stat::SFlag;
@@ -50,20 +49,25 @@ pub fn describe(root: &Path) -> Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     tree::walk(&fd, &mut |e| {
         let k = tree::kind(e.st);
+        // One handle per entry, for its content and its xattrs: a readable fd for files, an O_PATH handle for
+        // fifos and devices (never opened for real); directories have theirs, links carry no image xattrs.
+        let handle: Option<(std::os::fd::OwnedFd, bool)> = match k {
+            SFlag::S_IFDIR | SFlag::S_IFLNK => None,
+            SFlag::S_IFREG => Some((tree::open_regular_at(e.parent, e.name)?.into(), false)),
+            _ => Some((crate::sys::fs::openat(e.parent, e.name, nix::fcntl::OFlag::O_PATH, 0)?, true)),
+        };
         let what = match k {
             SFlag::S_IFDIR => "dir".to_owned(),
             SFlag::S_IFREG => {
-                let mut f = tree::open_regular_at(e.parent, e.name)?;
+                let fd = handle
+                    .as_ref()
+                    .map(|(fd, _)| fd)
+                    .ok_or_else(|| crate::sys::SysError::new("open", e.rel.display(), nix::errno::Errno::EBADF))?;
                 let mut h = crate::digest::Hasher::new(crate::digest::Algorithm::Sha256);
                 let mut buf = vec![0u8; 64 << 10];
                 loop {
-                    let n = f.read(&mut buf).map_err(|err| {
-                        crate::sys::SysError::new(
-                            "read",
-                            e.rel.display(),
-                            nix::errno::Errno::from_raw(err.raw_os_error().unwrap_or(libc::EIO)),
-                        )
-                    })?;
+                    let n = nix::unistd::read(fd, &mut buf)
+                        .map_err(|err| crate::sys::SysError::new("read", e.rel.display(), err))?;
                     if n == 0 {
                         break;
                     }
@@ -76,13 +80,6 @@ pub fn describe(root: &Path) -> Result<BTreeMap<String, String>> {
             SFlag::S_IFBLK => format!("block {}", e.st.st_rdev),
             SFlag::S_IFIFO => "fifo".to_owned(),
             _ => "socket".to_owned(),
-        };
-        // Xattrs through a readable fd for directories and files, through an O_PATH handle for fifos and
-        // devices; links carry none that an image can set.
-        let handle: Option<(std::os::fd::OwnedFd, bool)> = match k {
-            SFlag::S_IFDIR | SFlag::S_IFLNK => None,
-            SFlag::S_IFREG => Some((tree::open_regular_at(e.parent, e.name)?.into(), false)),
-            _ => Some((crate::sys::fs::openat(e.parent, e.name, nix::fcntl::OFlag::O_PATH, 0)?, true)),
         };
         let (fd, opath) = match (&handle, e.dir) {
             (Some((fd, opath)), _) => (Some(fd), *opath),

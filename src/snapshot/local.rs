@@ -77,11 +77,6 @@ fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// Makes `dir` (and parents) and gives it `mode` — also when it existed with a wider one (I13).
-pub(crate) fn ensure_dir(dir: &Path, mode: u32) -> Result<()> {
-    Ok(host::ensure_dir(dir, mode)?)
-}
-
 /// Checks that overlay can be mounted with upper and work dirs on the filesystem holding `tmp`, and that
 /// whiteouts (char 0:0) and `trusted.overlay.opaque` can be written there.
 pub fn probe_overlay(tmp: &Path) -> Result<()> {
@@ -116,9 +111,10 @@ impl LocalSnapshotter {
     /// Opens the snapshotter under `root` (creating `snapshots/` and `tmp/`, mode 0700), sweeps `tmp/` and makes
     /// records and directories agree. With [`Backend::Overlay`] the kernel's support is probed first.
     pub fn open(root: &Path, backend: Backend, meta: Arc<Meta>) -> Result<LocalSnapshotter> {
-        ensure_dir(root, 0o700)?;
-        ensure_dir(&root.join("snapshots"), 0o700)?;
-        ensure_dir(&root.join("tmp"), 0o700)?;
+        // 0700 also when they existed with a wider mode (I13).
+        host::ensure_dir(root, 0o700)?;
+        host::ensure_dir(&root.join("snapshots"), 0o700)?;
+        host::ensure_dir(&root.join("tmp"), 0o700)?;
         let mut s = LocalSnapshotter {
             backend,
             root: root.to_owned(),

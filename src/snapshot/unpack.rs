@@ -87,8 +87,6 @@ pub struct Applied {
     pub lower_links: Vec<(PathBuf, PathBuf, u64)>,
     /// The layer wrote whiteouts, which the unpacker checks against the layers below.
     pub whiteouts: bool,
-    /// The layer has hard links (applied through a mount, their groups are mended after copy-up).
-    pub hardlinks: bool,
 }
 
 /// Applies one verified layer stream from `store` to `dir`. The real one wraps `kiln::layer`; tests use fakes.
@@ -674,8 +672,6 @@ fn relink_groups(mnt: &Path, upper: &Path, lowers: &[OwnedFd], links: &[(PathBuf
     }
     let up = tree::open_root(upper)?;
     let merged = tree::open_root(mnt)?;
-    let split =
-        |p: &Path| (p.parent().unwrap_or(Path::new("")).to_owned(), p.file_name().unwrap_or_default().to_owned());
     let mut done: HashSet<(u64, u64)> = HashSet::new();
     let mut index: HashMap<usize, HashMap<(u64, u64), Vec<PathBuf>>> = HashMap::new();
     for (link, target, ino) in links {
@@ -717,11 +713,11 @@ fn relink_groups(mnt: &Path, upper: &Path, lowers: &[OwnedFd], links: &[(PathBuf
                 Lookup::Found(x, _) if (x.st_dev, x.st_ino) == origin => {}
                 _ => continue, // hidden, by a layer in between or by this one
             }
-            let ((np, nn), (rp, rn)) = (split(&name), split(rep));
-            let ndir = tree::open_beneath(&merged, &np, OFlag::O_PATH | OFlag::O_DIRECTORY)?;
-            let rdir = tree::open_beneath(&merged, &rp, OFlag::O_PATH | OFlag::O_DIRECTORY)?;
-            sfs::unlinkat(&ndir, &nn, false)?;
-            sfs::linkat(&rdir, &rn, &ndir, &nn)?;
+            let ((np, nn), (rp, rn)) = (tree::split(&name), tree::split(rep));
+            let ndir = tree::open_beneath(&merged, np, OFlag::O_PATH | OFlag::O_DIRECTORY)?;
+            let rdir = tree::open_beneath(&merged, rp, OFlag::O_PATH | OFlag::O_DIRECTORY)?;
+            sfs::unlinkat(&ndir, nn, false)?;
+            sfs::linkat(&rdir, rn, &ndir, nn)?;
         }
     }
     Ok(())

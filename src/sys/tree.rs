@@ -74,7 +74,8 @@ pub fn stat_beneath(root: impl AsFd, rel: &Path) -> Result<FileStat> {
     sfs::fstatat_nofollow(&pfd, name)
 }
 
-fn split(rel: &Path) -> (&Path, &OsStr) {
+/// `rel` as (parent, last name); the root (`""`) is `("", ".")`.
+pub fn split(rel: &Path) -> (&Path, &OsStr) {
     match (rel.parent(), rel.file_name()) {
         (Some(p), Some(n)) => (p, n),
         _ => (Path::new(""), OsStr::new(".")),
