@@ -47,7 +47,30 @@ pub fn openat2(dir: impl AsFd, path: &Path, flags: OFlag, resolve: Resolve) -> R
     };
     let how = OpenHow::new().flags(flags | OFlag::O_CLOEXEC).resolve(r);
     let raw = fd(&dir);
-    nix::fcntl::openat2(dir, path, how).map_err(|e| SysError::new("openat2", format!("{raw}, {}, {rs}", q(path)), e))
+    openat2_retrying(dir, path, how).map_err(|e| SysError::new("openat2", format!("{raw}, {}, {rs}", q(path)), e))
+}
+
+/// How often a resolution that the kernel abandoned with `EAGAIN` is tried again.
+const OPENAT2_RETRIES: usize = 128;
+
+/// `openat2`, tried again while it fails with `EAGAIN`. With `RESOLVE_IN_ROOT` or `RESOLVE_BENEATH` the kernel
+/// gives up on a lookup that crosses `..` when any rename or mount happened anywhere on the system meanwhile
+/// (it cannot then prove the walk stayed inside), and says the caller may retry. On a busy node — kilnd
+/// renaming snapshots into place while another unpack resolves `..` — that is routine, not an error.
+pub(crate) fn openat2_retrying(dir: impl AsFd, path: &Path, how: OpenHow) -> nix::Result<OwnedFd> {
+    let dir = dir.as_fd();
+    let mut tries = 0;
+    loop {
+        match nix::fcntl::openat2(dir, path, how) {
+            Err(Errno::EAGAIN) if tries < OPENAT2_RETRIES => {
+                tries += 1;
+                if tries % 16 == 0 {
+                    std::thread::yield_now();
+                }
+            }
+            r => return r,
+        }
+    }
 }
 
 /// `openat(dir, name, flags|O_NOFOLLOW|O_CLOEXEC, mode)` on a single name.
@@ -233,4 +256,44 @@ pub fn fd_path(f: impl AsFd) -> Option<Vec<u8>> {
     use std::os::unix::ffi::OsStringExt;
     let link = proc_fd_path(&f);
     nix::fcntl::readlink(link.as_str()).ok().map(|t| t.into_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A lookup through `..` under `RESOLVE_IN_ROOT` while renames run elsewhere: the kernel answers
+    /// `EAGAIN` now and then, and `openat2` must absorb that rather than fail an unpack.
+    #[test]
+    fn in_root_lookup_survives_concurrent_renames() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        std::fs::write(root.join("a/f"), b"x").unwrap();
+        let other = tmp.path().join("other");
+        std::fs::create_dir_all(&other).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let renamer = {
+            let (stop, other) = (stop.clone(), other.clone());
+            std::thread::spawn(move || {
+                let (x, y) = (other.join("x"), other.join("y"));
+                std::fs::write(&x, b"").unwrap();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::fs::rename(&x, &y).unwrap();
+                    std::fs::rename(&y, &x).unwrap();
+                }
+            })
+        };
+        let dir = crate::sys::open_dir(&root).unwrap();
+        let mut result = Ok(());
+        for _ in 0..20_000 {
+            if let Err(e) = openat2(&dir, Path::new("a/b/../../a/b/../f"), OFlag::O_PATH, Resolve::InRoot) {
+                result = Err(e);
+                break;
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        renamer.join().unwrap();
+        result.unwrap();
+    }
 }

@@ -156,7 +156,7 @@ pub fn open_path_as(path: &Path, creds: Option<&super::creds::Creds>) -> Result<
             let how = nix::fcntl::OpenHow::new()
                 .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
                 .resolve(nix::fcntl::ResolveFlag::RESOLVE_NO_MAGICLINKS);
-            nix::fcntl::openat2(nix::fcntl::AT_FDCWD, path, how)
+            super::fs::openat2_retrying(nix::fcntl::AT_FDCWD, path, how)
                 .map_err(|e| SysError::new("openat2", format!("{}, O_PATH, RESOLVE_NO_MAGICLINKS", quoted(path)), e))
         }
     };

@@ -74,7 +74,7 @@ pub fn open_regular_in_root(dir: impl AsFd, path: &Path) -> Result<File> {
     let how = OpenHow::new()
         .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
         .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    let fd = nix::fcntl::openat2(dir, path, how)
+    let fd = fs::openat2_retrying(dir, path, how)
         .map_err(|e| SysError::new("openat2", format!("{}, O_PATH, RESOLVE_IN_ROOT", quoted(path)), e))?;
     let st = nix::sys::stat::fstat(&fd).map_err(|e| SysError::new("fstat", quoted(path), e))?;
     if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
