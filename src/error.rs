@@ -21,6 +21,8 @@ pub enum ErrorKind {
     ResourceExhausted,
     /// A failure of the machine (I/O, syscalls) rather than of the input.
     Internal,
+    /// The work was stopped because its caller went away or its deadline passed (see [`crate::Cancel`]).
+    Cancelled,
 }
 
 impl ErrorKind {
@@ -35,6 +37,7 @@ impl ErrorKind {
             ErrorKind::Corrupt => "corrupt",
             ErrorKind::ResourceExhausted => "resource_exhausted",
             ErrorKind::Internal => "internal",
+            ErrorKind::Cancelled => "cancelled",
         }
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod bundle;
+pub mod cancel;
 pub mod client;
 pub mod config;
 pub mod convert;
@@ -21,4 +22,5 @@ pub mod snapshot;
 pub mod store;
 pub mod sys;
 
+pub use cancel::Cancel;
 pub use error::ErrorKind;

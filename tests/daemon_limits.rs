@@ -756,3 +756,107 @@ fn over_the_bound_is_resource_exhausted_at_once() {
         assert!(slowest < PROMPT, "nobody queued");
     });
 }
+
+/// Item "a request whose client is gone is cancelled": a caller reads the first progress of a Pull of many
+/// layers and then resets its stream. The unpack stops before its next layer: some layers are committed, the
+/// image is not unpacked, no snapshot is left that is not a committed layer, and the Pull slot is free again.
+/// A later Pull reuses what was committed and finishes the rest.
+#[test]
+fn a_pull_whose_caller_leaves_stops_between_layers() {
+    const LAYERS: usize = 250;
+    let k = Kilnd::start_with_config(&limits_config(&[("concurrent.pull", "1")]), &[]);
+    let image = many_layers(LAYERS);
+    let source = path_str(image.path()).to_owned();
+    let addr = k.address();
+    let snapshots = k.root.join("snapshots");
+    rt().block_on(async move {
+        let ch = kiln::client::connect(&addr).await.unwrap();
+        import(&ch, &source, "many:1").await.unwrap();
+        let mut images = ImagesClient::new(ch.clone());
+        let started = Instant::now();
+        let mut s = images
+            .pull(pb::PullImageRequest { reference: "many:1".into(), platform: None })
+            .await
+            .unwrap()
+            .into_inner();
+        let first = s.next().await.unwrap().unwrap();
+        assert_eq!(first.layers_total as usize, LAYERS);
+        drop(s);
+        // The slot (concurrent.pull = 1) comes back once the unpack has stopped.
+        let get = |mut c: ImagesClient<Channel>| async move {
+            c.get(pb::GetImageRequest { reference: "many:1".into(), platform: None }).await.unwrap().into_inner()
+        };
+        let deadline = Instant::now() + WORK;
+        let stopped = loop {
+            let mut c = ImagesClient::new(ch.clone());
+            let mut probe =
+                c.pull(pb::PullImageRequest { reference: "nothing-by-this-name:1".into(), platform: None }).await;
+            if let Ok(s) = probe.as_mut() {
+                // Admitted: the slot is free. (The probe itself fails: no such image.)
+                let r = s.get_mut().next().await;
+                assert!(matches!(r, Some(Err(ref e)) if e.code() == Code::NotFound), "{r:?}");
+                break started.elapsed();
+            }
+            let e = probe.unwrap_err();
+            assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+            assert!(Instant::now() < deadline, "the cancelled pull never gave its slot back");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let img = get(images.clone()).await;
+        let committed = img.layers.iter().filter(|l| l.unpacked).count();
+        let on_disk = std::fs::read_dir(&snapshots).unwrap().count();
+        println!(
+            "[cancelled pull] stopped {:.0} ms after it started: {committed} of {LAYERS} layers committed, \
+             {on_disk} snapshot dirs",
+            ms(stopped)
+        );
+        assert!(!img.unpacked, "the unpack stopped before its end");
+        assert!(committed < LAYERS);
+        // Committed layers are a bottom-up prefix (each is committed onto the one below), and nothing else is on
+        // disk: no active snapshot of a layer that was being extracted.
+        assert!(img.layers.iter().take(committed).all(|l| l.unpacked), "committed layers are a prefix");
+        assert_eq!(on_disk, committed, "only committed snapshots stay");
+        let (chain, _) = timed("Images.Pull", WORK, pull(&ch, "many:1")).await;
+        let img = get(images).await;
+        assert!(img.unpacked);
+        assert_eq!(chain, img.chain_id);
+    });
+}
+
+/// The other half: a Pull that another request waits on runs to its end even when its own caller leaves.
+#[test]
+fn a_pull_another_request_waits_on_finishes_when_its_caller_leaves() {
+    const LAYERS: usize = 250;
+    let k = Kilnd::start_with_config(&limits_config(&[]), &[]);
+    let image = many_layers(LAYERS);
+    let source = path_str(image.path()).to_owned();
+    let addr = k.address();
+    rt().block_on(async move {
+        let ch = kiln::client::connect(&addr).await.unwrap();
+        import(&ch, &source, "many:1").await.unwrap();
+        let mut leader = ImagesClient::new(ch.clone())
+            .pull(pb::PullImageRequest { reference: "many:1".into(), platform: None })
+            .await
+            .unwrap()
+            .into_inner();
+        leader.next().await.unwrap().unwrap();
+        // The follower's first message comes after it claimed its layers (the leader's flights).
+        let mut follower = ImagesClient::new(ch.clone())
+            .pull(pb::PullImageRequest { reference: "many:1".into(), platform: None })
+            .await
+            .unwrap()
+            .into_inner();
+        follower.next().await.unwrap().unwrap();
+        drop(leader);
+        let done = timed("the follower's Pull", WORK, async {
+            while let Some(m) = follower.next().await {
+                if m?.done {
+                    return Ok(());
+                }
+            }
+            Err(tonic::Status::internal("no done"))
+        })
+        .await;
+        println!("[pull with a follower] the follower finished {:.0} ms after the leader left", ms(done.1));
+    });
+}

@@ -601,15 +601,27 @@ impl Engine {
         Ok(self.unpacker.unpack(store, &image.layers)?)
     }
 
-    /// [`unpack`](Self::unpack) with progress reports (for `Images.Pull`).
+    /// [`unpack`](Self::unpack) with progress reports.
     pub fn unpack_with_progress(
         &self,
         store: &Store,
         image: &ResolvedImage,
         progress: &(dyn Fn(snapshot::Progress) + Sync),
     ) -> Result<UnpackReport> {
+        self.unpack_cancellable(store, image, progress, &crate::Cancel::never())
+    }
+
+    /// [`unpack_with_progress`](Self::unpack_with_progress) that stops between layers once `cancel` says so
+    /// (for `Images.Pull`; see [`Unpacker::unpack_cancellable`]).
+    pub fn unpack_cancellable(
+        &self,
+        store: &Store,
+        image: &ResolvedImage,
+        progress: &(dyn Fn(snapshot::Progress) + Sync),
+        cancel: &crate::Cancel,
+    ) -> Result<UnpackReport> {
         let _gc = self.gc_lock.read().unwrap_or_else(|p| p.into_inner());
-        Ok(self.unpacker.unpack_with_progress(store, &image.layers, progress)?)
+        Ok(self.unpacker.unpack_cancellable(store, &image.layers, progress, cancel)?)
     }
 
     /// Whether every layer of `image` is a committed snapshot.

@@ -153,6 +153,11 @@ impl Ticket {
         self.cancel.load(Ordering::Relaxed) || self.deadline.is_some_and(|d| Instant::now() >= d)
     }
 
+    /// The same flag and deadline for library work that checks them itself.
+    pub fn cancel(&self) -> crate::Cancel {
+        crate::Cancel::new(self.cancel.clone(), self.deadline)
+    }
+
     /// `CANCELLED` or `DEADLINE_EXCEEDED` when the work should stop here.
     pub fn check(&self) -> Result<(), Status> {
         if self.deadline.is_some_and(|d| Instant::now() >= d) {

@@ -116,7 +116,7 @@ impl pb::images_server::Images for ImagesService {
         let d = self.daemon.clone();
         // Progress is lossy (the latest wins) and never waits for the caller: the unpack holds the GC lock shared
         // and may lead a single flight other requests wait on.
-        let stream = admission::stream(ticket, move |_, progress| {
+        let stream = admission::stream(ticket, move |ticket, progress| {
             let (path, img) = resolve(&d, &req.reference, req.platform.as_ref())?;
             let store = Store::open(&path).map_err(|e| status(e.kind(), e))?;
             let report = |p: crate::snapshot::Progress| {
@@ -129,9 +129,10 @@ impl pb::images_server::Images for ImagesService {
                     chain_id: String::new(),
                 })
             };
-            // Once started the unpack runs to its end even if the caller leaves: other requests may be waiting on
-            // it, and what it leaves is committed snapshots, never half-applied ones.
-            d.engine.unpack_with_progress(&store, &img, &report).map_err(|e| status(e.kind(), e))?;
+            // A caller that leaves (or whose deadline passes) stops the unpack before its next layer, unless
+            // another request waits on a layer it leads; what stays is committed snapshots, never half-applied
+            // ones.
+            d.engine.unpack_cancellable(&store, &img, &report, &ticket.cancel()).map_err(|e| status(e.kind(), e))?;
             let total = img.layers.len() as u32;
             let bytes = img.layers.iter().map(|l| l.descriptor.size).sum::<u64>();
             Ok(pb::PullProgress {

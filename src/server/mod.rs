@@ -75,6 +75,7 @@ pub fn status(kind: ErrorKind, message: impl std::fmt::Display) -> Status {
         ErrorKind::Corrupt => Status::data_loss(message),
         ErrorKind::ResourceExhausted => Status::resource_exhausted(message),
         ErrorKind::Internal => Status::internal(message),
+        ErrorKind::Cancelled => Status::cancelled(message),
     }
 }
 

@@ -124,6 +124,8 @@ pub trait Snapshotter: Send + Sync + std::fmt::Debug {
 /// Snapshot failures, naming the key, path or digest involved.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("{what} cancelled: {reason}")]
+    Cancelled { what: String, reason: &'static str },
     #[error("snapshot {key:?} not found")]
     NotFound { key: String },
     #[error("snapshot {key:?} already exists")]
@@ -153,6 +155,7 @@ pub enum Error {
 impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
+            Error::Cancelled { .. } => ErrorKind::Cancelled,
             Error::NotFound { .. } => ErrorKind::NotFound,
             Error::AlreadyExists { .. } => ErrorKind::AlreadyExists,
             Error::InvalidKey { .. } => ErrorKind::InvalidArgument,

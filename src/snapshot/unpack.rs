@@ -17,10 +17,11 @@ use std::fmt;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use super::{Error, Kind, Labels, Result, Snapshotter, WhiteoutMode};
+use crate::cancel::Cancel;
 use crate::digest::Digest;
 use crate::error::ErrorKind;
 use crate::image::Layer;
@@ -128,6 +129,25 @@ type FlightResult = std::result::Result<(), Arc<Error>>;
 struct Flight {
     result: Mutex<Option<FlightResult>>,
     done: Condvar,
+    /// Other requests waiting on this flight: while there are any, the leader's own caller leaving does not
+    /// stop it.
+    followers: AtomicUsize,
+}
+
+/// A follower's hold on a flight, counted in [`Flight::followers`].
+struct Follower(Arc<Flight>);
+
+impl Follower {
+    fn new(f: Arc<Flight>) -> Follower {
+        f.followers.fetch_add(1, Ordering::SeqCst);
+        Follower(f)
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.0.followers.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Flight {
@@ -203,7 +223,7 @@ pub const UNPACK_PREFIX: &str = "unpack/";
 
 enum Role {
     Present,
-    Follow(Arc<Flight>),
+    Follow(Follower),
     Lead(Box<LeadGuard>),
 }
 
@@ -269,7 +289,7 @@ impl Unpacker {
     fn claim(&self, chain_id: &Digest) -> Result<Role> {
         let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(f) = flights.get(chain_id) {
-            return Ok(Role::Follow(f.clone()));
+            return Ok(Role::Follow(Follower::new(f.clone())));
         }
         // Checked under the lock: a leader commits before it leaves the map, so a chain is either committed,
         // in flight, or ours to extract.
@@ -451,16 +471,40 @@ impl Unpacker {
         layers: &[Layer],
         progress: &(dyn Fn(Progress) + Sync),
     ) -> Result<UnpackReport> {
+        self.unpack_cancellable(store, layers, progress, &Cancel::never())
+    }
+
+    /// [`unpack_with_progress`](Self::unpack_with_progress) that stops before the next layer it would extract
+    /// or commit once `cancel` says so and no other request waits on what this call leads. Committed layers
+    /// stay (they are whole snapshots a later unpack reuses, or GC removes); the layer being extracted is
+    /// removed; a layer being extracted when the cancel comes is finished first.
+    pub fn unpack_cancellable(
+        &self,
+        store: &Store,
+        layers: &[Layer],
+        progress: &(dyn Fn(Progress) + Sync),
+        cancel: &Cancel,
+    ) -> Result<UnpackReport> {
         let mut done = Progress {
             layers_total: layers.len(),
             bytes_total: layers.iter().map(|l| l.descriptor.size).sum(),
             ..Progress::default()
         };
-        progress(done);
         let mut roles = Vec::with_capacity(layers.len());
         for l in layers {
             roles.push(self.claim(&l.chain_id)?);
         }
+        // After the claims: a caller that saw the first report is a follower of whatever was in flight.
+        progress(done);
+        let led: Vec<Arc<Flight>> =
+            roles.iter().filter_map(|r| if let Role::Lead(g) = r { Some(g.flight.clone()) } else { None }).collect();
+        let stopped = || -> Option<Error> {
+            let reason = cancel.reason()?;
+            if led.iter().any(|f| f.followers.load(Ordering::SeqCst) > 0) {
+                return None;
+            }
+            Some(Error::Cancelled { what: format!("unpack of {} layer(s)", layers.len()), reason })
+        };
         let rebase = self.snapshotter.can_rebase();
         if rebase {
             // Stage 1: extract every layer this call leads, in parallel, into parentless actives.
@@ -474,7 +518,10 @@ impl Unpacker {
                     s.spawn(|| loop {
                         let j = next.fetch_add(1, Ordering::Relaxed) as usize;
                         let Some(&i) = jobs.get(j) else { break };
-                        let r = self.extract(store, &layers[i], None);
+                        let r = match stopped() {
+                            Some(e) => Err(e),
+                            None => self.extract(store, &layers[i], None),
+                        };
                         results.lock().unwrap_or_else(|p| p.into_inner()).insert(i, r);
                     });
                 }
@@ -508,7 +555,7 @@ impl Unpacker {
                 Role::Present => report.present.push(layer.chain_id.clone()),
                 Role::Follow(f) => {
                     if first_err.is_none() {
-                        match f.wait() {
+                        match f.0.wait() {
                             Ok(()) => report.waited.push(layer.chain_id.clone()),
                             Err(e) => first_err = Some(Error::Flight { chain_id: layer.chain_id.clone(), source: e }),
                         }
@@ -517,6 +564,8 @@ impl Unpacker {
                 Role::Lead(mut g) => {
                     let r = if let Some(e) = &first_err {
                         Err(Error::Internal { what: format!("a lower layer failed: {e}") })
+                    } else if let Some(e) = stopped() {
+                        Err(e)
                     } else if let Some(e) = g.failed.take() {
                         match (&e, &self.mounter) {
                             (Error::Apply { source, .. }, Some(m)) if source.needs_parent => {
