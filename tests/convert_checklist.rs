@@ -2,6 +2,7 @@
 //! `config.json` is also validated against the runtime-spec schema (see `golden/support.rs`).
 #![allow(clippy::disallowed_methods)] // tests build fixtures and inspect results by path
 
+mod common;
 #[path = "golden/support.rs"]
 mod support;
 

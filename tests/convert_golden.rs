@@ -3,6 +3,7 @@
 //! validated against the runtime-spec schema. The explain records are pinned next to them.
 #![allow(clippy::disallowed_methods)] // tests build fixtures and inspect results by path
 
+mod common;
 #[path = "golden/support.rs"]
 mod support;
 

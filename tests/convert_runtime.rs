@@ -8,6 +8,7 @@
 //! fails.
 #![allow(clippy::disallowed_methods)] // tests build fixtures and inspect results by path
 
+mod common;
 #[path = "golden/support.rs"]
 mod support;
 
@@ -22,10 +23,7 @@ use serde_json::json;
 const BUSYBOX: &str = "/usr/bin/busybox";
 
 fn skip_or_fail(reason: &str) {
-    if std::env::var("KILN_TEST_STRICT").as_deref() == Ok("1") {
-        panic!("KILN_TEST_STRICT=1: {reason}");
-    }
-    eprintln!("SKIPPED: {reason}");
+    common::skip(reason)
 }
 
 fn find(tool: &str) -> Option<PathBuf> {

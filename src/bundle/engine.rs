@@ -14,22 +14,7 @@
 //! Every method blocks (the server calls them through its `spawn_blocking` helper) and may be called from many
 //! threads at once; share one `Engine` per root.
 //!
-//! ```no_run
-//! # use std::path::Path;
-//! use kiln::bundle::{BundleId, Engine, Options};
-//! use kiln::image::{resolve, Reference, ResolveOptions};
-//! let mut opts = Options::defaults(Path::new("/var/lib/kiln"), Path::new("/run/kiln"));
-//! opts.backend = kiln::snapshot::Backend::Overlay;
-//! let engine = Engine::open(opts)?; // recovery happens here; engine.recovery() says what was repaired
-//! let store = kiln::store::Store::open("/var/lib/kiln/content")?;
-//! let image = resolve(&store, &Reference::Name("latest".into()), &ResolveOptions::default())?;
-//! engine.unpack(&store, &image)?; // Images.Pull
-//! let created = engine.create(&BundleId::parse("web")?, &store, &image, &Default::default())?; // Bundles.Create
-//! println!("runc run --bundle {}", created.bundle.path.display());
-//! engine.delete(&BundleId::parse("web")?)?; // Bundles.Delete
-//! let report = engine.gc(&Engine::image_roots(&store), false)?; // System.Gc
-//! # Ok::<(), Box<dyn std::error::Error>>(())
-//! ```
+//! How the daemon drives it, call by call: `examples/engine.rs`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
