@@ -79,8 +79,8 @@ fn is_word(b: u8) -> bool {
 /// Checklist ids (a letter from A to J, then one or two digits) standing alone in `text`.
 fn rule_ids(text: &str, out: &mut BTreeSet<String>) {
     let b = text.as_bytes();
-    for i in 0..b.len() {
-        if !(b'A'..=b'J').contains(&b[i]) || (i > 0 && is_word(b[i - 1])) {
+    for (i, &c) in b.iter().enumerate() {
+        if !(b'A'..=b'J').contains(&c) || (i > 0 && is_word(b[i - 1])) {
             continue;
         }
         let digits = b[i + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
