@@ -1,6 +1,6 @@
 //! kiln turns OCI images into ready-to-run OCI runtime bundles.
 //!
-//! Data moves one way through the modules (see `../shared/DESIGN.md`):
+//! Data moves one way through the modules (see `docs/design.md`, which also notes where the code departs):
 //! `store` → `image` → `layer` → `snapshot` → `bundle` ← `convert`. Each module uses only the modules to its
 //! left and the leaves `error`, `digest` and `sys`. The library is synchronous; the gRPC server is the one async
 //! boundary.

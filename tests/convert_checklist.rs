@@ -1,4 +1,4 @@
-//! One test per item of conversion-checklist.md sections H and I, named after it. Every generated
+//! One test per item of docs/conversion.md sections H and I, named after it. Every generated
 //! `config.json` is also validated against the runtime-spec schema (see `golden/support.rs`).
 #![allow(clippy::disallowed_methods)] // tests build fixtures and inspect results by path
 

@@ -1,5 +1,5 @@
 //! Table tests for the read side: layout (A), descriptors (B), indexes and platforms (C), manifests (D) and
-//! image configurations (E) of ../shared/spec/conversion-checklist.md, named after their items.
+//! image configurations (E) of docs/conversion.md, named after their items.
 #![allow(clippy::disallowed_methods)] // tests build fixtures and inspect results by path
 
 mod common;

@@ -1,4 +1,4 @@
-//! Checklist F1–F25 (conversion-checklist.md §F): one test per item, named after it.
+//! Checklist F1–F25 (docs/conversion.md §F): one test per item, named after it.
 #![allow(clippy::disallowed_methods)] // tests build fixtures and inspect results by path
 
 mod common;

@@ -1,4 +1,4 @@
-//! One test per extraction attack in threats.md §1–4 and §8. Each puts a canary directory *outside* the root;
+//! One test per extraction attack in docs/threats.md §1–4 and §8. Each puts a canary directory *outside* the root;
 //! the pass condition is always: the canary is untouched, and kiln confines the effect to the root or refuses.
 #![allow(clippy::disallowed_methods)] // tests build fixtures and inspect results by path
 
@@ -176,7 +176,7 @@ fn cve_2025_47290_dir_swapped_for_symlink_in_one_layer_and_across_two() {
     canary.assert_untouched();
 }
 
-/// threats.md §1 race harness: a thread flips a directory of the root to a symlink to the canary and back
+/// docs/threats.md §1 race harness: a thread flips a directory of the root to a symlink to the canary and back
 /// while kiln writes under it (CVE-2025-47290, CVE-2024-45310, CVE-2021-30465 class).
 #[test]
 fn race_harness_dir_symlink_flip_during_extraction() {

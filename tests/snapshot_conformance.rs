@@ -1,4 +1,4 @@
-//! One snapshotter conformance suite, run against every backend (DESIGN.md, Tests): containerd's verbs, mounts,
+//! One snapshotter conformance suite, run against every backend (docs/design.md): containerd's verbs, mounts,
 //! isolation (F25), multi-layer whiteout/opaque/re-create/replace trees (F16–F23) compared between backends,
 //! 128-layer images, and recovery of what a crash leaves.
 #![allow(clippy::disallowed_methods)] // tests build fixtures and inspect results by path

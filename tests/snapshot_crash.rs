@@ -1,4 +1,4 @@
-//! Crash safety (J2, DESIGN.md "Concurrency and failure"): a child process loops over unpack, bundle create,
+//! Crash safety (J2, docs/design.md): a child process loops over unpack, bundle create,
 //! bundle delete and GC, and is killed with SIGKILL at a random instant. After each kill the engine is opened
 //! again (recovery), and then metadata and directories must agree, nothing may be left mounted or half-built,
 //! and the same operations must succeed. The child is this test binary re-executed with `KILN_CRASH_DIR` set.

@@ -1,4 +1,4 @@
-//! Hostile layers (threats.md §1–3, §8) through the snapshot path, on both backends: nothing outside the
+//! Hostile layers (docs/threats.md §1–3, §8) through the snapshot path, on both backends: nothing outside the
 //! snapshot root changes (a sentinel tree is hashed before and after), a layer kiln refuses leaves no committed
 //! snapshot for its chain, overlay-private xattrs from the image never reach a lower dir, and when both backends
 //! accept an image their trees are identical.
@@ -114,7 +114,7 @@ fn hostile_layers_stay_inside_on_both_backends() {
             vec![LayerBuilder::new().symlink("a", &format!("{s}/victim")), LayerBuilder::new().file("a", b"x", 0o644)],
         ),
         ("symlink-then-dir-chmod", vec![LayerBuilder::new().symlink("foo", s), LayerBuilder::new().dir("foo", 0o777)]),
-        // threats.md §3: whiteouts and opaque markers through a lower layer's link.
+        // docs/threats.md §3: whiteouts and opaque markers through a lower layer's link.
         (
             "whiteout-through-symlink",
             vec![LayerBuilder::new().symlink("d", &format!("{s}/etc")), LayerBuilder::new().whiteout("d/passwd")],
@@ -150,7 +150,7 @@ fn hostile_layers_stay_inside_on_both_backends() {
                 ),
             ],
         ),
-        // threats.md §8: overlay-private xattrs in the image.
+        // docs/threats.md §8: overlay-private xattrs in the image.
         (
             "overlay-xattr-injection",
             vec![

@@ -1,4 +1,4 @@
-//! Stacked hostile layers (threats.md §1–3, §8) through every kiln path from the same fixtures — `kiln unpack`,
+//! Stacked hostile layers (docs/threats.md §1–3, §8) through every kiln path from the same fixtures — `kiln unpack`,
 //! kilnd with `--snapshotter overlayfs` and kilnd with `--snapshotter native` (import, then `kiln bundle
 //! create`), with `umoci unpack` as the outside reference — while a host victim tree outside every root
 //! (`/dev/shm/kiln-victim-…`, uid 4242, `user.kiln` xattrs) must stay identical in every respect.
@@ -70,7 +70,7 @@ fn all_fail(r: &Report) {
 /// The issue: L1 has dir `evil/x` (0777, uid 1234); L2 makes the victim's path as a directory, `evil ->
 /// <victim>` and `evil/x/f`. Applied in order, `evil/x` is a new directory (0755 root) inside the rootfs at
 /// `<victim>/x`; an overlay diff extracted without its parents must not give that directory L1's `evil/x`
-/// attributes through the host's view of `diff/evil/x` (which is the host's `<victim>/x`). threats.md §2
+/// attributes through the host's view of `diff/evil/x` (which is the host's `<victim>/x`). docs/threats.md §2
 /// (CVE-2021-32760, CVE-2026-33056: owner and mode applied through a link).
 #[test]
 fn symlink_made_by_same_layer_then_implicit_parent_through_it_absolute() {
@@ -265,7 +265,7 @@ fn implicit_parent_keeps_lower_dir_owner_mode_and_xattrs() {
 
 /// The layer makes `c/x` (so `c` is an implicit parent, a directory below) and then replaces `c` by a link to
 /// the victim: the lower directory's owner and mode must not be applied through the link (chmod follows links;
-/// threats.md §2, CVE-2021-32760).
+/// docs/threats.md §2, CVE-2021-32760).
 #[test]
 fn implicit_parent_replaced_by_symlink_in_same_layer_is_not_chmodded_through() {
     let Some(mut h) = harness() else { return };
@@ -339,7 +339,7 @@ fn explicit_root_entry_in_lower_layer_is_kept_by_later_layers() {
     expect(t, "", "L1's root xattr", xattr_is(b"root"));
 }
 
-// ---- Explicit entries through links (threats.md §2: CVE-2026-33056, CVE-2021-32760) ------------------------
+// ---- Explicit entries through links (docs/threats.md §2: CVE-2026-33056, CVE-2021-32760) ------------------------
 
 /// CVE-2021-29136 stacked: an upper layer's entry for the root itself as a link to the victim is refused by
 /// every path (only a directory may name the root), and nothing lands on the host.
@@ -402,7 +402,7 @@ fn explicit_entries_below_lower_symlink_land_inside() {
     expect(t, &format!("{s}/p"), "a fifo", |e| e.kind == FileKind::Fifo);
 }
 
-// ---- Whiteouts and opaque markers through links (threats.md §3) --------------------------------------------
+// ---- Whiteouts and opaque markers through links (docs/threats.md §3) --------------------------------------------
 
 fn victim_shadow_layer(v: &str, s: &str) -> LayerBuilder {
     LayerBuilder::new()
@@ -412,7 +412,7 @@ fn victim_shadow_layer(v: &str, s: &str) -> LayerBuilder {
         .symlink("d", v)
 }
 
-/// Whiteouts below a lower link never delete through it (neither in the rootfs nor on the host; threats.md §3
+/// Whiteouts below a lower link never delete through it (neither in the rootfs nor on the host; docs/threats.md §3
 /// `whiteout-through-symlink`).
 #[test]
 fn whiteout_below_lower_symlink_deletes_nothing() {

@@ -1,4 +1,4 @@
-//! The rootfs user database reader against hostile rootfs contents (threats.md section 5, checklist H28):
+//! The rootfs user database reader against hostile rootfs contents (docs/threats.md section 5, checklist H28):
 //! symlinks to devices and out of the root, FIFOs, huge sparse files and huge lines. Each case must give a clear
 //! error (or an empty database) quickly, and never read a host file.
 #![allow(clippy::disallowed_methods)] // tests build fixtures and inspect results by path
@@ -69,7 +69,7 @@ fn h28_missing_files_give_an_empty_database() {
 
 #[test]
 fn h28_passwd_symlink_devzero() {
-    // threats.md `passwd-symlink-devzero` (CVE-2024-9676): resolved inside the root. Without a dev/zero in the
+    // docs/threats.md `passwd-symlink-devzero` (CVE-2024-9676): resolved inside the root. Without a dev/zero in the
     // rootfs the link dangles (empty database); with one, it is a device and refused. The host's /dev/zero is
     // never opened either way.
     let root = rootfs();
@@ -99,7 +99,7 @@ fn h28_passwd_symlink_devzero() {
 
 #[test]
 fn h28_passwd_symlink_escape_with_canary() {
-    // threats.md `passwd-symlink-escape`: a host file outside the rootfs must never be read.
+    // docs/threats.md `passwd-symlink-escape`: a host file outside the rootfs must never be read.
     let outside = tempfile::Builder::new().prefix("kiln-canary-").tempdir().expect("tempdir");
     let canary = outside.path().join("passwd");
     std::fs::write(&canary, "evil:x:0:0::/:/bin/sh\n").expect("canary");
@@ -134,7 +134,7 @@ fn h28_passwd_fifo_does_not_hang() {
 
 #[test]
 fn h28_group_2gib_sparse_fails_fast() {
-    // threats.md `group-4GiB` class (CVE-2026-47262), as a sparse file so the test stays small on disk.
+    // docs/threats.md `group-4GiB` class (CVE-2026-47262), as a sparse file so the test stays small on disk.
     let root = rootfs();
     let f = std::fs::File::create(root.path().join("etc/group")).expect("group");
     f.set_len(2 << 30).expect("sparse 2 GiB");
@@ -147,7 +147,7 @@ fn h28_group_2gib_sparse_fails_fast() {
 
 #[test]
 fn h28_huge_line_rejected() {
-    // threats.md `group-1GiB-line`, scaled down: one line over the line cap, well under the size cap.
+    // docs/threats.md `group-1GiB-line`, scaled down: one line over the line cap, well under the size cap.
     let root = rootfs();
     let mut line = b"big:x:5:".to_vec();
     line.extend(std::iter::repeat_n(b'a', 100 << 10));

@@ -392,7 +392,7 @@ impl Applier<'_> {
                 return Ok((fd.clone(), c.clone()));
             }
         }
-        // layer.md + threats.md §1: resolved by the kernel with RESOLVE_IN_ROOT; a symlink in the tree can
+        // layer.md + docs/threats.md §1: resolved by the kernel with RESOLVE_IN_ROOT; a symlink in the tree can
         // redirect only to another place inside the root.
         let (fd, canon) = match self.resolve(parent, OFlag::O_PATH | OFlag::O_DIRECTORY) {
             Ok(fd) => {
@@ -804,7 +804,7 @@ impl Applier<'_> {
 
     fn set_xattrs(&mut self, fd: &OwnedFd, path: &[u8], xattrs: &[(Vec<u8>, Vec<u8>)], opath: bool) -> Result<()> {
         for (k, v) in xattrs {
-            // threats.md §8: overlay-private xattrs from layer content would change the merged view (F12).
+            // docs/threats.md §8: overlay-private xattrs from layer content would change the merged view (F12).
             if k.starts_with(b"trusted.overlay.") || k.starts_with(b"user.overlay.") {
                 self.stats.dropped_overlay_xattrs += 1;
                 continue;
@@ -876,7 +876,7 @@ impl Applier<'_> {
         }
     }
 
-    /// Opens `dir` (normalised) for deletions: no symlink may be crossed (threats.md §3), so a whiteout below
+    /// Opens `dir` (normalised) for deletions: no symlink may be crossed (docs/threats.md §3), so a whiteout below
     /// a symlink or below a non-directory made by this layer is skipped without touching anything (`None`).
     fn open_for_delete(&mut self, dir: &[u8]) -> Result<Option<OwnedFd>> {
         let p: &Path = if dir.is_empty() { Path::new(".") } else { Path::new(os(dir)) };

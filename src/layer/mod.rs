@@ -1,4 +1,4 @@
-//! Applies one layer stream to a directory (layer.md; conversion-checklist F1–F25), and all layers of a
+//! Applies one layer stream to a directory (layer.md; docs/conversion.md F1–F25), and all layers of a
 //! resolved image to a root filesystem ([`unpack_image`]) with rootfs hygiene ([`hygiene`]).
 //!
 //! The pipeline: decompression (gzip multi-member, zstd multi-frame, plain) and the DiffID on one thread, the
@@ -51,7 +51,7 @@ pub enum WhiteoutMode {
     Overlay,
 }
 
-/// What to do with device nodes in a layer (threats.md §8).
+/// What to do with device nodes in a layer (docs/threats.md §8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DevicePolicy {
@@ -161,7 +161,7 @@ pub struct Stats {
     pub whiteouts_skipped: u64,
     /// Device nodes (and FIFOs when devices are skipped) not created because of [`DevicePolicy::Skip`].
     pub skipped_devices: u64,
-    /// `trusted.overlay.*` / `user.overlay.*` xattrs dropped from layer content (threats.md §8).
+    /// `trusted.overlay.*` / `user.overlay.*` xattrs dropped from layer content (docs/threats.md §8).
     pub dropped_overlay_xattrs: u64,
     /// xattrs the filesystem or privileges refused (EPERM, EOPNOTSUPP), and xattrs on symlinks.
     pub skipped_xattrs: u64,

@@ -71,7 +71,7 @@ fn type_name(t: SFlag) -> &'static str {
 
 /// Makes `/dev`, `/proc` and `/sys` real directories in `rootfs`, replacing whatever an image put there
 /// (runc CVE-2026-41579: `/dev` as a symlink; CVE-2023-27561: `/proc` as a symlink; checklist I12), and removes
-/// symlinks an image left under `/dev` (threats.md §9: `dev/null -> /proc/sys/kernel/core_pattern`,
+/// symlinks an image left under `/dev` (docs/threats.md §9: `dev/null -> /proc/sys/kernel/core_pattern`,
 /// `dev/console` as a symlink; CVE-2025-31133, CVE-2025-52565). A directory that is already there keeps its
 /// other contents (the runtime mounts over it).
 pub fn hygiene(rootfs: &Path) -> Result<Vec<HygieneFix>> {

@@ -1,7 +1,7 @@
 //! Mounts: the [`Mount`] description a snapshotter hands out (containerd's `mount.Mount`: type, source,
 //! options), how one is turned into system calls ([`plan`], a pure function so it can be tested without
 //! privileges), and a [`Mounter`] that performs the plan — [`SysMounter`] for real, [`RecordingMounter`] as a
-//! fake that only records (STYLE.md habit 11).
+//! fake that only records, so tests without privileges still check what would be mounted.
 //!
 //! Overlay option strings are limited to one page (4096 bytes with the trailing NUL). Short snapshot paths keep
 //! most images under it; longer ones (128 layers under a long root) are mounted with the new mount API instead,
@@ -47,7 +47,7 @@ impl Mount {
         }
         let joined: Vec<String> = lowers.iter().map(|l| l.display().to_string()).collect();
         options.push(format!("lowerdir={}", joined.join(":")));
-        // The image's own layers were written with trusted.overlay.* dropped (threats.md §8); index=off and
+        // The image's own layers were written with trusted.overlay.* dropped (docs/threats.md §8); index=off and
         // redirect_dir=off keep the kernel from following redirects that were not made by kiln.
         options.push("index=off".into());
         options.push("redirect_dir=off".into());

@@ -7,7 +7,7 @@
 //! and paths resolved beneath an fd.
 //!
 //! Why: a path like `diff.join("evil/x")` is resolved by the host kernel from the host's `/`, so a symlink
-//! `evil -> /etc` that a layer left in its own diff sends an `lchown` or `chmod` to the host (threats.md §1).
+//! `evil -> /etc` that a layer left in its own diff sends an `lchown` or `chmod` to the host (docs/threats.md §1).
 //! `clippy.toml` forbids the path-based calls everywhere outside `src/sys` and tests.
 #![allow(unsafe_code)]
 

@@ -956,8 +956,8 @@ pub fn known_umoci_differences() -> &'static [UmociDifference] {
         },
         UmociDifference {
             class: "delete-through-symlink",
-            reason: "kiln never deletes through a symbolic link (threats.md §3: a whiteout or opaque marker below a \
-                     link is skipped, deletions are resolved with RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS); umoci \
+            reason: "kiln never deletes through a symbolic link (docs/threats.md §3: a whiteout or opaque marker \
+                     below a link is skipped, deletions are resolved with RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS); umoci \
                      resolves the marker's directory through the link inside the rootfs and deletes there. \
                      Recognised when umoci, run again without the markers that sit below a link, agrees with kiln",
             applies: |c| {
@@ -980,9 +980,9 @@ pub fn known_umoci_differences() -> &'static [UmociDifference] {
         },
         UmociDifference {
             class: "overlay-private-xattrs",
-            reason: "kiln drops `trusted.overlay.*` and `user.overlay.*` xattrs from layer content (threats.md §8: \
-                     written into a layer used as an overlay lower they would change the merged view); umoci \
-                     writes `user.overlay.*` like any user xattr",
+            reason: "kiln drops `trusted.overlay.*` and `user.overlay.*` xattrs from layer content \
+                     (docs/threats.md §8: written into a layer used as an overlay lower they would change the merged \
+                     view); umoci writes `user.overlay.*` like any user xattr",
             applies: |c| entry_classes_any(c).contains(&"overlay-private-xattrs"),
         },
         UmociDifference {
@@ -1009,7 +1009,7 @@ pub fn known_umoci_differences() -> &'static [UmociDifference] {
         },
         UmociDifference {
             class: "marker-below-looping-link",
-            reason: "kiln skips a whiteout or opaque marker whose directory goes through a link (threats.md §3), \
+            reason: "kiln skips a whiteout or opaque marker whose directory goes through a link (docs/threats.md §3), \
                      a link that loops (`a -> a`) included; umoci resolves it with SecureJoin and fails with ELOOP",
             applies: |c| {
                 c.kiln.is_ok()

@@ -158,7 +158,7 @@ fn build(args: &Args, json: bool, cancel: &Arc<AtomicBool>) -> Result<()> {
         bail!("interrupted");
     }
 
-    // Build in temp, sync, then rename into place (STYLE.md habit 5).
+    // Build in temp, sync, then rename into place (docs/design.md: a crash leaves no half-written bundle).
     kiln::sys::fs::syncfs(kiln::sys::host::open_dir(&tmp)?)?;
     if existed_empty {
         kiln::sys::host::remove_dir(bundle)?;
