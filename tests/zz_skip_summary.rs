@@ -15,7 +15,10 @@ fn skipped_tests_of_this_run() {
     if lines.is_empty() {
         out.push_str("kiln tests: 0 skipped in this run\n");
     } else {
-        out.push_str(&format!("kiln tests: {} SKIPPED in this run (run scripts/test as root to set up):\n", lines.len()));
+        out.push_str(&format!(
+            "kiln tests: {} SKIPPED in this run (run scripts/test as root to set up):\n",
+            lines.len()
+        ));
         for l in &lines {
             let mut f = l.splitn(3, '\t');
             let (bin, test, reason) = (f.next().unwrap_or("?"), f.next().unwrap_or("?"), f.next().unwrap_or("?"));
