@@ -834,3 +834,21 @@ fn f22_overlay_mode_whiteout_then_child_without_a_directory_entry() {
     apply_tar(&l.build(), &plain, &opts()).unwrap();
     assert_eq!(std::fs::read(plain.join("d/y")).unwrap(), b"y");
 }
+
+/// F15: a directory the layer listed, then replaced (its parent became a symlink, then a directory again), is
+/// gone with its attributes: the directory made later at the same path for a child is a plain implicit one and
+/// does not take the earlier entry's setgid mode and owner when the layer ends (umoci agrees). Found by the
+/// stack fuzzer (seed 0xc0ffee, stack 1704).
+#[test]
+fn f15_a_replaced_directory_takes_its_attributes_with_it() {
+    let d = tempfile::tempdir().unwrap();
+    let root = root_in(&d);
+    let l =
+        LayerBuilder::new().dir("a/a", 0o2755).owner(1000, 1000).symlink("a", ".").dir("a", 0o711).dir("a/a/b", 0o1777);
+    apply(&l, &root);
+    let aa = std::fs::symlink_metadata(root.join("a/a")).unwrap();
+    assert!(aa.is_dir());
+    assert_eq!((aa.mode() & 0o7777, aa.uid(), aa.gid()), (0o755, 0, 0), "a/a is the implicit directory");
+    assert_eq!(mode(&root.join("a")), 0o711);
+    assert_eq!(mode(&root.join("a/a/b")), 0o1777);
+}

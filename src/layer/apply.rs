@@ -541,7 +541,12 @@ impl Applier<'_> {
                 sfs::unlinkat(&d, os(&child), false).map_err(|e| self.sys(&cpath, e))?;
             }
         }
-        sfs::unlinkat(dir, os(name), true).map_err(|e| self.sys(path, e))
+        sfs::unlinkat(dir, os(name), true).map_err(|e| self.sys(path, e))?;
+        // A directory this layer listed and then replaced (`a/b/`, then `a` as a link, then `a/` and `a/b/x`
+        // again) takes its attributes with it: a directory made later at the same path does not inherit them
+        // at the end of the layer. (Found by the stack fuzzer against umoci, seed 0xc0ffee stack 1704.)
+        self.dirs.remove(path);
+        Ok(())
     }
 
     fn directory(&mut self, pfd: &OwnedFd, path: &[u8], name: &[u8], meta: Meta) -> Result<()> {
