@@ -29,13 +29,40 @@ pub enum Error {
         #[source]
         source: tonic::transport::Error,
     },
+    /// Nothing listens at the address: the usual first-hour mistake, said plainly.
+    #[error(
+        "kilnd is not running at unix://{path} ({why}); start it with `kilnd` (or `systemctl start kilnd.socket`), \
+         or point --address / KILN_ADDRESS at its socket"
+    )]
+    NotRunning { path: PathBuf, why: &'static str },
+}
+
+impl Error {
+    /// [`Error::NotRunning`] when the connection failed because no socket is there or nobody accepts on it.
+    fn connecting(path: PathBuf, source: tonic::transport::Error) -> Error {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&source);
+        while let Some(c) = cause {
+            if let Some(io) = c.downcast_ref::<std::io::Error>() {
+                let why = match io.kind() {
+                    std::io::ErrorKind::NotFound => Some("there is no socket there"),
+                    std::io::ErrorKind::ConnectionRefused => Some("nothing accepts connections on that socket"),
+                    _ => None,
+                };
+                if let Some(why) = why {
+                    return Error::NotRunning { path, why };
+                }
+            }
+            cause = c.source();
+        }
+        Error::Connect { path, source }
+    }
 }
 
 impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Address(_) => ErrorKind::InvalidArgument,
-            Error::Connect { .. } => ErrorKind::FailedPrecondition,
+            Error::Connect { .. } | Error::NotRunning { .. } => ErrorKind::FailedPrecondition,
         }
     }
 }
@@ -51,7 +78,7 @@ pub async fn connect(address: &str) -> Result<Channel, Error> {
             async move { tokio::net::UnixStream::connect(target).await.map(TokioIo::new) }
         }))
         .await
-        .map_err(|source| Error::Connect { path, source })
+        .map_err(|source| Error::connecting(path, source))
 }
 
 /// Connects to kilnd at `address` and passes `fd` with the first bytes the connection sends (the HTTP/2
@@ -68,7 +95,7 @@ pub async fn connect_passing(address: &str, fd: OwnedFd) -> Result<Channel, Erro
             async move { UnixStream::connect(target).await.map(|io| TokioIo::new(PassFd { io, fd })) }
         }))
         .await
-        .map_err(|source| Error::Connect { path, source })
+        .map_err(|source| Error::connecting(path, source))
 }
 
 /// A client connection whose first write carries a descriptor.

@@ -51,6 +51,11 @@ impl std::fmt::Display for ErrorKind {
 /// One line for an error and its causes, for the binaries: each cause is added only when the message so
 /// far does not already say it (kiln's errors usually carry their source in their own text).
 pub fn report(e: &(dyn std::error::Error + 'static)) -> String {
+    report_lines(e).replace('\n', " ")
+}
+
+/// [`report`] keeping the line breaks of the messages (a TOML error's excerpt with its caret).
+pub fn report_lines(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
@@ -61,5 +66,5 @@ pub fn report(e: &(dyn std::error::Error + 'static)) -> String {
         }
         cause = c.source();
     }
-    out.replace('\n', " ")
+    out
 }

@@ -226,10 +226,13 @@ fn one_daemon_per_root_stale_socket_and_sigterm() {
         .arg(k.dir.path().join("state2"))
         .output()
         .unwrap();
-    assert!(!out.status.success());
+    // A usage error (64), naming the live daemon and the root, with no "Try again".
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("another kilnd"), "{stderr}");
+    let said = format!("another kilnd (pid {}) holds {}", k.pid(), k.root.display());
+    assert!(stderr.contains(&said), "{said:?} in {stderr}");
     assert_eq!(stderr.matches("another kilnd").count(), 1, "the cause is said once: {stderr}");
+    assert!(!stderr.contains("Try again") && !stderr.contains("EAGAIN"), "{stderr}");
     assert!(k.root.join("tmp/import-inflight").is_dir(), "the refused daemon swept the live one's tmp/");
     // Issue 10 (3): nor does one with another root but the same state directory touch the live one's bundles.
     std::fs::create_dir_all(k.state.join("bundles/inflight")).unwrap();
@@ -240,9 +243,10 @@ fn one_daemon_per_root_stale_socket_and_sigterm() {
         .arg(&k.state)
         .output()
         .unwrap();
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("another kilnd holds this state directory"), "{stderr}");
+    let said = format!("another kilnd (pid {}) holds {} (its state directory", k.pid(), k.state.display());
+    assert!(stderr.contains(&said), "{said:?} in {stderr}");
     assert!(k.state.join("bundles/inflight").is_dir(), "the refused daemon swept the live one's bundles");
     assert!(k.socket.exists(), "the refused daemon removed the live one's socket");
     // SIGTERM: exit 0, socket removed.

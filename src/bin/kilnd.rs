@@ -10,25 +10,32 @@ use kiln::config::{Config, LogFormat, SnapshotterKind};
 use kiln::server::{self, lifecycle};
 
 #[derive(Parser)]
-#[command(name = "kilnd", version, about = "kiln daemon: OCI runtime bundles over gRPC on a Unix socket")]
+#[command(
+    name = "kilnd",
+    version,
+    about = "kiln daemon: OCI runtime bundles over gRPC on a Unix socket",
+    after_help = "Each flag overrides the same setting of --config; without either, the default shown applies."
+)]
 struct Flags {
-    /// TOML configuration file (every field has a default).
-    #[arg(long)]
+    /// TOML configuration file; every field has a default (see the README's configuration section).
+    #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Content store, snapshots and metadata.
-    #[arg(long)]
+    /// Content store, snapshots and metadata [default: /var/lib/kiln].
+    #[arg(long, value_name = "DIR")]
     root: Option<PathBuf>,
-    /// Socket and bundles.
-    #[arg(long)]
+    /// Socket and bundles [default: /run/kiln].
+    #[arg(long, value_name = "DIR")]
     state: Option<PathBuf>,
-    /// unix:///path/to/kilnd.sock
-    #[arg(long)]
+    /// The socket to listen on [default: unix://STATE/kilnd.sock, i.e. unix:///run/kiln/kilnd.sock].
+    #[arg(long, value_name = "unix:///PATH")]
     address: Option<String>,
-    #[arg(long)]
-    snapshotter: Option<SnapshotterKind>,
-    /// tracing filter, e.g. `info` or `kiln=debug`.
-    #[arg(long)]
+    /// How snapshots are stored [default: overlayfs, or native where the kernel has no overlayfs].
+    #[arg(long, value_parser = ["overlayfs", "native"])]
+    snapshotter: Option<String>,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `kiln=debug` [default: info].
+    #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
+    /// Log line format [default: text].
     #[arg(long, value_parser = ["text", "json"])]
     log_format: Option<String>,
 }
@@ -51,7 +58,7 @@ fn config(flags: Flags) -> anyhow::Result<Config> {
         c.address = a;
     }
     if let Some(s) = flags.snapshotter {
-        c.snapshotter = s;
+        c.snapshotter = s.parse::<SnapshotterKind>().map_err(anyhow::Error::msg)?;
     }
     if let Some(l) = flags.log_level {
         c.log.level = l;
@@ -78,7 +85,8 @@ fn main() -> ExitCode {
     let config = match config(flags) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("kilnd: {}", kiln::error::report(e.as_ref()));
+            // Line breaks kept: a TOML error shows the line and a caret under the mistake.
+            eprintln!("kilnd: {}", kiln::error::report_lines(e.as_ref()));
             return ExitCode::from(EX_USAGE);
         }
     };
@@ -92,6 +100,11 @@ fn main() -> ExitCode {
     }
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
+        // Not a failure of this daemon but of how it was started: a usage error, said once and plainly.
+        Err(e) if matches!(e.downcast_ref::<server::Error>(), Some(server::Error::Held { .. })) => {
+            eprintln!("kilnd: {e}");
+            ExitCode::from(EX_USAGE)
+        }
         Err(e) => {
             // Logging is set up by now and writes to stderr: one record, in the configured format.
             tracing::error!("kilnd: {}", kiln::error::report(e.as_ref()));
@@ -163,4 +176,34 @@ fn run(config: Config) -> anyhow::Result<()> {
     // Blocking work still running past the drain deadline (a stuck import, say) does not hold up exit.
     runtime.shutdown_timeout(deadline);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every flag says what it is for, and the defaults its help states are the embedded ones.
+    #[test]
+    fn flags_are_described_with_their_real_defaults() {
+        let cmd = Flags::command();
+        for a in cmd.get_arguments() {
+            let id = a.get_id().as_str();
+            if id != "help" && id != "version" {
+                assert!(a.get_help().is_some(), "--{id} has no help");
+            }
+        }
+        let help = cmd.clone().render_help().to_string();
+        let d = Config::default();
+        for shown in [
+            format!("[default: {}]", d.root.display()),
+            format!("[default: {}]", d.state.display()),
+            format!("i.e. {}]", d.address),
+            format!("[default: {},", d.snapshotter.as_str()),
+            format!("[default: {}]", d.log.level),
+            "[possible values: overlayfs, native]".to_string(),
+        ] {
+            assert!(help.contains(&shown), "kilnd --help lacks {shown:?}:\n{help}");
+        }
+    }
 }

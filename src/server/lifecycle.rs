@@ -28,18 +28,25 @@ fn sys(path: &Path) -> impl FnOnce(crate::sys::SysError) -> Error {
 pub struct RootLock(#[allow(dead_code)] Vec<Flock<File>>);
 
 pub fn lock_root(root: &Path, state: &Path) -> Result<RootLock, Error> {
+    use std::io::{Seek, Write};
     let mut held = Vec::new();
     for (dir, mode, what) in [(root, 0o700, "root"), (state, 0o711, "state directory")] {
         host::ensure_dir(dir, mode).map_err(sys(dir))?;
         let path = dir.join("kilnd.lock");
         let file = host::open_write(&path, nix::fcntl::OFlag::empty(), 0o600).map_err(sys(&path))?;
-        let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| Error::Io {
-            path: path.clone(),
-            source: std::io::Error::new(
-                std::io::ErrorKind::WouldBlock,
-                format!("another kilnd holds this {what} ({errno})"),
-            ),
-        })?;
+        let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => l,
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                // The holder wrote its pid into the file when it took the lock.
+                let pid = host::read_to_string(&path).ok().and_then(|t| t.trim().parse::<u32>().ok());
+                return Err(Error::Held { dir: dir.to_path_buf(), what, lock: path, pid });
+            }
+            Err((_, errno)) => return Err(sys(&path)(crate::sys::SysError::new("flock", "LOCK_EX|LOCK_NB", errno))),
+        };
+        // Ours now: say who holds it (the file stays; only the lock matters).
+        lock.set_len(0).map_err(io(&path))?;
+        lock.rewind().map_err(io(&path))?;
+        writeln!(lock, "{}", std::process::id()).map_err(io(&path))?;
         held.push(lock);
     }
     Ok(RootLock(held))

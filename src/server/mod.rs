@@ -51,6 +51,9 @@ pub enum Error {
     Reflection(String),
     #[error(transparent)]
     Engine(#[from] crate::bundle::engine::Error),
+    /// A second kilnd on a root or state directory that a live one holds.
+    #[error("another kilnd ({}) holds {dir} (its {what}; lock {lock})", pid.map_or("pid unknown".to_string(), |p| format!("pid {p}")))]
+    Held { dir: PathBuf, what: &'static str, lock: PathBuf, pid: Option<u32> },
 }
 
 impl Error {
@@ -58,6 +61,7 @@ impl Error {
         match self {
             Error::Store(e) => e.kind(),
             Error::Engine(e) => e.kind(),
+            Error::Held { .. } => ErrorKind::FailedPrecondition,
             _ => ErrorKind::Internal,
         }
     }

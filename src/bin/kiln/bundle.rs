@@ -16,6 +16,7 @@ pub struct CreateArgs {
     /// The image reference in kilnd's store.
     #[arg(long)]
     pub image: String,
+    /// The platform to select from a multi-platform image, OS/ARCH[/VARIANT] [default: this host].
     #[arg(long)]
     pub platform: Option<String>,
     /// Replace the image's Entrypoint (and drop its Cmd); repeat for each element.
@@ -27,15 +28,20 @@ pub struct CreateArgs {
     /// NAME=VALUE, merged by name over the image's Env; repeatable.
     #[arg(long = "env", short = 'e')]
     pub env: Vec<String>,
+    /// Replace the image's User: NAME, UID, NAME:GROUP or UID:GID, resolved in the rootfs [default: the
+    /// image's, else root].
     #[arg(long)]
     pub user: Option<String>,
+    /// Replace the image's WorkingDir (absolute) [default: the image's, else /].
     #[arg(long)]
     pub cwd: Option<String>,
     /// KEY=VALUE annotations; repeatable.
     #[arg(long = "annotation")]
     pub annotations: Vec<String>,
+    /// Make the container's root filesystem read-only (`root.readonly`).
     #[arg(long)]
     pub read_only: bool,
+    /// Give the process a terminal (`process.terminal`).
     #[arg(long)]
     pub tty: bool,
 }

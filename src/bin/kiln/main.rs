@@ -12,26 +12,38 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+const DEFAULT_ADDRESS: &str = "unix:///run/kiln/kilnd.sock";
+
 #[derive(Parser)]
 #[command(name = "kiln", version, about = "Turn OCI images into ready-to-run OCI runtime bundles")]
 struct Cli {
-    /// kilnd's socket.
-    #[arg(long, global = true, env = "KILN_ADDRESS", default_value = "unix:///run/kiln/kilnd.sock")]
+    /// kilnd's socket (for `image`, `bundle` and `system`; also accepted after them).
+    #[arg(long, env = "KILN_ADDRESS", default_value = DEFAULT_ADDRESS, value_name = "unix:///PATH")]
     address: String,
-    /// Machine-readable output.
+    /// Machine-readable output (JSON on stdout).
     #[arg(long, global = true)]
     json: bool,
     /// Log filter (tracing EnvFilter syntax), e.g. `warn`, `kiln=debug`.
-    #[arg(long, global = true, default_value = "warn", env = "KILN_LOG")]
+    #[arg(long, global = true, default_value = "warn", env = "KILN_LOG", value_name = "FILTER")]
     log: String,
     #[command(subcommand)]
     command: Command,
 }
 
+/// `--address` after a daemon verb group (`kiln image ls --address …`); `kiln unpack` has none.
+#[derive(clap::Args)]
+struct RemoteOpts {
+    /// kilnd's socket [default: the top-level --address, KILN_ADDRESS or unix:///run/kiln/kilnd.sock].
+    #[arg(long = "address", id = "group_address", global = true, value_name = "unix:///PATH")]
+    address: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Work with images.
+    /// Work with images in kilnd's stores (and inspect a layout directly).
     Image {
+        #[command(flatten)]
+        remote: RemoteOpts,
         #[command(subcommand)]
         command: ImageCommand,
     },
@@ -39,11 +51,15 @@ enum Command {
     Unpack(unpack::Args),
     /// Work with bundles prepared by kilnd.
     Bundle {
+        #[command(flatten)]
+        remote: RemoteOpts,
         #[command(subcommand)]
         command: BundleCommand,
     },
     /// The daemon itself.
     System {
+        #[command(flatten)]
+        remote: RemoteOpts,
         #[command(subcommand)]
         command: SystemCommand,
     },
@@ -54,11 +70,17 @@ enum BundleCommand {
     /// Prepare a bundle from an image; prints its path (for `runc run --bundle`).
     Create(bundle::CreateArgs),
     /// Describe one bundle.
-    Inspect { id: String },
+    Inspect {
+        /// The bundle's id.
+        id: String,
+    },
     /// List bundles.
     Ls,
     /// Unmount and remove a bundle.
-    Rm { id: String },
+    Rm {
+        /// The bundle's id.
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -75,8 +97,9 @@ enum ImageCommand {
         /// The ref name to give it in the store.
         #[arg(long)]
         name: String,
-        /// Which image of the source to take (a ref name, or a RepoTag for docker-archive).
-        #[arg(long, default_value = "")]
+        /// Which image of the source to take (a ref name, or a RepoTag for docker-archive) [default: its only
+        /// image].
+        #[arg(long, default_value = "", hide_default_value = true)]
         source_ref: String,
         /// Send the path for kilnd to look up, instead of opening the source here and passing it as a file
         /// descriptor (either way kilnd reads it with your rights).
@@ -85,12 +108,17 @@ enum ImageCommand {
     },
     /// Unpack an image's layers into snapshots ahead of time.
     Pull {
+        /// The image: a ref name in kilnd's store (`name:tag`), or `@sha256:…`.
         reference: String,
+        /// The platform to select from a multi-platform image, OS/ARCH[/VARIANT] [default: this host].
         #[arg(long)]
         platform: Option<String>,
     },
-    /// Remove a ref name from kilnd's store.
-    Rm { name: String },
+    /// Remove a ref name from kilnd's store (its blobs go at the next `system gc`).
+    Rm {
+        /// The ref name.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -99,6 +127,7 @@ enum SystemCommand {
     Info,
     /// Remove what nothing refers to.
     Gc {
+        /// Say what would be removed, remove nothing.
         #[arg(long)]
         dry_run: bool,
     },
@@ -170,32 +199,33 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
-    let remote = Remote { address: cli.address, json: cli.json };
+    let json = cli.json;
+    let remote = |o: &RemoteOpts| Remote { address: o.address.clone().unwrap_or_else(|| cli.address.clone()), json };
     let result = match cli.command {
-        Command::Image { command } => match command {
-            ImageCommand::Inspect(args) if args.image.is_some() => inspect::run(args),
-            ImageCommand::Inspect(args) => {
+        Command::Image { remote: r, command } => match (remote(&r), command) {
+            (_, ImageCommand::Inspect(args)) if args.image.is_some() => inspect::run(args),
+            (remote, ImageCommand::Inspect(args)) => {
                 remote_call(image::inspect(&remote, args.reference.as_deref().unwrap_or(""), args.platform.as_deref()))
             }
-            ImageCommand::Ls => remote_call(image::ls(&remote)),
-            ImageCommand::Import { source, name, source_ref, by_path } => {
+            (remote, ImageCommand::Ls) => remote_call(image::ls(&remote)),
+            (remote, ImageCommand::Import { source, name, source_ref, by_path }) => {
                 remote_call(image::import(&remote, &source, &name, &source_ref, by_path))
             }
-            ImageCommand::Pull { reference, platform } => {
+            (remote, ImageCommand::Pull { reference, platform }) => {
                 remote_call(image::pull(&remote, &reference, platform.as_deref()))
             }
-            ImageCommand::Rm { name } => remote_call(image::rm(&remote, &name)),
+            (remote, ImageCommand::Rm { name }) => remote_call(image::rm(&remote, &name)),
         },
-        Command::Unpack(args) => unpack::run(args, remote.json),
-        Command::Bundle { command } => match command {
-            BundleCommand::Create(args) => remote_call(bundle::create(&remote, args)),
-            BundleCommand::Inspect { id } => remote_call(bundle::inspect(&remote, &id)),
-            BundleCommand::Ls => remote_call(bundle::ls(&remote)),
-            BundleCommand::Rm { id } => remote_call(bundle::rm(&remote, &id)),
+        Command::Unpack(args) => unpack::run(args, json),
+        Command::Bundle { remote: r, command } => match (remote(&r), command) {
+            (remote, BundleCommand::Create(args)) => remote_call(bundle::create(&remote, args)),
+            (remote, BundleCommand::Inspect { id }) => remote_call(bundle::inspect(&remote, &id)),
+            (remote, BundleCommand::Ls) => remote_call(bundle::ls(&remote)),
+            (remote, BundleCommand::Rm { id }) => remote_call(bundle::rm(&remote, &id)),
         },
-        Command::System { command } => match command {
-            SystemCommand::Info => remote_call(system::info(&remote)),
-            SystemCommand::Gc { dry_run } => remote_call(system::gc(&remote, dry_run)),
+        Command::System { remote: r, command } => match (remote(&r), command) {
+            (remote, SystemCommand::Info) => remote_call(system::info(&remote)),
+            (remote, SystemCommand::Gc { dry_run }) => remote_call(system::gc(&remote, dry_run)),
         },
     };
     match result {
@@ -205,5 +235,53 @@ fn main() -> ExitCode {
             eprintln!("kiln: {}", describe(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every flag and argument of every verb says what it is for (a walk of clap's command tree).
+    #[test]
+    fn every_argument_of_every_verb_is_described() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            if cmd.get_about().is_none() && !cmd.is_hide_set() {
+                missing.push(format!("{path}: the command"));
+            }
+            for a in cmd.get_arguments() {
+                let id = a.get_id().as_str();
+                if id == "help" || id == "version" || a.is_hide_set() {
+                    continue;
+                }
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path}: {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_name() != "help" {
+                    walk(sub, &path, missing);
+                }
+            }
+        }
+        let mut missing = Vec::new();
+        let mut cmd = Cli::command();
+        cmd.build();
+        walk(&cmd, "", &mut missing);
+        assert!(missing.is_empty(), "undescribed: {missing:#?}");
+    }
+
+    /// `kiln unpack` works without a daemon: its help does not offer a socket.
+    #[test]
+    fn unpack_has_no_address() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let unpack = cmd.find_subcommand("unpack").expect("unpack");
+        assert!(unpack.get_arguments().all(|a| a.get_long() != Some("address")));
+        let image = cmd.find_subcommand("image").expect("image");
+        let ls = image.find_subcommand("ls").expect("image ls");
+        assert!(ls.get_arguments().any(|a| a.get_long() == Some("address")), "daemon verbs take --address");
     }
 }
