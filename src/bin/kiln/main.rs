@@ -58,7 +58,12 @@ enum BundleCommand {
     /// List bundles.
     Ls,
     /// Unmount and remove a bundle.
-    Rm { id: String },
+    Rm {
+        id: String,
+        /// Remove it even while a container runs on it (its writable layer goes from under it).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -191,7 +196,7 @@ fn main() -> ExitCode {
             BundleCommand::Create(args) => remote_call(bundle::create(&remote, args)),
             BundleCommand::Inspect { id } => remote_call(bundle::inspect(&remote, &id)),
             BundleCommand::Ls => remote_call(bundle::ls(&remote)),
-            BundleCommand::Rm { id } => remote_call(bundle::rm(&remote, &id)),
+            BundleCommand::Rm { id, force } => remote_call(bundle::rm(&remote, &id, force)),
         },
         Command::System { command } => match command {
             SystemCommand::Info => remote_call(system::info(&remote)),
