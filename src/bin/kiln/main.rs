@@ -77,9 +77,9 @@ enum ImageCommand {
     Import {
         /// The layout directory or archive file.
         source: String,
-        /// The ref name to give it in the store.
+        /// The ref name to give it in the store; without it, every image keeps its name from the source.
         #[arg(long)]
-        name: String,
+        name: Option<String>,
         /// Which image of the source to take (a ref name, or a RepoTag for docker-archive).
         #[arg(long, default_value = "")]
         source_ref: String,
@@ -184,7 +184,7 @@ fn main() -> ExitCode {
             }
             ImageCommand::Ls => remote_call(image::ls(&remote)),
             ImageCommand::Import { source, name, source_ref, by_path } => {
-                remote_call(image::import(&remote, &source, &name, &source_ref, by_path))
+                remote_call(image::import(&remote, &source, name.as_deref().unwrap_or(""), &source_ref, by_path))
             }
             ImageCommand::Pull { reference, platform } => {
                 remote_call(image::pull(&remote, &reference, platform.as_deref()))
