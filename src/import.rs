@@ -373,8 +373,12 @@ pub fn commit(
     ref_name: &str,
     progress: &mut dyn FnMut(ImportProgress),
 ) -> Result<Descriptor> {
-    let mut imported = commit_all(dest, staged, source_ref, Some(ref_name), progress)?;
-    Ok(imported.swap_remove(0).descriptor)
+    let imported = commit_all(dest, staged, source_ref, Some(ref_name), progress)?;
+    imported
+        .into_iter()
+        .next()
+        .map(|i| i.descriptor)
+        .ok_or_else(|| Error::InvalidSource { path: staged.name.clone(), reason: "nothing was imported".into() })
 }
 
 /// Copies a staged source into `dest`, naming what it copies as `ctr images import` and `docker load` do.
