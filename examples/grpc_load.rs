@@ -52,7 +52,7 @@ async fn main() {
     let mut c = BundlesClient::new(channel.clone());
     let warm = pb::CreateBundleRequest { id: "bench-warmup".into(), image: a.image.clone(), ..Default::default() };
     c.create(warm).await.expect("warm-up create");
-    c.delete(pb::DeleteBundleRequest { id: "bench-warmup".into() }).await.expect("warm-up delete");
+    c.delete(pb::DeleteBundleRequest { id: "bench-warmup".into(), force: false }).await.expect("warm-up delete");
 
     println!(
         "{:>11} {:>8} {:>10} {:>10} {:>10} {:>12}",
@@ -73,7 +73,7 @@ async fn main() {
                     let t0 = Instant::now();
                     c.create(req).await.expect("create");
                     lat.push(t0.elapsed());
-                    c.delete(pb::DeleteBundleRequest { id }).await.expect("delete");
+                    c.delete(pb::DeleteBundleRequest { id, force: false }).await.expect("delete");
                 }
                 lat
             }));

@@ -23,6 +23,9 @@
 //! layout's index lock is taken only after the source has been read into the scratch directory.
 //! [`ImportSlots`] bounds how many imports run at once, in all and per caller.
 //!
+//! Without a name from the caller, an import names what it copies from the source ([`commit_all`]): every image
+//! under its `io.containerd.image.name`, `org.opencontainers.image.ref.name` or docker `RepoTags`.
+//!
 //! May use: `store`, `image`, `layer` (its tar reader), `digest`, `sys`, `error`.
 
 use std::collections::{HashMap, HashSet};
@@ -67,6 +70,17 @@ pub enum Error {
     OtherMountNamespace { path: PathBuf, pid: i32 },
     #[error("import source {path}: {reason}")]
     InvalidSource { path: PathBuf, reason: String },
+    #[error(
+        "import source {path} holds {count} images ({}); a name (--name) is given to one image only: pick it with \
+         a source ref (--source-ref), or leave the name out to import every image under its own name",
+        quoted_refs(.refs)
+    )]
+    SeveralImages { path: PathBuf, count: usize, refs: Vec<String> },
+    #[error(
+        "import source {path}: image {image} has no name (no {ANNOTATION_CONTAINERD_NAME} or \
+         org.opencontainers.image.ref.name annotation, no RepoTags); give it one with --name{hint}"
+    )]
+    Unnamed { path: PathBuf, image: String, hint: String },
     #[error("archive {path}: {reason}")]
     Archive { path: PathBuf, reason: String },
     #[error("archive {path}: {what} is over the cap of {limit}")]
@@ -94,7 +108,9 @@ impl Error {
             Error::Image(e) => e.kind(),
             Error::SourceNotFound { .. } | Error::SourceUnavailable { .. } => ErrorKind::NotFound,
             Error::OtherMountNamespace { .. } => ErrorKind::FailedPrecondition,
-            Error::InvalidSource { .. } => ErrorKind::InvalidArgument,
+            Error::InvalidSource { .. } | Error::SeveralImages { .. } | Error::Unnamed { .. } => {
+                ErrorKind::InvalidArgument
+            }
             Error::Archive { .. } => ErrorKind::Corrupt,
             Error::TooLarge { .. } | Error::Busy { .. } => ErrorKind::ResourceExhausted,
             Error::Identity { .. } | Error::Io { .. } => ErrorKind::Internal,
@@ -103,6 +119,21 @@ impl Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+fn quoted_refs(refs: &[String]) -> String {
+    refs.iter().map(|r| format!("{r:?}")).collect::<Vec<_>>().join(", ")
+}
+
+/// containerd's annotation on an `index.json` descriptor of `ctr export` (and Docker ≥ 25's `docker save`): the
+/// image's full name, `docker.io/library/busybox:latest`.
+pub const ANNOTATION_CONTAINERD_NAME: &str = "io.containerd.image.name";
+
+/// One image an import wrote: the name it has in the store and the descriptor that name points at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Imported {
+    pub ref_name: String,
+    pub descriptor: Descriptor,
+}
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
     move |source| Error::Io { path: path.to_path_buf(), source }
@@ -342,10 +373,42 @@ pub fn commit(
     ref_name: &str,
     progress: &mut dyn FnMut(ImportProgress),
 ) -> Result<Descriptor> {
-    validate_ref_name(ref_name)?;
+    let imported = commit_all(dest, staged, source_ref, Some(ref_name), progress)?;
+    imported
+        .into_iter()
+        .next()
+        .map(|i| i.descriptor)
+        .ok_or_else(|| Error::InvalidSource { path: staged.name.clone(), reason: "nothing was imported".into() })
+}
+
+/// Copies a staged source into `dest`, naming what it copies as `ctr images import` and `docker load` do.
+///
+/// - `ref_name` given: one image, under that name — the source's only image, or the one `source_ref` picks
+///   ([`Error::SeveralImages`] when the source holds more and none is picked).
+/// - `ref_name` `None`: every image of the source (or the one `source_ref` picks) under the name it has there:
+///   a layout's or oci-archive's `io.containerd.image.name` annotation (a full name,
+///   `docker.io/library/busybox:latest`) or else its `org.opencontainers.image.ref.name` (as written, `latest`
+///   included: the store is an image layout too, whose ref names are those names), a docker-archive's
+///   `RepoTags` (each tag a name; a tag picked by `source_ref` alone). An image without a name is refused
+///   ([`Error::Unnamed`]) before anything is copied.
+///
+/// `source_ref` matches either annotation of a layout and a RepoTag of a docker-archive; one it does not match
+/// is refused naming the source (`staged.name()`, the caller's path) and the refs there are. An existing image
+/// of a name is replaced. Returns the images in the order they were written (at least one).
+pub fn commit_all(
+    dest: &LayoutWriter,
+    staged: &Staged,
+    source_ref: &Reference,
+    ref_name: Option<&str>,
+    progress: &mut dyn FnMut(ImportProgress),
+) -> Result<Vec<Imported>> {
+    if let Some(n) = ref_name {
+        validate_ref_name(n)?;
+    }
     let max = staged.max_bytes;
+    let name = staged.name.as_path();
     match &staged.what {
-        StagedKind::Layout(src) => import_layout_capped(dest, src, source_ref, ref_name, max, progress),
+        StagedKind::Layout(src) => import_layout_images(dest, src, name, source_ref, ref_name, max, progress),
         StagedKind::Archive(dir) => {
             let is_file = |name: &str| {
                 sys::host::lstat(&dir.path().join(name)).is_ok_and(|st| sys::fs::file_type(&st) == SFlag::S_IFREG)
@@ -356,9 +419,9 @@ pub fn commit(
             let by_repo_tag = docker && matches!(source_ref, Reference::Name(_));
             if oci && !by_repo_tag {
                 let src = Store::open(dir.path())?;
-                import_layout_capped(dest, &src, source_ref, ref_name, max, progress)
+                import_layout_images(dest, &src, name, source_ref, ref_name, max, progress)
             } else if docker {
-                import_docker_archive(dest, dir.path(), source_ref, ref_name, progress)
+                import_docker_archive(dest, dir.path(), name, source_ref, ref_name, progress)
             } else {
                 Err(Error::InvalidSource {
                     path: staged.name.clone(),
@@ -469,8 +532,169 @@ fn import_layout_capped(
     max_bytes: u64,
     progress: &mut dyn FnMut(ImportProgress),
 ) -> Result<Descriptor> {
+    let named = image::lookup(src, source_ref, &image::Limits::default())?;
+    let top = copy_named(dest, src, &named, max_bytes, progress)?;
+    dest.set_ref(ref_name, &top)?;
+    Ok(top)
+}
+
+/// One image of a layout's index.json as import names it: the descriptors that share its name (one per
+/// platform, or one), the name it gets in the store, and the names a source ref may pick it by.
+struct LayoutImage {
+    descriptors: Vec<Descriptor>,
+    name: Option<String>,
+    refs: Vec<String>,
+}
+
+/// The images of `src`'s index.json (manifests and indexes; other artifacts are not images), grouped by name:
+/// containerd's full name when there is one, else the ref name. Descriptors without either are one image each.
+fn layout_images(src: &Store) -> Result<Vec<LayoutImage>> {
+    let mut out: Vec<LayoutImage> = Vec::new();
+    for d in src.index()?.manifests {
+        if !(store::is_index_type(&d.media_type) || store::is_manifest_type(&d.media_type)) {
+            continue;
+        }
+        let full = d.annotation(ANNOTATION_CONTAINERD_NAME).filter(|n| !n.is_empty()).map(str::to_owned);
+        let short = d.ref_name().filter(|n| !n.is_empty()).map(str::to_owned);
+        let name = full.clone().or(short.clone());
+        let refs: Vec<String> = full.into_iter().chain(short).collect();
+        match out.iter_mut().find(|i| name.is_some() && i.name == name) {
+            Some(i) => {
+                for r in refs {
+                    if !i.refs.contains(&r) {
+                        i.refs.push(r);
+                    }
+                }
+                i.descriptors.push(d);
+            }
+            None => out.push(LayoutImage { descriptors: vec![d], name, refs }),
+        }
+    }
+    Ok(out)
+}
+
+fn all_refs<'a>(refs: impl Iterator<Item = &'a String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for r in refs {
+        if !out.contains(r) {
+            out.push(r.clone());
+        }
+    }
+    out
+}
+
+/// [`commit_all`] for a layout or an oci-archive: `path` is the source as the caller named it.
+fn import_layout_images(
+    dest: &LayoutWriter,
+    src: &Store,
+    path: &Path,
+    source_ref: &Reference,
+    ref_name: Option<&str>,
+    max_bytes: u64,
+    progress: &mut dyn FnMut(ImportProgress),
+) -> Result<Vec<Imported>> {
+    let images = layout_images(src)?;
+    let refs = all_refs(images.iter().flat_map(|i| i.refs.iter()));
+    let copy = |img: &LayoutImage, names: Vec<String>, progress: &mut dyn FnMut(ImportProgress)| {
+        for n in &names {
+            validate_ref_name(n)?;
+        }
+        let what = match &img.name {
+            Some(n) => format!("ref {n:?}"),
+            None => img.descriptors.first().map(|d| format!("@{}", d.digest)).unwrap_or_default(),
+        };
+        let named = image::Named { candidates: img.descriptors.clone(), what };
+        let top = copy_named(dest, src, &named, max_bytes, progress)?;
+        let mut out = Vec::new();
+        for n in names {
+            dest.set_ref(&n, &top)?;
+            out.push(Imported { ref_name: n, descriptor: top.clone() });
+        }
+        Ok::<_, Error>(out)
+    };
+    match (source_ref, ref_name) {
+        (Reference::Name(r), _) => {
+            let picked: Vec<&LayoutImage> = images.iter().filter(|i| i.refs.contains(r)).collect();
+            match picked.as_slice() {
+                [] => Err(image::Error::RefNotFound {
+                    reference: r.clone(),
+                    layout: path.display().to_string(),
+                    available: refs,
+                }
+                .into()),
+                [one] => {
+                    let names = match ref_name {
+                        Some(n) => vec![n.to_owned()],
+                        None => one.name.iter().cloned().collect(),
+                    };
+                    copy(one, names, progress)
+                }
+                many => Err(image::Error::Ambiguous {
+                    what: format!("import source {}", path.display()),
+                    reason: format!(
+                        "{r:?} names {} images ({}); pick one by its full name",
+                        many.len(),
+                        quoted_refs(&all_refs(many.iter().filter_map(|i| i.name.as_ref())))
+                    ),
+                }
+                .into()),
+            }
+        }
+        (Reference::Digest(_), Some(n)) => Ok(vec![Imported {
+            ref_name: n.to_owned(),
+            descriptor: import_layout_capped(dest, src, source_ref, n, max_bytes, progress)?,
+        }]),
+        (Reference::Digest(d), None) => Err(Error::Unnamed {
+            path: path.to_path_buf(),
+            image: format!("@{d}"),
+            hint: " (an image picked by digest takes its name from --name)".into(),
+        }),
+        (Reference::Default, Some(n)) => {
+            // One image (the per-platform descriptors of one name, or unnamed ones: as before) takes the name.
+            let named = images.iter().filter(|i| i.name.is_some()).count();
+            if named > 1 {
+                return Err(Error::SeveralImages { path: path.to_path_buf(), count: images.len(), refs });
+            }
+            Ok(vec![Imported {
+                ref_name: n.to_owned(),
+                descriptor: import_layout_capped(dest, src, source_ref, n, max_bytes, progress)?,
+            }])
+        }
+        (Reference::Default, None) => {
+            if images.is_empty() {
+                return Err(Error::InvalidSource {
+                    path: path.to_path_buf(),
+                    reason: "index.json lists no image".into(),
+                });
+            }
+            if let Some(i) = images.iter().find(|i| i.name.is_none()) {
+                let digest = i.descriptors.first().map(|d| d.digest.to_string()).unwrap_or_default();
+                let hint = if images.len() > 1 { format!(" and --source-ref @{digest}") } else { String::new() };
+                return Err(Error::Unnamed { path: path.to_path_buf(), image: digest, hint });
+            }
+            // Every name is checked before anything is copied.
+            for n in images.iter().filter_map(|i| i.name.as_deref()) {
+                validate_ref_name(n)?;
+            }
+            let mut out = Vec::new();
+            for i in &images {
+                out.extend(copy(i, i.name.iter().cloned().collect(), progress)?);
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// Copies the image `named` describes (its whole tree) and returns the descriptor a ref should name: the one
+/// image as it is, or a new index over several descriptors. No ref is set.
+fn copy_named(
+    dest: &LayoutWriter,
+    src: &Store,
+    named: &image::Named,
+    max_bytes: u64,
+    progress: &mut dyn FnMut(ImportProgress),
+) -> Result<Descriptor> {
     let limits = image::Limits::default();
-    let named = image::lookup(src, source_ref, &limits)?;
     let images: Vec<Descriptor> = named
         .candidates
         .iter()
@@ -479,7 +703,7 @@ fn import_layout_capped(
         .collect();
     let one_manifest = matches!(images.as_slice(), [d] if store::is_manifest_type(&d.media_type));
     if !one_manifest {
-        match image::select(src, &named, &image::Platform::host(), &limits) {
+        match image::select(src, named, &image::Platform::host(), &limits) {
             Ok(_) => {}
             // One index is copied as it is whatever else resolution will say of it (it is the caller's image);
             // only an index with nothing for this host is refused.
@@ -533,7 +757,6 @@ fn import_layout_capped(
             desc
         }
     };
-    dest.set_ref(ref_name, &top)?;
     Ok(top)
 }
 
@@ -825,14 +1048,16 @@ struct DockerArchiveEntry {
     layers: Vec<String>,
 }
 
-/// Converts a docker-archive (manifest.json + config + layer tars) into an OCI manifest in `dest`.
+/// Converts the images of a docker-archive (manifest.json + config + layer tars) into OCI manifests in `dest`
+/// and names them ([`commit_all`]); `path` is the source as the caller named it.
 fn import_docker_archive(
     dest: &LayoutWriter,
     dir: &Path,
+    path: &Path,
     source_ref: &Reference,
-    ref_name: &str,
+    ref_name: Option<&str>,
     progress: &mut dyn FnMut(ImportProgress),
-) -> Result<Descriptor> {
+) -> Result<Vec<Imported>> {
     let sys_err = |what: String| move |source| Error::Store(store::Error::Sys { what, source });
     let root = crate::sys::open_dir(dir).map_err(sys_err(dir.display().to_string()))?;
     let cap = store::Limits::default().max_json_bytes;
@@ -850,32 +1075,87 @@ fn import_docker_archive(
         |reason: String| Error::Image(image::Error::Malformed { what: "docker-archive manifest.json".into(), reason });
     let entries: Vec<DockerArchiveEntry> =
         store::from_slice_strict(&read_small("manifest.json")?).map_err(malformed)?;
-    let entry = match source_ref {
-        Reference::Default if entries.len() == 1 => &entries[0],
-        Reference::Name(n) => {
-            entries.iter().find(|e| e.repo_tags.iter().flatten().any(|t| t == n)).ok_or_else(|| {
+    let tags = |e: &DockerArchiveEntry| -> Vec<String> {
+        e.repo_tags.iter().flatten().filter(|t| !t.is_empty()).cloned().collect()
+    };
+    let refs = all_refs(entries.iter().flat_map(|e| e.repo_tags.iter().flatten()));
+    // Each image with the names it gets.
+    let picked: Vec<(&DockerArchiveEntry, Vec<String>)> = match (source_ref, ref_name) {
+        (Reference::Name(n), _) => {
+            let e = entries.iter().find(|e| e.repo_tags.iter().flatten().any(|t| t == n)).ok_or_else(|| {
                 image::Error::RefNotFound {
                     reference: n.clone(),
-                    layout: "docker-archive".into(),
-                    available: entries.iter().flat_map(|e| e.repo_tags.iter().flatten().cloned()).collect(),
+                    layout: format!("docker-archive {}", path.display()),
+                    available: refs.clone(),
                 }
-            })?
+            })?;
+            vec![(e, vec![ref_name.unwrap_or(n).to_owned()])]
         }
-        _ => {
-            return Err(image::Error::Ambiguous {
-                what: "docker-archive".into(),
-                reason: format!("{} images; name one by RepoTag", entries.len()),
+        (Reference::Default, Some(name)) if entries.len() == 1 => vec![(&entries[0], vec![name.to_owned()])],
+        (Reference::Default, Some(_)) => {
+            return Err(Error::SeveralImages { path: path.to_path_buf(), count: entries.len(), refs })
+        }
+        (Reference::Default, None) => {
+            if entries.is_empty() {
+                return Err(malformed("lists no image".into()));
             }
-            .into())
+            if let Some(e) = entries.iter().find(|e| tags(e).is_empty()) {
+                let hint = if entries.len() > 1 { " (it cannot be picked: import the others by RepoTag)" } else { "" };
+                return Err(Error::Unnamed { path: path.to_path_buf(), image: e.config.clone(), hint: hint.into() });
+            }
+            entries.iter().map(|e| (e, tags(e))).collect()
+        }
+        (Reference::Digest(d), _) => {
+            return Err(Error::InvalidSource {
+                path: path.to_path_buf(),
+                reason: format!("a docker-archive's images are picked by RepoTag, not by digest (@{d})"),
+            })
         }
     };
+    for n in picked.iter().flat_map(|(_, names)| names) {
+        validate_ref_name(n)?;
+    }
+    let mut out = Vec::new();
     let mut state = ImportProgress::default();
+    for (entry, names) in picked {
+        let desc = docker_archive_image(dest, dir, &root, entry, &mut state, progress)?;
+        for n in names {
+            dest.set_ref(&n, &desc)?;
+            out.push(Imported { ref_name: n, descriptor: desc.clone() });
+        }
+    }
+    Ok(out)
+}
+
+/// Writes one docker-archive image as an OCI manifest (blobs first) and returns the manifest's descriptor.
+fn docker_archive_image(
+    dest: &LayoutWriter,
+    dir: &Path,
+    root: &OwnedFd,
+    entry: &DockerArchiveEntry,
+    state: &mut ImportProgress,
+    progress: &mut dyn FnMut(ImportProgress),
+) -> Result<Descriptor> {
+    let sys_err = |what: String| move |source| Error::Store(store::Error::Sys { what, source });
+    let cap = store::Limits::default().max_json_bytes;
+    let read_small = |name: &str| -> Result<Vec<u8>> {
+        let f = crate::sys::open_regular_in_root(root, Path::new(name))
+            .map_err(sys_err(format!("docker-archive {name}")))?;
+        let mut buf = Vec::new();
+        f.take(cap + 1).read_to_end(&mut buf).map_err(io_error(&dir.join(name)))?;
+        if buf.len() as u64 > cap {
+            return Err(Error::TooLarge { path: dir.join(name), what: "JSON document", limit: cap });
+        }
+        Ok(buf)
+    };
+    let malformed =
+        |reason: String| Error::Image(image::Error::Malformed { what: "docker-archive manifest.json".into(), reason });
     let config_bytes = read_small(&entry.config)?;
     let config = Descriptor::new(store::MEDIA_TYPE_CONFIG, Digest::sha256(&config_bytes), config_bytes.len() as u64);
     let mut layers = Vec::with_capacity(entry.layers.len());
     for name in &entry.layers {
         let open = || {
-            crate::sys::open_regular_in_root(&root, Path::new(name))
+            crate::sys::open_regular_in_root(root, Path::new(name))
                 .map_err(sys_err(format!("docker-archive layer {name}")))
         };
         // First pass: digest, size and compression; second pass: the verified copy.
@@ -904,7 +1184,7 @@ fn import_docker_archive(
         let desc = Descriptor::new(media_type, hasher.finish(), size);
         state.bytes += dest.put_blob(&desc.digest, size, open()?)?;
         state.blobs += 1;
-        progress(state);
+        progress(*state);
         layers.push(desc);
     }
     state.bytes += dest.put_blob(&config.digest, config.size, &config_bytes[..])?;
@@ -919,8 +1199,7 @@ fn import_docker_archive(
     let desc = Descriptor::new(store::MEDIA_TYPE_MANIFEST, Digest::sha256(&bytes), bytes.len() as u64);
     state.bytes += dest.put_blob(&desc.digest, desc.size, &bytes[..])?;
     state.blobs += 1;
-    progress(state);
-    dest.set_ref(ref_name, &desc)?;
+    progress(*state);
     Ok(desc)
 }
 

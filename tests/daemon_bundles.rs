@@ -181,7 +181,7 @@ fn bundles_pull_and_gc() {
         assert!(kept_blobs.iter().all(|i| i.reason.contains("image \"busybox\"")), "{gc:?}");
 
         // Delete: no mounts, dirs or records left; then removing the image lets gc take the snapshots.
-        bundles.delete(pb::DeleteBundleRequest { id: "web-1".into() }).await.unwrap();
+        bundles.delete(pb::DeleteBundleRequest { id: "web-1".into(), force: false }).await.unwrap();
         assert!(!std::path::Path::new(&b.path).exists());
         let gc = system.gc(pb::GcRequest { dry_run: true }).await.unwrap().into_inner();
         assert!(gc.removed.is_empty() && gc.kept.iter().all(|i| i.reason.contains("image \"busybox\"")), "{gc:?}");
@@ -257,13 +257,13 @@ fn load_concurrent_cold_creates_then_warm_cycles() {
         let mut c = BundlesClient::new(ch.clone());
         assert_eq!(c.list(pb::ListBundlesRequest {}).await.unwrap().into_inner().bundles.len(), 64);
         for i in 0..64 {
-            c.delete(pb::DeleteBundleRequest { id: format!("c{i}") }).await.unwrap();
+            c.delete(pb::DeleteBundleRequest { id: format!("c{i}"), force: false }).await.unwrap();
         }
         // 1 000 warm create/delete cycles.
         for i in 0..1000 {
             let id = format!("w{}", i % 7);
             c.create(create_req(&id, "busybox", &[])).await.unwrap();
-            c.delete(pb::DeleteBundleRequest { id }).await.unwrap();
+            c.delete(pb::DeleteBundleRequest { id, force: false }).await.unwrap();
         }
         assert!(c.list(pb::ListBundlesRequest {}).await.unwrap().into_inner().bundles.is_empty());
     });
@@ -404,6 +404,6 @@ fn create_refuses_an_image_without_entrypoint_or_cmd_unless_args_are_given() {
         let cfg: serde_json::Value =
             serde_json::from_slice(&std::fs::read(std::path::Path::new(&b.path).join("config.json")).unwrap()).unwrap();
         assert_eq!(cfg["process"]["args"], json!(["/bin/true"]));
-        bundles.delete(pb::DeleteBundleRequest { id: "na-2".into() }).await.unwrap();
+        bundles.delete(pb::DeleteBundleRequest { id: "na-2".into(), force: false }).await.unwrap();
     });
 }

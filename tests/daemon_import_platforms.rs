@@ -150,7 +150,7 @@ fn several_platform_manifests_under_one_ref_import_as_one_index_and_bundle_the_h
         assert_eq!(r.bundle.unwrap().manifest_digest, host["digest"].as_str().unwrap());
 
         for id in ["multi-1", "nested-1"] {
-            bundles.delete(pb::DeleteBundleRequest { id: id.into() }).await.unwrap();
+            bundles.delete(pb::DeleteBundleRequest { id: id.into(), force: false }).await.unwrap();
         }
     });
 }

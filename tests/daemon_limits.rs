@@ -277,7 +277,10 @@ fn unread_pull_and_import_streams_stall_nobody() {
         println!("[unread Pull+Import streams] the attacker's connection was closed by the idle timeout");
         info_latency(&ch, 5).await;
         if root {
-            BundlesClient::new(ch.clone()).delete(pb::DeleteBundleRequest { id: "b1".into() }).await.unwrap();
+            BundlesClient::new(ch.clone())
+                .delete(pb::DeleteBundleRequest { id: "b1".into(), force: false })
+                .await
+                .unwrap();
         }
     });
 }
@@ -710,12 +713,12 @@ fn a_create_whose_deadline_passed_leaves_nothing_half_built() {
             assert!(kiln::sys::mount::is_mount_point(&dir.join("rootfs")), "{id}'s rootfs is mounted");
         }
         for id in listed {
-            bundles.delete(pb::DeleteBundleRequest { id }).await.unwrap();
+            bundles.delete(pb::DeleteBundleRequest { id, force: false }).await.unwrap();
         }
         // Every slot came back.
         let req = pb::CreateBundleRequest { id: "last".into(), image: "small:1".into(), ..Default::default() };
         timed("Bundles.Create", WORK, bundles.create(req)).await;
-        bundles.delete(pb::DeleteBundleRequest { id: "last".into() }).await.unwrap();
+        bundles.delete(pb::DeleteBundleRequest { id: "last".into(), force: false }).await.unwrap();
     });
 }
 

@@ -110,6 +110,11 @@ pub enum Error {
     VolumesTooLarge { id: String, bytes: u64, files: u64 },
     #[error("bundle {id:?}: its record would be {size} bytes, over the cap of {limit} (caps.max_bundle_record_bytes)")]
     RecordTooLarge { id: String, size: usize, limit: usize },
+    #[error(
+        "bundle {id:?} is in use: {}; stop what holds it (a container: runc kill, runc delete), or force the delete",
+        super::inuse::describe(holders)
+    )]
+    InUse { id: String, holders: Vec<super::inuse::Holder> },
 }
 
 /// Most image volumes a bundle seeds: each is a copy of image content into the state directory (a tmpfs).
@@ -127,6 +132,7 @@ impl Error {
             Error::Sys { source, .. } => source.kind(),
             Error::Hygiene { source, .. } => source.kind(),
             Error::Io { .. } | Error::Record { .. } => ErrorKind::Internal,
+            Error::InUse { .. } => ErrorKind::FailedPrecondition,
             Error::TooManyVolumes { .. }
             | Error::Busy { .. }
             | Error::VolumesTooLarge { .. }
@@ -732,10 +738,41 @@ impl Engine {
     }
 
     /// Unmounts and removes bundle `id`: record first, then mounts, directory and snapshot (a crash in between
-    /// leaves pieces without a record, which [`open`](Self::open) removes).
+    /// leaves pieces without a record, which [`open`](Self::open) removes). Refused with [`Error::InUse`]
+    /// (nothing changed) while a process has its root in the rootfs or a mount namespace still mounts it — a
+    /// container a runtime started from the bundle (see [`inuse`](super::inuse)).
     pub fn delete(&self, id: &BundleId) -> Result<()> {
+        self.delete_inner(id, false)
+    }
+
+    /// [`delete`](Self::delete) without the in-use check: a running container's writable layer is removed from
+    /// under it (it keeps running on what it has open).
+    pub fn force_delete(&self, id: &BundleId) -> Result<()> {
+        self.delete_inner(id, true)
+    }
+
+    /// What holds bundle `id`'s rootfs now (empty: nothing; one pass over `/proc`).
+    pub fn holders(&self, id: &BundleId) -> Result<Vec<super::inuse::Holder>> {
+        let b = self.get(id)?;
+        self.holders_of(&b)
+    }
+
+    fn holders_of(&self, b: &Bundle) -> Result<Vec<super::inuse::Holder>> {
+        // The mount description names the snapshot's directories (upper dir, native copy); a snapshot already
+        // gone leaves only the rootfs to look for.
+        let mounts = self.snapshots.mounts(&b.snapshot).unwrap_or_default();
+        super::inuse::scan(&b.path, &mounts).map_err(|source| Error::Sys { id: b.id.clone(), source })
+    }
+
+    fn delete_inner(&self, id: &BundleId, force: bool) -> Result<()> {
         let _id = self.lock_id(id.as_str());
         let b = self.get(id)?;
+        if !force {
+            let holders = self.holders_of(&b)?;
+            if !holders.is_empty() {
+                return Err(Error::InUse { id: id.to_string(), holders });
+            }
+        }
         self.meta.write(|w| w.delete_bundle(id.as_str()).map(|_| ()))?;
         self.unmount_under(&b.path)?;
         snapshot::copy::remove_tree(&b.path)?;

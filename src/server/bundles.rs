@@ -48,7 +48,7 @@ impl pb::bundles_server::Bundles for BundlesService {
             // bundle is taken down again, so a retry starts clean instead of meeting ALREADY_EXISTS.
             if let Err(gone) = ticket.check() {
                 tracing::info!(bundle = %bundle_id, "Bundles.Create: caller gone; removing the bundle");
-                d.engine.delete(&bundle_id).map_err(|e| status(e.kind(), e))?;
+                d.engine.force_delete(&bundle_id).map_err(|e| status(e.kind(), e))?;
                 return Err(gone);
             }
             Ok(wire::created(&created))
@@ -79,8 +79,14 @@ impl pb::bundles_server::Bundles for BundlesService {
         tracing::info!(caller = %caller(&req), "Bundles.Delete");
         let ticket = self.daemon.gates.admit(Kind::Delete, "Bundles.Delete", &req)?;
         let d = self.daemon.clone();
-        let bundle_id = id(&req.into_inner().id)?;
-        admission::run(ticket, move |_| d.engine.delete(&bundle_id).map_err(|e| status(e.kind(), e))).await?;
+        let req = req.into_inner();
+        let bundle_id = id(&req.id)?;
+        let force = req.force;
+        admission::run(ticket, move |_| {
+            let deleted = if force { d.engine.force_delete(&bundle_id) } else { d.engine.delete(&bundle_id) };
+            deleted.map_err(|e| status(e.kind(), e))
+        })
+        .await?;
         Ok(Response::new(pb::DeleteBundleResponse {}))
     }
 }

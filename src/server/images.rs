@@ -156,7 +156,9 @@ impl pb::images_server::Images for ImagesService {
         let ticket = self.daemon.gates.admit(Kind::Import, "Images.Import", &req)?;
         let req = req.into_inner();
         let source_ref = wire::reference(&req.source_reference)?;
-        import::validate_ref_name(&req.ref_name).map_err(|e| status(e.kind(), e))?;
+        if !req.ref_name.is_empty() {
+            import::validate_ref_name(&req.ref_name).map_err(|e| status(e.kind(), e))?;
+        }
         // Read with the caller's rights (root's own for root): see `import`.
         let access = peer
             .as_ref()
@@ -182,11 +184,19 @@ impl pb::images_server::Images for ImagesService {
                     bytes_done: p.bytes as i64,
                     done: false,
                     digest: String::new(),
+                    images: vec![],
                 })
             };
-            let desc = import::commit(&writer, &staged, &source_ref, &req.ref_name, &mut report)
+            // No ref name: every image (or the one source_reference picks) keeps its name from the source.
+            let name = (!req.ref_name.is_empty()).then_some(req.ref_name.as_str());
+            let imported = import::commit_all(&writer, &staged, &source_ref, name, &mut report)
                 .map_err(|e| status(e.kind(), e))?;
-            Ok(pb::ImportProgress { done: true, digest: desc.digest.to_string(), ..Default::default() })
+            let images: Vec<pb::ImportedImage> = imported
+                .iter()
+                .map(|i| pb::ImportedImage { ref_name: i.ref_name.clone(), digest: i.descriptor.digest.to_string() })
+                .collect();
+            let digest = images.first().map(|i| i.digest.clone()).unwrap_or_default();
+            Ok(pb::ImportProgress { done: true, digest, images, ..Default::default() })
         });
         Ok(Response::new(Box::pin(stream)))
     }

@@ -128,6 +128,7 @@ pub fn atomic_write(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
 }
 
 pub mod mount;
+pub mod proc;
 pub use mount::{Mount, Mounter, RecordingMounter, SysMounter};
 
 /// `syncfs(open(path))`: flushes the whole filesystem holding `path` (cheaper than an fsync per file after an

@@ -256,14 +256,14 @@ pub fn mount_points_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn unescape_mountinfo(field: &str) -> String {
+pub(crate) fn unescape_mountinfo(field: &str) -> String {
     // mountinfo escapes space, tab, newline and backslash as \ooo.
     let b = field.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            out.push(((b[i + 1] - b'0') << 6).wrapping_add(((b[i + 2] - b'0') << 3) | (b[i + 3] - b'0')));
             i += 4;
         } else {
             out.push(b[i]);

@@ -148,6 +148,11 @@ pub fn detach_mounts_under(dir: &Path) {
     }
 }
 
+/// A process's command name (`/proc/<pid>/comm`), empty when it has gone.
+pub fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim_end().to_owned()
+}
+
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }

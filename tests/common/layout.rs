@@ -188,3 +188,63 @@ pub fn single_image(dir: &Path, spec: &ImageSpec, ref_name: &str) -> (LayoutBuil
     b.write_index();
     (b, desc)
 }
+
+/// A tar (uncompressed, with end blocks) of everything below `dir`: directories and regular files, names
+/// relative to `dir`, in sorted order — an oci-archive when `dir` is a layout.
+pub fn tar_dir(dir: &Path) -> Vec<u8> {
+    fn walk(base: &Path, rel: &str, out: &mut Vec<u8>) {
+        let mut names: Vec<_> =
+            std::fs::read_dir(base.join(rel)).expect("read_dir").flatten().map(|e| e.file_name()).collect();
+        names.sort();
+        for n in names {
+            let name = if rel.is_empty() {
+                n.to_string_lossy().into_owned()
+            } else {
+                format!("{rel}/{}", n.to_string_lossy())
+            };
+            let path = base.join(&name);
+            if path.is_dir() {
+                super::layer::write_entry(out, &format!("{name}/"), b'5', 0o755, 0, 0, 0, "", b"", (0, 0));
+                walk(base, &name, out);
+            } else {
+                let data = std::fs::read(&path).expect("read");
+                super::layer::write_entry(out, &name, b'0', 0o644, 0, 0, 0, "", &data, (0, 0));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, "", &mut out);
+    out.extend_from_slice(&[0u8; 1024]);
+    out
+}
+
+/// A docker-archive (`docker save`'s format: `manifest.json`, `<hex>.json` configs, `<hex>/layer.tar` layers)
+/// of `images`, each with its `RepoTags` (none: `null`, as docker writes for an untagged image).
+pub fn docker_archive(images: &[(&ImageSpec, &[&str])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut manifest = Vec::new();
+    let mut written = std::collections::HashSet::new();
+    for (spec, tags) in images {
+        let config = serde_json::to_vec(&spec.config_json()).expect("json");
+        let config_name = format!("{}.json", &sha256(&config)["sha256:".len()..]);
+        if written.insert(config_name.clone()) {
+            super::layer::write_entry(&mut out, &config_name, b'0', 0o644, 0, 0, 0, "", &config, (0, 0));
+        }
+        let mut layers = Vec::new();
+        for l in &spec.layers {
+            let hex = &sha256(&l.blob)["sha256:".len()..];
+            let name = format!("{hex}/layer.tar");
+            if written.insert(name.clone()) {
+                super::layer::write_entry(&mut out, &format!("{hex}/"), b'5', 0o755, 0, 0, 0, "", b"", (0, 0));
+                super::layer::write_entry(&mut out, &name, b'0', 0o644, 0, 0, 0, "", &l.blob, (0, 0));
+            }
+            layers.push(name);
+        }
+        let tags: Value = if tags.is_empty() { Value::Null } else { json!(tags) };
+        manifest.push(json!({"Config": config_name, "RepoTags": tags, "Layers": layers}));
+    }
+    let bytes = serde_json::to_vec(&manifest).expect("json");
+    super::layer::write_entry(&mut out, "manifest.json", b'0', 0o644, 0, 0, 0, "", &bytes, (0, 0));
+    out.extend_from_slice(&[0u8; 1024]);
+    out
+}

@@ -119,9 +119,9 @@ pub async fn ls(remote: &Remote) -> Result<()> {
     Ok(())
 }
 
-pub async fn rm(remote: &Remote, id: &str) -> Result<()> {
+pub async fn rm(remote: &Remote, id: &str, force: bool) -> Result<()> {
     let mut c = BundlesClient::new(remote.channel().await?);
-    c.delete(pb::DeleteBundleRequest { id: id.into() }).await?;
+    c.delete(pb::DeleteBundleRequest { id: id.into(), force }).await?;
     if remote.json {
         return crate::print_json(&json!({"deleted": id}));
     }

@@ -114,10 +114,20 @@ pub async fn import(remote: &Remote, source: &str, name: &str, source_ref: &str,
     let stream = c.import(req).await?.into_inner();
     let last =
         follow(stream, remote.json, |m| m.done, |m| format!("{} blobs, {} bytes", m.blobs_done, m.bytes_done)).await?;
+    // One line per image imported (a reply without the list is from a kilnd that named only the one).
+    let images: Vec<(String, String)> = if last.images.is_empty() {
+        vec![(name.to_owned(), last.digest.clone())]
+    } else {
+        last.images.iter().map(|i| (i.ref_name.clone(), i.digest.clone())).collect()
+    };
     if remote.json {
-        return crate::print_json(&json!({"refName": name, "digest": last.digest}));
+        let list: Vec<_> = images.iter().map(|(n, d)| json!({"refName": n, "digest": d})).collect();
+        let first = images.first().map(|(n, _)| n.as_str()).unwrap_or(name);
+        return crate::print_json(&json!({"refName": first, "digest": last.digest, "images": list}));
     }
-    println!("{name} {}", last.digest);
+    for (n, d) in &images {
+        println!("{n} {d}");
+    }
     Ok(())
 }
 

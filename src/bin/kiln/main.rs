@@ -80,6 +80,9 @@ enum BundleCommand {
     Rm {
         /// The bundle's id.
         id: String,
+        /// Remove it even while a container runs on it (its writable layer goes from under it).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -94,11 +97,11 @@ enum ImageCommand {
     Import {
         /// The layout directory or archive file.
         source: String,
-        /// The ref name to give it in the store.
+        /// The ref name to give it in the store; without it, every image keeps its name from the source.
         #[arg(long)]
-        name: String,
-        /// Which image of the source to take (a ref name, or a RepoTag for docker-archive) [default: its only
-        /// image].
+        name: Option<String>,
+        /// Which image of the source to take (a ref name, or a RepoTag for docker-archive) [default: every
+        /// image, or its only one with --name].
         #[arg(long, default_value = "", hide_default_value = true)]
         source_ref: String,
         /// Send the path for kilnd to look up, instead of opening the source here and passing it as a file
@@ -209,7 +212,7 @@ fn main() -> ExitCode {
             }
             (remote, ImageCommand::Ls) => remote_call(image::ls(&remote)),
             (remote, ImageCommand::Import { source, name, source_ref, by_path }) => {
-                remote_call(image::import(&remote, &source, &name, &source_ref, by_path))
+                remote_call(image::import(&remote, &source, name.as_deref().unwrap_or(""), &source_ref, by_path))
             }
             (remote, ImageCommand::Pull { reference, platform }) => {
                 remote_call(image::pull(&remote, &reference, platform.as_deref()))
@@ -221,7 +224,7 @@ fn main() -> ExitCode {
             (remote, BundleCommand::Create(args)) => remote_call(bundle::create(&remote, args)),
             (remote, BundleCommand::Inspect { id }) => remote_call(bundle::inspect(&remote, &id)),
             (remote, BundleCommand::Ls) => remote_call(bundle::ls(&remote)),
-            (remote, BundleCommand::Rm { id }) => remote_call(bundle::rm(&remote, &id)),
+            (remote, BundleCommand::Rm { id, force }) => remote_call(bundle::rm(&remote, &id, force)),
         },
         Command::System { remote: r, command } => match (remote(&r), command) {
             (remote, SystemCommand::Info) => remote_call(system::info(&remote)),
