@@ -75,12 +75,54 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-/// An HPACK string literal, no Huffman coding (short strings only).
+/// An HPACK string literal, no Huffman coding: a 7-bit-prefix length, then the octets.
 fn hpack_string(s: &[u8], out: &mut Vec<u8>) {
-    assert!(s.len() < 127);
-    out.push(s.len() as u8);
+    let mut n = s.len();
+    if n < 127 {
+        out.push(n as u8);
+    } else {
+        out.push(127);
+        n -= 127;
+        while n >= 128 {
+            out.push((n % 128) as u8 | 0x80);
+            n /= 128;
+        }
+        out.push(n as u8);
+    }
     out.extend_from_slice(s);
 }
+
+/// Connects to kilnd and sends the client preface and an empty SETTINGS.
+fn h2_connect(k: &Kilnd) -> UnixStream {
+    let mut s = UnixStream::connect(&k.socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[]));
+    s.write_all(&out).unwrap();
+    s
+}
+
+/// The next frame from kilnd other than SETTINGS (acknowledged), PING, WINDOW_UPDATE: (kind, flags, stream,
+/// payload). A GOAWAY fails the test.
+fn next_frame(s: &mut UnixStream, k: &Kilnd) -> (u8, u8, u32, Vec<u8>) {
+    loop {
+        let mut head = [0u8; 9];
+        s.read_exact(&mut head).unwrap_or_else(|e| panic!("{e}; kilnd log:\n{}", k.log()));
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        let mut payload = vec![0; len];
+        s.read_exact(&mut payload).unwrap();
+        match head[3] {
+            0x4 if head[4] & 0x1 == 0 => s.write_all(&frame(0x4, 0x1, 0, &[])).unwrap(),
+            0x4 | 0x6 | 0x8 => {}
+            0x7 => panic!("GOAWAY {payload:?}; kilnd log:\n{}", k.log()),
+            kind => return (kind, head[4], stream, payload),
+        }
+    }
+}
+
+/// What a Health.Check of the whole server answers: SERVING (field 1 = 1), one gRPC message.
+const SERVING: [u8; 7] = [0, 0, 0, 0, 2, 0x08, 0x01];
 
 /// A Health.Check request's header block; `authority` is HPACK bytes for the `:authority` field.
 fn health_check_headers(authority: &[u8]) -> Vec<u8> {
@@ -99,10 +141,7 @@ fn health_check_headers(authority: &[u8]) -> Vec<u8> {
 #[test]
 fn unix_socket_authorities_of_standard_clients_are_served() {
     let k = Kilnd::start(&[]);
-    let mut s = UnixStream::connect(&k.socket).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    out.extend(frame(0x4, 0, 0, &[]));
+    let mut s = h2_connect(&k);
     // (stream, :authority as HPACK): C-core's percent-encoded path, added to the dynamic table; the same by
     // its index (62); grpc-java's bare path; Go's `localhost`; and none at all.
     let mut indexed = vec![0x41];
@@ -112,6 +151,7 @@ fn unix_socket_authorities_of_standard_clients_are_served() {
     let mut go = vec![0x01];
     hpack_string(b"localhost", &mut go);
     let requests: [(u32, Vec<u8>); 5] = [(1, indexed), (3, vec![0xbe]), (5, bare), (7, go), (9, vec![])];
+    let mut out = Vec::new();
     for (stream, authority) in &requests {
         out.extend(frame(0x1, 0x4, *stream, &health_check_headers(authority)));
         // An empty HealthCheckRequest (the whole server), END_STREAM.
@@ -119,28 +159,62 @@ fn unix_socket_authorities_of_standard_clients_are_served() {
     }
     s.write_all(&out).unwrap();
 
-    // Every stream must answer with the message SERVING (field 1 = 1), none be reset.
+    // Every stream must answer SERVING, none be reset.
     let mut answered = Vec::new();
     while answered.len() < requests.len() {
-        let mut head = [0u8; 9];
-        s.read_exact(&mut head).unwrap_or_else(|e| panic!("{e} after {answered:?}; kilnd log:\n{}", k.log()));
-        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-        let mut payload = vec![0; len];
-        s.read_exact(&mut payload).unwrap();
-        match head[3] {
-            0x0 => {
-                assert_eq!(payload, [0, 0, 0, 0, 2, 0x08, 0x01], "stream {stream}");
+        match next_frame(&mut s, &k) {
+            (0x0, _, stream, payload) => {
+                assert_eq!(payload, SERVING, "stream {stream}");
                 answered.push(stream);
             }
-            0x3 => panic!("stream {stream} reset (code {:?}); kilnd log:\n{}", payload, k.log()),
-            0x7 => panic!("GOAWAY {payload:?}; kilnd log:\n{}", k.log()),
-            0x4 if head[4] & 0x1 == 0 => s.write_all(&frame(0x4, 0x1, 0, &[])).unwrap(),
+            (0x3, _, stream, code) => panic!("stream {stream} reset (code {code:?}); kilnd log:\n{}", k.log()),
             _ => {}
         }
     }
     answered.sort_unstable();
     assert_eq!(answered, [1, 3, 5, 7, 9]);
+}
+
+#[test]
+fn an_oversized_header_list_is_refused_and_the_connection_goes_on() {
+    let k = Kilnd::start(&[]);
+    let mut s = h2_connect(&k);
+    let mut authority = vec![0x41];
+    hpack_string(b"run%2Fkiln%2Fkilnd.sock", &mut authority);
+    let mut out = frame(0x1, 0x4, 1, &health_check_headers(&authority));
+    out.extend(frame(0x0, 0x1, 1, &[0, 0, 0, 0, 0]));
+    // 3 KB sent, 60 KB decoded: a 3 KB field added to the dynamic table, then named 20 times by its index.
+    let mut bomb = health_check_headers(&[0xbe]);
+    bomb.push(0x40);
+    hpack_string(b"x-big", &mut bomb);
+    hpack_string(&[b'b'; 3000], &mut bomb);
+    bomb.extend([0xbe; 20]);
+    out.extend(frame(0x1, 0x4 | 0x1, 3, &bomb));
+    // The authority is now the second-newest entry (63): both HPACK tables must still agree on it.
+    out.extend(frame(0x1, 0x4, 5, &health_check_headers(&[0xbf])));
+    out.extend(frame(0x0, 0x1, 5, &[0, 0, 0, 0, 0]));
+    s.write_all(&out).unwrap();
+
+    let (mut served, mut refused) = (Vec::new(), false);
+    while served.len() < 2 || !refused {
+        match next_frame(&mut s, &k) {
+            (0x0, _, stream, payload) => {
+                assert_ne!(stream, 3, "the oversized request was served");
+                assert_eq!(payload, SERVING, "stream {stream}");
+                served.push(stream);
+            }
+            // h2 answers 431 (a HEADERS frame that ends the stream) and resets the stream REFUSED_STREAM.
+            (0x1, flags, 3, _) if flags & 0x1 != 0 => refused = true,
+            (0x3, _, 3, code) => {
+                assert_eq!(code, [0, 0, 0, 7]);
+                refused = true;
+            }
+            (0x3, _, stream, code) => panic!("stream {stream} reset (code {code:?}); kilnd log:\n{}", k.log()),
+            _ => {}
+        }
+    }
+    served.sort_unstable();
+    assert_eq!(served, [1, 5]);
 }
 
 #[test]

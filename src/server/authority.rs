@@ -12,10 +12,11 @@
 //! so the two HPACK states cannot drift apart whatever the client indexes. Every other frame, and the
 //! preface, passes through unchanged. The write side is untouched.
 //!
-//! The limits hyper applies still apply: a header block is buffered only up to [`MAX_BLOCK`] bytes (a
-//! larger one closes the connection), and a request whose decoded header list passes [`MAX_LIST`] is handed
-//! on cut short, with one filler field that keeps it over hyper's limit, so hyper refuses it (431 and
-//! REFUSED_STREAM) as it would have.
+//! What h2 would refuse is still refused, the same way where it matters: a header block is buffered only up
+//! to [`MAX_BLOCK`] bytes, and one whose decoded header list passes [`ABUSE_LIST`] closes the connection
+//! (h2: GOAWAY); a request whose list reaches [`HYPER_LIST`] reaches hyper as its pseudo-headers and a
+//! small run of static-table fields that keeps it at that size, so hyper answers 431 and REFUSED_STREAM
+//! as it would have, and the connection goes on.
 
 use std::io;
 use std::pin::Pin;
@@ -29,16 +30,19 @@ const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The largest frame a client may send: SETTINGS_MAX_FRAME_SIZE as kilnd advertises it (h2's default; the
 /// server builder in `mod.rs` leaves it alone). The re-encoded frames are cut to it too.
 pub const MAX_FRAME: usize = 16_384;
-/// The largest encoded header block kept while its CONTINUATIONs arrive.
-pub const MAX_BLOCK: usize = 256 * 1024;
-/// Decoded header-list size (RFC 7541 §4.1: name + value + 32 per field) past which no more fields are
-/// passed on: over [`HYPER_LIST`], so hyper refuses such a request anyway.
-pub const MAX_LIST: usize = 32 * 1024;
+/// The largest encoded header block kept while its CONTINUATIONs arrive: as much as h2 itself takes (a
+/// HEADERS frame and 5 CONTINUATIONs at kilnd's frame and header-list sizes) before it ends the connection.
+pub const MAX_BLOCK: usize = 6 * MAX_FRAME;
 /// SETTINGS_MAX_HEADER_LIST_SIZE as hyper advertises it for kilnd (its default, which the server builder
-/// leaves alone).
-const HYPER_LIST: usize = 16 * 1024;
-/// The name of the field that stands for what was cut from a header list over [`MAX_LIST`].
-const FILLER: &[u8] = b"x-kiln-header-list-too-large";
+/// leaves alone), in decoded size (RFC 7541 §4.1: name + value + 32 per field): h2 refuses a request whose
+/// list reaches it.
+pub const HYPER_LIST: usize = 16 * 1024;
+/// The decoded size past which h2 ends the connection instead (4 × [`HYPER_LIST`]).
+pub const ABUSE_LIST: usize = 4 * HYPER_LIST;
+/// A field from HPACK's static table (16: `accept-encoding: gzip, deflate`, 60 bytes decoded) that fills a
+/// refused request's list up to [`HYPER_LIST`], one byte each.
+const FILLER: u8 = 0x80 | 16;
+const FILLER_SIZE: usize = "accept-encoding".len() + "gzip, deflate".len() + 32;
 /// HPACK's dynamic table size: SETTINGS_HEADER_TABLE_SIZE, which kilnd leaves at its default.
 const TABLE_SIZE: usize = 4096;
 /// What a refused authority becomes.
@@ -242,18 +246,18 @@ impl Rewriter {
     fn finish_block(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
         let Some(pending) = self.pending.take() else { return Ok(()) };
         let mut encoded = Vec::with_capacity(self.block.len() + 64);
-        let (mut size, mut over) = (0usize, false);
+        // Decoded size so far; where the leading pseudo-headers end in `encoded`.
+        let (mut size, mut pseudo_end, mut in_pseudo) = (0usize, 0, true);
         let mut refused: Option<Vec<u8>> = None;
         let mut rewritten = 0;
         self.decoder
             .decode_with_cb(&self.block, |name, value| {
-                // Decoding goes on to the end all the same: it keeps the client's HPACK table in step.
-                let field = name.len() + value.len() + 32;
-                if over || size + field > MAX_LIST {
-                    over = true;
+                // Past the limit decoding goes on all the same: it keeps the client's HPACK table in step.
+                size = size.saturating_add(name.len() + value.len() + 32);
+                if size >= HYPER_LIST {
                     return;
                 }
-                size += field;
+                in_pseudo &= name.starts_with(b":");
                 let value: &[u8] = if &*name == b":authority" && Authority::try_from(&*value).is_err() {
                     rewritten += 1;
                     refused.get_or_insert_with(|| value.to_vec());
@@ -262,10 +266,17 @@ impl Rewriter {
                     &value
                 };
                 literal(&name, value, &mut encoded);
+                if in_pseudo {
+                    pseudo_end = encoded.len();
+                }
             })
             .map_err(|e| protocol(format!("HTTP/2: HPACK: {e:?}")))?;
-        if over {
-            literal(FILLER, &vec![b'x'; HYPER_LIST], &mut encoded);
+        if size > ABUSE_LIST {
+            return Err(protocol(format!("HTTP/2: a header list of {size} bytes decoded")));
+        }
+        if size >= HYPER_LIST {
+            encoded.truncate(pseudo_end);
+            encoded.resize(pseudo_end + HYPER_LIST.div_ceil(FILLER_SIZE), FILLER);
         }
         if let Some(v) = refused {
             if self.rewritten == 0 {
@@ -275,25 +286,33 @@ impl Rewriter {
             self.rewritten += rewritten;
         }
 
-        let mut flags = if pending.end_stream { END_STREAM } else { 0 };
-        let mut room = MAX_FRAME;
-        if pending.priority.is_some() {
-            flags |= PRIORITY;
-            room -= 5;
-        }
-        let (first, mut rest) = encoded.split_at(room.min(encoded.len()));
-        if rest.is_empty() {
-            flags |= END_HEADERS;
-        }
-        let prefix = pending.priority.as_ref().map_or(&[][..], |p| &p[..]);
-        frame(HEADERS, flags, pending.stream, &[prefix, first], out);
-        while !rest.is_empty() {
-            let (chunk, tail) = rest.split_at(MAX_FRAME.min(rest.len()));
-            rest = tail;
-            frame(CONTINUATION, if rest.is_empty() { END_HEADERS } else { 0 }, pending.stream, &[chunk], out);
-        }
+        emit(&pending, &encoded, out);
         self.block.clear();
+        self.block.shrink_to(MAX_FRAME);
         Ok(())
+    }
+}
+
+/// Writes the header block `encoded` as a HEADERS frame with `pending`'s priority and END_STREAM, and as
+/// many CONTINUATIONs as [`MAX_FRAME`] needs. (With kilnd's sizes one frame holds any list hyper accepts:
+/// the literals are never longer than the list's decoded size.)
+fn emit(pending: &Pending, encoded: &[u8], out: &mut Vec<u8>) {
+    let mut flags = if pending.end_stream { END_STREAM } else { 0 };
+    let mut room = MAX_FRAME;
+    if pending.priority.is_some() {
+        flags |= PRIORITY;
+        room -= 5;
+    }
+    let (first, mut rest) = encoded.split_at(room.min(encoded.len()));
+    if rest.is_empty() {
+        flags |= END_HEADERS;
+    }
+    let prefix = pending.priority.as_ref().map_or(&[][..], |p| &p[..]);
+    frame(HEADERS, flags, pending.stream, &[prefix, first], out);
+    while !rest.is_empty() {
+        let (chunk, tail) = rest.split_at(MAX_FRAME.min(rest.len()));
+        rest = tail;
+        frame(CONTINUATION, if rest.is_empty() { END_HEADERS } else { 0 }, pending.stream, &[chunk], out);
     }
 }
 
@@ -367,6 +386,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityRead<S> {
                 this.out_pos += n;
                 if this.out_pos == this.out.len() {
                     this.out.clear();
+                    this.out.shrink_to(READ_CHUNK);
                     this.out_pos = 0;
                 }
                 return Poll::Ready(Ok(()));
@@ -554,49 +574,82 @@ mod tests {
     }
 
     #[test]
-    fn a_long_block_is_cut_into_continuations() {
+    fn a_block_sent_in_continuations_reaches_hyper_in_one_frame() {
         let mut block = request_block(b"x%2Fy");
         for i in 0..40 {
             let mut field = vec![0x00];
             string(format!("x-field-{i}").as_bytes(), &mut field);
-            string(&[b'v'; 700], &mut field);
+            string(&[b'v'; 300], &mut field);
             block.extend(field);
         }
-        // Sent as three frames; re-encoded (a little larger) it needs two.
-        let (a, rest) = block.split_at(10_000);
-        let (b, c) = rest.split_at(10_000);
+        let (a, rest) = block.split_at(4000);
+        let (b, c) = rest.split_at(4000);
         let mut input = PREFACE.to_vec();
         input.extend(frame_bytes(HEADERS, 0, 1, a));
         input.extend(frame_bytes(CONTINUATION, 0, 1, b));
         input.extend(frame_bytes(CONTINUATION, END_HEADERS, 1, c));
         let out = run(&input, 4096).unwrap();
         let fr = frames(&out);
-        let kinds: Vec<u8> = fr.iter().map(|f| f.0).collect();
-        assert_eq!(kinds, [HEADERS, CONTINUATION]);
-        assert_eq!(fr[0].1 & END_HEADERS, 0);
-        assert_eq!(fr[1].1 & END_HEADERS, END_HEADERS);
+        assert_eq!(fr.len(), 1);
+        assert_eq!(fr[0].1, END_HEADERS);
         let lists = header_lists(&fr);
         assert_eq!(lists[0].len(), 44);
         assert_eq!(authority(&lists[0]), "localhost");
+        assert_eq!(lists[0][43], ("x-field-39".into(), "v".repeat(300)));
     }
 
     #[test]
-    fn an_oversized_header_list_stays_oversized_for_hyper() {
-        // 2000 references to one 3 KiB dynamic-table entry: 6 MB decoded from 2 KB sent.
-        let mut block = request_block(b"localhost");
+    fn a_long_block_is_cut_into_continuations() {
+        let mut encoded = Vec::new();
+        for i in 0..100 {
+            literal(format!("x-field-{i}").as_bytes(), &[b'v'; 400], &mut encoded);
+        }
+        let pending = Pending { stream: 7, end_stream: true, priority: Some([0, 0, 0, 3, 9]) };
+        let mut out = PREFACE.to_vec();
+        emit(&pending, &encoded, &mut out);
+        let fr = frames(&out);
+        let kinds: Vec<u8> = fr.iter().map(|f| f.0).collect();
+        assert_eq!(kinds, [HEADERS, CONTINUATION, CONTINUATION]);
+        assert_eq!(fr[0].1, END_STREAM | PRIORITY);
+        assert_eq!((fr[1].1, fr[2].1), (0, END_HEADERS));
+        assert!(fr.iter().all(|f| f.2 == 7));
+        assert_eq!(fr[0].3.len(), MAX_FRAME);
+        let lists = header_lists(&fr);
+        assert_eq!(lists[0].len(), 100);
+        assert_eq!(lists[0][99], ("x-field-99".into(), "v".repeat(400)));
+    }
+
+    /// A block of the request fields, then `refs` references to one 3 KB field added to the dynamic table.
+    fn bomb(refs: usize) -> Vec<u8> {
+        let mut block = request_block(b"run%2Fx.sock");
         let mut entry = vec![0x40];
         string(b"x-big", &mut entry);
         string(&[b'b'; 3000], &mut entry);
         block.extend(entry);
-        block.extend(std::iter::repeat_n(0xbe, 2000));
-        let out = run(&connection(&[(1, block)]), 1 << 20).unwrap();
+        block.extend(std::iter::repeat_n(0xbe, refs));
+        block
+    }
+
+    #[test]
+    fn an_oversized_header_list_reaches_hyper_small_but_still_oversized() {
+        let out = run(&connection(&[(1, bomb(15)), (3, vec![0x82, 0x86, 0x84, 0xbf])]), 1 << 20).unwrap();
         let fr = frames(&out);
-        let headers = fr.iter().filter(|f| f.0 == HEADERS || f.0 == CONTINUATION).count();
-        assert!(headers <= 5, "{headers} header frames");
-        let list = &header_lists(&fr)[0];
-        let size: usize = list.iter().map(|(n, v)| n.len() + v.len() + 32).sum();
-        assert!(size > HYPER_LIST && size <= MAX_LIST + HYPER_LIST + 64, "{size}");
-        assert_eq!(list.last().unwrap().0.as_bytes(), FILLER);
+        assert_eq!(fr.iter().filter(|f| f.0 == CONTINUATION).count(), 0);
+        let lists = header_lists(&fr);
+        let size: usize = lists[0].iter().map(|(n, v)| n.len() + v.len() + 32).sum();
+        // The pseudo-headers and the filler.
+        assert!((HYPER_LIST..HYPER_LIST + FILLER_SIZE + 256).contains(&size), "{size}");
+        let names: Vec<&str> = lists[0].iter().map(|(n, _)| n.as_str()).take(5).collect();
+        assert_eq!(names, [":method", ":scheme", ":path", ":authority", "accept-encoding"]);
+        assert_eq!(authority(&lists[0]), "localhost");
+        // The HPACK state is the client's all the same: 63 is still the authority.
+        assert_eq!(authority(&lists[1]), "localhost");
+    }
+
+    #[test]
+    fn a_header_list_past_the_abuse_limit_closes_the_connection() {
+        assert!(run(&connection(&[(1, bomb(20))]), 1 << 20).is_ok());
+        assert!(run(&connection(&[(1, bomb(22))]), 1 << 20).is_err());
     }
 
     #[test]
@@ -610,6 +663,15 @@ mod tests {
         let mut input = PREFACE.to_vec();
         input.extend(frame_bytes(HEADERS, END_HEADERS, 1, &vec![0; MAX_FRAME + 1]));
         assert!(run(&input, 100).is_err());
+        // A header block larger than h2 itself would take.
+        let mut input = PREFACE.to_vec();
+        input.extend(frame_bytes(HEADERS, 0, 1, &vec![0x82; MAX_FRAME]));
+        for _ in 0..5 {
+            input.extend(frame_bytes(CONTINUATION, 0, 1, &vec![0x82; MAX_FRAME]));
+        }
+        assert!(run(&input, 100_000).is_ok());
+        input.extend(frame_bytes(CONTINUATION, END_HEADERS, 1, &[0x82]));
+        assert!(run(&input, 100_000).is_err());
         // Padding longer than the frame.
         let mut input = PREFACE.to_vec();
         input.extend(frame_bytes(HEADERS, END_HEADERS | PADDED, 1, &[9, 0x82]));

@@ -211,6 +211,8 @@ pub async fn serve(
     let (decode, encode) = (limits.max_request_bytes, limits.max_response_bytes);
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    // authority.rs rewrites request headers for hyper assuming h2's default SETTINGS_MAX_FRAME_SIZE (16 KiB),
+    // SETTINGS_MAX_HEADER_LIST_SIZE (16 KiB) and SETTINGS_HEADER_TABLE_SIZE (4 KiB): set one here, change it there.
     let mut builder = tonic::transport::Server::builder()
         // One span per request: every log line of a call carries its method.
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
