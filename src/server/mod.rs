@@ -7,6 +7,7 @@
 //! May use: everything above it.
 
 pub mod admission;
+pub mod authority;
 mod bundles;
 mod images;
 pub mod lifecycle;
@@ -198,17 +199,25 @@ pub async fn serve(
     health_reporter.set_serving::<pb::images_server::ImagesServer<images::ImagesService>>().await;
     health_reporter.set_serving::<pb::system_server::SystemServer<system::SystemService>>().await;
     health_reporter.set_serving::<pb::bundles_server::BundlesServer<bundles::BundlesService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| Error::Reflection(e.to_string()))?;
+    // Reflection in both versions: grpc.reflection.v1, and v1alpha, which grpcurl, Postman and older gRPC
+    // libraries still ask for first or only. Each lists (and describes) both.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1().map_err(|e| Error::Reflection(e.to_string()))?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(|e| Error::Reflection(e.to_string()))?;
     let deadline = Duration::from_secs(daemon.config.shutdown_timeout_secs);
     let limits = &daemon.config.limits;
     let secs = |s: u64| (s > 0).then(|| Duration::from_secs(s));
     let (decode, encode) = (limits.max_request_bytes, limits.max_response_bytes);
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    // authority.rs rewrites request headers for hyper assuming h2's default SETTINGS_MAX_FRAME_SIZE (16 KiB),
+    // SETTINGS_MAX_HEADER_LIST_SIZE (16 KiB) and SETTINGS_HEADER_TABLE_SIZE (4 KiB): set one here, change it there.
     let mut builder = tonic::transport::Server::builder()
         // One span per request: every log line of a call carries its method.
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
@@ -228,7 +237,8 @@ pub async fn serve(
             req
         }))
         .add_service(health)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(
             pb::images_server::ImagesServer::new(images::ImagesService::new(daemon.clone()))
                 .max_decoding_message_size(decode)

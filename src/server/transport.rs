@@ -7,7 +7,8 @@
 //! admitted requests mark the connection busy ([`ConnInfo::busy`]). A connection that has had no busy request
 //! for the idle timeout fails its next read or write, and hyper closes it: a caller that opens connections,
 //! sends headers it never completes, or stops reading a finished stream holds them only that long. HTTP/2
-//! keepalive (hyper's PINGs) ends connections whose peer stopped answering at all.
+//! keepalive (hyper's PINGs) ends connections whose peer stopped answering at all. What the client sends
+//! reaches hyper through [`AuthorityRead`] (`authority.rs`), so that any `:authority` is accepted.
 
 use std::future::Future;
 use std::io;
@@ -24,6 +25,7 @@ use tokio::time::Sleep;
 use tokio_stream::Stream;
 use tonic::transport::server::Connected;
 
+use super::authority::AuthorityRead;
 use super::peer::{Peer, PeerStream};
 
 /// What one connection's requests share.
@@ -66,7 +68,7 @@ impl Drop for BusyGuard {
 
 /// An accepted connection. Holds its slot of `max_connections` until hyper drops it.
 pub struct Conn {
-    io: PeerStream,
+    io: AuthorityRead<PeerStream>,
     state: Arc<ConnState>,
     idle_timeout: Option<Duration>,
     timer: Option<Pin<Box<Sleep>>>,
@@ -137,7 +139,7 @@ impl Connected for Conn {
     type ConnectInfo = ConnInfo;
 
     fn connect_info(&self) -> ConnInfo {
-        ConnInfo { peer: self.io.connect_info(), state: self.state.clone() }
+        ConnInfo { peer: self.io.get_ref().connect_info(), state: self.state.clone() }
     }
 }
 
@@ -225,7 +227,7 @@ impl Stream for Incoming {
                         let state =
                             Arc::new(ConnState { busy: AtomicUsize::new(0), idle_since: Mutex::new(Instant::now()) });
                         let conn = Conn {
-                            io: PeerStream::new(io),
+                            io: AuthorityRead::new(PeerStream::new(io)),
                             state,
                             idle_timeout: this.idle_timeout,
                             timer: None,
