@@ -43,6 +43,7 @@ use nix::sys::stat::SFlag;
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::cancel::Cancel;
 use crate::digest::{Algorithm, Digest, Hasher};
 use crate::error::ErrorKind;
 use crate::image::{self, Reference};
@@ -53,6 +54,8 @@ use crate::sys::{self, creds::Creds};
 /// Errors importing. Each names the source path, entry or digest involved.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("import of {path} cancelled: {reason}")]
+    Cancelled { path: PathBuf, reason: &'static str },
     #[error(transparent)]
     Store(#[from] store::Error),
     #[error(transparent)]
@@ -106,6 +109,7 @@ impl Error {
         match self {
             Error::Store(e) => e.kind(),
             Error::Image(e) => e.kind(),
+            Error::Cancelled { .. } => ErrorKind::Cancelled,
             Error::SourceNotFound { .. } | Error::SourceUnavailable { .. } => ErrorKind::NotFound,
             Error::OtherMountNamespace { .. } => ErrorKind::FailedPrecondition,
             Error::InvalidSource { .. } | Error::SeveralImages { .. } | Error::Unnamed { .. } => {
@@ -144,6 +148,50 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
 pub struct ImportProgress {
     pub blobs: u32,
     pub bytes: u64,
+    /// Blobs and bytes the import will copy, from the manifests, before the first blob is copied (0 until
+    /// known; an import of several images adds each image's when it starts on it).
+    pub blobs_total: u32,
+    pub bytes_total: u64,
+}
+
+/// Where an import reports (running totals and the caller's callback) and how it learns to stop.
+struct Sink<'a> {
+    state: ImportProgress,
+    progress: &'a mut dyn FnMut(ImportProgress),
+    cancel: &'a Cancel,
+    /// Blobs counted in the totals already (an image named twice, a blob shared by images).
+    planned: HashSet<Digest>,
+}
+
+impl<'a> Sink<'a> {
+    fn new(progress: &'a mut dyn FnMut(ImportProgress), cancel: &'a Cancel) -> Sink<'a> {
+        Sink { state: ImportProgress::default(), progress, cancel, planned: HashSet::new() }
+    }
+
+    fn report(&mut self) {
+        (self.progress)(self.state);
+    }
+
+    /// [`Error::Cancelled`] when the caller is gone or its deadline passed.
+    fn check(&self, path: &Path) -> Result<()> {
+        match self.cancel.reason() {
+            Some(reason) => Err(Error::Cancelled { path: path.to_path_buf(), reason }),
+            None => Ok(()),
+        }
+    }
+
+    /// `e`, or [`Error::Cancelled`] when the cancel is why it failed (a read stopped by [`Cancel::reader`]).
+    fn or_cancelled(&self, path: &Path, e: Error) -> Error {
+        self.check(path).err().unwrap_or(e)
+    }
+
+    /// Adds a blob to the totals, once.
+    fn plan(&mut self, digest: &Digest, size: u64) {
+        if self.planned.insert(digest.clone()) {
+            self.state.blobs_total += 1;
+            self.state.bytes_total = self.state.bytes_total.saturating_add(size);
+        }
+    }
 }
 
 /// Caps on what one import may write.
@@ -235,6 +283,18 @@ pub fn stage(source: &Path, tmp: &Path) -> Result<Staged> {
 /// A layout directory is read through the handle it resolved to, so swapping the path afterwards changes
 /// nothing.
 pub fn stage_as(source: Source, tmp: &Path, access: &Access, limits: &ArchiveLimits) -> Result<Staged> {
+    stage_cancellable(source, tmp, access, limits, &Cancel::never())
+}
+
+/// [`stage_as`] that stops reading an archive once `cancel` says so ([`Error::Cancelled`]; the scratch copy
+/// is removed).
+pub fn stage_cancellable(
+    source: Source,
+    tmp: &Path,
+    access: &Access,
+    limits: &ArchiveLimits,
+    cancel: &Cancel,
+) -> Result<Staged> {
     let name = source.name().to_path_buf();
     let creds = match access {
         Access::Own => None,
@@ -290,7 +350,10 @@ pub fn stage_as(source: Source, tmp: &Path, access: &Access, limits: &ArchiveLim
             let file = sys::host::reopen_as(&handle, OFlag::O_RDONLY, creds).map_err(sys_err)?;
             drop(handle);
             let scratch = tempdir_in(tmp)?;
-            extract_archive_from(file, &name, scratch.path(), *limits)?;
+            extract_archive_from(file, &name, scratch.path(), *limits, cancel).map_err(|e| match cancel.reason() {
+                Some(reason) => Error::Cancelled { path: name.clone(), reason },
+                None => e,
+            })?;
             Ok(Staged { name, what: StagedKind::Archive(scratch), max_bytes: limits.max_bytes })
         }
         _ => Err(Error::InvalidSource { path: name, reason: "neither a directory nor a regular file".into() }),
@@ -373,7 +436,7 @@ pub fn commit(
     ref_name: &str,
     progress: &mut dyn FnMut(ImportProgress),
 ) -> Result<Descriptor> {
-    let imported = commit_all(dest, staged, source_ref, Some(ref_name), progress)?;
+    let imported = commit_all(dest, staged, source_ref, Some(ref_name), progress, &Cancel::never())?;
     imported
         .into_iter()
         .next()
@@ -401,10 +464,13 @@ pub fn commit_all(
     source_ref: &Reference,
     ref_name: Option<&str>,
     progress: &mut dyn FnMut(ImportProgress),
+    cancel: &Cancel,
 ) -> Result<Vec<Imported>> {
     if let Some(n) = ref_name {
         validate_ref_name(n)?;
     }
+    let mut sink = Sink::new(progress, cancel);
+    let progress = &mut sink;
     let max = staged.max_bytes;
     let name = staged.name.as_path();
     match &staged.what {
@@ -520,7 +586,9 @@ pub fn import_layout(
     ref_name: &str,
     progress: &mut dyn FnMut(ImportProgress),
 ) -> Result<Descriptor> {
-    import_layout_capped(dest, src, source_ref, ref_name, ArchiveLimits::default().max_bytes, progress)
+    let cancel = Cancel::never();
+    let mut sink = Sink::new(progress, &cancel);
+    import_layout_capped(dest, src, source_ref, ref_name, ArchiveLimits::default().max_bytes, &mut sink)
 }
 
 /// [`import_layout`] copying at most `max_bytes` of blobs.
@@ -530,7 +598,7 @@ fn import_layout_capped(
     source_ref: &Reference,
     ref_name: &str,
     max_bytes: u64,
-    progress: &mut dyn FnMut(ImportProgress),
+    progress: &mut Sink,
 ) -> Result<Descriptor> {
     let named = image::lookup(src, source_ref, &image::Limits::default())?;
     let top = copy_named(dest, src, &named, max_bytes, progress)?;
@@ -591,11 +659,11 @@ fn import_layout_images(
     source_ref: &Reference,
     ref_name: Option<&str>,
     max_bytes: u64,
-    progress: &mut dyn FnMut(ImportProgress),
+    progress: &mut Sink,
 ) -> Result<Vec<Imported>> {
     let images = layout_images(src)?;
     let refs = all_refs(images.iter().flat_map(|i| i.refs.iter()));
-    let copy = |img: &LayoutImage, names: Vec<String>, progress: &mut dyn FnMut(ImportProgress)| {
+    let copy = |img: &LayoutImage, names: Vec<String>, progress: &mut Sink| {
         for n in &names {
             validate_ref_name(n)?;
         }
@@ -692,7 +760,7 @@ fn copy_named(
     src: &Store,
     named: &image::Named,
     max_bytes: u64,
-    progress: &mut dyn FnMut(ImportProgress),
+    sink: &mut Sink,
 ) -> Result<Descriptor> {
     let limits = image::Limits::default();
     let images: Vec<Descriptor> = named
@@ -713,7 +781,12 @@ fn copy_named(
             Err(e) => return Err(e.into()),
         }
     }
-    let mut copier = Copier { dest, src, done: HashSet::new(), state: ImportProgress::default(), max_bytes, progress };
+    // The totals first, from the documents (read again, verified, as they are copied).
+    for d in &images {
+        plan_tree(src, d, 0, sink)?;
+    }
+    sink.report();
+    let mut copier = Copier { dest, src, done: HashSet::new(), max_bytes, sink };
     let top = match images.as_slice() {
         [one] => {
             copier.tree(one, 0)?;
@@ -751,27 +824,64 @@ fn copy_named(
             })?;
             let desc = Descriptor::new(store::MEDIA_TYPE_INDEX, Digest::sha256(&bytes), bytes.len() as u64);
             // Blob-first: the index lands after everything it names.
-            copier.state.bytes += dest.put_blob(&desc.digest, desc.size, &bytes[..])?;
-            copier.state.blobs += 1;
-            (copier.progress)(copier.state);
+            copier.sink.plan(&desc.digest, desc.size);
+            copier.sink.state.bytes += dest.put_blob(&desc.digest, desc.size, &bytes[..])?;
+            copier.sink.state.blobs += 1;
+            copier.sink.report();
             desc
         }
     };
     Ok(top)
 }
 
-struct Copier<'a> {
+/// Adds the blobs of `desc`'s tree (as [`Copier::tree`] will copy them) to the sink's totals.
+fn plan_tree(src: &Store, desc: &Descriptor, depth: usize, sink: &mut Sink) -> Result<()> {
+    let limit = image::Limits::default().max_index_depth;
+    if depth > limit || sink.planned.contains(&desc.digest) {
+        // Too deep is refused by the copy itself.
+        return Ok(());
+    }
+    let malformed = |what: String, reason: String| Error::Image(image::Error::Malformed { what, reason });
+    if store::is_index_type(&desc.media_type) {
+        let bytes = src.read_document(desc)?;
+        let index = store::parse_index(&bytes).map_err(|r| malformed(format!("index {}", desc.digest), r))?;
+        for child in &index.manifests {
+            if store::is_index_type(&child.media_type) || store::is_manifest_type(&child.media_type) {
+                plan_tree(src, child, depth + 1, sink)?;
+            }
+        }
+    } else if store::is_manifest_type(&desc.media_type) {
+        let bytes = src.read_document(desc)?;
+        let refs: ManifestRefs =
+            store::from_slice_strict(&bytes).map_err(|r| malformed(format!("manifest {}", desc.digest), r))?;
+        sink.plan(&refs.config.digest, refs.config.size);
+        for l in &refs.layers {
+            sink.plan(&l.digest, l.size);
+        }
+    }
+    sink.plan(&desc.digest, desc.size);
+    Ok(())
+}
+
+/// What a manifest names, for copying.
+#[derive(Deserialize)]
+struct ManifestRefs {
+    config: Descriptor,
+    #[serde(default)]
+    layers: Vec<Descriptor>,
+}
+
+struct Copier<'a, 's> {
     dest: &'a LayoutWriter,
     src: &'a Store,
     /// Every blob copied so far: a blob named many times (a fan-out of indexes) is copied once.
     done: HashSet<Digest>,
-    state: ImportProgress,
     /// Most bytes the whole import may copy.
     max_bytes: u64,
-    progress: &'a mut dyn FnMut(ImportProgress),
+    sink: &'a mut Sink<'s>,
 }
 
-impl Copier<'_> {
+impl Copier<'_, '_> {
     fn blob(&mut self, desc: &Descriptor) -> Result<()> {
         if !self.done.insert(desc.digest.clone()) {
             return Ok(());
@@ -783,17 +893,22 @@ impl Copier<'_> {
                 limit: MAX_DOCUMENTS as u64,
             });
         }
-        if self.state.bytes.saturating_add(desc.size) > self.max_bytes {
+        self.sink.check(self.src.path())?;
+        if self.sink.state.bytes.saturating_add(desc.size) > self.max_bytes {
             return Err(Error::TooLarge {
                 path: self.src.path().into(),
                 what: "total size of the blobs",
                 limit: self.max_bytes,
             });
         }
-        let reader = self.src.open_blob(desc)?;
-        self.state.bytes += self.dest.put_blob(&desc.digest, desc.size, reader)?;
-        self.state.blobs += 1;
-        (self.progress)(self.state);
+        let reader = self.sink.cancel.reader(self.src.open_blob(desc)?);
+        let written = self
+            .dest
+            .put_blob(&desc.digest, desc.size, reader)
+            .map_err(|e| self.sink.or_cancelled(self.src.path(), e.into()))?;
+        self.sink.state.bytes += written;
+        self.sink.state.blobs += 1;
+        self.sink.report();
         Ok(())
     }
 
@@ -815,14 +930,8 @@ impl Copier<'_> {
                 }
             }
         } else if store::is_manifest_type(&desc.media_type) {
-            #[derive(Deserialize)]
-            struct Refs {
-                config: Descriptor,
-                #[serde(default)]
-                layers: Vec<Descriptor>,
-            }
             let bytes = self.src.read_document(desc)?;
-            let refs: Refs =
+            let refs: ManifestRefs =
                 store::from_slice_strict(&bytes).map_err(|r| malformed(format!("manifest {}", desc.digest), r))?;
             self.blob(&refs.config)?;
             for layer in &refs.layers {
@@ -842,15 +951,15 @@ pub fn extract_archive(archive: &Path, dest: &Path, limits: ArchiveLimits) -> Re
         return Err(Error::InvalidSource { path: archive.to_path_buf(), reason: "not a regular file".into() });
     }
     let file = sys::host::reopen_as(&handle, OFlag::O_RDONLY, None).map_err(|e| sys_error(archive, e))?;
-    extract_archive_from(file, archive, dest, limits)
+    extract_archive_from(file, archive, dest, limits, &Cancel::never())
 }
 
-fn extract_archive_from(file: File, archive: &Path, dest: &Path, limits: ArchiveLimits) -> Result<()> {
+fn extract_archive_from(file: File, archive: &Path, dest: &Path, limits: ArchiveLimits, cancel: &Cancel) -> Result<()> {
     let bad = |reason: String| Error::Archive { path: archive.to_path_buf(), reason };
     // What this archive may expand to, from its own size (a gzip bomb stops at `ratio × size + floor`).
     let size = file.metadata().map_err(io_error(archive))?.len();
     let max_bytes = limits.max_bytes_for(size);
-    let mut buffered = BufReader::with_capacity(1 << 16, file);
+    let mut buffered = BufReader::with_capacity(1 << 16, cancel.reader(file));
     let head = io::BufRead::fill_buf(&mut buffered).map_err(io_error(archive))?;
     let reader: Box<dyn io::BufRead> = if head.starts_with(&[0x1f, 0x8b]) {
         Box::new(BufReader::with_capacity(1 << 16, flate2::bufread::MultiGzDecoder::new(buffered)))
@@ -1056,7 +1165,7 @@ fn import_docker_archive(
     path: &Path,
     source_ref: &Reference,
     ref_name: Option<&str>,
-    progress: &mut dyn FnMut(ImportProgress),
+    sink: &mut Sink,
 ) -> Result<Vec<Imported>> {
     let sys_err = |what: String| move |source| Error::Store(store::Error::Sys { what, source });
     let root = crate::sys::open_dir(dir).map_err(sys_err(dir.display().to_string()))?;
@@ -1115,10 +1224,20 @@ fn import_docker_archive(
     for n in picked.iter().flat_map(|(_, names)| names) {
         validate_ref_name(n)?;
     }
+    // The totals first: every layer file and config by its size (the manifests are written here).
+    for (entry, _) in &picked {
+        for name in entry.layers.iter().chain(std::iter::once(&entry.config)) {
+            let f = crate::sys::open_regular_in_root(&root, Path::new(name))
+                .map_err(sys_err(format!("docker-archive {name}")))?;
+            let size = f.metadata().map_err(io_error(&dir.join(name)))?.len();
+            sink.state.blobs_total += 1;
+            sink.state.bytes_total = sink.state.bytes_total.saturating_add(size);
+        }
+    }
+    sink.report();
     let mut out = Vec::new();
-    let mut state = ImportProgress::default();
     for (entry, names) in picked {
-        let desc = docker_archive_image(dest, dir, &root, entry, &mut state, progress)?;
+        let desc = docker_archive_image(dest, dir, &root, entry, sink)?;
         for n in names {
             dest.set_ref(&n, &desc)?;
             out.push(Imported { ref_name: n, descriptor: desc.clone() });
@@ -1133,8 +1252,7 @@ fn docker_archive_image(
     dir: &Path,
     root: &OwnedFd,
     entry: &DockerArchiveEntry,
-    state: &mut ImportProgress,
-    progress: &mut dyn FnMut(ImportProgress),
+    sink: &mut Sink,
 ) -> Result<Descriptor> {
     let sys_err = |what: String| move |source| Error::Store(store::Error::Sys { what, source });
     let cap = store::Limits::default().max_json_bytes;
@@ -1159,7 +1277,8 @@ fn docker_archive_image(
                 .map_err(sys_err(format!("docker-archive layer {name}")))
         };
         // First pass: digest, size and compression; second pass: the verified copy.
-        let mut f = open()?;
+        sink.check(dir)?;
+        let mut f = sink.cancel.reader(open()?);
         let mut hasher = Hasher::new(Algorithm::Sha256);
         let mut buf = vec![0u8; 1 << 16];
         let (mut size, mut head) = (0u64, Vec::new());
@@ -1182,13 +1301,16 @@ fn docker_archive_image(
             image::LAYER_TAR
         };
         let desc = Descriptor::new(media_type, hasher.finish(), size);
-        state.bytes += dest.put_blob(&desc.digest, size, open()?)?;
-        state.blobs += 1;
-        progress(*state);
+        let written = dest
+            .put_blob(&desc.digest, size, sink.cancel.reader(open()?))
+            .map_err(|e| sink.or_cancelled(dir, e.into()))?;
+        sink.state.bytes += written;
+        sink.state.blobs += 1;
+        sink.report();
         layers.push(desc);
     }
-    state.bytes += dest.put_blob(&config.digest, config.size, &config_bytes[..])?;
-    state.blobs += 1;
+    sink.state.bytes += dest.put_blob(&config.digest, config.size, &config_bytes[..])?;
+    sink.state.blobs += 1;
     let manifest = json!({
         "schemaVersion": 2,
         "mediaType": store::MEDIA_TYPE_MANIFEST,
@@ -1197,9 +1319,11 @@ fn docker_archive_image(
     });
     let bytes = serde_json::to_vec(&manifest).map_err(|e| malformed(e.to_string()))?;
     let desc = Descriptor::new(store::MEDIA_TYPE_MANIFEST, Digest::sha256(&bytes), bytes.len() as u64);
-    state.bytes += dest.put_blob(&desc.digest, desc.size, &bytes[..])?;
-    state.blobs += 1;
-    progress(*state);
+    sink.state.blobs_total += 1;
+    sink.state.bytes_total = sink.state.bytes_total.saturating_add(desc.size);
+    sink.state.bytes += dest.put_blob(&desc.digest, desc.size, &bytes[..])?;
+    sink.state.blobs += 1;
+    sink.report();
     Ok(desc)
 }
 

@@ -863,3 +863,66 @@ fn a_pull_another_request_waits_on_finishes_when_its_caller_leaves() {
         println!("[pull with a follower] the follower finished {:.0} ms after the leader left", ms(done.1));
     });
 }
+
+/// Item "a request whose client is gone is cancelled", for Images.Import: the first progress message already
+/// has the totals (from the manifests); the caller then resets its stream. The import stops before its next
+/// blob: no ref names the image, nothing is left in the root's tmp/, the Import slot is free again, and an
+/// import of the same source afterwards completes.
+#[test]
+fn an_import_whose_caller_leaves_stops_before_its_next_blob() {
+    const LAYERS: usize = 250;
+    let k = Kilnd::start_with_config(&limits_config(&[("concurrent.import", "1")]), &[]);
+    let image = many_layers(LAYERS);
+    let source = path_str(image.path()).to_owned();
+    let addr = k.address();
+    let blobs_dir = k.content().join("blobs/sha256");
+    let tmp_dir = k.root.join("tmp");
+    rt().block_on(async move {
+        let ch = kiln::client::connect(&addr).await.unwrap();
+        let req = pb::ImportImageRequest {
+            source: source.clone(),
+            source_reference: String::new(),
+            ref_name: "gone:1".into(),
+            source_fd: false,
+        };
+        let mut s = ImagesClient::new(ch.clone()).import(req).await.unwrap().into_inner();
+        let first = s.next().await.unwrap().unwrap();
+        // Layers, config and manifest, known before the first blob is copied.
+        assert_eq!(first.blobs_total as usize, LAYERS + 2, "{first:?}");
+        assert!(first.bytes_total > 0 && first.blobs_done < first.blobs_total, "{first:?}");
+        drop(s);
+        let deadline = Instant::now() + WORK;
+        loop {
+            // The slot (concurrent.import = 1) is free once the import has stopped.
+            let probe = pb::ImportImageRequest {
+                source: "/nonexistent-import-probe".into(),
+                source_reference: String::new(),
+                ref_name: "probe:1".into(),
+                source_fd: false,
+            };
+            match import(&ch, &probe.source, &probe.ref_name).await {
+                Err(e) if e.code() == Code::ResourceExhausted => {}
+                Err(e) if e.code() == Code::NotFound => break,
+                other => panic!("{other:?}"),
+            }
+            assert!(Instant::now() < deadline, "the cancelled import never gave its slot back");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let names: Vec<String> = ImagesClient::new(ch.clone())
+            .list(pb::ListImagesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .images
+            .into_iter()
+            .map(|i| i.ref_name)
+            .collect();
+        assert!(!names.contains(&"gone:1".to_string()), "a cancelled import names nothing: {names:?}");
+        let copied = std::fs::read_dir(&blobs_dir).map(|d| d.count()).unwrap_or(0);
+        let left: Vec<_> = std::fs::read_dir(&tmp_dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        println!("[cancelled import] {copied} of {} blobs copied before it stopped; tmp/ holds {left:?}", LAYERS + 2);
+        assert!(copied < LAYERS + 2, "it stopped before the end");
+        assert!(left.is_empty(), "nothing half-written in tmp/: {left:?}");
+        timed("Images.Import", WORK, import(&ch, &source, "gone:1")).await;
+    });
+}

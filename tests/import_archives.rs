@@ -132,7 +132,11 @@ fn layout_import_copies_blob_first_and_verifies() {
     })
     .unwrap();
     assert_eq!(got.digest.as_str(), desc["digest"]);
-    assert_eq!(seen.len(), 3, "layer, config, manifest");
+    // The totals first, before any blob; then one report per blob: layer, config, manifest.
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert_eq!((seen[0].blobs, seen[0].blobs_total), (0, 3), "{seen:?}");
+    assert!(seen.iter().all(|p| p.blobs_total == 3 && p.bytes_total == seen[0].bytes_total), "{seen:?}");
+    assert_eq!(seen[3].bytes, seen[3].bytes_total, "the totals were exact: {seen:?}");
     drop(writer);
     let store = Store::open(dest.path()).unwrap();
     let img = kiln::image::resolve(&store, &Reference::Name("copied".into()), &Default::default()).unwrap();

@@ -173,23 +173,29 @@ impl pb::images_server::Images for ImagesService {
             // The source is read (and an archive unpacked) before anything is written to the store, so a slow or
             // hostile source never holds up other imports; blobs are then copied without the index lock, which
             // is held only to name the image.
+            // A caller that leaves (or whose deadline passes) stops the import: while the source is staged (the
+            // scratch copy goes), or before the next blob (blobs copied so far are whole, verified and named by
+            // nothing; GC's grace period then collects them), and never after a ref was set.
+            let cancel = ticket.cancel();
             let limits = d.config.caps.archive_limits();
-            let staged = import::stage_as(source, &d.tmp_dir(), &access, &limits).map_err(|e| status(e.kind(), e))?;
-            // A caller gone while its source was staged: nothing is copied (the scratch copy goes on drop).
+            let staged = import::stage_cancellable(source, &d.tmp_dir(), &access, &limits, &cancel)
+                .map_err(|e| status(e.kind(), e))?;
             ticket.check()?;
             let writer = d.writer()?;
             let mut report = |p: import::ImportProgress| {
                 progress.report(pb::ImportProgress {
                     blobs_done: p.blobs,
-                    bytes_done: p.bytes as i64,
+                    bytes_done: i64::try_from(p.bytes).unwrap_or(i64::MAX),
                     done: false,
                     digest: String::new(),
                     images: vec![],
+                    blobs_total: p.blobs_total,
+                    bytes_total: i64::try_from(p.bytes_total).unwrap_or(i64::MAX),
                 })
             };
             // No ref name: every image (or the one source_reference picks) keeps its name from the source.
             let name = (!req.ref_name.is_empty()).then_some(req.ref_name.as_str());
-            let imported = import::commit_all(&writer, &staged, &source_ref, name, &mut report)
+            let imported = import::commit_all(&writer, &staged, &source_ref, name, &mut report, &cancel)
                 .map_err(|e| status(e.kind(), e))?;
             let images: Vec<pb::ImportedImage> = imported
                 .iter()
