@@ -62,3 +62,39 @@ fn help_texts_name_values_and_defaults() {
     let top = String::from_utf8_lossy(&kiln(&["--help"]).stdout).into_owned();
     assert!(top.contains("[default: unix:///run/kiln/kilnd.sock]"), "{top}");
 }
+
+/// Issue 11 (7): progress a person can read. With `--progress=plain` (not a terminal), import and pull print
+/// lines with the totals known from the start, and each ends with a line that says what was done.
+#[test]
+fn import_and_pull_say_how_far_they_are_and_what_they_did() {
+    use common::layer::{Compression, LayerBuilder};
+    use common::layout::{single_image, ImageSpec};
+    let k = common::daemon::Kilnd::start(&[]);
+    let src = common::scratch();
+    let layers = (0..3)
+        .map(|i| LayerBuilder::new().file(&format!("f{i}"), &vec![i as u8; 4096], 0o644).layer(Compression::Gzip))
+        .collect();
+    single_image(src.path(), &ImageSpec { layers, ..ImageSpec::with_layers(vec![]) }, "app");
+    let path = src.path().to_str().unwrap();
+    let out = k.kiln(&["--progress", "plain", "image", "import", path, "--name", "app:1"]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    // Layers, config and manifest: 5 blobs, known before the first.
+    assert!(stderr.lines().any(|l| l.starts_with("import: ") && l.contains("/5 blobs")), "{stderr}");
+    assert!(stderr.contains("(done in "), "{stderr}");
+    let last: Vec<&str> = stdout.trim_end().split(' ').collect();
+    assert_eq!(last[..2], ["imported", "app:1"], "{stdout}");
+    assert!(last[2].starts_with("sha256:"), "{stdout}");
+    assert!(stdout.trim_end().ends_with(" (3 layers, ") || stdout.contains(" (3 layers, "), "{stdout}");
+
+    let out = k.kiln(&["--progress", "plain", "image", "pull", "app:1"]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.lines().any(|l| l.starts_with("pull: ") && l.contains("/3 layers")), "{stderr}");
+    assert!(stdout.starts_with("unpacked app:1 sha256:") && stdout.contains(" (3 layers, "), "{stdout}");
+
+    // Not a terminal and not asked: no progress at all.
+    let out = k.kiln(&["image", "pull", "app:1"]);
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("pull: "), "{out:?}");
+}

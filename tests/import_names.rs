@@ -34,14 +34,15 @@ fn layout(dir: &Path, images: &[(serde_json::Value, &[u8])]) -> Vec<String> {
     digests
 }
 
-/// `name digest` lines of `kiln image import`.
+/// `imported NAME DIGEST (…)` lines of `kiln image import`.
 fn imported(out: &std::process::Output) -> BTreeMap<String, String> {
     assert!(out.status.success(), "kiln image import: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| {
-            let (n, d) = l.split_once(' ').expect("name digest");
-            (n.to_owned(), d.to_owned())
+            let w: Vec<&str> = l.split(' ').collect();
+            assert_eq!(w[0], "imported", "{l}");
+            (w[1].to_owned(), w[2].to_owned())
         })
         .collect()
 }

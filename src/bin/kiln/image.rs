@@ -72,24 +72,48 @@ pub async fn inspect(remote: &Remote, reference: &str, p: Option<&str>) -> Resul
     }))
 }
 
-/// Follows a progress stream to its final message (the one with `done`), redrawing a progress line on the
-/// way; returns the final message.
+/// Follows a progress stream to its final message (the one with `done`), showing progress on the way
+/// ([`crate::progress`]); returns the final message.
 async fn follow<T>(
     mut stream: tonic::Streaming<T>,
-    json: bool,
+    mut meter: crate::progress::Meter,
     done: impl Fn(&T) -> bool,
-    line: impl Fn(&T) -> String,
+    step: impl Fn(&T) -> crate::progress::Step,
 ) -> Result<T> {
-    let progress = crate::Progress::new(json);
+    let mut last = crate::progress::Step::default();
     while let Some(msg) = stream.next().await {
-        let msg = msg?;
+        let msg = match msg {
+            Ok(m) => m,
+            Err(e) => {
+                meter.finish(last);
+                return Err(e.into());
+            }
+        };
         if done(&msg) {
-            progress.finish();
+            // The final message carries no counts: the last ones, completed.
+            last.items = last.items.max(last.items_total);
+            last.bytes = last.bytes.max(last.bytes_total);
+            meter.finish(last);
             return Ok(msg);
         }
-        progress.show(&line(&msg));
+        last = step(&msg);
+        meter.update(last);
     }
+    meter.finish(last);
     anyhow::bail!("kilnd closed the stream before it finished")
+}
+
+/// `(N layers, X MiB)` of an image in kilnd's store, for the last line of an import or pull.
+async fn summary(c: &mut ImagesClient<tonic::transport::Channel>, reference: &str) -> String {
+    match c.get(pb::GetImageRequest { reference: reference.into(), platform: None }).await {
+        Ok(r) => {
+            let r = r.into_inner();
+            let size = u64::try_from(r.compressed_size).unwrap_or(0);
+            format!(" ({} layers, {})", r.layers.len(), crate::progress::size(size))
+        }
+        // An index with nothing for this host, say: the digest line stands without it.
+        Err(_) => String::new(),
+    }
 }
 
 /// `kiln image import`: the source is opened here, with the user's own rights and in the user's own mount
@@ -112,8 +136,14 @@ pub async fn import(remote: &Remote, source: &str, name: &str, source_ref: &str,
         source_fd: !by_path,
     };
     let stream = c.import(req).await?.into_inner();
-    let last =
-        follow(stream, remote.json, |m| m.done, |m| format!("{} blobs, {} bytes", m.blobs_done, m.bytes_done)).await?;
+    let meter = crate::progress::Meter::new(remote.progress, remote.json, "import", "blobs");
+    let step = |m: &pb::ImportProgress| crate::progress::Step {
+        items: m.blobs_done.into(),
+        items_total: m.blobs_total.into(),
+        bytes: u64::try_from(m.bytes_done).unwrap_or(0),
+        bytes_total: u64::try_from(m.bytes_total).unwrap_or(0),
+    };
+    let last = follow(stream, meter, |m| m.done, step).await?;
     // One line per image imported (a reply without the list is from a kilnd that named only the one).
     let images: Vec<(String, String)> = if last.images.is_empty() {
         vec![(name.to_owned(), last.digest.clone())]
@@ -125,8 +155,10 @@ pub async fn import(remote: &Remote, source: &str, name: &str, source_ref: &str,
         let first = images.first().map(|(n, _)| n.as_str()).unwrap_or(name);
         return crate::print_json(&json!({"refName": first, "digest": last.digest, "images": list}));
     }
+    // `imported NAME DIGEST (N layers, X MiB)`, one line per image; the first three words are fixed.
+    let mut c = ImagesClient::new(remote.channel().await?);
     for (n, d) in &images {
-        println!("{n} {d}");
+        println!("imported {n} {d}{}", summary(&mut c, n).await);
     }
     Ok(())
 }
@@ -135,14 +167,19 @@ pub async fn pull(remote: &Remote, reference: &str, p: Option<&str>) -> Result<(
     let mut c = ImagesClient::new(remote.channel().await?);
     let req = pb::PullImageRequest { reference: reference.into(), platform: platform(p)? };
     let stream = c.pull(req).await?.into_inner();
-    let line = |m: &pb::PullProgress| {
-        format!("layers {}/{}, {}/{} bytes", m.layers_done, m.layers_total, m.bytes_done, m.bytes_total)
+    let meter = crate::progress::Meter::new(remote.progress, remote.json, "pull", "layers");
+    let step = |m: &pb::PullProgress| crate::progress::Step {
+        items: m.layers_done.into(),
+        items_total: m.layers_total.into(),
+        bytes: u64::try_from(m.bytes_done).unwrap_or(0),
+        bytes_total: u64::try_from(m.bytes_total).unwrap_or(0),
     };
-    let last = follow(stream, remote.json, |m| m.done, line).await?;
+    let last = follow(stream, meter, |m| m.done, step).await?;
     if remote.json {
         return crate::print_json(&json!({"reference": reference, "chainId": last.chain_id}));
     }
-    println!("{reference} {}", last.chain_id);
+    // `unpacked REF CHAIN_ID (N layers, X MiB)`.
+    println!("unpacked {reference} {}{}", last.chain_id, summary(&mut c, reference).await);
     Ok(())
 }
 

@@ -4,10 +4,11 @@
 mod bundle;
 mod image;
 mod inspect;
+mod progress;
 mod system;
 mod unpack;
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +24,10 @@ struct Cli {
     /// Machine-readable output (JSON on stdout).
     #[arg(long, global = true)]
     json: bool,
+    /// How `image import` and `image pull` show progress: a bar on a terminal (auto), a bar (tty), a line
+    /// a second on stderr (plain), or nothing (none).
+    #[arg(long, global = true, value_enum, default_value = "auto", env = "KILN_PROGRESS")]
+    progress: progress::Mode,
     /// Log filter (tracing EnvFilter syntax), e.g. `warn`, `kiln=debug`.
     #[arg(long, global = true, default_value = "warn", env = "KILN_LOG", value_name = "FILTER")]
     log: String,
@@ -136,37 +141,16 @@ enum SystemCommand {
     },
 }
 
-/// How to reach kilnd.
+/// How to reach kilnd, and how to show its answers.
 pub struct Remote {
     pub address: String,
     pub json: bool,
+    pub progress: progress::Mode,
 }
 
 impl Remote {
     pub async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
         Ok(kiln::client::connect(&self.address).await?)
-    }
-}
-
-/// One progress line, redrawn in place on a terminal; silent otherwise.
-pub struct Progress {
-    on: bool,
-}
-
-impl Progress {
-    pub fn new(json: bool) -> Progress {
-        Progress { on: !json && std::io::stderr().is_terminal() }
-    }
-    pub fn show(&self, line: &str) {
-        if self.on {
-            eprint!("\r\x1b[K{line}");
-            let _ = std::io::stderr().flush();
-        }
-    }
-    pub fn finish(&self) {
-        if self.on {
-            eprint!("\r\x1b[K");
-        }
     }
 }
 
@@ -202,8 +186,9 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
-    let json = cli.json;
-    let remote = |o: &RemoteOpts| Remote { address: o.address.clone().unwrap_or_else(|| cli.address.clone()), json };
+    let (json, progress) = (cli.json, cli.progress);
+    let remote =
+        |o: &RemoteOpts| Remote { address: o.address.clone().unwrap_or_else(|| cli.address.clone()), json, progress };
     let result = match cli.command {
         Command::Image { remote: r, command } => match (remote(&r), command) {
             (_, ImageCommand::Inspect(args)) if args.image.is_some() => inspect::run(args),
