@@ -205,35 +205,53 @@ fn rm_refuses_a_bundle_a_container_runs_on() {
         ok(&k.kiln(&["bundle", "rm", "bound"]), "kiln bundle rm after umount");
         assert!(bundle_ids(&k).is_empty(), "{snapshotter}");
 
-        // A mount namespace made after the bundle keeps a private copy of its mount, which kilnd's unmount does
-        // not reach: that holds it as well, named by the namespace's process.
+        // A mount namespace made after the bundle keeps a private copy of its mount at the same place, which
+        // kilnd's unmount does not reach. That is not a use (every container start makes one for a moment):
+        // the delete goes ahead. A bind mount of the rootfs elsewhere in that namespace is one, named by the
+        // namespace's process.
         if common::which("unshare").is_some() {
-            let bundle = create(&k, "copied");
-            let mut child = Command::new("unshare")
-                .args(["--mount", "--propagation", "private", "sleep", "60"])
-                .stdin(Stdio::null())
-                .spawn()
-                .unwrap();
-            let ns = format!("/proc/{}/ns/mnt", child.id());
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while std::fs::read_link(&ns).ok() == std::fs::read_link("/proc/self/ns/mnt").ok()
-                || common::daemon::comm(child.id()) != "sleep"
-            {
-                assert!(Instant::now() < deadline, "unshare did not make its namespace");
-                std::thread::sleep(Duration::from_millis(20));
+            for id in ["copied", "peeked"] {
+                let rootfs = create(&k, id).join("rootfs");
+                let peek = k.dir.path().join(format!("peek-{id}"));
+                let script = if id == "copied" {
+                    "exec sleep 60".to_string()
+                } else {
+                    format!(
+                        "mkdir -p {p} && mount --bind {r} {p} && exec sleep 60",
+                        p = peek.display(),
+                        r = rootfs.display()
+                    )
+                };
+                let mut child = Command::new("unshare")
+                    .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+                    .stdin(Stdio::null())
+                    .spawn()
+                    .unwrap();
+                let ns = format!("/proc/{}/ns/mnt", child.id());
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while std::fs::read_link(&ns).ok() == std::fs::read_link("/proc/self/ns/mnt").ok()
+                    || common::daemon::comm(child.id()) != "sleep"
+                {
+                    assert!(Instant::now() < deadline, "unshare did not make its namespace");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let out = k.kiln(&["bundle", "rm", id]);
+                let _ = child.kill();
+                let _ = child.wait();
+                let err = String::from_utf8_lossy(&out.stderr).into_owned();
+                if id == "copied" {
+                    assert!(out.status.success(), "{snapshotter}: a copy made with a namespace is not a use: {err}");
+                } else {
+                    assert!(!out.status.success(), "{snapshotter}: rm under another namespace's bind mount succeeded");
+                    let text = format!(
+                        "is mounted at {} in the mount namespace of pid {} (sleep)",
+                        peek.display(),
+                        child.id()
+                    );
+                    assert!(err.contains(&text), "{snapshotter}: {text:?} not in {err:?}");
+                    ok(&k.kiln(&["bundle", "rm", id]), "kiln bundle rm after the namespace is gone");
+                }
             }
-            let out = k.kiln(&["bundle", "rm", "copied"]);
-            let _ = child.kill();
-            let _ = child.wait();
-            let err = String::from_utf8_lossy(&out.stderr).into_owned();
-            assert!(!out.status.success(), "{snapshotter}: rm under another namespace's copy succeeded");
-            let text = format!(
-                "its rootfs is mounted at {} in the mount namespace of pid {} (sleep)",
-                bundle.join("rootfs").display(),
-                child.id()
-            );
-            assert!(err.contains(&text), "{snapshotter}: {text:?} not in {err:?}");
-            ok(&k.kiln(&["bundle", "rm", "copied"]), "kiln bundle rm after the namespace is gone");
         } else {
             common::skip("unshare (util-linux) is not installed");
         }

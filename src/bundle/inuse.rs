@@ -13,9 +13,11 @@
 //!   superblock, for the native snapshotter's bind mount the snapshot directory — or an overlay with the
 //!   snapshot's `upperdir` among its options.
 //!
-//! Mounts the delete takes down itself are not holders: kilnd's own mounts below the bundle directory, and
-//! copies of them at the same place in another namespace that receive kilnd's unmount through a shared peer
-//! group (`shared:N`/`master:N`). The check and the removal are not atomic: a container started between them is
+//! Mounts the delete takes down itself are not holders: kilnd's own mounts below the bundle directory. Nor are
+//! copies of them at the same place in another namespace: every mount namespace made after the bundle (each
+//! container a runtime starts, for a moment; a service with `PrivateTmp=`, for its life) has one, whether or
+//! not kilnd's unmount propagates there, and nothing runs on them — a process that does is found by its root.
+//! Counting them refused deletes whenever another container was starting (found by the suite's load test). The check and the removal are not atomic: a container started between them is
 //! not seen (as with `ctr snapshots rm`).
 
 use std::fmt;
@@ -185,9 +187,8 @@ pub fn holders(
         let mut name = None;
         for e in &entries {
             let Some(upper) = t.shows(e) else { continue };
-            // A copy at the bundle's own place that kilnd's unmount reaches through propagation.
-            let propagated = e.peer_groups().any(|(_, n)| t.peer_groups.contains(&n));
-            if propagated && within(&e.mount_point, &bundle_dir) {
+            // A copy at the bundle's own place, made with the namespace (see the module docs).
+            if within(&e.mount_point, &bundle_dir) {
                 continue;
             }
             // "mounted at /" says again what the root holder already said.
@@ -299,10 +300,11 @@ mod tests {
             h[1].to_string(),
             format!("its overlay upper dir {UP} is mounted at /srv in the mount namespace of pid 20 (p20)")
         );
-        // A private copy at the same place stays after kilnd's unmount: it holds the rootfs.
+        // A private copy at the same place (a namespace made after the bundle, a container being started) is
+        // not a use: nothing there has its root in it.
         let private = vec![entry(77, "/", R, "overlay", &[], "rw")];
         let h = holders(&t, &procs, Some((4, 1)), &own, |_| Some(private.clone()), names);
-        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.is_empty(), "{h:?}");
     }
 
     #[test]
