@@ -112,6 +112,67 @@ fn images_and_system_rpcs() {
     });
 }
 
+/// `image ls` sizes are the images' (manifest, config and compressed layers; for an index, the host's image
+/// too), the unpacked size appears once the layers are snapshots, and an entry that does not resolve is
+/// listed with `-` instead of failing the listing.
+#[test]
+fn image_ls_sizes_are_the_images() {
+    let k = Kilnd::start(&[]);
+    // Written straight into the content store, as skopeo or umoci would.
+    let mut b = LayoutBuilder::new(&k.content());
+    let l1 = LayerBuilder::new().file("a", &[7u8; 3000], 0o644).layer(Compression::Gzip);
+    let l2 = LayerBuilder::new().file("b", b"b", 0o644).layer(Compression::None);
+    let spec = ImageSpec::with_layers(vec![l1.clone(), l2.clone()]);
+    let app = b.image(&spec);
+    let foreign_layer = LayerBuilder::new().file("big", &[1u8; 5000], 0o644).layer(Compression::None);
+    let foreign = b.image(&ImageSpec::with_layers(vec![foreign_layer]).platform("linux", foreign_arch(), None));
+    let idx = b.index(vec![foreign, app.clone()]);
+    let artifact = b.blob("application/vnd.example.thing.v1", b"not an image");
+    b.add(app.clone(), Some("app")).add(idx.clone(), Some("multi")).add(artifact.clone(), Some("thing"));
+    b.write_index();
+    let config_size = serde_json::to_vec(&spec.config_json()).unwrap().len() as u64;
+    let app_size = app["size"].as_u64().unwrap() + config_size + (l1.blob.len() + l2.blob.len()) as u64;
+
+    let ls = || {
+        let out = k.kiln(&["--json", "image", "ls"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let by_name = |n: &str| v.as_array().unwrap().iter().find(|i| i["refName"] == n).cloned().unwrap();
+        (by_name("app"), by_name("multi"), by_name("thing"))
+    };
+    let (a, m, t) = ls();
+    assert_eq!(a["size"], app_size, "{a}");
+    assert_eq!(a["manifestSize"], app["size"], "{a}");
+    assert_eq!(a["unpacked"], false, "{a}");
+    assert_eq!(a["unpackedSize"], Value::Null, "{a}");
+    assert_eq!(a["resolveError"], Value::Null, "{a}");
+    assert_eq!(m["size"], idx["size"].as_u64().unwrap() + app_size, "the host's image of the index: {m}");
+    assert_eq!(m["manifestSize"], idx["size"], "{m}");
+    assert_eq!(t["size"], Value::Null, "{t}");
+    assert_eq!(t["manifestSize"], artifact["size"], "{t}");
+    assert!(t["resolveError"].as_str().is_some_and(|e| !e.is_empty()), "{t}");
+
+    let out = k.kiln(&["image", "pull", "app"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = k.kiln(&["--json", "system", "info"]);
+    let info: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (a, m, _) = ls();
+    assert_eq!(a["unpacked"], true, "{a}");
+    assert!(a["unpackedSize"].as_u64().unwrap() > 0, "{a}");
+    assert_eq!(a["unpackedSize"], info["snapshotBytes"], "the only snapshots are app's: {a} {info}");
+    assert_eq!(m["unpackedSize"], a["unpackedSize"], "the same host image: {m}");
+
+    let out = k.kiln(&["image", "ls"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows[0], ["REF", "DIGEST", "SIZE", "UNPACKED", "STORE"], "{text}");
+    let row = |n: &str| rows.iter().find(|r| r[0] == n).unwrap_or_else(|| panic!("{n} in {text}"));
+    assert_eq!(row("app")[3], "kB", "human sizes: {text}");
+    assert!(["B", "kB"].contains(&row("app")[5]), "unpacked: {text}");
+    assert_eq!(row("thing")[2..], ["-", "-", "content"], "{text}");
+}
+
 #[test]
 fn health_and_reflection() {
     let k = Kilnd::start(&[]);
