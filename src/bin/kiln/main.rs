@@ -4,6 +4,7 @@
 mod bundle;
 mod image;
 mod inspect;
+mod output;
 mod system;
 mod unpack;
 
