@@ -132,7 +132,7 @@ fn bundles_pull_and_gc() {
         let last = last.unwrap();
         assert!(last.done && last.layers_total == 2 && !last.chain_id.is_empty(), "{last:?}");
         let got =
-            images.get(pb::GetImageRequest { reference: "busybox".into(), platform: None }).await.unwrap().into_inner();
+            images.get(pb::GetImageRequest { reference: "busybox".into(), platform: None, verify: false }).await.unwrap().into_inner();
         assert!(got.unpacked && got.layers.iter().all(|l| l.unpacked));
         assert_eq!(got.chain_id, last.chain_id);
 
@@ -213,7 +213,7 @@ fn corrupt_layer_is_data_loss_and_leaves_nothing() {
         let ch = kiln::client::connect(&addr).await.unwrap();
         // Flip one byte of the last layer blob in the store (same size).
         let got = ImagesClient::new(ch.clone())
-            .get(pb::GetImageRequest { reference: "busybox".into(), platform: None })
+            .get(pb::GetImageRequest { reference: "busybox".into(), platform: None, verify: false })
             .await
             .unwrap()
             .into_inner();

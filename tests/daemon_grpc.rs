@@ -72,7 +72,7 @@ fn images_and_system_rpcs() {
         assert_eq!(listed[0].ref_name, "app:v1");
 
         let got =
-            images.get(pb::GetImageRequest { reference: "app:v1".into(), platform: None }).await.unwrap().into_inner();
+            images.get(pb::GetImageRequest { reference: "app:v1".into(), platform: None, verify: false }).await.unwrap().into_inner();
         assert_eq!(got.manifest.unwrap().digest, digest);
         assert_eq!(got.layers.len(), 1);
         assert!(serde_json::from_slice::<Value>(&got.config).is_ok());
@@ -80,11 +80,11 @@ fn images_and_system_rpcs() {
         assert_eq!(import(&addr, path_str(src.path()), "app:v1").await.unwrap(), digest);
 
         // Error codes.
-        let e = images.get(pb::GetImageRequest { reference: "nope".into(), platform: None }).await.unwrap_err();
+        let e = images.get(pb::GetImageRequest { reference: "nope".into(), platform: None, verify: false }).await.unwrap_err();
         assert_eq!(e.code(), Code::NotFound, "{e:?}");
         assert!(e.message().contains("nope"));
         let bad = pb::Platform { os: "linux".into(), architecture: "".into(), variant: "".into() };
-        let e = images.get(pb::GetImageRequest { reference: "app:v1".into(), platform: Some(bad) }).await.unwrap_err();
+        let e = images.get(pb::GetImageRequest { reference: "app:v1".into(), platform: Some(bad), verify: false }).await.unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
         let e = import(&addr, path_str(src.path()), "bad name").await.unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
@@ -101,7 +101,7 @@ fn images_and_system_rpcs() {
         let mut bytes = std::fs::read(&cfg_path).unwrap();
         bytes[0] = b' ';
         std::fs::write(&cfg_path, bytes).unwrap();
-        let e = images.get(pb::GetImageRequest { reference: "app:v1".into(), platform: None }).await.unwrap_err();
+        let e = images.get(pb::GetImageRequest { reference: "app:v1".into(), platform: None, verify: false }).await.unwrap_err();
         assert_eq!(e.code(), Code::DataLoss, "{e:?}");
         assert!(e.message().contains(cfg), "{e:?}");
 
@@ -171,6 +171,50 @@ fn image_ls_sizes_are_the_images() {
     assert_eq!(row("app")[3], "kB", "human sizes: {text}");
     assert!(["B", "kB"].contains(&row("app")[5]), "unpacked: {text}");
     assert_eq!(row("thing")[2..], ["-", "-", "content"], "{text}");
+}
+
+/// Through kilnd, `image inspect` says the layers were not read unless `--verify` asks the daemon to read
+/// them (GetImageRequest.verify); a corrupt layer then fails with DATA_LOSS naming its digest.
+#[test]
+fn image_inspect_verify_through_the_daemon() {
+    let k = Kilnd::start(&[]);
+    let (src, _) = source_layout();
+    let out = k.kiln(&["image", "import", path_str(src.path()), "--name", "app"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let inspect = |verify: bool| {
+        let mut args = vec!["image", "inspect", "app"];
+        if verify {
+            args.push("--verify");
+        }
+        k.kiln(&args)
+    };
+    let v: Value = serde_json::from_slice(&inspect(false).stdout).unwrap();
+    assert_eq!(v["verified"], serde_json::json!({"manifest": true, "config": true, "layers": false}));
+    let out = inspect(true);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["verified"]["layers"], true, "{v}");
+
+    let digest = v["layers"][0]["digest"].as_str().unwrap().to_owned();
+    let path = k.content().join("blobs/sha256").join(&digest["sha256:".len()..]);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&path, bytes).unwrap();
+    let v: Value = serde_json::from_slice(&inspect(false).stdout).unwrap();
+    assert_eq!(v["verified"]["layers"], false, "not read, so not claimed");
+    let out = inspect(true);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(&digest) && stderr.contains("layer 1 of 1"), "{stderr}");
+    rt().block_on(async {
+        let mut images = ImagesClient::new(kiln::client::connect(&k.address()).await.unwrap());
+        let req = pb::GetImageRequest { reference: "app".into(), platform: None, verify: true };
+        let e = images.get(req).await.unwrap_err();
+        assert_eq!(e.code(), Code::DataLoss, "{e:?}");
+        assert!(e.message().contains(&digest), "{e:?}");
+    });
 }
 
 #[test]
@@ -263,7 +307,7 @@ fn archives_made_by_skopeo_import() {
         let mut images = ImagesClient::new(kiln::client::connect(&addr).await.unwrap());
         for (name, d) in [("from-oci-archive", d1), ("from-docker-archive", d2)] {
             let got =
-                images.get(pb::GetImageRequest { reference: name.into(), platform: None }).await.unwrap().into_inner();
+                images.get(pb::GetImageRequest { reference: name.into(), platform: None, verify: false }).await.unwrap().into_inner();
             assert_eq!(got.manifest.unwrap().digest, d);
             assert_eq!(got.layers.len(), 1);
             // The DiffID of the one layer is the same whichever way it travelled.

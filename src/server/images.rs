@@ -143,13 +143,26 @@ impl pb::images_server::Images for ImagesService {
         let ticket = self.daemon.gates.admit(Kind::Read, "Images.Get", &req)?;
         let d = self.daemon.clone();
         let req = req.into_inner();
-        let reply = admission::run(ticket, move |_| {
-            let (_, img) = resolve(&d, &req.reference, req.platform.as_ref())?;
+        let reply = admission::run(ticket, move |ticket| {
+            let (path, img) = resolve(&d, &req.reference, req.platform.as_ref())?;
+            if req.verify {
+                // resolve verified the manifest and configuration; the layers are read here, whole.
+                let store = Store::open(&path).map_err(|e| status(e.kind(), e))?;
+                for (i, l) in img.layers.iter().enumerate() {
+                    ticket.check()?;
+                    store.verify_blob(&l.descriptor).map_err(|e| {
+                        let what = format!("layer {} of {} ({})", i + 1, img.layers.len(), l.descriptor.digest);
+                        status(e.kind(), format!("{what}: {}", crate::error::report(&e)))
+                    })?;
+                }
+            }
             let snapshots = d.engine.snapshotter();
-            Ok(wire::image(&img, &req.reference, |chain| {
+            let mut reply = wire::image(&img, &req.reference, |chain| {
                 use crate::snapshot::Snapshotter;
                 snapshots.stat(chain.as_str()).is_ok_and(|i| i.kind == crate::snapshot::Kind::Committed)
-            }))
+            });
+            reply.layers_verified = req.verify;
+            Ok(reply)
         })
         .await?;
         Ok(Response::new(reply))

@@ -71,6 +71,8 @@ pub fn image(
         layers,
         chain_id: img.chain_id().map(|c| c.to_string()).unwrap_or_default(),
         config: img.config_bytes.clone(),
+        // Only Images.Get with verify reads the layers; it sets this.
+        layers_verified: false,
     }
 }
 

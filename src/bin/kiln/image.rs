@@ -71,9 +71,16 @@ pub async fn ls(remote: &Remote) -> Result<()> {
     Ok(())
 }
 
-pub async fn inspect(remote: &Remote, reference: &str, p: Option<&str>) -> Result<()> {
+/// `kiln image inspect REF [--verify]`: kilnd verifies the manifest and configuration on every Get, and reads
+/// the layers only when asked to (`verify`); `verified` says which.
+pub async fn inspect(remote: &Remote, reference: &str, p: Option<&str>, verify: bool) -> Result<()> {
     let mut c = ImagesClient::new(remote.channel().await?);
-    let r = c.get(pb::GetImageRequest { reference: reference.into(), platform: platform(p)? }).await?.into_inner();
+    let req = pb::GetImageRequest { reference: reference.into(), platform: platform(p)?, verify };
+    let r = c.get(req).await?.into_inner();
+    if verify && !r.layers_verified {
+        anyhow::bail!("kilnd at {} did not verify the layers (it predates GetImageRequest.verify)", remote.address);
+    }
+    let verified = crate::inspect::Verified { manifest: true, config: true, layers: r.layers_verified };
     let config: serde_json::Value = serde_json::from_slice(&r.config).context("config from kilnd")?;
     let p = r.platform.unwrap_or_default();
     let layers: Vec<_> = r
@@ -97,6 +104,7 @@ pub async fn inspect(remote: &Remote, reference: &str, p: Option<&str>) -> Resul
         "chainId": if r.chain_id.is_empty() { serde_json::Value::Null } else { json!(r.chain_id) },
         "unpacked": r.unpacked,
         "config": config,
+        "verified": verified,
     }))
 }
 
