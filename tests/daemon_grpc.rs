@@ -217,6 +217,33 @@ fn image_inspect_verify_through_the_daemon() {
     });
 }
 
+/// `system gc --dry-run --json` lists what it would remove as `wouldRemove` (it removed nothing); a real
+/// collection lists `removed`.
+#[test]
+fn gc_dry_run_says_would_remove() {
+    let k = Kilnd::start(&[]);
+    let (src, _) = source_layout();
+    for args in [&["image", "import", path_str(src.path()), "--name", "app"][..], &["image", "pull", "app"], &["image", "rm", "app"]] {
+        let out = k.kiln(args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let gc = |extra: &[&str]| {
+        let out = k.kiln(&[&["--json", "system", "gc"][..], extra].concat());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let dry = gc(&["--dry-run"]);
+    assert!(dry.get("removed").is_none(), "{dry}");
+    let would = dry["wouldRemove"].as_array().unwrap();
+    assert_eq!(would.iter().filter(|i| i["kind"] == "snapshot").count(), 1, "{dry}");
+    assert!(dry["kept"].is_array(), "{dry}");
+    let out = k.kiln(&["system", "gc", "--dry-run"]);
+    assert!(String::from_utf8_lossy(&out.stdout).lines().any(|l| l.starts_with("would remove snapshot")));
+    let real = gc(&[]);
+    assert!(real.get("wouldRemove").is_none(), "{real}");
+    assert_eq!(real["removed"].as_array().unwrap().iter().filter(|i| i["kind"] == "snapshot").count(), 1, "{real}");
+}
+
 #[test]
 fn health_and_reflection() {
     let k = Kilnd::start(&[]);
