@@ -131,8 +131,11 @@ fn bundles_pull_and_gc() {
         }
         let last = last.unwrap();
         assert!(last.done && last.layers_total == 2 && !last.chain_id.is_empty(), "{last:?}");
-        let got =
-            images.get(pb::GetImageRequest { reference: "busybox".into(), platform: None, verify: false }).await.unwrap().into_inner();
+        let got = images
+            .get(pb::GetImageRequest { reference: "busybox".into(), platform: None, verify: false })
+            .await
+            .unwrap()
+            .into_inner();
         assert!(got.unpacked && got.layers.iter().all(|l| l.unpacked));
         assert_eq!(got.chain_id, last.chain_id);
 
@@ -506,8 +509,12 @@ fn the_demo_image_makes_bundles_without_warnings() {
     let v = json_of(&out);
     assert_eq!(v["warnings"], json!([]), "{v}");
     assert!(v["explain"].get("warnings").is_none_or(|w| w == &json!([])), "{v}");
-    let found: Vec<(&str, &str)> =
-        v["hygiene"].as_array().unwrap().iter().map(|h| (h["path"].as_str().unwrap(), h["found"].as_str().unwrap())).collect();
+    let found: Vec<(&str, &str)> = v["hygiene"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["path"].as_str().unwrap(), h["found"].as_str().unwrap()))
+        .collect();
     assert_eq!(found, [("/dev", "missing"), ("/proc", "missing"), ("/sys", "missing")], "{v}");
     assert!(k.kiln(&["bundle", "rm", "demo"]).status.success());
     // The quickstart as typed: nothing on stderr.

@@ -71,8 +71,11 @@ fn images_and_system_rpcs() {
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].ref_name, "app:v1");
 
-        let got =
-            images.get(pb::GetImageRequest { reference: "app:v1".into(), platform: None, verify: false }).await.unwrap().into_inner();
+        let got = images
+            .get(pb::GetImageRequest { reference: "app:v1".into(), platform: None, verify: false })
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(got.manifest.unwrap().digest, digest);
         assert_eq!(got.layers.len(), 1);
         assert!(serde_json::from_slice::<Value>(&got.config).is_ok());
@@ -80,11 +83,17 @@ fn images_and_system_rpcs() {
         assert_eq!(import(&addr, path_str(src.path()), "app:v1").await.unwrap(), digest);
 
         // Error codes.
-        let e = images.get(pb::GetImageRequest { reference: "nope".into(), platform: None, verify: false }).await.unwrap_err();
+        let e = images
+            .get(pb::GetImageRequest { reference: "nope".into(), platform: None, verify: false })
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::NotFound, "{e:?}");
         assert!(e.message().contains("nope"));
         let bad = pb::Platform { os: "linux".into(), architecture: "".into(), variant: "".into() };
-        let e = images.get(pb::GetImageRequest { reference: "app:v1".into(), platform: Some(bad), verify: false }).await.unwrap_err();
+        let e = images
+            .get(pb::GetImageRequest { reference: "app:v1".into(), platform: Some(bad), verify: false })
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
         let e = import(&addr, path_str(src.path()), "bad name").await.unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
@@ -101,7 +110,10 @@ fn images_and_system_rpcs() {
         let mut bytes = std::fs::read(&cfg_path).unwrap();
         bytes[0] = b' ';
         std::fs::write(&cfg_path, bytes).unwrap();
-        let e = images.get(pb::GetImageRequest { reference: "app:v1".into(), platform: None, verify: false }).await.unwrap_err();
+        let e = images
+            .get(pb::GetImageRequest { reference: "app:v1".into(), platform: None, verify: false })
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::DataLoss, "{e:?}");
         assert!(e.message().contains(cfg), "{e:?}");
 
@@ -223,7 +235,11 @@ fn image_inspect_verify_through_the_daemon() {
 fn gc_dry_run_says_would_remove() {
     let k = Kilnd::start(&[]);
     let (src, _) = source_layout();
-    for args in [&["image", "import", path_str(src.path()), "--name", "app"][..], &["image", "pull", "app"], &["image", "rm", "app"]] {
+    for args in [
+        &["image", "import", path_str(src.path()), "--name", "app"][..],
+        &["image", "pull", "app"],
+        &["image", "rm", "app"],
+    ] {
         let out = k.kiln(args);
         assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -333,8 +349,11 @@ fn archives_made_by_skopeo_import() {
         let d2 = import(&addr, path_str(&docker_archive), "from-docker-archive").await.unwrap();
         let mut images = ImagesClient::new(kiln::client::connect(&addr).await.unwrap());
         for (name, d) in [("from-oci-archive", d1), ("from-docker-archive", d2)] {
-            let got =
-                images.get(pb::GetImageRequest { reference: name.into(), platform: None, verify: false }).await.unwrap().into_inner();
+            let got = images
+                .get(pb::GetImageRequest { reference: name.into(), platform: None, verify: false })
+                .await
+                .unwrap()
+                .into_inner();
             assert_eq!(got.manifest.unwrap().digest, d);
             assert_eq!(got.layers.len(), 1);
             // The DiffID of the one layer is the same whichever way it travelled.

@@ -91,7 +91,10 @@ mod tests {
     fn only_what_the_image_had_wrong_is_a_warning() {
         assert_eq!(warning("/proc", "missing", "directory"), None, "a created mount point is routine");
         let w = warning("/dev", "symlink", "directory").unwrap();
-        assert_eq!((w.rule.as_str(), w.message.as_str()), ("I12", "rootfs /dev was a symlink in the image; replaced by a directory"));
+        assert_eq!(
+            (w.rule.as_str(), w.message.as_str()),
+            ("I12", "rootfs /dev was a symlink in the image; replaced by a directory")
+        );
         let w = warning("/dev/x", "symlink", "removed").unwrap();
         assert_eq!(w.message, "rootfs /dev/x was a symlink in the image; removed");
     }
