@@ -1012,6 +1012,18 @@ fn rfc3339(secs: u64) -> String {
 mod tests {
     use super::*;
 
+    /// Records written before the digests were renamed still read: their `config_digest` was config.json's.
+    #[test]
+    fn old_records_keep_their_runtime_config_digest() {
+        let d = Digest::sha256(b"config.json");
+        let old = serde_json::json!({"id": "a", "path": "/b/a", "image": "busybox", "manifest_digest": d,
+            "chain_id": null, "snapshot": "bundle/a", "config_digest": d, "created": "2026-01-01T00:00:00Z"});
+        let b: Bundle = serde_json::from_value(old.clone()).expect("full record");
+        assert_eq!((b.runtime_config_digest, b.image_config_digest), (d.clone(), None));
+        let h: Bundle = serde_json::from_value::<BundleHead>(old).expect("listing head").into();
+        assert_eq!((h.runtime_config_digest, h.image_config_digest), (d, None));
+    }
+
     #[test]
     fn engine_is_shared_across_threads() {
         fn shared<T: Send + Sync>() {}
