@@ -88,7 +88,7 @@ fn create_get_list_delete() {
             assert!(fs::symlink_metadata(top.join("dev")).unwrap().file_type().is_symlink());
         }
         let config = fs::read(bundle.path.join("config.json")).unwrap();
-        assert_eq!(kiln::digest::Digest::sha256(&config), bundle.config_digest);
+        assert_eq!(kiln::digest::Digest::sha256(&config), bundle.runtime_config_digest);
         let spec: serde_json::Value = serde_json::from_slice(&config).unwrap();
         assert_eq!(spec["process"]["user"]["uid"], 1000, "user resolved from the rootfs /etc/passwd");
         assert_eq!(spec["root"]["path"], "rootfs");
@@ -182,7 +182,7 @@ fn reboot_and_crash_leftovers_are_repaired() {
         assert_eq!(fs::read(again.rootfs().join("etc/motd")).unwrap(), b"hello\n");
         assert_eq!(
             kiln::digest::Digest::sha256(&fs::read(again.path.join("config.json")).unwrap()),
-            again.config_digest
+            again.runtime_config_digest
         );
         assert!(!d.path().join("state/bundles/ghost").exists());
         assert!(!d.path().join("state/bundles/half").exists());

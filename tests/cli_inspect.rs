@@ -97,3 +97,48 @@ fn inspect_bad_input_is_one_line() {
     let bad_digest = format!("{}@sha256:{}", tmp.path().display(), "Z".repeat(64));
     assert_one_line_error(&inspect(&bad_digest, None), "invalid digest");
 }
+
+/// `verified` says which blobs were read and checked: the manifest and config always, the layers only with
+/// `--verify`, which fails on a corrupt or truncated layer naming its digest.
+#[test]
+fn inspect_says_what_it_verified_and_verify_reads_every_layer() {
+    let tmp = common::scratch();
+    let l1 = LayerBuilder::new().file("a", b"a", 0o644).layer(Compression::Gzip);
+    let l2 = LayerBuilder::new().file("b", &[9u8; 4000], 0o644).layer(Compression::Zstd);
+    let (b, desc) = single_image(tmp.path(), &ImageSpec::with_layers(vec![l1, l2.clone()]), "v1");
+    let image = format!("{}:v1", tmp.path().display());
+    let verify = || kiln(&["image", "inspect", "--image", &image, "--verify"]);
+
+    let v: Value = serde_json::from_slice(&inspect(&image, None).stdout).unwrap();
+    assert_eq!(v["verified"], json!({"manifest": true, "config": true, "layers": false}));
+    let out = verify();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["verified"], json!({"manifest": true, "config": true, "layers": true}));
+
+    let manifest: Value = serde_json::from_slice(&std::fs::read(b.blob_path(&desc)).unwrap()).unwrap();
+    let layer = &manifest["layers"][1];
+    let digest = layer["digest"].as_str().unwrap();
+    assert_eq!(digest, common::layer::sha256(&l2.blob));
+    let path = b.blob_path(layer);
+    let good = std::fs::read(&path).unwrap();
+    // Same size, one byte different: only reading it shows.
+    let mut bad = good.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 0x01;
+    std::fs::write(&path, &bad).unwrap();
+    let out = inspect(&image, None);
+    assert!(out.status.success(), "without --verify the layers are not read");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["verified"]["layers"], false);
+    let out = verify();
+    assert_one_line_error(&out, digest);
+    assert!(out.stdout.is_empty(), "no JSON for a corrupt image");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("layer 2 of 2"));
+    // Truncated: refused by size, named the same way.
+    std::fs::write(&path, &good[..good.len() / 2]).unwrap();
+    assert_one_line_error(&verify(), digest);
+    // Missing.
+    std::fs::remove_file(&path).unwrap();
+    assert_one_line_error(&verify(), digest);
+}

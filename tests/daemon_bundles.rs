@@ -131,8 +131,11 @@ fn bundles_pull_and_gc() {
         }
         let last = last.unwrap();
         assert!(last.done && last.layers_total == 2 && !last.chain_id.is_empty(), "{last:?}");
-        let got =
-            images.get(pb::GetImageRequest { reference: "busybox".into(), platform: None }).await.unwrap().into_inner();
+        let got = images
+            .get(pb::GetImageRequest { reference: "busybox".into(), platform: None, verify: false })
+            .await
+            .unwrap()
+            .into_inner();
         assert!(got.unpacked && got.layers.iter().all(|l| l.unpacked));
         assert_eq!(got.chain_id, last.chain_id);
 
@@ -213,7 +216,7 @@ fn corrupt_layer_is_data_loss_and_leaves_nothing() {
         let ch = kiln::client::connect(&addr).await.unwrap();
         // Flip one byte of the last layer blob in the store (same size).
         let got = ImagesClient::new(ch.clone())
-            .get(pb::GetImageRequest { reference: "busybox".into(), platform: None })
+            .get(pb::GetImageRequest { reference: "busybox".into(), platform: None, verify: false })
             .await
             .unwrap()
             .into_inner();
@@ -406,4 +409,126 @@ fn create_refuses_an_image_without_entrypoint_or_cmd_unless_args_are_given() {
         assert_eq!(cfg["process"]["args"], json!(["/bin/true"]));
         bundles.delete(pb::DeleteBundleRequest { id: "na-2".into(), force: false }).await.unwrap();
     });
+}
+
+fn json_of(out: &std::process::Output) -> serde_json::Value {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}
+
+fn keys(v: &serde_json::Value) -> std::collections::BTreeSet<String> {
+    v.as_object().unwrap_or_else(|| panic!("not an object: {v}")).keys().cloned().collect()
+}
+
+/// `kiln unpack --json` and `kiln bundle create --json` print one shape for the same image (the same keys,
+/// the same explain record and hygiene list, each verb's own keys beside them), and one meaning per name:
+/// `configDigest` is the image configuration's digest there, in `image inspect` and in `bundle inspect`;
+/// `runtimeConfigDigest` is the digest of the config.json each wrote.
+#[test]
+fn unpack_and_bundle_create_print_one_shape() {
+    let Some((layout, k)) = daemon_with_busybox() else { return };
+    let image = format!("{}:busybox", path_str(layout.path()));
+    let inspected = json_of(&k.kiln(&["image", "inspect", "--image", &image]));
+    let scratch = common::scratch();
+    let bundle = scratch.path().join("bundle");
+    let unpacked = json_of(
+        &Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["--json", "unpack", "--image", &image, path_str(&bundle)])
+            .output()
+            .unwrap(),
+    );
+    let created = json_of(&k.kiln(&["--json", "bundle", "create", "same", "--image", "busybox"]));
+    let recorded = json_of(&k.kiln(&["bundle", "inspect", "same"]));
+
+    let shared: std::collections::BTreeSet<String> =
+        ["manifestDigest", "configDigest", "runtimeConfigDigest", "chainId", "hygiene", "explain", "warnings"]
+            .map(String::from)
+            .into();
+    let own = |v: &serde_json::Value| keys(v).difference(&shared).cloned().collect::<Vec<_>>();
+    assert!(keys(&unpacked).is_superset(&shared), "{unpacked}");
+    assert!(keys(&created).is_superset(&shared), "{created}");
+    assert_eq!(own(&unpacked), ["bundle", "layers"]);
+    assert_eq!(own(&created), ["created", "extracted", "id", "image", "path"]);
+
+    // One meaning per name.
+    for key in ["manifestDigest", "configDigest", "chainId"] {
+        assert_eq!(unpacked[key], inspected[key], "{key}");
+        assert_eq!(created[key], inspected[key], "{key}");
+        assert_eq!(recorded[key], inspected[key], "{key}");
+    }
+    let config_of = |dir: &std::path::Path| std::fs::read(dir.join("config.json")).unwrap();
+    assert_eq!(unpacked["runtimeConfigDigest"], json!(common::layer::sha256(&config_of(&bundle))));
+    let path = std::path::PathBuf::from(created["path"].as_str().unwrap());
+    assert_eq!(created["runtimeConfigDigest"], json!(common::layer::sha256(&config_of(&path))));
+    assert_eq!(recorded["runtimeConfigDigest"], created["runtimeConfigDigest"]);
+    assert_ne!(created["runtimeConfigDigest"], created["configDigest"]);
+
+    // One explain record: the same keys, and for this image the same entries.
+    assert_eq!(keys(&unpacked["explain"]), keys(&created["explain"]));
+    let entries = |v: &serde_json::Value| {
+        v["explain"]["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                let k = keys(f);
+                assert!(k.is_subset(&["field", "source", "rule", "note"].map(String::from).into()), "{f}");
+                (k, f["field"].clone(), f["source"].clone(), f["rule"].clone())
+            })
+            .collect::<Vec<_>>()
+    };
+    assert!(!entries(&unpacked).is_empty());
+    assert_eq!(entries(&unpacked), entries(&created));
+    assert_eq!(unpacked["hygiene"], created["hygiene"]);
+    assert_eq!(unpacked["warnings"], created["warnings"]);
+    assert!(k.kiln(&["bundle", "rm", "same"]).status.success());
+}
+
+/// The README's quickstart image (scripts/demo-image.sh, made by umoci) gives bundles without warnings:
+/// kiln creating the `/dev`, `/proc` and `/sys` mount points it lacks is listed among the hygiene fix-ups,
+/// not warned about; in `bundle create` and in `unpack` alike.
+#[test]
+fn the_demo_image_makes_bundles_without_warnings() {
+    if !common::require_root() || !common::require_tool("umoci") {
+        return;
+    }
+    if !std::path::Path::new(BUSYBOX).exists() {
+        return common::skip("needs /bin/busybox (apt-get install busybox-static)");
+    }
+    let d = common::scratch();
+    let layout = d.path().join("kiln-demo");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/demo-image.sh");
+    let out = Command::new("bash").arg(script).arg(&layout).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let k = Kilnd::start(&[]);
+    let out = k.kiln(&["image", "import", path_str(&layout), "--name", "busybox", "--source-ref", "busybox"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let args = ["bundle", "create", "demo", "--image", "busybox", "--", "/bin/sh", "-c", "echo hello from kiln; id"];
+    let out = k.kiln(&[&["--json"][..], &args].concat());
+    let v = json_of(&out);
+    assert_eq!(v["warnings"], json!([]), "{v}");
+    assert!(v["explain"].get("warnings").is_none_or(|w| w == &json!([])), "{v}");
+    let found: Vec<(&str, &str)> = v["hygiene"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["path"].as_str().unwrap(), h["found"].as_str().unwrap()))
+        .collect();
+    assert_eq!(found, [("/dev", "missing"), ("/proc", "missing"), ("/sys", "missing")], "{v}");
+    assert!(k.kiln(&["bundle", "rm", "demo"]).status.success());
+    // The quickstart as typed: nothing on stderr.
+    let out = k.kiln(&args);
+    assert!(out.status.success() && out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(k.kiln(&["bundle", "rm", "demo"]).status.success());
+
+    let image = format!("{}:busybox", path_str(&layout));
+    let bundle = d.path().join("bundle");
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["--json", "unpack", "--image", &image, path_str(&bundle)])
+        .output()
+        .unwrap();
+    let v = json_of(&out);
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(v["warnings"], json!([]), "{v}");
 }

@@ -71,8 +71,11 @@ fn images_and_system_rpcs() {
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].ref_name, "app:v1");
 
-        let got =
-            images.get(pb::GetImageRequest { reference: "app:v1".into(), platform: None }).await.unwrap().into_inner();
+        let got = images
+            .get(pb::GetImageRequest { reference: "app:v1".into(), platform: None, verify: false })
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(got.manifest.unwrap().digest, digest);
         assert_eq!(got.layers.len(), 1);
         assert!(serde_json::from_slice::<Value>(&got.config).is_ok());
@@ -80,11 +83,17 @@ fn images_and_system_rpcs() {
         assert_eq!(import(&addr, path_str(src.path()), "app:v1").await.unwrap(), digest);
 
         // Error codes.
-        let e = images.get(pb::GetImageRequest { reference: "nope".into(), platform: None }).await.unwrap_err();
+        let e = images
+            .get(pb::GetImageRequest { reference: "nope".into(), platform: None, verify: false })
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::NotFound, "{e:?}");
         assert!(e.message().contains("nope"));
         let bad = pb::Platform { os: "linux".into(), architecture: "".into(), variant: "".into() };
-        let e = images.get(pb::GetImageRequest { reference: "app:v1".into(), platform: Some(bad) }).await.unwrap_err();
+        let e = images
+            .get(pb::GetImageRequest { reference: "app:v1".into(), platform: Some(bad), verify: false })
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
         let e = import(&addr, path_str(src.path()), "bad name").await.unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
@@ -101,7 +110,10 @@ fn images_and_system_rpcs() {
         let mut bytes = std::fs::read(&cfg_path).unwrap();
         bytes[0] = b' ';
         std::fs::write(&cfg_path, bytes).unwrap();
-        let e = images.get(pb::GetImageRequest { reference: "app:v1".into(), platform: None }).await.unwrap_err();
+        let e = images
+            .get(pb::GetImageRequest { reference: "app:v1".into(), platform: None, verify: false })
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::DataLoss, "{e:?}");
         assert!(e.message().contains(cfg), "{e:?}");
 
@@ -110,6 +122,142 @@ fn images_and_system_rpcs() {
         let e = images.remove(pb::RemoveImageRequest { ref_name: "app:v1".into() }).await.unwrap_err();
         assert_eq!(e.code(), Code::NotFound);
     });
+}
+
+/// `image ls` sizes are the images' (manifest, config and compressed layers; for an index, the host's image
+/// too), the unpacked size appears once the layers are snapshots, and an entry that does not resolve is
+/// listed with `-` instead of failing the listing.
+#[test]
+fn image_ls_sizes_are_the_images() {
+    let k = Kilnd::start(&[]);
+    // Written straight into the content store, as skopeo or umoci would.
+    let mut b = LayoutBuilder::new(&k.content());
+    let l1 = LayerBuilder::new().file("a", &[7u8; 3000], 0o644).layer(Compression::Gzip);
+    let l2 = LayerBuilder::new().file("b", b"b", 0o644).layer(Compression::None);
+    let spec = ImageSpec::with_layers(vec![l1.clone(), l2.clone()]);
+    let app = b.image(&spec);
+    let foreign_layer = LayerBuilder::new().file("big", &[1u8; 5000], 0o644).layer(Compression::None);
+    let foreign = b.image(&ImageSpec::with_layers(vec![foreign_layer]).platform("linux", foreign_arch(), None));
+    let idx = b.index(vec![foreign, app.clone()]);
+    let artifact = b.blob("application/vnd.example.thing.v1", b"not an image");
+    b.add(app.clone(), Some("app")).add(idx.clone(), Some("multi")).add(artifact.clone(), Some("thing"));
+    b.write_index();
+    let config_size = serde_json::to_vec(&spec.config_json()).unwrap().len() as u64;
+    let app_size = app["size"].as_u64().unwrap() + config_size + (l1.blob.len() + l2.blob.len()) as u64;
+
+    let ls = || {
+        let out = k.kiln(&["--json", "image", "ls"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let by_name = |n: &str| v.as_array().unwrap().iter().find(|i| i["refName"] == n).cloned().unwrap();
+        (by_name("app"), by_name("multi"), by_name("thing"))
+    };
+    let (a, m, t) = ls();
+    assert_eq!(a["size"], app_size, "{a}");
+    assert_eq!(a["manifestSize"], app["size"], "{a}");
+    assert_eq!(a["unpacked"], false, "{a}");
+    assert_eq!(a["unpackedSize"], Value::Null, "{a}");
+    assert_eq!(a["resolveError"], Value::Null, "{a}");
+    assert_eq!(m["size"], idx["size"].as_u64().unwrap() + app_size, "the host's image of the index: {m}");
+    assert_eq!(m["manifestSize"], idx["size"], "{m}");
+    assert_eq!(t["size"], Value::Null, "{t}");
+    assert_eq!(t["manifestSize"], artifact["size"], "{t}");
+    assert!(t["resolveError"].as_str().is_some_and(|e| !e.is_empty()), "{t}");
+
+    let out = k.kiln(&["image", "pull", "app"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = k.kiln(&["--json", "system", "info"]);
+    let info: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (a, m, _) = ls();
+    assert_eq!(a["unpacked"], true, "{a}");
+    assert!(a["unpackedSize"].as_u64().unwrap() > 0, "{a}");
+    assert_eq!(a["unpackedSize"], info["snapshotBytes"], "the only snapshots are app's: {a} {info}");
+    assert_eq!(m["unpackedSize"], a["unpackedSize"], "the same host image: {m}");
+
+    let out = k.kiln(&["image", "ls"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows[0], ["REF", "DIGEST", "SIZE", "UNPACKED", "STORE"], "{text}");
+    let row = |n: &str| rows.iter().find(|r| r[0] == n).unwrap_or_else(|| panic!("{n} in {text}"));
+    assert_eq!(row("app")[3], "kB", "human sizes: {text}");
+    assert!(["B", "kB"].contains(&row("app")[5]), "unpacked: {text}");
+    assert_eq!(row("thing")[2..], ["-", "-", "content"], "{text}");
+}
+
+/// Through kilnd, `image inspect` says the layers were not read unless `--verify` asks the daemon to read
+/// them (GetImageRequest.verify); a corrupt layer then fails with DATA_LOSS naming its digest.
+#[test]
+fn image_inspect_verify_through_the_daemon() {
+    let k = Kilnd::start(&[]);
+    let (src, _) = source_layout();
+    let out = k.kiln(&["image", "import", path_str(src.path()), "--name", "app"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let inspect = |verify: bool| {
+        let mut args = vec!["image", "inspect", "app"];
+        if verify {
+            args.push("--verify");
+        }
+        k.kiln(&args)
+    };
+    let v: Value = serde_json::from_slice(&inspect(false).stdout).unwrap();
+    assert_eq!(v["verified"], serde_json::json!({"manifest": true, "config": true, "layers": false}));
+    let out = inspect(true);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["verified"]["layers"], true, "{v}");
+
+    let digest = v["layers"][0]["digest"].as_str().unwrap().to_owned();
+    let path = k.content().join("blobs/sha256").join(&digest["sha256:".len()..]);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&path, bytes).unwrap();
+    let v: Value = serde_json::from_slice(&inspect(false).stdout).unwrap();
+    assert_eq!(v["verified"]["layers"], false, "not read, so not claimed");
+    let out = inspect(true);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(&digest) && stderr.contains("layer 1 of 1"), "{stderr}");
+    rt().block_on(async {
+        let mut images = ImagesClient::new(kiln::client::connect(&k.address()).await.unwrap());
+        let req = pb::GetImageRequest { reference: "app".into(), platform: None, verify: true };
+        let e = images.get(req).await.unwrap_err();
+        assert_eq!(e.code(), Code::DataLoss, "{e:?}");
+        assert!(e.message().contains(&digest), "{e:?}");
+    });
+}
+
+/// `system gc --dry-run --json` lists what it would remove as `wouldRemove` (it removed nothing); a real
+/// collection lists `removed`.
+#[test]
+fn gc_dry_run_says_would_remove() {
+    let k = Kilnd::start(&[]);
+    let (src, _) = source_layout();
+    for args in [
+        &["image", "import", path_str(src.path()), "--name", "app"][..],
+        &["image", "pull", "app"],
+        &["image", "rm", "app"],
+    ] {
+        let out = k.kiln(args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let gc = |extra: &[&str]| {
+        let out = k.kiln(&[&["--json", "system", "gc"][..], extra].concat());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let dry = gc(&["--dry-run"]);
+    assert!(dry.get("removed").is_none(), "{dry}");
+    let would = dry["wouldRemove"].as_array().unwrap();
+    assert_eq!(would.iter().filter(|i| i["kind"] == "snapshot").count(), 1, "{dry}");
+    assert!(dry["kept"].is_array(), "{dry}");
+    let out = k.kiln(&["system", "gc", "--dry-run"]);
+    assert!(String::from_utf8_lossy(&out.stdout).lines().any(|l| l.starts_with("would remove snapshot")));
+    let real = gc(&[]);
+    assert!(real.get("wouldRemove").is_none(), "{real}");
+    assert_eq!(real["removed"].as_array().unwrap().iter().filter(|i| i["kind"] == "snapshot").count(), 1, "{real}");
 }
 
 #[test]
@@ -201,8 +349,11 @@ fn archives_made_by_skopeo_import() {
         let d2 = import(&addr, path_str(&docker_archive), "from-docker-archive").await.unwrap();
         let mut images = ImagesClient::new(kiln::client::connect(&addr).await.unwrap());
         for (name, d) in [("from-oci-archive", d1), ("from-docker-archive", d2)] {
-            let got =
-                images.get(pb::GetImageRequest { reference: name.into(), platform: None }).await.unwrap().into_inner();
+            let got = images
+                .get(pb::GetImageRequest { reference: name.into(), platform: None, verify: false })
+                .await
+                .unwrap()
+                .into_inner();
             assert_eq!(got.manifest.unwrap().digest, d);
             assert_eq!(got.layers.len(), 1);
             // The DiffID of the one layer is the same whichever way it travelled.

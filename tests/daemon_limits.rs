@@ -787,7 +787,10 @@ fn a_pull_whose_caller_leaves_stops_between_layers() {
         drop(s);
         // The slot (concurrent.pull = 1) comes back once the unpack has stopped.
         let get = |mut c: ImagesClient<Channel>| async move {
-            c.get(pb::GetImageRequest { reference: "many:1".into(), platform: None }).await.unwrap().into_inner()
+            c.get(pb::GetImageRequest { reference: "many:1".into(), platform: None, verify: false })
+                .await
+                .unwrap()
+                .into_inner()
         };
         let deadline = Instant::now() + WORK;
         let stopped = loop {

@@ -93,7 +93,7 @@ fn check(dir: &Path, e: &Engine) {
     for b in &bundles {
         assert!(kiln::sys::mount::is_mount_point(&b.rootfs()), "{} is mounted", b.id);
         let config = fs::read(b.path.join("config.json")).unwrap();
-        assert_eq!(kiln::digest::Digest::sha256(&config), b.config_digest, "config.json of {} is whole", b.id);
+        assert_eq!(kiln::digest::Digest::sha256(&config), b.runtime_config_digest, "config.json of {} is whole", b.id);
         assert!(infos.iter().any(|i| i.key == b.snapshot), "snapshot of {}", b.id);
     }
     for i in infos.iter().filter(|i| i.key.starts_with("bundle/")) {

@@ -156,8 +156,13 @@ pub struct Bundle {
     pub chain_id: Option<Digest>,
     /// The active snapshot mounted at `rootfs`.
     pub snapshot: String,
-    /// sha256 of config.json.
-    pub config_digest: Digest,
+    /// The image configuration's digest (the image ID); `None` in records written before kiln kept it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_config_digest: Option<Digest>,
+    /// sha256 of the written config.json (the runtime configuration), not the image's. Records written before
+    /// the rename call it `config_digest`.
+    #[serde(alias = "config_digest")]
+    pub runtime_config_digest: Digest,
     /// RFC 3339, UTC.
     pub created: String,
     /// Hygiene changes made to the rootfs (I12).
@@ -183,7 +188,10 @@ struct BundleHead {
     manifest_digest: Digest,
     chain_id: Option<Digest>,
     snapshot: String,
-    config_digest: Digest,
+    #[serde(default)]
+    image_config_digest: Option<Digest>,
+    #[serde(alias = "config_digest")]
+    runtime_config_digest: Digest,
     created: String,
     #[serde(default)]
     fixes: Vec<String>,
@@ -198,7 +206,8 @@ impl From<BundleHead> for Bundle {
             manifest_digest: h.manifest_digest,
             chain_id: h.chain_id,
             snapshot: h.snapshot,
-            config_digest: h.config_digest,
+            image_config_digest: h.image_config_digest,
+            runtime_config_digest: h.runtime_config_digest,
             created: h.created,
             fixes: h.fixes,
             config_json: String::new(),
@@ -210,7 +219,11 @@ impl From<BundleHead> for Bundle {
 #[derive(Debug, Clone)]
 pub struct Created {
     pub bundle: Bundle,
+    /// The conversion's explain record, with the I12 warnings of [`hygiene`](Self::hygiene) added (see
+    /// [`hygiene::warning`]).
     pub explain: Explain,
+    /// Every change the rootfs hygiene made, routine ones included.
+    pub hygiene: Vec<Fix>,
     pub unpack: UnpackReport,
 }
 
@@ -701,7 +714,8 @@ impl Engine {
             manifest_digest: image.manifest_digest().clone(),
             chain_id: image.chain_id().cloned(),
             snapshot: key,
-            config_digest: Digest::sha256(&bytes),
+            image_config_digest: Some(image.config_digest().clone()),
+            runtime_config_digest: Digest::sha256(&bytes),
             created: rfc3339_now(),
             fixes: fixes.iter().map(Fix::to_string).collect(),
             config_json: String::from_utf8_lossy(&bytes).into_owned(),
@@ -717,7 +731,9 @@ impl Engine {
         }
         self.meta.write(|w| w.put_bundle(&sid, &value))?;
         guard.armed = false;
-        Ok(Created { bundle, explain: conv.explain, unpack })
+        let mut explain = conv.explain;
+        explain.warnings.extend(fixes.iter().filter_map(Fix::warning));
+        Ok(Created { bundle, explain, hygiene: fixes, unpack })
     }
 
     pub fn get(&self, id: &BundleId) -> Result<Bundle> {
@@ -995,6 +1011,18 @@ fn rfc3339(secs: u64) -> String {
 #[allow(clippy::disallowed_methods)] // tests build fixtures by path
 mod tests {
     use super::*;
+
+    /// Records written before the digests were renamed still read: their `config_digest` was config.json's.
+    #[test]
+    fn old_records_keep_their_runtime_config_digest() {
+        let d = Digest::sha256(b"config.json");
+        let old = serde_json::json!({"id": "a", "path": "/b/a", "image": "busybox", "manifest_digest": d,
+            "chain_id": null, "snapshot": "bundle/a", "config_digest": d, "created": "2026-01-01T00:00:00Z"});
+        let b: Bundle = serde_json::from_value(old.clone()).expect("full record");
+        assert_eq!((b.runtime_config_digest, b.image_config_digest), (d.clone(), None));
+        let h: Bundle = serde_json::from_value::<BundleHead>(old).expect("listing head").into();
+        assert_eq!((h.runtime_config_digest, h.image_config_digest), (d, None));
+    }
 
     #[test]
     fn engine_is_shared_across_threads() {

@@ -27,6 +27,31 @@ impl std::fmt::Display for Fix {
     }
 }
 
+impl Fix {
+    /// The explain-record warning for this change, if it is one (see [`warning`]).
+    pub fn warning(&self) -> Option<crate::convert::Warning> {
+        warning(&self.path, &self.was, &self.now)
+    }
+}
+
+/// The explain-record warning (rule I12) for one hygiene change, the same in every command that makes one
+/// (`kiln unpack`, `Bundles.Create`): replacing or removing something the image put at `/dev`, `/proc`,
+/// `/sys` or under `/dev` is a warning, since the image asked for something kiln refused. Creating a mount
+/// point the image lacks is not: minimal images (a static binary on `scratch`) routinely have none, runc
+/// creates them as well, and a warning on every such bundle would teach operators to ignore warnings. That
+/// change is still listed among the hygiene fix-ups.
+pub fn warning(path: &str, was: &str, now: &str) -> Option<crate::convert::Warning> {
+    if was == "missing" {
+        return None;
+    }
+    let message = if now == "removed" {
+        format!("rootfs {path} was a {was} in the image; removed")
+    } else {
+        format!("rootfs {path} was a {was} in the image; replaced by a {now}")
+    };
+    Some(crate::convert::Warning { rule: "I12".into(), message })
+}
+
 /// Makes `/dev`, `/proc` and `/sys` of `rootfs` real directories and drops symlinks under `/dev`. Returns the
 /// changes made.
 pub fn make_safe(rootfs: &Path) -> Result<Vec<Fix>, crate::layer::Error> {
@@ -60,5 +85,17 @@ mod tests {
         }
         assert!(outside.is_dir(), "the symlink's target is untouched");
         assert!(make_safe(&root).unwrap().is_empty());
+    }
+
+    #[test]
+    fn only_what_the_image_had_wrong_is_a_warning() {
+        assert_eq!(warning("/proc", "missing", "directory"), None, "a created mount point is routine");
+        let w = warning("/dev", "symlink", "directory").unwrap();
+        assert_eq!(
+            (w.rule.as_str(), w.message.as_str()),
+            ("I12", "rootfs /dev was a symlink in the image; replaced by a directory")
+        );
+        let w = warning("/dev/x", "symlink", "removed").unwrap();
+        assert_eq!(w.message, "rootfs /dev/x was a symlink in the image; removed");
     }
 }

@@ -52,6 +52,33 @@ pub fn resolve(
     Err(status(e.kind(), e))
 }
 
+/// What `Images.List` reports of one resolved image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Sizes {
+    /// Compressed, as stored: the listed document, the selected manifest (when the listed one is an index),
+    /// its configuration and its layers.
+    size: u64,
+    /// The layer snapshots' stored usage, when every layer is committed.
+    unpacked: Option<u64>,
+}
+
+/// The sizes of `img`, listed under `listed`; `committed(chain)` is the stored usage of a committed snapshot
+/// (`None`: not unpacked). No tree is walked: snapshot usage is measured once, at commit.
+fn image_sizes(
+    listed: &crate::store::Descriptor,
+    img: &image::ResolvedImage,
+    committed: impl Fn(&crate::digest::Digest) -> Option<u64>,
+) -> Sizes {
+    let mut size = listed.size;
+    if img.manifest_descriptor.digest != listed.digest {
+        size = size.saturating_add(img.manifest_descriptor.size);
+    }
+    size = size.saturating_add(img.manifest.config.size);
+    size = img.layers.iter().fold(size, |a, l| a.saturating_add(l.descriptor.size));
+    let unpacked = img.layers.iter().try_fold(0u64, |a, l| committed(&l.chain_id).map(|u| a.saturating_add(u)));
+    Sizes { size, unpacked }
+}
+
 /// The import source a request names: the descriptor passed on its connection (`source_fd`), or a path.
 fn import_source(req: &pb::ImportImageRequest, peer: Option<&super::peer::Peer>) -> Result<import::Source, Status> {
     if req.source_fd {
@@ -78,11 +105,32 @@ impl pb::images_server::Images for ImagesService {
             for (path, store) in d.open_stores()? {
                 let name = if path == d.content_dir() { "content".to_string() } else { path.display().to_string() };
                 for l in image::list(&store).map_err(|e| status(e.kind(), e))? {
-                    out.push(pb::ListedImage {
-                        ref_name: l.ref_name.unwrap_or_default(),
+                    let mut listed = pb::ListedImage {
+                        ref_name: l.ref_name.clone().unwrap_or_default(),
                         descriptor: Some(wire::descriptor(&l.descriptor)),
                         store: name.clone(),
-                    });
+                        ..Default::default()
+                    };
+                    // Sizes are the resolved image's; one that does not resolve is still listed, with why.
+                    let reference = image::Reference::Digest(l.descriptor.digest.clone());
+                    match image::resolve(&store, &reference, &ResolveOptions::default()) {
+                        Ok(img) => {
+                            let snapshots = d.engine.snapshotter();
+                            let sizes = image_sizes(&l.descriptor, &img, |chain| {
+                                use crate::snapshot::Snapshotter;
+                                snapshots
+                                    .stat(chain.as_str())
+                                    .ok()
+                                    .filter(|i| i.kind == crate::snapshot::Kind::Committed)
+                                    .map(|i| i.size)
+                            });
+                            listed.size = i64::try_from(sizes.size).unwrap_or(i64::MAX);
+                            listed.unpacked = sizes.unpacked.is_some();
+                            listed.unpacked_size = sizes.unpacked.map_or(0, |u| i64::try_from(u).unwrap_or(i64::MAX));
+                        }
+                        Err(e) => listed.resolve_error = crate::error::report(&e),
+                    }
+                    out.push(listed);
                 }
             }
             Ok(out)
@@ -95,13 +143,26 @@ impl pb::images_server::Images for ImagesService {
         let ticket = self.daemon.gates.admit(Kind::Read, "Images.Get", &req)?;
         let d = self.daemon.clone();
         let req = req.into_inner();
-        let reply = admission::run(ticket, move |_| {
-            let (_, img) = resolve(&d, &req.reference, req.platform.as_ref())?;
+        let reply = admission::run(ticket, move |ticket| {
+            let (path, img) = resolve(&d, &req.reference, req.platform.as_ref())?;
+            if req.verify {
+                // resolve verified the manifest and configuration; the layers are read here, whole.
+                let store = Store::open(&path).map_err(|e| status(e.kind(), e))?;
+                for (i, l) in img.layers.iter().enumerate() {
+                    ticket.check()?;
+                    store.verify_blob(&l.descriptor).map_err(|e| {
+                        let what = format!("layer {} of {} ({})", i + 1, img.layers.len(), l.descriptor.digest);
+                        status(e.kind(), format!("{what}: {}", crate::error::report(&e)))
+                    })?;
+                }
+            }
             let snapshots = d.engine.snapshotter();
-            Ok(wire::image(&img, &req.reference, |chain| {
+            let mut reply = wire::image(&img, &req.reference, |chain| {
                 use crate::snapshot::Snapshotter;
                 snapshots.stat(chain.as_str()).is_ok_and(|i| i.kind == crate::snapshot::Kind::Committed)
-            }))
+            });
+            reply.layers_verified = req.verify;
+            Ok(reply)
         })
         .await?;
         Ok(Response::new(reply))

@@ -71,6 +71,8 @@ pub fn image(
         layers,
         chain_id: img.chain_id().map(|c| c.to_string()).unwrap_or_default(),
         config: img.config_bytes.clone(),
+        // Only Images.Get with verify reads the layers; it sets this.
+        layers_verified: false,
     }
 }
 
@@ -115,8 +117,10 @@ pub fn bundle(b: &crate::bundle::engine::Bundle) -> pb::Bundle {
         path: b.path.display().to_string(),
         image: b.image.clone(),
         manifest_digest: b.manifest_digest.to_string(),
-        config_digest: b.config_digest.to_string(),
+        runtime_config_digest: b.runtime_config_digest.to_string(),
         created: b.created.clone(),
+        config_digest: b.image_config_digest.as_ref().map(|d| d.to_string()).unwrap_or_default(),
+        chain_id: b.chain_id.as_ref().map(|d| d.to_string()).unwrap_or_default(),
     }
 }
 
@@ -140,13 +144,18 @@ pub fn created(c: &crate::bundle::engine::Created) -> pb::CreateBundleResponse {
                 note: f.note.clone().unwrap_or_default(),
             })
             .collect(),
-        warnings: c
+        warnings: c.explain.warnings.iter().map(|w| format!("{}: {}", w.rule, w.message)).collect(),
+        extracted: c.unpack.extracted.iter().map(|d| d.to_string()).collect(),
+        explain_warnings: c
             .explain
             .warnings
             .iter()
-            .map(|w| format!("{}: {}", w.rule, w.message))
-            .chain(c.bundle.fixes.iter().map(|f| format!("I12: {f}")))
+            .map(|w| pb::ExplainWarning { rule: w.rule.clone(), message: w.message.clone() })
             .collect(),
-        extracted: c.unpack.extracted.iter().map(|d| d.to_string()).collect(),
+        hygiene: c
+            .hygiene
+            .iter()
+            .map(|f| pb::HygieneFix { path: f.path.clone(), found: f.was.clone(), now: f.now.clone() })
+            .collect(),
     }
 }

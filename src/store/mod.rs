@@ -276,6 +276,13 @@ impl Store {
         VerifyingReader::new(inner, digest.clone(), desc.size).map_err(|source| Error::Digest { what: what(), source })
     }
 
+    /// Reads the whole blob `desc` names and checks its size and digest (a layer, which resolution does not
+    /// read). Returns the bytes read; the error names the digest and what did not match.
+    pub fn verify_blob(&self, desc: &Descriptor) -> Result<u64> {
+        let mut reader = self.open_blob(desc)?;
+        reader.drain().map_err(|e| Error::from_read(format!("blob {}", desc.digest), e))
+    }
+
     /// Runs a lookup below the layout with the store's identity.
     fn as_reader<T>(&self, f: impl FnOnce() -> sys::Result<T>) -> sys::Result<T> {
         match &self.creds {

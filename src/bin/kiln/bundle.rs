@@ -46,9 +46,13 @@ pub struct CreateArgs {
     pub tty: bool,
 }
 
+/// `configDigest` is the image configuration's (null from a kilnd that did not record it);
+/// `runtimeConfigDigest` the bundle's config.json's.
 fn bundle_json(b: &pb::Bundle) -> serde_json::Value {
+    let config_digest = (!b.config_digest.is_empty()).then_some(&b.config_digest);
     json!({"id": b.id, "path": b.path, "image": b.image, "manifestDigest": b.manifest_digest,
-           "configDigest": b.config_digest, "created": b.created})
+           "configDigest": config_digest, "runtimeConfigDigest": b.runtime_config_digest,
+           "chainId": (!b.chain_id.is_empty()).then_some(&b.chain_id), "created": b.created})
 }
 
 pub async fn create(remote: &Remote, a: CreateArgs) -> Result<()> {
@@ -80,16 +84,28 @@ pub async fn create(remote: &Remote, a: CreateArgs) -> Result<()> {
         .create(pb::CreateBundleRequest { id: a.id, image: a.image, platform, overrides: Some(overrides) })
         .await?
         .into_inner();
-    let b = r.bundle.unwrap_or_default();
+    let b = r.bundle.clone().unwrap_or_default();
     if remote.json {
-        let explain: Vec<_> = r
-            .explain
-            .iter()
-            .map(|e| json!({"field": e.field, "source": e.source, "rule": e.rule, "note": e.note}))
-            .collect();
-        let mut v = bundle_json(&b);
-        v["explain"] = json!(explain);
-        v["warnings"] = json!(r.warnings);
+        // The shape `kiln unpack --json` prints too (`output::BundleReport`), plus this verb's own keys.
+        let explain = crate::output::explain_from_wire(&r)?;
+        let report = crate::output::BundleReport {
+            manifest_digest: b.manifest_digest.clone(),
+            config_digest: b.config_digest.clone(),
+            runtime_config_digest: b.runtime_config_digest.clone(),
+            chain_id: (!b.chain_id.is_empty()).then(|| b.chain_id.clone()),
+            hygiene: r
+                .hygiene
+                .iter()
+                .map(|h| crate::output::HygieneOut { path: h.path.clone(), found: h.found.clone(), now: h.now.clone() })
+                .collect(),
+            warnings: crate::output::warning_lines(&explain),
+            explain,
+        };
+        let mut v = serde_json::to_value(&report)?;
+        v["id"] = json!(b.id);
+        v["path"] = json!(b.path);
+        v["image"] = json!(b.image);
+        v["created"] = json!(b.created);
         v["extracted"] = json!(r.extracted);
         return crate::print_json(&v);
     }

@@ -15,37 +15,72 @@ fn platform(p: Option<&str>) -> Result<Option<pb::Platform>> {
     Ok(Some(pb::Platform { os: p.os, architecture: p.architecture, variant: p.variant.unwrap_or_default() }))
 }
 
+/// Bytes for people: `512 B`, `2.1 MB` (powers of 1000, as `docker images` shows them).
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["kB", "MB", "GB", "TB", "PB", "EB"];
+    if bytes < 1000 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1000.0;
+    let mut unit = 0;
+    while value >= 999.95 && unit + 1 < UNITS.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// `kiln image ls`: SIZE is the image's (its manifest, configuration and compressed layers, for this host's
+/// platform of an index), UNPACKED what its layer snapshots use on disk; `-` where unknown. `--json` adds
+/// `manifestSize` (the listed descriptor's own size) and `resolveError`.
 pub async fn ls(remote: &Remote) -> Result<()> {
     let mut c = ImagesClient::new(remote.channel().await?);
     let images = c.list(pb::ListImagesRequest {}).await?.into_inner().images;
+    let resolved = |i: &pb::ListedImage| i.resolve_error.is_empty();
     if remote.json {
         let v: Vec<_> = images
             .iter()
             .map(|i| {
                 let d = i.descriptor.clone().unwrap_or_default();
-                json!({"refName": i.ref_name, "store": i.store, "mediaType": d.media_type, "digest": d.digest, "size": d.size})
+                let size = resolved(i).then_some(i.size);
+                let unpacked_size = (resolved(i) && i.unpacked).then_some(i.unpacked_size);
+                let error = (!resolved(i)).then_some(&i.resolve_error);
+                json!({"refName": i.ref_name, "store": i.store, "mediaType": d.media_type, "digest": d.digest,
+                       "size": size, "unpackedSize": unpacked_size, "manifestSize": d.size,
+                       "unpacked": resolved(i) && i.unpacked, "resolveError": error})
             })
             .collect();
         return crate::print_json(&v);
     }
-    println!("{:<32} {:<20} {:<12} STORE", "REF", "DIGEST", "SIZE");
+    let bytes = |n: i64| human_size(u64::try_from(n).unwrap_or(0));
+    println!("{:<32} {:<20} {:<10} {:<10} STORE", "REF", "DIGEST", "SIZE", "UNPACKED");
     for i in images {
-        let d = i.descriptor.unwrap_or_default();
+        let d = i.descriptor.clone().unwrap_or_default();
         let short = d.digest.get(..19).unwrap_or(&d.digest);
+        let size = if resolved(&i) { bytes(i.size) } else { "-".into() };
+        let unpacked = if resolved(&i) && i.unpacked { bytes(i.unpacked_size) } else { "-".into() };
         println!(
-            "{:<32} {:<20} {:<12} {}",
+            "{:<32} {:<20} {:<10} {:<10} {}",
             if i.ref_name.is_empty() { "<none>" } else { &i.ref_name },
             short,
-            d.size,
+            size,
+            unpacked,
             i.store
         );
     }
     Ok(())
 }
 
-pub async fn inspect(remote: &Remote, reference: &str, p: Option<&str>) -> Result<()> {
+/// `kiln image inspect REF [--verify]`: kilnd verifies the manifest and configuration on every Get, and reads
+/// the layers only when asked to (`verify`); `verified` says which.
+pub async fn inspect(remote: &Remote, reference: &str, p: Option<&str>, verify: bool) -> Result<()> {
     let mut c = ImagesClient::new(remote.channel().await?);
-    let r = c.get(pb::GetImageRequest { reference: reference.into(), platform: platform(p)? }).await?.into_inner();
+    let req = pb::GetImageRequest { reference: reference.into(), platform: platform(p)?, verify };
+    let r = c.get(req).await?.into_inner();
+    if verify && !r.layers_verified {
+        anyhow::bail!("kilnd at {} did not verify the layers (it predates GetImageRequest.verify)", remote.address);
+    }
+    let verified = crate::inspect::Verified { manifest: true, config: true, layers: r.layers_verified };
     let config: serde_json::Value = serde_json::from_slice(&r.config).context("config from kilnd")?;
     let p = r.platform.unwrap_or_default();
     let layers: Vec<_> = r
@@ -69,6 +104,7 @@ pub async fn inspect(remote: &Remote, reference: &str, p: Option<&str>) -> Resul
         "chainId": if r.chain_id.is_empty() { serde_json::Value::Null } else { json!(r.chain_id) },
         "unpacked": r.unpacked,
         "config": config,
+        "verified": verified,
     }))
 }
 
@@ -105,7 +141,7 @@ async fn follow<T>(
 
 /// `(N layers, X MiB)` of an image in kilnd's store, for the last line of an import or pull.
 async fn summary(c: &mut ImagesClient<tonic::transport::Channel>, reference: &str) -> String {
-    match c.get(pb::GetImageRequest { reference: reference.into(), platform: None }).await {
+    match c.get(pb::GetImageRequest { reference: reference.into(), platform: None, verify: false }).await {
         Ok(r) => {
             let r = r.into_inner();
             let size = u64::try_from(r.compressed_size).unwrap_or(0);
@@ -194,4 +230,19 @@ pub async fn rm(remote: &Remote, name: &str) -> Result<()> {
         println!("removed {name} {}", d.digest);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_size;
+
+    #[test]
+    fn sizes_for_people() {
+        assert_eq!(human_size(0), "0 B");
+        assert_eq!(human_size(999), "999 B");
+        assert_eq!(human_size(1000), "1.0 kB");
+        assert_eq!(human_size(2_140_000), "2.1 MB");
+        assert_eq!(human_size(999_960), "1.0 MB");
+        assert_eq!(human_size(u64::MAX), "18.4 EB");
+    }
 }

@@ -1,6 +1,7 @@
-//! `kiln image inspect --image LAYOUT[:REF] [--platform OS/ARCH[/VARIANT]]`: resolve and print one JSON object.
+//! `kiln image inspect --image LAYOUT[:REF] [--platform OS/ARCH[/VARIANT]] [--verify]`: resolve and print one
+//! JSON object, with `verified` saying which of the blobs it names were checked against their digests.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
@@ -18,6 +19,21 @@ pub struct Args {
     /// The platform to select from a multi-platform image (default: this host).
     #[arg(long)]
     pub platform: Option<String>,
+    /// Also read every layer blob and check its size and digest (the manifest and configuration are always
+    /// checked); a corrupt or missing layer fails, naming its digest.
+    #[arg(long)]
+    pub verify: bool,
+}
+
+/// Which of the blobs the output names were read and checked against their digest and size.
+#[derive(Serialize, Clone, Copy)]
+pub struct Verified {
+    /// Resolution reads the manifest (and any index above it) by digest, always.
+    pub manifest: bool,
+    /// And the configuration.
+    pub config: bool,
+    /// Layers are read only with `--verify`.
+    pub layers: bool,
 }
 
 #[derive(Serialize)]
@@ -31,6 +47,7 @@ struct Output<'a> {
     chain_id: Option<&'a Digest>,
     /// The image configuration exactly as stored.
     config: &'a RawValue,
+    verified: Verified,
 }
 
 #[derive(Serialize)]
@@ -55,6 +72,14 @@ pub fn run(args: Args) -> Result<()> {
     let (layout, reference, opts) = parse_image_arg(&image, args.platform.as_deref())?;
     let store = Store::open(&layout)?;
     let img = image::resolve(&store, &reference, &opts)?;
+    if args.verify {
+        for (i, l) in img.layers.iter().enumerate() {
+            let n = img.layers.len();
+            store
+                .verify_blob(&l.descriptor)
+                .with_context(|| format!("layer {} of {n} ({}) is corrupt or missing", i + 1, l.descriptor.digest))?;
+        }
+    }
     let config: &RawValue = serde_json::from_slice(&img.config_bytes)?;
     let out = Output {
         reference: &image,
@@ -73,6 +98,7 @@ pub fn run(args: Args) -> Result<()> {
             .collect(),
         chain_id: img.chain_id(),
         config,
+        verified: Verified { manifest: true, config: true, layers: args.verify },
     };
     crate::print_json(&out)
 }

@@ -4,6 +4,7 @@
 mod bundle;
 mod image;
 mod inspect;
+mod output;
 mod progress;
 mod system;
 mod unpack;
@@ -193,7 +194,8 @@ fn main() -> ExitCode {
         Command::Image { remote: r, command } => match (remote(&r), command) {
             (_, ImageCommand::Inspect(args)) if args.image.is_some() => inspect::run(args),
             (remote, ImageCommand::Inspect(args)) => {
-                remote_call(image::inspect(&remote, args.reference.as_deref().unwrap_or(""), args.platform.as_deref()))
+                let reference = args.reference.as_deref().unwrap_or("");
+                remote_call(image::inspect(&remote, reference, args.platform.as_deref(), args.verify))
             }
             (remote, ImageCommand::Ls) => remote_call(image::ls(&remote)),
             (remote, ImageCommand::Import { source, name, source_ref, by_path }) => {

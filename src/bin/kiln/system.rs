@@ -29,10 +29,11 @@ pub async fn gc(remote: &Remote, dry_run: bool) -> Result<()> {
     let r = c.gc(pb::GcRequest { dry_run }).await?.into_inner();
     let item = |i: &pb::GcItem| json!({"kind": i.kind, "key": i.key, "reason": i.reason, "size": i.size});
     if remote.json {
-        return crate::print_json(&json!({
-            "removed": r.removed.iter().map(item).collect::<Vec<_>>(),
-            "kept": r.kept.iter().map(item).collect::<Vec<_>>(),
-        }));
+        // A dry run removed nothing: what it found goes under a name that says so.
+        let key = if dry_run { "wouldRemove" } else { "removed" };
+        let mut v = json!({"kept": r.kept.iter().map(item).collect::<Vec<_>>()});
+        v[key] = json!(r.removed.iter().map(item).collect::<Vec<_>>());
+        return crate::print_json(&v);
     }
     for i in &r.removed {
         println!(

@@ -19,6 +19,7 @@ use kiln::layer::{self, HygieneFix, Stats};
 use kiln::store::Store;
 
 use crate::inspect::parse_image_arg;
+use crate::output::{self, BundleReport, HygieneOut};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -32,16 +33,14 @@ pub struct Args {
     bundle: PathBuf,
 }
 
+/// `output::BundleReport` (the shape `kiln bundle create --json` prints too), plus this verb's own keys.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Output<'a> {
     bundle: &'a Path,
-    manifest_digest: &'a Digest,
-    config_digest: &'a Digest,
-    chain_id: Option<&'a Digest>,
+    #[serde(flatten)]
+    report: BundleReport,
     layers: Vec<LayerOut<'a>>,
-    hygiene: &'a [HygieneFix],
-    explain: serde_json::Value,
 }
 
 #[derive(Serialize)]
@@ -153,7 +152,7 @@ fn build(args: &Args, json: bool, cancel: &Arc<AtomicBool>) -> Result<()> {
         }
     })?;
 
-    let explain = write_config(&tmp, &img, &rootfs, &unpacked.hygiene)?;
+    let (explain, runtime_config_digest) = write_config(&tmp, &img, &rootfs, &unpacked.hygiene)?;
     if cancel.load(Ordering::SeqCst) {
         bail!("interrupted");
     }
@@ -171,11 +170,23 @@ fn build(args: &Args, json: bool, cancel: &Arc<AtomicBool>) -> Result<()> {
     }
 
     if json {
+        let hygiene = unpacked
+            .hygiene
+            .iter()
+            .map(|h| HygieneOut { path: h.path.clone(), found: h.found.into(), now: h.now.into() })
+            .collect();
+        let report = BundleReport {
+            manifest_digest: img.manifest_digest().to_string(),
+            config_digest: img.config_digest().to_string(),
+            runtime_config_digest: runtime_config_digest.to_string(),
+            chain_id: img.chain_id().map(Digest::to_string),
+            hygiene,
+            warnings: output::warning_lines(&explain),
+            explain,
+        };
         let out = Output {
             bundle,
-            manifest_digest: img.manifest_digest(),
-            config_digest: img.config_digest(),
-            chain_id: img.chain_id(),
+            report,
             layers: img
                 .layers
                 .iter()
@@ -187,8 +198,6 @@ fn build(args: &Args, json: bool, cancel: &Arc<AtomicBool>) -> Result<()> {
                     stats: s,
                 })
                 .collect(),
-            hygiene: &unpacked.hygiene,
-            explain,
         };
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else if progress {
@@ -197,15 +206,17 @@ fn build(args: &Args, json: bool, cancel: &Arc<AtomicBool>) -> Result<()> {
     Ok(())
 }
 
-/// Writes `config.json` into the bundle being built and returns the explain record: the user database is read
-/// safely inside the new rootfs (`bundle::userdb`), then `convert` maps the image configuration (no caller
-/// overrides from this verb). Rootfs hygiene fix-ups are added to the explain record as I12 warnings.
+/// Writes `config.json` into the bundle being built and returns the explain record and the digest of the
+/// config.json written: the user database is read safely inside the new rootfs (`bundle::userdb`), then
+/// `convert` maps the image configuration (no caller overrides from this verb). Rootfs hygiene fix-ups that
+/// replaced or removed something of the image are added to the explain record as I12 warnings, by the rule
+/// kilnd's bundles follow (`kiln::bundle::hygiene::warning`).
 fn write_config(
     bundle: &Path,
     img: &ResolvedImage,
     rootfs: &Path,
     hygiene: &[HygieneFix],
-) -> Result<serde_json::Value> {
+) -> Result<(kiln::convert::Explain, Digest)> {
     let users = kiln::bundle::userdb::read(rootfs, &kiln::bundle::userdb::Limits::default())?;
     // Like `umoci unpack`, an image without Entrypoint or Cmd still unpacks: the caller sets process.args.
     let overrides = kiln::convert::Overrides { allow_no_args: true, ..Default::default() };
@@ -217,15 +228,6 @@ fn write_config(
     let bytes = conv.to_json_bytes()?;
     kiln::sys::atomic_write(&bundle.join("config.json"), &bytes, 0o644)?;
     let mut explain = conv.explain;
-    for fix in hygiene.iter().filter(|f| f.found != "missing") {
-        explain.warnings.push(kiln::convert::Warning {
-            rule: "I12".into(),
-            message: if fix.now == "removed" {
-                format!("rootfs {} was a {} in the image; removed", fix.path, fix.found)
-            } else {
-                format!("rootfs {} was a {} in the image; replaced by a directory", fix.path, fix.found)
-            },
-        });
-    }
-    Ok(serde_json::to_value(&explain)?)
+    explain.warnings.extend(hygiene.iter().filter_map(|f| kiln::bundle::hygiene::warning(&f.path, f.found, f.now)));
+    Ok((explain, Digest::sha256(&bytes)))
 }
