@@ -879,15 +879,6 @@ fn fuzz_opaque_after_entry_keeps_the_lower_dir_attributes() {
     expect(tree(&r), "b/c", "L1's 0700 dir with its xattr", |e| e.mode == 0o700 && e.xattrs.contains_key("user.kiln"));
 }
 
-/// A self hard link (`b/c/a -> b/c/a`) is a no-op, but its parents are made on every path.
-#[test]
-fn fuzz_self_hardlink_still_makes_its_parents() {
-    let Some(mut h) = harness() else { return };
-    let layers = vec![LayerBuilder::new().hardlink("b/c/a", "b/c/a")];
-    let r = h.check("fuzz-self-hardlink-parents", &layers);
-    expect(tree(&r), "b/c", "a directory", |e| e.kind == common::stack::FileKind::Dir);
-}
-
 /// A symlink hard-linked twice in L1 (`c`, `b/b`), a third link in L2: copy-up of the link must not split the
 /// lower group (links are inodes too).
 #[test]
@@ -952,4 +943,37 @@ fn fuzz_explicit_dir_over_marker_dirs_is_content() {
         vec![LayerBuilder::new().whiteout("c/c/b").dir("c", 0o1777).owner(0, 1000), LayerBuilder::new().fifo("c/a/a")];
     let r = h.check("fuzz-explicit-over-marker", &layers);
     expect(tree(&r), "c", "L1's 1777 dir", |e| e.mode == 0o1777 && e.gid == 1000);
+}
+
+/// A set-group-ID root below; then one layer whites out `c`, writes `c/b/a` (making `c` and `c/b`) and lists
+/// `c` as 0700. `c` is the entry's 0700 on every path (the overlay diff once gave it the set-group-ID bit it
+/// would have had from mkdir), and `c/b`, made while `c` still had the bit, keeps it. Found by the stack
+/// fuzzer (seed 0xc0ffee, stack 6977).
+#[test]
+fn fuzz_listed_dir_over_own_whiteout_keeps_its_entry_mode() {
+    let Some(mut h) = harness() else { return };
+    let layers = vec![
+        LayerBuilder::new().dir("/", 0o2755),
+        LayerBuilder::new().whiteout("c").file("c/b/a", &[7u8; 700], 0o644).dir("c", 0o700),
+    ];
+    let r = h.check("fuzz-listed-over-own-whiteout", &layers);
+    expect(tree(&r), "c", "the entry's 0700", |e| e.mode == 0o700);
+    expect(tree(&r), "c/b", "made in a set-group-ID c", |e| e.mode == 0o2755);
+}
+
+/// A hard link to its own name is refused on every path (with a whiteout of its directory in the same layer
+/// the overlay paths and `kiln unpack` once disagreed on whether the file stays). Found by the stack fuzzer
+/// (seed 0xc0ffee, stacks 7993 and 56300).
+#[test]
+fn fuzz_hardlink_to_itself_is_refused() {
+    let Some(mut h) = harness() else { return };
+    let layers = vec![
+        LayerBuilder::new().file("c/b/c", b"x", 0o755),
+        LayerBuilder::new().hardlink("c/b/c", "c/b/c").whiteout("c/b"),
+    ];
+    all_fail(&h.check("fuzz-self-hardlink", &layers));
+    let layers = vec![LayerBuilder::new().opaque("a/c").hardlink("a", "a")];
+    all_fail(&h.check("fuzz-self-hardlink-dir", &layers));
+    // Alone, too (it was a no-op that made its parents).
+    all_fail(&h.check("fuzz-self-hardlink-parents", &[LayerBuilder::new().hardlink("b/c/a", "b/c/a")]));
 }

@@ -186,6 +186,7 @@ pub(crate) fn apply_entries<R: BufRead>(r: &mut R, layer: &str, opts: &Options, 
     a.stats.made_dirs = to_paths(&mut a.implicit.iter());
     a.stats.implicit_dirs = to_paths(&mut a.implicit.iter().filter(|p| !a.listed.contains(*p)));
     a.stats.root_listed = a.root_listed;
+    a.stats.listed_dirs = to_paths(&mut a.listed.iter());
     let mut fresh: Vec<std::path::PathBuf> =
         a.fresh.iter().map(|p| std::path::PathBuf::from(os(p).to_owned())).collect();
     fresh.sort();
@@ -546,6 +547,7 @@ impl Applier<'_> {
         // again) takes its attributes with it: a directory made later at the same path does not inherit them
         // at the end of the layer. (Found by the stack fuzzer against umoci, seed 0xc0ffee stack 1704.)
         self.dirs.remove(path);
+        self.listed.remove(path);
         Ok(())
     }
 
@@ -724,7 +726,14 @@ impl Applier<'_> {
             });
         }
         if target == path {
-            return Ok(());
+            // No tar writer makes one, and what it means next to the layer's own whiteouts (is the name this
+            // layer's content?) has no answer every path would give alike: refused, as a corrupt layer.
+            // (Found by the stack fuzzer: seed 0xc0ffee, stacks 7993 and 56300.)
+            return Err(Error::UnsafePath {
+                layer: self.layer.to_owned(),
+                path: lossy(path),
+                reason: "hardlink to itself",
+            });
         }
         let (tparent, tname) = split_last(&target);
         // F11: the target is resolved inside the root (it may be in this layer or a lower one).

@@ -186,6 +186,9 @@ pub struct Stats {
     /// layer: applied on the parents, such a marker makes nothing.
     #[serde(skip)]
     pub marker_dirs: Vec<std::path::PathBuf>,
+    /// Directories the layer lists (has an entry for), sorted: their attributes are the entry's, on every path.
+    #[serde(skip)]
+    pub listed_dirs: Vec<std::path::PathBuf>,
     /// Every directory the layer made for an entry's parent, also those it listed later: on the parents each
     /// went through whatever the lowers have there.
     #[serde(skip)]

@@ -29,6 +29,7 @@ impl LayerApplier for LayerModule {
                 crossed_link: stats.crossed_link,
                 root_listed: stats.root_listed,
                 fresh_dirs: stats.fresh_dirs,
+                listed_dirs: stats.listed_dirs,
                 marker_dirs: stats.marker_dirs,
                 made_dirs: stats.made_dirs,
                 lower_links: stats.lower_links,

@@ -80,6 +80,8 @@ pub struct Applied {
     /// Directories made for an entry's parent over the layer's own whiteout or inside a directory the layer
     /// had made opaque by then: new, whatever is below.
     pub fresh_dirs: Vec<PathBuf>,
+    /// Directories the layer lists, sorted: their attributes are their entries'.
+    pub listed_dirs: Vec<PathBuf>,
     /// Directories made only to hold a whiteout or an opaque marker (no entry of the layer inside).
     pub marker_dirs: Vec<PathBuf>,
     /// Every directory made for an entry's parent, also those listed later (for the check against the lowers).
@@ -695,10 +697,16 @@ pub fn exact_on(diff: &OwnedFd, lowers: &[OwnedFd], applied: &Applied) -> Result
             _ => {
                 let parent = rel.parent().unwrap_or(Path::new(""));
                 let (gid, setgid) = state_of(parent, lowers, &fresh, &mut state)?;
+                // A directory the layer lists later keeps its entry's attributes (applied last, as in `kiln
+                // unpack`); what it had when the layer made things in it before that is still its state.
+                // (Found by the stack fuzzer: seed 0xc0ffee, stack 6977.)
+                let listed = applied.listed_dirs.binary_search_by(|p| p.as_path().cmp(rel)).is_ok();
                 if setgid {
-                    let cur = sfs::fstat(&dst)?;
-                    sfs::fchown(&dst, cur.st_uid, gid)?;
-                    sfs::fchmod(&dst, (cur.st_mode & 0o7777) | libc::S_ISGID)?;
+                    if !listed {
+                        let cur = sfs::fstat(&dst)?;
+                        sfs::fchown(&dst, cur.st_uid, gid)?;
+                        sfs::fchmod(&dst, (cur.st_mode & 0o7777) | libc::S_ISGID)?;
+                    }
                     state.insert(rel.to_owned(), (gid, true));
                 } else {
                     state.insert(rel.to_owned(), (0, false));

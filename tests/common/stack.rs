@@ -955,6 +955,15 @@ pub fn known_umoci_differences() -> &'static [UmociDifference] {
             },
         },
         UmociDifference {
+            class: "hardlink-to-itself",
+            reason: "kiln refuses a hard link whose target is its own name (no tar writer makes one, and next to \
+                     the layer's own whiteouts it has no meaning every path would agree on); umoci skips it",
+            applies: |c| {
+                c.kiln.is_err()
+                    && entries(c.layers).any(|(_, e)| matches!(&e.kind, Kind::Hardlink(t) if norm(t) == norm(&e.path)))
+            },
+        },
+        UmociDifference {
             class: "delete-through-symlink",
             reason: "kiln never deletes through a symbolic link (docs/threats.md §3: a whiteout or opaque marker \
                      below a link is skipped, deletions are resolved with RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS); umoci \
