@@ -1108,10 +1108,65 @@ fn without_link_whiteouts(layers: &[LayerBuilder], kiln: &Outcome) -> Vec<LayerB
     let mut out = layers.to_vec();
     for (i, l) in out.iter_mut().enumerate() {
         l.entries.retain(|e| {
-            !(is_whiteout(&e.path) && (below_symlink(layers, i, &e.path) || below_symlink_in(kiln, &e.path)))
+            !(is_whiteout(&e.path)
+                && (below_symlink(layers, i, &e.path)
+                    || below_symlink_in(kiln, &e.path)
+                    || through_resolved_link(layers, i, &e.path)))
         });
     }
     out
+}
+
+/// Whether the directory of entry `path` (of layer `layer`), resolved lexically through the symlink entries of
+/// that layer and the lower ones (each link at the path its own entry resolved to), crosses a link: a link made
+/// through another link (`b -> /x`, then `b/c -> …`: the link is `x/c`), which neither the entry names nor
+/// kiln's final tree (where hygiene may have removed it) show.
+fn through_resolved_link(layers: &[LayerBuilder], layer: usize, path: &str) -> bool {
+    let mut links: HashMap<String, String> = HashMap::new();
+    for l in &layers[..=layer] {
+        for e in &l.entries {
+            if let Kind::Symlink(t) = &e.kind {
+                let p = norm(&e.path);
+                let (parent, name) = p.rsplit_once('/').unwrap_or(("", p.as_str()));
+                let (rp, _) = resolve_lexically(&links, parent, 0);
+                let at = if rp.is_empty() { name.to_owned() } else { format!("{rp}/{name}") };
+                links.insert(at, t.clone());
+            }
+        }
+    }
+    let p = norm(path);
+    let dir = p.rsplit_once('/').map_or("", |(d, _)| d);
+    resolve_lexically(&links, dir, 0).1
+}
+
+/// `path` with every link on it replaced by its target (absolute ones from the root, `..` never above it), and
+/// whether any was.
+fn resolve_lexically(links: &HashMap<String, String>, path: &str, hops: usize) -> (String, bool) {
+    let mut cur: Vec<String> = Vec::new();
+    let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
+    for (i, comp) in comps.iter().enumerate() {
+        if *comp == ".." {
+            cur.pop();
+            continue;
+        }
+        cur.push((*comp).to_owned());
+        if let Some(t) = links.get(&cur.join("/")) {
+            if hops >= 40 {
+                return (cur.join("/"), true);
+            }
+            cur.pop();
+            let base = if t.starts_with('/') { String::new() } else { cur.join("/") };
+            let rest = comps[i + 1..].join("/");
+            let next = [base.as_str(), t.as_str(), rest.as_str()]
+                .iter()
+                .filter(|s| !s.is_empty())
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("/");
+            return (resolve_lexically(links, &next, hops + 1).0, true);
+        }
+    }
+    (cur.join("/"), false)
 }
 
 fn is_whiteout(p: &str) -> bool {
