@@ -1169,17 +1169,7 @@ fn import_docker_archive(
 ) -> Result<Vec<Imported>> {
     let sys_err = |what: String| move |source| Error::Store(store::Error::Sys { what, source });
     let root = crate::sys::open_dir(dir).map_err(sys_err(dir.display().to_string()))?;
-    let cap = store::Limits::default().max_json_bytes;
-    let read_small = |name: &str| -> Result<Vec<u8>> {
-        let f = crate::sys::open_regular_in_root(&root, Path::new(name))
-            .map_err(sys_err(format!("docker-archive {name}")))?;
-        let mut buf = Vec::new();
-        f.take(cap + 1).read_to_end(&mut buf).map_err(io_error(&dir.join(name)))?;
-        if buf.len() as u64 > cap {
-            return Err(Error::TooLarge { path: dir.join(name), what: "JSON document", limit: cap });
-        }
-        Ok(buf)
-    };
+    let read_small = |name: &str| docker_archive_json(dir, &root, name);
     let malformed =
         |reason: String| Error::Image(image::Error::Malformed { what: "docker-archive manifest.json".into(), reason });
     let entries: Vec<DockerArchiveEntry> =
@@ -1247,6 +1237,20 @@ fn import_docker_archive(
 }
 
 /// Writes one docker-archive image as an OCI manifest (blobs first) and returns the manifest's descriptor.
+/// A JSON document of the docker-archive unpacked at `dir` (`root`), resolved inside it and capped at the
+/// store's JSON limit.
+fn docker_archive_json(dir: &Path, root: &OwnedFd, name: &str) -> Result<Vec<u8>> {
+    let cap = store::Limits::default().max_json_bytes;
+    let f = crate::sys::open_regular_in_root(root, Path::new(name))
+        .map_err(|source| Error::Store(store::Error::Sys { what: format!("docker-archive {name}"), source }))?;
+    let mut buf = Vec::new();
+    f.take(cap + 1).read_to_end(&mut buf).map_err(io_error(&dir.join(name)))?;
+    if buf.len() as u64 > cap {
+        return Err(Error::TooLarge { path: dir.join(name), what: "JSON document", limit: cap });
+    }
+    Ok(buf)
+}
+
 fn docker_archive_image(
     dest: &LayoutWriter,
     dir: &Path,
@@ -1255,17 +1259,7 @@ fn docker_archive_image(
     sink: &mut Sink,
 ) -> Result<Descriptor> {
     let sys_err = |what: String| move |source| Error::Store(store::Error::Sys { what, source });
-    let cap = store::Limits::default().max_json_bytes;
-    let read_small = |name: &str| -> Result<Vec<u8>> {
-        let f = crate::sys::open_regular_in_root(root, Path::new(name))
-            .map_err(sys_err(format!("docker-archive {name}")))?;
-        let mut buf = Vec::new();
-        f.take(cap + 1).read_to_end(&mut buf).map_err(io_error(&dir.join(name)))?;
-        if buf.len() as u64 > cap {
-            return Err(Error::TooLarge { path: dir.join(name), what: "JSON document", limit: cap });
-        }
-        Ok(buf)
-    };
+    let read_small = |name: &str| docker_archive_json(dir, root, name);
     let malformed =
         |reason: String| Error::Image(image::Error::Malformed { what: "docker-archive manifest.json".into(), reason });
     let config_bytes = read_small(&entry.config)?;
