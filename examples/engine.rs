@@ -16,7 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let created = engine.create(&BundleId::parse("web")?, &store, &image, &Default::default())?; // Bundles.Create
     println!("runc run --bundle {}", created.bundle.path.display());
     engine.delete(&BundleId::parse("web")?)?; // Bundles.Delete
-    let report = engine.gc(&Engine::image_roots(&store), false)?; // System.Gc
+    let report = engine.gc(&kiln::gc::image_roots(&store), false)?; // System.Gc
     println!("collected {:?}", report);
     Ok(())
 }

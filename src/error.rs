@@ -68,3 +68,33 @@ pub fn report_lines(e: &(dyn std::error::Error + 'static)) -> String {
     }
     out
 }
+
+/// An error that knows its [`ErrorKind`]: every module's `Error`. The server turns one into a gRPC status in
+/// one function (`server::status_of`), the CLI into an exit status, without each call site naming the kind.
+pub trait Classified: std::error::Error {
+    fn kind(&self) -> ErrorKind;
+}
+
+/// Implements [`Classified`] for module errors through their own `kind()`.
+macro_rules! classified {
+    ($($t:ty),* $(,)?) => {
+        $(impl Classified for $t {
+            fn kind(&self) -> ErrorKind {
+                <$t>::kind(self)
+            }
+        })*
+    };
+}
+
+classified!(
+    crate::store::Error,
+    crate::image::Error,
+    crate::layer::Error,
+    crate::snapshot::Error,
+    crate::convert::Error,
+    crate::bundle::Error,
+    crate::import::Error,
+    crate::catalog::Error,
+    crate::gc::Error,
+    crate::facade::Error,
+);

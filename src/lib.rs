@@ -9,11 +9,14 @@
 pub mod api;
 pub mod bundle;
 pub mod cancel;
+pub mod catalog;
 pub mod client;
 pub mod config;
 pub mod convert;
 pub mod digest;
 pub mod error;
+pub mod facade;
+pub mod gc;
 pub mod image;
 pub mod import;
 pub mod layer;
@@ -24,3 +27,4 @@ pub mod sys;
 
 pub use cancel::Cancel;
 pub use error::ErrorKind;
+pub use facade::Kiln;

@@ -216,7 +216,7 @@ fn gc_removes_unreachable_and_says_why_the_rest_is_kept() {
     let r = e.unpack(&store, &two).unwrap();
     assert_eq!((r.present.len(), r.extracted.len()), (1, 1), "the shared base is unpacked once");
     e.create(&id("b"), &store, &two, &Overrides::default()).unwrap();
-    let roots = Engine::image_roots(&store);
+    let roots = kiln::gc::image_roots(&store);
     assert_eq!(roots.len(), 2);
     let report = e.gc(&roots, false).unwrap();
     assert!(report.removed.is_empty(), "{report:#?}");

@@ -2,35 +2,60 @@
 //! must be real directories, never symlinks or files from the image (runc CVE-2026-41579, CVE-2023-27561,
 //! CVE-2019-16884 shapes), and symlinks an image left under `/dev` are removed (CVE-2025-31133 shapes). With
 //! overlay the changes land in the bundle's own upper directory (a kiln-owned top layer, like Docker's init
-//! layer), so the image's committed layers are untouched.
+//! layer), so the image's committed layers are untouched. `kiln unpack` and `Bundles.Create` both reach it
+//! through [`assemble`](super::assemble), so a bundle gets the same treatment whoever asks for it.
 //!
-//! The fix-ups themselves are `kiln::layer::hygiene`, the same code `kiln unpack` runs on a plain rootfs, so
-//! that bundles made by the daemon and by the CLI get identical treatment (one implementation rather than two;
-//! this is the one place `bundle` reaches into `layer`).
+//! May use: `sys`, `convert` (its warning type), `error`.
 
-use std::path::Path;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::sys::stat::SFlag;
+use serde::Serialize;
+
+use crate::error::ErrorKind;
+use crate::sys::fs as sfs;
+use crate::sys::SysError;
 
 /// One change made to the rootfs.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Fix {
     /// `/dev`, `/proc`, `/sys`, or a symlink under `/dev`.
     pub path: String,
     /// What the image had there: `missing`, `symlink`, `regular file`, …
-    pub was: String,
-    /// `directory` or `removed`.
-    pub now: String,
+    pub found: &'static str,
+    /// `directory` (0755, owned by the caller) for the three mount points; `removed` for symlinks under `/dev`.
+    pub now: &'static str,
+}
+
+/// A hygiene step that failed, naming the path of the rootfs.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {source}", path = .path.display())]
+pub struct Error {
+    pub path: PathBuf,
+    #[source]
+    pub source: SysError,
+}
+
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        self.source.kind()
+    }
 }
 
 impl std::fmt::Display for Fix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {} → {}", self.path, self.was, self.now)
+        write!(f, "{}: {} → {}", self.path, self.found, self.now)
     }
 }
 
 impl Fix {
     /// The explain-record warning for this change, if it is one (see [`warning`]).
     pub fn warning(&self) -> Option<crate::convert::Warning> {
-        warning(&self.path, &self.was, &self.now)
+        warning(&self.path, self.found, self.now)
     }
 }
 
@@ -52,13 +77,84 @@ pub fn warning(path: &str, was: &str, now: &str) -> Option<crate::convert::Warni
     Some(crate::convert::Warning { rule: "I12".into(), message })
 }
 
-/// Makes `/dev`, `/proc` and `/sys` of `rootfs` real directories and drops symlinks under `/dev`. Returns the
-/// changes made.
-pub fn make_safe(rootfs: &Path) -> Result<Vec<Fix>, crate::layer::Error> {
-    Ok(crate::layer::hygiene(rootfs)?
-        .into_iter()
-        .map(|h| Fix { path: h.path, was: h.found.to_owned(), now: h.now.to_owned() })
-        .collect())
+fn type_name(t: SFlag) -> &'static str {
+    match t {
+        SFlag::S_IFLNK => "symlink",
+        SFlag::S_IFREG => "regular file",
+        SFlag::S_IFCHR => "character device",
+        SFlag::S_IFBLK => "block device",
+        SFlag::S_IFIFO => "FIFO",
+        SFlag::S_IFSOCK => "socket",
+        _ => "unknown",
+    }
+}
+
+/// Makes `/dev`, `/proc` and `/sys` real directories in `rootfs`, replacing whatever an image put there
+/// (runc CVE-2026-41579: `/dev` as a symlink; CVE-2023-27561: `/proc` as a symlink; checklist I12), and removes
+/// symlinks an image left under `/dev` (docs/threats.md §9: `dev/null -> /proc/sys/kernel/core_pattern`,
+/// `dev/console` as a symlink; CVE-2025-31133, CVE-2025-52565). A directory that is already there keeps its
+/// other contents (the runtime mounts over it).
+pub fn make_safe(rootfs: &Path) -> Result<Vec<Fix>, Error> {
+    let root = crate::sys::open_dir(rootfs).map_err(|source| Error { path: rootfs.to_path_buf(), source })?;
+    let err = |name: &str, source| Error { path: rootfs.join(name), source };
+    let mut fixes = Vec::new();
+    for name in ["dev", "proc", "sys"] {
+        let n = OsStr::new(name);
+        let found = match sfs::fstatat_nofollow(&root, n) {
+            Ok(st) if sfs::file_type(&st) == SFlag::S_IFDIR => continue,
+            Ok(st) => {
+                // unlinkat on the root fd: a symlink is removed, never followed.
+                sfs::unlinkat(&root, n, false).map_err(|e| err(name, e))?;
+                type_name(sfs::file_type(&st))
+            }
+            Err(e) if e.errno == Errno::ENOENT => "missing",
+            Err(e) => return Err(err(name, e)),
+        };
+        sfs::mkdirat(&root, n, 0o755).map_err(|e| err(name, e))?;
+        let fd = sfs::openat(&root, n, nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY, 0)
+            .map_err(|e| err(name, e))?;
+        sfs::fchmod(&fd, 0o755).map_err(|e| err(name, e))?;
+        if found != "missing" {
+            tracing::warn!(path = %format!("/{name}"), found, "rootfs hygiene: replaced by a directory");
+        }
+        fixes.push(Fix { path: format!("/{name}"), found, now: "directory" });
+    }
+    let dev = sfs::openat(&root, OsStr::new("dev"), nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY, 0)
+        .map_err(|e| err("dev", e))?;
+    remove_dev_symlinks(&dev, "/dev", 0, &mut fixes).map_err(|e| err("dev", e))?;
+    Ok(fixes)
+}
+
+/// Removes every symlink under the directory `dir` (walked by fd, never following links), recording each.
+fn remove_dev_symlinks(
+    dir: &std::os::fd::OwnedFd,
+    path: &str,
+    depth: usize,
+    fixes: &mut Vec<Fix>,
+) -> std::result::Result<(), SysError> {
+    if depth > 16 {
+        return Ok(());
+    }
+    let mut names = sfs::read_dir_names(dir)?;
+    names.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, _) in names {
+        let n = OsStr::from_bytes(&name);
+        let child = format!("{path}/{}", String::from_utf8_lossy(&name));
+        let st = sfs::fstatat_nofollow(dir, n)?;
+        match sfs::file_type(&st) {
+            SFlag::S_IFLNK => {
+                sfs::unlinkat(dir, n, false)?;
+                tracing::warn!(path = %child, "rootfs hygiene: symlink under /dev removed");
+                fixes.push(Fix { path: child, found: "symlink", now: "removed" });
+            }
+            SFlag::S_IFDIR => {
+                let sub = sfs::openat(dir, n, nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY, 0)?;
+                remove_dev_symlinks(&sub, &child, depth + 1, fixes)?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -79,7 +175,7 @@ mod tests {
         let fixes = make_safe(&root).unwrap();
         let paths: Vec<&str> = fixes.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(paths, ["/dev", "/proc"], "{fixes:?}");
-        assert_eq!(fixes[0].was, "symlink");
+        assert_eq!(fixes[0].found, "symlink");
         for n in ["dev", "proc", "sys"] {
             assert!(std::fs::symlink_metadata(root.join(n)).unwrap().is_dir());
         }

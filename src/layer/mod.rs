@@ -1,5 +1,5 @@
 //! Applies one layer stream to a directory (layer.md; docs/conversion.md F1–F25), and all layers of a
-//! resolved image to a root filesystem ([`unpack_image`]) with rootfs hygiene ([`hygiene`]).
+//! resolved image to a root filesystem ([`unpack_image`]).
 //!
 //! The pipeline: decompression (gzip multi-member, zstd multi-frame, plain) and the DiffID on one thread, the
 //! store's reader checking the compressed size and digest underneath; tar parsing (kiln's own reader, see
@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-pub use unpack::{hygiene, unpack_image, HygieneFix, UnpackStats};
+pub use unpack::{unpack_image, UnpackStats};
 
 use crate::digest::{self, Digest};
 use crate::error::ErrorKind;

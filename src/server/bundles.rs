@@ -5,11 +5,9 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::admission::{self, Kind};
-use super::images::resolve;
-use super::{caller, status, wire, Daemon};
+use super::{caller, failed, status_of, wire, Daemon};
 use crate::api::v1 as pb;
 use crate::bundle::engine::BundleId;
-use crate::store::Store;
 
 pub struct BundlesService {
     daemon: Arc<Daemon>,
@@ -22,7 +20,7 @@ impl BundlesService {
 }
 
 fn id(s: &str) -> Result<BundleId, Status> {
-    BundleId::parse(s).map_err(|e| status(e.kind(), e))
+    BundleId::parse(s).map_err(|e| status_of(&e))
 }
 
 #[tonic::async_trait]
@@ -37,20 +35,12 @@ impl pb::bundles_server::Bundles for BundlesService {
         let req = req.into_inner();
         let bundle_id = id(&req.id)?;
         let overrides = wire::overrides(req.overrides.unwrap_or_default())?;
-        let reply = admission::run(ticket, move |ticket| {
-            let (store_path, img) = resolve(&d, &req.image, req.platform.as_ref())?;
-            // I4: refused before any unpack or mount work when neither the image nor the caller gives args.
-            crate::convert::process_args(&img.config, &overrides)
-                .map_err(|e| status(e.kind(), format!("bundle {:?}: image {:?}: {e}", req.id, req.image)))?;
-            let store = Store::open(&store_path).map_err(|e| status(e.kind(), e))?;
-            let created = d.engine.create(&bundle_id, &store, &img, &overrides).map_err(|e| status(e.kind(), e))?;
-            // A caller that left (or whose deadline passed) while the bundle was made never learns of it: the
-            // bundle is taken down again, so a retry starts clean instead of meeting ALREADY_EXISTS.
-            if let Err(gone) = ticket.check() {
-                tracing::info!(bundle = %bundle_id, "Bundles.Create: caller gone; removing the bundle");
-                d.engine.force_delete(&bundle_id).map_err(|e| status(e.kind(), e))?;
-                return Err(gone);
-            }
+        let (reference, platform) = (wire::reference(&req.image)?, wire::platform_in(req.platform.as_ref())?);
+        let reply = admission::run(ticket, move |t| {
+            let created = d
+                .kiln
+                .create_bundle(&bundle_id, &req.image, &reference, platform, &overrides, &t.cancel())
+                .map_err(|e| failed(t, e))?;
             Ok(wire::created(&created))
         })
         .await?;
@@ -61,14 +51,14 @@ impl pb::bundles_server::Bundles for BundlesService {
         let ticket = self.daemon.gates.admit(Kind::Read, "Bundles.Get", &req)?;
         let d = self.daemon.clone();
         let bundle_id = id(&req.into_inner().id)?;
-        let b = admission::run(ticket, move |_| d.engine.get(&bundle_id).map_err(|e| status(e.kind(), e))).await?;
+        let b = admission::run(ticket, move |t| d.kiln.bundle(&bundle_id).map_err(|e| failed(t, e))).await?;
         Ok(Response::new(wire::bundle(&b)))
     }
 
     async fn list(&self, req: Request<pb::ListBundlesRequest>) -> Result<Response<pb::ListBundlesResponse>, Status> {
         let ticket = self.daemon.gates.admit(Kind::Read, "Bundles.List", &req)?;
         let d = self.daemon.clone();
-        let bundles = admission::run(ticket, move |_| d.engine.list().map_err(|e| status(e.kind(), e))).await?;
+        let bundles = admission::run(ticket, move |t| d.kiln.bundles().map_err(|e| failed(t, e))).await?;
         Ok(Response::new(pb::ListBundlesResponse { bundles: bundles.iter().map(wire::bundle).collect() }))
     }
 
@@ -82,11 +72,7 @@ impl pb::bundles_server::Bundles for BundlesService {
         let req = req.into_inner();
         let bundle_id = id(&req.id)?;
         let force = req.force;
-        admission::run(ticket, move |_| {
-            let deleted = if force { d.engine.force_delete(&bundle_id) } else { d.engine.delete(&bundle_id) };
-            deleted.map_err(|e| status(e.kind(), e))
-        })
-        .await?;
+        admission::run(ticket, move |t| d.kiln.delete_bundle(&bundle_id, force).map_err(|e| failed(t, e))).await?;
         Ok(Response::new(pb::DeleteBundleResponse {}))
     }
 }

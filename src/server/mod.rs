@@ -1,6 +1,7 @@
 //! The gRPC services of `kilnd`. They only translate: request → domain types (`wire.rs`), one call into the
-//! synchronous library through [`admission::run`] (after [`admission::Gates::admit`] gave the request a slot),
-//! the library's `ErrorKind` → a gRPC code in [`status`], and domain → reply. Health (`grpc.health.v1`) and
+//! library facade ([`Kiln`]) through [`admission::run`] (after [`admission::Gates::admit`] gave the request a
+//! slot), the library's `ErrorKind` → a gRPC code in [`status`], and domain → reply. No service touches the
+//! filesystem or decides policy: that is the facade's. Health (`grpc.health.v1`) and
 //! reflection are served beside them. What a caller may hold — connections, streams, message sizes, requests
 //! in progress, time — is bounded by `[limits]` of the configuration (`admission.rs`, `transport.rs`).
 //!
@@ -17,8 +18,7 @@ pub mod transport;
 mod wire;
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,11 +26,10 @@ use tokio::net::UnixListener;
 use tonic::{Request, Status};
 
 use crate::api::v1 as pb;
-use crate::bundle::engine::{Engine, Options as EngineOptions};
-use crate::config::{Config, SnapshotterKind};
-use crate::error::ErrorKind;
-use crate::snapshot::{Backend, LayerModule};
-use crate::store::{self, BlobPins, LayoutWriter, Store};
+use crate::config::Config;
+use crate::error::{Classified, ErrorKind};
+use crate::facade::Kiln;
+use crate::store;
 
 /// The encoded descriptor set of `kiln.v1`, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("kiln_descriptor");
@@ -51,7 +50,7 @@ pub enum Error {
     #[error("reflection: {0}")]
     Reflection(String),
     #[error(transparent)]
-    Engine(#[from] crate::bundle::engine::Error),
+    Kiln(#[from] crate::facade::Error),
     /// A second kilnd on a root or state directory that a live one holds.
     #[error("another kilnd ({}) holds {dir} (its {what}; lock {lock})", pid.map_or("pid unknown".to_string(), |p| format!("pid {p}")))]
     Held { dir: PathBuf, what: &'static str, lock: PathBuf, pid: Option<u32> },
@@ -61,7 +60,7 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Store(e) => e.kind(),
-            Error::Engine(e) => e.kind(),
+            Error::Kiln(e) => e.kind(),
             Error::Held { .. } => ErrorKind::FailedPrecondition,
             _ => ErrorKind::Internal,
         }
@@ -84,107 +83,45 @@ pub fn status(kind: ErrorKind, message: impl std::fmt::Display) -> Status {
     }
 }
 
+/// [`status`] of a library error, by its own kind.
+pub fn status_of(e: &(impl Classified + ?Sized)) -> Status {
+    status(e.kind(), e)
+}
+
+/// The status of a failed call: a library error by its kind, except that work stopped because the caller left
+/// or its deadline passed reports what the ticket says (`CANCELLED` or `DEADLINE_EXCEEDED`).
+pub fn failed(ticket: &admission::Ticket, e: crate::facade::Error) -> Status {
+    if e.kind() == ErrorKind::Cancelled {
+        if let Err(s) = ticket.check() {
+            return s;
+        }
+    }
+    status_of(&e)
+}
+
 /// Who is calling, from `SO_PEERCRED`, for the log line of every mutating call.
 pub fn caller<T>(req: &Request<T>) -> String {
     req.extensions().get::<peer::Peer>().map_or_else(|| "unknown".into(), peer::Peer::describe)
 }
 
-/// The daemon's shared state.
+/// The daemon's shared state: the library facade and the admission gates.
 #[derive(Debug)]
 pub struct Daemon {
-    pub config: Config,
-    /// Snapshots and bundles.
-    pub engine: Engine,
+    /// Everything the services call.
+    pub kiln: Kiln,
     /// Requests in progress, per kind.
     pub gates: admission::Gates,
-    /// Blobs imports in progress have written into `content/` before naming them; the collector keeps them.
-    pins: Arc<BlobPins>,
-    /// Stops every layer extraction (checked between chunks): set when the shutdown deadline passes.
-    cancel: Arc<AtomicBool>,
 }
 
 impl Daemon {
-    /// Prepares the directories under `root` and `state` (0700 and 0711: never world-traversable, I13) and
-    /// an empty content layout, removes half-written blobs, and opens the engine (which sweeps `tmp/`). Call it holding the root lock
-    /// ([`lifecycle::lock_root`]): the sweep would otherwise pull work from under a running daemon.
+    /// Opens the facade (see [`Kiln::open`]; call it holding the root lock, [`lifecycle::lock_root`]).
     pub fn new(config: Config) -> Result<Arc<Daemon>, Error> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |e: crate::sys::SysError| Error::Io { path, source: std::io::Error::other(e.to_string()) }
-        };
-        for (dir, mode) in [(&config.root, 0o700), (&config.state, 0o711)] {
-            crate::sys::host::ensure_dir(dir, mode).map_err(io(dir))?;
-        }
-        // `tmp/` itself is swept by `Engine::open` below, which unmounts what a crash left mounted there
-        // before removing anything (a plain recursive delete would descend into such a mount).
-        let tmp = config.root.join("tmp");
-        crate::sys::host::ensure_dir(&tmp, 0o700).map_err(io(&tmp))?;
-        let content = config.root.join("content");
-        store::init_layout(&content)?;
-        store::sweep_ingest(&content)?;
-
-        let mut backend = match config.snapshotter {
-            SnapshotterKind::Overlayfs => Backend::Overlay,
-            SnapshotterKind::Native => Backend::Native,
-        };
-        if backend == Backend::Overlay {
-            if let Err(e) = crate::snapshot::probe_overlay(&tmp) {
-                tracing::warn!(error = %e, "overlayfs does not work here; using the native (copying) snapshotter");
-                backend = Backend::Native;
-            }
-        }
-        let cancel = Arc::new(AtomicBool::new(false));
-        let mut layers = LayerModule::default();
-        layers.options.cancel = Some(cancel.clone());
-        let mut opts = EngineOptions::new(&config.root, &config.state, Arc::new(layers));
-        opts.backend = backend;
-        opts.max_concurrent_unpacks = config.max_concurrent_unpacks;
-        opts.gc_lock_timeout = Duration::from_secs(config.limits.gc_lock_timeout_secs);
-        opts.volume_dir = config.volume_dir();
-        opts.limits = crate::bundle::engine::BundleLimits {
-            input: config.caps.input_limits(),
-            mounts: config.caller_mounts.policy(),
-            max_record_bytes: config.caps.max_bundle_record_bytes,
-            max_volume_bytes: config.caps.max_volume_bytes,
-            max_volume_files: config.caps.max_volume_files,
-        };
-        let engine = Engine::open(opts)?;
-        for line in engine.recovery() {
-            tracing::info!(action = %line, "recovery");
-        }
         let gates = admission::Gates::new(&config.limits.concurrent);
-        Ok(Arc::new(Daemon { config, engine, gates, pins: Arc::default(), cancel }))
+        Ok(Arc::new(Daemon { kiln: Kiln::open(config)?, gates }))
     }
 
-    /// A writer on the content store: index lock taken per step with the configured timeout, blobs pinned in
-    /// the daemon's shared pin set.
-    pub fn writer(&self) -> Result<LayoutWriter, Status> {
-        Ok(LayoutWriter::open(&self.content_dir())
-            .map_err(|e| status(e.kind(), e))?
-            .with_pins(self.pins.clone())
-            .with_lock_timeout(Duration::from_secs(self.config.limits.index_lock_timeout_secs)))
-    }
-
-    pub fn content_dir(&self) -> PathBuf {
-        self.config.root.join("content")
-    }
-
-    pub fn tmp_dir(&self) -> PathBuf {
-        self.config.root.join("tmp")
-    }
-
-    /// Opens the content store, then the extra read-only stores, in search order. The content store must
-    /// open; a broken extra store is skipped (and logged), so it cannot take the content store down with it.
-    pub fn open_stores(&self) -> Result<Vec<(PathBuf, Store)>, Status> {
-        let content = self.content_dir();
-        let mut out = vec![(content.clone(), Store::open(&content).map_err(|e| status(e.kind(), e))?)];
-        for path in &self.config.extra_stores {
-            match Store::open(path) {
-                Ok(s) => out.push((path.clone(), s)),
-                Err(e) => tracing::warn!(store = %path.display(), error = %e, "skipping unreadable extra store"),
-            }
-        }
-        Ok(out)
+    pub fn config(&self) -> &Config {
+        self.kiln.config()
     }
 }
 
@@ -210,8 +147,8 @@ pub async fn serve(
     };
     let reflection_v1 = reflection().build_v1().map_err(|e| Error::Reflection(e.to_string()))?;
     let reflection_v1alpha = reflection().build_v1alpha().map_err(|e| Error::Reflection(e.to_string()))?;
-    let deadline = Duration::from_secs(daemon.config.shutdown_timeout_secs);
-    let limits = &daemon.config.limits;
+    let deadline = Duration::from_secs(daemon.config().shutdown_timeout_secs);
+    let limits = &daemon.config().limits;
     let secs = |s: u64| (s > 0).then(|| Duration::from_secs(s));
     let (decode, encode) = (limits.max_request_bytes, limits.max_response_bytes);
 
@@ -271,7 +208,7 @@ pub async fn serve(
         Ok(r) => r.map_err(|e| Error::Reflection(format!("server task: {e}")))?.map_err(Error::from),
         Err(_) => {
             // Extractions stop at their next chunk and remove what they started.
-            daemon.cancel.store(true, Ordering::Relaxed);
+            daemon.kiln.cancel_all();
             tracing::warn!("requests still running after the shutdown deadline; cancelling them and exiting");
             Ok(())
         }

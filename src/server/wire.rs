@@ -40,22 +40,36 @@ pub fn platform_in(p: Option<&pb::Platform>) -> Result<Option<Platform>, Status>
 }
 
 pub fn reference(r: &str) -> Result<Reference, Status> {
-    Reference::parse(r).map_err(|e| super::status(e.kind(), e))
+    Reference::parse(r).map_err(|e| super::status_of(&e))
 }
 
-pub fn image(
-    img: &ResolvedImage,
-    reference: &str,
-    unpacked: impl Fn(&crate::digest::Digest) -> bool,
-) -> pb::GetImageResponse {
+fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+pub fn listed(l: &crate::facade::Listed) -> pb::ListedImage {
+    pb::ListedImage {
+        ref_name: l.ref_name.clone().unwrap_or_default(),
+        descriptor: Some(descriptor(&l.descriptor)),
+        store: l.store.clone(),
+        size: int(l.size),
+        unpacked: l.unpacked.is_some(),
+        unpacked_size: l.unpacked.map_or(0, int),
+        resolve_error: l.resolve_error.clone().unwrap_or_default(),
+    }
+}
+
+pub fn image(got: &crate::facade::ImageDetails, reference: &str) -> pb::GetImageResponse {
+    let img: &ResolvedImage = &got.image;
     let layers: Vec<pb::Layer> = img
         .layers
         .iter()
-        .map(|l| pb::Layer {
+        .zip(&got.unpacked)
+        .map(|(l, unpacked)| pb::Layer {
             descriptor: Some(descriptor(&l.descriptor)),
             diff_id: l.diff_id.to_string(),
             chain_id: l.chain_id.to_string(),
-            unpacked: unpacked(&l.chain_id),
+            unpacked: *unpacked,
         })
         .collect();
     pb::GetImageResponse {
@@ -64,16 +78,59 @@ pub fn image(
         config_digest: img.config_digest().to_string(),
         platform: Some(platform_out(&img.platform)),
         unpacked: layers.iter().all(|l| l.unpacked),
-        compressed_size: img
-            .layers
-            .iter()
-            .fold(0i64, |a, l| a.saturating_add(i64::try_from(l.descriptor.size).unwrap_or(i64::MAX))),
+        compressed_size: img.layers.iter().fold(0i64, |a, l| a.saturating_add(int(l.descriptor.size))),
         layers,
         chain_id: img.chain_id().map(|c| c.to_string()).unwrap_or_default(),
         config: img.config_bytes.clone(),
-        // Only Images.Get with verify reads the layers; it sets this.
-        layers_verified: false,
+        layers_verified: got.layers_verified,
     }
+}
+
+pub fn pull_progress(p: &crate::snapshot::Progress) -> pb::PullProgress {
+    pb::PullProgress {
+        layers_done: p.layers_done as u32,
+        layers_total: p.layers_total as u32,
+        bytes_done: int(p.bytes_done),
+        bytes_total: int(p.bytes_total),
+        done: false,
+        chain_id: String::new(),
+    }
+}
+
+/// The last message of a pull: every layer done.
+pub fn pulled(img: &ResolvedImage) -> pb::PullProgress {
+    let total = img.layers.len() as u32;
+    let bytes = int(img.layers.iter().map(|l| l.descriptor.size).sum::<u64>());
+    pb::PullProgress {
+        layers_done: total,
+        layers_total: total,
+        bytes_done: bytes,
+        bytes_total: bytes,
+        done: true,
+        chain_id: img.chain_id().map(|c| c.to_string()).unwrap_or_default(),
+    }
+}
+
+pub fn import_progress(p: &crate::import::ImportProgress) -> pb::ImportProgress {
+    pb::ImportProgress {
+        blobs_done: p.blobs,
+        bytes_done: int(p.bytes),
+        done: false,
+        digest: String::new(),
+        images: vec![],
+        blobs_total: p.blobs_total,
+        bytes_total: int(p.bytes_total),
+    }
+}
+
+/// The last message of an import: the images named.
+pub fn imported(imported: &[crate::import::Imported]) -> pb::ImportProgress {
+    let images: Vec<pb::ImportedImage> = imported
+        .iter()
+        .map(|i| pb::ImportedImage { ref_name: i.ref_name.clone(), digest: i.descriptor.digest.to_string() })
+        .collect();
+    let digest = images.first().map(|i| i.digest.clone()).unwrap_or_default();
+    pb::ImportProgress { done: true, digest, images, ..Default::default() }
 }
 
 /// The caller's overrides, CRI-style: empty lists and strings mean "not given".
@@ -155,7 +212,40 @@ pub fn created(c: &crate::bundle::engine::Created) -> pb::CreateBundleResponse {
         hygiene: c
             .hygiene
             .iter()
-            .map(|f| pb::HygieneFix { path: f.path.clone(), found: f.was.clone(), now: f.now.clone() })
+            .map(|f| pb::HygieneFix { path: f.path.clone(), found: f.found.into(), now: f.now.into() })
             .collect(),
+    }
+}
+
+pub fn info(i: &crate::facade::Info, config: &crate::config::Config) -> pb::InfoResponse {
+    pb::InfoResponse {
+        version: env!("CARGO_PKG_VERSION").into(),
+        root: config.root.display().to_string(),
+        state: config.state.display().to_string(),
+        snapshotter: i.snapshotter.into(),
+        content_bytes: int(i.content_bytes),
+        snapshot_bytes: int(i.snapshot_bytes),
+        snapshots: i.snapshots,
+        bundles: i.bundles,
+    }
+}
+
+pub fn gc(r: &crate::gc::Report) -> pb::GcResponse {
+    let item = |i: &crate::gc::Item| pb::GcItem {
+        kind: i.kind.as_str().into(),
+        key: i.key.clone(),
+        reason: i.reason.clone(),
+        size: int(i.size),
+    };
+    pb::GcResponse { removed: r.removed.iter().map(item).collect(), kept: r.kept.iter().map(item).collect() }
+}
+
+pub fn fsck_item(i: &crate::facade::FsckItem) -> pb::FsckImage {
+    pb::FsckImage {
+        image: i.image.clone(),
+        chain_id: i.chain_id.as_ref().map(|c| c.to_string()).unwrap_or_default(),
+        differences: i.differences.clone(),
+        repaired: i.repaired,
+        error: i.error.clone().unwrap_or_default(),
     }
 }

@@ -9,7 +9,7 @@ use kiln::api::v1::images_client::ImagesClient;
 
 use crate::Remote;
 
-fn platform(p: Option<&str>) -> Result<Option<pb::Platform>> {
+pub fn platform(p: Option<&str>) -> Result<Option<pb::Platform>> {
     let Some(p) = p else { return Ok(None) };
     let p = kiln::image::Platform::parse(p).map_err(anyhow::Error::msg)?;
     Ok(Some(pb::Platform { os: p.os, architecture: p.architecture, variant: p.variant.unwrap_or_default() }))

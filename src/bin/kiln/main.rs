@@ -140,6 +140,18 @@ enum SystemCommand {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Check committed snapshot chains against their layers (applied again from the verified blobs); exits 1
+    /// when one is damaged and not repaired.
+    Fsck {
+        /// One image (a ref name or `@sha256:…`) [default: every unpacked image].
+        reference: Option<String>,
+        /// The platform to select from a multi-platform image, OS/ARCH[/VARIANT] [default: this host].
+        #[arg(long)]
+        platform: Option<String>,
+        /// Remove a damaged chain and unpack it again.
+        #[arg(long)]
+        repair: bool,
+    },
 }
 
 /// How to reach kilnd, and how to show its answers.
@@ -216,6 +228,9 @@ fn main() -> ExitCode {
         Command::System { remote: r, command } => match (remote(&r), command) {
             (remote, SystemCommand::Info) => remote_call(system::info(&remote)),
             (remote, SystemCommand::Gc { dry_run }) => remote_call(system::gc(&remote, dry_run)),
+            (remote, SystemCommand::Fsck { reference, platform, repair }) => {
+                remote_call(system::fsck(&remote, reference.as_deref(), platform.as_deref(), repair))
+            }
         },
     };
     match result {

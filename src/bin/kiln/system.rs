@@ -1,4 +1,4 @@
-//! `kiln system info|gc` against kilnd.
+//! `kiln system info|gc|fsck` against kilnd.
 
 use anyhow::Result;
 use serde_json::json;
@@ -47,6 +47,50 @@ pub async fn gc(remote: &Remote, dry_run: bool) -> Result<()> {
     }
     for i in &r.kept {
         println!("kept {} {}: {}", i.kind, i.key, i.reason);
+    }
+    Ok(())
+}
+
+/// Prints what fsck found; fails (exit 1) when a chain is damaged and was not repaired, or could not be checked.
+pub async fn fsck(remote: &Remote, reference: Option<&str>, platform: Option<&str>, repair: bool) -> Result<()> {
+    let mut c = SystemClient::new(remote.channel().await?);
+    let req = pb::FsckRequest {
+        reference: reference.unwrap_or_default().to_owned(),
+        platform: crate::image::platform(platform)?,
+        repair,
+    };
+    let r = c.fsck(req).await?.into_inner();
+    let bad = r.images.iter().filter(|i| !i.error.is_empty() || (!i.differences.is_empty() && !i.repaired)).count();
+    if remote.json {
+        let item = |i: &pb::FsckImage| {
+            json!({"image": i.image, "chainId": i.chain_id, "differences": i.differences, "repaired": i.repaired,
+                   "error": (!i.error.is_empty()).then_some(&i.error)})
+        };
+        crate::print_json(&json!({"images": r.images.iter().map(item).collect::<Vec<_>>()}))?;
+    } else {
+        for i in &r.images {
+            let state = match (i.error.is_empty(), i.differences.is_empty(), i.repaired) {
+                (false, _, _) => format!("error: {}", i.error),
+                (true, true, _) => "ok".to_string(),
+                (true, false, true) => format!("repaired ({} differences)", i.differences.len()),
+                (true, false, false) => format!("damaged ({} differences)", i.differences.len()),
+            };
+            println!("{} {}: {state}", i.image, i.chain_id);
+            if !i.repaired {
+                for d in &i.differences {
+                    println!("  {d}");
+                }
+            }
+        }
+        if r.images.is_empty() {
+            println!("no unpacked image to check");
+        }
+    }
+    if bad > 0 {
+        anyhow::bail!(
+            "fsck: {bad} image(s) damaged{}",
+            if repair { " and not repaired" } else { "; run with --repair" }
+        );
     }
     Ok(())
 }

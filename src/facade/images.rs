@@ -1,0 +1,180 @@
+//! Images: list, get, pull (unpack ahead of time), import, remove.
+
+use crate::cancel::Cancel;
+use crate::digest::Digest;
+use crate::image::{self, Platform, Reference, ResolveOptions, ResolvedImage};
+use crate::import;
+use crate::snapshot::{self, Kind, Snapshotter, UnpackReport};
+use crate::store::Descriptor;
+
+use super::{Error, Kiln, Result};
+
+/// One image of a store's `index.json`, as `Images.List` reports it.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub ref_name: Option<String>,
+    pub descriptor: Descriptor,
+    /// `content`, or the extra store's path.
+    pub store: String,
+    /// Compressed, as stored: the listed document, the selected manifest (when the listed one is an index), its
+    /// configuration and its layers. 0 when it does not resolve.
+    pub size: u64,
+    /// The layer snapshots' stored usage, when every layer is committed.
+    pub unpacked: Option<u64>,
+    /// Why it does not resolve for this host (it is listed all the same).
+    pub resolve_error: Option<String>,
+}
+
+/// What `Images.Get` reports.
+#[derive(Debug, Clone)]
+pub struct ImageDetails {
+    pub image: ResolvedImage,
+    /// Per layer, bottom first: whether its snapshot is committed.
+    pub unpacked: Vec<bool>,
+    /// Whether every layer blob was read whole and checked.
+    pub layers_verified: bool,
+}
+
+/// What a pull did.
+#[derive(Debug, Clone)]
+pub struct Pulled {
+    pub image: ResolvedImage,
+    pub report: UnpackReport,
+}
+
+/// The sizes of `img`, listed under `listed`; `committed(chain)` is the stored usage of a committed snapshot
+/// (`None`: not unpacked). No tree is walked: snapshot usage is measured once, at commit.
+pub(super) fn image_sizes(
+    listed: &Descriptor,
+    img: &ResolvedImage,
+    committed: impl Fn(&Digest) -> Option<u64>,
+) -> (u64, Option<u64>) {
+    let mut size = listed.size;
+    if img.manifest_descriptor.digest != listed.digest {
+        size = size.saturating_add(img.manifest_descriptor.size);
+    }
+    size = size.saturating_add(img.manifest.config.size);
+    size = img.layers.iter().fold(size, |a, l| a.saturating_add(l.descriptor.size));
+    let unpacked = img.layers.iter().try_fold(0u64, |a, l| committed(&l.chain_id).map(|u| a.saturating_add(u)));
+    (size, unpacked)
+}
+
+impl Kiln {
+    /// The stored usage of committed snapshot `chain`, or `None` when it is not committed.
+    fn committed(&self, chain: &Digest) -> Option<u64> {
+        let snapshots = self.engine.snapshotter();
+        snapshots.stat(chain.as_str()).ok().filter(|i| i.kind == Kind::Committed).map(|i| i.size)
+    }
+
+    /// Resolves `reference` for `platform` (default: this host) across the catalog.
+    pub fn resolve(
+        &self,
+        reference: &Reference,
+        platform: Option<Platform>,
+    ) -> Result<(crate::store::Store, ResolvedImage)> {
+        let opts = ResolveOptions { platform, ..Default::default() };
+        let (opened, img) = self.catalog.resolve(reference, &opts)?;
+        Ok((opened.store, img))
+    }
+
+    /// Every image of every store, in search order, with its sizes; one that does not resolve is listed with why.
+    pub fn list_images(&self) -> Result<Vec<Listed>> {
+        let mut out = Vec::new();
+        for opened in self.catalog.stores()? {
+            for l in image::list(&opened.store)? {
+                let reference = Reference::Digest(l.descriptor.digest.clone());
+                let mut listed = Listed {
+                    ref_name: l.ref_name.clone(),
+                    descriptor: l.descriptor.clone(),
+                    store: opened.name.clone(),
+                    size: 0,
+                    unpacked: None,
+                    resolve_error: None,
+                };
+                match image::resolve(&opened.store, &reference, &ResolveOptions::default()) {
+                    Ok(img) => (listed.size, listed.unpacked) = image_sizes(&l.descriptor, &img, |c| self.committed(c)),
+                    Err(e) => listed.resolve_error = Some(crate::error::report(&e)),
+                }
+                out.push(listed);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The resolved image; with `verify`, every layer blob is read whole and checked too (resolving verified
+    /// the manifest and the configuration), stopping between layers once `cancel` says so.
+    pub fn get_image(
+        &self,
+        reference: &Reference,
+        platform: Option<Platform>,
+        verify: bool,
+        cancel: &Cancel,
+    ) -> Result<ImageDetails> {
+        let (store, image) = self.resolve(reference, platform)?;
+        if verify {
+            let count = image.layers.len();
+            for (i, l) in image.layers.iter().enumerate() {
+                if let Some(e) = Error::cancelled("Images.Get", cancel) {
+                    return Err(e);
+                }
+                store.verify_blob(&l.descriptor).map_err(|e| Error::LayerBlob {
+                    index: i + 1,
+                    count,
+                    digest: l.descriptor.digest.clone(),
+                    reason: crate::error::report(&e),
+                    kind: e.kind(),
+                })?;
+            }
+        }
+        let unpacked = image.layers.iter().map(|l| self.committed(&l.chain_id).is_some()).collect();
+        Ok(ImageDetails { image, unpacked, layers_verified: verify })
+    }
+
+    /// Unpacks the image's layers into committed snapshots ahead of time. A cancelled pull stops before its next
+    /// layer, unless another request waits on a layer it leads; what stays is committed snapshots, never
+    /// half-applied ones. `progress` must return at once.
+    pub fn pull(
+        &self,
+        reference: &Reference,
+        platform: Option<Platform>,
+        progress: &(dyn Fn(snapshot::Progress) + Sync),
+        cancel: &Cancel,
+    ) -> Result<Pulled> {
+        let (store, image) = self.resolve(reference, platform)?;
+        let report = self.engine.unpack_cancellable(&store, &image, progress, cancel)?;
+        Ok(Pulled { image, report })
+    }
+
+    /// Imports `source` into the content store: it is read (an archive unpacked into `tmp/`) before anything is
+    /// written to the store, then blobs are copied without the index lock, which is held only to name the
+    /// images. With `name`, the one image `source_ref` picks is named so; without, every image (or the one
+    /// `source_ref` picks) keeps its name from the source. A cancelled import stops while the source is staged
+    /// or before the next blob, and never after a ref was set.
+    pub fn import(
+        &self,
+        source: import::Source,
+        access: &import::Access,
+        source_ref: &Reference,
+        name: Option<&str>,
+        progress: &mut dyn FnMut(import::ImportProgress),
+        cancel: &Cancel,
+    ) -> Result<Vec<import::Imported>> {
+        let limits = self.config.caps.archive_limits();
+        let staged = import::stage_cancellable(source, &self.tmp_dir(), access, &limits, cancel)?;
+        if let Some(e) = Error::cancelled("Images.Import", cancel) {
+            return Err(e);
+        }
+        let writer = self.catalog.writer().map_err(Error::from)?;
+        Ok(import::commit_all(&writer, &staged, source_ref, name, progress, cancel)?)
+    }
+
+    /// Removes ref `name` from the content store's `index.json` (blobs stay until GC), returning the
+    /// descriptors it named.
+    pub fn remove_image(&self, name: &str) -> Result<Vec<Descriptor>> {
+        let removed = self.catalog.writer()?.remove_ref(name)?;
+        if removed.is_empty() {
+            return Err(Error::NoSuchRef { name: name.to_owned() });
+        }
+        Ok(removed)
+    }
+}
