@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod layer;
 pub mod layout;
 pub mod stack;
+pub mod tree;
 
 /// True when `KILN_TEST_STRICT=1`: every skip is then a failure.
 pub fn strict() -> bool {
