@@ -1,5 +1,7 @@
-//! Fixtures built by code: layers ([`layer::LayerBuilder`]) and OCI layouts ([`layout::LayoutBuilder`]), plus
-//! honest gating for tests that need root or external tools.
+//! Fixtures built by code: layers ([`layer::LayerBuilder`]) and OCI layouts ([`layout::LayoutBuilder`]); the one
+//! tree describer ([`tree::walk`]) under every comparison of file trees; honest gating for tests that need root
+//! or external tools ([`skip`], [`require_root`], [`require_tool`], [`require_static_busybox`]); and the host
+//! set-up the runtime tests share ([`ensure_hugetlb_hierarchy`]).
 #![allow(dead_code)]
 
 pub mod daemon;
