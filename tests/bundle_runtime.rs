@@ -24,17 +24,10 @@ use snapshot_support::{applier, Scratch};
 const APPLETS: &[&str] = &["sh", "id", "cat", "ls", "test", "echo"];
 
 fn ready() -> bool {
-    if !common::require_root() || !common::require_tool("runc") || !common::require_tool("crun") {
-        return false;
-    }
-    let stat = Command::new("file").arg("/bin/busybox").output();
-    if !Path::new("/bin/busybox").is_file()
-        || stat.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("dynamic"))
-    {
-        common::skip("a static /bin/busybox (busybox-static) is not installed");
-        return false;
-    }
-    true
+    common::require_root()
+        && common::require_tool("runc")
+        && common::require_tool("crun")
+        && common::require_static_busybox("/bin/busybox")
 }
 
 fn run(runtime: &str, bundle: &Path, id: &str) -> String {
@@ -48,23 +41,12 @@ fn run(runtime: &str, bundle: &Path, id: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn ensure_hugetlb_hierarchy() {
-    // crun 1.8 refuses a hybrid cgroup layout without a v1 hugetlb hierarchy (as in tests/e2e_runtime.rs).
-    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let hybrid = mounts.lines().any(|l| l.contains(" - cgroup "));
-    if hybrid && !mounts.lines().any(|l| l.contains(" - cgroup ") && l.contains("hugetlb")) {
-        let _ = fs::create_dir_all("/sys/fs/cgroup/hugetlb");
-        let _ =
-            Command::new("mount").args(["-t", "cgroup", "-o", "hugetlb", "cgroup", "/sys/fs/cgroup/hugetlb"]).status();
-    }
-}
-
 #[test]
 fn engine_bundles_run_under_runc_and_crun() {
     if !ready() {
         return;
     }
-    ensure_hugetlb_hierarchy();
+    common::ensure_hugetlb_hierarchy();
     let d = Scratch(common::scratch());
     let victim = d.path().join("host-victim");
     fs::create_dir(&victim).unwrap();

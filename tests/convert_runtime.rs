@@ -12,7 +12,7 @@ mod common;
 #[path = "golden/support.rs"]
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -21,19 +21,6 @@ use kiln::convert::{self, Overrides};
 use serde_json::json;
 
 const BUSYBOX: &str = "/usr/bin/busybox";
-
-fn skip_or_fail(reason: &str) {
-    common::skip(reason)
-}
-
-fn find(tool: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(tool)).find(|p| p.is_file())
-}
-
-fn busybox_is_static() -> bool {
-    // A statically linked ELF has no PT_INTERP segment, so no "/lib64/ld-linux" style interpreter string.
-    std::fs::read(BUSYBOX).is_ok_and(|b| !b.windows(8).any(|w| w == b"/lib64/l" || w == b"/lib/ld-"))
-}
 
 /// Whether `runtime` can start the default bundle of its own `spec` command here; the error otherwise.
 fn runtime_works(runtime: &Path) -> Result<(), String> {
@@ -120,35 +107,24 @@ fn run_in(runtime: &Path, name: &str) -> Result<String, String> {
 
 fn check(runtime: &str) {
     if !nix::unistd::geteuid().is_root() {
-        return skip_or_fail("runtime tests need root");
+        return common::skip("runtime tests need root");
     }
-    let Some(bin) = find(runtime) else {
-        return skip_or_fail(&format!("{runtime} not installed"));
+    let Some(bin) = common::which(runtime) else {
+        return common::skip(&format!("{runtime} not installed"));
     };
-    if !busybox_is_static() {
-        return skip_or_fail(&format!("{BUSYBOX} missing or not static (apt-get install busybox-static)"));
+    if !common::require_static_busybox(BUSYBOX) {
+        return;
     }
     if runtime == "crun" {
-        ensure_hugetlb_hierarchy();
+        common::ensure_hugetlb_hierarchy();
     }
     if let Err(e) = runtime_works(&bin) {
         // The host, not kiln: even the runtime's own default bundle does not start.
-        return skip_or_fail(&format!("{runtime} cannot run containers on this host: {e}"));
+        return common::skip(&format!("{runtime} cannot run containers on this host: {e}"));
     }
     // uid, gid, groups (primary first, then wheel; never secret), cwd, env with a space.
     let out = run_in(&bin, runtime).unwrap_or_else(|e| panic!("kiln's bundle does not run under {runtime}: {e}"));
     assert_eq!(out, "1001 1002 1002 10 /srv/app hello world");
-}
-
-/// crun 1.8 needs a v1 hugetlb hierarchy on hybrid cgroup hosts like this VM's.
-fn ensure_hugetlb_hierarchy() {
-    let dir = Path::new("/sys/fs/cgroup/hugetlb");
-    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
-        .is_ok_and(|m| m.lines().any(|l| l.split(' ').nth(4) == Some("/sys/fs/cgroup/hugetlb")));
-    if !mounted && Path::new("/sys/fs/cgroup/memory").is_dir() {
-        let _ = std::fs::create_dir_all(dir);
-        let _ = Command::new("mount").args(["-t", "cgroup", "-o", "hugetlb", "cgroup"]).arg(dir).status();
-    }
 }
 
 #[test]

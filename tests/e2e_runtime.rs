@@ -39,11 +39,7 @@ fn ready() -> bool {
             return false;
         }
     }
-    if !Path::new("/bin/busybox").is_file() {
-        common::skip("/bin/busybox (busybox-static) is not installed");
-        return false;
-    }
-    true
+    common::require_static_busybox("/bin/busybox")
 }
 
 /// Builds `layout` with tags base → v2 (deletes, replaces) → v3 (re-creates), each one layer on the last.
@@ -118,17 +114,6 @@ fn expected_output() -> &'static str {
     "uid=1000 gid=1000 groups=1000\nhello from kiln\nv2\nnew\ny\nd2f-file\nf2d-dir\ndel-gone\netc/msg\n"
 }
 
-fn ensure_hugetlb_hierarchy() {
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let hybrid = mounts.lines().any(|l| l.contains(" - cgroup "));
-    if hybrid && !mounts.lines().any(|l| l.contains(" - cgroup ") && l.contains("hugetlb")) {
-        let _ = std::fs::create_dir_all("/sys/fs/cgroup/hugetlb");
-        let st =
-            Command::new("mount").args(["-t", "cgroup", "-o", "hugetlb", "cgroup", "/sys/fs/cgroup/hugetlb"]).status();
-        assert!(st.is_ok_and(|s| s.success()), "could not mount the hugetlb cgroup hierarchy crun needs");
-    }
-}
-
 #[test]
 fn e2e_umoci_images_unpack_and_run_under_runc_and_crun() {
     if !ready() {
@@ -158,7 +143,7 @@ fn e2e_umoci_images_unpack_and_run_under_runc_and_crun() {
     let got = run(Command::new("runc").args(["run", "--bundle"]).arg(&bundle).arg(format!("{id}-runc")));
     assert_eq!(got, expected_output(), "runc");
 
-    ensure_hugetlb_hierarchy();
+    common::ensure_hugetlb_hierarchy();
     let got = run(Command::new("crun").args(["run", "--bundle"]).arg(&bundle).arg(format!("{id}-crun")));
     assert_eq!(got, expected_output(), "crun");
 }

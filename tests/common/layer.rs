@@ -519,57 +519,39 @@ pub fn xattr_names(path: &std::path::Path) -> Vec<String> {
     names
 }
 
-/// A line per object under `root` (not following symlinks): type, mode, owner, size, content hash or link
-/// target or device numbers, mtime (seconds), and xattrs — for comparing trees.
+/// A line per object under `root` (not following symlinks; the root itself left out): type, mode, owner,
+/// size, content hash or link target or device numbers, link count, mtime (seconds, not for symlinks, when
+/// `with_mtime`), and every xattr with its value: the [`super::tree::walk`] view for comparing layer
+/// application results.
 pub fn describe(root: &std::path::Path, with_mtime: bool) -> std::collections::BTreeMap<String, String> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let mut out = std::collections::BTreeMap::new();
-    fn walk(
-        root: &std::path::Path,
-        dir: &std::path::Path,
-        with_mtime: bool,
-        out: &mut std::collections::BTreeMap<String, String>,
-    ) {
-        let mut entries: Vec<_> = std::fs::read_dir(dir).expect("read_dir").map(|e| e.expect("entry").path()).collect();
-        entries.sort();
-        for p in entries {
-            let m = std::fs::symlink_metadata(&p).expect("lstat");
-            let rel = p.strip_prefix(root).expect("prefix").to_string_lossy().into_owned();
-            let ft = m.file_type();
-            let what = if ft.is_dir() {
-                "dir".to_string()
-            } else if ft.is_symlink() {
-                format!("symlink -> {}", std::fs::read_link(&p).expect("readlink").display())
-            } else if ft.is_file() {
-                format!("file {} {}", m.len(), sha256(&std::fs::read(&p).expect("read")))
-            } else if ft.is_fifo() {
-                "fifo".into()
-            } else if ft.is_char_device() {
-                format!("char {}", m.rdev())
-            } else if ft.is_block_device() {
-                format!("block {}", m.rdev())
-            } else {
-                "other".into()
+    use super::tree::FileKind;
+    super::tree::walk(root)
+        .into_iter()
+        .filter(|(rel, _)| !rel.is_empty())
+        .map(|(rel, e)| {
+            let what = match &e.kind {
+                FileKind::Dir => "dir".to_string(),
+                FileKind::Symlink => format!("symlink -> {}", e.link.as_deref().unwrap_or("")),
+                FileKind::File => format!("file {} {}", e.size, e.sha256.as_deref().unwrap_or("")),
+                FileKind::Fifo => "fifo".into(),
+                FileKind::Char => format!("char {}", e.rdev.unwrap_or(0)),
+                FileKind::Block => format!("block {}", e.rdev.unwrap_or(0)),
+                FileKind::Socket => "other".into(),
+                FileKind::Unstatable(err) => format!("unstatable ({err})"),
             };
-            let mut line = format!("{what} mode={:o} uid={} gid={}", m.mode() & 0o7777, m.uid(), m.gid());
-            if ft.is_file() {
-                line.push_str(&format!(" nlink={}", m.nlink()));
+            let mut line = format!("{what} mode={:o} uid={} gid={}", e.mode, e.uid, e.gid);
+            if e.kind == FileKind::File {
+                line.push_str(&format!(" nlink={}", e.nlink.unwrap_or(0)));
             }
-            if with_mtime && !ft.is_symlink() {
-                line.push_str(&format!(" mtime={}", m.mtime()));
+            if with_mtime && e.kind != FileKind::Symlink {
+                line.push_str(&format!(" mtime={}", e.mtime.unwrap_or(0)));
             }
-            for n in xattr_names(&p) {
-                let v = xattr(&p, &n).unwrap_or_default();
-                line.push_str(&format!(" xattr:{n}={}", String::from_utf8_lossy(&v)));
+            for (n, v) in &e.xattrs {
+                line.push_str(&format!(" xattr:{n}={}", String::from_utf8_lossy(v)));
             }
-            out.insert(rel, line);
-            if ft.is_dir() {
-                walk(root, &p, with_mtime, out);
-            }
-        }
-    }
-    walk(root, root, with_mtime, &mut out);
-    out
+            (rel, line)
+        })
+        .collect()
 }
 
 /// [`describe`] of an unpacked rootfs: `/dev`, `/proc` and `/sys`, made by rootfs hygiene at unpack time, are

@@ -1,11 +1,14 @@
-//! Fixtures built by code: layers ([`layer::LayerBuilder`]) and OCI layouts ([`layout::LayoutBuilder`]), plus
-//! honest gating for tests that need root or external tools.
+//! Fixtures built by code: layers ([`layer::LayerBuilder`]) and OCI layouts ([`layout::LayoutBuilder`]); the one
+//! tree describer ([`tree::walk`]) under every comparison of file trees; honest gating for tests that need root
+//! or external tools ([`skip`], [`require_root`], [`require_tool`], [`require_static_busybox`]); and the host
+//! set-up the runtime tests share ([`ensure_hugetlb_hierarchy`]).
 #![allow(dead_code)]
 
 pub mod daemon;
 pub mod layer;
 pub mod layout;
 pub mod stack;
+pub mod tree;
 
 /// True when `KILN_TEST_STRICT=1`: every skip is then a failure.
 pub fn strict() -> bool {
@@ -73,6 +76,68 @@ pub fn require_root() -> bool {
     }
     skip("needs root");
     false
+}
+
+/// Returns true when `path` is a statically linked busybox (what the runtime tests copy into a rootfs that
+/// has no libc); otherwise reports a skip and returns false.
+pub fn require_static_busybox(path: &str) -> bool {
+    // A statically linked ELF has no PT_INTERP segment, so no "/lib64/ld-linux" style interpreter string.
+    if std::fs::read(path).is_ok_and(|b| !b.windows(8).any(|w| w == b"/lib64/l" || w == b"/lib/ld-")) {
+        return true;
+    }
+    skip(&format!("{path} missing or not static (apt-get install busybox-static)"));
+    false
+}
+
+/// Gives crun 1.8 the v1 hugetlb hierarchy it needs on a hybrid cgroup host (v1 controllers beside the v2
+/// `unified` mount, as on this project's VM): without one, `crun run` refuses every container. Mounts
+/// `cgroup -o hugetlb` at `/sys/fs/cgroup/hugetlb` when no v1 hierarchy has the hugetlb controller; does nothing on a
+/// pure v2 host or when one is mounted (the same step `scripts/test` does during set-up). Needs root.
+///
+/// Safe to call from several tests at once: a process-wide mutex serialises this binary's threads and an
+/// exclusive `flock` on `/run/kiln-test-hugetlb.lock` serialises test binaries of other runs (other checkouts
+/// run as root on the same host), so the check and the mount happen once, never a second mount stacked on the
+/// first. Panics when the mount is needed and fails: the crun tests could not say anything about kiln then.
+pub fn ensure_hugetlb_hierarchy() {
+    static IN_PROCESS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = IN_PROCESS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if !needs_hugetlb_hierarchy() {
+        return;
+    }
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("/run/kiln-test-hugetlb.lock")
+        .expect("open /run/kiln-test-hugetlb.lock");
+    // Held until this function returns (the drop unlocks).
+    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .unwrap_or_else(|(_, e)| panic!("flock /run/kiln-test-hugetlb.lock: {e}"));
+    // Another process may have mounted it while this one waited for the lock.
+    if !needs_hugetlb_hierarchy() {
+        return;
+    }
+    let dir = std::path::Path::new("/sys/fs/cgroup/hugetlb");
+    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+    let st = std::process::Command::new("mount").args(["-t", "cgroup", "-o", "hugetlb", "cgroup"]).arg(dir).status();
+    assert!(
+        st.as_ref().is_ok_and(|s| s.success()),
+        "mount -t cgroup -o hugetlb cgroup {}: {st:?} (crun 1.8 needs a v1 hugetlb hierarchy on this host)",
+        dir.display()
+    );
+}
+
+/// True on a hybrid cgroup host (some v1 `cgroup` mount) where no v1 hierarchy has the hugetlb controller.
+fn needs_hugetlb_hierarchy() -> bool {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    // mountinfo: `… mount-point options … - fstype source super-options`.
+    let v1_options: Vec<&str> = mountinfo
+        .lines()
+        .filter_map(|l| l.split_once(" - ")?.1.split_once(' '))
+        .filter(|(fstype, _)| *fstype == "cgroup")
+        .map(|(_, rest)| rest.rsplit(' ').next().unwrap_or(""))
+        .collect();
+    !v1_options.is_empty() && !v1_options.iter().any(|o| o.split(',').any(|opt| opt == "hugetlb"))
 }
 
 /// A scratch directory on tmpfs when there is one (fast file creation), else the default temp dir.

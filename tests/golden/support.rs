@@ -57,10 +57,6 @@ pub fn json(c: &Conversion) -> serde_json::Value {
     serde_json::from_slice(&c.to_json_bytes().expect("bytes")).expect("json")
 }
 
-fn skip_or_fail(reason: &str) {
-    crate::common::skip(reason)
-}
-
 fn validator() -> Option<&'static jsonschema::Validator> {
     static VALIDATOR: OnceLock<Option<jsonschema::Validator>> = OnceLock::new();
     VALIDATOR
@@ -81,7 +77,7 @@ fn validator() -> Option<&'static jsonschema::Validator> {
 /// `KILN_TEST_STRICT=1`) when the schema is not installed.
 pub fn validate(bytes: &[u8]) {
     let Some(v) = validator() else {
-        skip_or_fail(&format!(
+        crate::common::skip(&format!(
             "runtime-spec schema not found at {SCHEMA} (apt-get install golang-github-opencontainers-specs-dev)"
         ));
         return;

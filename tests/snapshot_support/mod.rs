@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -59,49 +58,31 @@ pub fn applier() -> Arc<dyn LayerApplier> {
     Arc::new(kiln::snapshot::LayerModule::default())
 }
 
-/// What a tree holds, per relative path: type, mode, owner, size, content hash or link target, xattrs.
+/// What a tree holds, per path from its root (`/`, `/a`, …): type, mode, owner, content hash or link
+/// target, xattr names.
 pub type Tree = BTreeMap<String, String>;
 
-/// Describes `root` (without following symlinks). `trusted.overlay.*` xattrs are left out: they are the
-/// overlay backend's representation, not content.
+/// Describes `root` (without following symlinks): the `common::tree::walk` view for comparing backends.
+/// `trusted.overlay.*` xattrs are left out: they are the overlay backend's representation, not content.
 pub fn tree(root: &Path) -> Tree {
-    let mut out = Tree::new();
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        let p = root.join(&rel);
-        let md = fs::symlink_metadata(&p).unwrap();
-        let ft = md.file_type();
-        let what = if ft.is_dir() {
-            let mut names: Vec<_> = fs::read_dir(&p).unwrap().map(|e| e.unwrap().file_name()).collect();
-            names.sort();
-            for n in names {
-                stack.push(rel.join(n));
-            }
-            "dir".to_owned()
-        } else if ft.is_file() {
-            format!("file {}", Digest::sha256(&fs::read(&p).unwrap()))
-        } else if ft.is_symlink() {
-            format!("symlink {}", fs::read_link(&p).unwrap().display())
-        } else if ft.is_char_device() {
-            format!("char {}", md.rdev())
-        } else if ft.is_fifo() {
-            "fifo".to_owned()
-        } else {
-            "other".to_owned()
-        };
-        let mut xattrs: Vec<String> = xattr::list(&p)
-            .map(|l| {
-                l.map(|n| n.to_string_lossy().into_owned()).filter(|n| !n.starts_with("trusted.overlay.")).collect()
-            })
-            .unwrap_or_default();
-        xattrs.sort();
-        let mode = if ft.is_symlink() { 0 } else { md.mode() & 0o7777 };
-        out.insert(
-            format!("/{}", rel.display()),
-            format!("{what} mode={mode:o} owner={}:{} xattrs={xattrs:?}", md.uid(), md.gid()),
-        );
-    }
-    out
+    use crate::common::tree::FileKind;
+    crate::common::tree::walk(root)
+        .into_iter()
+        .map(|(rel, e)| {
+            let what = match &e.kind {
+                FileKind::Dir => "dir".to_owned(),
+                FileKind::File => format!("file {}", e.sha256.as_deref().unwrap_or("")),
+                FileKind::Symlink => format!("symlink {}", e.link.as_deref().unwrap_or("")),
+                FileKind::Char => format!("char {}", e.rdev.unwrap_or(0)),
+                FileKind::Fifo => "fifo".to_owned(),
+                FileKind::Unstatable(err) => panic!("/{rel}: {err}"),
+                FileKind::Block | FileKind::Socket => "other".to_owned(),
+            };
+            let xattrs: Vec<&String> = e.xattrs.keys().filter(|n| !n.starts_with("trusted.overlay.")).collect();
+            let mode = if e.kind == FileKind::Symlink { 0 } else { e.mode };
+            (format!("/{rel}"), format!("{what} mode={mode:o} owner={}:{} xattrs={xattrs:?}", e.uid, e.gid))
+        })
+        .collect()
 }
 
 /// A mount made for a test, undone on drop (even when the test fails).
