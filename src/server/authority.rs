@@ -17,6 +17,10 @@
 //! (h2: GOAWAY); a request whose list reaches [`HYPER_LIST`] reaches hyper as its pseudo-headers and a
 //! small run of static-table fields that keeps it at that size, so hyper answers 431 and REFUSED_STREAM
 //! as it would have, and the connection goes on.
+//!
+//! Length: about 440 lines of code and 250 of tests. The HPACK decoder, the header rewrite and the frame
+//! bookkeeping share one invariant (the connection's dynamic table must stay in step with the client's), so
+//! they stay in one file with the tests that pin it.
 
 use std::io;
 use std::pin::Pin;
