@@ -124,7 +124,7 @@ pub struct Caps {
 impl Default for Caps {
     fn default() -> Self {
         let limits = crate::convert::InputLimits::default();
-        let archive = crate::import::ArchiveLimits::default();
+        let archive = crate::source::ArchiveLimits::default();
         Caps {
             max_args: limits.max_args,
             max_args_bytes: limits.max_args_bytes,
@@ -161,8 +161,8 @@ impl Caps {
     }
 
     /// The caps on one import.
-    pub fn archive_limits(&self) -> crate::import::ArchiveLimits {
-        crate::import::ArchiveLimits {
+    pub fn archive_limits(&self) -> crate::source::ArchiveLimits {
+        crate::source::ArchiveLimits {
             max_bytes: self.max_import_bytes,
             expansion_ratio: self.archive_expansion_ratio,
             expansion_floor: self.archive_expansion_floor,

@@ -93,7 +93,7 @@ classified!(
     crate::snapshot::Error,
     crate::convert::Error,
     crate::bundle::Error,
-    crate::import::Error,
+    crate::source::Error,
     crate::catalog::Error,
     crate::gc::Error,
     crate::facade::Error,

@@ -18,10 +18,10 @@ pub mod error;
 pub mod facade;
 pub mod gc;
 pub mod image;
-pub mod import;
 pub mod layer;
 pub mod server;
 pub mod snapshot;
+pub mod source;
 pub mod store;
 pub mod sys;
 

@@ -476,7 +476,7 @@ fn an_archive_bomb_stops_at_its_scaled_cap() {
         let bomb = tmp.path().join(format!("{name}.tar.gz"));
         zero_bomb(&bomb, count, size);
         let compressed = std::fs::metadata(&bomb).unwrap().len();
-        let cap = kiln::import::ArchiveLimits::default().max_bytes_for(compressed);
+        let cap = kiln::source::ArchiveLimits::default().max_bytes_for(compressed);
         let e = rt().block_on(import_path(&addr, path_str(&bomb), "bomb")).unwrap_err();
         assert_eq!(e.code(), Code::ResourceExhausted, "{name}: {e:?}");
         assert!(e.message().contains("archive_expansion_ratio"), "{name}: {e:?}");

@@ -7,7 +7,7 @@ mod common;
 use common::layer::{write_entry, LayerBuilder};
 use common::layout::*;
 use kiln::image::Reference;
-use kiln::import::{self, ArchiveLimits};
+use kiln::source::{self, ArchiveLimits};
 use kiln::store::{init_layout, LayoutWriter, Store};
 use kiln::ErrorKind;
 
@@ -20,13 +20,13 @@ fn tar(entries: &[(&str, u8, &str, &[u8])]) -> Vec<u8> {
     out
 }
 
-fn extract(bytes: &[u8], limits: ArchiveLimits) -> (tempfile::TempDir, Result<(), kiln::import::Error>) {
+fn extract(bytes: &[u8], limits: ArchiveLimits) -> (tempfile::TempDir, Result<(), kiln::source::Error>) {
     let tmp = common::scratch();
     let archive = tmp.path().join("a.tar");
     std::fs::write(&archive, bytes).unwrap();
     let dest = tmp.path().join("out");
     std::fs::create_dir(&dest).unwrap();
-    let r = import::extract_archive(&archive, &dest, limits);
+    let r = source::extract_archive(&archive, &dest, limits);
     (tmp, r)
 }
 
@@ -127,7 +127,7 @@ fn layout_import_copies_blob_first_and_verifies() {
     init_layout(dest.path()).unwrap();
     let writer = LayoutWriter::open(dest.path()).unwrap();
     let mut seen = vec![];
-    let got = import::import(&writer, src.path(), &Reference::Name("v1".into()), "copied", dest.path(), &mut |p| {
+    let got = source::import(&writer, src.path(), &Reference::Name("v1".into()), "copied", dest.path(), &mut |p| {
         seen.push(p)
     })
     .unwrap();
@@ -151,7 +151,7 @@ fn layout_import_copies_blob_first_and_verifies() {
     let dest2 = common::scratch();
     init_layout(dest2.path()).unwrap();
     let writer = LayoutWriter::open(dest2.path()).unwrap();
-    let e = import::import(&writer, src.path(), &Reference::Name("v1".into()), "bad", dest2.path(), &mut |_| {})
+    let e = source::import(&writer, src.path(), &Reference::Name("v1".into()), "bad", dest2.path(), &mut |_| {})
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
     assert!(kiln::image::list(writer.store()).unwrap().is_empty());
@@ -169,13 +169,13 @@ fn fifo_and_missing_sources_are_refused_quickly() {
     let tmp = common::scratch();
     let fifo = tmp.path().join("fifo");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-    let e = import::stage(&fifo, tmp.path()).err().expect("a FIFO is refused");
+    let e = source::stage(&fifo, tmp.path()).err().expect("a FIFO is refused");
     assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
-    let e = import::stage(&tmp.path().join("missing"), tmp.path()).err().expect("missing");
+    let e = source::stage(&tmp.path().join("missing"), tmp.path()).err().expect("missing");
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
     let plain = tmp.path().join("dir");
     std::fs::create_dir(&plain).unwrap();
-    let e = import::stage(&plain, tmp.path()).err().expect("not a layout");
+    let e = source::stage(&plain, tmp.path()).err().expect("not a layout");
     assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
 }
 
@@ -194,7 +194,7 @@ fn fan_out_of_indexes_is_copied_once() {
     init_layout(dest.path()).unwrap();
     let writer = LayoutWriter::open(dest.path()).unwrap();
     let mut blobs = 0;
-    import::import(&writer, src.path(), &Reference::Name("wide".into()), "wide", dest.path(), &mut |p| blobs = p.blobs)
+    source::import(&writer, src.path(), &Reference::Name("wide".into()), "wide", dest.path(), &mut |p| blobs = p.blobs)
         .unwrap();
     assert_eq!(blobs, 6, "config, manifest and four indexes, each once");
     // Resolution walks it once too (it used to be exponential).
@@ -206,10 +206,10 @@ fn fan_out_of_indexes_is_copied_once() {
 #[test]
 fn ref_names_validated() {
     for bad in ["", "a b", "-x", "a\nb"] {
-        assert!(import::validate_ref_name(bad).is_err(), "{bad:?}");
+        assert!(kiln::image::RefName::parse(bad).is_err(), "{bad:?}");
     }
     for good in ["app", "example.com/app:v1.2", "a@b+c"] {
-        import::validate_ref_name(good).unwrap();
+        kiln::image::RefName::parse(good).unwrap();
     }
 }
 
@@ -245,7 +245,7 @@ fn callers_import_only_what_they_can_read() {
     if !common::require_root() {
         return;
     }
-    use import::{Access, Source};
+    use source::{Access, Source};
     use std::os::unix::fs::PermissionsExt;
     let tmp = common::scratch();
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -254,7 +254,7 @@ fn callers_import_only_what_they_can_read() {
         pid: Some(std::process::id() as i32),
     };
     let limits = ArchiveLimits::default();
-    let stage = |p: &std::path::Path| import::stage_as(Source::Path(p.to_path_buf()), tmp.path(), &caller, &limits);
+    let stage = |p: &std::path::Path| source::stage_as(Source::Path(p.to_path_buf()), tmp.path(), &caller, &limits);
     // A layout the caller can read: staged.
     let readable = tmp.path().join("readable");
     single_image(&readable, &ImageSpec::default(), "x");
@@ -290,10 +290,10 @@ fn callers_import_only_what_they_can_read() {
     assert_eq!(stage(&via_proc).err().expect("refused").kind(), ErrorKind::NotFound);
     // A caller whose process is not (or no longer) known cannot name paths.
     let gone = Access::Caller { creds: kiln::sys::creds::Creds { uid: 65534, gid: 65534, groups: vec![] }, pid: None };
-    let e = import::stage_as(Source::Path(readable.clone()), tmp.path(), &gone, &limits).err().expect("refused");
+    let e = source::stage_as(Source::Path(readable.clone()), tmp.path(), &gone, &limits).err().expect("refused");
     assert_eq!(e.kind(), ErrorKind::FailedPrecondition, "{e}");
     // Root reads with kilnd's own rights.
-    assert!(import::stage_as(Source::Path(private.clone()), tmp.path(), &Access::Own, &limits).is_ok());
+    assert!(source::stage_as(Source::Path(private.clone()), tmp.path(), &Access::Own, &limits).is_ok());
 }
 
 #[test]
@@ -305,9 +305,9 @@ fn a_fifo_source_is_never_opened() {
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     let ino = nix::sys::inotify::Inotify::init(nix::sys::inotify::InitFlags::IN_NONBLOCK).unwrap();
     ino.add_watch(&fifo, nix::sys::inotify::AddWatchFlags::IN_OPEN).unwrap();
-    let e = import::stage(&fifo, tmp.path()).err().expect("a FIFO is refused");
+    let e = source::stage(&fifo, tmp.path()).err().expect("a FIFO is refused");
     assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
-    let e = import::extract_archive(&fifo, tmp.path(), ArchiveLimits::default()).unwrap_err();
+    let e = source::extract_archive(&fifo, tmp.path(), ArchiveLimits::default()).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
     assert!(ino.read_events().is_err(), "the FIFO was opened");
 }

@@ -445,6 +445,6 @@ fn archive_import_still_refuses_sparse_entries() {
     std::fs::write(&archive, LayerBuilder::new().sparse(SparseFormat::Pax10, "blobs", real, &segs, &data).build())
         .unwrap();
     let dest = root_in(&d, "dest");
-    let e = kiln::import::extract_archive(&archive, &dest, kiln::import::ArchiveLimits::default()).unwrap_err();
+    let e = kiln::source::extract_archive(&archive, &dest, kiln::source::ArchiveLimits::default()).unwrap_err();
     assert!(e.to_string().contains("sparse"), "{e}");
 }

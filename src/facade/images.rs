@@ -2,9 +2,9 @@
 
 use crate::cancel::Cancel;
 use crate::digest::Digest;
-use crate::image::{self, Platform, Reference, ResolveOptions, ResolvedImage};
-use crate::import;
+use crate::image::{self, Platform, RefName, Reference, ResolveOptions, ResolvedImage};
 use crate::snapshot::{self, Kind, Snapshotter, UnpackReport};
+use crate::source;
 use crate::store::Descriptor;
 
 use super::{Error, Kiln, Result};
@@ -152,20 +152,20 @@ impl Kiln {
     /// or before the next blob, and never after a ref was set.
     pub fn import(
         &self,
-        source: import::Source,
-        access: &import::Access,
+        source: source::Source,
+        access: &source::Access,
         source_ref: &Reference,
-        name: Option<&str>,
-        progress: &mut dyn FnMut(import::ImportProgress),
+        name: Option<&RefName>,
+        progress: &mut dyn FnMut(source::ImportProgress),
         cancel: &Cancel,
-    ) -> Result<Vec<import::Imported>> {
+    ) -> Result<Vec<source::Imported>> {
         let limits = self.config.caps.archive_limits();
-        let staged = import::stage_cancellable(source, &self.tmp_dir(), access, &limits, cancel)?;
+        let staged = source::stage_cancellable(source, &self.tmp_dir(), access, &limits, cancel)?;
         if let Some(e) = Error::cancelled("Images.Import", cancel) {
             return Err(e);
         }
         let writer = self.catalog.writer().map_err(Error::from)?;
-        Ok(import::commit_all(&writer, &staged, source_ref, name, progress, cancel)?)
+        Ok(source::commit_all(&writer, &staged, source_ref, name, progress, cancel)?)
     }
 
     /// Removes ref `name` from the content store's `index.json` (blobs stay until GC), returning the

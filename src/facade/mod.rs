@@ -47,7 +47,7 @@ pub enum Error {
     #[error(transparent)]
     Convert(#[from] crate::convert::Error),
     #[error(transparent)]
-    Import(#[from] crate::import::Error),
+    Import(#[from] crate::source::Error),
     #[error(transparent)]
     Gc(#[from] crate::gc::Error),
     /// An `Images.Get` with `verify` found a layer blob wrong.

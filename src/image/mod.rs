@@ -9,6 +9,7 @@
 //!
 //! May use: `store`, `digest`, `error`.
 
+mod names;
 mod platform;
 mod types;
 mod walk;
@@ -19,6 +20,7 @@ use std::fmt;
 
 use serde::Serialize;
 
+pub use names::{named_images, NamedImage, RefName, ANNOTATION_CONTAINERD_NAME};
 pub use platform::Platform;
 pub use types::*;
 

@@ -10,17 +10,17 @@ use tonic::{Request, Response, Status};
 use super::admission::{self, Kind};
 use super::{caller, failed, status_of, wire, Daemon};
 use crate::api::v1 as pb;
-use crate::import;
+use crate::source;
 
 pub struct ImagesService {
     daemon: Arc<Daemon>,
-    imports: Arc<import::ImportSlots>,
+    imports: Arc<source::ImportSlots>,
 }
 
 impl ImagesService {
     pub fn new(daemon: Arc<Daemon>) -> Self {
         let caps = &daemon.config().caps;
-        let imports = import::ImportSlots::new(caps.max_concurrent_imports, caps.max_imports_per_caller);
+        let imports = source::ImportSlots::new(caps.max_concurrent_imports, caps.max_imports_per_caller);
         ImagesService { daemon, imports }
     }
 }
@@ -28,19 +28,19 @@ impl ImagesService {
 type Progress<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// The import source a request names: the descriptor passed on its connection (`source_fd`), or a path.
-fn import_source(req: &pb::ImportImageRequest, peer: Option<&super::peer::Peer>) -> Result<import::Source, Status> {
+fn import_source(req: &pb::ImportImageRequest, peer: Option<&super::peer::Peer>) -> Result<source::Source, Status> {
     if req.source_fd {
         let fd = peer.and_then(|p| p.take_passed_fd()).ok_or_else(|| {
             Status::failed_precondition("source_fd is set, but no file descriptor was passed on this connection")
         })?;
         let name = if req.source.is_empty() { "(passed descriptor)" } else { &req.source };
-        return Ok(import::Source::Handle { fd, name: PathBuf::from(name) });
+        return Ok(source::Source::Handle { fd, name: PathBuf::from(name) });
     }
     let source = PathBuf::from(&req.source);
     if !source.is_absolute() {
         return Err(Status::invalid_argument(format!("source {:?} must be an absolute path", req.source)));
     }
-    Ok(import::Source::Path(source))
+    Ok(source::Source::Path(source))
 }
 
 #[tonic::async_trait]
@@ -92,10 +92,12 @@ impl pb::images_server::Images for ImagesService {
         let ticket = self.daemon.gates.admit(Kind::Import, "Images.Import", &req)?;
         let req = req.into_inner();
         let source_ref = wire::reference(&req.source_reference)?;
-        if !req.ref_name.is_empty() {
-            import::validate_ref_name(&req.ref_name).map_err(|e| status_of(&e))?;
-        }
-        // Read with the caller's rights (root's own for root): see `import`.
+        // The one check of the name (no ref name: every image keeps its name from the source).
+        let name = (!req.ref_name.is_empty())
+            .then(|| crate::image::RefName::parse(&req.ref_name))
+            .transpose()
+            .map_err(|e| status_of(&e))?;
+        // Read with the caller's rights (root's own for root): see `source`.
         let access = peer
             .as_ref()
             .and_then(|p| p.import_access())
@@ -106,11 +108,10 @@ impl pb::images_server::Images for ImagesService {
         let d = self.daemon.clone();
         let stream = admission::stream(ticket, move |t, progress| {
             let _slot = slot;
-            let mut report = |p: import::ImportProgress| progress.report(wire::import_progress(&p));
-            let name = (!req.ref_name.is_empty()).then_some(req.ref_name.as_str());
+            let mut report = |p: source::ImportProgress| progress.report(wire::import_progress(&p));
             let imported = d
                 .kiln
-                .import(source, &access, &source_ref, name, &mut report, &t.cancel())
+                .import(source, &access, &source_ref, name.as_ref(), &mut report, &t.cancel())
                 .map_err(|e| failed(t, e))?;
             Ok(wire::imported(&imported))
         });

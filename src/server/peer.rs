@@ -22,7 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_stream::{Stream, StreamExt};
 
-use crate::import::Access;
+use crate::source::Access;
 use crate::sys::{self, creds::Creds};
 
 /// Who is at the other end of a connection, and the descriptor it passed, if any. Every request of the

@@ -111,7 +111,7 @@ pub fn pulled(img: &ResolvedImage) -> pb::PullProgress {
     }
 }
 
-pub fn import_progress(p: &crate::import::ImportProgress) -> pb::ImportProgress {
+pub fn import_progress(p: &crate::source::ImportProgress) -> pb::ImportProgress {
     pb::ImportProgress {
         blobs_done: p.blobs,
         bytes_done: int(p.bytes),
@@ -124,7 +124,7 @@ pub fn import_progress(p: &crate::import::ImportProgress) -> pb::ImportProgress 
 }
 
 /// The last message of an import: the images named.
-pub fn imported(imported: &[crate::import::Imported]) -> pb::ImportProgress {
+pub fn imported(imported: &[crate::source::Imported]) -> pb::ImportProgress {
     let images: Vec<pb::ImportedImage> = imported
         .iter()
         .map(|i| pb::ImportedImage { ref_name: i.ref_name.clone(), digest: i.descriptor.digest.to_string() })
