@@ -210,3 +210,65 @@ impl ImageSource for DockerArchive<'_> {
         Ok(desc)
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // the fixture archive is written by path
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    fn archive(manifest: serde_json::Value) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("manifest.json"), serde_json::to_vec(&manifest).unwrap()).unwrap();
+        dir
+    }
+
+    fn names(picked: &[(Entry, Vec<RefName>)]) -> Vec<Vec<&str>> {
+        picked.iter().map(|(_, n)| n.iter().map(RefName::as_str).collect()).collect()
+    }
+
+    #[test]
+    fn images_are_picked_by_repo_tag_and_named_by_their_tags() {
+        let dir = archive(serde_json::json!([
+            {"Config": "a.json", "RepoTags": ["app:v1", "app:latest"], "Layers": []},
+            {"Config": "b.json", "RepoTags": ["other:v1", ""], "Layers": []},
+        ]));
+        assert!(holds(dir.path()));
+        let src = DockerArchive::open(dir.path(), Path::new("/caller/app.tar")).unwrap();
+        let all = src.pick(&Reference::Default, None).unwrap();
+        assert_eq!(names(&all), vec![vec!["app:v1", "app:latest"], vec!["other:v1"]]);
+        let one = src.pick(&Reference::Name("app:latest".into()), None).unwrap();
+        assert_eq!((one[0].0.config.as_str(), names(&one)), ("a.json", vec![vec!["app:latest"]]));
+        let given = RefName::parse("mine").unwrap();
+        let one = src.pick(&Reference::Name("other:v1".into()), Some(&given)).unwrap();
+        assert_eq!((one[0].0.config.as_str(), names(&one)), ("b.json", vec![vec!["mine"]]));
+
+        let e = src.pick(&Reference::Name("absent".into()), None).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+        assert!(e.to_string().contains("docker-archive /caller/app.tar"), "{e}");
+        let e = src.pick(&Reference::Default, Some(&given)).unwrap_err();
+        assert!(matches!(e, Error::SeveralImages { count: 2, .. }), "{e}");
+        let e = src.pick(&Reference::Digest(Digest::sha256(b"x")), Some(&given)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    }
+
+    #[test]
+    fn unnamed_images_and_bad_tags_are_refused_before_anything_is_copied() {
+        let dir = archive(serde_json::json!([{"Config": "a.json", "RepoTags": null, "Layers": []}]));
+        let src = DockerArchive::open(dir.path(), Path::new("/a.tar")).unwrap();
+        let e = src.pick(&Reference::Default, None).unwrap_err();
+        assert!(matches!(&e, Error::Unnamed { image, .. } if image == "a.json"), "{e}");
+        // One image takes a given name.
+        let given = RefName::parse("mine").unwrap();
+        assert_eq!(names(&src.pick(&Reference::Default, Some(&given)).unwrap()), vec![vec!["mine"]]);
+
+        let dir = archive(serde_json::json!([{"Config": "a.json", "RepoTags": ["../../x"], "Layers": []}]));
+        let src = DockerArchive::open(dir.path(), Path::new("/a.tar")).unwrap();
+        let e = src.pick(&Reference::Default, None).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+
+        let dir = archive(serde_json::json!([]));
+        let src = DockerArchive::open(dir.path(), Path::new("/a.tar")).unwrap();
+        assert_eq!(src.pick(&Reference::Default, None).unwrap_err().kind(), ErrorKind::Corrupt);
+    }
+}

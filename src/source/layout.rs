@@ -310,3 +310,88 @@ impl Copier<'_, '_> {
         self.blob(desc)
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // the fixture layout is written by path
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+    use crate::image::ANNOTATION_CONTAINERD_NAME;
+
+    /// A layout whose index.json lists manifests `n` with the given (containerd name, ref name); no blobs (a
+    /// pick reads none).
+    fn layout(entries: &[(u8, Option<&str>, Option<&str>)]) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let manifests: Vec<serde_json::Value> = entries
+            .iter()
+            .map(|(n, full, short)| {
+                let mut v =
+                    json!({"mediaType": store::MEDIA_TYPE_MANIFEST, "digest": Digest::sha256(&[*n]), "size": 1});
+                if let Some(f) = full {
+                    v["annotations"][ANNOTATION_CONTAINERD_NAME] = json!(f);
+                }
+                if let Some(s) = short {
+                    v["annotations"][store::ANNOTATION_REF_NAME] = json!(s);
+                }
+                v
+            })
+            .collect();
+        std::fs::create_dir(dir.path().join("blobs")).unwrap();
+        std::fs::write(dir.path().join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+        let index = json!({"schemaVersion": 2, "manifests": manifests});
+        std::fs::write(dir.path().join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        (dir, store)
+    }
+
+    fn names(picked: &[(image::Named, Vec<RefName>)]) -> Vec<(String, Vec<&str>)> {
+        picked.iter().map(|(n, r)| (n.what.clone(), r.iter().map(RefName::as_str).collect())).collect()
+    }
+
+    #[test]
+    fn a_source_ref_picks_by_either_name_and_names_the_image_by_its_full_name() {
+        let full = "docker.io/library/app:v1";
+        let (_d, store) = layout(&[(1, Some(full), Some("v1")), (2, None, Some("other"))]);
+        let src = Layout::new(&store, Path::new("/caller/layout"), u64::MAX);
+        let by_short = src.pick(&Reference::Name("v1".into()), None).unwrap();
+        assert_eq!(names(&by_short), vec![(format!("ref {full:?}"), vec![full])]);
+        let all = src.pick(&Reference::Default, None).unwrap();
+        assert_eq!(names(&all), vec![(format!("ref {full:?}"), vec![full]), ("ref \"other\"".into(), vec!["other"])]);
+        let e = src.pick(&Reference::Name("absent".into()), None).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+        // The refs there are, in the layout's order.
+        assert!(e.to_string().contains(&format!("(refs: {full:?}, \"v1\", \"other\")")), "{e}");
+        let given = RefName::parse("mine").unwrap();
+        let e = src.pick(&Reference::Default, Some(&given)).unwrap_err();
+        assert!(matches!(e, Error::SeveralImages { count: 2, .. }), "{e}");
+        let e = src.pick(&Reference::Digest(Digest::sha256(&[1])), None).unwrap_err();
+        assert!(matches!(e, Error::Unnamed { .. }), "{e}");
+        let by_digest = src.pick(&Reference::Digest(Digest::sha256(&[2])), Some(&given)).unwrap();
+        assert_eq!(names(&by_digest), vec![(format!("@{}", Digest::sha256(&[2])), vec!["mine"])]);
+    }
+
+    #[test]
+    fn one_short_name_under_two_full_names_is_ambiguous() {
+        let (_d, store) =
+            layout(&[(1, Some("a.example/app:v1"), Some("v1")), (2, Some("b.example/app:v1"), Some("v1"))]);
+        let src = Layout::new(&store, Path::new("/l"), u64::MAX);
+        let e = src.pick(&Reference::Name("v1".into()), None).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::FailedPrecondition, "{e}");
+        assert!(e.to_string().contains("\"a.example/app:v1\", \"b.example/app:v1\""), "{e}");
+    }
+
+    #[test]
+    fn unnamed_images_and_bad_names_are_refused_before_anything_is_copied() {
+        let (_d, store) = layout(&[(1, None, Some("ok")), (2, None, None)]);
+        let src = Layout::new(&store, Path::new("/l"), u64::MAX);
+        let e = src.pick(&Reference::Default, None).unwrap_err();
+        let unnamed = Digest::sha256(&[2]).to_string();
+        assert!(matches!(&e, Error::Unnamed { image, hint, .. } if *image == unnamed && hint.contains("--source-ref")));
+        let (_d, store) = layout(&[(1, None, Some("ok")), (2, None, Some("a/../../x"))]);
+        let src = Layout::new(&store, Path::new("/l"), u64::MAX);
+        assert_eq!(src.pick(&Reference::Default, None).unwrap_err().kind(), ErrorKind::InvalidArgument);
+        let (_d, store) = layout(&[]);
+        let src = Layout::new(&store, Path::new("/l"), u64::MAX);
+        assert_eq!(src.pick(&Reference::Default, None).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    }
+}

@@ -1,15 +1,16 @@
 //! Image sources: copy an image into a layout kiln writes (the daemon's `<root>/content`) from another OCI
-//! layout directory ([`layout`]), an `oci-archive` tarball ([`oci_archive`]) or a `docker-archive` tarball
-//! ([`docker_archive`]), as `skopeo copy` and `docker save` write them. Every blob is verified while it is
+//! layout directory (`layout.rs`), an `oci-archive` tarball (`oci_archive.rs`) or a `docker-archive` tarball
+//! (`docker_archive.rs`), as `skopeo copy` and `docker save` write them. Every blob is verified while it is
 //! copied; blobs land before the ref that names them.
 //!
 //! An import has two steps. [`stage`] opens the source a caller named ([`Source`]) and reads it into kiln's
 //! own scratch space ([`Staged`]) without any lock; [`commit_all`] then picks images and copies them through
 //! the store's [`LayoutWriter`], whose index lock is taken only to name them. Each kind of source is one file
-//! implementing the small [`ImageSource`] trait (which images it holds, which a source ref picks and under
-//! what names, and how one is copied); [`Staged::source`] chooses the kind. A registry source goes beside
+//! implementing the small `ImageSource` trait (which images it holds, which a source ref picks and under
+//! what names, and how one is copied); [`commit_all`] chooses the kind. A registry source goes beside
 //! them as `registry.rs`: it has nothing to stage (its manifests and blobs stream from the registry, verified
-//! as they are read) and becomes one more [`Source`] variant and one more arm there.
+//! as they are read), so it becomes one more [`Source`] variant, a `Staged` that holds the connection, and
+//! one more arm in [`commit_all`].
 //!
 //! The source is named by a caller: a path kilnd looks up, or a descriptor the caller opened itself and passed
 //! over the socket (`kiln image import` does that, so the kernel resolved the path with the caller's rights, in
@@ -21,7 +22,7 @@
 //! whatever mounts the caller arranged. A path is looked up with the caller's identity too, refusing magic
 //! links (`/proc/<pid>/root/…`), and only when the caller is in kilnd's mount namespace (where the path means
 //! what the caller meant). A caller learns nothing of what it cannot see: a source missing or not permitted is
-//! one error ([`Error::SourceUnavailable`]). Archives are unpacked by the one extractor in [`archive`].
+//! one error ([`Error::SourceUnavailable`]). Archives are unpacked by the one extractor, `archive.rs`.
 //! [`ImportSlots`] bounds how many imports run at once, in all and per caller.
 //!
 //! A ref name the caller gives is a [`RefName`], checked once where it enters (the RPC handler, [`import`]);
