@@ -228,9 +228,10 @@ pub fn stream<T: Clone + Send + Sync + 'static>(
     tokio::task::spawn_blocking(move || {
         let reporter = Reporter(tx);
         let result = ticket.check().and_then(|()| work(&ticket, &reporter));
-        let _ = done_tx.send(result);
-        // The slot goes back once the result is handed over, whether or not anybody reads it.
+        // The slot goes back before the result is handed over (whether or not anybody reads it), so that a caller
+        // who has seen the end can start the next request of this kind at once.
         drop(ticket);
+        let _ = done_tx.send(result);
     });
     ProgressStream {
         progress: WatchStream::from_changes(rx),
