@@ -42,7 +42,8 @@ impl Error {
 #[serde(rename_all = "lowercase")]
 pub enum SnapshotterKind {
     /// Overlay mounts over committed layer directories (the default where the kernel has overlayfs).
-    Overlayfs,
+    #[serde(rename = "overlayfs")]
+    Overlay,
     /// Plain copies, for hosts without overlayfs.
     Native,
 }
@@ -50,7 +51,7 @@ pub enum SnapshotterKind {
 impl SnapshotterKind {
     pub fn as_str(self) -> &'static str {
         match self {
-            SnapshotterKind::Overlayfs => "overlayfs",
+            SnapshotterKind::Overlay => "overlayfs",
             SnapshotterKind::Native => "native",
         }
     }
@@ -60,7 +61,7 @@ impl std::str::FromStr for SnapshotterKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
-            "overlayfs" => Ok(SnapshotterKind::Overlayfs),
+            "overlayfs" => Ok(SnapshotterKind::Overlay),
             "native" => Ok(SnapshotterKind::Native),
             _ => Err(format!("unknown snapshotter {s:?} (overlayfs or native)")),
         }
@@ -312,7 +313,7 @@ impl Default for Config {
             state: PathBuf::from("/run/kiln"),
             address: "unix:///run/kiln/kilnd.sock".into(),
             socket_group: None,
-            snapshotter: SnapshotterKind::Overlayfs,
+            snapshotter: SnapshotterKind::Overlay,
             max_concurrent_unpacks: 0,
             extra_stores: vec![],
             shutdown_timeout_secs: 30,

@@ -23,12 +23,13 @@ use std::time::{Duration, Instant};
 
 use super::assemble;
 use super::hygiene::{self, Fix};
+use super::records::Records;
 use super::userdb;
 use crate::convert::{self, Overrides};
 use crate::digest::Digest;
 use crate::error::ErrorKind;
 use crate::image::ResolvedImage;
-use crate::snapshot::{self, Kind, LayerApplier, LocalSnapshotter, Meta, Snapshotter, UnpackReport, Unpacker};
+use crate::snapshot::{self, Kind, LayerApplier, Meta, Snapshotter, UnpackReport, Unpacker};
 use crate::store::Store;
 use crate::sys::mount::{mount_points_under, Mounter};
 use crate::sys::{host, tree, SysError};
@@ -151,14 +152,14 @@ pub struct EngineInfo {
 pub struct Engine {
     root: PathBuf,
     state: PathBuf,
-    snapshots: Arc<LocalSnapshotter>,
+    snapshots: Arc<dyn Snapshotter>,
     unpacker: Unpacker,
     mounter: Arc<dyn Mounter>,
     applier: Arc<dyn LayerApplier>,
     userdb_limits: userdb::Limits,
     volume_dir: PathBuf,
     limits: BundleLimits,
-    meta: Arc<Meta>,
+    records: Records,
     gc_lock: RwLock<()>,
     gc_lock_timeout: Duration,
     busy: Mutex<HashSet<String>>,
@@ -223,8 +224,9 @@ impl Engine {
         ensure_mode(&opts.state.join("bundles"), 0o700)?;
         ensure_mode(&opts.volume_dir, 0o700)?;
         let meta = Arc::new(Meta::open(&opts.root.join("meta.redb"))?);
-        let snapshots = Arc::new(LocalSnapshotter::open(&opts.root, opts.backend, meta.clone())?);
-        let mut recovery = snapshots.recovered().to_vec();
+        let records = Records::open(meta.clone())?;
+        let snapshot::Opened { snapshotter: snapshots, recovered: mut recovery } =
+            snapshot::open(&opts.root, opts.backend, meta)?;
         let unpacker = Unpacker::new(snapshots.clone(), opts.applier.clone(), opts.max_concurrent_unpacks)
             .with_mounter(opts.mounter.clone());
         recovery.extend(unpacker.recover()?.into_iter().map(|k| format!("removed unfinished unpack {k:?}")));
@@ -238,7 +240,7 @@ impl Engine {
             userdb_limits: opts.userdb_limits,
             volume_dir: opts.volume_dir,
             limits: opts.limits,
-            meta,
+            records,
             gc_lock: RwLock::new(()),
             gc_lock_timeout: opts.gc_lock_timeout,
             busy: Mutex::new(HashSet::new()),
@@ -255,7 +257,7 @@ impl Engine {
         &self.recovery
     }
 
-    pub fn snapshotter(&self) -> &Arc<LocalSnapshotter> {
+    pub fn snapshotter(&self) -> &Arc<dyn Snapshotter> {
         &self.snapshots
     }
 
@@ -319,7 +321,7 @@ impl Engine {
     }
 
     fn record(&self, id: &str) -> Result<Option<Bundle>> {
-        match self.meta.bundle(id)? {
+        match self.records.get(id)? {
             None => Ok(None),
             Some(bytes) => serde_json::from_slice(&bytes)
                 .map(Some)
@@ -453,7 +455,7 @@ impl Engine {
                 limit: self.limits.max_record_bytes,
             });
         }
-        self.meta.write(|w| w.put_bundle(&sid, &value))?;
+        self.records.put(&sid, &value)?;
         guard.armed = false;
         let assemble::Assembly { conversion, fixes, .. } = assembly;
         Ok(Created { bundle, explain: conversion.explain, hygiene: fixes, unpack })
@@ -467,7 +469,7 @@ impl Engine {
     /// one at a time and the config.json text in them is skipped, not copied.
     pub fn list(&self) -> Result<Vec<Bundle>> {
         let mut out = Vec::new();
-        self.meta.visit_bundles(|id, bytes| {
+        self.records.visit(|id, bytes| {
             let head: BundleHead = serde_json::from_slice(bytes)
                 .map_err(|e| Error::Record { id: id.to_owned(), reason: e.to_string() })?;
             out.push(head.into());
@@ -512,7 +514,7 @@ impl Engine {
                 return Err(Error::InUse { id: id.to_string(), holders });
             }
         }
-        self.meta.write(|w| w.delete_bundle(id.as_str()).map(|_| ()))?;
+        self.records.delete(id.as_str())?;
         self.unmount_under(&b.path)?;
         snapshot::copy::remove_tree(&b.path)?;
         snapshot::copy::remove_tree(&self.volumes_of(id.as_str()))?;
@@ -531,7 +533,7 @@ impl Engine {
             state: self.state.clone(),
             snapshots: infos.iter().filter(|i| i.kind == Kind::Committed).count() as u32,
             snapshot_bytes: infos.iter().map(|i| i.size).sum(),
-            bundles: u32::try_from(self.meta.bundle_count()?).unwrap_or(u32::MAX),
+            bundles: u32::try_from(self.records.count()?).unwrap_or(u32::MAX),
             max_concurrent_unpacks: self.unpacker.max_concurrent(),
         })
     }
@@ -546,6 +548,6 @@ mod tests {
     fn engine_is_shared_across_threads() {
         fn shared<T: Send + Sync>() {}
         shared::<Engine>();
-        shared::<LocalSnapshotter>();
+        shared::<Arc<dyn Snapshotter>>();
     }
 }

@@ -4,7 +4,7 @@
 //! [`plain`] makes one in a plain directory with no daemon (`kiln unpack`); both go through [`assemble`]
 //! (hygiene, user database, conversion, explain record). [`hygiene`] fixes the rootfs for the runtime (I12);
 //! [`userdb`] reads the rootfs user database that feeds `convert`; [`inuse`] finds what still holds a rootfs
-//! (a running container) before a delete.
+//! (a running container) before a delete; [`records`] keeps the bundle records in `meta.redb`.
 //!
 //! May use: `snapshot`, `layer` (for [`plain`]), `convert`, `image`, `store`, `sys`, `error`.
 
@@ -13,6 +13,7 @@ pub mod engine;
 pub mod hygiene;
 pub mod inuse;
 pub mod plain;
+pub mod records;
 pub mod userdb;
 
 pub use engine::{

@@ -26,9 +26,9 @@ pub use system::{FsckItem, Info};
 use crate::bundle::engine::{BundleLimits, Engine, Options as EngineOptions};
 use crate::cancel::Cancel;
 use crate::catalog::{self, Catalog};
-use crate::config::{Config, SnapshotterKind};
+use crate::config::Config;
 use crate::error::ErrorKind;
-use crate::snapshot::{Backend, LayerModule};
+use crate::snapshot::LayerModule;
 use crate::sys::SysError;
 
 /// Facade failures: a module's error, or one of the few the facade itself decides.
@@ -108,29 +108,18 @@ impl Kiln {
         };
         dir(&config.root, 0o700)?;
         dir(&config.state, 0o711)?;
-        let tmp = config.root.join("tmp");
-        dir(&tmp, 0o700)?;
         let catalog = Catalog::open(
             &config.root.join("content"),
             &config.extra_stores,
             Duration::from_secs(config.limits.index_lock_timeout_secs),
         )?;
 
-        let mut backend = match config.snapshotter {
-            SnapshotterKind::Overlayfs => Backend::Overlay,
-            SnapshotterKind::Native => Backend::Native,
-        };
-        if backend == Backend::Overlay {
-            if let Err(e) = crate::snapshot::probe_overlay(&tmp) {
-                tracing::warn!(error = %e, "overlayfs does not work here; using the native (copying) snapshotter");
-                backend = Backend::Native;
-            }
-        }
         let cancel = Arc::new(AtomicBool::new(false));
         let mut layers = LayerModule::default();
         layers.options.cancel = Some(cancel.clone());
         let mut opts = EngineOptions::new(&config.root, &config.state, Arc::new(layers));
-        opts.backend = backend;
+        // Overlay is probed, and the native backend used where it does not work, by `snapshot::open`.
+        opts.backend = config.snapshotter;
         opts.max_concurrent_unpacks = config.max_concurrent_unpacks;
         opts.gc_lock_timeout = Duration::from_secs(config.limits.gc_lock_timeout_secs);
         opts.volume_dir = config.volume_dir();

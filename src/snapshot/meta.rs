@@ -1,18 +1,21 @@
-//! `meta.redb`: snapshot and bundle records. Every change is one redb write transaction, made after the data it
+//! `meta.redb`: the snapshot records. Every change is one redb write transaction, made after the data it
 //! describes has been synced, so a crash leaves either the old records or the new ones.
 //!
-//! Records are JSON values in two tables keyed by snapshot key and by bundle id. The bundle table's values are
-//! opaque here (the `bundle` module owns their shape).
+//! Records are JSON values in the `snapshots` table, keyed by snapshot key. redb allows one `Database` per file
+//! per process, so other modules keep their own tables in this file through [`Meta::read_table`] and
+//! [`Meta::write_table`] (the `bundle` module's records do); their tables and values are opaque here.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{Error, Info, Result};
 
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
-const BUNDLES: TableDefinition<&str, &[u8]> = TableDefinition::new("bundles");
+
+/// A table of byte values by string key, as other modules keep in this file.
+pub type Table = TableDefinition<'static, &'static str, &'static [u8]>;
 
 /// The metadata database.
 #[derive(Debug)]
@@ -25,10 +28,9 @@ fn db_err(path: &Path) -> impl Fn(redb::Error) -> Error + '_ {
     move |e| Error::Meta { path: path.to_owned(), source: Box::new(e) }
 }
 
-/// The open tables of one write transaction.
+/// The open snapshot table of one write transaction.
 pub struct Writer<'t> {
     snapshots: redb::Table<'t, &'static str, &'static [u8]>,
-    bundles: redb::Table<'t, &'static str, &'static [u8]>,
     path: &'t Path,
 }
 
@@ -48,15 +50,6 @@ impl Writer<'_> {
     pub fn delete_snapshot(&mut self, key: &str) -> Result<bool> {
         Ok(self.snapshots.remove(key).map_err(|e| db_err(self.path)(e.into()))?.is_some())
     }
-
-    pub fn put_bundle(&mut self, id: &str, value: &[u8]) -> Result<()> {
-        self.bundles.insert(id, value).map_err(|e| db_err(self.path)(e.into()))?;
-        Ok(())
-    }
-
-    pub fn delete_bundle(&mut self, id: &str) -> Result<bool> {
-        Ok(self.bundles.remove(id).map_err(|e| db_err(self.path)(e.into()))?.is_some())
-    }
 }
 
 fn decode(path: &Path, key: &str, bytes: &[u8]) -> Result<Info> {
@@ -69,7 +62,7 @@ impl Meta {
     pub fn open(path: &Path) -> Result<Meta> {
         let db = redb::Database::create(path).map_err(|e| db_err(path)(e.into()))?;
         let meta = Meta { db, path: path.to_owned() };
-        // Create both tables so read transactions never meet a missing table.
+        // Create the table so read transactions never meet a missing table.
         meta.write(|_| Ok(()))?;
         Ok(meta)
     }
@@ -86,8 +79,9 @@ impl Meta {
     /// Like [`write`](Self::write); with `durable == false` the commit is atomic and visible at once but only
     /// reaches the disk with the next durable commit. A crash may then roll it back — which every snapshot
     /// record change tolerates: recovery removes a directory without a record, drops a record without a
-    /// directory, and removes unfinished unpacks (at worst a layer is extracted again). Bundle records, which
-    /// callers act on, are written durably and carry every earlier commit with them.
+    /// directory, and removes unfinished unpacks (at worst a layer is extracted again). Records of other
+    /// tables ([`write_table`](Self::write_table)), which callers act on, are written durably and carry every
+    /// earlier commit with them.
     pub fn write_with<T>(&self, durable: bool, f: impl FnOnce(&mut Writer<'_>) -> Result<T>) -> Result<T> {
         let err = db_err(&self.path);
         let mut txn = self.db.begin_write().map_err(|e| err(e.into()))?;
@@ -97,8 +91,7 @@ impl Meta {
         }
         let out = {
             let snapshots = txn.open_table(SNAPSHOTS).map_err(|e| err(e.into()))?;
-            let bundles = txn.open_table(BUNDLES).map_err(|e| err(e.into()))?;
-            let mut w = Writer { snapshots, bundles, path: &self.path };
+            let mut w = Writer { snapshots, path: &self.path };
             f(&mut w)?
         };
         txn.commit().map_err(|e| err(e.into()))?;
@@ -126,47 +119,39 @@ impl Meta {
         Ok(out)
     }
 
-    pub fn bundle(&self, id: &str) -> Result<Option<Vec<u8>>> {
-        let err = db_err(&self.path);
-        let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
-        let t = txn.open_table(BUNDLES).map_err(|e| err(e.into()))?;
-        let v = t.get(id).map_err(|e| err(e.into()))?;
-        Ok(v.map(|g| g.value().to_vec()))
+    /// The error for a failure of this database.
+    pub fn error(&self, e: impl Into<redb::Error>) -> Error {
+        db_err(&self.path)(e.into())
     }
 
-    /// All bundle records, by id.
-    pub fn bundles(&self) -> Result<BTreeMap<String, Vec<u8>>> {
-        let err = db_err(&self.path);
-        let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
-        let t = txn.open_table(BUNDLES).map_err(|e| err(e.into()))?;
-        let mut out = BTreeMap::new();
-        for item in t.iter().map_err(|e| err(e.into()))? {
-            let (k, v) = item.map_err(|e| err(e.into()))?;
-            out.insert(k.value().to_owned(), v.value().to_vec());
-        }
-        Ok(out)
+    /// Creates `table` if it is missing, so that read transactions never meet it missing.
+    pub fn ensure_table(&self, table: Table) -> Result<()> {
+        self.write_table(table, |_| Ok(()))
     }
 
-    /// How many bundle records there are, without reading any.
-    pub fn bundle_count(&self) -> Result<u64> {
-        let err = db_err(&self.path);
-        let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
-        let t = txn.open_table(BUNDLES).map_err(|e| err(e.into()))?;
-        t.len().map_err(|e| err(e.into()))
-    }
-
-    /// Calls `f` with each bundle record in id order, one at a time (no copy of the whole table is made).
-    pub fn visit_bundles<E: From<Error>>(
+    /// Runs `f` on `table` in one read transaction (a consistent snapshot of it).
+    pub fn read_table<T>(
         &self,
-        mut f: impl FnMut(&str, &[u8]) -> std::result::Result<(), E>,
-    ) -> std::result::Result<(), E> {
-        let err = db_err(&self.path);
-        let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
-        let t = txn.open_table(BUNDLES).map_err(|e| err(e.into()))?;
-        for item in t.iter().map_err(|e| err(e.into()))? {
-            let (k, v) = item.map_err(|e| err(e.into()))?;
-            f(k.value(), v.value())?;
-        }
-        Ok(())
+        table: Table,
+        f: impl FnOnce(&redb::ReadOnlyTable<&'static str, &'static [u8]>) -> Result<T>,
+    ) -> Result<T> {
+        let txn = self.db.begin_read().map_err(|e| self.error(e))?;
+        let t = txn.open_table(table).map_err(|e| self.error(e))?;
+        f(&t)
+    }
+
+    /// Runs `f` on `table` in one write transaction and commits it durably (fsync) when `f` returns `Ok`.
+    pub fn write_table<T>(
+        &self,
+        table: Table,
+        f: impl FnOnce(&mut redb::Table<'_, &'static str, &'static [u8]>) -> Result<T>,
+    ) -> Result<T> {
+        let txn = self.db.begin_write().map_err(|e| self.error(e))?;
+        let out = {
+            let mut t = txn.open_table(table).map_err(|e| self.error(e))?;
+            f(&mut t)?
+        };
+        txn.commit().map_err(|e| self.error(e))?;
+        Ok(out)
     }
 }

@@ -1,14 +1,20 @@
 //! Snapshots: containerd's model of layered filesystems. A *committed* snapshot is immutable and named by the
 //! ChainID of the layers it holds; an *active* snapshot is writable and built on a committed parent; a *view*
-//! is a read-only active. The [`Snapshotter`] trait has containerd's verbs; [`LocalSnapshotter`] implements it
-//! with two backends ([`Backend::Overlay`]: diffs stacked by overlayfs, [`Backend::Native`]: full copies).
-//! [`unpack`] turns an image's layers into committed snapshots (single-flight per ChainID, parallel with
-//! overlay).
+//! is a read-only active. The [`Snapshotter`] trait is containerd's contract and hands out mounts; each backend
+//! is one type in its own file over the shared [`storage`]: [`Overlay`] (diffs stacked by overlayfs) and
+//! [`Native`] (full copies). [`open`] picks one from the configured [`Backend`], probing overlay once. What
+//! only some backends can do is an optional capability ([`Parentless`]). [`unpack`] turns an image's layers
+//! into committed snapshots (single-flight per ChainID, parallel where the backend is [`Parentless`]).
 //!
 //! On disk under the root: `snapshots/N/fs` (N a short number, so that overlay option strings stay short),
 //! `snapshots/N/work` for overlay actives, `tmp/` for work in progress, and `meta.redb` for the records.
 //!
-//! May use: `layer` (through [`unpack::LayerApplier`]), `image` (types), `store`, `digest`, `sys`, `error`.
+//! Adding a backend: a file here with a type implementing [`Snapshotter`] over [`storage::Storage`], a variant
+//! of `config::SnapshotterKind` ([`Backend`]) matched in [`open`], and one line in
+//! `tests/snapshot_conformance.rs`.
+//!
+//! May use: `layer` (through [`unpack::LayerApplier`]), `image` (types), `store`, `digest`, `sys`, `error`,
+//! `config` (the backend's name).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -21,16 +27,21 @@ use crate::sys::SysError;
 
 mod apply;
 pub mod copy;
-mod local;
 pub mod meta;
+pub mod native;
+pub mod overlay;
+pub mod storage;
 pub mod unpack;
 
 /// How whiteouts are written where a layer is applied (the layer module's type).
 pub use crate::layer::WhiteoutMode;
 pub use crate::sys::mount::Mount;
 pub use apply::LayerModule;
-pub use local::{probe_overlay, Backend, LocalSnapshotter};
+/// Which backend to open: the configuration's value, so that a backend is named in one place.
+pub use crate::config::SnapshotterKind as Backend;
 pub use meta::Meta;
+pub use native::Native;
+pub use overlay::Overlay;
 pub use unpack::{Applied, ApplyError, LayerApplier, Progress, UnpackReport, Unpacker};
 
 /// Labels on a snapshot (containerd's `map[string]string`).
@@ -83,42 +94,91 @@ pub struct Usage {
     pub inodes: u64,
 }
 
-/// Where a layer is applied for an active snapshot, and how whiteouts must be written there.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DiffTarget {
-    pub dir: PathBuf,
-    pub whiteouts: WhiteoutMode,
-}
-
-/// containerd's snapshotter verbs. Keys are caller-chosen strings; committed snapshots made by [`unpack`] are
-/// keyed by ChainID.
+/// containerd's snapshotter contract. Keys are caller-chosen strings; committed snapshots made by [`unpack`]
+/// are keyed by ChainID.
 pub trait Snapshotter: Send + Sync + std::fmt::Debug {
     /// The backend's name (`overlayfs`, `native`).
     fn name(&self) -> &'static str;
     fn stat(&self, key: &str) -> Result<Info>;
+    /// Changes the mutable fields of `info.key` (its labels) and returns the new record. `fieldpaths` as in
+    /// containerd: empty or `labels` replaces every label, `labels.KEY` sets one (or removes it when
+    /// `info.labels` has no `KEY`); any other path is [`Error::Immutable`].
+    fn update(&self, info: &Info, fieldpaths: &[&str]) -> Result<Info>;
+    /// Disk use of `key`'s own data. For an active snapshot the result is kept for its commit.
+    fn usage(&self, key: &str) -> Result<Usage>;
     /// The mounts that make `key`'s filesystem visible (active: writable; view and committed: read-only).
     fn mounts(&self, key: &str) -> Result<Vec<Mount>>;
     /// A new active snapshot on `parent` (committed), returning its mounts.
     fn prepare(&self, key: &str, parent: Option<&str>, labels: Labels) -> Result<Vec<Mount>>;
     /// A new read-only view of `parent`, returning its mounts.
     fn view(&self, key: &str, parent: Option<&str>, labels: Labels) -> Result<Vec<Mount>>;
-    /// Turns active `key` into committed `name`; `key` is gone afterwards.
+    /// Turns active `key` into committed `name`; `key` is gone afterwards. Empty `labels` keep the active's.
     fn commit(&self, name: &str, key: &str, labels: Labels) -> Result<()>;
-    /// Like [`commit`](Self::commit), but records `parent` as the parent of the committed snapshot although
-    /// `key` was prepared without one ("rebase"; lets independent layers be extracted in parallel). Only
-    /// backends whose active snapshots hold diffs can do it: see [`can_rebase`](Self::can_rebase).
-    fn commit_onto(&self, name: &str, key: &str, parent: Option<&str>, labels: Labels) -> Result<()>;
-    fn can_rebase(&self) -> bool;
     /// Removes `key`; a committed snapshot with children cannot be removed.
     fn remove(&self, key: &str) -> Result<()>;
     /// Every snapshot record.
     fn walk(&self) -> Result<Vec<Info>>;
-    /// Disk use of `key`'s own data.
-    fn usage(&self, key: &str) -> Result<Usage>;
-    /// Where to apply a layer for active `key`.
-    fn diff_target(&self, key: &str) -> Result<DiffTarget>;
-    /// The directory holding `key`'s own files (its diff with overlay, its whole tree with native).
+    /// Removes the directories no record owns (containerd's `Cleaner`); one line per action.
+    fn cleanup(&self) -> Result<Vec<String>>;
+    /// The parentless-extraction capability, for backends whose snapshots hold diffs.
+    fn parentless(&self) -> Option<&dyn Parentless> {
+        None
+    }
+}
+
+/// What only a backend whose snapshots hold diffs (overlay) can do: a layer is extracted into an active
+/// snapshot prepared *without* a parent, as an overlay diff (whiteouts as char 0:0 devices, opaque directories
+/// marked), and that active is committed onto the layer's real parent afterwards ("rebase"). This lets
+/// independent layers be extracted in parallel; the unpacker still checks each diff with
+/// [`unpack::exact_on`] before it commits one this way.
+pub trait Parentless: Send + Sync {
+    /// The directory holding only `key`'s own files, as an overlay diff: where a layer is extracted for an
+    /// active prepared without a parent, and what is stacked below it for a committed one.
     fn diff_dir(&self, key: &str) -> Result<PathBuf>;
+    /// Like [`Snapshotter::commit`], but records `parent` as the parent of the committed snapshot although
+    /// `key` was prepared without one.
+    fn commit_onto(&self, name: &str, key: &str, parent: Option<&str>, labels: Labels) -> Result<()>;
+}
+
+/// What [`open`] made: the snapshotter and what its storage repaired on the way, one line per action.
+#[derive(Debug)]
+pub struct Opened {
+    pub snapshotter: Arc<dyn Snapshotter>,
+    pub recovered: Vec<String>,
+}
+
+/// Opens the snapshotter `backend` under `root` (creating `root`, `snapshots/` and `tmp/`, sweeping `tmp/`
+/// and making records and directories agree, see [`storage::Storage::open`]). Overlay is probed here, once: if
+/// the kernel or the root's filesystem cannot do it, the native backend is used instead, with a warning.
+pub fn open(root: &std::path::Path, backend: Backend, meta: Arc<Meta>) -> Result<Opened> {
+    let storage = storage::Storage::open(root, meta)?;
+    let recovered = storage.recovered().to_vec();
+    let snapshotter: Arc<dyn Snapshotter> = match backend {
+        Backend::Overlay => match overlay::probe(&storage.tmp_dir()) {
+            Ok(()) => Arc::new(Overlay::over(storage)),
+            Err(e) => {
+                tracing::warn!(error = %e, "overlayfs does not work here; using the native (copying) snapshotter");
+                Arc::new(Native::over(storage))
+            }
+        },
+        Backend::Native => Arc::new(Native::over(storage)),
+    };
+    Ok(Opened { snapshotter, recovered })
+}
+
+/// The directory holding `key`'s own files, for fsck and tests: the overlay diff with a [`Parentless`]
+/// backend, otherwise the source of the single bind mount that shows the snapshot (native: its whole tree).
+pub fn own_dir(s: &dyn Snapshotter, key: &str) -> Result<PathBuf> {
+    if let Some(p) = s.parentless() {
+        return p.diff_dir(key);
+    }
+    match s.mounts(key)?.as_slice() {
+        [m] if m.kind == "bind" => Ok(m.source.clone()),
+        other => Err(Error::Unsupported {
+            backend: s.name(),
+            what: format!("snapshot {key:?} has no directory of its own (mounts {other:?})"),
+        }),
+    }
 }
 
 /// Snapshot failures, naming the key, path or digest involved.
@@ -134,6 +194,8 @@ pub enum Error {
     InvalidKey { key: String, reason: &'static str },
     #[error("snapshot {key:?} is {kind}, {op} needs {wanted}")]
     WrongKind { key: String, kind: &'static str, op: &'static str, wanted: &'static str },
+    #[error("snapshot {key:?}: field {field:?} cannot be updated")]
+    Immutable { key: String, field: String },
     #[error("snapshot {key:?} has children ({children}); remove them first")]
     HasChildren { key: String, children: String },
     #[error("snapshotter {backend}: {what}")]
@@ -158,7 +220,7 @@ impl Error {
             Error::Cancelled { .. } => ErrorKind::Cancelled,
             Error::NotFound { .. } => ErrorKind::NotFound,
             Error::AlreadyExists { .. } => ErrorKind::AlreadyExists,
-            Error::InvalidKey { .. } => ErrorKind::InvalidArgument,
+            Error::InvalidKey { .. } | Error::Immutable { .. } => ErrorKind::InvalidArgument,
             Error::WrongKind { .. } | Error::HasChildren { .. } => ErrorKind::FailedPrecondition,
             Error::Unsupported { .. } => ErrorKind::Unsupported,
             Error::Io { source, .. } => match source.raw_os_error() {

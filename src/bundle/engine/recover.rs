@@ -10,14 +10,14 @@ impl Engine {
     /// Removes half-made bundles (no record) and re-mounts recorded bundles whose rootfs is not mounted.
     pub(super) fn recover_bundles(&self) -> Result<Vec<String>> {
         let mut actions = Vec::new();
-        let records = self.meta.bundles()?;
+        let records = self.records.all()?;
         let mut kept_ids = HashSet::new();
         let mut kept_snapshots = HashSet::new();
         for (id, bytes) in &records {
             let bundle = match serde_json::from_slice::<Bundle>(&bytes[..]) {
                 Ok(b) if self.snapshots.stat(&b.snapshot).is_ok() => b,
                 Ok(_) | Err(_) => {
-                    self.meta.write(|w| w.delete_bundle(id).map(|_| ()))?;
+                    self.records.delete(id)?;
                     actions.push(format!("dropped bundle {id:?}: its record or its snapshot is gone"));
                     continue;
                 }

@@ -1,0 +1,467 @@
+//! [`Storage`]: what every local backend shares — snapshot directories `<root>/snapshots/N` (N a short number,
+//! so that overlay option strings stay short), ids, the records in `meta.redb`, building in `tmp/` then
+//! renaming, removal, crash recovery and [`cleanup`](Storage::cleanup). A backend ([`super::overlay`],
+//! [`super::native`]) decides only what goes into a new snapshot's directory and which mounts show it.
+//!
+//! Every new snapshot is built in `<root>/tmp/N`, synced, renamed to `<root>/snapshots/N`, then recorded.
+//! Removal drops the record first, then moves the directory into `tmp/` and deletes it. So after a crash a
+//! directory may lack a record, or (after a power cut) a record may lack its directory; [`Storage::open`]
+//! repairs both.
+//!
+//! May use: `sys`, the snapshot module's types and [`super::copy`].
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::sys::fs as sfs;
+use crate::sys::{host, tree};
+
+use super::copy;
+use super::{check_key, Error, Info, Kind, Labels, Meta, Result, Usage};
+
+/// Snapshot directories under a root, recorded in `meta.redb`.
+#[derive(Debug)]
+pub struct Storage {
+    root: PathBuf,
+    meta: Arc<Meta>,
+    state: Mutex<State>,
+    recovered: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    next_id: u64,
+    /// Snapshots being built (key → parent), so that concurrent prepares of one key and removal of a parent
+    /// in use are refused while nothing is recorded yet.
+    pending: HashMap<String, Option<String>>,
+    /// Directory numbers handed out but not recorded yet: [`Storage::cleanup`] leaves them alone (a directory
+    /// is renamed into `snapshots/` just before its record is written).
+    building: HashSet<u64>,
+    /// Usage measured on an active snapshot, reused by its commit (the unpacker measures in its parallel stage
+    /// so that the in-order commits stay short).
+    measured: HashMap<String, Usage>,
+}
+
+/// What a backend puts into a new snapshot's directory while it is still in `tmp/`.
+pub struct NewDir<'a> {
+    /// `tmp/N`: the snapshot's own directory (a backend may add e.g. `work` beside `fs`).
+    pub dir: &'a OwnedFd,
+    /// `tmp/N/fs`, mode 0755, empty.
+    pub fs: &'a OwnedFd,
+    pub kind: Kind,
+    /// The committed parent, if any.
+    pub parent: Option<&'a Info>,
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Removes a half-built directory on every early return.
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = copy::remove_tree(&p);
+        }
+    }
+}
+
+impl Storage {
+    /// Opens the storage under `root` (creating it, `snapshots/` and `tmp/`, mode 0700 — also when they existed
+    /// with a wider mode, I13), sweeps `tmp/` and makes records and directories agree.
+    pub fn open(root: &Path, meta: Arc<Meta>) -> Result<Storage> {
+        host::ensure_dir(root, 0o700)?;
+        host::ensure_dir(&root.join("snapshots"), 0o700)?;
+        host::ensure_dir(&root.join("tmp"), 0o700)?;
+        let mut s = Storage { root: root.to_owned(), meta, state: Mutex::new(State::default()), recovered: Vec::new() };
+        s.recovered = s.recover()?;
+        Ok(s)
+    }
+
+    /// What [`open`](Self::open) repaired, one line per action.
+    pub fn recovered(&self) -> &[String] {
+        &self.recovered
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `<root>/tmp`: work in progress, swept at open.
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// `<root>/snapshots/<id>`.
+    pub fn dir(&self, id: u64) -> PathBuf {
+        self.root.join("snapshots").join(id.to_string())
+    }
+
+    /// The directory holding snapshot `info`'s files (a diff or a full tree, as the backend keeps them).
+    pub fn fs_dir(&self, info: &Info) -> PathBuf {
+        self.dir(info.id).join("fs")
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Unmounts what a crash left mounted below `path`, then removes it.
+    fn sweep(path: &Path) -> Result<()> {
+        for m in crate::sys::mount::mount_points_under(path) {
+            let _ = crate::sys::mount::umount2(&m);
+        }
+        copy::remove_tree(path)
+    }
+
+    /// Sweeps `tmp/`, drops records whose directory is gone (and records built on them), removes directories
+    /// without a record. Returns what it did, one line per action.
+    fn recover(&self) -> Result<Vec<String>> {
+        let mut actions = Vec::new();
+        let mut st = self.lock();
+        let tmp = self.tmp_dir();
+        for name in host::dir_names(&tmp)? {
+            let path = tmp.join(name);
+            // What cannot be removed is reported, not fatal: one stubborn leftover must not keep kilnd down.
+            match Self::sweep(&path) {
+                Ok(()) => actions.push(format!("swept {}", path.display())),
+                Err(err) => actions.push(format!("could not sweep {}: {err}", path.display())),
+            }
+        }
+        let mut records = self.meta.snapshots()?;
+        let mut drop: Vec<String> = Vec::new();
+        loop {
+            let gone: Vec<String> = records
+                .values()
+                .filter(|i| {
+                    !host::is_dir(&self.fs_dir(i))
+                        || i.parent
+                            .as_ref()
+                            .is_some_and(|p| !records.get(p).is_some_and(|pi| pi.kind == Kind::Committed))
+                })
+                .map(|i| i.key.clone())
+                .collect();
+            if gone.is_empty() {
+                break;
+            }
+            for k in gone {
+                records.remove(&k);
+                drop.push(k);
+            }
+        }
+        if !drop.is_empty() {
+            self.meta.write(|w| {
+                for k in &drop {
+                    w.delete_snapshot(k)?;
+                }
+                Ok(())
+            })?;
+            actions.extend(drop.iter().map(|k| format!("dropped record {k:?}: its directory or parent is gone")));
+        }
+        let ids: HashSet<u64> = records.values().map(|i| i.id).collect();
+        let mut max_id = ids.iter().copied().max().unwrap_or(0);
+        let snaps = self.root.join("snapshots");
+        for name in host::dir_names(&snaps)? {
+            let id = name.to_str().and_then(|n| n.parse::<u64>().ok());
+            if let Some(id) = id {
+                max_id = max_id.max(id);
+                if ids.contains(&id) {
+                    continue;
+                }
+            }
+            let path = snaps.join(&name);
+            match Self::sweep(&path) {
+                Ok(()) => actions.push(format!("removed {}: no record", path.display())),
+                Err(err) => actions.push(format!("could not remove {} (no record): {err}", path.display())),
+            }
+        }
+        st.next_id = max_id + 1;
+        Ok(actions)
+    }
+
+    /// Removes the directories under `snapshots/` that no record owns and no snapshot being built will own
+    /// (containerd's `Cleaner`). Returns what it did, one line per action.
+    pub fn cleanup(&self) -> Result<Vec<String>> {
+        let snaps = self.root.join("snapshots");
+        let orphans: Vec<PathBuf> = {
+            // Under the lock: an id is handed out and marked building in one step, so a directory renamed
+            // into `snapshots/` a moment before its record is written is never taken for an orphan.
+            let st = self.lock();
+            let owned: HashSet<u64> = self.meta.snapshots()?.values().map(|i| i.id).collect();
+            let mut out = Vec::new();
+            for name in host::dir_names(&snaps)? {
+                let Some(id) = name.to_str().and_then(|n| n.parse::<u64>().ok()) else {
+                    // Not a name kiln gives: nothing will ever own it.
+                    out.push(snaps.join(&name));
+                    continue;
+                };
+                if !owned.contains(&id) && !st.building.contains(&id) {
+                    out.push(snaps.join(&name));
+                }
+            }
+            out
+        };
+        let mut actions = Vec::new();
+        for path in orphans {
+            // Moved aside first: a concurrent remove of the same directory then finds it gone, not half-deleted.
+            static NONCE: AtomicU64 = AtomicU64::new(0);
+            let trash = self.tmp_dir().join(format!("cleanup-{}", NONCE.fetch_add(1, Ordering::Relaxed)));
+            match host::rename(&path, &trash) {
+                Ok(()) => {}
+                Err(e) if e.errno == nix::errno::Errno::ENOENT => continue,
+                Err(e) => return Err(e.into()),
+            }
+            match Self::sweep(&trash) {
+                Ok(()) => actions.push(format!("removed {}: no record", path.display())),
+                Err(err) => actions.push(format!("could not remove {} (no record): {err}", path.display())),
+            }
+        }
+        Ok(actions)
+    }
+
+    pub fn get(&self, key: &str) -> Result<Info> {
+        self.meta.snapshot(key)?.ok_or_else(|| Error::NotFound { key: key.to_owned() })
+    }
+
+    /// The chain from `info` down to its base: `info` first.
+    pub fn chain(&self, info: &Info) -> Result<Vec<Info>> {
+        let mut out = vec![info.clone()];
+        let mut next = info.parent.clone();
+        while let Some(p) = next {
+            let pi = self.get(&p)?;
+            next = pi.parent.clone();
+            out.push(pi);
+            if out.len() > 10_000 {
+                return Err(Error::Internal { what: format!("snapshot {:?}: parent chain loops", info.key) });
+            }
+        }
+        Ok(out)
+    }
+
+    fn committed_parent(&self, p: &str) -> Result<Info> {
+        let pi = self.get(p)?;
+        if pi.kind != Kind::Committed {
+            return Err(Error::WrongKind {
+                key: p.to_owned(),
+                kind: pi.kind.as_str(),
+                op: "being a parent",
+                wanted: "committed",
+            });
+        }
+        Ok(pi)
+    }
+
+    /// Makes and records a new snapshot `key` on `parent`; `fill` populates its directory while it is in
+    /// `tmp/`. Returns its record.
+    pub fn create(
+        &self,
+        key: &str,
+        parent: Option<&str>,
+        kind: Kind,
+        labels: Labels,
+        fill: &dyn Fn(NewDir<'_>) -> Result<()>,
+    ) -> Result<Info> {
+        check_key(key)?;
+        let (id, parent_info) = {
+            let mut st = self.lock();
+            if st.pending.contains_key(key) || self.meta.snapshot(key)?.is_some() {
+                return Err(Error::AlreadyExists { key: key.to_owned() });
+            }
+            let parent_info = parent.map(|p| self.committed_parent(p)).transpose()?;
+            let id = st.next_id;
+            st.next_id += 1;
+            st.pending.insert(key.to_owned(), parent.map(str::to_owned));
+            st.building.insert(id);
+            (id, parent_info)
+        };
+        let result = self.build(id, key, parent_info.as_ref(), kind, labels, fill);
+        let mut st = self.lock();
+        st.pending.remove(key);
+        st.building.remove(&id);
+        result
+    }
+
+    fn build(
+        &self,
+        id: u64,
+        key: &str,
+        parent: Option<&Info>,
+        kind: Kind,
+        labels: Labels,
+        fill: &dyn Fn(NewDir<'_>) -> Result<()>,
+    ) -> Result<Info> {
+        let tmp = self.tmp_dir().join(id.to_string());
+        let guard = RemoveOnDrop(Some(tmp.clone()));
+        host::mkdir(&tmp, 0o700)?;
+        let tmp_fd = host::open_dir(&tmp)?;
+        let fs_dir = tree::mkdir_at(&tmp_fd, OsStr::new("fs"), 0o755)?;
+        sfs::fchmod(&fs_dir, 0o755)?;
+        fill(NewDir { dir: &tmp_fd, fs: &fs_dir, kind, parent })?;
+        sfs::syncfs(&tmp_fd)?;
+        let dest = self.dir(id);
+        host::rename(&tmp, &dest)?;
+        std::mem::forget(guard);
+        let info = Info {
+            key: key.to_owned(),
+            parent: parent.map(|p| p.key.clone()),
+            kind,
+            labels,
+            created: now(),
+            size: 0,
+            id,
+        };
+        let recorded = self.meta.write_with(false, |w| {
+            if w.snapshot(key)?.is_some() {
+                return Err(Error::AlreadyExists { key: key.to_owned() });
+            }
+            w.put_snapshot(&info)
+        });
+        if let Err(e) = recorded {
+            let _ = copy::remove_tree(&dest);
+            return Err(e);
+        }
+        Ok(info)
+    }
+
+    /// Turns active `key` into committed `name`. `parent` is `None` to keep the parent `key` was prepared on,
+    /// `Some(p)` to record `p` instead (the caller has checked that the backend can). `seal` runs on the
+    /// snapshot's directory before it is synced (a backend removes what only an active needs).
+    pub fn commit(
+        &self,
+        name: &str,
+        key: &str,
+        parent: Option<Option<&str>>,
+        labels: Labels,
+        seal: &dyn Fn(&Path) -> Result<()>,
+    ) -> Result<()> {
+        check_key(name)?;
+        let info = self.get(key)?;
+        if info.kind != Kind::Active {
+            return Err(Error::WrongKind { key: key.into(), kind: info.kind.as_str(), op: "commit", wanted: "active" });
+        }
+        let parent = match parent {
+            None => info.parent.clone(),
+            Some(p) => {
+                if let Some(p) = p {
+                    self.committed_parent(p)?;
+                }
+                p.map(str::to_owned)
+            }
+        };
+        if self.meta.snapshot(name)?.is_some() || self.lock().pending.contains_key(name) {
+            return Err(Error::AlreadyExists { key: name.to_owned() });
+        }
+        let dir = self.dir(info.id);
+        seal(&dir)?;
+        let measured = self.lock().measured.remove(key);
+        let usage = match measured {
+            Some(u) => u,
+            None => copy::usage(&dir.join("fs"))?,
+        };
+        crate::sys::syncfs(&dir)?;
+        let committed = Info {
+            key: name.to_owned(),
+            parent,
+            kind: Kind::Committed,
+            labels: if labels.is_empty() { info.labels.clone() } else { labels },
+            created: now(),
+            size: usage.size,
+            id: info.id,
+        };
+        let _st = self.lock();
+        self.meta.write_with(false, |w| {
+            if w.snapshot(name)?.is_some() {
+                return Err(Error::AlreadyExists { key: name.to_owned() });
+            }
+            match w.snapshot(key)? {
+                Some(cur) if cur.id == info.id => {}
+                _ => return Err(Error::NotFound { key: key.to_owned() }),
+            }
+            w.delete_snapshot(key)?;
+            w.put_snapshot(&committed)
+        })
+    }
+
+    /// Removes `key`: record first, then its directory. A committed snapshot with children (recorded or being
+    /// built) is refused.
+    pub fn remove(&self, key: &str) -> Result<()> {
+        let info = {
+            let st = self.lock();
+            let info = self.get(key)?;
+            let all = self.meta.snapshots()?;
+            let mut children: Vec<&str> =
+                all.values().filter(|i| i.parent.as_deref() == Some(key)).map(|i| i.key.as_str()).collect();
+            children.extend(st.pending.iter().filter(|(_, p)| p.as_deref() == Some(key)).map(|(k, _)| k.as_str()));
+            if !children.is_empty() {
+                return Err(Error::HasChildren { key: key.to_owned(), children: children.join(", ") });
+            }
+            self.meta.write_with(false, |w| w.delete_snapshot(key))?;
+            info
+        };
+        self.lock().measured.remove(key);
+        let dir = self.dir(info.id);
+        // A crash may have left something mounted inside (an unpack's mount of its parents).
+        for m in crate::sys::mount::mount_points_under(&dir) {
+            crate::sys::mount::umount2(&m)?;
+        }
+        let trash = self.tmp_dir().join(format!("rm-{}", info.id));
+        match host::rename(&dir, &trash) {
+            Ok(()) => copy::remove_tree(&trash),
+            Err(e) if e.errno == nix::errno::Errno::ENOENT => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn walk(&self) -> Result<Vec<Info>> {
+        Ok(self.meta.snapshots()?.into_values().collect())
+    }
+
+    /// Measures `key`'s own data. For an active snapshot the result is kept for its commit: callers that
+    /// write to it after measuring must not rely on the committed size.
+    pub fn usage(&self, key: &str) -> Result<Usage> {
+        let info = self.get(key)?;
+        let u = copy::usage(&self.fs_dir(&info))?;
+        if info.kind == Kind::Active {
+            self.lock().measured.insert(key.to_owned(), u);
+        }
+        Ok(u)
+    }
+
+    /// containerd's `Update`: changes the labels of `info.key` and returns the new record. `fieldpaths` empty or
+    /// `labels` replaces all labels with `info.labels`; `labels.KEY` sets (or, absent from `info.labels`,
+    /// removes) one label. Any other field is immutable.
+    pub fn update(&self, info: &Info, fieldpaths: &[&str]) -> Result<Info> {
+        let _st = self.lock();
+        self.meta.write(|w| {
+            let mut cur = w.snapshot(&info.key)?.ok_or_else(|| Error::NotFound { key: info.key.clone() })?;
+            if fieldpaths.is_empty() {
+                cur.labels = info.labels.clone();
+            }
+            for path in fieldpaths {
+                if *path == "labels" {
+                    cur.labels = info.labels.clone();
+                } else if let Some(k) = path.strip_prefix("labels.") {
+                    match info.labels.get(k) {
+                        Some(v) => cur.labels.insert(k.to_owned(), v.clone()),
+                        None => cur.labels.remove(k),
+                    };
+                } else {
+                    return Err(Error::Immutable { key: info.key.clone(), field: (*path).to_owned() });
+                }
+            }
+            w.put_snapshot(&cur)?;
+            Ok(cur)
+        })
+    }
+}
+
+#[cfg(test)]
+#[path = "storage_tests.rs"]
+mod tests;
