@@ -49,7 +49,7 @@ pub enum SnapshotterKind {
 }
 
 impl SnapshotterKind {
-    pub fn as_str(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             SnapshotterKind::Overlay => "overlayfs",
             SnapshotterKind::Native => "native",

@@ -16,7 +16,7 @@ use common::layout::{single_image, ImageSpec, LayoutBuilder};
 use kiln::bundle::{BundleId, Engine, GcRoot, Options};
 use kiln::convert::Overrides;
 use kiln::image::{self, Reference, ResolveOptions, ResolvedImage};
-use kiln::snapshot::{Backend, Kind, LayerApplier, Snapshotter};
+use kiln::snapshot::{Backend, Kind, LayerApplier};
 use kiln::store::Store;
 use kiln::sys::mount::{MountCall, RecordingMounter};
 use kiln::ErrorKind;
@@ -80,9 +80,9 @@ fn create_get_list_delete() {
             assert!(fs::symlink_metadata(rootfs.join(n)).unwrap().is_dir(), "{n}");
         }
         assert_eq!(bundle.fixes.len(), 3, "{:?}", bundle.fixes);
-        let top = e.snapshotter().diff_dir(img.chain_id().unwrap().as_str()).unwrap();
+        let top = kiln::snapshot::own_dir(&**e.snapshotter(), img.chain_id().unwrap().as_str()).unwrap();
         if b == Backend::Overlay {
-            let base = e.snapshotter().diff_dir(img.layers[0].chain_id.as_str()).unwrap();
+            let base = kiln::snapshot::own_dir(&**e.snapshotter(), img.layers[0].chain_id.as_str()).unwrap();
             assert!(fs::symlink_metadata(base.join("dev")).unwrap().file_type().is_symlink());
         } else {
             assert!(fs::symlink_metadata(top.join("dev")).unwrap().file_type().is_symlink());
@@ -171,7 +171,7 @@ fn reboot_and_crash_leftovers_are_repaired() {
         // A crash half-way through a create: a directory and a snapshot without a record.
         {
             let meta = Arc::new(kiln::snapshot::Meta::open(&d.path().join("root/meta.redb")).unwrap());
-            meta.write(|w| w.delete_bundle("half").map(|_| ())).unwrap();
+            kiln::bundle::records::Records::open(meta).unwrap().delete("half").unwrap();
         }
         fs::create_dir_all(d.path().join("state/bundles/ghost/rootfs")).unwrap();
         let e = engine(d.path(), b, applier());
@@ -432,9 +432,9 @@ fn verify_finds_damage_and_repair_re_extracts() {
         let report = e.verify(&store, &img).unwrap();
         assert!(report.ok(), "{}: {report:#?}", b.name());
         // Damage: a changed file and a lost one in the committed snapshots.
-        let top = e.snapshotter().diff_dir(img.chain_id().unwrap().as_str()).unwrap();
+        let top = kiln::snapshot::own_dir(&**e.snapshotter(), img.chain_id().unwrap().as_str()).unwrap();
         fs::write(top.join("etc/motd"), b"bit rot").unwrap();
-        let base = e.snapshotter().diff_dir(img.layers[0].chain_id.as_str()).unwrap();
+        let base = kiln::snapshot::own_dir(&**e.snapshotter(), img.layers[0].chain_id.as_str()).unwrap();
         fs::remove_file(base.join("etc/group")).unwrap();
         let report = e.verify(&store, &img).unwrap();
         assert!(report.differences.iter().any(|d| d.starts_with("/etc/motd:")), "{report:#?}");

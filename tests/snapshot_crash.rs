@@ -17,7 +17,7 @@ use common::layout::{single_image, ImageSpec};
 use kiln::bundle::{BundleId, Engine, Options};
 use kiln::convert::Overrides;
 use kiln::image::{self, Reference, ResolveOptions};
-use kiln::snapshot::{Backend, Kind, Snapshotter};
+use kiln::snapshot::{Backend, Kind};
 use kiln::store::Store;
 use snapshot_support::{applier, Scratch};
 
@@ -41,7 +41,7 @@ fn open(dir: &Path, backend: Backend) -> Engine {
 }
 
 fn backend_from(s: &str) -> Backend {
-    Backend::parse(s).unwrap()
+    s.parse().unwrap()
 }
 
 /// The child: loops until killed.

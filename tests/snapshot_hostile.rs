@@ -14,7 +14,7 @@ use std::sync::Arc;
 use common::layer::{Compression, LayerBuilder};
 use common::layout::{single_image, ImageSpec};
 use kiln::image::{self, Reference, ResolveOptions};
-use kiln::snapshot::{Backend, LocalSnapshotter, Meta, Snapshotter, Unpacker};
+use kiln::snapshot::{own_dir, Backend, Meta, Unpacker};
 use kiln::store::Store;
 use snapshot_support::{applier, tree, MountGuard, Scratch, Tree};
 
@@ -25,7 +25,8 @@ fn unpack(backend: Backend, layers: &[LayerBuilder], sentinel: &Path) -> Result<
     let root = d.path().join("root");
     fs::create_dir_all(&root).unwrap();
     let meta = Arc::new(Meta::open(&root.join("meta.redb")).unwrap());
-    let snap = Arc::new(LocalSnapshotter::open(&root, backend, meta).unwrap());
+    let snap = kiln::snapshot::open(&root, backend, meta).unwrap().snapshotter;
+    assert_eq!(snap.name(), backend.name(), "no fallback to another backend here");
     let layout = d.path().join("layout");
     single_image(&layout, &ImageSpec::with_layers(layers.iter().map(|l| l.layer(Compression::Gzip)).collect()), "x");
     let store = Store::open(&layout).unwrap();
@@ -36,7 +37,7 @@ fn unpack(backend: Backend, layers: &[LayerBuilder], sentinel: &Path) -> Result<
     for i in snap.walk().unwrap() {
         // Only whole chains are committed, never an unpack's scratch.
         assert!(!i.key.starts_with("unpack/"), "{i:?}");
-        for (name, path) in dir_xattrs(&snap.diff_dir(&i.key).unwrap()) {
+        for (name, path) in dir_xattrs(&own_dir(&*snap, &i.key).unwrap()) {
             // The kernel writes trusted.overlay.uuid/impure/origin itself when a layer is applied through a
             // mount; redirects, metacopy and user.overlay.* can only come from the image.
             let forbidden = name == "trusted.overlay.redirect"

@@ -101,10 +101,11 @@ fn cold_and_warm_timings() {
 #[ignore]
 fn metadata_transaction_cost() {
     let d = Scratch(common::scratch());
-    let meta = kiln::snapshot::Meta::open(&d.path().join("meta.redb")).unwrap();
+    let meta = std::sync::Arc::new(kiln::snapshot::Meta::open(&d.path().join("meta.redb")).unwrap());
+    let records = kiln::bundle::records::Records::open(meta).unwrap();
     let t = Instant::now();
     for i in 0..100 {
-        meta.write(|w| w.put_bundle(&format!("b{i}"), b"{}")).unwrap();
+        records.put(&format!("b{i}"), b"{}").unwrap();
     }
     println!("meta.redb write transaction on {}: {:?} each", d.path().display(), t.elapsed() / 100);
     let t = Instant::now();

@@ -164,7 +164,7 @@ fn run(config: Config) -> anyhow::Result<()> {
             root = %config.root.display(),
             state = %config.state.display(),
             address = %config.address,
-            snapshotter = config.snapshotter.as_str(),
+            snapshotter = config.snapshotter.name(),
             "kilnd serving"
         );
         lifecycle::notify("READY=1")?;
@@ -199,7 +199,7 @@ mod tests {
             format!("[default: {}]", d.root.display()),
             format!("[default: {}]", d.state.display()),
             format!("i.e. {}]", d.address),
-            format!("[default: {},", d.snapshotter.as_str()),
+            format!("[default: {},", d.snapshotter.name()),
             format!("[default: {}]", d.log.level),
             "[possible values: overlayfs, native]".to_string(),
         ] {
