@@ -466,7 +466,8 @@ fn update_changes_labels_only() {
     for b in BACKENDS {
         let e = env(b);
         let s = &*e.snap;
-        let labels = |kv: &[(&str, &str)]| -> Labels { kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() };
+        let labels =
+            |kv: &[(&str, &str)]| -> Labels { kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() };
         s.prepare("a", None, labels(&[("x", "1"), ("y", "2")])).unwrap();
         s.commit("c", "a", Labels::new()).unwrap();
         let mut info = s.stat("c").unwrap();

@@ -33,12 +33,12 @@ pub mod overlay;
 pub mod storage;
 pub mod unpack;
 
+/// Which backend to open: the configuration's value, so that a backend is named in one place.
+pub use crate::config::SnapshotterKind as Backend;
 /// How whiteouts are written where a layer is applied (the layer module's type).
 pub use crate::layer::WhiteoutMode;
 pub use crate::sys::mount::Mount;
 pub use apply::LayerModule;
-/// Which backend to open: the configuration's value, so that a backend is named in one place.
-pub use crate::config::SnapshotterKind as Backend;
 pub use meta::Meta;
 pub use native::Native;
 pub use overlay::Overlay;

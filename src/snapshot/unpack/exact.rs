@@ -121,7 +121,12 @@ pub fn exact_on(diff: &OwnedFd, lowers: &[OwnedFd], applied: &Applied) -> Result
 /// Each such other name that the merged view still shows as that lower file is removed and linked to the copy
 /// (found as whichever of link and target still is the inode the link had), so the group is one inode, as in
 /// `kiln unpack` and a native copy. Everything by descriptor.
-pub(super) fn relink_groups(mnt: &Path, upper: &Path, lowers: &[OwnedFd], links: &[(PathBuf, PathBuf, u64)]) -> Result<()> {
+pub(super) fn relink_groups(
+    mnt: &Path,
+    upper: &Path,
+    lowers: &[OwnedFd],
+    links: &[(PathBuf, PathBuf, u64)],
+) -> Result<()> {
     if links.is_empty() {
         return Ok(());
     }

@@ -85,4 +85,3 @@ impl Drop for SlotGuard<'_> {
         self.0.cv.notify_one();
     }
 }
-

@@ -407,9 +407,9 @@ impl Unpacker {
                     .map(|d| tree::open_root(Path::new(d)).map_err(Error::from))
                     .collect::<Result<Vec<_>>>()
                     .and_then(|lowers| relink_groups(&mnt, &upper, &lowers, &a.lower_links));
-                relinked.map(|()| a).map_err(|e| {
-                    ApplyError::new(e.kind(), format!("re-linking hard-link groups after copy-up: {e}"))
-                })
+                relinked
+                    .map(|()| a)
+                    .map_err(|e| ApplyError::new(e.kind(), format!("re-linking hard-link groups after copy-up: {e}")))
             }
             other => other,
         };
@@ -587,7 +587,6 @@ impl Drop for LeadGuard {
         self.flights.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.chain_id);
     }
 }
-
 
 #[cfg(test)]
 mod tests;

@@ -133,7 +133,9 @@ impl LayerApplier for FakeApplier {
             Err(ApplyError::new(ErrorKind::Corrupt, "diff_id mismatch"))
         } else {
             let name = layer.chain_id.as_str().replace(':', "-");
-            std::fs::write(dir.join(name), b"x").map(|()| Applied::default()).map_err(|e| ApplyError::new(ErrorKind::Internal, e))
+            std::fs::write(dir.join(name), b"x")
+                .map(|()| Applied::default())
+                .map_err(|e| ApplyError::new(ErrorKind::Internal, e))
         };
         self.running.fetch_sub(1, Ordering::SeqCst);
         r
@@ -300,7 +302,8 @@ fn layers_go_where_the_backend_says() {
         let want = if parentless { WhiteoutMode::Overlay } else { WhiteoutMode::Delete };
         assert!(calls.iter().all(|(_, _, w)| *w == want), "{calls:?}");
         let top = e.snap.stat(ls[2].chain_id.as_str()).unwrap();
-        let files = crate::sys::fs::read_dir_names(&tree::open_root(&e.snap.storage.fs_dir(&top)).unwrap()).unwrap().len();
+        let files =
+            crate::sys::fs::read_dir_names(&tree::open_root(&e.snap.storage.fs_dir(&top)).unwrap()).unwrap().len();
         assert_eq!(files, if parentless { 1 } else { 3 }, "parentless={parentless}");
     }
 }
