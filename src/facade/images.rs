@@ -3,7 +3,7 @@
 use crate::cancel::Cancel;
 use crate::digest::Digest;
 use crate::image::{self, Platform, RefName, Reference, ResolveOptions, ResolvedImage};
-use crate::snapshot::{self, Kind, Snapshotter, UnpackReport};
+use crate::snapshot::{self, Kind, UnpackReport};
 use crate::source;
 use crate::store::Descriptor;
 

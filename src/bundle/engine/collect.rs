@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::{Engine, Result};
 use crate::digest::Digest;
-use crate::snapshot::{self, Kind, Snapshotter};
+use crate::snapshot::{self, Kind};
 
 /// Something that keeps a snapshot chain alive during GC.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,7 +5,7 @@
 use super::{Engine, Result};
 use crate::digest::Digest;
 use crate::image::ResolvedImage;
-use crate::snapshot::{self, Snapshotter, UnpackReport};
+use crate::snapshot::{self, UnpackReport};
 use crate::store::Store;
 use crate::sys::host;
 

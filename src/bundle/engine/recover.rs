@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use super::{Bundle, Engine, Error, Result, SNAPSHOT_PREFIX};
-use crate::snapshot::{self, Snapshotter};
+use crate::snapshot;
 use crate::sys::host;
 
 impl Engine {

@@ -303,7 +303,7 @@ fn layers_go_where_the_backend_says() {
         assert!(calls.iter().all(|(_, _, w)| *w == want), "{calls:?}");
         let top = e.snap.stat(ls[2].chain_id.as_str()).unwrap();
         let files =
-            crate::sys::fs::read_dir_names(&tree::open_root(&e.snap.storage.fs_dir(&top)).unwrap()).unwrap().len();
+            crate::sys::fs::read_dir_names(tree::open_root(&e.snap.storage.fs_dir(&top)).unwrap()).unwrap().len();
         assert_eq!(files, if parentless { 1 } else { 3 }, "parentless={parentless}");
     }
 }
