@@ -20,6 +20,9 @@
 //!   multi-volume headers are always refused.
 //!
 //! No `unwrap` on archive data: every malformed field is a [`TarError`] naming the offset.
+//!
+//! Length: about 600 lines of code and 70 of unit tests; the header state machine (`next_entry`, `real_entry`)
+//! stays in one file, with the field parsers in `tar/fields.rs` and the sparse maps in `tar/sparse.rs`.
 
 use std::io::{self, BufRead};
 
