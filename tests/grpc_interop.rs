@@ -52,7 +52,7 @@ fn python_grpcio_discovers_the_api_by_reflection_and_calls_it() {
         let services: Vec<&str> = r["services"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
         assert_eq!(services, SERVICES, "{version}");
         assert!(r["files"].as_array().unwrap().iter().any(|f| f == "kiln/v1/system.proto"), "{version}: {r}");
-        assert_eq!(r["system_methods"], serde_json::json!(["Gc", "Info"]), "{version}");
+        assert_eq!(r["system_methods"], serde_json::json!(["Fsck", "Gc", "Info"]), "{version}");
         let info = &r["info"];
         assert_eq!(info["version"], env!("CARGO_PKG_VERSION"), "{version}");
         assert_eq!(info["root"], path_str(&k.root), "{version}");
