@@ -3,13 +3,19 @@
 # callers, and kilnd's idle RSS. Root, a release build, umoci and busybox-static (for the demo image).
 #
 #   bench/daemon.sh            # COUNT=1000 CONCURRENCY=1,8,64 WORK=/dev/shm/kiln-bench-daemon
+#   BIN=DIR bench/daemon.sh    # use DIR/{kilnd,kiln,grpc_load} (e.g. copies built from another commit, for an A/B)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 COUNT=${COUNT:-1000}
 CONCURRENCY=${CONCURRENCY:-1,8,64}
 WORK=${WORK:-/dev/shm/kiln-bench-daemon}
 [ "$(id -u)" = 0 ] || { echo "bench: needs root (overlay mounts)"; exit 2; }
-cargo build --release --bin kilnd --bin kiln --example grpc_load >/dev/null
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --bin kilnd --bin kiln --example grpc_load >/dev/null
+  BIN=target/release
+  LOAD=target/release/examples/grpc_load
+fi
+LOAD=${LOAD:-$BIN/grpc_load}
 
 cleanup() {
   [ -n "${pid:-}" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
@@ -20,14 +26,14 @@ trap cleanup EXIT
 rm -rf "$WORK"; mkdir -p "$WORK"
 scripts/demo-image.sh "$WORK/layout" >/dev/null
 
-target/release/kilnd --root "$WORK/root" --state "$WORK/state" --log-level warn &
+"$BIN/kilnd" --root "$WORK/root" --state "$WORK/state" --log-level warn &
 pid=$!
 addr="unix://$WORK/state/kilnd.sock"
 for _ in $(seq 100); do [ -S "$WORK/state/kilnd.sock" ] && break; sleep 0.05; done
 sleep 0.5
 echo "kilnd idle RSS after start: $(awk '/VmRSS/ {print $2, $3}' /proc/$pid/status)"
-target/release/kiln --address "$addr" image import "$WORK/layout" --name busybox --source-ref busybox >/dev/null
-target/release/kiln --address "$addr" image pull busybox >/dev/null
-target/release/examples/grpc_load --address "$addr" --image busybox --concurrency "$CONCURRENCY" --count "$COUNT"
+"$BIN/kiln" --address "$addr" image import "$WORK/layout" --name busybox --source-ref busybox >/dev/null
+"$BIN/kiln" --address "$addr" image pull busybox >/dev/null
+"$LOAD" --address "$addr" --image busybox --concurrency "$CONCURRENCY" --count "$COUNT"
 sleep 1
 echo "kilnd RSS after the load: $(awk '/VmRSS/ {print $2, $3}' /proc/$pid/status); peak: $(awk '/VmHWM/ {print $2, $3}' /proc/$pid/status)"
