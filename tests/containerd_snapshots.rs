@@ -481,3 +481,76 @@ fn ctr_imports_runs_and_collects_on_kiln() {
     }
     assert_eq!(std::fs::read_dir(k.root.join("snapshots")).unwrap().count(), 0, "directories left in snapshots/");
 }
+
+/// Every entry below `dir` with its type, mode, size and content digest (what must not change).
+fn describe(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let body = if m.is_file() { std::fs::read(&p).unwrap() } else { vec![] };
+            out.push(format!("{} {:o} {} {:?}", p.display(), std::os::unix::fs::MetadataExt::mode(&m), m.len(), body));
+            if m.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Layers applied by containerd's own applier into kiln's mounts — links out of the rootfs, then writes
+/// through them, in the same layer and in the next one — change nothing outside the snapshot root.
+#[test]
+fn hostile_layers_applied_by_containerd_stay_inside_kiln() {
+    if !common::require_root() || !common::require_tool("containerd") || !common::require_tool("ctr") {
+        return;
+    }
+    let victim = common::scratch();
+    std::fs::write(victim.path().join("precious"), b"precious\n").unwrap();
+    std::fs::create_dir(victim.path().join("sub")).unwrap();
+    let before = describe(victim.path());
+    let v = path_str(victim.path()).to_owned();
+    let climb = format!("{}{}", "../".repeat(16), v.trim_start_matches('/'));
+    let k = Kilnd::start(&[]);
+    let ctd = Containerd::start(&socket(&k));
+    let work = common::scratch();
+    let links = LayerBuilder::new()
+        .symlink("escape", &v)
+        .symlink("up", &climb)
+        .file("escape/pwned1", b"x", 0o644)
+        .file("up/pwned2", b"x", 0o644)
+        .file("escape/sub/pwned3", b"x", 0o644);
+    let through = LayerBuilder::new()
+        .file("escape/pwned4", b"x", 0o644)
+        .file("up/sub/pwned5", b"x", 0o644)
+        .file("escape/precious", b"overwritten\n", 0o644)
+        .file("up/sub", b"not a directory\n", 0o644);
+    let below = LayerBuilder::new().symlink("escape", &v).symlink("up", &climb);
+    // A hard link to the victim's file through a link (its own image: a failed link ends the layer).
+    let hardlink = LayerBuilder::new().hardlink("hl", "escape/precious").file("hl", b"overwritten\n", 0o644);
+    let images: [(&str, Vec<LayerBuilder>); 4] = [
+        ("docker.io/kiln-test/hostile:same-layer", vec![links.clone()]),
+        ("docker.io/kiln-test/hostile:next-layer", vec![links, through.clone()]),
+        ("docker.io/kiln-test/hostile:links-below", vec![below.clone(), through]),
+        ("docker.io/kiln-test/hostile:hardlink", vec![below, hardlink]),
+    ];
+    for (i, (name, layers)) in images.iter().enumerate() {
+        let dir = work.path().join(i.to_string());
+        std::fs::create_dir(&dir).unwrap();
+        let spec = ImageSpec::with_layers(layers.iter().map(|l| l.layer(Compression::None)).collect());
+        let mut b = LayoutBuilder::new(&dir.join("layout"));
+        let mut desc = b.image(&spec);
+        desc["annotations"] = serde_json::json!({ "io.containerd.image.name": name });
+        b.add(desc, None);
+        b.write_index();
+        let archive = dir.join("image.tar");
+        std::fs::write(&archive, tar_dir(&dir.join("layout"))).unwrap();
+        // containerd may refuse a layer or write it inside the rootfs; either way nothing outside changes.
+        let out = ctd.ctr(&["images", "import", "--snapshotter", SN, path_str(&archive)]);
+        eprintln!("{name}: import {}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+        assert_eq!(describe(victim.path()), before, "{name} changed the host victim");
+    }
+}

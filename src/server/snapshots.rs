@@ -5,7 +5,7 @@
 //! → containerd's messages. The `snapshotter` field every request carries is the plugin's name in containerd's
 //! configuration; it is not checked (one kilnd is one snapshotter).
 //!
-//! May use: the facade, `admission`, the generated `api::containerd`.
+//! May use: the facade, `admission`, the snapshot module's types, the generated `api::containerd`.
 
 use std::sync::Arc;
 

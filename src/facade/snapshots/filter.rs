@@ -10,7 +10,7 @@
 //! value (a present label). Anything else — `~=` regular expressions, `/…/` or `|…|` quotes, other fields —
 //! is refused with [`Error::Filter`] (`InvalidArgument`), never guessed at.
 //!
-//! May use: nothing but its parent.
+//! May use: its parent and `snapshot::Kind`.
 
 use super::super::{Error, Result};
 use super::CtrInfo;
