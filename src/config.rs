@@ -203,7 +203,8 @@ pub struct Config {
     /// Group owning the socket (mode 0660); `None` leaves it root's.
     pub socket_group: Option<String>,
     /// The containerd snapshots API's socket (containerd's `[proxy_plugins.kiln]` address), `unix:///path` or
-    /// an absolute path, with the same mode and group as `address`; empty serves no such socket.
+    /// an absolute path, with the same mode and group as `address`; empty serves no such socket. Left at its
+    /// default while `state` is not, kilnd puts it in `state` instead (as it does `address` for `--state`).
     pub snapshots_address: String,
     pub snapshotter: SnapshotterKind,
     /// Layers extracted at once; 0 means the number of CPUs.
