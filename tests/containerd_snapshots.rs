@@ -554,3 +554,53 @@ fn hostile_layers_applied_by_containerd_stay_inside_kiln() {
         assert_eq!(describe(victim.path()), before, "{name} changed the host victim");
     }
 }
+
+/// Under socket activation (as `systemd/kilnd.socket` and `systemd/kilnd-snapshots.socket` pass them) kilnd
+/// tells its two sockets apart by their names, not their order, and binds neither itself.
+#[test]
+fn socket_activation_passes_both_sockets_by_name() {
+    if !common::require_tool("systemd-socket-activate") {
+        return;
+    }
+    let dir = common::scratch();
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    let (kilnd_sock, snapshots_sock) = (run.join("k.sock"), run.join("s.sock"));
+    let state = dir.path().join("state");
+    let mut child = Command::new("systemd-socket-activate")
+        .arg("-l")
+        .arg(&snapshots_sock)
+        .arg("-l")
+        .arg(&kilnd_sock)
+        .arg("--fdname=containerd-snapshots:kilnd")
+        .arg(env!("CARGO_BIN_EXE_kilnd"))
+        .arg("--root")
+        .arg(dir.path().join("root"))
+        .arg("--state")
+        .arg(&state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn systemd-socket-activate");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(kilnd_sock.exists() && snapshots_sock.exists()) {
+        assert!(Instant::now() < deadline, "systemd-socket-activate did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let info = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("--address")
+        .arg(format!("unix://{}", kilnd_sock.display()))
+        .args(["system", "info"])
+        .output()
+        .unwrap();
+    assert!(info.status.success(), "kiln.v1 on the socket named kilnd: {info:?}");
+    let listed = rt().block_on(async {
+        let addr = format!("unix://{}", snapshots_sock.display());
+        let mut c = SnapshotsClient::new(kiln::client::connect(&addr).await.unwrap());
+        list(&mut c, &[]).await
+    });
+    assert_eq!(listed.expect("the snapshots API on the socket named containerd-snapshots"), vec![]);
+    assert!(!state.join("containerd-snapshots.sock").exists(), "kilnd bound a socket of its own");
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    assert!(child.wait().unwrap().success());
+}
