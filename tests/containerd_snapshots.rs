@@ -413,13 +413,18 @@ fn ok(out: &std::process::Output, what: &str, c: &Containerd, k: &Kilnd) {
     assert!(out.status.success(), "{what}: {out:?}\n--- containerd log:\n{}\n--- kilnd log:\n{}", c.log(), k.log());
 }
 
-/// An oci-archive of a two-layer busybox image named `name` (containerd's name annotation), at `dir/image.tar`.
-fn busybox_archive(dir: &Path, name: &str) -> PathBuf {
+/// An oci-archive of a busybox image of `layers` layers (busybox, then one small file per layer) named `name`
+/// (containerd's name annotation), at `dir/image.tar`.
+fn busybox_archive(dir: &Path, name: &str, layers: usize) -> PathBuf {
     let busybox = std::fs::read("/bin/busybox").unwrap();
     let base =
         LayerBuilder::new().dir("bin", 0o755).file("bin/busybox", &busybox, 0o755).symlink("bin/echo", "busybox");
-    let top = LayerBuilder::new().dir("etc", 0o755).file("etc/kiln-top", b"top\n", 0o644);
-    let spec = ImageSpec::with_layers(vec![base.layer(Compression::Gzip), top.layer(Compression::Gzip)]);
+    let mut blobs = vec![base.layer(Compression::Gzip)];
+    for i in 1..layers {
+        let l = LayerBuilder::new().dir("etc", 0o755).file(&format!("etc/kiln-{i}"), b"top\n", 0o644);
+        blobs.push(l.layer(Compression::Gzip));
+    }
+    let spec = ImageSpec::with_layers(blobs);
     let layout = dir.join("layout");
     let mut b = LayoutBuilder::new(&layout);
     let mut desc = b.image(&spec);
@@ -448,7 +453,7 @@ fn ctr_imports_runs_and_collects_on_kiln() {
     let ctd = Containerd::start(&socket(&k));
     let work = common::scratch();
     let image = "docker.io/kiln-test/busybox:1";
-    let archive = busybox_archive(work.path(), image);
+    let archive = busybox_archive(work.path(), image, 2);
     ok(&ctd.ctr(&["images", "import", "--snapshotter", SN, path_str(&archive)]), "ctr images import", &ctd, &k);
     let rt = rt();
     let committed = rt.block_on(async {
@@ -480,6 +485,40 @@ fn ctr_imports_runs_and_collects_on_kiln() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(std::fs::read_dir(k.root.join("snapshots")).unwrap().count(), 0, "directories left in snapshots/");
+}
+
+/// A chain of 128 layers: containerd mounts kiln's overlay (128 lowerdirs, longer than a page of mount options
+/// on their full paths) and runs a container on it.
+#[test]
+fn ctr_runs_a_128_layer_image_on_kiln() {
+    if !common::require_root()
+        || !common::require_tool("containerd")
+        || !common::require_tool("ctr")
+        || !common::require_tool("runc")
+        || !common::require_static_busybox("/bin/busybox")
+    {
+        return;
+    }
+    let k = Kilnd::start(&[]);
+    let ctd = Containerd::start(&socket(&k));
+    let work = common::scratch();
+    let image = "docker.io/kiln-test/deep:128";
+    let archive = busybox_archive(work.path(), image, 128);
+    ok(&ctd.ctr(&["images", "import", "--snapshotter", SN, path_str(&archive)]), "ctr images import", &ctd, &k);
+    let out = ctd.ctr(&[
+        "run",
+        "--snapshotter",
+        SN,
+        "--rm",
+        image,
+        "kiln-deep",
+        "/bin/busybox",
+        "cat",
+        "/etc/kiln-1",
+        "/etc/kiln-127",
+    ]);
+    ok(&out, "ctr run", &ctd, &k);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "top\ntop\n", "{out:?}");
 }
 
 /// Every entry below `dir` with its type, mode, size and content digest (what must not change).
