@@ -228,7 +228,8 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
-    /// Connections open on the socket at once; one more is closed as soon as it is accepted.
+    /// Connections open on a socket at once (kilnd.sock and the snapshots socket each); one more is closed as
+    /// soon as it is accepted.
     pub max_connections: usize,
     /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`: requests open at once on one connection.
     pub max_streams_per_connection: u32,

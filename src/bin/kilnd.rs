@@ -130,8 +130,10 @@ fn descriptor_limit(config: &Config) {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return };
     let soft = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() { hard } else { soft };
-    // Work needs descriptors too: layer extraction, the store, meta.redb, mounts.
-    let wanted = config.limits.max_connections as u64 + 256;
+    // Work needs descriptors too: layer extraction, the store, meta.redb, mounts. Each socket takes up to
+    // max_connections.
+    let sockets = if config.snapshots_address.is_empty() { 1 } else { 2 };
+    let wanted = config.limits.max_connections as u64 * sockets + 256;
     if soft < wanted {
         tracing::warn!(
             nofile = soft,
