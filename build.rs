@@ -1,16 +1,21 @@
-//! Codegen only: prost/tonic for `proto/kiln/v1`, with `protoc` from the `protoc-bin-vendored` crate so a
-//! fresh machine needs no apt step.
+//! Codegen only: prost/tonic for `proto/kiln/v1` and for kiln's own definition of containerd's snapshots API
+//! (`proto/containerd`), with `protoc` from the `protoc-bin-vendored` crate so a fresh machine needs no apt step.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     // Build scripts are single-threaded: setting the variable here is the documented way to point prost at protoc.
     std::env::set_var("PROTOC", protoc);
     let protos = ["proto/kiln/v1/images.proto", "proto/kiln/v1/bundles.proto", "proto/kiln/v1/system.proto"];
-    for p in protos {
+    let containerd = ["proto/containerd/services/snapshots/v1/snapshots.proto", "proto/containerd/types/mount.proto"];
+    for p in protos.iter().chain(&containerd) {
         println!("cargo:rerun-if-changed={p}");
     }
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("kiln_descriptor.bin"))
         .compile_protos(&protos, &["proto"])?;
+    // Separately, so that kilnd.sock's reflection (kiln_descriptor) keeps describing kiln.v1 only.
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("containerd_descriptor.bin"))
+        .compile_protos(&containerd, &["proto"])?;
     Ok(())
 }

@@ -202,6 +202,10 @@ pub struct Config {
     pub address: String,
     /// Group owning the socket (mode 0660); `None` leaves it root's.
     pub socket_group: Option<String>,
+    /// The containerd snapshots API's socket (containerd's `[proxy_plugins.kiln]` address), `unix:///path` or
+    /// an absolute path, with the same mode and group as `address`; empty serves no such socket. Left at its
+    /// default while `state` is not, kilnd puts it in `state` instead (as it does `address` for `--state`).
+    pub snapshots_address: String,
     pub snapshotter: SnapshotterKind,
     /// Layers extracted at once; 0 means the number of CPUs.
     pub max_concurrent_unpacks: usize,
@@ -224,7 +228,8 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
-    /// Connections open on the socket at once; one more is closed as soon as it is accepted.
+    /// Connections open on a socket at once (kilnd.sock and the snapshots socket each); one more is closed as
+    /// soon as it is accepted.
     pub max_connections: usize,
     /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`: requests open at once on one connection.
     pub max_streams_per_connection: u32,
@@ -313,6 +318,7 @@ impl Default for Config {
             state: PathBuf::from("/run/kiln"),
             address: "unix:///run/kiln/kilnd.sock".into(),
             socket_group: None,
+            snapshots_address: "unix:///run/kiln/containerd-snapshots.sock".into(),
             snapshotter: SnapshotterKind::Overlay,
             max_concurrent_unpacks: 0,
             extra_stores: vec![],
@@ -347,6 +353,14 @@ impl Config {
     /// The socket path named by `address`.
     pub fn socket_path(&self) -> Result<PathBuf, Error> {
         socket_path(&self.address)
+    }
+
+    /// The socket path named by `snapshots_address`, or `None` when it is empty.
+    pub fn snapshots_socket_path(&self) -> Result<Option<PathBuf>, Error> {
+        if self.snapshots_address.is_empty() {
+            return Ok(None);
+        }
+        socket_path_of("snapshots_address", &self.snapshots_address).map(Some)
     }
 
     /// Where bundles' volume directories go.
@@ -389,6 +403,9 @@ impl Config {
                     format!("{p:?} contains a character overlay options cannot carry (, : \\ = newline)"),
                 );
             }
+        }
+        if self.snapshots_socket_path()?.is_some_and(|p| Some(p) == self.socket_path().ok()) {
+            return invalid("snapshots_address", "must differ from address".into());
         }
         self.socket_path()?;
         if let Some(g) = &self.socket_group {
@@ -503,8 +520,13 @@ fn tracing_filter_ok(level: &str) -> Result<(), ()> {
 
 /// `unix:///abs/path` or `/abs/path` → the path. Unix sockets are limited to 107 bytes.
 pub fn socket_path(address: &str) -> Result<PathBuf, Error> {
+    socket_path_of("address", address)
+}
+
+/// [`socket_path`] of the configuration field `field`.
+fn socket_path_of(field: &'static str, address: &str) -> Result<PathBuf, Error> {
     let path = address.strip_prefix("unix://").unwrap_or(address);
-    let invalid = |reason: String| Error::Invalid { field: "address", reason };
+    let invalid = |reason: String| Error::Invalid { field, reason };
     if !path.starts_with('/') {
         return Err(invalid(format!("{address:?} is not unix:///ABSOLUTE/PATH")));
     }
@@ -564,6 +586,8 @@ mod tests {
             ("version = 2", "version"),
             ("root = \"rel\"", "root"),
             ("address = \"tcp://1.2.3.4:5\"", "address"),
+            ("snapshots_address = \"rel.sock\"", "snapshots_address"),
+            ("snapshots_address = \"/run/kiln/kilnd.sock\"", "snapshots_address"),
             ("snapshotter = \"zfs\"", "snapshotter"),
             ("shutdown_timeout_secs = 0", "shutdown_timeout_secs"),
             ("extra_stores = [\"x\"]", "extra_stores"),

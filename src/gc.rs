@@ -1,8 +1,9 @@
 //! Garbage collection of a node: what holds what, and the order things go in.
 //!
 //! - **Roots.** Every image listed in any store of the catalog, resolved for the host platform, holds its chain
-//!   ([`image_roots`]); every bundle holds its snapshot; every active snapshot and view holds itself. All of that
-//!   is the chain's parents too (the marking is the bundle engine's, which owns the snapshot and bundle
+//!   ([`image_roots`]); every bundle holds its snapshot; every active snapshot and view holds itself; containerd
+//!   holds every snapshot it made through its snapshots API (`facade::snapshots`; it removes them itself). All
+//!   of that is the chain's parents too (the marking is the bundle engine's, which owns the snapshot and bundle
 //!   records and the lock that keeps unpacks and creations out while it removes).
 //! - **Order.** Snapshots first, children before parents; then the blobs of the content store no image
 //!   reaches, under the index lock. Extra stores are read-only and never collected.

@@ -29,6 +29,9 @@ struct Flags {
     /// The socket to listen on [default: unix://STATE/kilnd.sock, i.e. unix:///run/kiln/kilnd.sock].
     #[arg(long, value_name = "unix:///PATH")]
     address: Option<String>,
+    /// containerd's snapshots API socket; "" for none [default: unix://STATE/containerd-snapshots.sock].
+    #[arg(long, value_name = "unix:///PATH")]
+    snapshots_address: Option<String>,
     /// How snapshots are stored [default: overlayfs, or native where the kernel has no overlayfs].
     #[arg(long, value_parser = ["overlayfs", "native"])]
     snapshotter: Option<String>,
@@ -56,6 +59,14 @@ fn config(flags: Flags) -> anyhow::Result<Config> {
     }
     if let Some(a) = flags.address {
         c.address = a;
+    }
+    // In the state directory, as kilnd.sock by default, however that was set — unless it was set itself.
+    let d = Config::default();
+    if c.snapshots_address == d.snapshots_address && c.state != d.state {
+        c.snapshots_address = format!("unix://{}", c.state.join("containerd-snapshots.sock").display());
+    }
+    if let Some(a) = flags.snapshots_address {
+        c.snapshots_address = a;
     }
     if let Some(s) = flags.snapshotter {
         c.snapshotter = s.parse::<SnapshotterKind>().map_err(anyhow::Error::msg)?;
@@ -119,8 +130,10 @@ fn descriptor_limit(config: &Config) {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return };
     let soft = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() { hard } else { soft };
-    // Work needs descriptors too: layer extraction, the store, meta.redb, mounts.
-    let wanted = config.limits.max_connections as u64 + 256;
+    // Work needs descriptors too: layer extraction, the store, meta.redb, mounts. Each socket takes up to
+    // max_connections.
+    let sockets = if config.snapshots_address.is_empty() { 1 } else { 2 };
+    let wanted = config.limits.max_connections as u64 * sockets + 256;
     if soft < wanted {
         tracing::warn!(
             nofile = soft,
@@ -134,11 +147,8 @@ fn run(config: Config) -> anyhow::Result<()> {
     descriptor_limit(&config);
     let _lock = lifecycle::lock_root(&config.root, &config.state)?;
     let daemon = server::Daemon::new(config.clone()).context("preparing directories")?;
-    let listener = lifecycle::listen(&config)?;
-    let socket_file = match &listener {
-        lifecycle::Listener::Bound(_, p) => Some(p.clone()),
-        lifecycle::Listener::Inherited(_) => None,
-    };
+    let listeners = lifecycle::listen(&config)?;
+    let socket_files = listeners.bound_files();
     // Every worker thread belongs to an admitted request (limits.concurrent), so the pool never queues.
     let workers = config.limits.concurrent.total() + 16;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -148,7 +158,8 @@ fn run(config: Config) -> anyhow::Result<()> {
         .context("starting tokio")?;
     let deadline = std::time::Duration::from_secs(config.shutdown_timeout_secs);
     let result = runtime.block_on(async move {
-        let listener = listener.into_tokio()?;
+        let listener = listeners.kiln.into_tokio()?;
+        let containerd = listeners.snapshots.map(lifecycle::Listener::into_tokio).transpose()?;
         // Signal handlers exist before READY=1, so a SIGTERM right after readiness drains instead of killing.
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
@@ -164,13 +175,14 @@ fn run(config: Config) -> anyhow::Result<()> {
             root = %config.root.display(),
             state = %config.state.display(),
             address = %config.address,
+            snapshots_address = %config.snapshots_address,
             snapshotter = config.snapshotter.name(),
             "kilnd serving"
         );
         lifecycle::notify("READY=1")?;
-        Ok::<_, anyhow::Error>(server::serve(daemon, listener, shutdown).await?)
+        Ok::<_, anyhow::Error>(server::serve(daemon, listener, containerd, shutdown).await?)
     });
-    if let Some(p) = socket_file {
+    for p in socket_files {
         let _ = kiln::sys::host::remove_file(&p);
     }
     // Blocking work still running past the drain deadline (a stuck import, say) does not hold up exit.

@@ -53,6 +53,11 @@ use volumes::seed_volume;
 /// Key prefix of bundle snapshots.
 pub const SNAPSHOT_PREFIX: &str = "bundle/";
 
+/// Key prefix of the snapshots containerd made through its snapshots API (`facade::Kiln`'s containerd
+/// methods add and strip it). containerd holds them and removes them with its own `Remove`: kiln's GC keeps
+/// them, and start-up recovery leaves them alone.
+pub const CONTAINERD_PREFIX: &str = "containerd/";
+
 /// Bundle engine failures, naming the bundle, path or snapshot.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

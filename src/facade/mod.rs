@@ -6,12 +6,14 @@
 //! ([`bundle::assemble`](crate::bundle::assemble)). `kiln unpack`'s daemonless path is [`unpack`].
 //!
 //! Every method blocks and may be called from many threads at once; the gRPC server calls them through its one
-//! blocking helper. Work that can take long takes a [`Cancel`] and stops with [`Error::Cancelled`].
+//! blocking helper. containerd's snapshots API has its own methods (`ctr_*`, [`snapshots`]), which keep
+//! containerd's keys apart from kiln's. Work that can take long takes a [`Cancel`] and stops with [`Error::Cancelled`].
 //!
 //! May use: everything but `server`, `client` and `api`.
 
 mod bundles;
 mod images;
+pub mod snapshots;
 mod system;
 
 use std::path::{Path, PathBuf};
@@ -21,6 +23,7 @@ use std::time::Duration;
 
 pub use bundles::Created;
 pub use images::{ImageDetails, Listed, Pulled};
+pub use snapshots::{CtrInfo, Filters};
 pub use system::{FsckItem, Info};
 
 use crate::bundle::engine::{BundleLimits, Engine, Options as EngineOptions};
@@ -50,6 +53,11 @@ pub enum Error {
     Import(#[from] crate::source::Error),
     #[error(transparent)]
     Gc(#[from] crate::gc::Error),
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::Error),
+    /// A containerd `List` filter outside the subset kiln reads (`facade::snapshots::filter`).
+    #[error("list filter {filter:?}: {reason}")]
+    Filter { filter: String, reason: String },
     /// An `Images.Get` with `verify` found a layer blob wrong.
     #[error("layer {index} of {count} ({digest}): {reason}")]
     LayerBlob { index: usize, count: usize, digest: crate::digest::Digest, reason: String, kind: ErrorKind },
@@ -72,6 +80,8 @@ impl Error {
             Error::Convert(e) => e.kind(),
             Error::Import(e) => e.kind(),
             Error::Gc(e) => e.kind(),
+            Error::Snapshot(e) => e.kind(),
+            Error::Filter { .. } => ErrorKind::InvalidArgument,
             Error::LayerBlob { kind, .. } => *kind,
             Error::NoArgs { source, .. } => source.kind(),
             Error::NoSuchRef { .. } => ErrorKind::NotFound,

@@ -1,5 +1,6 @@
-//! The daemon's shell around the services: one kilnd per root, the listening socket (inherited from systemd
-//! or bound here, a stale one removed), and readiness notification.
+//! The daemon's shell around the services: one kilnd per root, the listening sockets — kilnd.sock and the
+//! containerd snapshots API's (inherited from systemd or bound here, a stale one removed) — and readiness
+//! notification.
 
 use crate::sys::host;
 use std::fs::File;
@@ -70,18 +71,64 @@ impl Listener {
     }
 }
 
-/// The systemd-passed socket if there is one, else a new socket at the configured address (mode 0660,
-/// group as configured), in a directory only root or kilnd's user can change (else kilnd refuses to start,
-/// naming the directory). A socket file nobody answers on is stale and replaced; a live one means another
-/// daemon is serving there, and kilnd refuses.
-pub fn listen(config: &Config) -> Result<Listener, Error> {
-    if let Some(fd) = crate::sys::listen_fds().into_iter().next() {
-        return Ok(Listener::Inherited(StdUnixListener::from(fd)));
+/// The name a socket unit gives the containerd snapshots socket (`FileDescriptorName=` in
+/// `systemd/kilnd-snapshots.socket`).
+pub const SNAPSHOTS_FD_NAME: &str = "containerd-snapshots";
+
+/// kilnd's listeners: `kilnd.sock`, and the containerd snapshots API's socket unless `snapshots_address` is
+/// empty.
+pub struct Listeners {
+    pub kiln: Listener,
+    pub snapshots: Option<Listener>,
+}
+
+impl Listeners {
+    /// The socket files bound here (removed at exit; systemd removes its own).
+    pub fn bound_files(&self) -> Vec<PathBuf> {
+        [Some(&self.kiln), self.snapshots.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|l| match l {
+                Listener::Bound(_, p) => Some(p.clone()),
+                Listener::Inherited(_) => None,
+            })
+            .collect()
     }
-    let path = config.socket_path().map_err(|e| Error::Io {
-        path: PathBuf::from(&config.address),
+}
+
+/// The systemd-passed sockets if there are any, else new sockets at the configured addresses. Of the passed
+/// ones, the one named [`SNAPSHOTS_FD_NAME`] is the snapshots socket (bound here when none is so named) and
+/// the first other one is kilnd.sock. See [`bind`] for what a socket bound here is like.
+pub fn listen(config: &Config) -> Result<Listeners, Error> {
+    let mut passed = crate::sys::listen_fds();
+    let snapshots_fd = passed.iter().position(|(_, n)| n == SNAPSHOTS_FD_NAME).map(|i| passed.remove(i).0);
+    let kiln = match passed.into_iter().next() {
+        Some((fd, _)) => Listener::Inherited(StdUnixListener::from(fd)),
+        None => {
+            let path = config.socket_path().map_err(|e| Error::Io {
+                path: PathBuf::from(&config.address),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            bind(&path, config)?
+        }
+    };
+    let snapshots_path = config.snapshots_socket_path().map_err(|e| Error::Io {
+        path: PathBuf::from(&config.snapshots_address),
         source: std::io::Error::other(e.to_string()),
     })?;
+    let snapshots = match (snapshots_fd, snapshots_path) {
+        (Some(fd), _) => Some(Listener::Inherited(StdUnixListener::from(fd))),
+        (None, Some(path)) => Some(bind(&path, config)?),
+        (None, None) => None,
+    };
+    Ok(Listeners { kiln, snapshots })
+}
+
+/// A new socket at `path` (mode 0660, group as configured), in a directory only root or kilnd's user can
+/// change (else kilnd refuses to start, naming the directory). A socket file nobody answers on is stale and
+/// replaced; a live one means another daemon is serving there, and kilnd refuses.
+fn bind(path: &Path, config: &Config) -> Result<Listener, Error> {
+    let path = path.to_path_buf();
     if let Some(parent) = path.parent() {
         host::create_dir_all(parent).map_err(sys(parent))?;
         // Whoever can write the socket's directory (or one above it) can swap the socket for their own and

@@ -2,7 +2,8 @@
 //! library facade ([`Kiln`]) through [`admission::run`] (after [`admission::Gates::admit`] gave the request a
 //! slot), the library's `ErrorKind` → a gRPC code in [`status`], and domain → reply. No service touches the
 //! filesystem or decides policy: that is the facade's. Health (`grpc.health.v1`) and
-//! reflection are served beside them. What a caller may hold — connections, streams, message sizes, requests
+//! reflection are served beside them. containerd's snapshots API (`snapshots.rs`) is served on its own socket
+//! by the same daemon, through the same admission gates and limits. What a caller may hold — connections, streams, message sizes, requests
 //! in progress, time — is bounded by `[limits]` of the configuration (`admission.rs`, `transport.rs`).
 //!
 //! May use: everything above it.
@@ -13,6 +14,7 @@ mod bundles;
 mod images;
 pub mod lifecycle;
 pub mod peer;
+mod snapshots;
 mod system;
 pub mod transport;
 mod wire;
@@ -25,6 +27,7 @@ use std::time::Duration;
 use tokio::net::UnixListener;
 use tonic::{Request, Status};
 
+use crate::api::containerd::services::snapshots::v1::snapshots_server::SnapshotsServer;
 use crate::api::v1 as pb;
 use crate::config::Config;
 use crate::error::{Classified, ErrorKind};
@@ -125,11 +128,24 @@ impl Daemon {
     }
 }
 
-/// Serves the kiln.v1 services, health and reflection on `listener` until `shutdown` resolves, then waits
-/// up to the configured deadline for in-flight requests.
+/// Handlers read the caller (credentials, a passed descriptor) as a `peer::Peer`; the connection brings a
+/// `ConnInfo` that holds it.
+fn insert_peer(
+    mut req: tonic::codegen::http::Request<tonic::body::Body>,
+) -> tonic::codegen::http::Request<tonic::body::Body> {
+    if let Some(c) = req.extensions().get::<transport::ConnInfo>().cloned() {
+        req.extensions_mut().insert(c.peer);
+    }
+    req
+}
+
+/// Serves the kiln.v1 services, health and reflection on `listener`, and containerd's snapshots API on
+/// `containerd` when there is one, until `shutdown` resolves, then waits up to the configured deadline for
+/// in-flight requests on both.
 pub async fn serve(
     daemon: Arc<Daemon>,
     listener: UnixListener,
+    containerd: Option<UnixListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -152,27 +168,40 @@ pub async fn serve(
     let secs = |s: u64| (s > 0).then(|| Duration::from_secs(s));
     let (decode, encode) = (limits.max_request_bytes, limits.max_response_bytes);
 
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.changed().await;
+        }
+    };
     // authority.rs rewrites request headers for hyper assuming h2's default SETTINGS_MAX_FRAME_SIZE (16 KiB),
     // SETTINGS_MAX_HEADER_LIST_SIZE (16 KiB) and SETTINGS_HEADER_TABLE_SIZE (4 KiB): set one here, change it there.
-    let mut builder = tonic::transport::Server::builder()
-        // One span per request: every log line of a call carries its method.
-        .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
-        .max_concurrent_streams(limits.max_streams_per_connection)
-        .http2_keepalive_interval(secs(limits.keepalive_interval_secs))
-        .http2_keepalive_timeout(Some(Duration::from_secs(limits.keepalive_timeout_secs)));
-    if let Some(t) = secs(limits.request_timeout_secs) {
-        builder = builder.timeout(t);
-    }
-    let server = builder
-        // Handlers read the caller (credentials, a passed descriptor) as a `peer::Peer`; the connection brings a
-        // `ConnInfo` that holds it.
-        .layer(tower::util::MapRequestLayer::new(|mut req: tonic::codegen::http::Request<tonic::body::Body>| {
-            if let Some(c) = req.extensions().get::<transport::ConnInfo>().cloned() {
-                req.extensions_mut().insert(c.peer);
-            }
-            req
-        }))
+    let builder = || {
+        let mut builder = tonic::transport::Server::builder()
+            // One span per request: every log line of a call carries its method.
+            .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
+            .max_concurrent_streams(limits.max_streams_per_connection)
+            .http2_keepalive_interval(secs(limits.keepalive_interval_secs))
+            .http2_keepalive_timeout(Some(Duration::from_secs(limits.keepalive_timeout_secs)));
+        if let Some(t) = secs(limits.request_timeout_secs) {
+            builder = builder.timeout(t);
+        }
+        builder
+    };
+    let incoming = |l| transport::Incoming::new(l, limits.max_connections, secs(limits.idle_timeout_secs));
+    let snapshots_server = containerd.map(|l| {
+        builder()
+            .layer(tower::util::MapRequestLayer::new(insert_peer))
+            .add_service(
+                SnapshotsServer::new(snapshots::SnapshotsService::new(daemon.clone()))
+                    .max_decoding_message_size(decode)
+                    .max_encoding_message_size(encode),
+            )
+            .serve_with_incoming_shutdown(incoming(l), stopped())
+    });
+    let server = builder()
+        .layer(tower::util::MapRequestLayer::new(insert_peer))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -191,19 +220,22 @@ pub async fn serve(
                 .max_decoding_message_size(decode)
                 .max_encoding_message_size(encode),
         )
-        .serve_with_incoming_shutdown(
-            transport::Incoming::new(listener, limits.max_connections, secs(limits.idle_timeout_secs)),
-            async move {
-                let _ = stop_rx.await;
-            },
-        );
-    let mut server = tokio::spawn(server);
+        .serve_with_incoming_shutdown(incoming(listener), stopped());
+    let mut server = tokio::spawn(async move {
+        let snapshots_server = async move {
+            match snapshots_server {
+                Some(s) => s.await,
+                None => Ok(()),
+            }
+        };
+        tokio::try_join!(server, snapshots_server).map(|_| ())
+    });
     tokio::select! {
         r = &mut server => return r.map_err(|e| Error::Reflection(format!("server task: {e}")))?.map_err(Error::from),
         () = shutdown => {}
     }
     tracing::info!(deadline_secs = deadline.as_secs(), "draining in-flight requests");
-    let _ = stop_tx.send(());
+    let _ = stop_tx.send(true);
     match tokio::time::timeout(deadline, server).await {
         Ok(r) => r.map_err(|e| Error::Reflection(format!("server task: {e}")))?.map_err(Error::from),
         Err(_) => {

@@ -80,11 +80,26 @@ pub struct Info {
     pub labels: Labels,
     /// Seconds since the epoch.
     pub created: u64,
+    /// Seconds since the epoch of the last [`Snapshotter::update`]; 0 in records written before it was kept
+    /// (read it through [`Info::updated_at`]).
+    #[serde(default)]
+    pub updated: u64,
     /// Bytes allocated by this snapshot's own directory, measured at commit (0 before).
     #[serde(default)]
     pub size: u64,
+    /// Inodes of this snapshot's own directory, measured at commit with `size` (0 before, and in records
+    /// written before it was kept).
+    #[serde(default)]
+    pub inodes: u64,
     /// The directory number: `<root>/snapshots/<id>`.
     pub id: u64,
+}
+
+impl Info {
+    /// When the record last changed: its last update, or its creation.
+    pub fn updated_at(&self) -> u64 {
+        self.updated.max(self.created)
+    }
 }
 
 /// Disk use of one snapshot's own data (not its parents').

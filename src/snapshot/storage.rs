@@ -314,7 +314,9 @@ impl Storage {
             kind,
             labels,
             created: now(),
+            updated: 0,
             size: 0,
+            inodes: 0,
             id,
         };
         let recorded = self.meta.write_with(false, |w| {
@@ -372,7 +374,9 @@ impl Storage {
             kind: Kind::Committed,
             labels: if labels.is_empty() { info.labels.clone() } else { labels },
             created: now(),
+            updated: 0,
             size: usage.size,
+            inodes: usage.inodes,
             id: info.id,
         };
         let _st = self.lock();
@@ -456,6 +460,7 @@ impl Storage {
                     return Err(Error::Immutable { key: info.key.clone(), field: (*path).to_owned() });
                 }
             }
+            cur.updated = now();
             w.put_snapshot(&cur)?;
             Ok(cur)
         })

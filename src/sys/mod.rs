@@ -139,12 +139,16 @@ pub fn syncfs(path: &Path) -> Result<()> {
     nix::unistd::syncfs(&f).map_err(|e| SysError::new("syncfs", quoted(path), e))
 }
 
-/// The listening sockets passed by systemd socket activation (`sd_listen_fds`): fds 3.. when `LISTEN_PID` is
-/// this process. The variables are removed so children do not inherit them.
-pub fn listen_fds() -> Vec<OwnedFd> {
+/// The listening sockets passed by systemd socket activation (`sd_listen_fds_with_names`): fds 3.. when
+/// `LISTEN_PID` is this process, each with its name from `LISTEN_FDNAMES` (a socket unit's
+/// `FileDescriptorName=`, by default the unit's name; empty when systemd gave none). The variables are removed
+/// so children do not inherit them.
+pub fn listen_fds() -> Vec<(OwnedFd, String)> {
     use std::os::fd::FromRawFd;
     let pid_ok = std::env::var("LISTEN_PID").ok().and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id());
     let count = std::env::var("LISTEN_FDS").ok().and_then(|n| n.parse::<i32>().ok()).unwrap_or(0);
+    let names: Vec<String> =
+        std::env::var("LISTEN_FDNAMES").map(|n| n.split(':').map(str::to_owned).collect()).unwrap_or_default();
     for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
         std::env::remove_var(var);
     }
@@ -157,8 +161,9 @@ pub fn listen_fds() -> Vec<OwnedFd> {
         // process owns them; the fd is only borrowed to check that it is open before ownership is taken.
         let open = nix::fcntl::fcntl(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }, nix::fcntl::F_GETFD);
         if open.is_ok() {
+            let name = usize::try_from(fd - 3).ok().and_then(|i| names.get(i)).cloned().unwrap_or_default();
             // SAFETY: as above; each fd is taken into ownership exactly once.
-            fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+            fds.push((unsafe { OwnedFd::from_raw_fd(fd) }, name));
         }
     }
     fds

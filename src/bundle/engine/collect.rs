@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::{Engine, Result};
+use super::{Engine, Result, CONTAINERD_PREFIX};
 use crate::digest::Digest;
 use crate::snapshot::{self, Kind};
 
@@ -33,7 +33,8 @@ pub struct GcReport {
 
 impl Engine {
     /// Removes committed snapshots reachable from neither `roots` (usually `gc::image_roots`)
-    /// nor any bundle, and says for each kept snapshot who holds it. Active snapshots are never removed here.
+    /// nor any bundle, and says for each kept snapshot who holds it. Active snapshots and containerd's
+    /// ([`CONTAINERD_PREFIX`]) are never removed here.
     pub fn gc(&self, roots: &[GcRoot], dry_run: bool) -> Result<GcReport> {
         let _gc = self.gc_exclusive("gc")?;
         let infos: BTreeMap<String, snapshot::Info> =
@@ -55,6 +56,11 @@ impl Engine {
         }
         for r in roots {
             mark(Some(r.chain_id.to_string()), &r.holder, &mut holders);
+        }
+        // containerd's snapshots are held by containerd until it removes them (its metadata, not kiln's images,
+        // says what it uses); their parents are containerd's own.
+        for i in infos.values().filter(|i| i.key.starts_with(CONTAINERD_PREFIX)) {
+            mark(Some(i.key.clone()), "containerd (it removes its snapshots itself)", &mut holders);
         }
         for i in infos.values().filter(|i| i.kind != Kind::Committed) {
             let holder = format!("{} snapshot {:?}", i.kind.as_str(), i.key);
@@ -123,5 +129,30 @@ mod tests {
         assert!(engine.gc_lock.try_read().is_ok());
         drop(unpacking);
         engine.gc(&[], true).unwrap();
+    }
+
+    #[test]
+    fn gc_keeps_containerds_snapshots_and_removes_kilns_unheld_ones() {
+        let d = tempfile::tempdir().unwrap();
+        let mut opts = Options::defaults(&d.path().join("root"), &d.path().join("state"));
+        opts.backend = Backend::Native;
+        let engine = Engine::open(opts).unwrap();
+        let s = engine.snapshotter();
+        let commit = |name: &str, parent: Option<&str>| {
+            let active = format!("{name}-active");
+            s.prepare(&active, parent, Default::default()).unwrap();
+            s.commit(name, &active, Default::default()).unwrap();
+        };
+        let base = format!("{CONTAINERD_PREFIX}default/2/sha256:aa");
+        commit(&base, None);
+        commit(&format!("{CONTAINERD_PREFIX}default/4/sha256:bb"), Some(&base));
+        let unheld = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+        commit(unheld, None);
+        let report = engine.gc(&[], false).unwrap();
+        assert_eq!(report.removed.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(), [unheld]);
+        assert_eq!(report.kept.len(), 2, "{report:?}");
+        assert!(report.kept.iter().all(|i| i.reason.contains("containerd")), "{report:?}");
+        let keys: Vec<String> = s.walk().unwrap().into_iter().map(|i| i.key).collect();
+        assert!(keys.iter().all(|k| k.starts_with(CONTAINERD_PREFIX)) && keys.len() == 2, "{keys:?}");
     }
 }

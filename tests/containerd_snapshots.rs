@@ -1,0 +1,647 @@
+#![allow(clippy::disallowed_methods)] // tests build fixtures and inspect mounts by path
+//! kilnd as containerd's snapshotter: the `containerd.services.snapshots.v1` contract over the gRPC surface (a
+//! tonic client from kiln's own generated code, on both backends), and a real containerd 1.6 with ctr using
+//! kilnd as its proxy snapshotter plugin: import, run, image removal and containerd's GC.
+//!
+//! Each test starts its own kilnd (and its own containerd, with its own config, root, state and sockets under
+//! a scratch directory). Needs root; the ctr test needs containerd, ctr, runc and a static busybox, and is
+//! reported SKIPPED without them.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::daemon::{detach_mounts_under, path_str, Kilnd};
+use common::layer::{Compression, LayerBuilder};
+use common::layout::{tar_dir, ImageSpec, LayoutBuilder};
+use kiln::api::containerd::services::snapshots::v1 as pb;
+use kiln::api::containerd::types::Mount;
+use pb::snapshots_client::SnapshotsClient;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+use tonic::Code;
+
+const SN: &str = "kiln";
+const REF: &str = "containerd.io/snapshot.ref";
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+fn socket(k: &Kilnd) -> PathBuf {
+    k.state.join("containerd-snapshots.sock")
+}
+
+async fn client(k: &Kilnd) -> SnapshotsClient<Channel> {
+    let addr = format!("unix://{}", socket(k).display());
+    SnapshotsClient::new(kiln::client::connect(&addr).await.expect("connect to the snapshots socket"))
+}
+
+fn labels(l: &[(&str, &str)]) -> HashMap<String, String> {
+    l.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+async fn prepare(
+    c: &mut SnapshotsClient<Channel>,
+    key: &str,
+    parent: &str,
+    l: &[(&str, &str)],
+) -> Result<Vec<Mount>, tonic::Status> {
+    let r = pb::PrepareSnapshotRequest {
+        snapshotter: SN.into(),
+        key: key.into(),
+        parent: parent.into(),
+        labels: labels(l),
+    };
+    Ok(c.prepare(r).await?.into_inner().mounts)
+}
+
+async fn view(c: &mut SnapshotsClient<Channel>, key: &str, parent: &str) -> Result<Vec<Mount>, tonic::Status> {
+    let r = pb::ViewSnapshotRequest {
+        snapshotter: SN.into(),
+        key: key.into(),
+        parent: parent.into(),
+        labels: HashMap::new(),
+    };
+    Ok(c.view(r).await?.into_inner().mounts)
+}
+
+async fn commit(c: &mut SnapshotsClient<Channel>, name: &str, key: &str) -> Result<(), tonic::Status> {
+    let r = pb::CommitSnapshotRequest {
+        snapshotter: SN.into(),
+        name: name.into(),
+        key: key.into(),
+        labels: HashMap::new(),
+    };
+    c.commit(r).await.map(|_| ())
+}
+
+async fn stat(c: &mut SnapshotsClient<Channel>, key: &str) -> Result<pb::Info, tonic::Status> {
+    let r = pb::StatSnapshotRequest { snapshotter: SN.into(), key: key.into() };
+    Ok(c.stat(r).await?.into_inner().info.expect("info"))
+}
+
+async fn remove(c: &mut SnapshotsClient<Channel>, key: &str) -> Result<(), tonic::Status> {
+    c.remove(pb::RemoveSnapshotRequest { snapshotter: SN.into(), key: key.into() }).await.map(|_| ())
+}
+
+async fn usage(c: &mut SnapshotsClient<Channel>, key: &str) -> Result<pb::UsageResponse, tonic::Status> {
+    Ok(c.usage(pb::UsageRequest { snapshotter: SN.into(), key: key.into() }).await?.into_inner())
+}
+
+async fn list(c: &mut SnapshotsClient<Channel>, filters: &[&str]) -> Result<Vec<pb::Info>, tonic::Status> {
+    let r =
+        pb::ListSnapshotsRequest { snapshotter: SN.into(), filters: filters.iter().map(|f| f.to_string()).collect() };
+    let mut stream = c.list(r).await?.into_inner();
+    let mut out = Vec::new();
+    while let Some(batch) = stream.next().await {
+        out.extend(batch?.info);
+    }
+    Ok(out)
+}
+
+async fn names(c: &mut SnapshotsClient<Channel>, filters: &[&str]) -> Vec<String> {
+    list(c, filters).await.unwrap().into_iter().map(|i| i.name).collect()
+}
+
+fn option<'a>(m: &'a Mount, key: &str) -> Option<&'a str> {
+    m.options.iter().find_map(|o| o.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+}
+
+/// Where a test writes into an active snapshot: the bind's source, or the overlay's upper dir.
+fn writable(ms: &[Mount]) -> PathBuf {
+    match ms {
+        [m] if m.r#type == "bind" => PathBuf::from(&m.source),
+        [m] if m.r#type == "overlay" => PathBuf::from(option(m, "upperdir").expect("upperdir")),
+        other => panic!("unexpected mounts {other:?}"),
+    }
+}
+
+fn is_bind(ms: &[Mount], rw: &str) -> bool {
+    matches!(ms, [m] if m.r#type == "bind" && m.options.iter().any(|o| o == "rbind") && m.options.iter().any(|o| o == rw))
+}
+
+fn restart(k: &mut Kilnd, extra: &[&str]) {
+    assert!(k.stop().success(), "kilnd did not stop cleanly:\n{}", k.log());
+    let log = std::fs::OpenOptions::new().append(true).open(k.dir.path().join("kilnd.log")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_kilnd"))
+        .arg("--root")
+        .arg(&k.root)
+        .arg("--state")
+        .arg(&k.state)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    k.child = Some(child);
+    k.wait_ready();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::os::unix::net::UnixStream::connect(socket(k)).is_err() {
+        assert!(Instant::now() < deadline, "the snapshots socket did not come back");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The contract containerd relies on, on one backend.
+fn contract(backend: &str) {
+    if !common::require_root() {
+        return;
+    }
+    let flags = ["--snapshotter", backend];
+    let mut k = Kilnd::start(&flags);
+    let socket_mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(socket(&k)).unwrap().permissions());
+    assert_eq!(socket_mode & 0o777, 0o660, "the snapshots socket's mode");
+    let rt = rt();
+    let (a, b) = ("default/2/sha256:aaaa", "default/4/sha256:bbbb");
+    let overlay = rt.block_on(async {
+        let mut c = client(&k).await;
+        // A base layer: a writable bind, then committed under containerd's name.
+        let ms = prepare(&mut c, "default/1/extract-1 sha256:aaaa", "", &[]).await.unwrap();
+        assert!(is_bind(&ms, "rw"), "{ms:?}");
+        std::fs::write(writable(&ms).join("a.txt"), b"layer a\n").unwrap();
+        let act = stat(&mut c, "default/1/extract-1 sha256:aaaa").await.unwrap();
+        assert_eq!(act.kind, pb::Kind::Active as i32);
+        let u = usage(&mut c, "default/1/extract-1 sha256:aaaa").await.unwrap();
+        assert!(u.size > 0 && u.inodes >= 1, "{u:?}");
+        // containerd goes on writing after it asked: the commit measures again (the usage asked is not kept).
+        std::fs::write(writable(&ms).join("big.bin"), vec![7u8; 1 << 20]).unwrap();
+        commit(&mut c, a, "default/1/extract-1 sha256:aaaa").await.unwrap();
+        assert_eq!(stat(&mut c, "default/1/extract-1 sha256:aaaa").await.unwrap_err().code(), Code::NotFound);
+        let ia = stat(&mut c, a).await.unwrap();
+        assert_eq!((ia.name.as_str(), ia.parent.as_str(), ia.kind), (a, "", pb::Kind::Committed as i32));
+        assert!(ia.created_at.as_ref().is_some_and(|t| t.seconds > 1_600_000_000), "{ia:?}");
+        let ua = usage(&mut c, a).await.unwrap();
+        assert!(ua.size >= u.size + (1 << 20) && ua.inodes > u.inodes, "{u:?} then {ua:?}");
+
+        // A second layer on it: overlay (upper, work, one lower) or a copy.
+        let ms = prepare(&mut c, "default/3/extract-2 sha256:bbbb", a, &[(REF, "sha256:bbbb")]).await.unwrap();
+        // (overlayfs falls back to native where the kernel cannot do it here, with a warning in the log.)
+        let overlay = ms[0].r#type == "overlay";
+        assert!(overlay || backend == "native" || k.log().contains("overlayfs does not work here"), "{ms:?}");
+        if overlay {
+            let [m] = ms.as_slice() else { panic!("{ms:?}") };
+            assert_eq!(m.r#type, "overlay");
+            assert!(option(m, "workdir").is_some() && option(m, "upperdir").is_some(), "{m:?}");
+            assert_eq!(option(m, "lowerdir").unwrap().split(':').count(), 1, "{m:?}");
+        } else {
+            assert!(is_bind(&ms, "rw"), "{ms:?}");
+        }
+        std::fs::write(writable(&ms).join("b.txt"), b"layer b\n").unwrap();
+        commit(&mut c, b, "default/3/extract-2 sha256:bbbb").await.unwrap();
+        let ib = stat(&mut c, b).await.unwrap();
+        assert_eq!(ib.parent, a);
+        assert_eq!(ib.labels.get(REF).map(String::as_str), Some("sha256:bbbb"), "the active's labels are kept");
+
+        // A container's rootfs on the chain: lowers highest first.
+        let ms = prepare(&mut c, "default/5/c1", b, &[]).await.unwrap();
+        assert_eq!(
+            c.mounts(pb::MountsRequest { snapshotter: SN.into(), key: "default/5/c1".into() })
+                .await
+                .unwrap()
+                .into_inner()
+                .mounts,
+            ms
+        );
+        if overlay {
+            let lowers: Vec<&str> = option(&ms[0], "lowerdir").unwrap().split(':').collect();
+            assert_eq!(lowers.len(), 2, "{ms:?}");
+            assert!(
+                Path::new(lowers[0]).join("b.txt").exists() && Path::new(lowers[1]).join("a.txt").exists(),
+                "{lowers:?}"
+            );
+        } else {
+            let dir = writable(&ms);
+            assert!(dir.join("a.txt").exists() && dir.join("b.txt").exists());
+        }
+        // Views: a read-only bind of one layer; of two, a lowerdir-only overlay (or a read-only copy).
+        let v1 = view(&mut c, "default/6/v1", a).await.unwrap();
+        assert!(is_bind(&v1, "ro"), "{v1:?}");
+        assert!(Path::new(&v1[0].source).join("a.txt").exists());
+        let v2 = view(&mut c, "default/7/v2", b).await.unwrap();
+        if overlay {
+            let [m] = v2.as_slice() else { panic!("{v2:?}") };
+            assert!(m.r#type == "overlay" && option(m, "upperdir").is_none(), "{m:?}");
+            assert_eq!(option(m, "lowerdir").unwrap().split(':').count(), 2);
+        } else {
+            assert!(is_bind(&v2, "ro"), "{v2:?}");
+        }
+        assert_eq!(stat(&mut c, "default/7/v2").await.unwrap().kind, pb::Kind::View as i32);
+
+        // Errors, with the codes containerd maps back.
+        let code = |r: Result<Vec<Mount>, tonic::Status>| r.unwrap_err().code();
+        assert_eq!(code(prepare(&mut c, "default/5/c1", b, &[]).await), Code::AlreadyExists);
+        assert_eq!(code(prepare(&mut c, "default/8/x", "default/404/none", &[]).await), Code::NotFound);
+        assert_eq!(code(prepare(&mut c, "default/8/x", "default/5/c1", &[]).await), Code::FailedPrecondition);
+        assert_eq!(code(prepare(&mut c, "", "", &[]).await), Code::InvalidArgument);
+        assert_eq!(commit(&mut c, "default/9/y", "default/7/v2").await.unwrap_err().code(), Code::FailedPrecondition);
+        assert_eq!(commit(&mut c, "default/9/y", "default/404/none").await.unwrap_err().code(), Code::NotFound);
+        assert_eq!(commit(&mut c, a, "default/5/c1").await.unwrap_err().code(), Code::AlreadyExists);
+        let e = remove(&mut c, a).await.unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+        assert_eq!(remove(&mut c, "default/404/none").await.unwrap_err().code(), Code::NotFound);
+        assert_eq!(stat(&mut c, "sha256:aaaa").await.unwrap_err().code(), Code::NotFound);
+
+        // Labels: one set, one removed by a masked key absent from info.labels; other fields are immutable.
+        let update = |name: &str, l: &[(&str, &str)], paths: &[&str]| pb::UpdateSnapshotRequest {
+            snapshotter: SN.into(),
+            info: Some(pb::Info { name: name.into(), labels: labels(l), ..Default::default() }),
+            update_mask: Some(prost_types::FieldMask { paths: paths.iter().map(|p| p.to_string()).collect() }),
+        };
+        let i = c.update(update(b, &[("x", "1")], &["labels.x"])).await.unwrap().into_inner().info.unwrap();
+        assert_eq!(i.labels, labels(&[("x", "1"), (REF, "sha256:bbbb")]));
+        let i = c.update(update(b, &[], &[&format!("labels.{REF}")])).await.unwrap().into_inner().info.unwrap();
+        assert_eq!(i.labels, labels(&[("x", "1")]));
+        assert!(i.updated_at.unwrap().seconds >= i.created_at.unwrap().seconds);
+        assert_eq!(stat(&mut c, b).await.unwrap().labels, labels(&[("x", "1")]));
+        let e = c.update(update(b, &[], &["parent"])).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        let i = c.update(update(a, &[(REF, "sha256:aaaa")], &["labels"])).await.unwrap().into_inner().info.unwrap();
+        assert_eq!(i.labels, labels(&[(REF, "sha256:aaaa")]));
+
+        // List, with the filters containerd sends.
+        let all = ["default/2/sha256:aaaa", "default/4/sha256:bbbb", "default/5/c1", "default/6/v1", "default/7/v2"];
+        assert_eq!(names(&mut c, &[]).await, all);
+        assert_eq!(names(&mut c, &[r#"labels."containerd.io/snapshot.ref"==sha256:aaaa,parent=="""#]).await, [a]);
+        assert_eq!(names(&mut c, &[&format!(r#"parent=="{a}""#)]).await, [b, "default/6/v1"]);
+        assert_eq!(names(&mut c, &["kind==view", "labels.x"]).await, [b, "default/6/v1", "default/7/v2"]);
+        let e = list(&mut c, &["name~=default/.*"]).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+
+        // Concurrent prepares of one key: one wins, the others are told it exists.
+        let mut tasks = Vec::new();
+        for _ in 0..6 {
+            let mut c = c.clone();
+            tasks.push(tokio::spawn(async move { prepare(&mut c, "default/10/race", b, &[]).await.map(|_| ()) }));
+        }
+        let mut codes = Vec::new();
+        for t in tasks {
+            codes.push(t.await.unwrap().err().map(|e| e.code()));
+        }
+        assert_eq!(codes.iter().filter(|c| c.is_none()).count(), 1, "{codes:?}");
+        assert!(codes.iter().all(|c| matches!(c, None | Some(Code::AlreadyExists))), "{codes:?}");
+        remove(&mut c, "default/10/race").await.unwrap();
+        overlay
+    });
+    assert!(overlay || backend == "native" || k.log().contains("overlayfs does not work here"));
+
+    // kiln's own GC keeps containerd's snapshots (containerd holds them).
+    let out = k.kiln(&["system", "gc"]);
+    assert!(out.status.success(), "{out:?}");
+    // A restart keeps them, mounts and all.
+    restart(&mut k, &flags);
+    rt.block_on(async {
+        let mut c = client(&k).await;
+        assert_eq!(names(&mut c, &[]).await.len(), 5);
+        let ms = c.mounts(pb::MountsRequest { snapshotter: SN.into(), key: "default/5/c1".into() }).await.unwrap();
+        let ms = ms.into_inner().mounts;
+        assert!(writable(&ms).is_dir(), "{ms:?}");
+        assert_eq!(stat(&mut c, b).await.unwrap().labels, labels(&[("x", "1")]));
+        // containerd's GC order: children first, then cleanup.
+        for key in ["default/7/v2", "default/6/v1", "default/5/c1", b, a] {
+            remove(&mut c, key).await.unwrap_or_else(|e| panic!("remove {key}: {e:?}"));
+        }
+        c.cleanup(pb::CleanupRequest { snapshotter: SN.into() }).await.unwrap();
+        assert!(names(&mut c, &[]).await.is_empty());
+    });
+    let snapshots = std::fs::read_dir(k.root.join("snapshots")).unwrap().count();
+    assert_eq!(snapshots, 0, "directories left under snapshots/");
+}
+
+#[test]
+fn contract_overlayfs() {
+    contract("overlayfs");
+}
+
+#[test]
+fn contract_native() {
+    contract("native");
+}
+
+#[test]
+fn an_empty_snapshots_address_serves_no_second_socket() {
+    let k = Kilnd::start(&["--snapshots-address", ""]);
+    assert!(!socket(&k).exists());
+    assert!(k.kiln(&["system", "info"]).status.success());
+}
+
+/// A containerd of its own: config, root, state and sockets under a scratch directory, kiln as a proxy
+/// snapshotter plugin, the CRI plugin off.
+struct Containerd {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    address: PathBuf,
+}
+
+impl Containerd {
+    fn start(snapshots: &Path) -> Containerd {
+        let dir = common::scratch();
+        let d = dir.path();
+        let address = d.join("containerd.sock");
+        let config = format!(
+            r#"version = 2
+root = "{root}"
+state = "{state}"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "{address}"
+[ttrpc]
+  address = "{address}.ttrpc"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{opt}"
+[proxy_plugins.kiln]
+  type = "snapshot"
+  address = "{snapshots}"
+"#,
+            root = d.join("root").display(),
+            state = d.join("state").display(),
+            address = address.display(),
+            opt = d.join("opt").display(),
+            snapshots = snapshots.display(),
+        );
+        std::fs::write(d.join("config.toml"), config).unwrap();
+        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn containerd");
+        let c = Containerd { child: Some(child), dir, address };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !c.ctr(&["version"]).status.success() {
+            assert!(Instant::now() < deadline, "containerd did not answer:\n{}", c.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        c
+    }
+
+    fn ctr(&self, args: &[&str]) -> std::process::Output {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(&self.address)
+            .args(["--namespace", "default"])
+            .args(args)
+            .output()
+            .expect("ctr")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        detach_mounts_under(self.dir.path());
+    }
+}
+
+fn ok(out: &std::process::Output, what: &str, c: &Containerd, k: &Kilnd) {
+    assert!(out.status.success(), "{what}: {out:?}\n--- containerd log:\n{}\n--- kilnd log:\n{}", c.log(), k.log());
+}
+
+/// An oci-archive of a busybox image of `layers` layers (busybox, then one small file per layer) named `name`
+/// (containerd's name annotation), at `dir/image.tar`.
+fn busybox_archive(dir: &Path, name: &str, layers: usize) -> PathBuf {
+    let busybox = std::fs::read("/bin/busybox").unwrap();
+    let base =
+        LayerBuilder::new().dir("bin", 0o755).file("bin/busybox", &busybox, 0o755).symlink("bin/echo", "busybox");
+    let mut blobs = vec![base.layer(Compression::Gzip)];
+    for i in 1..layers {
+        let l = LayerBuilder::new().dir("etc", 0o755).file(&format!("etc/kiln-{i}"), b"top\n", 0o644);
+        blobs.push(l.layer(Compression::Gzip));
+    }
+    let spec = ImageSpec::with_layers(blobs);
+    let layout = dir.join("layout");
+    let mut b = LayoutBuilder::new(&layout);
+    let mut desc = b.image(&spec);
+    desc["annotations"] = serde_json::json!({
+        "io.containerd.image.name": name,
+        "org.opencontainers.image.ref.name": "1",
+    });
+    b.add(desc, None);
+    b.write_index();
+    let archive = dir.join("image.tar");
+    std::fs::write(&archive, tar_dir(&layout)).unwrap();
+    archive
+}
+
+#[test]
+fn ctr_imports_runs_and_collects_on_kiln() {
+    if !common::require_root()
+        || !common::require_tool("containerd")
+        || !common::require_tool("ctr")
+        || !common::require_tool("runc")
+        || !common::require_static_busybox("/bin/busybox")
+    {
+        return;
+    }
+    let k = Kilnd::start(&[]);
+    let ctd = Containerd::start(&socket(&k));
+    let work = common::scratch();
+    let image = "docker.io/kiln-test/busybox:1";
+    let archive = busybox_archive(work.path(), image, 2);
+    ok(&ctd.ctr(&["images", "import", "--snapshotter", SN, path_str(&archive)]), "ctr images import", &ctd, &k);
+    let rt = rt();
+    let committed = rt.block_on(async {
+        let mut c = client(&k).await;
+        list(&mut c, &[]).await.unwrap()
+    });
+    assert_eq!(committed.len(), 2, "two committed layers in kiln: {committed:?}");
+    assert!(committed.iter().all(|i| i.kind == pb::Kind::Committed as i32), "{committed:?}");
+    // The names are containerd's own, opaque (namespace/sequence/ChainID), and the chain is linked by them.
+    assert!(committed.iter().all(|i| i.name.starts_with("default/") && i.name.contains("sha256:")), "{committed:?}");
+    assert!(committed.iter().any(|i| committed.iter().any(|p| p.name == i.parent)), "{committed:?}");
+
+    let out = ctd.ctr(&["run", "--snapshotter", SN, "--rm", image, "kiln-c1", "/bin/echo", "hello from kiln"]);
+    ok(&out, "ctr run", &ctd, &k);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end(), "hello from kiln", "{out:?}");
+
+    // The image goes, and containerd's GC removes its snapshots from kiln.
+    ok(&ctd.ctr(&["images", "rm", "--sync", image]), "ctr images rm", &ctd, &k);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = rt.block_on(async {
+            let mut c = client(&k).await;
+            names(&mut c, &[]).await
+        });
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "containerd's GC left {left:?} in kiln:\n{}", ctd.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(std::fs::read_dir(k.root.join("snapshots")).unwrap().count(), 0, "directories left in snapshots/");
+}
+
+/// A chain of 128 layers: containerd mounts kiln's overlay (128 lowerdirs, longer than a page of mount options
+/// on their full paths) and runs a container on it.
+#[test]
+fn ctr_runs_a_128_layer_image_on_kiln() {
+    if !common::require_root()
+        || !common::require_tool("containerd")
+        || !common::require_tool("ctr")
+        || !common::require_tool("runc")
+        || !common::require_static_busybox("/bin/busybox")
+    {
+        return;
+    }
+    let k = Kilnd::start(&[]);
+    let ctd = Containerd::start(&socket(&k));
+    let work = common::scratch();
+    let image = "docker.io/kiln-test/deep:128";
+    let archive = busybox_archive(work.path(), image, 128);
+    ok(&ctd.ctr(&["images", "import", "--snapshotter", SN, path_str(&archive)]), "ctr images import", &ctd, &k);
+    let out = ctd.ctr(&[
+        "run",
+        "--snapshotter",
+        SN,
+        "--rm",
+        image,
+        "kiln-deep",
+        "/bin/busybox",
+        "cat",
+        "/etc/kiln-1",
+        "/etc/kiln-127",
+    ]);
+    ok(&out, "ctr run", &ctd, &k);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "top\ntop\n", "{out:?}");
+}
+
+/// Every entry below `dir` with its type, mode, size and content digest (what must not change).
+fn describe(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let body = if m.is_file() { std::fs::read(&p).unwrap() } else { vec![] };
+            out.push(format!("{} {:o} {} {:?}", p.display(), std::os::unix::fs::MetadataExt::mode(&m), m.len(), body));
+            if m.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Layers applied by containerd's own applier into kiln's mounts — links out of the rootfs, then writes
+/// through them, in the same layer and in the next one — change nothing outside the snapshot root.
+#[test]
+fn hostile_layers_applied_by_containerd_stay_inside_kiln() {
+    if !common::require_root() || !common::require_tool("containerd") || !common::require_tool("ctr") {
+        return;
+    }
+    let victim = common::scratch();
+    std::fs::write(victim.path().join("precious"), b"precious\n").unwrap();
+    std::fs::create_dir(victim.path().join("sub")).unwrap();
+    let before = describe(victim.path());
+    let v = path_str(victim.path()).to_owned();
+    let climb = format!("{}{}", "../".repeat(16), v.trim_start_matches('/'));
+    let k = Kilnd::start(&[]);
+    let ctd = Containerd::start(&socket(&k));
+    let work = common::scratch();
+    let links = LayerBuilder::new()
+        .symlink("escape", &v)
+        .symlink("up", &climb)
+        .file("escape/pwned1", b"x", 0o644)
+        .file("up/pwned2", b"x", 0o644)
+        .file("escape/sub/pwned3", b"x", 0o644);
+    let through = LayerBuilder::new()
+        .file("escape/pwned4", b"x", 0o644)
+        .file("up/sub/pwned5", b"x", 0o644)
+        .file("escape/precious", b"overwritten\n", 0o644)
+        .file("up/sub", b"not a directory\n", 0o644);
+    let below = LayerBuilder::new().symlink("escape", &v).symlink("up", &climb);
+    // A hard link to the victim's file through a link (its own image: a failed link ends the layer).
+    let hardlink = LayerBuilder::new().hardlink("hl", "escape/precious").file("hl", b"overwritten\n", 0o644);
+    let images: [(&str, Vec<LayerBuilder>); 4] = [
+        ("docker.io/kiln-test/hostile:same-layer", vec![links.clone()]),
+        ("docker.io/kiln-test/hostile:next-layer", vec![links, through.clone()]),
+        ("docker.io/kiln-test/hostile:links-below", vec![below.clone(), through]),
+        ("docker.io/kiln-test/hostile:hardlink", vec![below, hardlink]),
+    ];
+    for (i, (name, layers)) in images.iter().enumerate() {
+        let dir = work.path().join(i.to_string());
+        std::fs::create_dir(&dir).unwrap();
+        let spec = ImageSpec::with_layers(layers.iter().map(|l| l.layer(Compression::None)).collect());
+        let mut b = LayoutBuilder::new(&dir.join("layout"));
+        let mut desc = b.image(&spec);
+        desc["annotations"] = serde_json::json!({ "io.containerd.image.name": name });
+        b.add(desc, None);
+        b.write_index();
+        let archive = dir.join("image.tar");
+        std::fs::write(&archive, tar_dir(&dir.join("layout"))).unwrap();
+        // containerd may refuse a layer or write it inside the rootfs; either way nothing outside changes.
+        let out = ctd.ctr(&["images", "import", "--snapshotter", SN, path_str(&archive)]);
+        eprintln!("{name}: import {}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+        assert_eq!(describe(victim.path()), before, "{name} changed the host victim");
+    }
+}
+
+/// Under socket activation (as `systemd/kilnd.socket` and `systemd/kilnd-snapshots.socket` pass them) kilnd
+/// tells its two sockets apart by their names, not their order, and binds neither itself.
+#[test]
+fn socket_activation_passes_both_sockets_by_name() {
+    if !common::require_tool("systemd-socket-activate") {
+        return;
+    }
+    let dir = common::scratch();
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    let (kilnd_sock, snapshots_sock) = (run.join("k.sock"), run.join("s.sock"));
+    let state = dir.path().join("state");
+    let mut child = Command::new("systemd-socket-activate")
+        .arg("-l")
+        .arg(&snapshots_sock)
+        .arg("-l")
+        .arg(&kilnd_sock)
+        .arg("--fdname=containerd-snapshots:kilnd")
+        .arg(env!("CARGO_BIN_EXE_kilnd"))
+        .arg("--root")
+        .arg(dir.path().join("root"))
+        .arg("--state")
+        .arg(&state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn systemd-socket-activate");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(kilnd_sock.exists() && snapshots_sock.exists()) {
+        assert!(Instant::now() < deadline, "systemd-socket-activate did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let info = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("--address")
+        .arg(format!("unix://{}", kilnd_sock.display()))
+        .args(["system", "info"])
+        .output()
+        .unwrap();
+    assert!(info.status.success(), "kiln.v1 on the socket named kilnd: {info:?}");
+    let listed = rt().block_on(async {
+        let addr = format!("unix://{}", snapshots_sock.display());
+        let mut c = SnapshotsClient::new(kiln::client::connect(&addr).await.unwrap());
+        list(&mut c, &[]).await
+    });
+    assert_eq!(listed.expect("the snapshots API on the socket named containerd-snapshots"), vec![]);
+    assert!(!state.join("containerd-snapshots.sock").exists(), "kilnd bound a socket of its own");
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    assert!(child.wait().unwrap().success());
+}
