@@ -977,3 +977,26 @@ fn fuzz_hardlink_to_itself_is_refused() {
     // Alone, too (it was a no-op that made its parents).
     all_fail(&h.check("fuzz-self-hardlink-parents", &[LayerBuilder::new().hardlink("b/c/a", "b/c/a")]));
 }
+
+/// A directory whose lower copy was set-group-ID, replaced in one layer by a file and then by a directory of
+/// its own (0755), gets an implicit child made by the same layer: the child is made in the new 0755 directory
+/// (kernel: no set-group-ID to inherit), never in the lower one, on every path. Found by the stack fuzzer
+/// (seed 0xbeef, stack 99523): the overlay paths gave `c/c` the lower `c`'s 02755.
+#[test]
+fn fuzz_implicit_child_of_a_replaced_setgid_dir_has_no_setgid() {
+    let Some(mut h) = harness() else { return };
+    let layers = vec![
+        LayerBuilder::new().dir("c", 0o2755),
+        LayerBuilder::new().file("c", b"hello\n", 0o777).dir("/c", 0o755).symlink("c/c/b", "../../../a"),
+    ];
+    let first = layers;
+    let layers = vec![
+        LayerBuilder::new().dir("c", 0o2755),
+        LayerBuilder::new().file("c", b"hello\n", 0o777).dir("c", 0o755).file("c/c/f", b"x", 0o644),
+    ];
+    let r = h.check("fuzz-replaced-setgid-dir-implicit-child-file", &layers);
+    expect(tree(&r), "c/c", "made in the new 0755 c", |e| e.mode == 0o755);
+    let r = h.check("fuzz-replaced-setgid-dir-implicit-child", &first);
+    expect(tree(&r), "c", "the entry's 0755", |e| e.mode == 0o755);
+    expect(tree(&r), "c/c", "made in the new 0755 c", |e| e.mode == 0o755);
+}

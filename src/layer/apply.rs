@@ -115,8 +115,8 @@ struct Applier<'a> {
     implicit: HashSet<Vec<u8>>,
     /// The layer has an entry for the root itself.
     root_listed: bool,
-    /// Directories made for an entry's parent over this layer's own whiteout (overlay mode): new, not the
-    /// lower one.
+    /// Directories made over something this layer wrote there (its own whiteout, file, link or node; overlay
+    /// mode), for an entry's parent or listed: new, not the lower one.
     fresh: HashSet<Vec<u8>>,
     /// Directories made (overlay mode) only to hold a whiteout or an opaque marker.
     marker: HashSet<Vec<u8>>,
@@ -424,6 +424,11 @@ impl Applier<'_> {
                     // already deleted.
                     sfs::mkdirat(pfd, os(name), 0o700).map_err(|e| self.sys(path, e))?;
                     self.set_opaque(pfd, path, name)?;
+                    // New, not the lower directory: what the layer makes in it before its attributes are set
+                    // inherits nothing from the lower one (found by the stack fuzzer: seed 0xbeef, stack 99523,
+                    // a set-group-ID lower directory replaced by a file and then a directory).
+                    self.retain(path.len())?;
+                    self.fresh.insert(path.to_vec());
                     make = false;
                 }
             }
