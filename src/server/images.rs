@@ -108,12 +108,16 @@ impl pb::images_server::Images for ImagesService {
         let d = self.daemon.clone();
         let stream = admission::stream(ticket, move |t, progress| {
             let _slot = slot;
-            let mut report = |p: source::ImportProgress| progress.report(wire::import_progress(&p));
+            let mut last = source::ImportProgress::default();
+            let mut report = |p: source::ImportProgress| {
+                last = p;
+                progress.report(wire::import_progress(&p))
+            };
             let imported = d
                 .kiln
                 .import(source, &access, &source_ref, name.as_ref(), &mut report, &t.cancel())
                 .map_err(|e| failed(t, e))?;
-            Ok(wire::imported(&imported))
+            Ok(wire::imported(&imported, &last))
         });
         Ok(Response::new(Box::pin(stream)))
     }

@@ -123,14 +123,15 @@ pub fn import_progress(p: &crate::source::ImportProgress) -> pb::ImportProgress 
     }
 }
 
-/// The last message of an import: the images named.
-pub fn imported(imported: &[crate::source::Imported]) -> pb::ImportProgress {
+/// The last message of an import: the images named, and the totals of the last progress report (progress is
+/// lossy: a caller may see this message only, and its numbers are then the whole story).
+pub fn imported(imported: &[crate::source::Imported], last: &crate::source::ImportProgress) -> pb::ImportProgress {
     let images: Vec<pb::ImportedImage> = imported
         .iter()
         .map(|i| pb::ImportedImage { ref_name: i.ref_name.clone(), digest: i.descriptor.digest.to_string() })
         .collect();
     let digest = images.first().map(|i| i.digest.clone()).unwrap_or_default();
-    pb::ImportProgress { done: true, digest, images, ..Default::default() }
+    pb::ImportProgress { done: true, digest, images, ..import_progress(last) }
 }
 
 /// The caller's overrides, CRI-style: empty lists and strings mean "not given".
