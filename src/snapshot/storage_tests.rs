@@ -42,14 +42,13 @@ fn committed(s: &Storage, name: &str, parent: Option<&str>) -> Info {
 
 #[test]
 fn open_makes_private_dirs_and_reports_nothing_on_a_clean_root() {
-    use std::os::unix::fs::PermissionsExt;
     let e = env();
     let m = meta(&e.root);
-    fs::set_permissions(&e.root, fs::Permissions::from_mode(0o755)).unwrap();
+    crate::sys::host::chmod(&e.root, 0o755).unwrap();
     let s = Storage::open(&e.root, m).unwrap();
     assert!(s.recovered().is_empty(), "{:?}", s.recovered());
     for d in ["", "snapshots", "tmp"] {
-        let mode = fs::metadata(e.root.join(d)).unwrap().permissions().mode() & 0o777;
+        let mode = crate::sys::host::lstat(&e.root.join(d)).unwrap().st_mode & 0o777;
         assert_eq!(mode, 0o700, "{d:?}");
     }
 }
@@ -65,7 +64,7 @@ fn records_without_dirs_are_dropped_with_what_is_built_on_them() {
     s.create("active-on-child", Some("child"), Kind::Active, Labels::new(), &empty).unwrap();
     drop(s);
     // A power cut rolled back the directory but not the record.
-    fs::remove_dir_all(e.root.join(format!("snapshots/{}", gone.id))).unwrap();
+    crate::sys::tree::remove_tree(&e.root.join(format!("snapshots/{}", gone.id))).unwrap();
     let s = Storage::open(&e.root, m).unwrap();
     assert_eq!(keys(&s), ["keep"]);
     let dropped: Vec<&String> = s.recovered().iter().filter(|l| l.starts_with("dropped record")).collect();
