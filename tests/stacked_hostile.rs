@@ -1000,3 +1000,31 @@ fn fuzz_implicit_child_of_a_replaced_setgid_dir_has_no_setgid() {
     expect(tree(&r), "c", "the entry's 0755", |e| e.mode == 0o755);
     expect(tree(&r), "c/c", "made in the new 0755 c", |e| e.mode == 0o755);
 }
+
+/// A hard link whose target's path runs through the very link the entry replaces (`L1: b -> /`,
+/// `L2: a/c -> ../a`, `L3: b/b/b` linked to `b/a/c`: the name is `b` itself, and so is the target's first step)
+/// is refused on every path: before the name is replaced the target is `a/c`, after it there is none, and
+/// appliers differ on which they take (umoci removes the name first and fails). A link it replaces that the
+/// target's path does not run through is replaced as usual. Found by the stack fuzzer (seed 0xf00d, stack 3852).
+#[test]
+fn fuzz_hardlink_through_the_link_it_replaces_is_refused() {
+    let Some(mut h) = harness() else { return };
+    let layers = vec![
+        LayerBuilder::new().symlink("b", "/"),
+        LayerBuilder::new().symlink("a/c", "../a"),
+        LayerBuilder::new().hardlink("b/b/b", "b/a/c"),
+    ];
+    let r = h.check("fuzz-hardlink-through-replaced-link", &layers);
+    all_fail(&r);
+    assert!(r.summary().contains("which this link replaces"), "the error names the cause:\n{}", r.summary());
+
+    let layers = vec![
+        LayerBuilder::new().symlink("b", "/").symlink("x", "y"),
+        LayerBuilder::new().file("a/c", b"c\n", 0o644),
+        LayerBuilder::new().hardlink("b/b/x", "b/a/c"),
+    ];
+    let r = h.check("fuzz-hardlink-through-other-link", &layers);
+    let t = tree(&r);
+    expect(t, "x", "a second name of a/c", |e| e.kind == FileKind::File && e.hardlinks.iter().any(|p| p == "a/c"));
+    expect(t, "b", "the link to /", |e| e.link.as_deref() == Some("/"));
+}

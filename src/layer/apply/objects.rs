@@ -133,6 +133,7 @@ impl Applier<'_> {
             let c = self.canon_after_resolve(&fd, tparent);
             (Rc::new(fd), c)
         };
+        let target_crossed = !tparent.is_empty() && self.last_crossed;
         let st = sfs::fstatat_nofollow(&*tfd, os(tname)).map_err(|e| err_target(self, e))?;
         if self.opts.whiteout_mode == WhiteoutMode::Overlay && sfs::file_type(&st) == SFlag::S_IFCHR && st.st_rdev == 0
         {
@@ -155,7 +156,33 @@ impl Applier<'_> {
                 return Ok(());
             }
         }
+        let replaces_link = target_crossed
+            && sfs::fstatat_nofollow(pfd, os(name)).is_ok_and(|cur| sfs::file_type(&cur) == SFlag::S_IFLNK);
         self.remove_existing(pfd, path, name)?;
+        if replaces_link {
+            // The target's path ran through a link, and the name this entry replaces is a link: if it was one
+            // the path ran through, the target means one thing before the name is replaced and another after
+            // (`L1: b -> /`, `L2: a/c -> ../a`, `L3: b/b/b` linked to `b/a/c`). Tar writers never make this,
+            // and appliers differ on it (umoci and containerd remove the name first, then find no target):
+            // refused, whichever way it would go. Found by the stack fuzzer (seed 0xf00d, stack 3852).
+            let after = self
+                .resolve(tparent, OFlag::O_PATH | OFlag::O_DIRECTORY)
+                .and_then(|fd| sfs::fstatat_nofollow(&fd, os(tname)));
+            if !after.is_ok_and(|a| a.st_ino == st.st_ino && a.st_dev == st.st_dev) {
+                return Err(err_target(
+                    self,
+                    SysError::new(
+                        "linkat",
+                        format!(
+                            "{:?} (its path runs through {:?}, which this link replaces)",
+                            lossy(link),
+                            lossy(path)
+                        ),
+                        Errno::ENOENT,
+                    ),
+                ));
+            }
+        }
         sfs::linkat(&*tfd, os(tname), pfd, os(name)).map_err(|e| err_target(self, e))?;
         if !self.created.contains(&ctarget) {
             // A link to a file of a lower layer: through an overlay mount the kernel copied it up, splitting it
