@@ -645,3 +645,140 @@ fn socket_activation_passes_both_sockets_by_name() {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
     assert!(child.wait().unwrap().success());
 }
+
+const MANIFEST: &str = "containerd.io/snapshot/cri.manifest-digest";
+const LAYER: &str = "containerd.io/snapshot/cri.layer-digest";
+
+/// Mounts `ms` (one mount) read-only at a new directory under `dir`, runs `f` on it, unmounts.
+fn with_mounted<T>(dir: &Path, ms: &[Mount], f: impl FnOnce(&Path) -> T) -> T {
+    let [m] = ms else { panic!("{ms:?}") };
+    let at = dir.join(format!("mnt-{}", std::process::id()));
+    std::fs::create_dir_all(&at).unwrap();
+    let opts = m.options.join(",");
+    let st = Command::new("mount").args(["-t", &m.r#type, "-o", &opts, &m.source]).arg(&at).status().unwrap();
+    assert!(st.success(), "mount {m:?}");
+    let out = f(&at);
+    assert!(Command::new("umount").arg(&at).status().unwrap().success());
+    out
+}
+
+/// containerd's remote-snapshot protocol, as CRI drives it: layer `Prepare`s carrying the target ChainID and
+/// CRI's manifest and layer digests, for an image kiln's store has, are answered AlreadyExists with
+/// `kiln/<ChainID>` committed by kiln's own unpack (one directory with kiln's ChainID snapshot); containerd
+/// finds each with its `List` filter; a container's rootfs on top shows the image; kiln's GC keeps kiln's
+/// chain while containerd's names exist, and containerd's removals then let it go. Prepares kiln cannot serve
+/// (a manifest it lacks, a parent containerd applied) are plain prepares.
+fn remote(backend: &str) {
+    if !common::require_root() {
+        return;
+    }
+    let flags = ["--snapshotter", backend];
+    let mut k = Kilnd::start(&flags);
+    let src = common::scratch();
+    let layers = vec![
+        LayerBuilder::new().dir("etc", 0o755).file("etc/motd", b"hello\n", 0o644).layer(Compression::Gzip),
+        LayerBuilder::new().file("etc/issue", b"kiln\n", 0o644).layer(Compression::Gzip),
+        LayerBuilder::new().whiteout("etc/motd").file("etc/os", b"top\n", 0o644).layer(Compression::Gzip),
+    ];
+    let digests: Vec<String> = layers.iter().map(|l| common::layer::sha256(&l.blob)).collect();
+    let diff_ids: Vec<kiln::digest::Digest> = layers.iter().map(|l| l.diff_id.parse().unwrap()).collect();
+    let chains: Vec<String> = kiln::digest::chain_ids(&diff_ids).iter().map(|d| d.to_string()).collect();
+    let (_, desc) = common::layout::single_image(src.path(), &ImageSpec::with_layers(layers), "app");
+    let manifest = desc["digest"].as_str().unwrap().to_owned();
+    let out = k.kiln(&["image", "import", path_str(src.path()), "--name", "app"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cri = |i: usize| {
+        vec![
+            (REF, chains[i].as_str()),
+            (MANIFEST, manifest.as_str()),
+            (LAYER, digests[i].as_str()),
+            ("containerd.io/snapshot/cri.image-ref", "127.0.0.1:5000/app:1"),
+        ]
+    };
+    let name = |i: usize| format!("kiln/{}", chains[i]);
+    let rt = rt();
+    rt.block_on(async {
+        let mut c = client(&k).await;
+        for (i, chain) in chains.iter().enumerate() {
+            let parent = if i == 0 { String::new() } else { name(i - 1) };
+            let key = format!("k8s.io/{}/extract-{i} {chain}", i + 1);
+            let e = prepare(&mut c, &key, &parent, &cri(i)).await.unwrap_err();
+            assert_eq!(e.code(), Code::AlreadyExists, "{e:?}\n{}", k.log());
+            // What containerd's metadata store then asks.
+            let filter = format!(r#"labels."{REF}"=={chain},parent=="{parent}""#);
+            let found = list(&mut c, &[&filter]).await.unwrap();
+            let [info] = found.as_slice() else { panic!("{filter}: {found:?}") };
+            assert_eq!((info.name.clone(), info.parent.as_str()), (name(i), parent.as_str()));
+            assert_eq!(info.kind, pb::Kind::Committed as i32);
+            assert_eq!(info.labels.get(REF), Some(chain));
+            assert_eq!(stat(&mut c, &name(i)).await.unwrap().name, name(i));
+            assert!(usage(&mut c, &name(i)).await.unwrap().inodes > 0);
+            // No active snapshot is left behind for the key containerd sent.
+            assert_eq!(stat(&mut c, &key).await.unwrap_err().code(), Code::NotFound);
+            // Asked again (another namespace pulling the same image): the same answer.
+            let again = format!("default/{}/extract-{i} {chain}", i + 1);
+            assert_eq!(prepare(&mut c, &again, &parent, &cri(i)).await.unwrap_err().code(), Code::AlreadyExists);
+        }
+        // Names under kiln/ are kiln's to give.
+        assert_eq!(prepare(&mut c, "kiln/x", "", &[]).await.unwrap_err().code(), Code::InvalidArgument);
+        // A container's rootfs on kiln's chain shows the image.
+        let ms = view(&mut c, "k8s.io/9/view", &name(2)).await.unwrap();
+        let seen = with_mounted(k.dir.path(), &ms, |at| {
+            (
+                std::fs::read(at.join("etc/issue")).ok(),
+                at.join("etc/motd").exists(),
+                std::fs::read(at.join("etc/os")).ok(),
+            )
+        });
+        assert_eq!(seen, (Some(b"kiln\n".to_vec()), false, Some(b"top\n".to_vec())));
+        prepare(&mut c, "k8s.io/10/c1", &name(2), &[]).await.unwrap();
+        // Not served from kiln's store: a chain kiln has not committed, in a manifest kiln lacks; a parent
+        // containerd applied itself. (A chain kiln has committed is served whatever the manifest: a ChainID
+        // names the content.)
+        let mut other = cri(0);
+        let (missing, chain) = (format!("sha256:{}", "0".repeat(64)), format!("sha256:{}", "1".repeat(64)));
+        other[0].1 = &chain;
+        other[1].1 = &missing;
+        let ms = prepare(&mut c, "k8s.io/11/extract-x", "", &other).await.unwrap();
+        assert!(is_bind(&ms, "rw"), "{ms:?}");
+        commit(&mut c, "k8s.io/12/own", "k8s.io/11/extract-x").await.unwrap();
+        prepare(&mut c, "k8s.io/13/extract-y", "k8s.io/12/own", &cri(1)).await.unwrap();
+        remove(&mut c, "k8s.io/13/extract-y").await.unwrap();
+        remove(&mut c, "k8s.io/12/own").await.unwrap();
+    });
+    // The names survive a restart.
+    restart(&mut k, &flags);
+    let out = k.kiln(&["image", "rm", "app"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let gc = k.kiln(&["--json", "system", "gc"]);
+    assert!(gc.status.success(), "{}", String::from_utf8_lossy(&gc.stderr));
+    let gc = String::from_utf8_lossy(&gc.stdout).into_owned();
+    for chain in &chains {
+        assert!(!gc.contains(&format!("\"key\":\"{chain}\",\"reason\":\"no image")), "{gc}");
+    }
+    assert!(gc.contains("the same directory"), "kiln's chain is held by containerd's names: {gc}");
+    rt.block_on(async {
+        let mut c = client(&k).await;
+        let ms = c.mounts(pb::MountsRequest { snapshotter: SN.into(), key: "k8s.io/10/c1".into() }).await;
+        assert!(ms.is_ok(), "{ms:?}");
+        assert_eq!(remove(&mut c, &name(2)).await.unwrap_err().code(), Code::FailedPrecondition);
+        for key in ["k8s.io/10/c1".to_owned(), "k8s.io/9/view".to_owned(), name(2), name(1), name(0)] {
+            remove(&mut c, &key).await.unwrap();
+        }
+        assert!(list(&mut c, &[]).await.unwrap().is_empty());
+    });
+    let gc = k.kiln(&["system", "gc"]);
+    assert!(gc.status.success(), "{}", String::from_utf8_lossy(&gc.stderr));
+    let left: Vec<_> = std::fs::read_dir(k.root.join("snapshots")).unwrap().collect();
+    assert!(left.is_empty(), "nothing is left once both sides let go: {left:?}\n{}", k.log());
+}
+
+#[test]
+fn kiln_unpacks_for_containerd_from_its_own_store_overlayfs() {
+    remote("overlayfs");
+}
+
+#[test]
+fn kiln_unpacks_for_containerd_from_its_own_store_native() {
+    remote("native");
+}

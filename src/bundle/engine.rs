@@ -363,6 +363,31 @@ impl Engine {
         Ok(self.unpacker.unpack_cancellable(store, &image.layers, progress, cancel)?)
     }
 
+    /// Unpacks `image` (as [`unpack`](Self::unpack)) and records committed `name` on `parent` as a second name of
+    /// layer `index`'s snapshot ([`Snapshotter::alias`](snapshot::Snapshotter::alias)): containerd's snapshot
+    /// of a layer kiln unpacked. Under the GC lock, so that kiln's GC cannot take the chain in between.
+    pub fn unpack_and_alias(
+        &self,
+        store: &Store,
+        image: &ResolvedImage,
+        index: usize,
+        name: &str,
+        parent: Option<&str>,
+        labels: snapshot::Labels,
+    ) -> Result<snapshot::Info> {
+        let _gc = self.gc_lock.read().unwrap_or_else(|p| p.into_inner());
+        let layer = image.layers.get(index).ok_or_else(|| snapshot::Error::Internal {
+            what: format!("layer {index} of an image of {} layers", image.layers.len()),
+        })?;
+        // Every layer, in parallel: containerd asks for the ones above next. If one of those cannot be unpacked
+        // (its blob is missing here), this one still can; containerd's applier does the rest.
+        if let Err(e) = self.unpacker.unpack(store, &image.layers) {
+            tracing::debug!(error = %e, "unpacking the whole image for containerd failed; unpacking up to layer {index}");
+            self.unpacker.unpack(store, &image.layers[..=index])?;
+        }
+        Ok(self.snapshots.alias(name, layer.chain_id.as_str(), parent, labels)?)
+    }
+
     /// Whether every layer of `image` is a committed snapshot.
     pub fn is_unpacked(&self, image: &ResolvedImage) -> bool {
         image.layers.iter().all(|l| self.snapshots.stat(l.chain_id.as_str()).is_ok_and(|i| i.kind == Kind::Committed))

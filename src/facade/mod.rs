@@ -63,6 +63,9 @@ pub enum Error {
     LayerBlob { index: usize, count: usize, digest: crate::digest::Digest, reason: String, kind: ErrorKind },
     #[error("bundle {id:?}: image {image:?}: {source}")]
     NoArgs { id: String, image: String, source: crate::convert::Error },
+    /// kiln cannot serve containerd's layer `Prepare` from its own store (containerd applies the layer).
+    #[error("layer of chain {chain_id} for containerd: {reason}")]
+    Remote { chain_id: String, reason: String },
     #[error("no image named {name:?} in the content store")]
     NoSuchRef { name: String },
     #[error("{what} cancelled: {reason}")]
@@ -85,6 +88,7 @@ impl Error {
             Error::LayerBlob { kind, .. } => *kind,
             Error::NoArgs { source, .. } => source.kind(),
             Error::NoSuchRef { .. } => ErrorKind::NotFound,
+            Error::Remote { .. } => ErrorKind::FailedPrecondition,
             Error::Cancelled { .. } => ErrorKind::Cancelled,
         }
     }

@@ -12,17 +12,32 @@
 //!   active snapshot or view is measured now (its own directory only, as containerd's overlayfs does), and
 //!   that measure is not kept for its commit (containerd goes on writing after asking).
 //! - **List filters**: the subset of containerd's filter syntax in [`filter`].
+//! - **kiln unpacks when it can** (containerd's remote-snapshot protocol). A `Prepare` for a layer carries the
+//!   ChainID containerd will commit ([`TARGET`]) and, from CRI, the image's manifest digest ([`MANIFEST`]) and
+//!   the layer's blob digest ([`LAYER`]). When kiln's catalog has that manifest (content store or an extra
+//!   store), kiln resolves the image, unpacks it with its own verified, parallel, single-flight unpacker (every
+//!   layer of the image at the first such `Prepare`: containerd asks for the ones above next), records
+//!   `kiln/<ChainID>` as containerd's name for the layer's snapshot — a second name of kiln's own ChainID
+//!   snapshot, one directory — and answers AlreadyExists. containerd then finds it with `List`
+//!   (`labels."containerd.io/snapshot.ref"==<ChainID>,parent==<name below>`), checks label and parent, and
+//!   neither downloads nor applies the layer. kiln needs the manifest (not only the layer blob) because it
+//!   checks every layer against the configuration's `rootfs.diff_ids` before trusting it. In every other case
+//!   (no such image here, a parent containerd applied itself, a bad blob here: logged) kiln is a plain
+//!   snapshotter and containerd's applier writes into the active snapshot. Names under [`KILN_NAMES`] are
+//!   kiln's: containerd's own keys never take that form (`<namespace>/<number>/…`), and a key there is refused.
 //!
-//! May use: `snapshot`, `bundle::engine` (its snapshotter and the prefix), `error`.
+//! May use: `snapshot`, `bundle::engine` (its snapshotter, the prefix, its unpack), `catalog`, `image`, `error`.
 
 mod filter;
 
 use crate::bundle::engine::CONTAINERD_PREFIX;
+use crate::digest::Digest;
+use crate::image::{Reference, ResolveOptions};
 use crate::snapshot::{self, Kind, Labels, Mount, Usage};
 
 pub use filter::Filters;
 
-use super::{Kiln, Result};
+use super::{Error, Kiln, Result};
 
 /// One of containerd's snapshots, named as containerd named it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,10 +52,29 @@ pub struct CtrInfo {
     pub updated: u64,
 }
 
+/// The label of a layer's `Prepare` naming the ChainID containerd will commit it as.
+pub const TARGET: &str = "containerd.io/snapshot.ref";
+/// CRI's label: the digest of the manifest being pulled.
+pub const MANIFEST: &str = "containerd.io/snapshot/cri.manifest-digest";
+/// CRI's label: the digest of this layer's blob.
+pub const LAYER: &str = "containerd.io/snapshot/cri.layer-digest";
+/// The names of the snapshots kiln commits itself for containerd: `kiln/<ChainID>`.
+pub const KILN_NAMES: &str = "kiln/";
+
 fn inner(key: &str) -> Result<String> {
     // Checked before the prefix is added, so that an empty key is refused as empty.
     snapshot::check_key(key)?;
     Ok(format!("{CONTAINERD_PREFIX}{key}"))
+}
+
+/// [`inner`] for a snapshot containerd makes: a name under [`KILN_NAMES`] is kiln's to give.
+fn ours(key: &str) -> Result<String> {
+    if key.starts_with(KILN_NAMES) {
+        return Err(
+            snapshot::Error::InvalidKey { key: key.to_owned(), reason: "names under kiln/ are kiln's own" }.into()
+        );
+    }
+    inner(key)
 }
 
 fn parent_of(parent: &str) -> Result<Option<String>> {
@@ -66,15 +100,91 @@ impl Kiln {
     /// `Prepare`: a new active snapshot `key` on committed `parent` (empty: none), and its mounts — one bind
     /// (`rbind`, `rw`) without a parent, else an overlay (`lowerdir` highest layer first, `upperdir`,
     /// `workdir`) with the overlay backend, or a bind of a full copy with the native one.
+    ///
+    /// A layer's `Prepare` that kiln can serve from its own store (see the module documentation) answers
+    /// AlreadyExists with `kiln/<ChainID>` committed instead.
     pub fn ctr_prepare(&self, key: &str, parent: &str, labels: Labels) -> Result<Vec<Mount>> {
-        let (key, parent) = (inner(key)?, parent_of(parent)?);
-        Ok(self.engine.snapshotter().prepare(&key, parent.as_deref(), labels)?)
+        let (ikey, iparent) = (ours(key)?, parent_of(parent)?);
+        if let Some(name) = self.remote_snapshot(parent, &labels) {
+            return Err(snapshot::Error::AlreadyExists { key: name }.into());
+        }
+        Ok(self.engine.snapshotter().prepare(&ikey, iparent.as_deref(), labels)?)
+    }
+
+    /// kiln's part of containerd's remote-snapshot protocol: `Some(name)` when `kiln/<ChainID>` is committed for
+    /// the layer that `labels` name, on `parent` (made now or before); `None` when containerd must apply it.
+    fn remote_snapshot(&self, parent: &str, labels: &Labels) -> Option<String> {
+        let (target, manifest, layer) = (labels.get(TARGET)?, labels.get(MANIFEST)?, labels.get(LAYER)?);
+        if !(parent.is_empty() || parent.starts_with(KILN_NAMES)) {
+            // The layers below are containerd's own: kiln's chain is not theirs.
+            return None;
+        }
+        let name = format!("{KILN_NAMES}{target}");
+        let s = self.engine.snapshotter();
+        let wanted_parent = parent_of(parent).ok()?;
+        if let Ok(i) = s.stat(&inner(&name).ok()?) {
+            // Made earlier (for this pull, another namespace, or before a restart).
+            return (i.kind == Kind::Committed && i.parent == wanted_parent).then_some(name);
+        }
+        match self.unpack_for_containerd(&name, parent, target, manifest, layer, labels) {
+            Ok(()) => Some(name),
+            Err(e) if e.kind() == crate::error::ErrorKind::AlreadyExists => {
+                // A concurrent `Prepare` (another namespace) made it first.
+                s.stat(&inner(&name).ok()?).ok().filter(|i| i.parent == wanted_parent).map(|_| name)
+            }
+            Err(e) => {
+                let level_warn = !matches!(e.kind(), crate::error::ErrorKind::NotFound);
+                let e = crate::error::report(&e);
+                if level_warn {
+                    tracing::warn!(error = %e, chain_id = %target, "kiln cannot unpack this layer for containerd; containerd applies it");
+                } else {
+                    tracing::debug!(error = %e, chain_id = %target, "not in kiln's store; containerd applies the layer");
+                }
+                None
+            }
+        }
+    }
+
+    fn unpack_for_containerd(
+        &self,
+        name: &str,
+        parent: &str,
+        target: &str,
+        manifest: &str,
+        layer: &str,
+        labels: &Labels,
+    ) -> Result<()> {
+        let digest: Digest = manifest.parse().map_err(|_| Error::Remote {
+            chain_id: target.to_owned(),
+            reason: format!("label {MANIFEST}={manifest:?} is not a digest"),
+        })?;
+        let (opened, img) = self.catalog.resolve(&Reference::Digest(digest), &ResolveOptions::default())?;
+        let remote = |reason: String| Error::Remote { chain_id: target.to_owned(), reason };
+        let index = img
+            .layers
+            .iter()
+            .position(|l| l.chain_id.as_str() == target)
+            .ok_or_else(|| remote(format!("manifest {manifest} has no layer of this ChainID")))?;
+        let l = &img.layers[index];
+        if l.descriptor.digest.as_str() != layer {
+            return Err(remote(format!(
+                "layer {index} of manifest {manifest} is {}, not {layer}",
+                l.descriptor.digest
+            )));
+        }
+        let below = index.checked_sub(1).map(|i| format!("{KILN_NAMES}{}", img.layers[i].chain_id));
+        if below.as_deref().unwrap_or("") != parent {
+            return Err(remote(format!("parent {parent:?} is not kiln's snapshot of the layers below")));
+        }
+        let below = below.as_deref().map(inner).transpose()?;
+        self.engine.unpack_and_alias(&opened.store, &img, index, &inner(name)?, below.as_deref(), labels.clone())?;
+        Ok(())
     }
 
     /// `View`: a read-only snapshot `key` of committed `parent`, and its mounts (a read-only bind of a single
     /// layer, a lowerdir-only overlay of more).
     pub fn ctr_view(&self, key: &str, parent: &str, labels: Labels) -> Result<Vec<Mount>> {
-        let (key, parent) = (inner(key)?, parent_of(parent)?);
+        let (key, parent) = (ours(key)?, parent_of(parent)?);
         Ok(self.engine.snapshotter().view(&key, parent.as_deref(), labels)?)
     }
 
@@ -84,7 +194,7 @@ impl Kiln {
 
     /// `Commit`: active `key` becomes committed `name` (empty `labels` keep the active's).
     pub fn ctr_commit(&self, name: &str, key: &str, labels: Labels) -> Result<()> {
-        Ok(self.engine.snapshotter().commit(&inner(name)?, &inner(key)?, labels)?)
+        Ok(self.engine.snapshotter().commit(&ours(name)?, &inner(key)?, labels)?)
     }
 
     /// `Remove`: a committed snapshot with children is refused (`FailedPrecondition`).

@@ -131,6 +131,9 @@ pub trait Snapshotter: Send + Sync + std::fmt::Debug {
     fn commit(&self, name: &str, key: &str, labels: Labels) -> Result<()>;
     /// Removes `key`; a committed snapshot with children cannot be removed.
     fn remove(&self, key: &str) -> Result<()>;
+    /// Records committed `name` as a second name of committed `of` (same directory; `parent` names the same
+    /// layers as `of`'s parent), each name removed on its own. Returns the new record.
+    fn alias(&self, name: &str, of: &str, parent: Option<&str>, labels: Labels) -> Result<Info>;
     /// Every snapshot record.
     fn walk(&self) -> Result<Vec<Info>>;
     /// Removes the directories no record owns (containerd's `Cleaner`); one line per action.
@@ -211,6 +214,8 @@ pub enum Error {
     WrongKind { key: String, kind: &'static str, op: &'static str, wanted: &'static str },
     #[error("snapshot {key:?}: field {field:?} cannot be updated")]
     Immutable { key: String, field: String },
+    #[error("snapshot {key:?} cannot name {of:?} on parent {parent:?}: {of:?} is built on other layers")]
+    AliasParent { key: String, of: String, parent: Option<String> },
     #[error("snapshot {key:?} has children ({children}); remove them first")]
     HasChildren { key: String, children: String },
     #[error("snapshotter {backend}: {what}")]
@@ -236,7 +241,9 @@ impl Error {
             Error::NotFound { .. } => ErrorKind::NotFound,
             Error::AlreadyExists { .. } => ErrorKind::AlreadyExists,
             Error::InvalidKey { .. } | Error::Immutable { .. } => ErrorKind::InvalidArgument,
-            Error::WrongKind { .. } | Error::HasChildren { .. } => ErrorKind::FailedPrecondition,
+            Error::WrongKind { .. } | Error::HasChildren { .. } | Error::AliasParent { .. } => {
+                ErrorKind::FailedPrecondition
+            }
             Error::Unsupported { .. } => ErrorKind::Unsupported,
             Error::Io { source, .. } => match source.raw_os_error() {
                 Some(libc::ENOSPC) | Some(libc::EDQUOT) => ErrorKind::ResourceExhausted,

@@ -79,6 +79,10 @@ impl Snapshotter for Native {
         self.storage.remove(key)
     }
 
+    fn alias(&self, name: &str, of: &str, parent: Option<&str>, labels: Labels) -> Result<Info> {
+        self.storage.alias(name, of, parent, labels)
+    }
+
     fn walk(&self) -> Result<Vec<Info>> {
         self.storage.walk()
     }

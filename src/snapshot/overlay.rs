@@ -151,6 +151,10 @@ impl Snapshotter for Overlay {
         self.storage.remove(key)
     }
 
+    fn alias(&self, name: &str, of: &str, parent: Option<&str>, labels: Labels) -> Result<Info> {
+        self.storage.alias(name, of, parent, labels)
+    }
+
     fn walk(&self) -> Result<Vec<Info>> {
         self.storage.walk()
     }

@@ -393,10 +393,59 @@ impl Storage {
         })
     }
 
-    /// Removes `key`: record first, then its directory. A committed snapshot with children (recorded or being
-    /// built) is refused.
+    /// Records committed `name` as a second name of committed `of`: one directory, two records, each removed on
+    /// its own (the directory goes with the last). `parent` must name the same directory as `of`'s parent, so
+    /// that both chains show the same layers. Returns the new record. (containerd's snapshots made by kiln's own
+    /// unpack: see `facade::snapshots`.)
+    pub fn alias(&self, name: &str, of: &str, parent: Option<&str>, labels: Labels) -> Result<Info> {
+        check_key(name)?;
+        let _st = self.lock();
+        let target = self.get(of)?;
+        if target.kind != Kind::Committed {
+            return Err(Error::WrongKind {
+                key: of.into(),
+                kind: target.kind.as_str(),
+                op: "alias",
+                wanted: "committed",
+            });
+        }
+        let want = target.parent.as_deref().map(|p| self.get(p)).transpose()?.map(|p| p.id);
+        let got = parent.map(|p| self.committed_parent(p)).transpose()?.map(|p| p.id);
+        if want != got {
+            return Err(Error::AliasParent {
+                key: name.to_owned(),
+                of: of.to_owned(),
+                parent: parent.map(str::to_owned),
+            });
+        }
+        let info = Info {
+            key: name.to_owned(),
+            parent: parent.map(str::to_owned),
+            kind: Kind::Committed,
+            labels,
+            created: now(),
+            updated: 0,
+            size: target.size,
+            inodes: target.inodes,
+            id: target.id,
+        };
+        self.meta.write_with(false, |w| {
+            if w.snapshot(name)?.is_some() {
+                return Err(Error::AlreadyExists { key: name.to_owned() });
+            }
+            match w.snapshot(of)? {
+                Some(cur) if cur.id == target.id => {}
+                _ => return Err(Error::NotFound { key: of.to_owned() }),
+            }
+            w.put_snapshot(&info)
+        })?;
+        Ok(info)
+    }
+
+    /// Removes `key`: record first, then its directory (unless another record names it, see
+    /// [`alias`](Self::alias)). A committed snapshot with children (recorded or being built) is refused.
     pub fn remove(&self, key: &str) -> Result<()> {
-        let info = {
+        let (info, shared) = {
             let st = self.lock();
             let info = self.get(key)?;
             let all = self.meta.snapshots()?;
@@ -406,10 +455,14 @@ impl Storage {
             if !children.is_empty() {
                 return Err(Error::HasChildren { key: key.to_owned(), children: children.join(", ") });
             }
+            let shared = all.values().any(|i| i.id == info.id && i.key != key);
             self.meta.write_with(false, |w| w.delete_snapshot(key))?;
-            info
+            (info, shared)
         };
         self.lock().measured.remove(key);
+        if shared {
+            return Ok(());
+        }
         let dir = self.dir(info.id);
         // A crash may have left something mounted inside (an unpack's mount of its parents).
         for m in crate::sys::mount::mount_points_under(&dir) {

@@ -185,3 +185,37 @@ fn update_touches_labels_only() {
     assert!(matches!(s.update(&info, &["created"]), Err(Error::Immutable { .. })));
     assert_eq!(s.update(&info, &["size"]).unwrap_err().kind(), crate::error::ErrorKind::InvalidArgument);
 }
+
+#[test]
+fn an_alias_shares_the_directory_and_the_last_name_removed_takes_it() {
+    let e = env();
+    let m = meta(&e.root);
+    let s = Storage::open(&e.root, m.clone()).unwrap();
+    let base = committed(&s, "base", None);
+    let top = committed(&s, "top", Some("base"));
+    fs::write(e.root.join(format!("snapshots/{}/fs/f", top.id)), b"x").unwrap();
+    let a = s.alias("c/base", "base", None, Labels::new()).unwrap();
+    assert_eq!((a.id, a.kind, a.size), (base.id, Kind::Committed, base.size));
+    // The parent must be the same layers as the aliased snapshot's parent.
+    let e1 = s.alias("c/top", "top", None, Labels::new()).unwrap_err();
+    assert!(matches!(e1, Error::AliasParent { .. }), "{e1}");
+    assert!(matches!(s.alias("c/base", "base", None, Labels::new()), Err(Error::AlreadyExists { .. })));
+    let t = s.alias("c/top", "top", Some("c/base"), Labels::new()).unwrap();
+    assert_eq!(t.id, top.id);
+    // Each name goes on its own; the directory stays while a name is left, and survives a restart.
+    assert!(matches!(s.remove("c/base"), Err(Error::HasChildren { .. })));
+    s.remove("top").unwrap();
+    assert!(e.root.join(format!("snapshots/{}/fs/f", top.id)).exists());
+    drop(s);
+    let s = Storage::open(&e.root, m).unwrap();
+    assert!(s.recovered().is_empty(), "{:?}", s.recovered());
+    assert_eq!(s.cleanup().unwrap(), Vec::<String>::new());
+    assert_eq!(keys(&s), ["base", "c/base", "c/top"]);
+    s.remove("c/top").unwrap();
+    assert!(!e.root.join(format!("snapshots/{}", top.id)).exists());
+    s.remove("base").unwrap();
+    assert!(e.root.join(format!("snapshots/{}", base.id)).exists());
+    s.remove("c/base").unwrap();
+    assert!(!e.root.join(format!("snapshots/{}", base.id)).exists());
+    assert!(keys(&s).is_empty());
+}

@@ -62,6 +62,20 @@ impl Engine {
         for i in infos.values().filter(|i| i.key.starts_with(CONTAINERD_PREFIX)) {
             mark(Some(i.key.clone()), "containerd (it removes its snapshots itself)", &mut holders);
         }
+        // A snapshot kiln unpacked for containerd is one directory under two names (`facade::snapshots`): kiln's
+        // ChainID stays while containerd's name does, so that both worlds keep sharing it.
+        let kilns: HashMap<u64, &str> =
+            infos.values().filter(|i| !i.key.starts_with(CONTAINERD_PREFIX)).map(|i| (i.id, i.key.as_str())).collect();
+        for c in infos.values().filter(|i| i.key.starts_with(CONTAINERD_PREFIX)) {
+            if let Some(k) = kilns.get(&c.id) {
+                let name = c.key.strip_prefix(CONTAINERD_PREFIX).unwrap_or(&c.key);
+                mark(
+                    Some((*k).to_owned()),
+                    &format!("containerd's snapshot {name:?} (the same directory)"),
+                    &mut holders,
+                );
+            }
+        }
         for i in infos.values().filter(|i| i.kind != Kind::Committed) {
             let holder = format!("{} snapshot {:?}", i.kind.as_str(), i.key);
             mark(Some(i.key.clone()), &holder, &mut holders);

@@ -57,6 +57,9 @@ impl Snapshotter for FakeSnapshotter {
     fn remove(&self, key: &str) -> Result<()> {
         self.storage.remove(key)
     }
+    fn alias(&self, name: &str, of: &str, parent: Option<&str>, labels: Labels) -> Result<Info> {
+        self.storage.alias(name, of, parent, labels)
+    }
     fn walk(&self) -> Result<Vec<Info>> {
         self.storage.walk()
     }
