@@ -126,8 +126,9 @@ pub fn node_namespaces() -> runtime::NamespaceOption {
     }
 }
 
-/// A host-network pod named `name` logging under `log_directory`. Its hostname stays empty: a host-network pod
-/// with a hostname does not start on this VM's containerd 1.6 (see tests/containerd_cri.rs).
+/// A host-network pod named `name` logging under `log_directory`. Its hostname stays empty: the pod shares the
+/// host's UTS namespace, and runc refuses to set a hostname there ("unable to set hostname without a private
+/// UTS namespace").
 pub fn host_network_pod(name: &str, log_directory: &Path) -> runtime::PodSandboxConfig {
     runtime::PodSandboxConfig {
         metadata: Some(runtime::PodSandboxMetadata {
