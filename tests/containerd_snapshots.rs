@@ -11,10 +11,11 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::daemon::{detach_mounts_under, path_str, Kilnd};
+use common::containerd::{busybox_archive, Containerd};
+use common::daemon::{path_str, Kilnd};
 use common::layer::{Compression, LayerBuilder};
 use common::layout::{tar_dir, ImageSpec, LayoutBuilder};
 use kiln::api::containerd::services::snapshots::v1 as pb;
@@ -328,117 +329,8 @@ fn an_empty_snapshots_address_serves_no_second_socket() {
     assert!(k.kiln(&["system", "info"]).status.success());
 }
 
-/// A containerd of its own: config, root, state and sockets under a scratch directory, kiln as a proxy
-/// snapshotter plugin, the CRI plugin off.
-struct Containerd {
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-    address: PathBuf,
-}
-
-impl Containerd {
-    fn start(snapshots: &Path) -> Containerd {
-        let dir = common::scratch();
-        let d = dir.path();
-        let address = d.join("containerd.sock");
-        let config = format!(
-            r#"version = 2
-root = "{root}"
-state = "{state}"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "{address}"
-[ttrpc]
-  address = "{address}.ttrpc"
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{opt}"
-[proxy_plugins.kiln]
-  type = "snapshot"
-  address = "{snapshots}"
-"#,
-            root = d.join("root").display(),
-            state = d.join("state").display(),
-            address = address.display(),
-            opt = d.join("opt").display(),
-            snapshots = snapshots.display(),
-        );
-        std::fs::write(d.join("config.toml"), config).unwrap();
-        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(d.join("config.toml"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn containerd");
-        let c = Containerd { child: Some(child), dir, address };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !c.ctr(&["version"]).status.success() {
-            assert!(Instant::now() < deadline, "containerd did not answer:\n{}", c.log());
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        c
-    }
-
-    fn ctr(&self, args: &[&str]) -> std::process::Output {
-        Command::new("ctr")
-            .arg("--address")
-            .arg(&self.address)
-            .args(["--namespace", "default"])
-            .args(args)
-            .output()
-            .expect("ctr")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ =
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        detach_mounts_under(self.dir.path());
-    }
-}
-
 fn ok(out: &std::process::Output, what: &str, c: &Containerd, k: &Kilnd) {
     assert!(out.status.success(), "{what}: {out:?}\n--- containerd log:\n{}\n--- kilnd log:\n{}", c.log(), k.log());
-}
-
-/// An oci-archive of a busybox image of `layers` layers (busybox, then one small file per layer) named `name`
-/// (containerd's name annotation), at `dir/image.tar`.
-fn busybox_archive(dir: &Path, name: &str, layers: usize) -> PathBuf {
-    let busybox = std::fs::read("/bin/busybox").unwrap();
-    let base =
-        LayerBuilder::new().dir("bin", 0o755).file("bin/busybox", &busybox, 0o755).symlink("bin/echo", "busybox");
-    let mut blobs = vec![base.layer(Compression::Gzip)];
-    for i in 1..layers {
-        let l = LayerBuilder::new().dir("etc", 0o755).file(&format!("etc/kiln-{i}"), b"top\n", 0o644);
-        blobs.push(l.layer(Compression::Gzip));
-    }
-    let spec = ImageSpec::with_layers(blobs);
-    let layout = dir.join("layout");
-    let mut b = LayoutBuilder::new(&layout);
-    let mut desc = b.image(&spec);
-    desc["annotations"] = serde_json::json!({
-        "io.containerd.image.name": name,
-        "org.opencontainers.image.ref.name": "1",
-    });
-    b.add(desc, None);
-    b.write_index();
-    let archive = dir.join("image.tar");
-    std::fs::write(&archive, tar_dir(&layout)).unwrap();
-    archive
 }
 
 #[test]

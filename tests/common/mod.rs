@@ -1,12 +1,16 @@
 //! Fixtures built by code: layers ([`layer::LayerBuilder`]) and OCI layouts ([`layout::LayoutBuilder`]); the one
 //! tree describer ([`tree::walk`]) under every comparison of file trees; honest gating for tests that need root
 //! or external tools ([`skip`], [`require_root`], [`require_tool`], [`require_static_busybox`]); and the host
-//! set-up the runtime tests share ([`ensure_hugetlb_hierarchy`]).
+//! set-up the runtime tests share ([`ensure_hugetlb_hierarchy`]); a containerd, a registry and a CRI client of a
+//! test's own ([`containerd`], [`registry`], [`cri`]).
 #![allow(dead_code)]
 
+pub mod containerd;
+pub mod cri;
 pub mod daemon;
 pub mod layer;
 pub mod layout;
+pub mod registry;
 pub mod stack;
 pub mod tree;
 

@@ -1,0 +1,96 @@
+//! A plain-HTTP OCI registry of a test's own: Debian's `docker-registry` (distribution 2.8) on 127.0.0.1 and a
+//! free port, with its config file, storage and request log in a scratch directory; images go in with
+//! `skopeo copy --preserve-digests` from layouts the fixture builder wrote (so the registry serves the very
+//! manifests and blobs a test also imports into kiln). Dropping it kills the registry.
+
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+pub struct Registry {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    /// `127.0.0.1:PORT`, the host part of its image references.
+    pub host: String,
+}
+
+impl Registry {
+    pub fn start() -> Registry {
+        let dir = super::scratch();
+        let d = dir.path();
+        // A port the kernel just handed out; the registry binds it a moment later (a race a test can live with).
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let host = format!("127.0.0.1:{port}");
+        let config = format!(
+            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    \
+             rootdirectory: {storage}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n",
+            storage = d.join("storage").display(),
+        );
+        std::fs::write(d.join("config.yml"), config).expect("registry config");
+        let log = std::fs::File::create(d.join("registry.log")).expect("registry log");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(d.join("config.yml"))
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn docker-registry");
+        let r = Registry { child: Some(child), dir, host };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !r.answers() {
+            assert!(Instant::now() < deadline, "docker-registry did not answer on {}:\n{}", r.host, r.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        r
+    }
+
+    /// True when `GET /v2/` answers 200.
+    fn answers(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(&self.host) else { return false };
+        let req = format!("GET /v2/ HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.host);
+        let mut answer = String::new();
+        s.write_all(req.as_bytes()).is_ok()
+            && s.read_to_string(&mut answer).is_ok()
+            && answer.starts_with("HTTP/1.1 200")
+    }
+
+    /// The reference `HOST/name:tag` of an image in this registry.
+    pub fn reference(&self, name: &str, tag: &str) -> String {
+        format!("{}/{name}:{tag}", self.host)
+    }
+
+    /// Pushes the image `layout_ref` (its `org.opencontainers.image.ref.name`) of the OCI layout `layout` as
+    /// `name:tag`, byte for byte; returns the reference.
+    pub fn push(&self, layout: &Path, layout_ref: &str, name: &str, tag: &str) -> String {
+        let reference = self.reference(name, tag);
+        let out = Command::new("skopeo")
+            .args(["copy", "--insecure-policy", "--dest-tls-verify=false", "--preserve-digests", "--quiet"])
+            .arg(format!("oci:{}:{layout_ref}", layout.display()))
+            .arg(format!("docker://{reference}"))
+            .output()
+            .expect("skopeo");
+        assert!(out.status.success(), "skopeo copy to {reference}: {out:?}\n--- registry log:\n{}", self.log());
+        reference
+    }
+
+    /// What the registry logged so far (one access-log line per request).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    /// The access-log lines of `GET`s of blob `digest` (HEADs are not fetches).
+    pub fn blob_gets(&self, digest: &str) -> Vec<String> {
+        let needle = format!("/blobs/{digest}");
+        self.log().lines().filter(|l| l.contains("\"GET ") && l.contains(&needle)).map(str::to_owned).collect()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
