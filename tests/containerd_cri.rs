@@ -299,7 +299,6 @@ fn cri_pulls_and_runs_an_image_kiln_does_not_have() {
 }
 
 #[test]
-#[ignore = "remote-snapshot shortcut lands on main separately"]
 fn cri_pull_uses_kiln_store_when_it_has_the_layers() {
     if !tools_present() {
         return;
