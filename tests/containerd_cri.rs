@@ -30,6 +30,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::containerd::{Containerd, CriConfig, Snapshotter};
@@ -369,4 +370,107 @@ fn cri_runs_the_same_image_on_containerd_overlayfs() {
         assert!(w.snapshots().await.is_empty(), "kiln was not asked for anything");
     });
     eprintln!("cri_runs_the_same_image_on_containerd_overlayfs: {:?}", started.elapsed());
+}
+
+/// The median of `v` (sorted in place).
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+/// The benchmark `bench/cri.sh` runs (not a test: ignored, it asserts only that every run worked). Cold CRI
+/// `PullImage` + `CreateContainer` + `StartContainer` of each image of the layout `KILN_BENCH_LAYOUT` (ref
+/// names in `KILN_BENCH_IMAGES`, default `minbase stack`), `KILN_BENCH_RUNS` times (default 5), each run from an
+/// empty kilnd, registry and containerd on tmpfs, the three ways alternating: containerd on kiln with the image
+/// in kiln's store (kiln unpacks: the shortcut), on kiln without it (containerd fetches and applies into kiln's
+/// mounts), and on containerd's own overlayfs. The pod sandbox is started before the clock starts. Prints
+/// medians, min–max, ratios to overlayfs, and kilnd's peak RSS.
+#[test]
+#[ignore = "benchmark: run by bench/cri.sh"]
+fn bench_cri_cold_pull_create_start() {
+    if !tools_present() {
+        return;
+    }
+    let Ok(layout) = std::env::var("KILN_BENCH_LAYOUT") else {
+        panic!("KILN_BENCH_LAYOUT: the OCI layout with the images (bench/cri.sh sets it)");
+    };
+    let layout = Path::new(&layout);
+    let images: Vec<String> = std::env::var("KILN_BENCH_IMAGES")
+        .unwrap_or_else(|_| "minbase stack".into())
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    let runs: usize = std::env::var("KILN_BENCH_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(5);
+    let modes = ["kiln-store", "kiln-fallback", "overlayfs"];
+    // (image, mode) → seconds per run; kilnd's peak RSS (KiB) per (image, mode).
+    let mut times: HashMap<(String, &str), Vec<f64>> = HashMap::new();
+    let mut rss: HashMap<(String, &str), u64> = HashMap::new();
+    for run in 0..runs {
+        for image in &images {
+            for k in 0..modes.len() {
+                let mode = modes[(run + k) % modes.len()];
+                let w = World::start(mode != "overlayfs");
+                let reference = w.registry.push(layout, image, &format!("bench/{image}"), "1");
+                if mode == "kiln-store" {
+                    let out =
+                        w.kilnd.kiln(&["image", "import", path_str(layout), "--source-ref", image, "--name", image]);
+                    assert!(out.status.success(), "kiln image import: {out:?}");
+                }
+                let secs = rt().block_on(async {
+                    let mut cri = Cri::connect(&w.ctd.grpc_address()).await;
+                    let logs = w.work.path().join("logs");
+                    std::fs::create_dir_all(&logs).unwrap();
+                    let pod = host_network_pod("bench", &logs);
+                    let pod_id =
+                        cri.run_pod(&pod).await.unwrap_or_else(|e| panic!("RunPodSandbox: {e:?}\n{}", w.logs()));
+                    let _ = Command::new("sync").status();
+                    std::thread::sleep(Duration::from_secs(1));
+                    let t = Instant::now();
+                    cri.pull(&reference).await.unwrap_or_else(|e| panic!("PullImage: {e:?}\n{}", w.logs()));
+                    let config = container("c", &reference, &["/usr/bin/true"], "c.log");
+                    let id = cri
+                        .create_container(&pod_id, &pod, config)
+                        .await
+                        .unwrap_or_else(|e| panic!("CreateContainer: {e:?}\n{}", w.logs()));
+                    cri.start_container(&id).await.unwrap_or_else(|e| panic!("StartContainer: {e:?}\n{}", w.logs()));
+                    let secs = t.elapsed().as_secs_f64();
+                    let status = cri.wait_exited(&id, Duration::from_secs(60)).await.unwrap();
+                    assert_eq!(status.exit_code, 0, "{status:?}\n{}", w.logs());
+                    cri.remove_container(&id).await.unwrap();
+                    cri.stop_pod(&pod_id).await.unwrap();
+                    cri.remove_pod(&pod_id).await.unwrap();
+                    secs
+                });
+                if mode != "overlayfs" {
+                    let hwm = w.kilnd.usage().peak_rss_kib;
+                    let e = rss.entry((image.clone(), mode)).or_default();
+                    *e = (*e).max(hwm);
+                }
+                eprintln!("run {run} {image:<8} {mode:<14} {secs:.3} s");
+                times.entry((image.clone(), mode)).or_default().push(secs);
+            }
+        }
+    }
+    println!(
+        "{:<8} {:<14} {:>9} {:>17} {:>12} {:>14}",
+        "image", "path", "median s", "min-max s", "/ overlayfs", "kilnd peak RSS"
+    );
+    for image in &images {
+        let mut base = times.get(&(image.clone(), "overlayfs")).cloned().unwrap_or_default();
+        let base = median(&mut base);
+        for mode in modes {
+            let mut v = times.get(&(image.clone(), mode)).cloned().unwrap_or_default();
+            let m = median(&mut v);
+            let rss =
+                rss.get(&(image.clone(), mode)).map(|k| format!("{:.1} MiB", *k as f64 / 1024.0)).unwrap_or_default();
+            println!(
+                "{image:<8} {mode:<14} {m:>9.3} {:>17} {:>11.2}x {rss:>14}",
+                format!("{:.3}-{:.3}", v.first().unwrap_or(&f64::NAN), v.last().unwrap_or(&f64::NAN)),
+                m / base
+            );
+        }
+    }
 }

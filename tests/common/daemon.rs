@@ -104,7 +104,7 @@ impl Kilnd {
                 .unwrap_or(0)
         };
         let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count() as u64).unwrap_or(0);
-        Usage { rss_kib: field("VmRSS:"), threads: field("Threads:"), fds }
+        Usage { rss_kib: field("VmRSS:"), peak_rss_kib: field("VmHWM:"), threads: field("Threads:"), fds }
     }
 }
 
@@ -112,6 +112,8 @@ impl Kilnd {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Usage {
     pub rss_kib: u64,
+    /// The peak since the daemon started (`VmHWM`).
+    pub peak_rss_kib: u64,
     pub threads: u64,
     pub fds: u64,
 }
