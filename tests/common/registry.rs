@@ -11,6 +11,12 @@ use std::time::{Duration, Instant};
 
 pub const BINARY: &str = "docker-registry";
 
+/// `tool` on PATH.
+fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(tool)).find(|p| p.is_file())
+}
+
 pub struct Registry {
     child: Option<Child>,
     pub dir: tempfile::TempDir,
@@ -28,13 +34,13 @@ impl Registry {
     /// Starts a registry; with `credentials`, behind htpasswd basic auth for that one user (the bcrypt line
     /// is written by `htpasswd -B`, apache2-utils). `None` when a tool is missing.
     pub fn start_with(credentials: Option<(&str, &str)>) -> Option<Registry> {
-        let bin = super::which(BINARY)?;
+        let bin = which(BINARY)?;
         let dir = tempfile::Builder::new().prefix("kiln-registry-").tempdir().expect("registry dir");
         let storage = dir.path().join("storage");
         std::fs::create_dir_all(&storage).expect("storage dir");
         let mut auth = String::new();
         if let Some((user, password)) = credentials {
-            let htpasswd = super::which("htpasswd")?;
+            let htpasswd = which("htpasswd")?;
             let out = Command::new(htpasswd).args(["-Bbn", user, password]).output().expect("htpasswd");
             assert!(out.status.success(), "htpasswd: {}", String::from_utf8_lossy(&out.stderr));
             let file = dir.path().join("htpasswd");
@@ -97,14 +103,11 @@ impl Registry {
         std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
     }
 
-    /// `skopeo copy [--all] oci:LAYOUT:REF docker://HOST/NAME` (NAME with its `:tag`), with this registry's
-    /// credentials; panics with skopeo's message on failure.
-    pub fn push(&self, layout: &Path, layout_ref: &str, name: &str, all: bool) {
+    /// `skopeo copy EXTRA… oci:LAYOUT:REF docker://HOST/NAME` (NAME with its `:tag`; EXTRA such as `--all`
+    /// or `--format v2s2`), with this registry's credentials; panics with skopeo's message on failure.
+    pub fn push(&self, layout: &Path, layout_ref: &str, name: &str, extra: &[&str]) {
         let mut cmd = Command::new("skopeo");
-        cmd.args(["copy", "--quiet", "--dest-tls-verify=false"]);
-        if all {
-            cmd.arg("--all");
-        }
+        cmd.args(["copy", "--quiet", "--dest-tls-verify=false"]).args(extra);
         if let Some((u, p)) = &self.credentials {
             cmd.arg("--dest-creds").arg(format!("{u}:{p}"));
         }
