@@ -208,12 +208,11 @@ impl Kiln {
             connect_timeout: std::time::Duration::from_secs(r.connect_timeout_secs),
             read_timeout: std::time::Duration::from_secs(r.read_timeout_secs),
         };
-        let src = source::Source::Registry {
-            reference: reference.clone(),
+        let src = source::Source::Registry(Box::new(source::RegistrySource::new(
+            reference.clone(),
             settings,
-            platform: platform.unwrap_or_else(Platform::host),
-            name: reference.full().into(),
-        };
+            platform.unwrap_or_else(Platform::host),
+        )));
         let imported = self.import(src, &source::Access::Own, &Reference::Default, None, &mut |_| {}, cancel)?;
         Ok(imported.into_iter().next().map(|i| i.ref_name).unwrap_or_else(|| reference.full()))
     }

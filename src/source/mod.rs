@@ -49,7 +49,7 @@ use nix::fcntl::OFlag;
 use nix::sys::stat::SFlag;
 
 pub use archive::{extract_archive, ArchiveLimits};
-pub use registry::{RegistryRef, RegistrySettings};
+pub use registry::{RegistryRef, RegistrySettings, RegistrySource};
 
 use crate::cancel::Cancel;
 use crate::digest::Digest;
@@ -283,9 +283,8 @@ pub enum Source {
     /// A descriptor the caller opened (passed over kilnd's socket with `SCM_RIGHTS`; any open mode, `O_PATH`
     /// included: it only says *which* file); `name` labels it in messages.
     Handle { fd: OwnedFd, name: PathBuf },
-    /// An image in a registry, fetched by kilnd with its own network identity and the configured credentials;
-    /// an index must have an image for `platform`. `name` is the full reference, for messages.
-    Registry { reference: RegistryRef, settings: RegistrySettings, platform: image::Platform, name: PathBuf },
+    /// An image in a registry, fetched by kilnd with its own network identity and the configured credentials.
+    Registry(Box<RegistrySource>),
 }
 
 impl Source {
@@ -293,7 +292,8 @@ impl Source {
     pub fn name(&self) -> &Path {
         match self {
             Source::Path(p) => p,
-            Source::Handle { name, .. } | Source::Registry { name, .. } => name,
+            Source::Handle { name, .. } => name,
+            Source::Registry(r) => r.name(),
         }
     }
 }
@@ -371,7 +371,8 @@ pub fn stage_cancellable(
         unavailable(&e).unwrap_or_else(|| sys_error(&name, e))
     };
     let handle = match source {
-        Source::Registry { reference, settings, platform, .. } => {
+        Source::Registry(r) => {
+            let RegistrySource { reference, settings, platform, .. } = *r;
             let remote = registry::Remote::connect(reference, &settings, platform)?;
             return Ok(Staged { name, what: StagedKind::Registry(Box::new(remote)), max_bytes: limits.max_bytes });
         }

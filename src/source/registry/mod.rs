@@ -15,7 +15,9 @@
 //! its own, nothing to hand across threads, and each wait polls the caller's [`Cancel`] (every 100 ms) so a
 //! stalled registry never holds a cancelled pull. TLS is rustls with ring, verifying against the system's
 //! roots; plain HTTP only for hosts configured `insecure` and for loopback ([`RegistrySettings`]).
-//! Credentials come from a Docker-style `config.json` (`auth.rs`); references are `reference.rs`'s.
+//! Credentials come from a Docker-style `config.json` (`auth.rs`); references are `reference.rs`'s; errors,
+//! typed and naming the registry, the reference and the credentials' origin, `error.rs`'s; `blob.rs` turns
+//! a blob response into the reader the store verifies.
 //!
 //! Not yet (issue 14's later parts): unpacking while downloading, resuming with `Range`, mirrors, parallel
 //! layer downloads, joining a pull in flight, per-request credentials, retries of 429/5xx.
@@ -23,6 +25,8 @@
 //! May use: `store`, `image`, `digest`, `cancel`, `sys` (through `auth`), `error`.
 
 mod auth;
+mod blob;
+mod error;
 mod reference;
 
 use std::future::Future;
@@ -32,10 +36,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use oci_client::errors::OciDistributionError;
 use serde::Deserialize;
-use tokio_stream::{Stream, StreamExt};
 
 pub use auth::Credentials;
+pub use error::Error;
 pub use reference::{RegistryRef, DOCKER_PREFIX};
+
+use blob::BlobRead;
 
 use super::{ImageSource, Sink, MAX_DOCUMENTS};
 use crate::cancel::Cancel;
@@ -67,62 +73,29 @@ impl Default for RegistrySettings {
     }
 }
 
-/// Errors talking to a registry. Each names the registry and the reference; auth failures name where the
-/// credentials came from.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("registry auth file {path}: {reason}")]
-    AuthFile { path: PathBuf, reason: String },
-    #[error(
-        "registry {registry}: {reference}: access denied (HTTP {status}) with credentials {credentials}: {detail}"
-    )]
-    Denied { registry: String, reference: String, status: u16, credentials: String, detail: String },
-    #[error("registry {registry}: {reference}: {what} not found (HTTP 404): {detail}")]
-    NotFound { registry: String, reference: String, what: String, detail: String },
-    #[error("registry {registry}: unknown host: {detail}")]
-    UnknownHost { registry: String, detail: String },
-    #[error(
-        "registry {registry}: TLS failed: {detail} (plain HTTP is used only for loopback and for hosts set \
-         registry.hosts.\"{registry}\".insecure)"
-    )]
-    Tls { registry: String, detail: String },
-    #[error("registry {registry}: cannot reach it: {detail}")]
-    Unreachable { registry: String, detail: String },
-    #[error("registry {registry}: {reference}: {what}: the bytes the registry sent do not match: {detail}")]
-    DataLoss { registry: String, reference: String, what: String, detail: String },
-    #[error("registry {registry}: {reference}: HTTP {status}: {detail}")]
-    Server { registry: String, reference: String, status: u16, detail: String },
-    #[error("registry {registry}: {reference}: {what}: {reason}")]
-    Malformed { registry: String, reference: String, what: String, reason: String },
-    #[error("registry {registry}: {reference}: {what}: unsupported: {reason}")]
-    Unsupported { registry: String, reference: String, what: String, reason: String },
-    #[error("registry {registry}: {reference}: {what} is {size} bytes, over the cap of {limit}")]
-    TooLarge { registry: String, reference: String, what: String, size: u64, limit: u64 },
-    #[error("registry {registry}: {reference}: pull cancelled: {reason}")]
-    Cancelled { registry: String, reference: String, reason: &'static str },
-    #[error("registry {registry}: {reference}: {detail}")]
-    Client { registry: String, reference: String, detail: String },
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// What [`super::Source::Registry`] names: the image, how to reach its registry, and the platform an index
+/// must have an image for.
+#[derive(Debug, Clone)]
+pub struct RegistrySource {
+    pub reference: RegistryRef,
+    pub settings: RegistrySettings,
+    pub platform: Platform,
+    /// The full reference, for messages that name a source by path.
+    name: PathBuf,
 }
 
-impl Error {
-    pub fn kind(&self) -> ErrorKind {
-        match self {
-            Error::AuthFile { .. } => ErrorKind::FailedPrecondition,
-            Error::Denied { .. } => ErrorKind::PermissionDenied,
-            Error::NotFound { .. } => ErrorKind::NotFound,
-            Error::UnknownHost { .. } | Error::Tls { .. } | Error::Unreachable { .. } => ErrorKind::Unavailable,
-            Error::DataLoss { .. } | Error::Malformed { .. } => ErrorKind::Corrupt,
-            Error::Server { status: 429, .. } | Error::TooLarge { .. } => ErrorKind::ResourceExhausted,
-            Error::Server { status, .. } if *status >= 500 => ErrorKind::Unavailable,
-            Error::Server { .. } => ErrorKind::FailedPrecondition,
-            Error::Unsupported { .. } => ErrorKind::Unsupported,
-            Error::Cancelled { .. } => ErrorKind::Cancelled,
-            Error::Client { .. } => ErrorKind::Internal,
-        }
+impl RegistrySource {
+    pub fn new(reference: RegistryRef, settings: RegistrySettings, platform: Platform) -> RegistrySource {
+        let name = PathBuf::from(reference.full());
+        RegistrySource { reference, settings, platform, name }
+    }
+
+    pub fn name(&self) -> &std::path::Path {
+        &self.name
     }
 }
-
-pub type Result<T> = std::result::Result<T, Error>;
 
 /// The media types a manifest request accepts: OCI and Docker schema 2, manifests and indexes.
 const ACCEPT: &[&str] = &[
@@ -427,15 +400,7 @@ impl Remote {
     fn blob(&self, dest: &LayoutWriter, desc: &Descriptor, sink: &mut Sink) -> std::result::Result<(), super::Error> {
         let name = PathBuf::from(self.reference.full());
         sink.check(&name)?;
-        let mut reader = BlobRead {
-            remote: self,
-            desc,
-            cancel: sink.cancel,
-            stream: None,
-            chunk: Bytes::new(),
-            received: 0,
-            failure: None,
-        };
+        let mut reader = BlobRead::new(self, desc, sink.cancel);
         match dest.put_blob(&desc.digest, desc.size, &mut reader) {
             Ok(written) => {
                 sink.copied(written);
@@ -469,80 +434,6 @@ struct ManifestRefs {
     config: Descriptor,
     #[serde(default)]
     layers: Vec<Descriptor>,
-}
-
-/// A blob as a [`std::io::Read`]: the request is sent on the first read (so a blob the store has costs no
-/// request), each read waits for the next chunk on the remote's runtime. A failure of the request is kept in
-/// `failure`, typed, for [`Remote::blob`] to return instead of the store's I/O error.
-struct BlobRead<'a> {
-    remote: &'a Remote,
-    desc: &'a Descriptor,
-    cancel: &'a Cancel,
-    stream: Option<std::pin::Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>>,
-    chunk: Bytes,
-    received: u64,
-    failure: Option<Error>,
-}
-
-impl BlobRead<'_> {
-    fn fail(&mut self, e: Error) -> std::io::Error {
-        let io = std::io::Error::other(e.to_string());
-        self.failure = Some(e);
-        io
-    }
-}
-
-impl std::io::Read for BlobRead<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let remote = self.remote;
-        let what = format!("blob {}", self.desc.digest);
-        if self.stream.is_none() {
-            let target = remote.reference.at(&self.desc.digest);
-            let digest = self.desc.digest.to_string();
-            let fetch = remote.client.pull_blob_stream(&target, digest.as_str());
-            let got = match remote.wait(fetch, self.cancel) {
-                None => return Err(self.fail(remote.cancelled(self.cancel))),
-                Some(r) => r,
-            };
-            match got {
-                Ok(s) => self.stream = Some(s.stream),
-                Err(e) => return Err(self.fail(remote.error(&what, e))),
-            }
-        }
-        while self.chunk.is_empty() {
-            let Some(stream) = self.stream.as_mut() else { return Ok(0) };
-            let next = match remote.wait(stream.next(), self.cancel) {
-                None => return Err(self.fail(remote.cancelled(self.cancel))),
-                Some(n) => n,
-            };
-            match next {
-                None => return Ok(0),
-                Some(Ok(b)) => {
-                    self.received += b.len() as u64;
-                    self.chunk = b;
-                }
-                // The client checks the digest too, and says so at the end of the stream: the store's own
-                // check (with its typed error) sees the same bytes end here.
-                Some(Err(e)) if e.get_ref().is_some_and(|i| i.is::<oci_client::errors::DigestError>()) => {
-                    self.stream = None;
-                    return Ok(0);
-                }
-                Some(Err(e)) => {
-                    let err = match e.get_ref().and_then(|i| i.downcast_ref::<reqwest::Error>()) {
-                        Some(r) => remote.request_error(r),
-                        None => Error::Unreachable {
-                            registry: remote.reference.registry().to_owned(),
-                            detail: format!("{what}: {e}"),
-                        },
-                    };
-                    return Err(self.fail(err));
-                }
-            }
-        }
-        let n = buf.len().min(self.chunk.len());
-        buf[..n].copy_from_slice(&self.chunk.split_to(n));
-        Ok(n)
-    }
 }
 
 impl ImageSource for Remote {
