@@ -3,8 +3,8 @@
 //!
 //! May use: `error`.
 //!
-//! Length: about 500 lines of fields (each with its default and its documentation, which `kilnd --help` and
-//! the README quote) and 100 of unit tests; one file, so that a setting is read, defaulted and validated in one
+//! Length: about 550 lines of fields (each with its default and its documentation, which `kilnd --help` and
+//! the README quote) and 130 of unit tests; one file, so that a setting is read, defaulted and validated in one
 //! place.
 
 use std::path::{Path, PathBuf};
@@ -225,6 +225,36 @@ pub struct Config {
     pub limits: Limits,
     pub caps: Caps,
     pub caller_mounts: CallerMounts,
+    pub registry: Registry,
+}
+
+/// How kilnd reaches OCI registries for `Images.Pull` (`[registry]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Registry {
+    /// A Docker-style `config.json` (`auths.<host>.auth`, base64 `user:password`), read at each pull; `None`
+    /// (the default) pulls anonymously. A configured file that does not exist means anonymous too.
+    pub auth_file: Option<PathBuf>,
+    /// Seconds to wait for a connection to a registry.
+    pub connect_timeout_secs: u64,
+    /// Seconds to wait for the next bytes of a registry's response.
+    pub read_timeout_secs: u64,
+    /// Per registry, by `host[:port]` as references write it (`[registry.hosts."registry.local:5000"]`).
+    pub hosts: std::collections::BTreeMap<String, RegistryHost>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry { auth_file: None, connect_timeout_secs: 30, read_timeout_secs: 60, hosts: Default::default() }
+    }
+}
+
+/// One registry's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryHost {
+    /// Plain HTTP instead of HTTPS (as containerd's `plain-http`); loopback registries always use it.
+    pub insecure: bool,
 }
 
 /// Bounds on what callers may hold of the daemon. A caller over a bound is refused at once
@@ -332,6 +362,7 @@ impl Default for Config {
             limits: Limits::default(),
             caps: Caps::default(),
             caller_mounts: CallerMounts::default(),
+            registry: Registry::default(),
         }
     }
 }
@@ -429,6 +460,21 @@ impl Config {
             return invalid("shutdown_timeout_secs", format!("{} is not within 1..=3600", self.shutdown_timeout_secs));
         }
         self.limits.validate()?;
+        let r = &self.registry;
+        if r.auth_file.as_ref().is_some_and(|p| !p.is_absolute()) {
+            return invalid("registry.auth_file", format!("{:?} must be an absolute path", r.auth_file));
+        }
+        for (field, secs) in [
+            ("registry.connect_timeout_secs", r.connect_timeout_secs),
+            ("registry.read_timeout_secs", r.read_timeout_secs),
+        ] {
+            if !(1..=3600).contains(&secs) {
+                return invalid(field, format!("{secs} is not within 1..=3600"));
+            }
+        }
+        if let Some(h) = r.hosts.keys().find(|h| h.is_empty() || h.contains(['/', ' '])) {
+            return invalid("registry.hosts", format!("{h:?} is not host[:port]"));
+        }
         if let Some(v) = &self.volume_dir {
             if !v.is_absolute() {
                 return invalid("volume_dir", format!("{v:?} must be an absolute path"));
@@ -561,6 +607,19 @@ mod tests {
     }
 
     #[test]
+    fn registry_settings_have_defaults_and_can_be_set() {
+        let c = Config::from_toml(
+            "[registry]\nauth_file = \"/etc/kiln/auth.json\"\n[registry.hosts.\"r.local:5000\"]\ninsecure = true\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.registry.auth_file.as_deref(), Some(Path::new("/etc/kiln/auth.json")));
+        assert!(c.registry.hosts["r.local:5000"].insecure);
+        assert_eq!(c.registry.read_timeout_secs, Registry::default().read_timeout_secs);
+    }
+
+    #[test]
     fn partial_file_keeps_defaults() {
         let c = Config::from_toml("root = \"/srv/kiln\"\n[log]\nformat = \"json\"\n", Path::new("x.toml")).unwrap();
         assert_eq!(c.root, PathBuf::from("/srv/kiln"));
@@ -605,6 +664,10 @@ mod tests {
             ("[caps]\nmax_bundle_record_bytes = 1000", "caps.max_bundle_record_bytes"),
             ("[caps]\nmax_volumes = 1", "max_volumes"),
             ("[caller_mounts]\ntrusted = \"yes\"", "trusted"),
+            ("[registry]\nauth_file = \"auth.json\"", "registry.auth_file"),
+            ("[registry]\nread_timeout_secs = 0", "registry.read_timeout_secs"),
+            ("[registry.hosts.\"a/b\"]\ninsecure = true", "registry.hosts"),
+            ("[registry.hosts.\"r:5000\"]\ninsecure = 1", "insecure"),
         ] {
             let e = Config::from_toml(toml, Path::new("k.toml")).and_then(|c| c.validate()).unwrap_err();
             assert!(e.to_string().contains(field), "{toml}: {e}");

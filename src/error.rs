@@ -21,6 +21,10 @@ pub enum ErrorKind {
     ResourceExhausted,
     /// A failure of the machine (I/O, syscalls) rather than of the input.
     Internal,
+    /// A remote service (a registry) refused the credentials, or access with them.
+    PermissionDenied,
+    /// A remote service (a registry) cannot be reached: unknown host, refused connection, TLS, 5xx.
+    Unavailable,
     /// The work was stopped because its caller went away or its deadline passed (see [`crate::Cancel`]).
     Cancelled,
 }
@@ -37,6 +41,8 @@ impl ErrorKind {
             ErrorKind::Corrupt => "corrupt",
             ErrorKind::ResourceExhausted => "resource_exhausted",
             ErrorKind::Internal => "internal",
+            ErrorKind::PermissionDenied => "permission_denied",
+            ErrorKind::Unavailable => "unavailable",
             ErrorKind::Cancelled => "cancelled",
         }
     }

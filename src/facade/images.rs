@@ -1,4 +1,5 @@
-//! Images: list, get, pull (unpack ahead of time), import, remove.
+//! Images: list, get, pull (fetch from a registry when the store lacks the image, unpack ahead of time),
+//! import, remove.
 
 use crate::cancel::Cancel;
 use crate::digest::Digest;
@@ -39,7 +40,12 @@ pub struct ImageDetails {
 #[derive(Debug, Clone)]
 pub struct Pulled {
     pub image: ResolvedImage,
+    /// Empty when the pull did not unpack.
     pub report: UnpackReport,
+    /// The name the image has in the store: the reference as given, or a registry reference's full form.
+    pub ref_name: String,
+    /// Whether it was fetched from a registry by this pull.
+    pub fetched: bool,
 }
 
 /// The sizes of `img`, listed under `listed`; `committed(chain)` is the stored usage of a committed snapshot
@@ -130,9 +136,8 @@ impl Kiln {
         Ok(ImageDetails { image, unpacked, layers_verified: verify })
     }
 
-    /// Unpacks the image's layers into committed snapshots ahead of time. A cancelled pull stops before its next
-    /// layer, unless another request waits on a layer it leads; what stays is committed snapshots, never
-    /// half-applied ones. `progress` must return at once.
+    /// Unpacks the image's layers into committed snapshots ahead of time: [`pull_image`](Self::pull_image)
+    /// with unpacking.
     pub fn pull(
         &self,
         reference: &Reference,
@@ -140,9 +145,76 @@ impl Kiln {
         progress: &(dyn Fn(snapshot::Progress) + Sync),
         cancel: &Cancel,
     ) -> Result<Pulled> {
-        let (store, image) = self.resolve(reference, platform)?;
-        let report = self.engine.unpack_cancellable(&store, &image, progress, cancel)?;
-        Ok(Pulled { image, report })
+        self.pull_image(reference, platform, true, progress, cancel)
+    }
+
+    /// Resolves `reference` in the catalog and, with `unpack`, unpacks its layers into committed snapshots.
+    ///
+    /// A registry reference ([`source::RegistryRef::detect`]: `docker://NAME`, or a name whose first component
+    /// is a host) that resolves neither as written nor under its full form (`docker.io/library/busybox:latest`)
+    /// is fetched from its registry first, with the `[registry]` settings, into the content store under that
+    /// full form ([`fetch`](Self::fetch)). A cancelled pull stops before its next blob or layer, unless another
+    /// request waits on a layer it leads; what stays is verified blobs and committed snapshots, never
+    /// half-written or half-applied ones. `progress` must return at once.
+    pub fn pull_image(
+        &self,
+        reference: &Reference,
+        platform: Option<Platform>,
+        unpack: bool,
+        progress: &(dyn Fn(snapshot::Progress) + Sync),
+        cancel: &Cancel,
+    ) -> Result<Pulled> {
+        let remote = match reference {
+            Reference::Name(n) => source::RegistryRef::detect(n)?,
+            _ => None,
+        };
+        let (ref_name, fetched, (store, image)) = match remote {
+            None => (reference.to_string(), false, self.resolve(reference, platform.clone())?),
+            Some(remote) => {
+                let full = Reference::Name(remote.ref_name()?.as_str().to_owned());
+                let local = [reference, &full]
+                    .into_iter()
+                    .find_map(|r| self.resolve(r, platform.clone()).ok().map(|got| (r.to_string(), got)));
+                match local {
+                    Some((name, got)) => (name, false, got),
+                    None => {
+                        let name = self.fetch(&remote, platform.clone(), cancel)?;
+                        (name, true, self.resolve(&full, platform)?)
+                    }
+                }
+            }
+        };
+        let report = if unpack {
+            self.engine.unpack_cancellable(&store, &image, progress, cancel)?
+        } else {
+            UnpackReport::default()
+        };
+        Ok(Pulled { image, report, ref_name, fetched })
+    }
+
+    /// Fetches the image `reference` names from its registry into the content store, named by the
+    /// reference's full form (with an `io.containerd.image.name` annotation saying the same), and returns that
+    /// name. An index is fetched whole; it must have an image for `platform` (default: this host).
+    pub fn fetch(
+        &self,
+        reference: &source::RegistryRef,
+        platform: Option<Platform>,
+        cancel: &Cancel,
+    ) -> Result<String> {
+        let r = &self.config.registry;
+        let settings = source::RegistrySettings {
+            auth_file: r.auth_file.clone(),
+            insecure: r.hosts.iter().filter(|(_, h)| h.insecure).map(|(k, _)| k.clone()).collect(),
+            connect_timeout: std::time::Duration::from_secs(r.connect_timeout_secs),
+            read_timeout: std::time::Duration::from_secs(r.read_timeout_secs),
+        };
+        let src = source::Source::Registry(Box::new(source::RegistrySource::new(
+            reference.clone(),
+            settings,
+            platform.unwrap_or_else(Platform::host),
+        )));
+        let imported = self.import(src, &source::Access::Own, &Reference::Default, None, &mut |_| {}, cancel)?;
+        Ok(imported.into_iter().next().map(|i| i.ref_name).unwrap_or_else(|| reference.full()))
     }
 
     /// Imports `source` into the content store: it is read (an archive unpacked into `tmp/`) before anything is

@@ -78,7 +78,7 @@ impl pb::images_server::Images for ImagesService {
         let stream = admission::stream(ticket, move |t, progress| {
             let report = |p: crate::snapshot::Progress| progress.report(wire::pull_progress(&p));
             let pulled = d.kiln.pull(&reference, platform, &report, &t.cancel()).map_err(|e| failed(t, e))?;
-            Ok(wire::pulled(&pulled.image))
+            Ok(wire::pulled(&pulled))
         });
         Ok(Response::new(Box::pin(stream)))
     }

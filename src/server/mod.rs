@@ -82,6 +82,8 @@ pub fn status(kind: ErrorKind, message: impl std::fmt::Display) -> Status {
         ErrorKind::Corrupt => Status::data_loss(message),
         ErrorKind::ResourceExhausted => Status::resource_exhausted(message),
         ErrorKind::Internal => Status::internal(message),
+        ErrorKind::PermissionDenied => Status::permission_denied(message),
+        ErrorKind::Unavailable => Status::unavailable(message),
         ErrorKind::Cancelled => Status::cancelled(message),
     }
 }

@@ -94,11 +94,13 @@ pub fn pull_progress(p: &crate::snapshot::Progress) -> pb::PullProgress {
         bytes_total: int(p.bytes_total),
         done: false,
         chain_id: String::new(),
+        ..Default::default()
     }
 }
 
 /// The last message of a pull: every layer done.
-pub fn pulled(img: &ResolvedImage) -> pb::PullProgress {
+pub fn pulled(pulled: &crate::facade::Pulled) -> pb::PullProgress {
+    let img = &pulled.image;
     let total = img.layers.len() as u32;
     let bytes = int(img.layers.iter().map(|l| l.descriptor.size).sum::<u64>());
     pb::PullProgress {
@@ -108,6 +110,8 @@ pub fn pulled(img: &ResolvedImage) -> pb::PullProgress {
         bytes_total: bytes,
         done: true,
         chain_id: img.chain_id().map(|c| c.to_string()).unwrap_or_default(),
+        ref_name: pulled.ref_name.clone(),
+        fetched: pulled.fetched,
     }
 }
 

@@ -7,10 +7,10 @@
 //! own scratch space ([`Staged`]) without any lock; [`commit_all`] then picks images and copies them through
 //! the store's [`LayoutWriter`], whose index lock is taken only to name them. Each kind of source is one file
 //! implementing the small `ImageSource` trait (which images it holds, which a source ref picks and under
-//! what names, and how one is copied); [`commit_all`] chooses the kind. A registry source goes beside
-//! them as `registry.rs`: it has nothing to stage (its manifests and blobs stream from the registry, verified
-//! as they are read), so it becomes one more [`Source`] variant, a `Staged` that holds the connection, and
-//! one more arm in [`commit_all`].
+//! what names, and how one is copied); [`commit_all`] chooses the kind. A registry (`registry/`) has
+//! nothing to stage (its manifests and blobs stream from the registry, verified as they are written): it is
+//! [`Source::Registry`], a `Staged` that holds the connection ([`registry::Remote`]), and one more arm in
+//! [`commit_all`]; the image is named by its full reference (see `registry/reference.rs`).
 //!
 //! The source is named by a caller: a path kilnd looks up, or a descriptor the caller opened itself and passed
 //! over the socket (`kiln image import` does that, so the kernel resolved the path with the caller's rights, in
@@ -36,6 +36,7 @@ mod archive;
 mod docker_archive;
 mod layout;
 mod oci_archive;
+pub mod registry;
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -48,6 +49,7 @@ use nix::fcntl::OFlag;
 use nix::sys::stat::SFlag;
 
 pub use archive::{extract_archive, ArchiveLimits};
+pub use registry::{RegistryRef, RegistrySettings, RegistrySource};
 
 use crate::cancel::Cancel;
 use crate::digest::Digest;
@@ -65,6 +67,8 @@ pub enum Error {
     Store(#[from] store::Error),
     #[error(transparent)]
     Image(#[from] image::Error),
+    #[error(transparent)]
+    Registry(#[from] registry::Error),
     #[error("import source {path}: no such file or directory")]
     SourceNotFound { path: PathBuf },
     /// Missing, or not reachable or readable with the caller's rights: one error, so that a caller cannot
@@ -114,6 +118,7 @@ impl Error {
         match self {
             Error::Store(e) => e.kind(),
             Error::Image(e) => e.kind(),
+            Error::Registry(e) => e.kind(),
             Error::Cancelled { .. } => ErrorKind::Cancelled,
             Error::SourceNotFound { .. } | Error::SourceUnavailable { .. } => ErrorKind::NotFound,
             Error::OtherMountNamespace { .. } => ErrorKind::FailedPrecondition,
@@ -278,6 +283,8 @@ pub enum Source {
     /// A descriptor the caller opened (passed over kilnd's socket with `SCM_RIGHTS`; any open mode, `O_PATH`
     /// included: it only says *which* file); `name` labels it in messages.
     Handle { fd: OwnedFd, name: PathBuf },
+    /// An image in a registry, fetched by kilnd with its own network identity and the configured credentials.
+    Registry(Box<RegistrySource>),
 }
 
 impl Source {
@@ -286,6 +293,7 @@ impl Source {
         match self {
             Source::Path(p) => p,
             Source::Handle { name, .. } => name,
+            Source::Registry(r) => r.name(),
         }
     }
 }
@@ -311,6 +319,8 @@ enum StagedKind {
     Layout(Store),
     /// An archive unpacked in a scratch directory (removed on drop).
     Archive(archive::TempDir),
+    /// A registry, connected (nothing fetched yet).
+    Registry(Box<registry::Remote>),
 }
 
 impl Staged {
@@ -361,6 +371,11 @@ pub fn stage_cancellable(
         unavailable(&e).unwrap_or_else(|| sys_error(&name, e))
     };
     let handle = match source {
+        Source::Registry(r) => {
+            let RegistrySource { reference, settings, platform, .. } = *r;
+            let remote = registry::Remote::connect(reference, &settings, platform)?;
+            return Ok(Staged { name, what: StagedKind::Registry(Box::new(remote)), max_bytes: limits.max_bytes });
+        }
         Source::Handle { fd, .. } => fd,
         Source::Path(path) => {
             if !path.is_absolute() {
@@ -440,6 +455,7 @@ pub fn commit_all(
         StagedKind::Layout(src) => {
             import_from(&layout::Layout::new(src, name, max), dest, source_ref, ref_name, &mut sink)
         }
+        StagedKind::Registry(remote) => import_from(remote.as_ref(), dest, source_ref, ref_name, &mut sink),
         StagedKind::Archive(dir) => {
             let oci = oci_archive::holds(dir.path());
             let docker = docker_archive::holds(dir.path());

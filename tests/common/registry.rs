@@ -1,29 +1,47 @@
 //! A plain-HTTP OCI registry of a test's own: Debian's `docker-registry` (distribution 2.8) on 127.0.0.1 and a
-//! free port, with its config file, storage and request log in a scratch directory; images go in with
-//! `skopeo copy --preserve-digests` from layouts the fixture builder wrote (so the registry serves the very
-//! manifests and blobs a test also imports into kiln). Dropping it kills the registry.
+//! free port, with its config file, storage and request log in a scratch directory, optionally behind htpasswd
+//! (basic auth, the bcrypt line written by `htpasswd -B` of apache2-utils); images go in with `skopeo copy
+//! --preserve-digests` from layouts the fixture builder wrote (so the registry serves the very manifests and
+//! blobs a test also imports into kiln). Dropping it kills the registry.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
+
+pub const BINARY: &str = "docker-registry";
 
 pub struct Registry {
     child: Option<Child>,
     pub dir: tempfile::TempDir,
     /// `127.0.0.1:PORT`, the host part of its image references.
     pub host: String,
+    /// `(user, password)` when started with basic auth.
+    pub credentials: Option<(String, String)>,
 }
 
 impl Registry {
+    /// An anonymous registry.
     pub fn start() -> Registry {
+        Registry::start_with(None)
+    }
+
+    /// With `credentials`, behind htpasswd basic auth for that one user.
+    pub fn start_with(credentials: Option<(&str, &str)>) -> Registry {
         let dir = super::scratch();
         let d = dir.path();
+        let mut auth = String::new();
+        if let Some((user, password)) = credentials {
+            let out = Command::new("htpasswd").args(["-Bbn", user, password]).output().expect("htpasswd");
+            assert!(out.status.success(), "htpasswd: {}", String::from_utf8_lossy(&out.stderr));
+            std::fs::write(d.join("htpasswd"), &out.stdout).expect("htpasswd file");
+            auth = format!("auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n", d.join("htpasswd").display());
+        }
         // A port the kernel just handed out; the registry binds it a moment later (a race a test can live with).
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
         let host = format!("127.0.0.1:{port}");
         let config = format!(
             "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    \
-             rootdirectory: {storage}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n",
+             rootdirectory: {storage}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n{auth}",
             storage = d.join("storage").display(),
         );
         std::fs::write(d.join("config.yml"), config).expect("registry config");
@@ -35,7 +53,8 @@ impl Registry {
             .stderr(log)
             .spawn()
             .expect("spawn docker-registry");
-        let r = Registry { child: Some(child), dir, host };
+        let credentials = credentials.map(|(u, p)| (u.to_owned(), p.to_owned()));
+        let r = Registry { child: Some(child), dir, host, credentials };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !r.answers() {
             assert!(Instant::now() < deadline, "docker-registry did not answer on {}:\n{}", r.host, r.log());
@@ -44,7 +63,7 @@ impl Registry {
         r
     }
 
-    /// True when `GET /v2/` answers 200.
+    /// True when `GET /v2/` answers (200, or 401 behind auth).
     fn answers(&self) -> bool {
         use std::io::{Read, Write};
         let Ok(mut s) = std::net::TcpStream::connect(&self.host) else { return false };
@@ -52,7 +71,7 @@ impl Registry {
         let mut answer = String::new();
         s.write_all(req.as_bytes()).is_ok()
             && s.read_to_string(&mut answer).is_ok()
-            && answer.starts_with("HTTP/1.1 200")
+            && (answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.1 401"))
     }
 
     /// The reference `HOST/name:tag` of an image in this registry.
@@ -72,6 +91,28 @@ impl Registry {
             .expect("skopeo");
         assert!(out.status.success(), "skopeo copy to {reference}: {out:?}\n--- registry log:\n{}", self.log());
         reference
+    }
+
+    /// `skopeo copy EXTRA… oci:LAYOUT:REF docker://HOST/NAME` (NAME with its `:tag`; EXTRA such as `--all` or
+    /// `--format v2s2`, so digests may change), with this registry's credentials.
+    pub fn push_with(&self, layout: &Path, layout_ref: &str, name: &str, extra: &[&str]) {
+        let mut cmd = Command::new("skopeo");
+        cmd.args(["copy", "--insecure-policy", "--quiet", "--dest-tls-verify=false"]).args(extra);
+        if let Some((u, p)) = &self.credentials {
+            cmd.arg("--dest-creds").arg(format!("{u}:{p}"));
+        }
+        let out = cmd
+            .arg(format!("oci:{}:{layout_ref}", layout.display()))
+            .arg(format!("docker://{}/{name}", self.host))
+            .output()
+            .expect("skopeo");
+        assert!(out.status.success(), "skopeo copy: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Where the registry keeps blob `digest` (`sha256:…`) on disk.
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.dir.path().join("storage/docker/registry/v2/blobs/sha256").join(&hex[..2]).join(hex).join("data")
     }
 
     /// What the registry logged so far (one access-log line per request).

@@ -211,11 +211,18 @@ pub async fn pull(remote: &Remote, reference: &str, p: Option<&str>) -> Result<(
         bytes_total: u64::try_from(m.bytes_total).unwrap_or(0),
     };
     let last = follow(stream, meter, |m| m.done, step).await?;
+    // The name in the store: a registry reference's full form (a kilnd that predates it sends none).
+    let name = if last.ref_name.is_empty() { reference } else { last.ref_name.as_str() };
     if remote.json {
-        return crate::print_json(&json!({"reference": reference, "chainId": last.chain_id}));
+        return crate::print_json(&json!({"reference": reference, "chainId": last.chain_id, "refName": name,
+                                         "fetched": last.fetched}));
+    }
+    if last.fetched {
+        // `fetched NAME` first, when the image came from its registry.
+        println!("fetched {name}");
     }
     // `unpacked REF CHAIN_ID (N layers, X MiB)`.
-    println!("unpacked {reference} {}{}", last.chain_id, summary(&mut c, reference).await);
+    println!("unpacked {reference} {}{}", last.chain_id, summary(&mut c, name).await);
     Ok(())
 }
 

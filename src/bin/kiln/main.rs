@@ -117,7 +117,9 @@ enum ImageCommand {
     },
     /// Unpack an image's layers into snapshots ahead of time.
     Pull {
-        /// The image: a ref name in kilnd's store (`name:tag`), or `@sha256:…`.
+        /// The image: a ref name in kilnd's store (`name:tag`), `@sha256:…`, or a registry reference
+        /// (`docker://NAME`, or a name whose first part is a host: `registry.example:5000/app:v1`,
+        /// `localhost/app@sha256:…`), fetched from its registry when the store lacks it.
         reference: String,
         /// The platform to select from a multi-platform image, OS/ARCH[/VARIANT] [default: this host].
         #[arg(long)]

@@ -1,0 +1,494 @@
+//! An OCI registry as an import source (distribution spec v1.1, reads only): the manifest or index a
+//! reference names, by tag or digest, every manifest below an index, then every config and layer blob, each
+//! streamed through the store's [`LayoutWriter::put_blob`] — into `.kiln-ingest/`, size and digest verified as
+//! it is written, renamed into `blobs/` only when both match — and the documents after the blobs they name, so
+//! the ref [`super::commit_all`] sets last names only what is there. A failure or a cancel leaves nothing
+//! half-written: the ingest file goes with the failed `put_blob`, and no ref names the blobs that did land
+//! (the collector takes them once unpinned). An index is fetched whole, every platform, as a layout import
+//! copies one (a ref names one complete tree, which the collector and `image::reachable` rely on); it is
+//! refused first, before any blob, when nothing in it runs on the wanted platform (the host's by default).
+//!
+//! The client is [`oci_client`] (the ORAS project's; Accept headers, `WWW-Authenticate` challenges — basic,
+//! and bearer tokens scoped to the repository — and redirects, which reqwest follows, dropping credentials
+//! across hosts). It is async; this library is synchronous and runs on kilnd's blocking threads, so a
+//! [`Remote`] owns a small current-thread tokio runtime and blocks on it, one request at a time: no thread of
+//! its own, nothing to hand across threads, and each wait polls the caller's [`Cancel`] (every 100 ms) so a
+//! stalled registry never holds a cancelled pull. TLS is rustls with ring, verifying against the system's
+//! roots; plain HTTP only for hosts configured `insecure` and for loopback ([`RegistrySettings`]).
+//! Credentials come from a Docker-style `config.json` (`auth.rs`); references are `reference.rs`'s; errors,
+//! typed and naming the registry, the reference and the credentials' origin, `error.rs`'s; `blob.rs` turns
+//! a blob response into the reader the store verifies.
+//!
+//! Not yet (issue 14's later parts): unpacking while downloading, resuming with `Range`, mirrors, parallel
+//! layer downloads, joining a pull in flight, per-request credentials, retries of 429/5xx.
+//!
+//! May use: `store`, `image`, `digest`, `cancel`, `sys` (through `auth`), `error`.
+
+mod auth;
+mod blob;
+mod error;
+mod reference;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use oci_client::errors::OciDistributionError;
+use serde::Deserialize;
+
+pub use auth::Credentials;
+pub use error::Error;
+pub use reference::{RegistryRef, DOCKER_PREFIX};
+
+use blob::BlobRead;
+
+use super::{ImageSource, Sink, MAX_DOCUMENTS};
+use crate::cancel::Cancel;
+use crate::digest::Digest;
+use crate::error::ErrorKind;
+use crate::image::{self, Platform, RefName, Reference, ANNOTATION_CONTAINERD_NAME};
+use crate::store::{self, Descriptor, LayoutWriter};
+
+/// How kilnd reaches registries (from its `[registry]` configuration).
+#[derive(Debug, Clone)]
+pub struct RegistrySettings {
+    /// A Docker-style `config.json`; `None`: anonymous everywhere.
+    pub auth_file: Option<PathBuf>,
+    /// Registries (`host[:port]`, as in references) reached over plain HTTP. Loopback ones always are.
+    pub insecure: Vec<String>,
+    pub connect_timeout: Duration,
+    /// Longest wait for the next bytes of a response.
+    pub read_timeout: Duration,
+}
+
+impl Default for RegistrySettings {
+    fn default() -> Self {
+        RegistrySettings {
+            auth_file: None,
+            insecure: vec![],
+            connect_timeout: Duration::from_secs(30),
+            read_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// What [`super::Source::Registry`] names: the image, how to reach its registry, and the platform an index
+/// must have an image for.
+#[derive(Debug, Clone)]
+pub struct RegistrySource {
+    pub reference: RegistryRef,
+    pub settings: RegistrySettings,
+    pub platform: Platform,
+    /// The full reference, for messages that name a source by path.
+    name: PathBuf,
+}
+
+impl RegistrySource {
+    pub fn new(reference: RegistryRef, settings: RegistrySettings, platform: Platform) -> RegistrySource {
+        let name = PathBuf::from(reference.full());
+        RegistrySource { reference, settings, platform, name }
+    }
+
+    pub fn name(&self) -> &std::path::Path {
+        &self.name
+    }
+}
+
+/// The media types a manifest request accepts: OCI and Docker schema 2, manifests and indexes.
+const ACCEPT: &[&str] = &[
+    store::MEDIA_TYPE_INDEX,
+    store::MEDIA_TYPE_MANIFEST,
+    store::MEDIA_TYPE_DOCKER_MANIFEST_LIST,
+    store::MEDIA_TYPE_DOCKER_MANIFEST,
+];
+
+/// How often a wait on the registry looks at the caller's cancel.
+const CANCEL_POLL: Duration = Duration::from_millis(100);
+
+/// A connection to the registry of one reference, with its credentials, ready to fetch.
+pub struct Remote {
+    reference: RegistryRef,
+    credentials: Credentials,
+    client: oci_client::Client,
+    runtime: tokio::runtime::Runtime,
+    /// The platform an index must have an image for.
+    platform: Platform,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote").field("reference", &self.reference).field("credentials", &self.credentials).finish()
+    }
+}
+
+impl Remote {
+    /// Sets up the client for `reference`'s registry (nothing is sent yet).
+    pub fn connect(reference: RegistryRef, settings: &RegistrySettings, platform: Platform) -> Result<Remote> {
+        let client_err = |detail: String| Error::Client {
+            registry: reference.registry().to_owned(),
+            reference: reference.full(),
+            detail,
+        };
+        let credentials = auth::lookup(settings.auth_file.as_deref(), reference.registry())?;
+        // reqwest is built without a default provider (aws-lc would need more than a C compiler); this is the
+        // process's, installed once (a second install fails harmlessly).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let plain = reference.is_loopback() || settings.insecure.iter().any(|h| h == reference.registry());
+        let config = oci_client::client::ClientConfig {
+            protocol: if plain {
+                oci_client::client::ClientProtocol::Http
+            } else {
+                oci_client::client::ClientProtocol::Https
+            },
+            connect_timeout: Some(settings.connect_timeout),
+            read_timeout: Some(settings.read_timeout),
+            user_agent: concat!("kiln/", env!("CARGO_PKG_VERSION")),
+            ..Default::default()
+        };
+        let client = oci_client::Client::try_from(config).map_err(|e| client_err(e.to_string()))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| client_err(format!("cannot start the client's runtime: {e}")))?;
+        Ok(Remote { reference, credentials, client, runtime, platform })
+    }
+
+    pub fn reference(&self) -> &RegistryRef {
+        &self.reference
+    }
+
+    /// `fut`'s output, or `None` once `cancel` says so (checked every [`CANCEL_POLL`]).
+    fn wait<F: Future>(&self, fut: F, cancel: &Cancel) -> Option<F::Output> {
+        self.runtime.block_on(async {
+            let mut fut = std::pin::pin!(fut);
+            loop {
+                match tokio::time::timeout(CANCEL_POLL, &mut fut).await {
+                    Ok(out) => return Some(out),
+                    Err(_) if cancel.is_cancelled() => return None,
+                    Err(_) => {}
+                }
+            }
+        })
+    }
+
+    fn cancelled(&self, cancel: &Cancel) -> Error {
+        Error::Cancelled {
+            registry: self.reference.registry().to_owned(),
+            reference: self.reference.full(),
+            reason: cancel.reason().unwrap_or("cancelled"),
+        }
+    }
+
+    /// The client's error as one of ours, for a request about `what`.
+    fn error(&self, what: &str, e: OciDistributionError) -> Error {
+        let registry = self.reference.registry().to_owned();
+        let reference = self.reference.full();
+        let denied = |status: u16, detail: String| Error::Denied {
+            registry: registry.clone(),
+            reference: reference.clone(),
+            status,
+            credentials: self.credentials.origin.clone(),
+            detail,
+        };
+        let by_status = |status: u16, detail: String| match status {
+            401 | 403 => denied(status, detail),
+            404 => {
+                Error::NotFound { registry: registry.clone(), reference: reference.clone(), what: what.into(), detail }
+            }
+            _ => Error::Server { registry: registry.clone(), reference: reference.clone(), status, detail },
+        };
+        match e {
+            OciDistributionError::UnauthorizedError { url } => denied(401, format!("GET {url}")),
+            OciDistributionError::AuthenticationFailure(reason) => denied(401, format!("token request: {reason}")),
+            OciDistributionError::ImageManifestNotFoundError(detail) => by_status(404, detail),
+            OciDistributionError::RegistryError { envelope, url } => {
+                let codes: Vec<String> = envelope.errors.iter().map(|e| format!("{:?}", e.code)).collect();
+                let status = if codes.iter().any(|c| c.contains("Unauthorized")) {
+                    401
+                } else if codes.iter().any(|c| c.contains("Denied")) {
+                    403
+                } else if codes.iter().any(|c| c.contains("Unknown")) {
+                    404
+                } else if codes.iter().any(|c| c.contains("TooManyRequests")) {
+                    429
+                } else {
+                    400
+                };
+                by_status(status, format!("GET {url}: {envelope}"))
+            }
+            OciDistributionError::ServerError { code, url, message } => {
+                by_status(code, format!("GET {url}: {message}"))
+            }
+            OciDistributionError::DigestError(d) => {
+                Error::DataLoss { registry, reference, what: what.into(), detail: d.to_string() }
+            }
+            OciDistributionError::RequestError(r) => self.request_error(&r),
+            other => Error::Client { registry, reference, detail: format!("{what}: {other}") },
+        }
+    }
+
+    /// A failed request, told apart by its causes: a name that does not resolve, TLS, anything else on the
+    /// way to the registry.
+    fn request_error(&self, e: &reqwest::Error) -> Error {
+        let registry = self.reference.registry().to_owned();
+        let detail = crate::error::report(e);
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(c) = cause {
+            if c.downcast_ref::<rustls::Error>().is_some() {
+                return Error::Tls { registry, detail };
+            }
+            cause = c.source();
+        }
+        let lower = detail.to_lowercase();
+        if lower.contains("dns error") || lower.contains("failed to lookup address") {
+            Error::UnknownHost { registry, detail }
+        } else if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") {
+            Error::Tls { registry, detail }
+        } else if e.is_connect() || e.is_timeout() {
+            Error::Unreachable { registry, detail }
+        } else {
+            Error::Client { registry, reference: self.reference.full(), detail }
+        }
+    }
+
+    fn malformed(&self, what: &str, reason: String) -> Error {
+        Error::Malformed {
+            registry: self.reference.registry().to_owned(),
+            reference: self.reference.full(),
+            what: what.into(),
+            reason,
+        }
+    }
+
+    /// Fetches the manifest or index `expected` names (or, with `None`, the one the reference names), checks
+    /// it against the descriptor (or the reference's digest) and the size cap; returns its descriptor and
+    /// bytes.
+    fn document(&self, expected: Option<&Descriptor>, cancel: &Cancel) -> Result<(Descriptor, Bytes)> {
+        let (target, what) = match expected {
+            Some(d) => (self.reference.at(&d.digest), format!("{} {}", d.media_type, d.digest)),
+            None => (self.reference.parsed().clone(), "manifest".to_owned()),
+        };
+        let fetch = self.client.pull_manifest_raw(&target, &self.credentials.auth, ACCEPT);
+        let (bytes, _) =
+            self.wait(fetch, cancel).ok_or_else(|| self.cancelled(cancel))?.map_err(|e| self.error(&what, e))?;
+        let limit = store::Limits::default().max_json_bytes;
+        if bytes.len() as u64 > limit {
+            return Err(Error::TooLarge {
+                registry: self.reference.registry().to_owned(),
+                reference: self.reference.full(),
+                what,
+                size: bytes.len() as u64,
+                limit,
+            });
+        }
+        let data_loss = |detail: String| Error::DataLoss {
+            registry: self.reference.registry().to_owned(),
+            reference: self.reference.full(),
+            what: what.clone(),
+            detail,
+        };
+        let desc = match expected.map(|d| d.digest.clone()).or_else(|| self.reference.digest().cloned()) {
+            Some(digest) => {
+                let size = expected.map_or(bytes.len() as u64, |d| d.size);
+                digest.verify(size, &bytes).map_err(|e| data_loss(e.to_string()))?;
+                let media_type = match expected {
+                    Some(d) => d.media_type.clone(),
+                    None => self.media_type(&what, &bytes)?,
+                };
+                Descriptor::new(media_type, digest, size)
+            }
+            None => Descriptor::new(self.media_type(&what, &bytes)?, Digest::sha256(&bytes), bytes.len() as u64),
+        };
+        Ok((desc, bytes))
+    }
+
+    /// The media type of a top-level document: its `mediaType` field, or what its fields say it is (OCI makes
+    /// the field optional). Schema 1 manifests are refused.
+    fn media_type(&self, what: &str, bytes: &[u8]) -> Result<String> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Probe {
+            schema_version: Option<u32>,
+            media_type: Option<String>,
+            manifests: Option<serde_json::Value>,
+            config: Option<serde_json::Value>,
+        }
+        let p: Probe = serde_json::from_slice(bytes).map_err(|e| self.malformed(what, e.to_string()))?;
+        let unsupported = |reason: String| Error::Unsupported {
+            registry: self.reference.registry().to_owned(),
+            reference: self.reference.full(),
+            what: what.into(),
+            reason,
+        };
+        if p.schema_version != Some(2) {
+            return Err(unsupported(format!("schemaVersion {:?} (kiln reads 2)", p.schema_version)));
+        }
+        match (p.media_type, p.manifests, p.config) {
+            (Some(m), _, _) if store::is_index_type(&m) || store::is_manifest_type(&m) => Ok(m),
+            (Some(m), _, _) => Err(unsupported(format!("media type {m:?}"))),
+            (None, Some(_), _) => Ok(store::MEDIA_TYPE_INDEX.into()),
+            (None, None, Some(_)) => Ok(store::MEDIA_TYPE_MANIFEST.into()),
+            (None, None, None) => Err(self.malformed(what, "neither a manifest nor an index".into())),
+        }
+    }
+
+    /// Every document of the tree under the reference, children before their parents, the top one last.
+    fn documents(&self, cancel: &Cancel) -> std::result::Result<Vec<(Descriptor, Bytes)>, super::Error> {
+        let top = self.document(None, cancel)?;
+        if store::is_index_type(&top.0.media_type) {
+            self.check_platform(&top.1)?;
+        }
+        let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        self.below(top, 0, &mut out, &mut seen, cancel)?;
+        Ok(out)
+    }
+
+    fn below(
+        &self,
+        (desc, bytes): (Descriptor, Bytes),
+        depth: usize,
+        out: &mut Vec<(Descriptor, Bytes)>,
+        seen: &mut std::collections::HashSet<Digest>,
+        cancel: &Cancel,
+    ) -> Result<()> {
+        let limit = image::Limits::default().max_index_depth;
+        if depth > limit || out.len() > MAX_DOCUMENTS {
+            return Err(self.malformed(
+                &format!("index {}", desc.digest),
+                format!("nested deeper than {limit}, or too many documents"),
+            ));
+        }
+        if !seen.insert(desc.digest.clone()) {
+            return Ok(());
+        }
+        if store::is_index_type(&desc.media_type) {
+            let index = store::parse_index(&bytes).map_err(|r| self.malformed(&format!("index {}", desc.digest), r))?;
+            for child in &index.manifests {
+                if store::is_index_type(&child.media_type) || store::is_manifest_type(&child.media_type) {
+                    let doc = self.document(Some(child), cancel)?;
+                    self.below(doc, depth + 1, out, seen, cancel)?;
+                }
+            }
+        }
+        out.push((desc, bytes));
+        Ok(())
+    }
+
+    /// Refuses an index with no image for the wanted platform (before anything is fetched below it), as a
+    /// layout import and resolution refuse it.
+    fn check_platform(&self, bytes: &[u8]) -> std::result::Result<(), super::Error> {
+        let index = store::parse_index(bytes).map_err(|r| self.malformed("index", r))?;
+        let platforms: Vec<Platform> =
+            index.manifests.iter().filter_map(|d| d.platform.as_ref().and_then(Platform::from_raw)).collect();
+        // Nested indexes or no platforms at all: resolution decides later.
+        if platforms.is_empty() || platforms.iter().any(|p| self.platform.rank(p).is_some()) {
+            return Ok(());
+        }
+        Err(image::Error::NoMatchingPlatform {
+            what: format!("registry {} index", self.reference.full()),
+            platform: self.platform.to_string(),
+            available: platforms.iter().map(|p| p.to_string()).collect(),
+        }
+        .into())
+    }
+
+    /// Streams blob `desc` into `dest` (nothing is requested when the store has it already).
+    fn blob(&self, dest: &LayoutWriter, desc: &Descriptor, sink: &mut Sink) -> std::result::Result<(), super::Error> {
+        let name = PathBuf::from(self.reference.full());
+        sink.check(&name)?;
+        let mut reader = BlobRead::new(self, desc, sink.cancel);
+        match dest.put_blob(&desc.digest, desc.size, &mut reader) {
+            Ok(written) => {
+                sink.copied(written);
+                Ok(())
+            }
+            Err(e) => {
+                if let Some(f) = reader.failure.take() {
+                    return Err(f.into());
+                }
+                if sink.cancel.is_cancelled() {
+                    return Err(self.cancelled(sink.cancel).into());
+                }
+                if e.kind() == ErrorKind::Corrupt {
+                    return Err(Error::DataLoss {
+                        registry: self.reference.registry().to_owned(),
+                        reference: self.reference.full(),
+                        what: format!("blob {}", desc.digest),
+                        detail: crate::error::report(&e),
+                    }
+                    .into());
+                }
+                Err(e.into())
+            }
+        }
+    }
+}
+
+/// What a manifest names, for fetching.
+#[derive(Deserialize)]
+struct ManifestRefs {
+    config: Descriptor,
+    #[serde(default)]
+    layers: Vec<Descriptor>,
+}
+
+impl ImageSource for Remote {
+    type Image = ();
+
+    /// The one image the reference names, under `ref_name` or else its full normal form.
+    fn pick(&self, source_ref: &Reference, ref_name: Option<&RefName>) -> super::Result<Vec<((), Vec<RefName>)>> {
+        if !matches!(source_ref, Reference::Default) {
+            return Err(super::Error::InvalidSource {
+                path: PathBuf::from(self.reference.full()),
+                reason: "a registry reference names one image; it takes no source ref".into(),
+            });
+        }
+        let name = match ref_name {
+            Some(n) => n.clone(),
+            None => self.reference.ref_name()?,
+        };
+        Ok(vec![((), vec![name])])
+    }
+
+    /// Fetches the documents (small, kept in memory), adds every blob to the totals, streams the blobs in,
+    /// then writes the documents, children first. The descriptor returned carries the full reference as
+    /// `io.containerd.image.name`, which the ref set from it keeps.
+    fn copy(&self, dest: &LayoutWriter, _image: &(), sink: &mut Sink) -> super::Result<Descriptor> {
+        let docs = self.documents(sink.cancel)?;
+        let mut blobs: Vec<Descriptor> = Vec::new();
+        for (desc, bytes) in &docs {
+            if store::is_manifest_type(&desc.media_type) {
+                let refs: ManifestRefs = store::from_slice_strict(bytes)
+                    .map_err(|r| self.malformed(&format!("manifest {}", desc.digest), r))?;
+                for b in std::iter::once(refs.config).chain(refs.layers) {
+                    if !blobs.iter().any(|x| x.digest == b.digest) {
+                        blobs.push(b);
+                    }
+                }
+            }
+        }
+        for b in &blobs {
+            sink.plan(&b.digest, b.size);
+        }
+        for (d, _) in &docs {
+            sink.plan(&d.digest, d.size);
+        }
+        sink.report();
+        for b in &blobs {
+            self.blob(dest, b, sink)?;
+        }
+        for (desc, bytes) in &docs {
+            sink.check(&PathBuf::from(self.reference.full()))?;
+            let written = dest.put_blob(&desc.digest, desc.size, &bytes[..])?;
+            sink.copied(written);
+        }
+        let (top, _) = docs.last().ok_or_else(|| self.malformed("manifest", "nothing fetched".into()))?;
+        let mut top = top.clone();
+        top.annotations = Some([(ANNOTATION_CONTAINERD_NAME.to_owned(), self.reference.full())].into_iter().collect());
+        Ok(top)
+    }
+}

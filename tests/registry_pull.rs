@@ -1,0 +1,306 @@
+//! `kiln image pull` of registry references through a real kilnd, from a real registry (Debian's
+//! `docker-registry`, distribution 2.x) on 127.0.0.1 filled by `skopeo copy`: by tag and by digest, OCI and
+//! Docker schema 2 media types, a multi-platform index (and one with nothing for this host), basic auth from
+//! a Docker-style `config.json`, a blob tampered with in the registry's storage (DATA_LOSS, nothing named or
+//! left half-written in the store), an absent repository (NOT_FOUND naming the reference). What kilnd wrote
+//! reads back with `skopeo inspect oci:…` and `umoci ls`.
+#![allow(clippy::disallowed_methods)] // tests build fixtures and inspect results by path
+
+mod common;
+
+use std::path::Path;
+
+use common::daemon::{path_str, Kilnd};
+use common::layer::{Compression, LayerBuilder};
+use common::layout::*;
+use common::registry::{self, Registry};
+use serde_json::Value;
+
+const CONTAINERD_NAME: &str = "io.containerd.image.name";
+const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+
+/// Root (kilnd unpacks), the registry, skopeo and umoci; otherwise a skip.
+fn ready() -> bool {
+    common::require_root()
+        && common::require_tool(registry::BINARY)
+        && common::require_tool("skopeo")
+        && common::require_tool("umoci")
+}
+
+fn spec(arch: &str, text: &str) -> ImageSpec {
+    let layer =
+        LayerBuilder::new().dir("etc", 0o755).file("etc/which", text.as_bytes(), 0o644).layer(Compression::Gzip);
+    ImageSpec::with_layers(vec![layer]).platform("linux", arch, None)
+}
+
+/// A layout at `dir` holding `spec` under `v1`; returns the manifest descriptor.
+fn layout_with(dir: &Path, spec: &ImageSpec) -> Value {
+    let (_, desc) = single_image(dir, spec, "v1");
+    desc
+}
+
+fn index_json(k: &Kilnd) -> Value {
+    serde_json::from_slice(&std::fs::read(k.content().join("index.json")).unwrap()).unwrap()
+}
+
+/// The entry of the store's index.json named `name`.
+fn entry(k: &Kilnd, name: &str) -> Option<Value> {
+    index_json(k)["manifests"].as_array().unwrap().iter().find(|d| d["annotations"][REF_NAME] == name).cloned()
+}
+
+fn out(o: &std::process::Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn pull(k: &Kilnd, reference: &str) -> std::process::Output {
+    k.kiln(&["image", "pull", reference])
+}
+
+/// `skopeo inspect oci:STORE:NAME` and `umoci ls --layout STORE` read what kilnd wrote.
+fn reads_back(k: &Kilnd, name: &str) {
+    let o = std::process::Command::new("skopeo")
+        .args(["inspect", &format!("oci:{}:{name}", path_str(&k.content()))])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "skopeo inspect: {}", out(&o));
+    umoci_lists(k, name);
+}
+
+/// `umoci ls --layout STORE` lists `name`.
+fn umoci_lists(k: &Kilnd, name: &str) {
+    let o = std::process::Command::new("umoci").args(["ls", "--layout", path_str(&k.content())]).output().unwrap();
+    assert!(o.status.success(), "umoci ls: {}", out(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).lines().any(|l| l == name), "umoci ls lacks {name}: {}", out(&o));
+}
+
+#[test]
+fn pulls_by_tag_and_by_digest_name_the_image_by_its_full_reference() {
+    if !ready() {
+        return;
+    }
+    let reg = Registry::start();
+    let src = common::scratch();
+    let manifest = layout_with(src.path(), &spec(host_arch(), "oci"));
+    reg.push_with(src.path(), "v1", "team/app:v1", &[]);
+    let k = Kilnd::start(&[]);
+
+    let by_tag = format!("{}/team/app:v1", reg.host);
+    let o = pull(&k, &by_tag);
+    assert!(o.status.success(), "{}", out(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains(&format!("fetched {by_tag}")) && stdout.contains(&format!("unpacked {by_tag} sha256:")),
+        "{stdout}"
+    );
+    let e = entry(&k, &by_tag).unwrap_or_else(|| panic!("no entry {by_tag}: {}", index_json(&k)));
+    assert_eq!(e["digest"], manifest["digest"]);
+    assert_eq!(e["mediaType"], MT_MANIFEST);
+    assert_eq!(e["annotations"][CONTAINERD_NAME], by_tag.as_str());
+    let ls = k.kiln(&["image", "ls"]);
+    assert!(String::from_utf8_lossy(&ls.stdout).contains(&by_tag), "{}", out(&ls));
+    reads_back(&k, &by_tag);
+    // Pulled again: the store has it; nothing is fetched.
+    let o = pull(&k, &by_tag);
+    assert!(o.status.success() && !String::from_utf8_lossy(&o.stdout).contains("fetched"), "{}", out(&o));
+
+    // By digest, through the `docker://` form: named by digest.
+    let digest = manifest["digest"].as_str().unwrap();
+    let by_digest = format!("{}/team/app@{digest}", reg.host);
+    let o = pull(&k, &format!("docker://{by_digest}"));
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("fetched {by_digest}")), "{}", out(&o));
+    assert_eq!(entry(&k, &by_digest).expect("by digest")["digest"], manifest["digest"]);
+    // No ingest file is left.
+    let ingest = k.content().join(".kiln-ingest");
+    assert!(!ingest.exists() || std::fs::read_dir(&ingest).unwrap().next().is_none());
+}
+
+#[test]
+fn docker_schema_2_media_types_are_kept() {
+    if !ready() {
+        return;
+    }
+    let reg = Registry::start();
+    let src = common::scratch();
+    layout_with(src.path(), &spec(host_arch(), "docker"));
+    // skopeo writes Docker schema 2 (manifest, config and layer media types) on the way in.
+    reg.push_with(src.path(), "v1", "docker/app:v2", &["--format", "v2s2"]);
+    let k = Kilnd::start(&[]);
+    let name = format!("{}/docker/app:v2", reg.host);
+    let o = pull(&k, &name);
+    assert!(o.status.success(), "{}", out(&o));
+    let e = entry(&k, &name).expect("entry");
+    assert_eq!(e["mediaType"], MT_DOCKER_MANIFEST);
+    let blob = k.content().join("blobs/sha256").join(&e["digest"].as_str().unwrap()["sha256:".len()..]);
+    let doc: Value = serde_json::from_slice(&std::fs::read(blob).unwrap()).unwrap();
+    assert_eq!(doc["config"]["mediaType"], MT_DOCKER_CONFIG, "{doc}");
+    assert_eq!(doc["layers"][0]["mediaType"], DOCKER_LAYER, "{doc}");
+    let o = k.kiln(&["image", "inspect", &name]);
+    assert!(o.status.success(), "{}", out(&o));
+    // Stored as the registry has it, digest unchanged (as containerd keeps it). skopeo's `oci:` transport
+    // looks only at index.json entries of OCI media types, so it cannot name this one; umoci lists it.
+    umoci_lists(&k, &name);
+}
+
+#[test]
+fn a_multi_platform_index_is_fetched_whole_and_resolves_to_the_hosts_image() {
+    if !ready() {
+        return;
+    }
+    let reg = Registry::start();
+    let src = common::scratch();
+    let mut b = LayoutBuilder::new(src.path());
+    let foreign = b.image(&spec(foreign_arch(), "foreign"));
+    let host = b.image(&spec(host_arch(), "host"));
+    let index = b.index(vec![foreign.clone(), host.clone()]);
+    b.add(index.clone(), Some("multi"));
+    let only_foreign = b.index(vec![foreign.clone()]);
+    b.add(only_foreign, Some("foreign"));
+    b.write_index();
+    reg.push_with(src.path(), "multi", "multi/app:v1", &["--all"]);
+    reg.push_with(src.path(), "foreign", "multi/app:foreign", &["--all"]);
+    let k = Kilnd::start(&[]);
+
+    let name = format!("{}/multi/app:v1", reg.host);
+    let o = pull(&k, &name);
+    assert!(o.status.success(), "{}", out(&o));
+    let e = entry(&k, &name).expect("entry");
+    assert_eq!(e["mediaType"], MT_INDEX);
+    assert_eq!(e["digest"], index["digest"]);
+    // Every platform's manifest is in the store.
+    for m in [&foreign, &host] {
+        let p = k.content().join("blobs/sha256").join(&m["digest"].as_str().unwrap()["sha256:".len()..]);
+        assert!(p.exists(), "{m}");
+    }
+    let o = k.kiln(&["image", "inspect", &name]);
+    assert!(o.status.success(), "{}", out(&o));
+    let got: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(got["manifestDigest"], host["digest"]);
+    reads_back(&k, &name);
+
+    // Nothing for this host: refused before any blob, nothing named.
+    let name = format!("{}/multi/app:foreign", reg.host);
+    let o = pull(&k, &name);
+    assert!(!o.status.success(), "{}", out(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("no manifest for platform") && err.contains(foreign_arch()), "{err}");
+    assert!(entry(&k, &name).is_none());
+}
+
+#[test]
+fn basic_auth_uses_the_auth_file_and_a_refusal_names_where_credentials_came_from() {
+    if !ready() || !common::require_tool("htpasswd") {
+        return;
+    }
+    let reg = Registry::start_with(Some(("kiln", "s3cret")));
+    let src = common::scratch();
+    layout_with(src.path(), &spec(host_arch(), "auth"));
+    reg.push_with(src.path(), "v1", "private/app:v1", &[]);
+    let name = format!("{}/private/app:v1", reg.host);
+
+    // Without credentials: refused, naming the registry, the reference and that it was anonymous.
+    let k = Kilnd::start(&[]);
+    let o = pull(&k, &name);
+    assert!(!o.status.success(), "{}", out(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(&reg.host) && err.contains(&name) && err.contains("anonymous"), "{err}");
+    assert!(err.contains("denied"), "{err}");
+    drop(k);
+
+    // With a config.json naming the registry.
+    let dir = common::scratch();
+    let auth_file = dir.path().join("auth.json");
+    let b64 = base64_encode(b"kiln:s3cret");
+    std::fs::write(&auth_file, format!(r#"{{"auths": {{"{}": {{"auth": "{b64}"}}}}}}"#, reg.host)).unwrap();
+    let k = Kilnd::start_with_config(&format!("[registry]\nauth_file = \"{}\"\n", auth_file.display()), &[]);
+    let o = pull(&k, &name);
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(entry(&k, &name).is_some());
+
+    // Wrong password: the message names the file and entry.
+    std::fs::write(
+        &auth_file,
+        format!(r#"{{"auths": {{"{}": {{"auth": "{}"}}}}}}"#, reg.host, base64_encode(b"kiln:wrong")),
+    )
+    .unwrap();
+    let o = pull(&k, &format!("{}/private/app:other", reg.host));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains(path_str(&auth_file)), "{}", out(&o));
+}
+
+#[test]
+fn a_tampered_blob_is_data_loss_and_nothing_is_committed() {
+    if !ready() {
+        return;
+    }
+    let reg = Registry::start();
+    let src = common::scratch();
+    let (b, manifest) = single_image(src.path(), &spec(host_arch(), "tampered"), "v1");
+    reg.push_with(src.path(), "v1", "bad/app:v1", &[]);
+    let doc: Value = serde_json::from_slice(&std::fs::read(b.blob_path(&manifest)).unwrap()).unwrap();
+    let layer = doc["layers"][0]["digest"].as_str().unwrap().to_owned();
+    let data = reg.blob_path(&layer);
+    let mut bytes = std::fs::read(&data).unwrap_or_else(|e| panic!("{}: {e}", data.display()));
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff; // same size, other bytes
+    std::fs::write(&data, bytes).unwrap();
+
+    let k = Kilnd::start(&[]);
+    let name = format!("{}/bad/app:v1", reg.host);
+    let o = pull(&k, &name);
+    assert!(!o.status.success(), "{}", out(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(&layer) && err.contains(&reg.host) && err.contains("do not match"), "{err}");
+    // Through gRPC the code is DATA_LOSS.
+    let code = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+        let ch = kiln::client::connect(&k.address()).await.unwrap();
+        let mut c = kiln::api::v1::images_client::ImagesClient::new(ch);
+        let req = kiln::api::v1::PullImageRequest { reference: name.clone(), platform: None };
+        match c.pull(req).await {
+            Err(s) => s.code(),
+            Ok(r) => {
+                let mut s = r.into_inner();
+                loop {
+                    match s.message().await {
+                        Err(st) => break st.code(),
+                        Ok(Some(m)) if m.done => panic!("pulled a tampered image"),
+                        Ok(Some(_)) => {}
+                        Ok(None) => panic!("stream ended without an error"),
+                    }
+                }
+            }
+        }
+    });
+    assert_eq!(code, tonic::Code::DataLoss);
+    assert!(entry(&k, &name).is_none(), "{}", index_json(&k));
+    assert!(!k.content().join("blobs/sha256").join(&layer["sha256:".len()..]).exists());
+    let ingest = k.content().join(".kiln-ingest");
+    assert!(!ingest.exists() || std::fs::read_dir(&ingest).unwrap().next().is_none(), "ingest left behind");
+}
+
+#[test]
+fn an_absent_repository_or_tag_is_not_found_naming_the_reference() {
+    if !ready() {
+        return;
+    }
+    let reg = Registry::start();
+    let k = Kilnd::start(&[]);
+    let name = format!("{}/nothing/here:v1", reg.host);
+    let o = pull(&k, &name);
+    assert!(!o.status.success(), "{}", out(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(&name) && err.contains("not found"), "{err}");
+    // A local name is still looked up only in the store.
+    let o = pull(&k, "nothing-here:v1");
+    assert!(!o.status.success() && !String::from_utf8_lossy(&o.stderr).contains("registry"), "{}", out(&o));
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
