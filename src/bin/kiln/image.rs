@@ -126,7 +126,12 @@ async fn follow<T>(
             }
         };
         if done(&msg) {
-            // The final message carries no counts: the last ones, completed.
+            // The final message may carry the totals (an import's does; it may be the only message of a fast
+            // one); otherwise the last counts, completed.
+            let fin = step(&msg);
+            if fin.items_total > 0 || fin.bytes_total > 0 {
+                last = fin;
+            }
             last.items = last.items.max(last.items_total);
             last.bytes = last.bytes.max(last.bytes_total);
             meter.finish(last);
