@@ -70,7 +70,10 @@ async fn import(ch: &Channel, source: &str, name: &str) -> Result<String, tonic:
 
 async fn pull(ch: &Channel, reference: &str) -> Result<String, tonic::Status> {
     let mut c = ImagesClient::new(ch.clone());
-    let mut s = c.pull(pb::PullImageRequest { reference: reference.into(), platform: None }).await?.into_inner();
+    let mut s = c
+        .pull(pb::PullImageRequest { reference: reference.into(), platform: None, no_unpack: false })
+        .await?
+        .into_inner();
     while let Some(m) = s.next().await {
         let m = m?;
         if m.done {
@@ -208,7 +211,10 @@ fn unread_pull_and_import_streams_stall_nobody() {
         let mut attacker = Stalled::connect(&socket).await;
         for _ in 0..3 {
             attacker
-                .call("/kiln.v1.Images/Pull", &pb::PullImageRequest { reference: "many:1".into(), platform: None })
+                .call(
+                    "/kiln.v1.Images/Pull",
+                    &pb::PullImageRequest { reference: "many:1".into(), platform: None, no_unpack: false },
+                )
                 .await;
         }
         for i in 0..3 {
@@ -778,7 +784,7 @@ fn a_pull_whose_caller_leaves_stops_between_layers() {
         let mut images = ImagesClient::new(ch.clone());
         let started = Instant::now();
         let mut s = images
-            .pull(pb::PullImageRequest { reference: "many:1".into(), platform: None })
+            .pull(pb::PullImageRequest { reference: "many:1".into(), platform: None, no_unpack: false })
             .await
             .unwrap()
             .into_inner();
@@ -795,8 +801,13 @@ fn a_pull_whose_caller_leaves_stops_between_layers() {
         let deadline = Instant::now() + WORK;
         let stopped = loop {
             let mut c = ImagesClient::new(ch.clone());
-            let mut probe =
-                c.pull(pb::PullImageRequest { reference: "nothing-by-this-name:1".into(), platform: None }).await;
+            let mut probe = c
+                .pull(pb::PullImageRequest {
+                    reference: "nothing-by-this-name:1".into(),
+                    platform: None,
+                    no_unpack: false,
+                })
+                .await;
             if let Ok(s) = probe.as_mut() {
                 // Admitted: the slot is free. (The probe itself fails: no such image.)
                 let r = s.get_mut().next().await;
@@ -841,14 +852,14 @@ fn a_pull_another_request_waits_on_finishes_when_its_caller_leaves() {
         let ch = kiln::client::connect(&addr).await.unwrap();
         import(&ch, &source, "many:1").await.unwrap();
         let mut leader = ImagesClient::new(ch.clone())
-            .pull(pb::PullImageRequest { reference: "many:1".into(), platform: None })
+            .pull(pb::PullImageRequest { reference: "many:1".into(), platform: None, no_unpack: false })
             .await
             .unwrap()
             .into_inner();
         leader.next().await.unwrap().unwrap();
         // The follower's first message comes after it claimed its layers (the leader's flights).
         let mut follower = ImagesClient::new(ch.clone())
-            .pull(pb::PullImageRequest { reference: "many:1".into(), platform: None })
+            .pull(pb::PullImageRequest { reference: "many:1".into(), platform: None, no_unpack: false })
             .await
             .unwrap()
             .into_inner();

@@ -118,6 +118,20 @@ fn pulls_by_tag_and_by_digest_name_the_image_by_its_full_reference() {
     // No ingest file is left.
     let ingest = k.content().join(".kiln-ingest");
     assert!(!ingest.exists() || std::fs::read_dir(&ingest).unwrap().next().is_none());
+
+    // `--no-unpack` only fetches: the image is in the store, no layer is unpacked.
+    let k = Kilnd::start(&[]);
+    let o = k.kiln(&["image", "pull", "--no-unpack", &by_tag]);
+    assert!(o.status.success(), "{}", out(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains(&format!("fetched {by_tag}")) && !stdout.contains("unpacked"), "{stdout}");
+    let o = k.kiln(&["--json", "image", "inspect", &by_tag]);
+    assert!(o.status.success(), "{}", out(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let layers = v["layers"].as_array().unwrap_or_else(|| panic!("{v}"));
+    assert!(!layers.is_empty() && layers.iter().all(|l| l["unpacked"] == false), "{v}");
+    let o = k.kiln(&["image", "pull", "--no-unpack", &by_tag]);
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with(&format!("present {by_tag}")), "{}", out(&o));
 }
 
 #[test]
@@ -260,7 +274,7 @@ fn a_tampered_blob_is_data_loss_and_nothing_is_committed() {
     let code = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
         let ch = kiln::client::connect(&k.address()).await.unwrap();
         let mut c = kiln::api::v1::images_client::ImagesClient::new(ch);
-        let req = kiln::api::v1::PullImageRequest { reference: name.clone(), platform: None };
+        let req = kiln::api::v1::PullImageRequest { reference: name.clone(), platform: None, no_unpack: false };
         match c.pull(req).await {
             Err(s) => s.code(),
             Ok(r) => {

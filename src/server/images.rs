@@ -77,7 +77,10 @@ impl pb::images_server::Images for ImagesService {
         // and may lead a single flight other requests wait on.
         let stream = admission::stream(ticket, move |t, progress| {
             let report = |p: crate::snapshot::Progress| progress.report(wire::pull_progress(&p));
-            let pulled = d.kiln.pull(&reference, platform, &report, &t.cancel()).map_err(|e| failed(t, e))?;
+            let pulled = d
+                .kiln
+                .pull_image(&reference, platform, !req.no_unpack, &report, &t.cancel())
+                .map_err(|e| failed(t, e))?;
             Ok(wire::pulled(&pulled))
         });
         Ok(Response::new(Box::pin(stream)))

@@ -204,9 +204,9 @@ pub async fn import(remote: &Remote, source: &str, name: &str, source_ref: &str,
     Ok(())
 }
 
-pub async fn pull(remote: &Remote, reference: &str, p: Option<&str>) -> Result<()> {
+pub async fn pull(remote: &Remote, reference: &str, p: Option<&str>, no_unpack: bool) -> Result<()> {
     let mut c = ImagesClient::new(remote.channel().await?);
-    let req = pb::PullImageRequest { reference: reference.into(), platform: platform(p)? };
+    let req = pb::PullImageRequest { reference: reference.into(), platform: platform(p)?, no_unpack };
     let stream = c.pull(req).await?.into_inner();
     let meter = crate::progress::Meter::new(remote.progress, remote.json, "pull", "layers");
     let step = |m: &pb::PullProgress| crate::progress::Step {
@@ -220,11 +220,17 @@ pub async fn pull(remote: &Remote, reference: &str, p: Option<&str>) -> Result<(
     let name = if last.ref_name.is_empty() { reference } else { last.ref_name.as_str() };
     if remote.json {
         return crate::print_json(&json!({"reference": reference, "chainId": last.chain_id, "refName": name,
-                                         "fetched": last.fetched}));
+                                         "fetched": last.fetched, "unpacked": !no_unpack}));
     }
     if last.fetched {
         // `fetched NAME` first, when the image came from its registry.
         println!("fetched {name}");
+    }
+    if no_unpack {
+        if !last.fetched {
+            println!("present {name}{}", summary(&mut c, name).await);
+        }
+        return Ok(());
     }
     // `unpacked REF CHAIN_ID (N layers, X MiB)`.
     println!("unpacked {reference} {}{}", last.chain_id, summary(&mut c, name).await);

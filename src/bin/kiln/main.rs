@@ -124,6 +124,9 @@ enum ImageCommand {
         /// The platform to select from a multi-platform image, OS/ARCH[/VARIANT] [default: this host].
         #[arg(long)]
         platform: Option<String>,
+        /// Only make the image present in the store (fetched from its registry if need be); unpack nothing.
+        #[arg(long)]
+        no_unpack: bool,
     },
     /// Remove a ref name from kilnd's store (its blobs go at the next `system gc`).
     Rm {
@@ -215,8 +218,8 @@ fn main() -> ExitCode {
             (remote, ImageCommand::Import { source, name, source_ref, by_path }) => {
                 remote_call(image::import(&remote, &source, name.as_deref().unwrap_or(""), &source_ref, by_path))
             }
-            (remote, ImageCommand::Pull { reference, platform }) => {
-                remote_call(image::pull(&remote, &reference, platform.as_deref()))
+            (remote, ImageCommand::Pull { reference, platform, no_unpack }) => {
+                remote_call(image::pull(&remote, &reference, platform.as_deref(), no_unpack))
             }
             (remote, ImageCommand::Rm { name }) => remote_call(image::rm(&remote, &name)),
         },
