@@ -250,11 +250,18 @@ impl Default for Registry {
 }
 
 /// One registry's settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RegistryHost {
-    /// Plain HTTP instead of HTTPS (as containerd's `plain-http`); loopback registries always use it.
+    /// Plain HTTP instead of HTTPS (as containerd's `plain-http`); loopback registries use it unless they have
+    /// a `ca_file`.
     pub insecure: bool,
+    /// Hosts (`host[:port]`) tried in order before this registry for every pull from it; one that fails
+    /// (refused, 404, 5xx, anything) falls through to the next, the registry itself last. A mirror's own
+    /// settings (`insecure`, `ca_file`, its auth file entry) are those of its own `[registry.hosts."M"]`.
+    pub mirrors: Vec<String>,
+    /// A PEM file of CA certificates trusted for this host besides the system's roots (absolute path).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Bounds on what callers may hold of the daemon. A caller over a bound is refused at once
@@ -472,8 +479,30 @@ impl Config {
                 return invalid(field, format!("{secs} is not within 1..=3600"));
             }
         }
-        if let Some(h) = r.hosts.keys().find(|h| h.is_empty() || h.contains(['/', ' '])) {
+        let not_host = |h: &str| h.is_empty() || h.contains(['/', ' ']);
+        if let Some(h) = r.hosts.keys().find(|h| not_host(h)) {
             return invalid("registry.hosts", format!("{h:?} is not host[:port]"));
+        }
+        // The field is static; the reason names the host's table.
+        for (h, s) in &r.hosts {
+            for (i, m) in s.mirrors.iter().enumerate() {
+                if not_host(m) {
+                    return invalid(
+                        "registry.hosts.mirrors",
+                        format!("[registry.hosts.{h:?}]: {m:?} is not host[:port]"),
+                    );
+                }
+                if m == h || s.mirrors[..i].contains(m) {
+                    let why = if m == h { "is the registry itself" } else { "is listed twice" };
+                    return invalid("registry.hosts.mirrors", format!("[registry.hosts.{h:?}]: {m:?} {why}"));
+                }
+            }
+            if let Some(p) = s.ca_file.as_ref().filter(|p| !p.is_absolute()) {
+                return invalid(
+                    "registry.hosts.ca_file",
+                    format!("[registry.hosts.{h:?}]: {p:?} must be an absolute path"),
+                );
+            }
         }
         if let Some(v) = &self.volume_dir {
             if !v.is_absolute() {
@@ -616,6 +645,21 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.registry.auth_file.as_deref(), Some(Path::new("/etc/kiln/auth.json")));
         assert!(c.registry.hosts["r.local:5000"].insecure);
+        assert!(
+            c.registry.hosts["r.local:5000"].mirrors.is_empty() && c.registry.hosts["r.local:5000"].ca_file.is_none()
+        );
+        let c = Config::from_toml(
+            "[registry.hosts.\"docker.io\"]\nmirrors = [\"m.local:5001\", \"10.0.0.1:5000\"]\n\
+             [registry.hosts.\"m.local:5001\"]\nca_file = \"/etc/kiln/m.pem\"\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.registry.hosts["docker.io"].mirrors, ["m.local:5001", "10.0.0.1:5000"]);
+        assert_eq!(c.registry.hosts["m.local:5001"].ca_file.as_deref(), Some(Path::new("/etc/kiln/m.pem")));
+        // The reason names the host's table.
+        let e = Config::from_toml("[registry.hosts.\"r:1\"]\nca_file = \"x\"\n", Path::new("x")).unwrap().validate();
+        assert!(e.unwrap_err().to_string().contains("[registry.hosts.\"r:1\"]"));
         assert_eq!(c.registry.read_timeout_secs, Registry::default().read_timeout_secs);
     }
 
@@ -668,6 +712,12 @@ mod tests {
             ("[registry]\nread_timeout_secs = 0", "registry.read_timeout_secs"),
             ("[registry.hosts.\"a/b\"]\ninsecure = true", "registry.hosts"),
             ("[registry.hosts.\"r:5000\"]\ninsecure = 1", "insecure"),
+            ("[registry.hosts.\"r:5000\"]\nmirrors = [\"m/x\"]", "registry.hosts.mirrors"),
+            ("[registry.hosts.\"r:5000\"]\nmirrors = [\"r:5000\"]", "registry.hosts.mirrors"),
+            ("[registry.hosts.\"r:5000\"]\nmirrors = [\"m:1\", \"m:1\"]", "registry.hosts.mirrors"),
+            ("[registry.hosts.\"r:5000\"]\nmirrors = \"m:1\"", "mirrors"),
+            ("[registry.hosts.\"r:5000\"]\nca_file = \"ca.pem\"", "registry.hosts.ca_file"),
+            ("[registry.hosts.\"r:5000\"]\nca_flie = \"/ca.pem\"", "ca_flie"),
         ] {
             let e = Config::from_toml(toml, Path::new("k.toml")).and_then(|c| c.validate()).unwrap_err();
             assert!(e.to_string().contains(field), "{toml}: {e}");

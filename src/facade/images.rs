@@ -205,6 +205,13 @@ impl Kiln {
         let settings = source::RegistrySettings {
             auth_file: r.auth_file.clone(),
             insecure: r.hosts.iter().filter(|(_, h)| h.insecure).map(|(k, _)| k.clone()).collect(),
+            mirrors: r
+                .hosts
+                .iter()
+                .filter(|(_, h)| !h.mirrors.is_empty())
+                .map(|(k, h)| (k.clone(), h.mirrors.clone()))
+                .collect(),
+            ca_files: r.hosts.iter().filter_map(|(k, h)| Some((k.clone(), h.ca_file.clone()?))).collect(),
             connect_timeout: std::time::Duration::from_secs(r.connect_timeout_secs),
             read_timeout: std::time::Duration::from_secs(r.read_timeout_secs),
         };

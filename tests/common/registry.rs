@@ -1,6 +1,8 @@
 //! A plain-HTTP OCI registry of a test's own: Debian's `docker-registry` (distribution 2.8) on 127.0.0.1 and a
 //! free port, with its config file, storage and request log in a scratch directory, optionally behind htpasswd
-//! (basic auth, the bcrypt line written by `htpasswd -B` of apache2-utils); images go in with `skopeo copy
+//! (basic auth, the bcrypt line written by `htpasswd -B` of apache2-utils) or another `auth:` section
+//! ([`Options::auth`], e.g. distribution's `token`), optionally serving HTTPS ([`Options::tls`]); images go in
+//! with `skopeo copy
 //! --preserve-digests` from layouts the fixture builder wrote (so the registry serves the very manifests and
 //! blobs a test also imports into kiln). Dropping it kills the registry.
 
@@ -19,6 +21,19 @@ pub struct Registry {
     pub credentials: Option<(String, String)>,
 }
 
+/// How [`Registry::start_opts`] starts one.
+#[derive(Default)]
+pub struct Options<'a> {
+    /// htpasswd basic auth for that one user (what skopeo pushes with, too).
+    pub basic: Option<(&'a str, &'a str)>,
+    /// An `auth:` section of its own (YAML, top level), instead of htpasswd.
+    pub auth: Option<String>,
+    /// Credentials skopeo pushes with under `auth`.
+    pub push_credentials: Option<(&'a str, &'a str)>,
+    /// HTTPS with this certificate and key (PEM files).
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
 impl Registry {
     /// An anonymous registry.
     pub fn start() -> Registry {
@@ -27,10 +42,15 @@ impl Registry {
 
     /// With `credentials`, behind htpasswd basic auth for that one user.
     pub fn start_with(credentials: Option<(&str, &str)>) -> Registry {
+        Registry::start_opts(Options { basic: credentials, ..Default::default() })
+    }
+
+    pub fn start_opts(opts: Options) -> Registry {
         let dir = super::scratch();
         let d = dir.path();
-        let mut auth = String::new();
-        if let Some((user, password)) = credentials {
+        let mut auth = opts.auth.unwrap_or_default();
+        let credentials = opts.basic.or(opts.push_credentials);
+        if let Some((user, password)) = opts.basic {
             let out = Command::new("htpasswd").args(["-Bbn", user, password]).output().expect("htpasswd");
             assert!(out.status.success(), "htpasswd: {}", String::from_utf8_lossy(&out.stderr));
             std::fs::write(d.join("htpasswd"), &out.stdout).expect("htpasswd file");
@@ -39,9 +59,13 @@ impl Registry {
         // A port the kernel just handed out; the registry binds it a moment later (a race a test can live with).
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
         let host = format!("127.0.0.1:{port}");
+        let tls = match &opts.tls {
+            Some((cert, key)) => format!("  tls:\n    certificate: {}\n    key: {}\n", cert.display(), key.display()),
+            None => String::new(),
+        };
         let config = format!(
             "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    \
-             rootdirectory: {storage}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n{auth}",
+             rootdirectory: {storage}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n{tls}{auth}",
             storage = d.join("storage").display(),
         );
         std::fs::write(d.join("config.yml"), config).expect("registry config");
@@ -63,7 +87,7 @@ impl Registry {
         r
     }
 
-    /// True when `GET /v2/` answers (200, or 401 behind auth).
+    /// True when `GET /v2/` answers (200, or 401 behind auth; a TLS one says 400 to plain HTTP).
     fn answers(&self) -> bool {
         use std::io::{Read, Write};
         let Ok(mut s) = std::net::TcpStream::connect(&self.host) else { return false };
@@ -71,7 +95,9 @@ impl Registry {
         let mut answer = String::new();
         s.write_all(req.as_bytes()).is_ok()
             && s.read_to_string(&mut answer).is_ok()
-            && (answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.1 401"))
+            && (answer.starts_with("HTTP/1.1 200")
+                || answer.starts_with("HTTP/1.1 401")
+                || answer.starts_with("HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS"))
     }
 
     /// The reference `HOST/name:tag` of an image in this registry.

@@ -23,8 +23,8 @@ pub enum Error {
     #[error("registry {registry}: unknown host: {detail}")]
     UnknownHost { registry: String, detail: String },
     #[error(
-        "registry {registry}: TLS failed: {detail} (plain HTTP is used only for loopback and for hosts set \
-         registry.hosts.\"{registry}\".insecure)"
+        "registry {registry}: TLS failed: {detail} (a CA of its own is trusted with registry.hosts.\"{registry}\".\
+         ca_file; plain HTTP is used only for hosts set insecure and loopback ones without a ca_file)"
     )]
     Tls { registry: String, detail: String },
     #[error("registry {registry}: cannot reach it: {detail}")]
@@ -43,12 +43,25 @@ pub enum Error {
     Cancelled { registry: String, reference: String, reason: &'static str },
     #[error("registry {registry}: {reference}: {detail}")]
     Client { registry: String, reference: String, detail: String },
+    #[error("registry {registry}: CA file {path} (registry.hosts.\"{registry}\".ca_file): {reason}")]
+    CaFile { registry: String, path: PathBuf, reason: String },
+    /// Every mirror and the registry itself failed, in the order tried (the registry last).
+    #[error("registry {registry}: {reference}: no mirror nor the registry served it: {}", tried_list(.tried))]
+    EveryHost { registry: String, reference: String, tried: Vec<Error> },
+}
+
+/// `1) ERROR; 2) ERROR…`, each error naming its host.
+fn tried_list(tried: &[Error]) -> String {
+    let items: Vec<String> = tried.iter().enumerate().map(|(i, e)| format!("{}) {e}", i + 1)).collect();
+    items.join("; ")
 }
 
 impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::AuthFile { .. } => ErrorKind::FailedPrecondition,
+            Error::AuthFile { .. } | Error::CaFile { .. } => ErrorKind::FailedPrecondition,
+            // What the registry itself said (tried last): a 404 there is a 404.
+            Error::EveryHost { tried, .. } => tried.last().map_or(ErrorKind::Unavailable, Error::kind),
             Error::Denied { .. } => ErrorKind::PermissionDenied,
             Error::NotFound { .. } => ErrorKind::NotFound,
             Error::UnknownHost { .. } | Error::Tls { .. } | Error::Unreachable { .. } => ErrorKind::Unavailable,

@@ -14,12 +14,14 @@
 //! [`Remote`] owns a small current-thread tokio runtime and blocks on it, one request at a time: no thread of
 //! its own, nothing to hand across threads, and each wait polls the caller's [`Cancel`] (every 100 ms) so a
 //! stalled registry never holds a cancelled pull. TLS is rustls with ring, verifying against the system's
-//! roots; plain HTTP only for hosts configured `insecure` and for loopback ([`RegistrySettings`]).
+//! roots and a host's configured `ca_file`; plain HTTP only for hosts configured `insecure` and for loopback
+//! ones without a `ca_file` ([`RegistrySettings`]). Which host a pull reads from — a mirror, tried in order,
+//! or the registry itself — is `hosts.rs`'s, each host with its own client and credentials.
 //! Credentials come from a Docker-style `config.json` (`auth.rs`); references are `reference.rs`'s; errors,
 //! typed and naming the registry, the reference and the credentials' origin, `error.rs`'s; `blob.rs` turns
 //! a blob response into the reader the store verifies.
 //!
-//! Not yet (issue 14's later parts): unpacking while downloading, resuming with `Range`, mirrors, parallel
+//! Not yet (issue 14's later parts): unpacking while downloading, resuming with `Range`, parallel
 //! layer downloads, joining a pull in flight, per-request credentials, retries of 429/5xx.
 //!
 //! May use: `store`, `image`, `digest`, `cancel`, `sys` (through `auth`), `error`.
@@ -27,8 +29,10 @@
 mod auth;
 mod blob;
 mod error;
+mod hosts;
 mod reference;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -42,6 +46,7 @@ pub use error::Error;
 pub use reference::{RegistryRef, DOCKER_PREFIX};
 
 use blob::BlobRead;
+use hosts::Hosts;
 
 use super::{ImageSource, Sink, MAX_DOCUMENTS};
 use crate::cancel::Cancel;
@@ -57,6 +62,10 @@ pub struct RegistrySettings {
     pub auth_file: Option<PathBuf>,
     /// Registries (`host[:port]`, as in references) reached over plain HTTP. Loopback ones always are.
     pub insecure: Vec<String>,
+    /// Per registry, the mirrors tried in order before it for every pull from it.
+    pub mirrors: BTreeMap<String, Vec<String>>,
+    /// Per host (registry or mirror), a PEM file of CAs trusted for it besides the system's roots.
+    pub ca_files: BTreeMap<String, PathBuf>,
     pub connect_timeout: Duration,
     /// Longest wait for the next bytes of a response.
     pub read_timeout: Duration,
@@ -67,6 +76,8 @@ impl Default for RegistrySettings {
         RegistrySettings {
             auth_file: None,
             insecure: vec![],
+            mirrors: BTreeMap::new(),
+            ca_files: BTreeMap::new(),
             connect_timeout: Duration::from_secs(30),
             read_timeout: Duration::from_secs(60),
         }
@@ -108,11 +119,11 @@ const ACCEPT: &[&str] = &[
 /// How often a wait on the registry looks at the caller's cancel.
 const CANCEL_POLL: Duration = Duration::from_millis(100);
 
-/// A connection to the registry of one reference, with its credentials, ready to fetch.
+/// A connection to the registry of one reference (and its mirrors), with their credentials, ready to fetch.
 pub struct Remote {
     reference: RegistryRef,
-    credentials: Credentials,
-    client: oci_client::Client,
+    /// The mirrors and the registry, each with its client and credentials; requests go to the chosen one.
+    client: Hosts,
     runtime: tokio::runtime::Runtime,
     /// The platform an index must have an image for.
     platform: Platform,
@@ -120,40 +131,24 @@ pub struct Remote {
 
 impl std::fmt::Debug for Remote {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Remote").field("reference", &self.reference).field("credentials", &self.credentials).finish()
+        f.debug_struct("Remote").field("reference", &self.reference).field("hosts", &self.client).finish()
     }
 }
 
 impl Remote {
-    /// Sets up the client for `reference`'s registry (nothing is sent yet).
+    /// Sets up a client for `reference`'s registry and each of its mirrors (nothing is sent yet).
     pub fn connect(reference: RegistryRef, settings: &RegistrySettings, platform: Platform) -> Result<Remote> {
-        let client_err = |detail: String| Error::Client {
-            registry: reference.registry().to_owned(),
-            reference: reference.full(),
-            detail,
-        };
-        let credentials = auth::lookup(settings.auth_file.as_deref(), reference.registry())?;
         // reqwest is built without a default provider (aws-lc would need more than a C compiler); this is the
         // process's, installed once (a second install fails harmlessly).
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let plain = reference.is_loopback() || settings.insecure.iter().any(|h| h == reference.registry());
-        let config = oci_client::client::ClientConfig {
-            protocol: if plain {
-                oci_client::client::ClientProtocol::Http
-            } else {
-                oci_client::client::ClientProtocol::Https
-            },
-            connect_timeout: Some(settings.connect_timeout),
-            read_timeout: Some(settings.read_timeout),
-            user_agent: concat!("kiln/", env!("CARGO_PKG_VERSION")),
-            ..Default::default()
-        };
-        let client = oci_client::Client::try_from(config).map_err(|e| client_err(e.to_string()))?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| client_err(format!("cannot start the client's runtime: {e}")))?;
-        Ok(Remote { reference, credentials, client, runtime, platform })
+        let client = Hosts::build(&reference, settings)?;
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| Error::Client {
+                registry: reference.registry().to_owned(),
+                reference: reference.full(),
+                detail: format!("cannot start the client's runtime: {e}"),
+            })?;
+        Ok(Remote { reference, client, runtime, platform })
     }
 
     pub fn reference(&self) -> &RegistryRef {
@@ -184,13 +179,15 @@ impl Remote {
 
     /// The client's error as one of ours, for a request about `what`.
     fn error(&self, what: &str, e: OciDistributionError) -> Error {
-        let registry = self.reference.registry().to_owned();
+        // The host asked: a mirror, or the registry itself.
+        let host = self.client.current();
+        let registry = host.host.clone();
         let reference = self.reference.full();
         let denied = |status: u16, detail: String| Error::Denied {
             registry: registry.clone(),
             reference: reference.clone(),
             status,
-            credentials: self.credentials.origin.clone(),
+            credentials: host.credentials.origin.clone(),
             detail,
         };
         let by_status = |status: u16, detail: String| match status {
@@ -233,7 +230,7 @@ impl Remote {
     /// A failed request, told apart by its causes: a name that does not resolve, TLS, anything else on the
     /// way to the registry.
     fn request_error(&self, e: &reqwest::Error) -> Error {
-        let registry = self.reference.registry().to_owned();
+        let registry = self.client.current().host.clone();
         let detail = crate::error::report(e);
         let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
         while let Some(c) = cause {
@@ -271,9 +268,16 @@ impl Remote {
             Some(d) => (self.reference.at(&d.digest), format!("{} {}", d.media_type, d.digest)),
             None => (self.reference.parsed().clone(), "manifest".to_owned()),
         };
-        let fetch = self.client.pull_manifest_raw(&target, &self.credentials.auth, ACCEPT);
-        let (bytes, _) =
-            self.wait(fetch, cancel).ok_or_else(|| self.cancelled(cancel))?.map_err(|e| self.error(&what, e))?;
+        let fetch = |cancel: &Cancel| -> Result<Bytes> {
+            let fetch = self.client.pull_manifest_raw(&target, ACCEPT);
+            let (bytes, _) =
+                self.wait(fetch, cancel).ok_or_else(|| self.cancelled(cancel))?.map_err(|e| self.error(&what, e))?;
+            Ok(bytes)
+        };
+        let bytes = match expected {
+            Some(_) => fetch(cancel)?,
+            None => self.choose_host(fetch, cancel)?,
+        };
         let limit = store::Limits::default().max_json_bytes;
         if bytes.len() as u64 > limit {
             return Err(Error::TooLarge {
@@ -303,6 +307,30 @@ impl Remote {
             None => Descriptor::new(self.media_type(&what, &bytes)?, Digest::sha256(&bytes), bytes.len() as u64),
         };
         Ok((desc, bytes))
+    }
+
+    /// The top manifest from the first host that serves it (`fetch` asks the current one): each mirror in
+    /// order, then the registry; that host serves the rest of the pull. Any failure but a cancel falls through
+    /// to the next host; when every one fails, the error names each with its failure. Without mirrors, the
+    /// registry's own error as it is.
+    fn choose_host(&self, fetch: impl Fn(&Cancel) -> Result<Bytes>, cancel: &Cancel) -> Result<Bytes> {
+        let mut tried = Vec::new();
+        for i in 0..self.client.len() {
+            self.client.choose(i);
+            match fetch(cancel) {
+                Ok(bytes) => return Ok(bytes),
+                Err(e @ Error::Cancelled { .. }) => return Err(e),
+                Err(e) => tried.push(e),
+            }
+        }
+        if tried.len() == 1 {
+            return Err(tried.remove(0));
+        }
+        Err(Error::EveryHost {
+            registry: self.reference.registry().to_owned(),
+            reference: self.reference.full(),
+            tried,
+        })
     }
 
     /// The media type of a top-level document: its `mediaType` field, or what its fields say it is (OCI makes

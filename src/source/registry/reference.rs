@@ -86,13 +86,17 @@ impl RegistryRef {
 
     /// Whether the registry is on this host (`localhost`, `127.0.0.0/8`, `[::1]`): plain HTTP is allowed there.
     pub fn is_loopback(&self) -> bool {
-        let host = self.registry();
-        let host = match host.strip_prefix('[') {
-            Some(rest) => rest.split(']').next().unwrap_or(rest),
-            None => host.rsplit_once(':').map_or(host, |(h, _)| h),
-        };
-        host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        is_loopback(self.registry())
     }
+}
+
+/// Whether `host[:port]` (a registry or a mirror) is on this host: `localhost`, `127.0.0.0/8`, `[::1]`.
+pub fn is_loopback(host: &str) -> bool {
+    let host = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(rest),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 impl std::fmt::Display for RegistryRef {
@@ -139,5 +143,6 @@ mod tests {
         ] {
             assert_eq!(RegistryRef::parse(r).unwrap().is_loopback(), lo, "{r}");
         }
+        assert!(is_loopback("[::1]:5000") && !is_loopback("[2001:db8::1]:5000"));
     }
 }

@@ -1,0 +1,164 @@
+//! The hosts one pull may read from: the reference's registry's mirrors (`registry.hosts."H".mirrors`), in
+//! order, then the registry itself, each with its own client — its protocol (plain HTTP only for hosts set
+//! `insecure`, and for loopback ones that have no `ca_file`: configuring a CA says the host speaks TLS), its
+//! extra trusted CAs (`ca_file`, added to the system's roots for that host alone, which is why each host has
+//! its own client rather than one client trusting every configured CA), and its credentials from the auth
+//! file (a mirror's by the mirror's name). `Remote::document` picks the first host that serves the top
+//! manifest ([`Hosts::choose`]); every later request of the pull (children, blobs) goes to that one, as
+//! Docker's mirrors do (a mirror that has the manifest but not a blob fails the pull rather than mixing
+//! hosts mid-image).
+//!
+//! A mirror is asked with the upstream's repository path (`/v2/REPO/…`, plus distribution's `?ns=UPSTREAM`),
+//! through `oci-client`'s mirror support ([`Parsed::set_mirror_registry`]), so its tokens are scoped and
+//! cached per mirror and repository, and redirects keep credentials only on the host they were for.
+//!
+//! May use: `sys` (reading CA files), `error`.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use oci_client::client::{BlobResponse, Certificate, CertificateEncoding, ClientConfig, ClientProtocol, SizedStream};
+use oci_client::errors::OciDistributionError;
+use oci_spec::distribution::Reference as Parsed;
+
+use super::auth::{self, Credentials};
+use super::reference::{self, RegistryRef};
+use super::{Error, RegistrySettings, Result};
+use crate::sys;
+
+/// One host a pull may read from.
+pub(super) struct Endpoint {
+    /// `host[:port]`, as configured (the registry's own name for the registry itself).
+    pub(super) host: String,
+    /// A mirror of the reference's registry (not the registry itself).
+    pub(super) mirror: bool,
+    pub(super) client: oci_client::Client,
+    pub(super) credentials: Credentials,
+}
+
+/// The mirrors, then the registry; the one chosen serves the rest of the pull.
+pub(super) struct Hosts {
+    list: Vec<Endpoint>,
+    /// Index into `list` of the host requests go to (atomic so that a [`super::Remote`] stays `Sync`).
+    chosen: AtomicUsize,
+}
+
+impl std::fmt::Debug for Hosts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hosts: Vec<(&str, &Credentials)> = self.list.iter().map(|e| (e.host.as_str(), &e.credentials)).collect();
+        f.debug_struct("Hosts").field("hosts", &hosts).field("chosen", &self.chosen).finish()
+    }
+}
+
+/// The certificates of the PEM file `path` (one or more `BEGIN CERTIFICATE` blocks), for `host`.
+fn ca_certificates(host: &str, path: &Path) -> Result<Vec<Certificate>> {
+    let bad = |reason: String| Error::CaFile { registry: host.to_owned(), path: path.to_path_buf(), reason };
+    let bytes = sys::host::read(path).map_err(|e| bad(e.to_string()))?;
+    let text = String::from_utf8(bytes).map_err(|_| bad("not a PEM file (not UTF-8)".into()))?;
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut certs = Vec::new();
+    let mut rest = text.as_str();
+    while let Some(start) = rest.find(BEGIN) {
+        let after = &rest[start..];
+        let end = after.find(END).ok_or_else(|| bad("a certificate has no END line".into()))? + END.len();
+        // Each block alone: the client parses one certificate per entry.
+        let pem = &after[..end];
+        if reqwest::Certificate::from_pem(pem.as_bytes()).is_err() {
+            return Err(bad(format!("certificate {} does not parse", certs.len() + 1)));
+        }
+        certs.push(Certificate { encoding: CertificateEncoding::Pem, data: pem.as_bytes().to_vec() });
+        rest = &after[end..];
+    }
+    if certs.is_empty() {
+        return Err(bad("holds no PEM certificate".into()));
+    }
+    Ok(certs)
+}
+
+impl Hosts {
+    /// A client per host (nothing is sent yet).
+    pub(super) fn build(reference: &RegistryRef, settings: &RegistrySettings) -> Result<Hosts> {
+        let upstream = reference.registry();
+        let mirrors = settings.mirrors.get(upstream).map(Vec::as_slice).unwrap_or_default();
+        let mut list = Vec::new();
+        for (host, mirror) in mirrors.iter().map(|m| (m.as_str(), true)).chain([(upstream, false)]) {
+            let ca_file = settings.ca_files.get(host);
+            let plain =
+                settings.insecure.iter().any(|h| h == host) || (reference::is_loopback(host) && ca_file.is_none());
+            let extra_root_certificates = match ca_file {
+                Some(path) => ca_certificates(host, path)?,
+                None => vec![],
+            };
+            let config = ClientConfig {
+                protocol: if plain { ClientProtocol::Http } else { ClientProtocol::Https },
+                extra_root_certificates,
+                connect_timeout: Some(settings.connect_timeout),
+                read_timeout: Some(settings.read_timeout),
+                user_agent: concat!("kiln/", env!("CARGO_PKG_VERSION")),
+                ..Default::default()
+            };
+            let client = oci_client::Client::try_from(config).map_err(|e| Error::Client {
+                registry: host.to_owned(),
+                reference: reference.full(),
+                detail: e.to_string(),
+            })?;
+            let credentials = auth::lookup(settings.auth_file.as_deref(), host)?;
+            list.push(Endpoint { host: host.to_owned(), mirror, client, credentials });
+        }
+        Ok(Hosts { list, chosen: AtomicUsize::new(0) })
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// Sends the requests that follow to host `i` (of [`Hosts::len`]).
+    pub(super) fn choose(&self, i: usize) {
+        self.chosen.store(i.min(self.list.len() - 1), Ordering::Relaxed);
+    }
+
+    /// The host requests go to.
+    pub(super) fn current(&self) -> &Endpoint {
+        &self.list[self.chosen.load(Ordering::Relaxed).min(self.list.len() - 1)]
+    }
+
+    /// `target` (named by the upstream registry) as the current host is asked for it.
+    fn aim(&self, target: &Parsed) -> Parsed {
+        let e = self.current();
+        let mut t = target.clone();
+        if e.mirror {
+            t.set_mirror_registry(e.host.clone());
+        }
+        t
+    }
+
+    pub(super) async fn pull_manifest_raw(
+        &self,
+        target: &Parsed,
+        accept: &[&str],
+    ) -> std::result::Result<(bytes::Bytes, String), OciDistributionError> {
+        let e = self.current();
+        e.client.pull_manifest_raw(&self.aim(target), &e.credentials.auth, accept).await
+    }
+
+    pub(super) async fn pull_blob_stream(
+        &self,
+        target: &Parsed,
+        digest: &str,
+    ) -> std::result::Result<SizedStream, OciDistributionError> {
+        self.current().client.pull_blob_stream(&self.aim(target), digest).await
+    }
+
+    /// From byte `offset` on (`length` bytes, or to the end).
+    #[allow(dead_code)] // for resuming a blob (issue 14), which this keeps on the chosen host
+    pub(super) async fn pull_blob_stream_partial(
+        &self,
+        target: &Parsed,
+        digest: &str,
+        offset: u64,
+        length: Option<u64>,
+    ) -> std::result::Result<BlobResponse, OciDistributionError> {
+        self.current().client.pull_blob_stream_partial(&self.aim(target), digest, offset, length).await
+    }
+}
