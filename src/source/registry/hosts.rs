@@ -15,6 +15,8 @@
 //! May use: `sys` (reading CA files), `error`.
 
 use std::path::Path;
+
+use base64::Engine as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use oci_client::client::{BlobResponse, Certificate, CertificateEncoding, ClientConfig, ClientProtocol, SizedStream};
@@ -62,9 +64,12 @@ fn ca_certificates(host: &str, path: &Path) -> Result<Vec<Certificate>> {
     while let Some(start) = rest.find(BEGIN) {
         let after = &rest[start..];
         let end = after.find(END).ok_or_else(|| bad("a certificate has no END line".into()))? + END.len();
-        // Each block alone: the client parses one certificate per entry.
+        // Each block alone: the client parses one certificate per entry, and only when it is built, so the
+        // body is checked here to name the file: base64 of a DER SEQUENCE.
         let pem = &after[..end];
-        if reqwest::Certificate::from_pem(pem.as_bytes()).is_err() {
+        let body: String = pem[BEGIN.len()..pem.len() - END.len()].split_whitespace().collect();
+        let der = base64::engine::general_purpose::STANDARD.decode(body).unwrap_or_default();
+        if der.first() != Some(&0x30) {
             return Err(bad(format!("certificate {} does not parse", certs.len() + 1)));
         }
         certs.push(Certificate { encoding: CertificateEncoding::Pem, data: pem.as_bytes().to_vec() });
@@ -98,10 +103,10 @@ impl Hosts {
                 user_agent: concat!("kiln/", env!("CARGO_PKG_VERSION")),
                 ..Default::default()
             };
-            let client = oci_client::Client::try_from(config).map_err(|e| Error::Client {
-                registry: host.to_owned(),
-                reference: reference.full(),
-                detail: e.to_string(),
+            let client = oci_client::Client::try_from(config).map_err(|e| match ca_file {
+                // The certificates are parsed only now.
+                Some(path) => Error::CaFile { registry: host.to_owned(), path: path.clone(), reason: e.to_string() },
+                None => Error::Client { registry: host.to_owned(), reference: reference.full(), detail: e.to_string() },
             })?;
             let credentials = auth::lookup(settings.auth_file.as_deref(), host)?;
             list.push(Endpoint { host: host.to_owned(), mirror, client, credentials });
@@ -160,5 +165,79 @@ impl Hosts {
         length: Option<u64>,
     ) -> std::result::Result<BlobResponse, OciDistributionError> {
         self.current().client.pull_blob_stream_partial(&self.aim(target), digest, offset, length).await
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // fixture files are written by path
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    #[test]
+    fn mirrors_come_first_in_order_each_with_its_own_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = dir.path().join("auth.json");
+        std::fs::write(&auth, r#"{"auths": {"m1.local:5000": {"username": "u", "password": "p"}}}"#).unwrap();
+        let reference = RegistryRef::parse("r.example/app:v1").unwrap();
+        let mirrors = vec!["m1.local:5000".to_owned(), "127.0.0.1:5001".to_owned()];
+        let settings = RegistrySettings {
+            auth_file: Some(auth),
+            mirrors: [("r.example".to_owned(), mirrors)].into_iter().collect(),
+            ..Default::default()
+        };
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let hosts = Hosts::build(&reference, &settings).unwrap();
+        let names: Vec<(&str, bool)> = hosts.list.iter().map(|e| (e.host.as_str(), e.mirror)).collect();
+        assert_eq!(names, [("m1.local:5000", true), ("127.0.0.1:5001", true), ("r.example", false)]);
+        assert!(
+            hosts.list[0].credentials.origin.contains("auths.\"m1.local:5000\""),
+            "{:?}",
+            hosts.list[0].credentials
+        );
+        assert!(hosts.list[2].credentials.origin.contains("no entry for r.example"));
+        assert_eq!(hosts.current().host, "m1.local:5000");
+        hosts.choose(1);
+        assert_eq!(hosts.aim(reference.parsed()).resolve_registry(), "127.0.0.1:5001");
+        hosts.choose(2);
+        assert_eq!(hosts.aim(reference.parsed()).resolve_registry(), "r.example");
+        // Another registry has no mirrors.
+        let other = Hosts::build(&RegistryRef::parse("o.example/app").unwrap(), &settings).unwrap();
+        assert_eq!(other.len(), 1);
+    }
+
+    #[test]
+    fn a_ca_file_must_hold_certificates_and_errors_name_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        for (text, reason) in [
+            ("", "holds no PEM certificate"),
+            ("-----BEGIN CERTIFICATE-----\nAAAA\n", "has no END line"),
+            ("-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n", "does not parse"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let e = ca_certificates("h:1", &path).unwrap_err();
+            assert!(e.to_string().contains(reason) && e.to_string().contains("ca.pem"), "{e}");
+            assert!(e.to_string().contains("registry.hosts.\"h:1\".ca_file"), "{e}");
+            assert_eq!(e.kind(), ErrorKind::FailedPrecondition);
+        }
+        let e = ca_certificates("h:1", &dir.path().join("absent.pem")).unwrap_err();
+        assert!(e.to_string().contains("absent.pem"), "{e}");
+    }
+
+    #[test]
+    fn when_every_host_fails_the_kind_is_the_registrys() {
+        let unreachable = Error::Unreachable { registry: "m".into(), detail: "refused".into() };
+        let not_found = Error::NotFound {
+            registry: "r".into(),
+            reference: "r/a:v1".into(),
+            what: "manifest".into(),
+            detail: "".into(),
+        };
+        let e =
+            Error::EveryHost { registry: "r".into(), reference: "r/a:v1".into(), tried: vec![unreachable, not_found] };
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+        let text = e.to_string();
+        assert!(text.contains("1) registry m: cannot reach it") && text.contains("; 2) registry r: r/a:v1"), "{text}");
     }
 }

@@ -216,6 +216,12 @@ impl Remote {
                 };
                 by_status(status, format!("GET {url}: {envelope}"))
             }
+            // Go's servers answer plain HTTP on a TLS port so: a loopback registry that wants a ca_file.
+            OciDistributionError::ServerError { code: 400, url, message }
+                if message.contains("HTTP request to an HTTPS server") =>
+            {
+                Error::Tls { registry, detail: format!("GET {url}: the registry speaks HTTPS: {}", message.trim()) }
+            }
             OciDistributionError::ServerError { code, url, message } => {
                 by_status(code, format!("GET {url}: {message}"))
             }
