@@ -3,8 +3,8 @@
 //!
 //! May use: `error`.
 //!
-//! Length: about 550 lines of fields (each with its default and its documentation, which `kilnd --help` and
-//! the README quote) and 130 of unit tests; one file, so that a setting is read, defaulted and validated in one
+//! Length: about 580 lines of fields (each with its default and its documentation, which `kilnd --help` and
+//! the README quote) and 150 of unit tests; one file, so that a setting is read, defaulted and validated in one
 //! place.
 
 use std::path::{Path, PathBuf};

@@ -330,6 +330,31 @@ fn dead_host() -> String {
     host
 }
 
+/// A `host:port` on 127.0.0.1 that answers every request `503 Service Unavailable` (a broken mirror).
+fn unavailable_host() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = l.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                    break;
+                }
+            }
+            let body = "down for maintenance";
+            let _ = write!(
+                conn,
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    host
+}
+
 #[test]
 fn mirrors_are_tried_in_order_then_the_registry_and_every_failure_is_named() {
     if !ready() {
@@ -343,9 +368,12 @@ fn mirrors_are_tried_in_order_then_the_registry_and_every_failure_is_named() {
     // The image is named by an upstream that is down: only a mirror can serve it.
     let upstream = dead_host();
     let down = dead_host();
+    let broken = unavailable_host();
     let name = format!("{upstream}/team/app:v1");
-    let config =
-        format!("[registry.hosts.\"{upstream}\"]\nmirrors = [\"{down}\", \"{}\", \"{}\"]\n", empty.host, full.host);
+    let config = format!(
+        "[registry.hosts.\"{upstream}\"]\nmirrors = [\"{down}\", \"{broken}\", \"{}\", \"{}\"]\n",
+        empty.host, full.host
+    );
     let k = Kilnd::start_with_config(&config, &[]);
     let o = k.kiln(&["image", "pull", &name]);
     assert!(o.status.success(), "{}", out(&o));
@@ -360,15 +388,16 @@ fn mirrors_are_tried_in_order_then_the_registry_and_every_failure_is_named() {
     drop(k);
 
     // Every host fails: the error names each one, in order, with its failure; the upstream's (refused) last.
-    let config = format!("[registry.hosts.\"{upstream}\"]\nmirrors = [\"{down}\", \"{}\"]\n", empty.host);
+    let config = format!("[registry.hosts.\"{upstream}\"]\nmirrors = [\"{down}\", \"{broken}\", \"{}\"]\n", empty.host);
     let k = Kilnd::start_with_config(&config, &[]);
     let o = k.kiln(&["image", "pull", &name]);
     assert!(!o.status.success(), "{}", out(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     let at = |s: &str| err.find(s).unwrap_or_else(|| panic!("{s} not in {err}"));
-    assert!(at(&format!("1) registry {down}")) < at(&format!("2) registry {}", empty.host)), "{err}");
-    assert!(at(&format!("2) registry {}", empty.host)) < at(&format!("3) registry {upstream}")), "{err}");
-    assert!(err.contains("not found") && err.contains("cannot reach"), "{err}");
+    assert!(at(&format!("1) registry {down}")) < at(&format!("2) registry {broken}")), "{err}");
+    assert!(at(&format!("2) registry {broken}")) < at(&format!("3) registry {}", empty.host)), "{err}");
+    assert!(at(&format!("3) registry {}", empty.host)) < at(&format!("4) registry {upstream}")), "{err}");
+    assert!(err.contains("not found") && err.contains("cannot reach") && err.contains("HTTP 503"), "{err}");
 
     // A registry with mirrors that it serves itself, when the mirrors lack it.
     let config = format!("[registry.hosts.\"{}\"]\nmirrors = [\"{down}\", \"{}\"]\n", full.host, empty.host);
