@@ -210,6 +210,9 @@ pub struct Config {
     /// an absolute path, with the same mode and group as `address`; empty serves no such socket. Left at its
     /// default while `state` is not, kilnd puts it in `state` instead (as it does `address` for `--state`).
     pub snapshots_address: String,
+    /// Where kilnd serves its metrics (`crate::metrics`, OpenMetrics text on `GET /metrics`): `tcp://HOST:PORT` on a
+    /// loopback address only (`127.0.0.1`, `[::1]`); empty (the default) serves none.
+    pub metrics_address: String,
     pub snapshotter: SnapshotterKind,
     /// Layers extracted at once; 0 means the number of CPUs.
     pub max_concurrent_unpacks: usize,
@@ -353,6 +356,7 @@ impl Default for Config {
             address: "unix:///run/kiln/kilnd.sock".into(),
             socket_group: None,
             snapshots_address: "unix:///run/kiln/containerd-snapshots.sock".into(),
+            metrics_address: String::new(),
             snapshotter: SnapshotterKind::Overlay,
             max_concurrent_unpacks: 0,
             extra_stores: vec![],
@@ -388,6 +392,24 @@ impl Config {
     /// The socket path named by `address`.
     pub fn socket_path(&self) -> Result<PathBuf, Error> {
         socket_path(&self.address)
+    }
+
+    /// The loopback address named by `metrics_address`, or `None` when it is empty.
+    pub fn metrics_socket_addr(&self) -> Result<Option<std::net::SocketAddr>, Error> {
+        if self.metrics_address.is_empty() {
+            return Ok(None);
+        }
+        let bad = |reason: &str| {
+            Err(Error::Invalid { field: "metrics_address", reason: format!("{:?} {reason}", self.metrics_address) })
+        };
+        let Some(rest) = self.metrics_address.strip_prefix("tcp://") else {
+            return bad("must be tcp://HOST:PORT");
+        };
+        match rest.parse::<std::net::SocketAddr>() {
+            Ok(a) if a.ip().is_loopback() => Ok(Some(a)),
+            Ok(_) => bad("is not a loopback address (metrics are for a local scraper or agent)"),
+            Err(_) => bad("must be tcp://IP:PORT"),
+        }
     }
 
     /// The socket path named by `snapshots_address`, or `None` when it is empty.
@@ -439,6 +461,7 @@ impl Config {
                 );
             }
         }
+        self.metrics_socket_addr()?;
         if self.snapshots_socket_path()?.is_some_and(|p| Some(p) == self.socket_path().ok()) {
             return invalid("snapshots_address", "must differ from address".into());
         }
