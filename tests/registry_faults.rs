@@ -443,6 +443,8 @@ fn one_images_blobs_download_in_parallel_and_two_pulls_at_once_fetch_each_blob_o
         let gets = reg.blob_gets(&d);
         assert_eq!(gets.len(), 1, "blob {d} fetched {} times: {gets:?}", gets.len());
     }
+    // The two pulls overlapped (the throttle makes each blob take a while) and one waited for the other.
+    assert!(k.log().contains("joining a download of the same blob in flight"), "{}", k.log());
     let most = relay.seen.most.load(Ordering::SeqCst);
     assert!(most >= 2, "blob downloads were never concurrent (at most {most})");
     identical(&k, &reg, &manifest);

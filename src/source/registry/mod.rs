@@ -11,8 +11,8 @@
 //! The client is [`oci_client`] (the ORAS project's; Accept headers, `WWW-Authenticate` challenges — basic,
 //! and bearer tokens scoped to the repository — and redirects, which reqwest follows, dropping credentials
 //! across hosts). It is async; this library is synchronous and runs on kilnd's blocking threads, so a
-//! [`Remote`] owns a small current-thread tokio runtime and blocks on it, one request at a time: no thread of
-//! its own, nothing to hand across threads, and each wait polls the caller's [`Cancel`] (every 100 ms) so a
+//! [`Remote`] owns a small current-thread tokio runtime and blocks on it (from the caller's thread, or a few
+//! scoped threads fetching blobs, `transfer.rs`); each wait polls the caller's [`Cancel`] (every 100 ms) so a
 //! stalled registry never holds a cancelled pull. TLS is rustls with ring, verifying against the system's
 //! roots; plain HTTP only for hosts configured `insecure` and for loopback ([`RegistrySettings`]).
 //! Credentials come from a Docker-style `config.json` (`auth.rs`); references are `reference.rs`'s; errors,

@@ -140,6 +140,7 @@ impl Remote {
                     return r;
                 }
                 Join::Follow(flight) => {
+                    tracing::info!(%digest, "joining a download of the same blob in flight");
                     if !flight.wait(cancel) {
                         return Err(self.cancelled(cancel).into());
                     }
