@@ -393,10 +393,13 @@ fn busy_answers_are_retried_and_giving_up_names_the_registry_and_the_blob() {
     assert!((2..=10).contains(&tries), "{tries} requests");
     assert!(entry(&k, &name).is_none() && no_ingest(&k));
 
-    relay.rules().busy = vec![(layer.clone(), 2, 1)];
+    // Two 503s for the blob and two for the manifest: both are retried.
+    let manifests = relay.requests("/manifests/").len();
+    relay.rules().busy = vec![(layer.clone(), 2, 1), ("/manifests/".into(), 2, 1)];
     let o = k.kiln(&["image", "pull", &name]);
     assert!(o.status.success(), "{}\n{}", out(&o), k.log());
     assert_eq!(relay.requests(&format!("/blobs/{layer}")).len(), tries + 3);
+    assert_eq!(relay.requests("/manifests/").len(), manifests + 3);
     identical(&k, &reg, &manifest);
 }
 
