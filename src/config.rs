@@ -242,13 +242,21 @@ pub struct Registry {
     pub connect_timeout_secs: u64,
     /// Seconds to wait for the next bytes of a registry's response.
     pub read_timeout_secs: u64,
+    /// Blobs (config and layers) of one pull downloaded at once.
+    pub max_parallel_blobs: usize,
     /// Per registry, by `host[:port]` as references write it (`[registry.hosts."registry.local:5000"]`).
     pub hosts: std::collections::BTreeMap<String, RegistryHost>,
 }
 
 impl Default for Registry {
     fn default() -> Self {
-        Registry { auth_file: None, connect_timeout_secs: 30, read_timeout_secs: 60, hosts: Default::default() }
+        Registry {
+            auth_file: None,
+            connect_timeout_secs: 30,
+            read_timeout_secs: 60,
+            max_parallel_blobs: 4,
+            hosts: Default::default(),
+        }
     }
 }
 
@@ -495,6 +503,9 @@ impl Config {
                 return invalid(field, format!("{secs} is not within 1..=3600"));
             }
         }
+        if !(1..=64).contains(&r.max_parallel_blobs) {
+            return invalid("registry.max_parallel_blobs", format!("{} is not within 1..=64", r.max_parallel_blobs));
+        }
         if let Some(h) = r.hosts.keys().find(|h| h.is_empty() || h.contains(['/', ' '])) {
             return invalid("registry.hosts", format!("{h:?} is not host[:port]"));
         }
@@ -640,6 +651,7 @@ mod tests {
         assert_eq!(c.registry.auth_file.as_deref(), Some(Path::new("/etc/kiln/auth.json")));
         assert!(c.registry.hosts["r.local:5000"].insecure);
         assert_eq!(c.registry.read_timeout_secs, Registry::default().read_timeout_secs);
+        assert_eq!(c.registry.max_parallel_blobs, 4);
     }
 
     #[test]
@@ -689,6 +701,7 @@ mod tests {
             ("[caller_mounts]\ntrusted = \"yes\"", "trusted"),
             ("[registry]\nauth_file = \"auth.json\"", "registry.auth_file"),
             ("[registry]\nread_timeout_secs = 0", "registry.read_timeout_secs"),
+            ("[registry]\nmax_parallel_blobs = 0", "registry.max_parallel_blobs"),
             ("[registry.hosts.\"a/b\"]\ninsecure = true", "registry.hosts"),
             ("[registry.hosts.\"r:5000\"]\ninsecure = 1", "insecure"),
         ] {

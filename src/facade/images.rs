@@ -207,6 +207,7 @@ impl Kiln {
             insecure: r.hosts.iter().filter(|(_, h)| h.insecure).map(|(k, _)| k.clone()).collect(),
             connect_timeout: std::time::Duration::from_secs(r.connect_timeout_secs),
             read_timeout: std::time::Duration::from_secs(r.read_timeout_secs),
+            max_parallel_blobs: r.max_parallel_blobs,
         };
         let src = source::Source::Registry(Box::new(source::RegistrySource::new(
             reference.clone(),

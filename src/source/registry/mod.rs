@@ -11,16 +11,19 @@
 //! The client is [`oci_client`] (the ORAS project's; Accept headers, `WWW-Authenticate` challenges — basic,
 //! and bearer tokens scoped to the repository — and redirects, which reqwest follows, dropping credentials
 //! across hosts). It is async; this library is synchronous and runs on kilnd's blocking threads, so a
-//! [`Remote`] owns a small current-thread tokio runtime and blocks on it, one request at a time: no thread of
-//! its own, nothing to hand across threads, and each wait polls the caller's [`Cancel`] (every 100 ms) so a
+//! [`Remote`] owns a small current-thread tokio runtime and blocks on it (from the caller's thread, or a few
+//! scoped threads fetching blobs, `transfer.rs`); each wait polls the caller's [`Cancel`] (every 100 ms) so a
 //! stalled registry never holds a cancelled pull. TLS is rustls with ring, verifying against the system's
 //! roots; plain HTTP only for hosts configured `insecure` and for loopback ([`RegistrySettings`]).
 //! Credentials come from a Docker-style `config.json` (`auth.rs`); references are `reference.rs`'s; errors,
 //! typed and naming the registry, the reference and the credentials' origin, `error.rs`'s; `blob.rs` turns
-//! a blob response into the reader the store verifies.
+//! a blob response into the reader the store verifies, resuming a cut transfer with `Range`; `transfer.rs`
+//! fetches an image's blobs on a bounded set of threads, joins a download of the same digest already in
+//! flight in this process, and says which failures are retried (429, 5xx, a cut or refused connection —
+//! documents too — with a doubling backoff, a bounded number of times; a stall is not).
 //!
-//! Not yet (issue 14's later parts): unpacking while downloading, resuming with `Range`, mirrors, parallel
-//! layer downloads, joining a pull in flight, per-request credentials, retries of 429/5xx.
+//! Not yet (issue 14's later parts): unpacking while downloading, mirrors, per-request credentials, honouring
+//! `Retry-After` (the client does not hand its headers on), resuming an ingest file left by an earlier process.
 //!
 //! May use: `store`, `image`, `digest`, `cancel`, `sys` (through `auth`), `error`.
 
@@ -28,6 +31,7 @@ mod auth;
 mod blob;
 mod error;
 mod reference;
+mod transfer;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -60,6 +64,8 @@ pub struct RegistrySettings {
     pub connect_timeout: Duration,
     /// Longest wait for the next bytes of a response.
     pub read_timeout: Duration,
+    /// Blobs of one pull fetched at once.
+    pub max_parallel_blobs: usize,
 }
 
 impl Default for RegistrySettings {
@@ -69,6 +75,7 @@ impl Default for RegistrySettings {
             insecure: vec![],
             connect_timeout: Duration::from_secs(30),
             read_timeout: Duration::from_secs(60),
+            max_parallel_blobs: 4,
         }
     }
 }
@@ -116,6 +123,9 @@ pub struct Remote {
     runtime: tokio::runtime::Runtime,
     /// The platform an index must have an image for.
     platform: Platform,
+    /// Blobs fetched at once, and the read timeout (for the message of a stall).
+    parallel: usize,
+    read_timeout: Duration,
 }
 
 impl std::fmt::Debug for Remote {
@@ -153,7 +163,8 @@ impl Remote {
             .enable_all()
             .build()
             .map_err(|e| client_err(format!("cannot start the client's runtime: {e}")))?;
-        Ok(Remote { reference, credentials, client, runtime, platform })
+        let (parallel, read_timeout) = (settings.max_parallel_blobs, settings.read_timeout);
+        Ok(Remote { reference, credentials, client, runtime, platform, parallel, read_timeout })
     }
 
     pub fn reference(&self) -> &RegistryRef {
@@ -225,6 +236,9 @@ impl Remote {
             OciDistributionError::DigestError(d) => {
                 Error::DataLoss { registry, reference, what: what.into(), detail: d.to_string() }
             }
+            OciDistributionError::RequestError(r) if r.is_timeout() && !r.is_connect() => {
+                Error::Stalled { registry, reference, what: what.into(), secs: self.read_timeout.as_secs() }
+            }
             OciDistributionError::RequestError(r) => self.request_error(&r),
             other => Error::Client { registry, reference, detail: format!("{what}: {other}") },
         }
@@ -271,9 +285,10 @@ impl Remote {
             Some(d) => (self.reference.at(&d.digest), format!("{} {}", d.media_type, d.digest)),
             None => (self.reference.parsed().clone(), "manifest".to_owned()),
         };
-        let fetch = self.client.pull_manifest_raw(&target, &self.credentials.auth, ACCEPT);
-        let (bytes, _) =
-            self.wait(fetch, cancel).ok_or_else(|| self.cancelled(cancel))?.map_err(|e| self.error(&what, e))?;
+        let (bytes, _) = self.retrying(&what, cancel, || {
+            let fetch = self.client.pull_manifest_raw(&target, &self.credentials.auth, ACCEPT);
+            self.wait(fetch, cancel).ok_or_else(|| self.cancelled(cancel))?.map_err(|e| self.error(&what, e))
+        })?;
         let limit = store::Limits::default().max_json_bytes;
         if bytes.len() as u64 > limit {
             return Err(Error::TooLarge {
@@ -396,22 +411,49 @@ impl Remote {
         .into())
     }
 
-    /// Streams blob `desc` into `dest` (nothing is requested when the store has it already).
-    fn blob(&self, dest: &LayoutWriter, desc: &Descriptor, sink: &mut Sink) -> std::result::Result<(), super::Error> {
-        let name = PathBuf::from(self.reference.full());
-        sink.check(&name)?;
-        let mut reader = BlobRead::new(self, desc, sink.cancel);
-        match dest.put_blob(&desc.digest, desc.size, &mut reader) {
-            Ok(written) => {
-                sink.copied(written);
-                Ok(())
+    /// `once()`, sent again after a failure worth retrying ([`transfer::retryable`]), at most
+    /// [`transfer::MAX_ATTEMPTS`] times in all, waiting [`transfer::backoff`] between.
+    fn retrying<T>(&self, what: &str, cancel: &Cancel, mut once: impl FnMut() -> Result<T>) -> Result<T> {
+        let mut failures = 0;
+        loop {
+            match once() {
+                Err(e) if transfer::retryable(&e) => {
+                    failures += 1;
+                    if failures >= transfer::MAX_ATTEMPTS {
+                        return Err(Error::GaveUp {
+                            registry: self.reference.registry().to_owned(),
+                            reference: self.reference.full(),
+                            what: what.into(),
+                            attempts: failures,
+                            last: Box::new(e),
+                        });
+                    }
+                    tracing::info!(what, error = %e, "retrying a registry request");
+                    // Made inside the runtime: a timer needs its context when it is created.
+                    let pause = transfer::backoff(failures);
+                    self.wait(async { tokio::time::sleep(pause).await }, cancel)
+                        .ok_or_else(|| self.cancelled(cancel))?;
+                }
+                r => return r,
             }
+        }
+    }
+
+    /// Streams blob `desc` into `dest` (nothing is requested when the store has it already); returns the
+    /// bytes written.
+    fn blob(&self, dest: &LayoutWriter, desc: &Descriptor, cancel: &Cancel) -> std::result::Result<u64, super::Error> {
+        if cancel.is_cancelled() {
+            return Err(self.cancelled(cancel).into());
+        }
+        let mut reader = BlobRead::new(self, desc, cancel);
+        match dest.put_blob(&desc.digest, desc.size, &mut reader) {
+            Ok(written) => Ok(written),
             Err(e) => {
                 if let Some(f) = reader.failure.take() {
                     return Err(f.into());
                 }
-                if sink.cancel.is_cancelled() {
-                    return Err(self.cancelled(sink.cancel).into());
+                if cancel.is_cancelled() {
+                    return Err(self.cancelled(cancel).into());
                 }
                 if e.kind() == ErrorKind::Corrupt {
                     return Err(Error::DataLoss {
@@ -478,12 +520,12 @@ impl ImageSource for Remote {
             sink.plan(&d.digest, d.size);
         }
         sink.report();
-        for b in &blobs {
-            self.blob(dest, b, sink)?;
-        }
+        let cancel = sink.cancel;
+        self.fetch_blobs(dest, &blobs, cancel, &mut |written| sink.copied(written))?;
         for (desc, bytes) in &docs {
             sink.check(&PathBuf::from(self.reference.full()))?;
-            let written = dest.put_blob(&desc.digest, desc.size, &bytes[..])?;
+            let written =
+                self.joined(dest, &desc.digest, cancel, || Ok(dest.put_blob(&desc.digest, desc.size, &bytes[..])?))?;
             sink.copied(written);
         }
         let (top, _) = docs.last().ok_or_else(|| self.malformed("manifest", "nothing fetched".into()))?;
