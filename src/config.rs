@@ -3,8 +3,8 @@
 //!
 //! May use: `error`.
 //!
-//! Length: about 580 lines of fields (each with its default and its documentation, which `kilnd --help` and
-//! the README quote) and 150 of unit tests; one file, so that a setting is read, defaulted and validated in one
+//! Length: about 650 lines of fields (each with its default and its documentation, which `kilnd --help` and
+//! the README quote) and 110 of unit tests; one file, so that a setting is read, defaulted and validated in one
 //! place.
 
 use std::path::{Path, PathBuf};
@@ -210,6 +210,9 @@ pub struct Config {
     /// an absolute path, with the same mode and group as `address`; empty serves no such socket. Left at its
     /// default while `state` is not, kilnd puts it in `state` instead (as it does `address` for `--state`).
     pub snapshots_address: String,
+    /// Where kilnd serves its metrics (`crate::metrics`, OpenMetrics text on `GET /metrics`): `tcp://HOST:PORT` on a
+    /// loopback address only (`127.0.0.1`, `[::1]`); empty (the default) serves none.
+    pub metrics_address: String,
     pub snapshotter: SnapshotterKind,
     /// Layers extracted at once; 0 means the number of CPUs.
     pub max_concurrent_unpacks: usize,
@@ -239,13 +242,21 @@ pub struct Registry {
     pub connect_timeout_secs: u64,
     /// Seconds to wait for the next bytes of a registry's response.
     pub read_timeout_secs: u64,
+    /// Blobs (config and layers) of one pull downloaded at once.
+    pub max_parallel_blobs: usize,
     /// Per registry, by `host[:port]` as references write it (`[registry.hosts."registry.local:5000"]`).
     pub hosts: std::collections::BTreeMap<String, RegistryHost>,
 }
 
 impl Default for Registry {
     fn default() -> Self {
-        Registry { auth_file: None, connect_timeout_secs: 30, read_timeout_secs: 60, hosts: Default::default() }
+        Registry {
+            auth_file: None,
+            connect_timeout_secs: 30,
+            read_timeout_secs: 60,
+            max_parallel_blobs: 4,
+            hosts: Default::default(),
+        }
     }
 }
 
@@ -360,6 +371,7 @@ impl Default for Config {
             address: "unix:///run/kiln/kilnd.sock".into(),
             socket_group: None,
             snapshots_address: "unix:///run/kiln/containerd-snapshots.sock".into(),
+            metrics_address: String::new(),
             snapshotter: SnapshotterKind::Overlay,
             max_concurrent_unpacks: 0,
             extra_stores: vec![],
@@ -395,6 +407,24 @@ impl Config {
     /// The socket path named by `address`.
     pub fn socket_path(&self) -> Result<PathBuf, Error> {
         socket_path(&self.address)
+    }
+
+    /// The loopback address named by `metrics_address`, or `None` when it is empty.
+    pub fn metrics_socket_addr(&self) -> Result<Option<std::net::SocketAddr>, Error> {
+        if self.metrics_address.is_empty() {
+            return Ok(None);
+        }
+        let bad = |reason: &str| {
+            Err(Error::Invalid { field: "metrics_address", reason: format!("{:?} {reason}", self.metrics_address) })
+        };
+        let Some(rest) = self.metrics_address.strip_prefix("tcp://") else {
+            return bad("must be tcp://HOST:PORT");
+        };
+        match rest.parse::<std::net::SocketAddr>() {
+            Ok(a) if a.ip().is_loopback() => Ok(Some(a)),
+            Ok(_) => bad("is not a loopback address (metrics are for a local scraper or agent)"),
+            Err(_) => bad("must be tcp://IP:PORT"),
+        }
     }
 
     /// The socket path named by `snapshots_address`, or `None` when it is empty.
@@ -446,6 +476,7 @@ impl Config {
                 );
             }
         }
+        self.metrics_socket_addr()?;
         if self.snapshots_socket_path()?.is_some_and(|p| Some(p) == self.socket_path().ok()) {
             return invalid("snapshots_address", "must differ from address".into());
         }
@@ -478,6 +509,9 @@ impl Config {
             if !(1..=3600).contains(&secs) {
                 return invalid(field, format!("{secs} is not within 1..=3600"));
             }
+        }
+        if !(1..=64).contains(&r.max_parallel_blobs) {
+            return invalid("registry.max_parallel_blobs", format!("{} is not within 1..=64", r.max_parallel_blobs));
         }
         let not_host = |h: &str| h.is_empty() || h.contains(['/', ' ']);
         if let Some(h) = r.hosts.keys().find(|h| not_host(h)) {
@@ -661,6 +695,7 @@ mod tests {
         let e = Config::from_toml("[registry.hosts.\"r:1\"]\nca_file = \"x\"\n", Path::new("x")).unwrap().validate();
         assert!(e.unwrap_err().to_string().contains("[registry.hosts.\"r:1\"]"));
         assert_eq!(c.registry.read_timeout_secs, Registry::default().read_timeout_secs);
+        assert_eq!(c.registry.max_parallel_blobs, 4);
     }
 
     #[test]
@@ -710,6 +745,7 @@ mod tests {
             ("[caller_mounts]\ntrusted = \"yes\"", "trusted"),
             ("[registry]\nauth_file = \"auth.json\"", "registry.auth_file"),
             ("[registry]\nread_timeout_secs = 0", "registry.read_timeout_secs"),
+            ("[registry]\nmax_parallel_blobs = 0", "registry.max_parallel_blobs"),
             ("[registry.hosts.\"a/b\"]\ninsecure = true", "registry.hosts"),
             ("[registry.hosts.\"r:5000\"]\ninsecure = 1", "insecure"),
             ("[registry.hosts.\"r:5000\"]\nmirrors = [\"m/x\"]", "registry.hosts.mirrors"),

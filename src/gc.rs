@@ -12,7 +12,7 @@
 //! - **Refusal.** An extra store that cannot be read stops the collection before anything is decided: its
 //!   images' snapshots would otherwise look unused.
 //!
-//! May use: `catalog`, `bundle`, `image`, `store`, `digest`, `error`.
+//! May use: `catalog`, `bundle`, `image`, `store`, `digest`, `error`, `metrics`.
 
 use std::time::Duration;
 
@@ -128,5 +128,12 @@ pub fn collect(catalog: &Catalog, engine: &Engine, dry_run: bool) -> Result<Repo
     };
     report.removed.extend(blobs.removed.iter().map(blob));
     report.kept.extend(blobs.kept.iter().map(blob));
+    if !dry_run {
+        for kind in [ItemKind::Snapshot, ItemKind::Blob] {
+            let gone = report.removed.iter().filter(|i| i.kind == kind);
+            let (n, bytes) = gone.fold((0u64, 0u64), |(n, b), i| (n + 1, b.saturating_add(i.size)));
+            crate::metrics::global().gc_removed(kind.as_str(), n, bytes);
+        }
+    }
     Ok(report)
 }

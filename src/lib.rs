@@ -19,6 +19,7 @@ pub mod facade;
 pub mod gc;
 pub mod image;
 pub mod layer;
+pub mod metrics;
 pub mod server;
 pub mod snapshot;
 pub mod source;

@@ -32,6 +32,9 @@ struct Flags {
     /// containerd's snapshots API socket; "" for none [default: unix://STATE/containerd-snapshots.sock].
     #[arg(long, value_name = "unix:///PATH")]
     snapshots_address: Option<String>,
+    /// Serve metrics (OpenMetrics text, GET /metrics) on this loopback address; "" for none [default: none].
+    #[arg(long, value_name = "tcp://127.0.0.1:PORT")]
+    metrics_address: Option<String>,
     /// How snapshots are stored [default: overlayfs, or native where the kernel has no overlayfs].
     #[arg(long, value_parser = ["overlayfs", "native"])]
     snapshotter: Option<String>,
@@ -67,6 +70,9 @@ fn config(flags: Flags) -> anyhow::Result<Config> {
     }
     if let Some(a) = flags.snapshots_address {
         c.snapshots_address = a;
+    }
+    if let Some(a) = flags.metrics_address {
+        c.metrics_address = a;
     }
     if let Some(s) = flags.snapshotter {
         c.snapshotter = s.parse::<SnapshotterKind>().map_err(anyhow::Error::msg)?;

@@ -214,6 +214,7 @@ impl Kiln {
             ca_files: r.hosts.iter().filter_map(|(k, h)| Some((k.clone(), h.ca_file.clone()?))).collect(),
             connect_timeout: std::time::Duration::from_secs(r.connect_timeout_secs),
             read_timeout: std::time::Duration::from_secs(r.read_timeout_secs),
+            max_parallel_blobs: r.max_parallel_blobs,
         };
         let src = source::Source::Registry(Box::new(source::RegistrySource::new(
             reference.clone(),

@@ -35,6 +35,11 @@ pub struct FsckItem {
 }
 
 impl Kiln {
+    /// The snapshot and bundle counts alone (no walk of the blobs): for the metrics gauges.
+    pub fn counts(&self) -> Result<crate::bundle::engine::EngineInfo> {
+        Ok(self.engine.info()?)
+    }
+
     pub fn info(&self) -> Result<Info> {
         let e = self.engine.info()?;
         let blobs = self.catalog.content_dir().join("blobs");

@@ -82,6 +82,7 @@ impl Gates {
             self.gates.iter().find(|(k, _, _)| *k == kind).ok_or_else(|| Status::internal("no gate"))?;
         let permit = sem.clone().try_acquire_owned().map_err(|_| {
             self.warn(method, *limit);
+            crate::metrics::global().rpc(method, "ResourceExhausted", Duration::ZERO);
             Status::resource_exhausted(format!(
                 "{method}: {limit} {} requests are in progress already (limits.concurrent.{}); try again later",
                 kind.as_str(),
@@ -95,6 +96,7 @@ impl Gates {
             cancel: Arc::new(AtomicBool::new(false)),
             deadline: deadline(req),
             method,
+            started: Instant::now(),
         })
     }
 
@@ -145,9 +147,19 @@ pub struct Ticket {
     cancel: Arc<AtomicBool>,
     deadline: Option<Instant>,
     method: &'static str,
+    started: Instant,
 }
 
 impl Ticket {
+    /// Counts the RPC's outcome (`crate::metrics`): the code it answers and its time since admission.
+    fn record<T>(&self, r: &Result<T, Status>) {
+        let code = match r {
+            Ok(_) => "OK".to_owned(),
+            Err(s) => format!("{:?}", s.code()),
+        };
+        crate::metrics::global().rpc(self.method, &code, self.started.elapsed());
+    }
+
     /// Whether the caller is gone or its deadline has passed.
     pub fn cancelled(&self) -> bool {
         self.cancel.load(Ordering::Relaxed) || self.deadline.is_some_and(|d| Instant::now() >= d)
@@ -195,8 +207,9 @@ pub async fn run<T: Send + 'static>(
 ) -> Result<T, Status> {
     let mut on_drop = CancelOnDrop(Some(ticket.cancel.clone()));
     let r = tokio::task::spawn_blocking(move || {
-        ticket.check()?;
-        f(&ticket)
+        let r = ticket.check().and_then(|()| f(&ticket));
+        ticket.record(&r);
+        r
     })
     .await
     .map_err(|e| Status::internal(format!("worker failed: {e}")));
@@ -228,6 +241,7 @@ pub fn stream<T: Clone + Send + Sync + 'static>(
     tokio::task::spawn_blocking(move || {
         let reporter = Reporter(tx);
         let result = ticket.check().and_then(|()| work(&ticket, &reporter));
+        ticket.record(&result);
         // The slot goes back before the result is handed over (whether or not anybody reads it), so that a caller
         // who has seen the end can start the next request of this kind at once.
         drop(ticket);

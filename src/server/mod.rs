@@ -13,6 +13,7 @@ pub mod authority;
 mod bundles;
 mod images;
 pub mod lifecycle;
+pub mod metrics;
 pub mod peer;
 mod snapshots;
 mod system;
@@ -141,6 +142,17 @@ fn insert_peer(
     req
 }
 
+/// Stops a background task when the server stops.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            t.abort();
+        }
+    }
+}
+
 /// Serves the kiln.v1 services, health and reflection on `listener`, and containerd's snapshots API on
 /// `containerd` when there is one, until `shutdown` resolves, then waits up to the configured deadline for
 /// in-flight requests on both.
@@ -223,6 +235,18 @@ pub async fn serve(
                 .max_encoding_message_size(encode),
         )
         .serve_with_incoming_shutdown(incoming(listener), stopped());
+    // The metrics listener (off by default): bound here, so that a taken port fails kilnd's start-up.
+    let metrics = match daemon.config().metrics_socket_addr() {
+        Ok(Some(addr)) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Io { path: PathBuf::from(format!("metrics_address {addr}")), source })?;
+            tracing::info!(%addr, "serving metrics on GET /metrics");
+            Some(tokio::spawn(metrics::serve(daemon.clone(), l)))
+        }
+        _ => None,
+    };
+    let _metrics = AbortOnDrop(metrics);
     let mut server = tokio::spawn(async move {
         let snapshots_server = async move {
             match snapshots_server {

@@ -14,7 +14,7 @@
 //! `tests/snapshot_conformance.rs`.
 //!
 //! May use: `layer` (through [`unpack::LayerApplier`]), `image` (types), `store`, `digest`, `sys`, `error`,
-//! `config` (the backend's name).
+//! `config` (the backend's name), `metrics` (the unpacker counts what it does).
 
 use std::collections::BTreeMap;
 use std::io;

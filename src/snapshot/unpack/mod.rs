@@ -448,6 +448,29 @@ impl Unpacker {
         progress: &(dyn Fn(Progress) + Sync),
         cancel: &Cancel,
     ) -> Result<UnpackReport> {
+        let started = std::time::Instant::now();
+        let r = self.unpack_counted(store, layers, progress, cancel);
+        if let Ok(rep) = &r {
+            let bytes = layers.iter().filter(|l| rep.extracted.contains(&l.chain_id)).map(|l| l.descriptor.size).sum();
+            let n = |v: &Vec<Digest>| v.len() as u64;
+            crate::metrics::global().unpacked(
+                n(&rep.extracted),
+                n(&rep.present),
+                n(&rep.waited),
+                bytes,
+                started.elapsed(),
+            );
+        }
+        r
+    }
+
+    fn unpack_counted(
+        &self,
+        store: &Store,
+        layers: &[Layer],
+        progress: &(dyn Fn(Progress) + Sync),
+        cancel: &Cancel,
+    ) -> Result<UnpackReport> {
         let mut done = Progress {
             layers_total: layers.len(),
             bytes_total: layers.iter().map(|l| l.descriptor.size).sum(),

@@ -43,6 +43,13 @@ pub enum Error {
     Cancelled { registry: String, reference: String, reason: &'static str },
     #[error("registry {registry}: {reference}: {detail}")]
     Client { registry: String, reference: String, detail: String },
+    #[error(
+        "registry {registry}: {reference}: {what}: no bytes for {secs} s (registry.read_timeout_secs): the \
+         registry stalled"
+    )]
+    Stalled { registry: String, reference: String, what: String, secs: u64 },
+    #[error("registry {registry}: {reference}: {what}: gave up after {attempts} attempts: {last}")]
+    GaveUp { registry: String, reference: String, what: String, attempts: u32, last: Box<Error> },
     #[error("registry {registry}: CA file {path} (registry.hosts.\"{registry}\".ca_file): {reason}")]
     CaFile { registry: String, path: PathBuf, reason: String },
     /// Every mirror and the registry itself failed, in the order tried (the registry last).
@@ -72,6 +79,8 @@ impl Error {
             Error::Unsupported { .. } => ErrorKind::Unsupported,
             Error::Cancelled { .. } => ErrorKind::Cancelled,
             Error::Client { .. } => ErrorKind::Internal,
+            Error::Stalled { .. } => ErrorKind::Unavailable,
+            Error::GaveUp { last, .. } => last.kind(),
         }
     }
 }

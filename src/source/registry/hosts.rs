@@ -155,8 +155,7 @@ impl Hosts {
         self.current().client.pull_blob_stream(&self.aim(target), digest).await
     }
 
-    /// From byte `offset` on (`length` bytes, or to the end).
-    #[allow(dead_code)] // for resuming a blob (issue 14), which this keeps on the chosen host
+    /// From byte `offset` on (`length` bytes, or to the end): a cut blob resumes on the same host.
     pub(super) async fn pull_blob_stream_partial(
         &self,
         target: &Parsed,

@@ -11,18 +11,22 @@
 //! The client is [`oci_client`] (the ORAS project's; Accept headers, `WWW-Authenticate` challenges — basic,
 //! and bearer tokens scoped to the repository — and redirects, which reqwest follows, dropping credentials
 //! across hosts). It is async; this library is synchronous and runs on kilnd's blocking threads, so a
-//! [`Remote`] owns a small current-thread tokio runtime and blocks on it, one request at a time: no thread of
-//! its own, nothing to hand across threads, and each wait polls the caller's [`Cancel`] (every 100 ms) so a
+//! [`Remote`] owns a small current-thread tokio runtime and blocks on it (from the caller's thread, or a few
+//! scoped threads fetching blobs, `transfer.rs`); each wait polls the caller's [`Cancel`] (every 100 ms) so a
 //! stalled registry never holds a cancelled pull. TLS is rustls with ring, verifying against the system's
 //! roots and a host's configured `ca_file`; plain HTTP only for hosts configured `insecure` and for loopback
 //! ones without a `ca_file` ([`RegistrySettings`]). Which host a pull reads from — a mirror, tried in order,
 //! or the registry itself — is `hosts.rs`'s, each host with its own client and credentials.
 //! Credentials come from a Docker-style `config.json` (`auth.rs`); references are `reference.rs`'s; errors,
 //! typed and naming the registry, the reference and the credentials' origin, `error.rs`'s; `blob.rs` turns
-//! a blob response into the reader the store verifies.
+//! a blob response into the reader the store verifies, resuming a cut transfer with `Range`; `transfer.rs`
+//! fetches an image's blobs on a bounded set of threads, joins a download of the same digest already in
+//! flight in this process, and says which failures are retried (429, 5xx, a cut or refused connection —
+//! documents too — with a doubling backoff, a bounded number of times; a stall is not).
 //!
-//! Not yet (issue 14's later parts): unpacking while downloading, resuming with `Range`, parallel
-//! layer downloads, joining a pull in flight, per-request credentials, retries of 429/5xx.
+//! Not yet (issue 14's later parts): unpacking while downloading, per-request credentials, honouring
+//! `Retry-After` (the client does not hand its headers on), resuming an ingest file left by an earlier process,
+//! falling back to another host for a blob the chosen mirror lacks.
 //!
 //! May use: `store`, `image`, `digest`, `cancel`, `sys` (through `auth`), `error`.
 
@@ -31,6 +35,7 @@ mod blob;
 mod error;
 mod hosts;
 mod reference;
+mod transfer;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -69,6 +74,8 @@ pub struct RegistrySettings {
     pub connect_timeout: Duration,
     /// Longest wait for the next bytes of a response.
     pub read_timeout: Duration,
+    /// Blobs of one pull fetched at once.
+    pub max_parallel_blobs: usize,
 }
 
 impl Default for RegistrySettings {
@@ -80,6 +87,7 @@ impl Default for RegistrySettings {
             ca_files: BTreeMap::new(),
             connect_timeout: Duration::from_secs(30),
             read_timeout: Duration::from_secs(60),
+            max_parallel_blobs: 4,
         }
     }
 }
@@ -127,6 +135,9 @@ pub struct Remote {
     runtime: tokio::runtime::Runtime,
     /// The platform an index must have an image for.
     platform: Platform,
+    /// Blobs fetched at once, and the read timeout (for the message of a stall).
+    parallel: usize,
+    read_timeout: Duration,
 }
 
 impl std::fmt::Debug for Remote {
@@ -148,7 +159,8 @@ impl Remote {
                 reference: reference.full(),
                 detail: format!("cannot start the client's runtime: {e}"),
             })?;
-        Ok(Remote { reference, client, runtime, platform })
+        let (parallel, read_timeout) = (settings.max_parallel_blobs, settings.read_timeout);
+        Ok(Remote { reference, client, runtime, platform, parallel, read_timeout })
     }
 
     pub fn reference(&self) -> &RegistryRef {
@@ -228,6 +240,9 @@ impl Remote {
             OciDistributionError::DigestError(d) => {
                 Error::DataLoss { registry, reference, what: what.into(), detail: d.to_string() }
             }
+            OciDistributionError::RequestError(r) if r.is_timeout() && !r.is_connect() => {
+                Error::Stalled { registry, reference, what: what.into(), secs: self.read_timeout.as_secs() }
+            }
             OciDistributionError::RequestError(r) => self.request_error(&r),
             other => Error::Client { registry, reference, detail: format!("{what}: {other}") },
         }
@@ -274,15 +289,13 @@ impl Remote {
             Some(d) => (self.reference.at(&d.digest), format!("{} {}", d.media_type, d.digest)),
             None => (self.reference.parsed().clone(), "manifest".to_owned()),
         };
-        let fetch = |cancel: &Cancel| -> Result<Bytes> {
+        let once = || {
             let fetch = self.client.pull_manifest_raw(&target, ACCEPT);
-            let (bytes, _) =
-                self.wait(fetch, cancel).ok_or_else(|| self.cancelled(cancel))?.map_err(|e| self.error(&what, e))?;
-            Ok(bytes)
+            self.wait(fetch, cancel).ok_or_else(|| self.cancelled(cancel))?.map_err(|e| self.error(&what, e))
         };
-        let bytes = match expected {
-            Some(_) => fetch(cancel)?,
-            None => self.choose_host(fetch, cancel)?,
+        let (bytes, _) = match expected {
+            Some(_) => self.retrying(&what, cancel, once)?,
+            None => self.choose_host(&what, once, cancel)?,
         };
         let limit = store::Limits::default().max_json_bytes;
         if bytes.len() as u64 > limit {
@@ -315,15 +328,18 @@ impl Remote {
         Ok((desc, bytes))
     }
 
-    /// The top manifest from the first host that serves it (`fetch` asks the current one): each mirror in
+    /// The top manifest from the first host that serves it (`once` asks the current one): each mirror in
     /// order, then the registry; that host serves the rest of the pull. Any failure but a cancel falls through
     /// to the next host; when every one fails, the error names each with its failure. Without mirrors, the
     /// registry's own error as it is.
-    fn choose_host(&self, fetch: impl Fn(&Cancel) -> Result<Bytes>, cancel: &Cancel) -> Result<Bytes> {
+    fn choose_host<T>(&self, what: &str, mut once: impl FnMut() -> Result<T>, cancel: &Cancel) -> Result<T> {
         let mut tried = Vec::new();
-        for i in 0..self.client.len() {
+        let last = self.client.len() - 1;
+        for i in 0..=last {
             self.client.choose(i);
-            match fetch(cancel) {
+            // A mirror that fails is passed over at once; the registry itself is retried as without mirrors.
+            let got = if i == last { self.retrying(what, cancel, &mut once) } else { once() };
+            match got {
                 Ok(bytes) => return Ok(bytes),
                 Err(e @ Error::Cancelled { .. }) => return Err(e),
                 Err(e) => tried.push(e),
@@ -430,22 +446,49 @@ impl Remote {
         .into())
     }
 
-    /// Streams blob `desc` into `dest` (nothing is requested when the store has it already).
-    fn blob(&self, dest: &LayoutWriter, desc: &Descriptor, sink: &mut Sink) -> std::result::Result<(), super::Error> {
-        let name = PathBuf::from(self.reference.full());
-        sink.check(&name)?;
-        let mut reader = BlobRead::new(self, desc, sink.cancel);
-        match dest.put_blob(&desc.digest, desc.size, &mut reader) {
-            Ok(written) => {
-                sink.copied(written);
-                Ok(())
+    /// `once()`, sent again after a failure worth retrying ([`transfer::retryable`]), at most
+    /// [`transfer::MAX_ATTEMPTS`] times in all, waiting [`transfer::backoff`] between.
+    fn retrying<T>(&self, what: &str, cancel: &Cancel, mut once: impl FnMut() -> Result<T>) -> Result<T> {
+        let mut failures = 0;
+        loop {
+            match once() {
+                Err(e) if transfer::retryable(&e) => {
+                    failures += 1;
+                    if failures >= transfer::MAX_ATTEMPTS {
+                        return Err(Error::GaveUp {
+                            registry: self.reference.registry().to_owned(),
+                            reference: self.reference.full(),
+                            what: what.into(),
+                            attempts: failures,
+                            last: Box::new(e),
+                        });
+                    }
+                    tracing::info!(what, error = %e, "retrying a registry request");
+                    // Made inside the runtime: a timer needs its context when it is created.
+                    let pause = transfer::backoff(failures);
+                    self.wait(async { tokio::time::sleep(pause).await }, cancel)
+                        .ok_or_else(|| self.cancelled(cancel))?;
+                }
+                r => return r,
             }
+        }
+    }
+
+    /// Streams blob `desc` into `dest` (nothing is requested when the store has it already); returns the
+    /// bytes written.
+    fn blob(&self, dest: &LayoutWriter, desc: &Descriptor, cancel: &Cancel) -> std::result::Result<u64, super::Error> {
+        if cancel.is_cancelled() {
+            return Err(self.cancelled(cancel).into());
+        }
+        let mut reader = BlobRead::new(self, desc, cancel);
+        match dest.put_blob(&desc.digest, desc.size, &mut reader) {
+            Ok(written) => Ok(written),
             Err(e) => {
                 if let Some(f) = reader.failure.take() {
                     return Err(f.into());
                 }
-                if sink.cancel.is_cancelled() {
-                    return Err(self.cancelled(sink.cancel).into());
+                if cancel.is_cancelled() {
+                    return Err(self.cancelled(cancel).into());
                 }
                 if e.kind() == ErrorKind::Corrupt {
                     return Err(Error::DataLoss {
@@ -512,12 +555,12 @@ impl ImageSource for Remote {
             sink.plan(&d.digest, d.size);
         }
         sink.report();
-        for b in &blobs {
-            self.blob(dest, b, sink)?;
-        }
+        let cancel = sink.cancel;
+        self.fetch_blobs(dest, &blobs, cancel, &mut |written| sink.copied(written))?;
         for (desc, bytes) in &docs {
             sink.check(&PathBuf::from(self.reference.full()))?;
-            let written = dest.put_blob(&desc.digest, desc.size, &bytes[..])?;
+            let written =
+                self.joined(dest, &desc.digest, cancel, || Ok(dest.put_blob(&desc.digest, desc.size, &bytes[..])?))?;
             sink.copied(written);
         }
         let (top, _) = docs.last().ok_or_else(|| self.malformed("manifest", "nothing fetched".into()))?;

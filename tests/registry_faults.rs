@@ -1,0 +1,518 @@
+//! Registry pulls through faults, against the real `docker-registry` behind a small TCP relay written here
+//! (std threads, one upstream connection per request, `Connection: close`): it can cut a response after N
+//! bytes, answer 503 with `Retry-After` to the first K requests for a path, stall a response, drop the
+//! `Range` header (so the registry answers 200), and throttle. Covered: a cut blob resumes with `Range` (and,
+//! when the registry ignores it, from a whole answer) into a byte-identical blob; 503s are retried, and giving
+//! up names the registry and the blob; a stall fails naming the registry and leaves nothing; one image's blobs
+//! download in parallel; two pulls of one image at once fetch each blob once; SIGKILL of kilnd mid-pull, then
+//! a restart, leaves a consistent store and the pull completes.
+#![allow(clippy::disallowed_methods)] // tests build fixtures and inspect results by path
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::daemon::Kilnd;
+use common::layer::{Compression, LayerBuilder};
+use common::layout::*;
+use common::registry::{self, Registry};
+use serde_json::Value;
+
+fn ready() -> bool {
+    common::require_root() && common::require_tool(registry::BINARY) && common::require_tool("skopeo")
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Action {
+    Cut,
+    Stall,
+}
+
+/// A fault for the next `times` responses to requests whose path contains `path`, after `after` bytes.
+struct Fault {
+    path: String,
+    after: usize,
+    action: Action,
+    times: usize,
+}
+
+#[derive(Default)]
+struct Rules {
+    faults: Vec<Fault>,
+    /// `(path part, requests left to answer 503, Retry-After seconds)`.
+    busy: Vec<(String, usize, u64)>,
+    /// Drop `Range:` from requests (the registry then answers 200).
+    strip_range: bool,
+    /// Forward responses in pieces of this many bytes, pausing between them.
+    throttle: Option<(usize, Duration)>,
+}
+
+#[derive(Default)]
+struct Seen {
+    /// The head of every request, as received.
+    heads: Mutex<Vec<String>>,
+    /// Response bytes forwarded for `/blobs/` requests.
+    blob_bytes: AtomicUsize,
+    /// `/blobs/` responses being forwarded now, and the most at once.
+    active: AtomicUsize,
+    most: AtomicUsize,
+}
+
+struct Relay {
+    /// `127.0.0.1:PORT`: the registry part of references pulled through it.
+    host: String,
+    rules: Arc<Mutex<Rules>>,
+    seen: Arc<Seen>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Relay {
+    fn start(upstream: &str) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        let rules = Arc::new(Mutex::new(Rules::default()));
+        let seen = Arc::new(Seen::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (r, s, st, up) = (rules.clone(), seen.clone(), stop.clone(), upstream.to_owned());
+        std::thread::spawn(move || {
+            while !st.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        let (r, s, st, up) = (r.clone(), s.clone(), st.clone(), up.clone());
+                        std::thread::spawn(move || serve(conn, &up, &r, &s, &st));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Relay { host, rules, seen, stop }
+    }
+
+    fn rules(&self) -> std::sync::MutexGuard<'_, Rules> {
+        self.rules.lock().unwrap()
+    }
+
+    /// The heads of the requests whose first line contains `part`.
+    fn requests(&self, part: &str) -> Vec<String> {
+        self.seen
+            .heads
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|h| h.lines().next().unwrap_or("").contains(part))
+            .cloned()
+            .collect()
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A request head (up to the blank line), or `None` at the end of the connection.
+fn read_head(c: &mut TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match c.read(&mut b) {
+            Ok(1) => head.push(b[0]),
+            _ => return None,
+        }
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
+/// Serves one client connection: each request goes to a new upstream connection, closed after its response.
+fn serve(mut client: TcpStream, upstream: &str, rules: &Mutex<Rules>, seen: &Seen, stop: &AtomicBool) {
+    let _ = client.set_read_timeout(Some(Duration::from_secs(60)));
+    while let Some(head) = read_head(&mut client) {
+        seen.heads.lock().unwrap().push(head.clone());
+        let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+        let (busy, fault, strip) = {
+            let mut r = rules.lock().unwrap();
+            let busy = r.busy.iter_mut().find(|b| path.contains(&b.0) && b.1 > 0).map(|b| {
+                b.1 -= 1;
+                b.2
+            });
+            let fault = r.faults.iter_mut().find(|f| path.contains(&f.path) && f.times > 0).map(|f| {
+                f.times -= 1;
+                (f.after, f.action)
+            });
+            (busy, fault, r.strip_range)
+        };
+        if let Some(retry_after) = busy {
+            let answer = format!(
+                "HTTP/1.1 503 Service Unavailable\r\nRetry-After: {retry_after}\r\nContent-Type: text/plain\r\n\
+                 Content-Length: 4\r\n\r\nbusy"
+            );
+            if client.write_all(answer.as_bytes()).is_err() {
+                return;
+            }
+            continue;
+        }
+        let mut forwarded = String::new();
+        for line in head.trim_end().lines() {
+            let lower = line.to_ascii_lowercase();
+            if lower.starts_with("connection:") || (strip && lower.starts_with("range:")) {
+                continue;
+            }
+            forwarded.push_str(line);
+            forwarded.push_str("\r\n");
+        }
+        forwarded.push_str("Connection: close\r\n\r\n");
+        let Ok(mut up) = TcpStream::connect(upstream) else { return };
+        if up.write_all(forwarded.as_bytes()).is_err() {
+            return;
+        }
+        let is_blob = path.contains("/blobs/");
+        if is_blob {
+            let now = seen.active.fetch_add(1, Ordering::SeqCst) + 1;
+            seen.most.fetch_max(now, Ordering::SeqCst);
+        }
+        let ended = pump(&mut up, &mut client, fault, is_blob, rules, seen, stop);
+        if is_blob {
+            seen.active.fetch_sub(1, Ordering::SeqCst);
+        }
+        if !ended {
+            return;
+        }
+        // The upstream closed after its response (Connection: close); so does this connection.
+        return;
+    }
+}
+
+/// Forwards one response, applying `fault` and the throttle; false when the connection was cut or stalled.
+fn pump(
+    up: &mut TcpStream,
+    client: &mut TcpStream,
+    fault: Option<(usize, Action)>,
+    is_blob: bool,
+    rules: &Mutex<Rules>,
+    seen: &Seen,
+    stop: &AtomicBool,
+) -> bool {
+    let mut sent = 0usize;
+    let mut buf = vec![0u8; 16384];
+    loop {
+        let n = match up.read(&mut buf) {
+            Ok(0) | Err(_) => return true,
+            Ok(n) => n,
+        };
+        let mut chunk = &buf[..n];
+        let mut fire = None;
+        if let Some((after, action)) = fault {
+            if sent + chunk.len() >= after {
+                chunk = &chunk[..after - sent];
+                fire = Some(action);
+            }
+        }
+        let throttle = rules.lock().unwrap().throttle;
+        let pieces: Vec<&[u8]> = match throttle {
+            Some((size, _)) => chunk.chunks(size).collect(),
+            None => vec![chunk],
+        };
+        for p in pieces {
+            if client.write_all(p).is_err() {
+                return false;
+            }
+            sent += p.len();
+            if is_blob {
+                seen.blob_bytes.fetch_add(p.len(), Ordering::SeqCst);
+            }
+            if let Some((_, pause)) = throttle {
+                std::thread::sleep(pause);
+            }
+        }
+        match fire {
+            Some(Action::Cut) => {
+                let _ = client.shutdown(std::net::Shutdown::Both);
+                return false;
+            }
+            Some(Action::Stall) => {
+                let until = Instant::now() + Duration::from_secs(120);
+                while !stop.load(Ordering::SeqCst) && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                return false;
+            }
+            None => {}
+        }
+    }
+}
+
+/// Incompressible bytes (xorshift), so a gzip layer is about as large as its file.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// An image of `layers` layers, each a file of `size` random bytes, pushed as `faults/NAME:v1`; returns the
+/// manifest document.
+fn image(reg: &Registry, name: &str, layers: usize, size: usize) -> Value {
+    let src = common::scratch();
+    let layers = (0..layers)
+        .map(|i| {
+            LayerBuilder::new()
+                .dir("data", 0o755)
+                .file(&format!("data/{name}-{i}"), &noise(size, 7 + i as u64 + name.len() as u64 * 31), 0o644)
+                .layer(Compression::Gzip)
+        })
+        .collect();
+    let spec = ImageSpec::with_layers(layers).platform("linux", host_arch(), None);
+    let (b, manifest) = single_image(src.path(), &spec, "v1");
+    reg.push_with(src.path(), "v1", &format!("faults/{name}:v1"), &[]);
+    serde_json::from_slice(&std::fs::read(b.blob_path(&manifest)).unwrap()).unwrap()
+}
+
+fn layer_digests(manifest: &Value) -> Vec<String> {
+    manifest["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap().to_owned()).collect()
+}
+
+fn blob_digests(manifest: &Value) -> Vec<String> {
+    let mut all = vec![manifest["config"]["digest"].as_str().unwrap().to_owned()];
+    all.extend(layer_digests(manifest));
+    all
+}
+
+fn out(o: &std::process::Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn index_json(k: &Kilnd) -> Value {
+    serde_json::from_slice(&std::fs::read(k.content().join("index.json")).unwrap()).unwrap()
+}
+
+fn entry(k: &Kilnd, name: &str) -> Option<Value> {
+    index_json(k)["manifests"].as_array().unwrap().iter().find(|d| d["annotations"][REF_NAME] == name).cloned()
+}
+
+fn store_blob(k: &Kilnd, digest: &str) -> std::path::PathBuf {
+    k.content().join("blobs/sha256").join(&digest["sha256:".len()..])
+}
+
+fn no_ingest(k: &Kilnd) -> bool {
+    let ingest = k.content().join(".kiln-ingest");
+    !ingest.exists() || std::fs::read_dir(&ingest).unwrap().next().is_none()
+}
+
+/// Every blob of `manifest` is in the store, byte for byte what the registry holds.
+fn identical(k: &Kilnd, reg: &Registry, manifest: &Value) {
+    for d in blob_digests(manifest) {
+        let ours = std::fs::read(store_blob(k, &d)).unwrap_or_else(|e| panic!("blob {d} not in the store: {e}"));
+        assert!(ours == std::fs::read(reg.blob_path(&d)).unwrap(), "blob {d} differs from the registry's");
+    }
+}
+
+fn spawn_pull(k: &Kilnd, reference: &str) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("--address")
+        .arg(k.address())
+        .args(["image", "pull", reference])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn a_cut_blob_resumes_with_range_and_the_result_is_byte_identical() {
+    if !ready() {
+        return;
+    }
+    let reg = Registry::start();
+    let manifest = image(&reg, "cut", 1, 1 << 20);
+    let layer = layer_digests(&manifest)[0].clone();
+    let relay = Relay::start(&reg.host);
+    relay.rules().faults.push(Fault { path: layer.clone(), after: 300_000, action: Action::Cut, times: 2 });
+    let k = Kilnd::start(&[]);
+    let name = format!("{}/faults/cut:v1", relay.host);
+    let o = k.kiln(&["image", "pull", &name]);
+    assert!(o.status.success(), "{}\n{}", out(&o), k.log());
+    let gets = relay.requests(&format!("/blobs/{layer}"));
+    assert_eq!(gets.len(), 3, "one request and two resumes: {gets:?}");
+    assert!(gets[1..].iter().all(|h| h.to_ascii_lowercase().contains("range: bytes=")), "no Range: {gets:?}");
+    assert!(!gets[0].to_ascii_lowercase().contains("range:"), "{gets:?}");
+    assert!(entry(&k, &name).is_some(), "{}", index_json(&k));
+    identical(&k, &reg, &manifest);
+    assert!(no_ingest(&k));
+
+    // A registry that ignores Range answers 200 with the whole blob: the pull still ends byte-identical.
+    let k2 = Kilnd::start(&[]);
+    {
+        let mut r = relay.rules();
+        r.strip_range = true;
+        r.faults.push(Fault { path: layer.clone(), after: 300_000, action: Action::Cut, times: 1 });
+    }
+    let o = k2.kiln(&["image", "pull", &name]);
+    assert!(o.status.success(), "{}\n{}", out(&o), k2.log());
+    assert_eq!(relay.requests(&format!("/blobs/{layer}")).len(), 5);
+    identical(&k2, &reg, &manifest);
+    assert!(no_ingest(&k2));
+}
+
+#[test]
+fn busy_answers_are_retried_and_giving_up_names_the_registry_and_the_blob() {
+    if !ready() {
+        return;
+    }
+    let reg = Registry::start();
+    let manifest = image(&reg, "busy", 1, 64 << 10);
+    let layer = layer_digests(&manifest)[0].clone();
+    let relay = Relay::start(&reg.host);
+    let k = Kilnd::start(&[]);
+    let name = format!("{}/faults/busy:v1", relay.host);
+
+    relay.rules().busy.push((layer.clone(), 1000, 1));
+    let o = k.kiln(&["image", "pull", &name]);
+    assert!(!o.status.success(), "{}", out(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(&relay.host) && err.contains(&layer) && err.contains("503"), "{err}");
+    assert!(err.contains("gave up after"), "{err}");
+    let tries = relay.requests(&format!("/blobs/{layer}")).len();
+    assert!((2..=10).contains(&tries), "{tries} requests");
+    assert!(entry(&k, &name).is_none() && no_ingest(&k));
+
+    // Two 503s for the blob and two for the manifest: both are retried.
+    let manifests = relay.requests("/manifests/").len();
+    relay.rules().busy = vec![(layer.clone(), 2, 1), ("/manifests/".into(), 2, 1)];
+    let o = k.kiln(&["image", "pull", &name]);
+    assert!(o.status.success(), "{}\n{}", out(&o), k.log());
+    assert_eq!(relay.requests(&format!("/blobs/{layer}")).len(), tries + 3);
+    assert_eq!(relay.requests("/manifests/").len(), manifests + 3);
+    identical(&k, &reg, &manifest);
+}
+
+#[test]
+fn a_stalled_registry_fails_naming_it_and_leaves_nothing() {
+    if !ready() {
+        return;
+    }
+    let reg = Registry::start();
+    let manifest = image(&reg, "stall", 1, 512 << 10);
+    let layer = layer_digests(&manifest)[0].clone();
+    let relay = Relay::start(&reg.host);
+    relay.rules().faults.push(Fault { path: layer.clone(), after: 100_000, action: Action::Stall, times: 10 });
+    let k = Kilnd::start_with_config("[registry]\nread_timeout_secs = 2\n", &[]);
+    let name = format!("{}/faults/stall:v1", relay.host);
+    let started = Instant::now();
+    let o = k.kiln(&["image", "pull", &name]);
+    assert!(!o.status.success(), "{}", out(&o));
+    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(&relay.host) && err.contains(&layer) && err.contains("stalled"), "{err}");
+    assert!(entry(&k, &name).is_none(), "{}", index_json(&k));
+    assert!(!store_blob(&k, &layer).exists(), "a stalled blob was committed");
+    assert!(no_ingest(&k), "ingest left behind");
+}
+
+#[test]
+fn one_images_blobs_download_in_parallel_and_two_pulls_at_once_fetch_each_blob_once() {
+    if !ready() {
+        return;
+    }
+    let reg = Registry::start();
+    let manifest = image(&reg, "shared", 3, 256 << 10);
+    let relay = Relay::start(&reg.host);
+    relay.rules().throttle = Some((4096, Duration::from_millis(8)));
+    let k = Kilnd::start(&[]);
+    let name = format!("{}/faults/shared:v1", relay.host);
+    let (a, b) = (spawn_pull(&k, &name), spawn_pull(&k, &name));
+    for p in [a, b] {
+        let o = p.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}\n{}", out(&o), k.log());
+    }
+    for d in blob_digests(&manifest) {
+        let gets = reg.blob_gets(&d);
+        assert_eq!(gets.len(), 1, "blob {d} fetched {} times: {gets:?}", gets.len());
+    }
+    // The two pulls overlapped (the throttle makes each blob take a while) and one waited for the other.
+    assert!(k.log().contains("joining a download of the same blob in flight"), "{}", k.log());
+    let most = relay.seen.most.load(Ordering::SeqCst);
+    assert!(most >= 2, "blob downloads were never concurrent (at most {most})");
+    identical(&k, &reg, &manifest);
+    assert!(entry(&k, &name).is_some() && no_ingest(&k));
+}
+
+/// Starts kilnd again on `k`'s root and state (after it was killed), with its config file if it had one.
+fn restart(k: &mut Kilnd) {
+    let log = std::fs::OpenOptions::new().append(true).open(k.dir.path().join("kilnd.log")).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kilnd"));
+    let config = k.dir.path().join("kilnd.toml");
+    if Path::new(&config).exists() {
+        cmd.arg("--config").arg(&config);
+    }
+    let child = cmd
+        .arg("--root")
+        .arg(&k.root)
+        .arg("--state")
+        .arg(&k.state)
+        .args(["--log-level", "info"])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    k.child = Some(child);
+    k.wait_ready();
+}
+
+#[test]
+fn sigkill_of_kilnd_mid_pull_leaves_a_consistent_store_and_the_pull_completes_after_a_restart() {
+    if !ready() {
+        return;
+    }
+    let reg = Registry::start();
+    let manifest = image(&reg, "killed", 2, 1 << 20);
+    let relay = Relay::start(&reg.host);
+    relay.rules().throttle = Some((4096, Duration::from_millis(10)));
+    let mut k = Kilnd::start(&[]);
+    let name = format!("{}/faults/killed:v1", relay.host);
+    let pull = spawn_pull(&k, &name);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while relay.seen.blob_bytes.load(Ordering::SeqCst) < 300_000 {
+        assert!(Instant::now() < deadline, "the pull never got going:\n{}", k.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!no_ingest(&k), "no ingest file while a blob streams in");
+    k.child.as_mut().unwrap().kill().unwrap(); // SIGKILL
+    k.child.take().unwrap().wait().unwrap();
+    let o = pull.wait_with_output().unwrap();
+    assert!(!o.status.success(), "the pull survived its daemon: {}", out(&o));
+
+    restart(&mut k);
+    assert!(entry(&k, &name).is_none(), "a ref names a half-pulled image: {}", index_json(&k));
+    assert!(no_ingest(&k), "the restart left the killed pull's ingest file");
+    for d in layer_digests(&manifest) {
+        assert!(
+            !store_blob(&k, &d).exists()
+                || std::fs::read(store_blob(&k, &d)).unwrap() == std::fs::read(reg.blob_path(&d)).unwrap()
+        );
+    }
+
+    relay.rules().throttle = None;
+    let o = k.kiln(&["image", "pull", &name]);
+    assert!(o.status.success(), "{}\n{}", out(&o), k.log());
+    assert!(entry(&k, &name).is_some(), "{}", index_json(&k));
+    identical(&k, &reg, &manifest);
+    assert!(no_ingest(&k));
+}
