@@ -12,6 +12,7 @@
 //! | `kiln_unpack_extracted_bytes_total` | counter | | compressed bytes of the layers extracted |
 //! | `kiln_unpack_duration_seconds` | histogram | | one unpack call (all its layers) |
 //! | `kiln_gc_removed_total`, `kiln_gc_removed_bytes_total` | counter | `kind`: `snapshot`, `blob` | what GC removed |
+//! | `kiln_registry_received_bytes_total` | counter | | blob bytes received from registries (retried bytes count again) |
 //! | `kiln_snapshots`, `kiln_bundles`, `kiln_snapshot_bytes` | gauge | | committed snapshots, bundles, bytes of snapshots (set at each scrape) |
 //!
 //! May use: nothing else of the crate.
@@ -57,6 +58,7 @@ pub struct Metrics {
     unpack_layers: Family<Outcome, Counter>,
     unpack_bytes: Counter,
     unpack_seconds: Histogram,
+    registry_bytes: Counter,
     gc_removed: Family<What, Counter>,
     gc_bytes: Family<What, Counter>,
     snapshots: Gauge,
@@ -78,6 +80,7 @@ impl Metrics {
             unpack_layers: Family::default(),
             unpack_bytes: Counter::default(),
             unpack_seconds: latency(),
+            registry_bytes: Counter::default(),
             gc_removed: Family::default(),
             gc_bytes: Family::default(),
             snapshots: Gauge::default(),
@@ -94,6 +97,11 @@ impl Metrics {
             m.unpack_bytes.clone(),
         );
         registry.register("kiln_unpack_duration_seconds", "Time of one unpack call", m.unpack_seconds.clone());
+        registry.register(
+            "kiln_registry_received_bytes",
+            "Blob bytes received from registries",
+            m.registry_bytes.clone(),
+        );
         registry.register("kiln_gc_removed", "Snapshots and blobs removed by GC", m.gc_removed.clone());
         registry.register("kiln_gc_removed_bytes", "Bytes removed by GC", m.gc_bytes.clone());
         registry.register("kiln_snapshots", "Committed snapshots", m.snapshots.clone());
@@ -115,6 +123,11 @@ impl Metrics {
         }
         self.unpack_bytes.inc_by(bytes);
         self.unpack_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// Blob bytes received from a registry.
+    pub fn registry_bytes(&self, n: u64) {
+        self.registry_bytes.inc_by(n);
     }
 
     /// What one collection removed, per kind (`snapshot`, `blob`).
@@ -157,6 +170,7 @@ mod tests {
         m.rpc("Images.Pull", "NotFound", Duration::from_millis(1));
         m.unpacked(2, 1, 0, 4096, Duration::from_millis(20));
         m.gc_removed("blob", 3, 300);
+        m.registry_bytes(10);
         m.set_counts(5, 1000, 2);
         let t = m.encode();
         for line in [
@@ -167,6 +181,7 @@ mod tests {
             r#"kiln_unpack_layers_total{result="present"} 1"#,
             "kiln_unpack_extracted_bytes_total 4096",
             r#"kiln_gc_removed_total{kind="blob"} 3"#,
+            "kiln_registry_received_bytes_total 10",
             "kiln_snapshots 5",
             "kiln_bundles 2",
             "# EOF",

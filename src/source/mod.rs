@@ -30,7 +30,7 @@
 //! an import names what it copies from the source: every image under its `io.containerd.image.name`,
 //! `org.opencontainers.image.ref.name` or docker `RepoTags` (looked up with `image`'s [`image::named_images`]).
 //!
-//! May use: `store`, `image`, `layer` (its tar reader), `digest`, `cancel`, `sys`, `error`.
+//! May use: `store`, `image`, `layer` (its tar reader), `digest`, `cancel`, `sys`, `error`, `metrics` (registry bytes).
 
 mod archive;
 mod docker_archive;

@@ -199,6 +199,7 @@ impl<'a> BlobRead<'a> {
                     if !b.is_empty() {
                         self.failures = 0;
                         self.received += b.len() as u64;
+                        crate::metrics::global().registry_bytes(b.len() as u64);
                         return Ok(b);
                     }
                 }

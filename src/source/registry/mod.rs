@@ -28,7 +28,7 @@
 //! `Retry-After` (the client does not hand its headers on), resuming an ingest file left by an earlier process,
 //! falling back to another host for a blob the chosen mirror lacks.
 //!
-//! May use: `store`, `image`, `digest`, `cancel`, `sys` (through `auth`), `error`.
+//! May use: `store`, `image`, `digest`, `cancel`, `sys` (through `auth`), `error`, `metrics`.
 
 mod auth;
 mod blob;
