@@ -314,6 +314,33 @@ fn an_absent_repository_or_tag_is_not_found_naming_the_reference() {
     assert!(!o.status.success() && !String::from_utf8_lossy(&o.stderr).contains("registry"), "{}", out(&o));
 }
 
+/// An image over `caps.max_import_bytes` (by the sizes its manifest gives) is refused before any blob is
+/// fetched: the error names the cap, and no blob is requested or stored.
+#[test]
+fn an_image_over_the_import_cap_is_refused_before_any_blob() {
+    if !ready() {
+        return;
+    }
+    let reg = Registry::start();
+    let src = common::scratch();
+    let manifest = layout_with(src.path(), &spec(host_arch(), "big"));
+    reg.push_with(src.path(), "v1", "big/app:v1", &[]);
+    let k = Kilnd::start_with_config("[caps]\nmax_import_bytes = 100\n", &[]);
+    let name = format!("{}/big/app:v1", reg.host);
+    let o = pull(&k, &name);
+    assert!(!o.status.success(), "{}", out(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(&name) && err.contains("caps.max_import_bytes"), "{err}");
+    assert!(entry(&k, &name).is_none(), "{}", index_json(&k));
+    let m: Value =
+        serde_json::from_slice(&std::fs::read(reg.blob_path(manifest["digest"].as_str().unwrap())).unwrap()).unwrap();
+    for b in m["layers"].as_array().unwrap().iter().chain([&m["config"]]) {
+        let d = b["digest"].as_str().unwrap();
+        assert!(reg.blob_gets(d).is_empty(), "blob {d} was fetched");
+        assert!(!k.content().join("blobs/sha256").join(&d["sha256:".len()..]).exists());
+    }
+}
+
 fn base64_encode(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(bytes)

@@ -215,6 +215,7 @@ impl Kiln {
             connect_timeout: std::time::Duration::from_secs(r.connect_timeout_secs),
             read_timeout: std::time::Duration::from_secs(r.read_timeout_secs),
             max_parallel_blobs: r.max_parallel_blobs,
+            max_bytes: self.config.caps.max_import_bytes,
         };
         let src = source::Source::Registry(Box::new(source::RegistrySource::new(
             reference.clone(),

@@ -76,6 +76,9 @@ pub struct RegistrySettings {
     pub read_timeout: Duration,
     /// Blobs of one pull fetched at once.
     pub max_parallel_blobs: usize,
+    /// Most bytes one pull may add to the store, every blob and document counted (`caps.max_import_bytes`):
+    /// checked against the manifests' sizes before any blob is fetched.
+    pub max_bytes: u64,
 }
 
 impl Default for RegistrySettings {
@@ -88,6 +91,7 @@ impl Default for RegistrySettings {
             connect_timeout: Duration::from_secs(30),
             read_timeout: Duration::from_secs(60),
             max_parallel_blobs: 4,
+            max_bytes: super::ArchiveLimits::default().max_bytes,
         }
     }
 }
@@ -138,6 +142,8 @@ pub struct Remote {
     /// Blobs fetched at once, and the read timeout (for the message of a stall).
     parallel: usize,
     read_timeout: Duration,
+    /// See [`RegistrySettings::max_bytes`].
+    max_bytes: u64,
 }
 
 impl std::fmt::Debug for Remote {
@@ -159,8 +165,9 @@ impl Remote {
                 reference: reference.full(),
                 detail: format!("cannot start the client's runtime: {e}"),
             })?;
-        let (parallel, read_timeout) = (settings.max_parallel_blobs, settings.read_timeout);
-        Ok(Remote { reference, client, runtime, platform, parallel, read_timeout })
+        let (parallel, read_timeout, max_bytes) =
+            (settings.max_parallel_blobs, settings.read_timeout, settings.max_bytes);
+        Ok(Remote { reference, client, runtime, platform, parallel, read_timeout, max_bytes })
     }
 
     pub fn reference(&self) -> &RegistryRef {
@@ -539,8 +546,14 @@ impl ImageSource for Remote {
         let mut blobs: Vec<Descriptor> = Vec::new();
         for (desc, bytes) in &docs {
             if store::is_manifest_type(&desc.media_type) {
-                let refs: ManifestRefs = store::from_slice_strict(bytes)
-                    .map_err(|r| self.malformed(&format!("manifest {}", desc.digest), r))?;
+                let what = format!("manifest {}", desc.digest);
+                let refs: ManifestRefs = store::from_slice_strict(bytes).map_err(|r| self.malformed(&what, r))?;
+                // Caps from what the registry says, before any blob is fetched.
+                let max_layers = image::Limits::default().max_layers;
+                if refs.layers.len() > max_layers {
+                    let n = refs.layers.len();
+                    return Err(self.malformed(&what, format!("{n} layers, over the cap of {max_layers}")).into());
+                }
                 for b in std::iter::once(refs.config).chain(refs.layers) {
                     if !blobs.iter().any(|x| x.digest == b.digest) {
                         blobs.push(b);
@@ -553,6 +566,17 @@ impl ImageSource for Remote {
         }
         for (d, _) in &docs {
             sink.plan(&d.digest, d.size);
+        }
+        let total = blobs.iter().chain(docs.iter().map(|(d, _)| d)).fold(0u64, |a, d| a.saturating_add(d.size));
+        if total > self.max_bytes {
+            return Err(Error::TooLarge {
+                registry: self.reference.registry().to_owned(),
+                reference: self.reference.full(),
+                what: "the image (every blob; caps.max_import_bytes)".into(),
+                size: total,
+                limit: self.max_bytes,
+            }
+            .into());
         }
         sink.report();
         let cancel = sink.cancel;
