@@ -61,13 +61,9 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 fn tools_present() -> bool {
-    common::require_root()
-        && common::require_tool("containerd")
-        && common::require_tool("ctr")
-        && common::require_tool("runc")
+    common::containerd::can_run_containers()
         && common::require_tool("skopeo")
-        && common::require_tool("docker-registry")
-        && common::require_static_busybox("/bin/busybox")
+        && common::require_tool(common::registry::BINARY)
 }
 
 /// The test image's three layers: busybox with `sh` and `echo`; `kiln/one` and `kiln/gone`; `kiln/two`, a

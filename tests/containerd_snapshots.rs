@@ -335,12 +335,7 @@ fn ok(out: &std::process::Output, what: &str, c: &Containerd, k: &Kilnd) {
 
 #[test]
 fn ctr_imports_runs_and_collects_on_kiln() {
-    if !common::require_root()
-        || !common::require_tool("containerd")
-        || !common::require_tool("ctr")
-        || !common::require_tool("runc")
-        || !common::require_static_busybox("/bin/busybox")
-    {
+    if !common::containerd::can_run_containers() {
         return;
     }
     let k = Kilnd::start(&[]);
@@ -385,12 +380,7 @@ fn ctr_imports_runs_and_collects_on_kiln() {
 /// on their full paths) and runs a container on it.
 #[test]
 fn ctr_runs_a_128_layer_image_on_kiln() {
-    if !common::require_root()
-        || !common::require_tool("containerd")
-        || !common::require_tool("ctr")
-        || !common::require_tool("runc")
-        || !common::require_static_busybox("/bin/busybox")
-    {
+    if !common::containerd::can_run_containers() {
         return;
     }
     let k = Kilnd::start(&[]);

@@ -41,26 +41,13 @@ fn ready() -> bool {
         && common::require_tool("openssl")
 }
 
-fn out(o: &std::process::Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
 fn b64url(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 fn openssl(args: &[&str]) {
     let o = Command::new("openssl").args(args).output().expect("openssl");
-    assert!(o.status.success(), "openssl {args:?}: {}", out(&o));
+    assert!(o.status.success(), "openssl {args:?}: {}", common::output(&o));
 }
 
 /// A layout in `dir` with a two-layer image for this host under `v1`, layer text `text`.
@@ -73,8 +60,11 @@ fn layout(dir: &Path, text: &str) {
 
 fn auth_file(dir: &Path, host: &str, user_password: &str) -> PathBuf {
     let path = dir.join("auth.json");
-    std::fs::write(&path, format!(r#"{{"auths": {{"{host}": {{"auth": "{}"}}}}}}"#, b64(user_password.as_bytes())))
-        .unwrap();
+    std::fs::write(
+        &path,
+        format!(r#"{{"auths": {{"{host}": {{"auth": "{}"}}}}}}"#, common::base64(user_password.as_bytes())),
+    )
+    .unwrap();
     path
 }
 
@@ -157,13 +147,13 @@ impl TokenIssuer {
         ]);
         openssl(&["x509", "-in", path_str(&cert_pem), "-outform", "DER", "-out", path_str(&cert_der)]);
         let key = ring::signature::RsaKeyPair::from_pkcs8(&std::fs::read(&key_der).unwrap()).expect("RSA key");
-        let x5c = b64(&std::fs::read(&cert_der).unwrap());
+        let x5c = common::base64(&std::fs::read(&cert_der).unwrap());
 
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let realm = format!("http://{}/token", listener.local_addr().unwrap());
         let requests = Arc::new(Mutex::new(Vec::new()));
         let seen = requests.clone();
-        let basic = format!("Basic {}", b64(format!("{user}:{password}").as_bytes()));
+        let basic = format!("Basic {}", common::base64(format!("{user}:{password}").as_bytes()));
         let key = Arc::new(key);
         std::thread::spawn(move || {
             for conn in listener.incoming() {
@@ -286,7 +276,7 @@ fn a_token_protected_registry_pulls_with_the_auth_file_and_refuses_anonymous_and
     // naming the registry, the reference and that no credentials were configured.
     let k = Kilnd::start(&[]);
     let o = k.kiln(&["image", "pull", &name]);
-    assert!(!o.status.success(), "{}", out(&o));
+    assert!(!o.status.success(), "{}", common::output(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains(&reg.host) && err.contains(&name) && err.contains("anonymous"), "{err}");
     assert!(err.contains("denied"), "{err}");
@@ -300,22 +290,25 @@ fn a_token_protected_registry_pulls_with_the_auth_file_and_refuses_anonymous_and
     let k = Kilnd::start_with_config(&format!("[registry]\nauth_file = \"{}\"\n", file.display()), &[]);
     let before = issuer.requests().len();
     let o = k.kiln(&["image", "pull", &name]);
-    assert!(o.status.success(), "{}\n--- registry log:\n{}", out(&o), reg.log());
+    assert!(o.status.success(), "{}\n--- registry log:\n{}", common::output(&o), reg.log());
     let asked = &issuer.requests()[before..];
     assert_eq!(asked.len(), 1, "one token per pull: {asked:?}");
     assert!(asked[0].granted && asked[0].user.as_deref() == Some("alice"), "{asked:?}");
     assert_eq!(asked[0].scopes, ["repository:private/app:pull"], "{asked:?}");
     // A second pull (another image) asks again: tokens are not kept across pulls (a client per pull).
     let o = k.kiln(&["image", "pull", &format!("{}/private/app:v2", reg.host)]);
-    assert!(o.status.success(), "{}", out(&o));
+    assert!(o.status.success(), "{}", common::output(&o));
     assert_eq!(issuer.requests().len(), before + 2, "{:?}", issuer.requests());
 
     // Wrong password: the issuer refuses; the error names the registry, the reference and the auth file entry.
-    std::fs::write(&file, format!(r#"{{"auths": {{"{}": {{"auth": "{}"}}}}}}"#, reg.host, b64(b"alice:wrong")))
-        .unwrap();
+    std::fs::write(
+        &file,
+        format!(r#"{{"auths": {{"{}": {{"auth": "{}"}}}}}}"#, reg.host, common::base64(b"alice:wrong")),
+    )
+    .unwrap();
     let other = format!("{}/private/app:other", reg.host);
     let o = k.kiln(&["image", "pull", &other]);
-    assert!(!o.status.success(), "{}", out(&o));
+    assert!(!o.status.success(), "{}", common::output(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains(&reg.host) && err.contains(&other) && err.contains(path_str(&file)), "{err}");
     assert!(err.contains("denied"), "{err}");
@@ -376,8 +369,8 @@ fn mirrors_are_tried_in_order_then_the_registry_and_every_failure_is_named() {
     );
     let k = Kilnd::start_with_config(&config, &[]);
     let o = k.kiln(&["image", "pull", &name]);
-    assert!(o.status.success(), "{}", out(&o));
-    assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("fetched {name}")), "{}", out(&o));
+    assert!(o.status.success(), "{}", common::output(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("fetched {name}")), "{}", common::output(&o));
     // The empty mirror was asked for the manifest (and said 404); the full one served manifest and blobs.
     assert!(empty.log().contains("/v2/team/app/manifests/v1"), "{}", empty.log());
     assert!(full.log().contains("\"GET /v2/team/app/manifests/v1"), "{}", full.log());
@@ -391,7 +384,7 @@ fn mirrors_are_tried_in_order_then_the_registry_and_every_failure_is_named() {
     let config = format!("[registry.hosts.\"{upstream}\"]\nmirrors = [\"{down}\", \"{broken}\", \"{}\"]\n", empty.host);
     let k = Kilnd::start_with_config(&config, &[]);
     let o = k.kiln(&["image", "pull", &name]);
-    assert!(!o.status.success(), "{}", out(&o));
+    assert!(!o.status.success(), "{}", common::output(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     let at = |s: &str| err.find(s).unwrap_or_else(|| panic!("{s} not in {err}"));
     assert!(at(&format!("1) registry {down}")) < at(&format!("2) registry {broken}")), "{err}");
@@ -403,7 +396,7 @@ fn mirrors_are_tried_in_order_then_the_registry_and_every_failure_is_named() {
     let config = format!("[registry.hosts.\"{}\"]\nmirrors = [\"{down}\", \"{}\"]\n", full.host, empty.host);
     let k = Kilnd::start_with_config(&config, &[]);
     let o = k.kiln(&["image", "pull", &format!("{}/team/app:v1", full.host)]);
-    assert!(o.status.success(), "{}", out(&o));
+    assert!(o.status.success(), "{}", common::output(&o));
 }
 
 /// A CA and a server certificate for 127.0.0.1 signed by it, in `dir`: `(ca.pem, cert.pem, key.pem)`.
@@ -477,13 +470,13 @@ fn a_tls_registry_is_trusted_through_its_ca_file_and_refused_with_another_ca() {
     let with_ca = |ca: &Path| format!("[registry.hosts.\"{}\"]\nca_file = \"{}\"\n", reg.host, ca.display());
     let k = Kilnd::start_with_config(&with_ca(&ca), &[]);
     let o = k.kiln(&["image", "pull", &name]);
-    assert!(o.status.success(), "{}\n--- registry log:\n{}", out(&o), reg.log());
+    assert!(o.status.success(), "{}\n--- registry log:\n{}", common::output(&o), reg.log());
     drop(k);
 
     // A CA that did not sign it: a TLS error naming the registry.
     let k = Kilnd::start_with_config(&with_ca(&other_ca), &[]);
     let o = k.kiln(&["image", "pull", &name]);
-    assert!(!o.status.success(), "{}", out(&o));
+    assert!(!o.status.success(), "{}", common::output(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains(&format!("registry {}: TLS failed", reg.host)), "{err}");
     drop(k);
@@ -492,7 +485,7 @@ fn a_tls_registry_is_trusted_through_its_ca_file_and_refused_with_another_ca() {
     // failure whose hint names the ca_file key.
     let k = Kilnd::start(&[]);
     let o = k.kiln(&["image", "pull", &name]);
-    assert!(!o.status.success(), "{}", out(&o));
+    assert!(!o.status.success(), "{}", common::output(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains(&format!("registry {}: TLS failed", reg.host)) && err.contains("ca_file"), "{err}");
     drop(k);
@@ -503,5 +496,5 @@ fn a_tls_registry_is_trusted_through_its_ca_file_and_refused_with_another_ca() {
     let k = Kilnd::start_with_config(&with_ca(&bad), &[]);
     let o = k.kiln(&["image", "pull", &name]);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains(path_str(&bad)) && err.contains("ca_file"), "{}", out(&o));
+    assert!(!o.status.success() && err.contains(path_str(&bad)) && err.contains("ca_file"), "{}", common::output(&o));
 }

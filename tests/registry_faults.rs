@@ -290,23 +290,6 @@ fn blob_digests(manifest: &Value) -> Vec<String> {
     all
 }
 
-fn out(o: &std::process::Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn index_json(k: &Kilnd) -> Value {
-    serde_json::from_slice(&std::fs::read(k.content().join("index.json")).unwrap()).unwrap()
-}
-
-fn entry(k: &Kilnd, name: &str) -> Option<Value> {
-    index_json(k)["manifests"].as_array().unwrap().iter().find(|d| d["annotations"][REF_NAME] == name).cloned()
-}
-
 fn store_blob(k: &Kilnd, digest: &str) -> std::path::PathBuf {
     k.content().join("blobs/sha256").join(&digest["sha256:".len()..])
 }
@@ -348,12 +331,12 @@ fn a_cut_blob_resumes_with_range_and_the_result_is_byte_identical() {
     let k = Kilnd::start(&[]);
     let name = format!("{}/faults/cut:v1", relay.host);
     let o = k.kiln(&["image", "pull", &name]);
-    assert!(o.status.success(), "{}\n{}", out(&o), k.log());
+    assert!(o.status.success(), "{}\n{}", common::output(&o), k.log());
     let gets = relay.requests(&format!("/blobs/{layer}"));
     assert_eq!(gets.len(), 3, "one request and two resumes: {gets:?}");
     assert!(gets[1..].iter().all(|h| h.to_ascii_lowercase().contains("range: bytes=")), "no Range: {gets:?}");
     assert!(!gets[0].to_ascii_lowercase().contains("range:"), "{gets:?}");
-    assert!(entry(&k, &name).is_some(), "{}", index_json(&k));
+    assert!(k.store_entry(&name).is_some(), "{}", k.index_json());
     identical(&k, &reg, &manifest);
     assert!(no_ingest(&k));
 
@@ -365,7 +348,7 @@ fn a_cut_blob_resumes_with_range_and_the_result_is_byte_identical() {
         r.faults.push(Fault { path: layer.clone(), after: 300_000, action: Action::Cut, times: 1 });
     }
     let o = k2.kiln(&["image", "pull", &name]);
-    assert!(o.status.success(), "{}\n{}", out(&o), k2.log());
+    assert!(o.status.success(), "{}\n{}", common::output(&o), k2.log());
     assert_eq!(relay.requests(&format!("/blobs/{layer}")).len(), 5);
     identical(&k2, &reg, &manifest);
     assert!(no_ingest(&k2));
@@ -385,19 +368,19 @@ fn busy_answers_are_retried_and_giving_up_names_the_registry_and_the_blob() {
 
     relay.rules().busy.push((layer.clone(), 1000, 1));
     let o = k.kiln(&["image", "pull", &name]);
-    assert!(!o.status.success(), "{}", out(&o));
+    assert!(!o.status.success(), "{}", common::output(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains(&relay.host) && err.contains(&layer) && err.contains("503"), "{err}");
     assert!(err.contains("gave up after"), "{err}");
     let tries = relay.requests(&format!("/blobs/{layer}")).len();
     assert!((2..=10).contains(&tries), "{tries} requests");
-    assert!(entry(&k, &name).is_none() && no_ingest(&k));
+    assert!(k.store_entry(&name).is_none() && no_ingest(&k));
 
     // Two 503s for the blob and two for the manifest: both are retried.
     let manifests = relay.requests("/manifests/").len();
     relay.rules().busy = vec![(layer.clone(), 2, 1), ("/manifests/".into(), 2, 1)];
     let o = k.kiln(&["image", "pull", &name]);
-    assert!(o.status.success(), "{}\n{}", out(&o), k.log());
+    assert!(o.status.success(), "{}\n{}", common::output(&o), k.log());
     assert_eq!(relay.requests(&format!("/blobs/{layer}")).len(), tries + 3);
     assert_eq!(relay.requests("/manifests/").len(), manifests + 3);
     identical(&k, &reg, &manifest);
@@ -417,11 +400,11 @@ fn a_stalled_registry_fails_naming_it_and_leaves_nothing() {
     let name = format!("{}/faults/stall:v1", relay.host);
     let started = Instant::now();
     let o = k.kiln(&["image", "pull", &name]);
-    assert!(!o.status.success(), "{}", out(&o));
+    assert!(!o.status.success(), "{}", common::output(&o));
     assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains(&relay.host) && err.contains(&layer) && err.contains("stalled"), "{err}");
-    assert!(entry(&k, &name).is_none(), "{}", index_json(&k));
+    assert!(k.store_entry(&name).is_none(), "{}", k.index_json());
     assert!(!store_blob(&k, &layer).exists(), "a stalled blob was committed");
     assert!(no_ingest(&k), "ingest left behind");
 }
@@ -440,7 +423,7 @@ fn one_images_blobs_download_in_parallel_and_two_pulls_at_once_fetch_each_blob_o
     let (a, b) = (spawn_pull(&k, &name), spawn_pull(&k, &name));
     for p in [a, b] {
         let o = p.wait_with_output().unwrap();
-        assert!(o.status.success(), "{}\n{}", out(&o), k.log());
+        assert!(o.status.success(), "{}\n{}", common::output(&o), k.log());
     }
     for d in blob_digests(&manifest) {
         let gets = reg.blob_gets(&d);
@@ -451,7 +434,7 @@ fn one_images_blobs_download_in_parallel_and_two_pulls_at_once_fetch_each_blob_o
     let most = relay.seen.most.load(Ordering::SeqCst);
     assert!(most >= 2, "blob downloads were never concurrent (at most {most})");
     identical(&k, &reg, &manifest);
-    assert!(entry(&k, &name).is_some() && no_ingest(&k));
+    assert!(k.store_entry(&name).is_some() && no_ingest(&k));
 }
 
 /// Starts kilnd again on `k`'s root and state (after it was killed), with its config file if it had one.
@@ -497,10 +480,10 @@ fn sigkill_of_kilnd_mid_pull_leaves_a_consistent_store_and_the_pull_completes_af
     k.child.as_mut().unwrap().kill().unwrap(); // SIGKILL
     k.child.take().unwrap().wait().unwrap();
     let o = pull.wait_with_output().unwrap();
-    assert!(!o.status.success(), "the pull survived its daemon: {}", out(&o));
+    assert!(!o.status.success(), "the pull survived its daemon: {}", common::output(&o));
 
     restart(&mut k);
-    assert!(entry(&k, &name).is_none(), "a ref names a half-pulled image: {}", index_json(&k));
+    assert!(k.store_entry(&name).is_none(), "a ref names a half-pulled image: {}", k.index_json());
     assert!(no_ingest(&k), "the restart left the killed pull's ingest file");
     for d in layer_digests(&manifest) {
         assert!(
@@ -511,8 +494,8 @@ fn sigkill_of_kilnd_mid_pull_leaves_a_consistent_store_and_the_pull_completes_af
 
     relay.rules().throttle = None;
     let o = k.kiln(&["image", "pull", &name]);
-    assert!(o.status.success(), "{}\n{}", out(&o), k.log());
-    assert!(entry(&k, &name).is_some(), "{}", index_json(&k));
+    assert!(o.status.success(), "{}\n{}", common::output(&o), k.log());
+    assert!(k.store_entry(&name).is_some(), "{}", k.index_json());
     identical(&k, &reg, &manifest);
     assert!(no_ingest(&k));
 }

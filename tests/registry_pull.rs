@@ -39,24 +39,6 @@ fn layout_with(dir: &Path, spec: &ImageSpec) -> Value {
     desc
 }
 
-fn index_json(k: &Kilnd) -> Value {
-    serde_json::from_slice(&std::fs::read(k.content().join("index.json")).unwrap()).unwrap()
-}
-
-/// The entry of the store's index.json named `name`.
-fn entry(k: &Kilnd, name: &str) -> Option<Value> {
-    index_json(k)["manifests"].as_array().unwrap().iter().find(|d| d["annotations"][REF_NAME] == name).cloned()
-}
-
-fn out(o: &std::process::Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 fn pull(k: &Kilnd, reference: &str) -> std::process::Output {
     k.kiln(&["image", "pull", reference])
 }
@@ -67,15 +49,19 @@ fn reads_back(k: &Kilnd, name: &str) {
         .args(["inspect", &format!("oci:{}:{name}", path_str(&k.content()))])
         .output()
         .unwrap();
-    assert!(o.status.success(), "skopeo inspect: {}", out(&o));
+    assert!(o.status.success(), "skopeo inspect: {}", common::output(&o));
     umoci_lists(k, name);
 }
 
 /// `umoci ls --layout STORE` lists `name`.
 fn umoci_lists(k: &Kilnd, name: &str) {
     let o = std::process::Command::new("umoci").args(["ls", "--layout", path_str(&k.content())]).output().unwrap();
-    assert!(o.status.success(), "umoci ls: {}", out(&o));
-    assert!(String::from_utf8_lossy(&o.stdout).lines().any(|l| l == name), "umoci ls lacks {name}: {}", out(&o));
+    assert!(o.status.success(), "umoci ls: {}", common::output(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).lines().any(|l| l == name),
+        "umoci ls lacks {name}: {}",
+        common::output(&o)
+    );
 }
 
 #[test]
@@ -91,30 +77,30 @@ fn pulls_by_tag_and_by_digest_name_the_image_by_its_full_reference() {
 
     let by_tag = format!("{}/team/app:v1", reg.host);
     let o = pull(&k, &by_tag);
-    assert!(o.status.success(), "{}", out(&o));
+    assert!(o.status.success(), "{}", common::output(&o));
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(
         stdout.contains(&format!("fetched {by_tag}")) && stdout.contains(&format!("unpacked {by_tag} sha256:")),
         "{stdout}"
     );
-    let e = entry(&k, &by_tag).unwrap_or_else(|| panic!("no entry {by_tag}: {}", index_json(&k)));
+    let e = k.store_entry(&by_tag).unwrap_or_else(|| panic!("no entry {by_tag}: {}", k.index_json()));
     assert_eq!(e["digest"], manifest["digest"]);
     assert_eq!(e["mediaType"], MT_MANIFEST);
     assert_eq!(e["annotations"][CONTAINERD_NAME], by_tag.as_str());
     let ls = k.kiln(&["image", "ls"]);
-    assert!(String::from_utf8_lossy(&ls.stdout).contains(&by_tag), "{}", out(&ls));
+    assert!(String::from_utf8_lossy(&ls.stdout).contains(&by_tag), "{}", common::output(&ls));
     reads_back(&k, &by_tag);
     // Pulled again: the store has it; nothing is fetched.
     let o = pull(&k, &by_tag);
-    assert!(o.status.success() && !String::from_utf8_lossy(&o.stdout).contains("fetched"), "{}", out(&o));
+    assert!(o.status.success() && !String::from_utf8_lossy(&o.stdout).contains("fetched"), "{}", common::output(&o));
 
     // By digest, through the `docker://` form: named by digest.
     let digest = manifest["digest"].as_str().unwrap();
     let by_digest = format!("{}/team/app@{digest}", reg.host);
     let o = pull(&k, &format!("docker://{by_digest}"));
-    assert!(o.status.success(), "{}", out(&o));
-    assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("fetched {by_digest}")), "{}", out(&o));
-    assert_eq!(entry(&k, &by_digest).expect("by digest")["digest"], manifest["digest"]);
+    assert!(o.status.success(), "{}", common::output(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("fetched {by_digest}")), "{}", common::output(&o));
+    assert_eq!(k.store_entry(&by_digest).expect("by digest")["digest"], manifest["digest"]);
     // No ingest file is left.
     let ingest = k.content().join(".kiln-ingest");
     assert!(!ingest.exists() || std::fs::read_dir(&ingest).unwrap().next().is_none());
@@ -122,16 +108,16 @@ fn pulls_by_tag_and_by_digest_name_the_image_by_its_full_reference() {
     // `--no-unpack` only fetches: the image is in the store, no layer is unpacked.
     let k = Kilnd::start(&[]);
     let o = k.kiln(&["image", "pull", "--no-unpack", &by_tag]);
-    assert!(o.status.success(), "{}", out(&o));
+    assert!(o.status.success(), "{}", common::output(&o));
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains(&format!("fetched {by_tag}")) && !stdout.contains("unpacked"), "{stdout}");
     let o = k.kiln(&["--json", "image", "inspect", &by_tag]);
-    assert!(o.status.success(), "{}", out(&o));
+    assert!(o.status.success(), "{}", common::output(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let layers = v["layers"].as_array().unwrap_or_else(|| panic!("{v}"));
     assert!(!layers.is_empty() && layers.iter().all(|l| l["unpacked"] == false), "{v}");
     let o = k.kiln(&["image", "pull", "--no-unpack", &by_tag]);
-    assert!(String::from_utf8_lossy(&o.stdout).starts_with(&format!("present {by_tag}")), "{}", out(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with(&format!("present {by_tag}")), "{}", common::output(&o));
 }
 
 #[test]
@@ -147,15 +133,15 @@ fn docker_schema_2_media_types_are_kept() {
     let k = Kilnd::start(&[]);
     let name = format!("{}/docker/app:v2", reg.host);
     let o = pull(&k, &name);
-    assert!(o.status.success(), "{}", out(&o));
-    let e = entry(&k, &name).expect("entry");
+    assert!(o.status.success(), "{}", common::output(&o));
+    let e = k.store_entry(&name).expect("entry");
     assert_eq!(e["mediaType"], MT_DOCKER_MANIFEST);
     let blob = k.content().join("blobs/sha256").join(&e["digest"].as_str().unwrap()["sha256:".len()..]);
     let doc: Value = serde_json::from_slice(&std::fs::read(blob).unwrap()).unwrap();
     assert_eq!(doc["config"]["mediaType"], MT_DOCKER_CONFIG, "{doc}");
     assert_eq!(doc["layers"][0]["mediaType"], DOCKER_LAYER, "{doc}");
     let o = k.kiln(&["image", "inspect", &name]);
-    assert!(o.status.success(), "{}", out(&o));
+    assert!(o.status.success(), "{}", common::output(&o));
     // Stored as the registry has it, digest unchanged (as containerd keeps it). skopeo's `oci:` transport
     // looks only at index.json entries of OCI media types, so it cannot name this one; umoci lists it.
     umoci_lists(&k, &name);
@@ -182,8 +168,8 @@ fn a_multi_platform_index_is_fetched_whole_and_resolves_to_the_hosts_image() {
 
     let name = format!("{}/multi/app:v1", reg.host);
     let o = pull(&k, &name);
-    assert!(o.status.success(), "{}", out(&o));
-    let e = entry(&k, &name).expect("entry");
+    assert!(o.status.success(), "{}", common::output(&o));
+    let e = k.store_entry(&name).expect("entry");
     assert_eq!(e["mediaType"], MT_INDEX);
     assert_eq!(e["digest"], index["digest"]);
     // Every platform's manifest is in the store.
@@ -192,7 +178,7 @@ fn a_multi_platform_index_is_fetched_whole_and_resolves_to_the_hosts_image() {
         assert!(p.exists(), "{m}");
     }
     let o = k.kiln(&["image", "inspect", &name]);
-    assert!(o.status.success(), "{}", out(&o));
+    assert!(o.status.success(), "{}", common::output(&o));
     let got: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(got["manifestDigest"], host["digest"]);
     reads_back(&k, &name);
@@ -200,10 +186,10 @@ fn a_multi_platform_index_is_fetched_whole_and_resolves_to_the_hosts_image() {
     // Nothing for this host: refused before any blob, nothing named.
     let name = format!("{}/multi/app:foreign", reg.host);
     let o = pull(&k, &name);
-    assert!(!o.status.success(), "{}", out(&o));
+    assert!(!o.status.success(), "{}", common::output(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("no manifest for platform") && err.contains(foreign_arch()), "{err}");
-    assert!(entry(&k, &name).is_none());
+    assert!(k.store_entry(&name).is_none());
 }
 
 #[test]
@@ -220,7 +206,7 @@ fn basic_auth_uses_the_auth_file_and_a_refusal_names_where_credentials_came_from
     // Without credentials: refused, naming the registry, the reference and that it was anonymous.
     let k = Kilnd::start(&[]);
     let o = pull(&k, &name);
-    assert!(!o.status.success(), "{}", out(&o));
+    assert!(!o.status.success(), "{}", common::output(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains(&reg.host) && err.contains(&name) && err.contains("anonymous"), "{err}");
     assert!(err.contains("denied"), "{err}");
@@ -229,22 +215,22 @@ fn basic_auth_uses_the_auth_file_and_a_refusal_names_where_credentials_came_from
     // With a config.json naming the registry.
     let dir = common::scratch();
     let auth_file = dir.path().join("auth.json");
-    let b64 = base64_encode(b"kiln:s3cret");
+    let b64 = common::base64(b"kiln:s3cret");
     std::fs::write(&auth_file, format!(r#"{{"auths": {{"{}": {{"auth": "{b64}"}}}}}}"#, reg.host)).unwrap();
     let k = Kilnd::start_with_config(&format!("[registry]\nauth_file = \"{}\"\n", auth_file.display()), &[]);
     let o = pull(&k, &name);
-    assert!(o.status.success(), "{}", out(&o));
-    assert!(entry(&k, &name).is_some());
+    assert!(o.status.success(), "{}", common::output(&o));
+    assert!(k.store_entry(&name).is_some());
 
     // Wrong password: the message names the file and entry.
     std::fs::write(
         &auth_file,
-        format!(r#"{{"auths": {{"{}": {{"auth": "{}"}}}}}}"#, reg.host, base64_encode(b"kiln:wrong")),
+        format!(r#"{{"auths": {{"{}": {{"auth": "{}"}}}}}}"#, reg.host, common::base64(b"kiln:wrong")),
     )
     .unwrap();
     let o = pull(&k, &format!("{}/private/app:other", reg.host));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains(path_str(&auth_file)), "{}", out(&o));
+    assert!(!o.status.success() && err.contains(path_str(&auth_file)), "{}", common::output(&o));
 }
 
 #[test]
@@ -267,7 +253,7 @@ fn a_tampered_blob_is_data_loss_and_nothing_is_committed() {
     let k = Kilnd::start(&[]);
     let name = format!("{}/bad/app:v1", reg.host);
     let o = pull(&k, &name);
-    assert!(!o.status.success(), "{}", out(&o));
+    assert!(!o.status.success(), "{}", common::output(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains(&layer) && err.contains(&reg.host) && err.contains("do not match"), "{err}");
     // Through gRPC the code is DATA_LOSS.
@@ -291,7 +277,7 @@ fn a_tampered_blob_is_data_loss_and_nothing_is_committed() {
         }
     });
     assert_eq!(code, tonic::Code::DataLoss);
-    assert!(entry(&k, &name).is_none(), "{}", index_json(&k));
+    assert!(k.store_entry(&name).is_none(), "{}", k.index_json());
     assert!(!k.content().join("blobs/sha256").join(&layer["sha256:".len()..]).exists());
     let ingest = k.content().join(".kiln-ingest");
     assert!(!ingest.exists() || std::fs::read_dir(&ingest).unwrap().next().is_none(), "ingest left behind");
@@ -306,12 +292,12 @@ fn an_absent_repository_or_tag_is_not_found_naming_the_reference() {
     let k = Kilnd::start(&[]);
     let name = format!("{}/nothing/here:v1", reg.host);
     let o = pull(&k, &name);
-    assert!(!o.status.success(), "{}", out(&o));
+    assert!(!o.status.success(), "{}", common::output(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains(&name) && err.contains("not found"), "{err}");
     // A local name is still looked up only in the store.
     let o = pull(&k, "nothing-here:v1");
-    assert!(!o.status.success() && !String::from_utf8_lossy(&o.stderr).contains("registry"), "{}", out(&o));
+    assert!(!o.status.success() && !String::from_utf8_lossy(&o.stderr).contains("registry"), "{}", common::output(&o));
 }
 
 /// An image over `caps.max_import_bytes` (by the sizes its manifest gives) is refused before any blob is
@@ -328,10 +314,10 @@ fn an_image_over_the_import_cap_is_refused_before_any_blob() {
     let k = Kilnd::start_with_config("[caps]\nmax_import_bytes = 100\n", &[]);
     let name = format!("{}/big/app:v1", reg.host);
     let o = pull(&k, &name);
-    assert!(!o.status.success(), "{}", out(&o));
+    assert!(!o.status.success(), "{}", common::output(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains(&name) && err.contains("caps.max_import_bytes"), "{err}");
-    assert!(entry(&k, &name).is_none(), "{}", index_json(&k));
+    assert!(k.store_entry(&name).is_none(), "{}", k.index_json());
     let m: Value =
         serde_json::from_slice(&std::fs::read(reg.blob_path(manifest["digest"].as_str().unwrap())).unwrap()).unwrap();
     for b in m["layers"].as_array().unwrap().iter().chain([&m["config"]]) {
@@ -339,9 +325,4 @@ fn an_image_over_the_import_cap_is_refused_before_any_blob() {
         assert!(reg.blob_gets(d).is_empty(), "blob {d} was fetched");
         assert!(!k.content().join("blobs/sha256").join(&d["sha256:".len()..]).exists());
     }
-}
-
-fn base64_encode(bytes: &[u8]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(bytes)
 }

@@ -263,3 +263,12 @@ pub fn busybox_archive(dir: &Path, name: &str, layers: usize) -> PathBuf {
     std::fs::write(&archive, tar_dir(&layout)).expect("write image.tar");
     archive
 }
+
+/// Root, containerd, ctr, runc and a static busybox (what a container on kiln needs); otherwise a skip.
+pub fn can_run_containers() -> bool {
+    super::require_root()
+        && super::require_tool("containerd")
+        && super::require_tool("ctr")
+        && super::require_tool("runc")
+        && super::require_static_busybox("/bin/busybox")
+}

@@ -87,6 +87,17 @@ impl Kilnd {
         self.root.join("content")
     }
 
+    /// The content store's `index.json`.
+    pub fn index_json(&self) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(self.content().join("index.json")).unwrap()).unwrap()
+    }
+
+    /// The entry of the content store's `index.json` named `name`.
+    pub fn store_entry(&self, name: &str) -> Option<serde_json::Value> {
+        let index = self.index_json();
+        index["manifests"].as_array()?.iter().find(|d| d["annotations"][super::layout::REF_NAME] == name).cloned()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }

@@ -145,6 +145,22 @@ fn needs_hugetlb_hierarchy() -> bool {
 }
 
 /// A scratch directory on tmpfs when there is one (fast file creation), else the default temp dir.
+/// Standard base64 (the `auth` of a Docker-style `config.json`).
+pub fn base64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// A command's status, stdout and stderr, for a failure message.
+pub fn output(o: &std::process::Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 pub fn scratch() -> tempfile::TempDir {
     let shm = std::path::Path::new("/dev/shm");
     if shm.is_dir() {
