@@ -15,6 +15,8 @@ use std::time::Instant;
 pub struct Cancel {
     flag: Option<Arc<AtomicBool>>,
     deadline: Option<Instant>,
+    /// A flag set by the work itself (one part of it failed, the others stop), and what it means.
+    also: Option<(Arc<AtomicBool>, &'static str)>,
 }
 
 impl Cancel {
@@ -25,7 +27,13 @@ impl Cancel {
 
     /// Cancelled once `flag` is set or `deadline` has passed.
     pub fn new(flag: Arc<AtomicBool>, deadline: Option<Instant>) -> Cancel {
-        Cancel { flag: Some(flag), deadline }
+        Cancel { flag: Some(flag), deadline, also: None }
+    }
+
+    /// This cancel, which also says `reason` once `flag` is set (by a part of the work that failed, so that the
+    /// others stop).
+    pub fn or(&self, flag: Arc<AtomicBool>, reason: &'static str) -> Cancel {
+        Cancel { also: Some((flag, reason)), ..self.clone() }
     }
 
     /// Why the work should stop, if it should.
@@ -35,6 +43,11 @@ impl Cancel {
         }
         if self.flag.as_ref().is_some_and(|f| f.load(Ordering::Relaxed)) {
             return Some("the caller went away");
+        }
+        if let Some((f, reason)) = &self.also {
+            if f.load(Ordering::Relaxed) {
+                return Some(reason);
+            }
         }
         None
     }

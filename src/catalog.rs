@@ -81,6 +81,11 @@ impl Catalog {
         Ok(LayoutWriter::open(&self.content)?.with_pins(self.pins.clone()).with_lock_timeout(self.lock_timeout))
     }
 
+    /// The content store, opened.
+    pub fn content_store(&self) -> Result<Store> {
+        Ok(Store::open(&self.content)?)
+    }
+
     fn content(&self) -> Result<Opened> {
         Ok(Opened { path: self.content.clone(), store: Store::open(&self.content)?, name: "content".into() })
     }

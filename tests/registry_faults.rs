@@ -32,6 +32,8 @@ fn ready() -> bool {
 enum Action {
     Cut,
     Stall,
+    /// Wait while [`Rules::paused`] is set (the relay sets [`Seen::pausing`]), then go on.
+    Pause,
 }
 
 /// A fault for the next `times` responses to requests whose path contains `path`, after `after` bytes.
@@ -51,6 +53,8 @@ struct Rules {
     strip_range: bool,
     /// Forward responses in pieces of this many bytes, pausing between them.
     throttle: Option<(usize, Duration)>,
+    /// Holds a response at an [`Action::Pause`] while set.
+    paused: bool,
 }
 
 #[derive(Default)]
@@ -62,6 +66,8 @@ struct Seen {
     /// `/blobs/` responses being forwarded now, and the most at once.
     active: AtomicUsize,
     most: AtomicUsize,
+    /// A response is held at an [`Action::Pause`] now.
+    pausing: AtomicBool,
 }
 
 struct Relay {
@@ -215,6 +221,7 @@ fn pump(
                 fire = Some(action);
             }
         }
+        let chunk_len = chunk.len();
         let throttle = rules.lock().unwrap().throttle;
         let pieces: Vec<&[u8]> = match throttle {
             Some((size, _)) => chunk.chunks(size).collect(),
@@ -236,6 +243,22 @@ fn pump(
             Some(Action::Cut) => {
                 let _ = client.shutdown(std::net::Shutdown::Both);
                 return false;
+            }
+            Some(Action::Pause) => {
+                seen.pausing.store(true, Ordering::SeqCst);
+                while rules.lock().unwrap().paused && !stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                seen.pausing.store(false, Ordering::SeqCst);
+                // The rest of this read, then the rest of the response unchanged (the fault fired once).
+                let rest = &buf[chunk_len..n];
+                if client.write_all(rest).is_err() {
+                    return false;
+                }
+                if is_blob {
+                    seen.blob_bytes.fetch_add(rest.len(), Ordering::SeqCst);
+                }
+                return pump(up, client, None, is_blob, rules, seen, stop);
             }
             Some(Action::Stall) => {
                 let until = Instant::now() + Duration::from_secs(120);
@@ -498,4 +521,135 @@ fn sigkill_of_kilnd_mid_pull_leaves_a_consistent_store_and_the_pull_completes_af
     assert!(k.store_entry(&name).is_some(), "{}", k.index_json());
     identical(&k, &reg, &manifest);
     assert!(no_ingest(&k));
+}
+
+/// Every regular file named `name` under `dir` (not following links).
+fn find_files(dir: &Path, name: &str, out: &mut Vec<std::path::PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let Ok(t) = e.file_type() else { continue };
+        if t.is_dir() {
+            find_files(&e.path(), name, out);
+        } else if t.is_file() && e.file_name() == name {
+            out.push(e.path());
+        }
+    }
+}
+
+/// `kiln system info --json`'s snapshot count.
+fn snapshot_count(k: &Kilnd) -> u64 {
+    let o = k.kiln(&["--json", "system", "info"]);
+    assert!(o.status.success(), "{}", common::output(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", common::output(&o)));
+    v["snapshots"].as_u64().unwrap_or_else(|| panic!("no snapshots count: {v}"))
+}
+
+/// A one-layer image of 48 files of 32 KiB random bytes (`data/f0000` … `data/f0047`), pushed as
+/// `faults/NAME:v1`; returns the manifest document.
+fn many_files(reg: &Registry, name: &str) -> Value {
+    let src = common::scratch();
+    let mut lb = LayerBuilder::new().dir("data", 0o755);
+    for i in 0..48 {
+        lb = lb.file(&format!("data/f{i:04}"), &noise(32 << 10, 1000 + i), 0o644);
+    }
+    let spec = ImageSpec::with_layers(vec![lb.layer(Compression::Gzip)]).platform("linux", host_arch(), None);
+    let (b, manifest) = single_image(src.path(), &spec, "v1");
+    reg.push_with(src.path(), "v1", &format!("faults/{name}:v1"), &[]);
+    serde_json::from_slice(&std::fs::read(b.blob_path(&manifest)).unwrap()).unwrap()
+}
+
+/// A relay that holds `layer`'s response once, two thirds of its `size` in, until `paused` is cleared.
+fn holding(reg: &Registry, layer: &str, size: usize) -> Relay {
+    let relay = Relay::start(&reg.host);
+    let mut r = relay.rules();
+    r.paused = true;
+    r.faults.push(Fault { path: layer.to_owned(), after: size * 2 / 3, action: Action::Pause, times: 1 });
+    drop(r);
+    relay
+}
+
+/// Waits until the relay holds the layer and the unpack has extracted `data/f0000` from the part it got.
+fn wait_extracting(k: &Kilnd, relay: &Relay) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut early = Vec::new();
+    while early.is_empty() {
+        assert!(Instant::now() < deadline, "nothing was extracted while the layer downloaded:\n{}", k.log());
+        std::thread::sleep(Duration::from_millis(50));
+        if relay.seen.pausing.load(Ordering::SeqCst) {
+            find_files(&k.root, "f0000", &mut early);
+        }
+    }
+}
+
+/// Issue 14: a layer is unpacked while it downloads. The relay holds the layer's response two thirds of the way
+/// in; meanwhile the files of the first part are already extracted (in the unpack's active snapshot), while
+/// the blob is not yet in the store and no snapshot is committed. Released, the pull completes, the blob is
+/// byte-identical and the layer's snapshot holds every file.
+#[test]
+fn a_layer_is_unpacked_while_it_downloads_and_committed_only_once_verified() {
+    if !ready() {
+        return;
+    }
+    let reg = Registry::start();
+    let manifest = many_files(&reg, "stream");
+    let layer = layer_digests(&manifest)[0].clone();
+    let size = manifest["layers"][0]["size"].as_u64().unwrap() as usize;
+    let relay = holding(&reg, &layer, size);
+    let k = Kilnd::start(&[]);
+    let name = format!("{}/faults/stream:v1", relay.host);
+    let pull = spawn_pull(&k, &name);
+    wait_extracting(&k, &relay);
+    assert!(relay.seen.pausing.load(Ordering::SeqCst), "the layer's response is not held");
+    assert!(!store_blob(&k, &layer).exists(), "the layer blob is in the store before its download ended");
+    assert!(k.store_entry(&name).is_none(), "named before its layers arrived: {}", k.index_json());
+    let mut late = Vec::new();
+    find_files(&k.root, "f0047", &mut late);
+    assert!(late.is_empty(), "the last file was extracted before its bytes arrived: {late:?}");
+
+    relay.rules().paused = false;
+    let o = pull.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}\n{}", common::output(&o), k.log());
+    identical(&k, &reg, &manifest);
+    assert!(k.store_entry(&name).is_some() && no_ingest(&k));
+    let mut files = Vec::new();
+    find_files(&k.root, "f0047", &mut files);
+    assert_eq!(files.len(), 1, "the layer's last file, once, in its committed snapshot: {files:?}");
+    assert_eq!(std::fs::read(&files[0]).unwrap(), noise(32 << 10, 1047));
+    assert_eq!(snapshot_count(&k), 1);
+    assert_eq!(relay.requests(&format!("/blobs/{layer}")).len(), 1, "downloaded once, read as it landed");
+}
+
+/// A pull whose caller goes away while a layer is half downloaded and half extracted leaves nothing: no blob,
+/// no ingest file, no snapshot (active or committed), no ref; the same pull then completes.
+#[test]
+fn a_pull_cancelled_mid_layer_leaves_no_blob_and_no_snapshot() {
+    if !ready() {
+        return;
+    }
+    let reg = Registry::start();
+    let manifest = many_files(&reg, "gone");
+    let layer = layer_digests(&manifest)[0].clone();
+    let size = manifest["layers"][0]["size"].as_u64().unwrap() as usize;
+    let relay = holding(&reg, &layer, size);
+    let k = Kilnd::start(&[]);
+    let name = format!("{}/faults/gone:v1", relay.host);
+    let mut pull = spawn_pull(&k, &name);
+    wait_extracting(&k, &relay);
+    pull.kill().unwrap(); // the caller goes away; kilnd cancels the pull
+    pull.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(no_ingest(&k) && snapshot_count(&k) == 0) {
+        assert!(Instant::now() < deadline, "the cancelled pull left work behind:\n{}", k.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut left = Vec::new();
+    find_files(&k.root, "f0000", &mut left);
+    assert!(left.is_empty(), "extracted files outlived the cancelled pull: {left:?}");
+    assert!(!store_blob(&k, &layer).exists() && k.store_entry(&name).is_none(), "{}", k.index_json());
+
+    relay.rules().paused = false;
+    let o = k.kiln(&["image", "pull", &name]);
+    assert!(o.status.success(), "{}\n{}", common::output(&o), k.log());
+    identical(&k, &reg, &manifest);
+    assert_eq!(snapshot_count(&k), 1);
 }

@@ -278,6 +278,10 @@ fn a_tampered_blob_is_data_loss_and_nothing_is_committed() {
     });
     assert_eq!(code, tonic::Code::DataLoss);
     assert!(k.store_entry(&name).is_none(), "{}", k.index_json());
+    // The layer was extracted as it downloaded: its snapshot went with the failed blob.
+    let info = k.kiln(&["--json", "system", "info"]);
+    let info: Value = serde_json::from_slice(&info.stdout).unwrap_or_else(|e| panic!("{e}: {}", common::output(&info)));
+    assert_eq!(info["snapshots"], 0, "a snapshot of the tampered layer stayed: {info}");
     assert!(!k.content().join("blobs/sha256").join(&layer["sha256:".len()..]).exists());
     let ingest = k.content().join(".kiln-ingest");
     assert!(!ingest.exists() || std::fs::read_dir(&ingest).unwrap().next().is_none(), "ingest left behind");

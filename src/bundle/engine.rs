@@ -352,15 +352,16 @@ impl Engine {
 
     /// [`unpack_with_progress`](Self::unpack_with_progress) that stops between layers once `cancel` says so
     /// (for `Images.Pull`; see [`Unpacker::unpack_cancellable`]).
+    /// The layer blobs come from `blobs`: the store, or a pull's downloads as they land.
     pub fn unpack_cancellable(
         &self,
-        store: &Store,
+        blobs: &dyn snapshot::LayerBlobs,
         image: &ResolvedImage,
         progress: &(dyn Fn(snapshot::Progress) + Sync),
         cancel: &crate::Cancel,
     ) -> Result<UnpackReport> {
         let _gc = self.gc_lock.read().unwrap_or_else(|p| p.into_inner());
-        Ok(self.unpacker.unpack_cancellable(store, &image.layers, progress, cancel)?)
+        Ok(self.unpacker.unpack_cancellable(blobs, &image.layers, progress, cancel)?)
     }
 
     /// Unpacks `image` (as [`unpack`](Self::unpack)) and records committed `name` on `parent` as a second name of

@@ -6,7 +6,11 @@ use crate::digest::Digest;
 use crate::image::{self, Platform, RefName, Reference, ResolveOptions, ResolvedImage};
 use crate::snapshot::{self, Kind, UnpackReport};
 use crate::source;
-use crate::store::Descriptor;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::snapshot::ApplyError;
+use crate::store::{Arrivals, Descriptor, Store};
 
 use super::{Error, Kiln, Result};
 
@@ -46,6 +50,27 @@ pub struct Pulled {
     pub ref_name: String,
     /// Whether it was fetched from a registry by this pull.
     pub fetched: bool,
+}
+
+/// The layer blobs of a pull in progress: in the store, or followed as they download.
+struct Following<'a> {
+    store: &'a Store,
+    arrivals: &'a Arc<Arrivals>,
+}
+
+impl snapshot::LayerBlobs for Following<'_> {
+    fn open_layer(&self, layer: &image::Layer) -> std::result::Result<Box<dyn std::io::Read + Send>, ApplyError> {
+        self.arrivals.open(self.store, &layer.descriptor).map_err(|e| ApplyError::new(e.kind(), e))
+    }
+}
+
+/// Closes the arrivals when the fetch ends however it ends (a panic too), so the unpack never waits for it.
+struct Closing<'a>(&'a Arrivals);
+
+impl Drop for Closing<'_> {
+    fn drop(&mut self) {
+        self.0.close("the pull is complete");
+    }
 }
 
 /// The sizes of `img`, listed under `listed`; `committed(chain)` is the stored usage of a committed snapshot
@@ -177,6 +202,7 @@ impl Kiln {
                     .find_map(|r| self.resolve(r, platform.clone()).ok().map(|got| (r.to_string(), got)));
                 match local {
                     Some((name, got)) => (name, false, got),
+                    None if unpack => return self.fetch_unpacking(&remote, &full, platform, progress, cancel),
                     None => {
                         let name = self.fetch(&remote, platform.clone(), cancel)?;
                         (name, true, self.resolve(&full, platform)?)
@@ -192,6 +218,59 @@ impl Kiln {
         Ok(Pulled { image, report, ref_name, fetched })
     }
 
+    /// Fetches `remote` and unpacks it at once, each layer unpacked while it downloads: the fetch runs on a
+    /// second thread, publishing its blobs as they land ([`Arrivals`]); this one waits for the documents,
+    /// resolves the image from them (`index.json` does not name it yet) and unpacks, reading each layer blob
+    /// from the store or following its download. A snapshot is committed only once its layer's blob was read
+    /// to its verified end; a failure of either side stops the other. The fetch's error is the one reported
+    /// (it is the cause of the unpack's), then the unpack's.
+    fn fetch_unpacking(
+        &self,
+        remote: &source::RegistryRef,
+        full: &Reference,
+        platform: Option<Platform>,
+        progress: &(dyn Fn(snapshot::Progress) + Sync),
+        cancel: &Cancel,
+    ) -> Result<Pulled> {
+        let arrivals = Arrivals::new();
+        let failed = Arc::new(AtomicBool::new(false));
+        let cancel = cancel.or(failed.clone(), "another part of the pull failed");
+        let (fetched, unpacked) = std::thread::scope(|s| {
+            let fetcher = s.spawn(|| {
+                let closing = Closing(&arrivals);
+                let r = self.fetch_with(remote, platform.clone(), Some(arrivals.clone()), &cancel);
+                if let Err(e) = &r {
+                    failed.store(true, Ordering::Relaxed);
+                    arrivals.close(&crate::error::report(e));
+                }
+                drop(closing);
+                r
+            });
+            let unpacked = (|| -> Result<Option<UnpackReport>> {
+                let Some(top) = arrivals.wait_documents() else { return Ok(None) };
+                let store = self.catalog.content_store()?;
+                let opts = ResolveOptions { platform: platform.clone(), ..Default::default() };
+                let image = image::resolve_descriptor(&store, full, &top, &opts)?;
+                let blobs = Following { store: &store, arrivals: &arrivals };
+                Ok(Some(self.engine.unpack_cancellable(&blobs, &image, progress, &cancel)?))
+            })();
+            if unpacked.is_err() {
+                failed.store(true, Ordering::Relaxed);
+            }
+            let fetched = fetcher
+                .join()
+                .unwrap_or_else(|_| Err(Error::Internal { what: format!("the fetch of {} panicked", remote.full()) }));
+            (fetched, unpacked)
+        });
+        let ref_name = fetched?;
+        let report = match unpacked? {
+            Some(report) => report,
+            None => return Err(Error::Internal { what: format!("the fetch of {} wrote no documents", remote.full()) }),
+        };
+        let (_, image) = self.resolve(full, platform)?;
+        Ok(Pulled { image, report, ref_name, fetched: true })
+    }
+
     /// Fetches the image `reference` names from its registry into the content store, named by the
     /// reference's full form (with an `io.containerd.image.name` annotation saying the same), and returns that
     /// name. An index is fetched whole; it must have an image for `platform` (default: this host).
@@ -199,6 +278,17 @@ impl Kiln {
         &self,
         reference: &source::RegistryRef,
         platform: Option<Platform>,
+        cancel: &Cancel,
+    ) -> Result<String> {
+        self.fetch_with(reference, platform, None, cancel)
+    }
+
+    /// [`fetch`](Self::fetch), publishing each blob in `arrivals` while it is written.
+    fn fetch_with(
+        &self,
+        reference: &source::RegistryRef,
+        platform: Option<Platform>,
+        arrivals: Option<Arc<Arrivals>>,
         cancel: &Cancel,
     ) -> Result<String> {
         let r = &self.config.registry;
@@ -222,7 +312,8 @@ impl Kiln {
             settings,
             platform.unwrap_or_else(Platform::host),
         )));
-        let imported = self.import(src, &source::Access::Own, &Reference::Default, None, &mut |_| {}, cancel)?;
+        let imported =
+            self.import_with(src, &source::Access::Own, &Reference::Default, None, arrivals, &mut |_| {}, cancel)?;
         Ok(imported.into_iter().next().map(|i| i.ref_name).unwrap_or_else(|| reference.full()))
     }
 
@@ -240,12 +331,29 @@ impl Kiln {
         progress: &mut dyn FnMut(source::ImportProgress),
         cancel: &Cancel,
     ) -> Result<Vec<source::Imported>> {
+        self.import_with(source, access, source_ref, name, None, progress, cancel)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn import_with(
+        &self,
+        source: source::Source,
+        access: &source::Access,
+        source_ref: &Reference,
+        name: Option<&RefName>,
+        arrivals: Option<Arc<Arrivals>>,
+        progress: &mut dyn FnMut(source::ImportProgress),
+        cancel: &Cancel,
+    ) -> Result<Vec<source::Imported>> {
         let limits = self.config.caps.archive_limits();
         let staged = source::stage_cancellable(source, &self.tmp_dir(), access, &limits, cancel)?;
         if let Some(e) = Error::cancelled("Images.Import", cancel) {
             return Err(e);
         }
-        let writer = self.catalog.writer().map_err(Error::from)?;
+        let mut writer = self.catalog.writer().map_err(Error::from)?;
+        if let Some(a) = arrivals {
+            writer = writer.with_arrivals(a);
+        }
         Ok(source::commit_all(&writer, &staged, source_ref, name, progress, cancel)?)
     }
 

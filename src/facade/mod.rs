@@ -70,6 +70,9 @@ pub enum Error {
     NoSuchRef { name: String },
     #[error("{what} cancelled: {reason}")]
     Cancelled { what: &'static str, reason: &'static str },
+    /// A failure of kiln itself (a thread that panicked, a step that did not happen).
+    #[error("{what}")]
+    Internal { what: String },
 }
 
 impl Error {
@@ -90,6 +93,7 @@ impl Error {
             Error::NoSuchRef { .. } => ErrorKind::NotFound,
             Error::Remote { .. } => ErrorKind::FailedPrecondition,
             Error::Cancelled { .. } => ErrorKind::Cancelled,
+            Error::Internal { .. } => ErrorKind::Internal,
         }
     }
 

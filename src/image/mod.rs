@@ -364,9 +364,33 @@ pub fn select(store: &Store, named: &Named, platform: &Platform, limits: &Limits
 /// A digest that names a manifest pins that manifest: unless a platform is given explicitly, its own platform
 /// is the wanted one (inspecting a foreign-architecture manifest by digest needs no `--platform`).
 pub fn resolve(store: &Store, reference: &Reference, opts: &ResolveOptions) -> Result<ResolvedImage> {
-    let mut wanted = opts.platform.clone().unwrap_or_else(Platform::host);
     let mut walk = Walk::new(store, opts);
-    let Named { mut candidates, what } = walk.lookup(reference)?;
+    let named = walk.lookup(reference)?;
+    resolve_from(walk, reference, named, opts)
+}
+
+/// Resolves the image under `top`, a manifest or index whose documents are in `store` but which `index.json`
+/// may not list yet (a pull resolves what it fetched before it names it), as [`resolve`] resolves what
+/// `reference` names; `reference` is what the image will be called.
+pub fn resolve_descriptor(
+    store: &Store,
+    reference: &Reference,
+    top: &Descriptor,
+    opts: &ResolveOptions,
+) -> Result<ResolvedImage> {
+    let named = Named { candidates: vec![top.clone()], what: format!("{} {}", top.media_type, top.digest) };
+    resolve_from(Walk::new(store, opts), reference, named, opts)
+}
+
+fn resolve_from(
+    mut walk: Walk<'_>,
+    reference: &Reference,
+    named: Named,
+    opts: &ResolveOptions,
+) -> Result<ResolvedImage> {
+    let store = walk.store;
+    let mut wanted = opts.platform.clone().unwrap_or_else(Platform::host);
+    let Named { mut candidates, what } = named;
     let mut pinned = false;
     if let (Reference::Digest(_), [desc]) = (reference, candidates.as_mut_slice()) {
         if store::is_manifest_type(&desc.media_type) && opts.platform.is_none() {

@@ -6,7 +6,7 @@ use super::*;
 /// A walk down indexes. Content addressing makes cycles impossible; what is bounded is depth, and the number
 /// of documents read, since one index may name the same child many times.
 pub(super) struct Walk<'a> {
-    store: &'a Store,
+    pub(super) store: &'a Store,
     limits: Limits,
     /// Indexes already searched by `find_by_digest` (never searched twice).
     searched: HashSet<Digest>,

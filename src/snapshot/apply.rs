@@ -7,10 +7,9 @@
 
 use std::path::Path;
 
-use super::{Applied, ApplyError, LayerApplier, WhiteoutMode};
+use super::{Applied, ApplyError, LayerApplier, LayerBlobs, WhiteoutMode};
 use crate::image::Layer;
 use crate::layer;
-use crate::store::Store;
 
 /// Applies layers with `kiln::layer`.
 #[derive(Debug, Clone, Default)]
@@ -20,10 +19,12 @@ pub struct LayerModule {
 }
 
 impl LayerApplier for LayerModule {
-    fn apply(&self, store: &Store, l: &Layer, dir: &Path, w: WhiteoutMode) -> Result<Applied, ApplyError> {
+    fn apply(&self, blobs: &dyn LayerBlobs, l: &Layer, dir: &Path, w: WhiteoutMode) -> Result<Applied, ApplyError> {
         let mut o = self.options.clone();
         o.whiteout_mode = w;
-        match layer::apply_layer(store, l, &o, dir) {
+        let compression = l.compression().map_err(|e| ApplyError::new(e.kind(), e))?;
+        let reader = blobs.open_layer(l)?;
+        match layer::apply(reader, compression, &l.diff_id, l.descriptor.digest.as_str(), &o, dir) {
             Ok(stats) if w == WhiteoutMode::Overlay => Ok(Applied {
                 implicit_dirs: stats.implicit_dirs,
                 crossed_link: stats.crossed_link,

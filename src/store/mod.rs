@@ -5,10 +5,12 @@
 //! descriptor's size and digest before anyone may trust it, whatever directory it sits in. Every file is
 //! opened inside the layout with `RESOLVE_IN_ROOT`, must be a regular file (a FIFO or `/dev/zero` in `blobs/`
 //! cannot hang or flood a reader), and every JSON document is capped. Reading never writes; the write side
-//! (`write.rs`: init, verified blob ingest, ref changes under a lock) is used only by import.
+//! (`write.rs`: init, verified blob ingest, ref changes under a lock) is used only by import; `arrivals.rs` lets
+//! an unpack read a pull's blobs while they are written.
 //!
 //! May use: `digest`, `sys`, `error`.
 
+mod arrivals;
 mod descriptor;
 pub(crate) mod json;
 mod write;
@@ -20,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 
+pub use arrivals::Arrivals;
 pub use descriptor::*;
 pub use json::from_slice_strict;
 pub use write::{init_layout, sweep_ingest, BlobPins, BlobReport, IndexLock, LayoutWriter, INGEST_DIR};
@@ -77,6 +80,8 @@ pub enum Error {
     },
     #[error("{what}: another writer still holds it after {waited_ms} ms; try again")]
     LockTimeout { what: String, waited_ms: u64 },
+    #[error("blob {digest} did not arrive: {why}")]
+    NotArrived { digest: Digest, why: String },
 }
 
 impl Error {
@@ -85,6 +90,8 @@ impl Error {
             Error::InvalidLayout { .. } | Error::Malformed { .. } => ErrorKind::Corrupt,
             Error::UnsupportedLayoutVersion { .. } => ErrorKind::Unsupported,
             Error::BlobNotFound { .. } => ErrorKind::NotFound,
+            // The pull that was to bring it ended; its own error says why.
+            Error::NotArrived { .. } => ErrorKind::Unavailable,
             Error::Digest { source, .. } => source.kind(),
             Error::TooLarge { .. } | Error::LockTimeout { .. } => ErrorKind::ResourceExhausted,
             Error::Sys { source, .. } => match source.errno {

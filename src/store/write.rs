@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use nix::fcntl::{Flock, FlockArg};
 use serde_json::Value;
 
+use super::arrivals::{Arrivals, Publishing};
 use super::{from_slice_strict, Descriptor, Error, Result, Store, ANNOTATION_REF_NAME, LAYOUT_VERSION};
 use crate::digest::{Digest, VerifyingReader};
 use crate::sys;
@@ -37,6 +38,23 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
 fn sys_err(what: impl Into<String>) -> impl FnOnce(sys::SysError) -> Error {
     let what = what.into();
     move |source| Error::Sys { what, source }
+}
+
+/// `io::copy` that tells `p` after each write how many bytes are in the file (the follower reads them at once).
+fn copy_published(from: &mut impl Read, to: &mut File, p: &Publishing) -> io::Result<u64> {
+    let mut buf = vec![0u8; 256 << 10];
+    let mut total = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buf[..n])?;
+        total += n as u64;
+        p.wrote(total);
+    }
 }
 
 /// Where blobs are written before they are renamed into `blobs/`.
@@ -113,6 +131,8 @@ pub struct LayoutWriter {
     pins: Arc<BlobPins>,
     /// What this writer pinned, unpinned on drop.
     mine: Mutex<Vec<Digest>>,
+    /// Where the blobs it writes are published while written ([`with_arrivals`](Self::with_arrivals)).
+    arrivals: Option<Arc<Arrivals>>,
 }
 
 /// The layout's index lock, held until dropped; see [`LayoutWriter::lock`].
@@ -131,6 +151,7 @@ impl LayoutWriter {
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
             pins: Arc::new(BlobPins::default()),
             mine: Mutex::new(Vec::new()),
+            arrivals: None,
         })
     }
 
@@ -139,6 +160,18 @@ impl LayoutWriter {
     pub fn with_pins(mut self, pins: Arc<BlobPins>) -> LayoutWriter {
         self.pins = pins;
         self
+    }
+
+    /// Publishes every blob this writer writes in `arrivals` while it is written, so that an unpack can
+    /// follow a pull (see [`Arrivals`]).
+    pub fn with_arrivals(mut self, arrivals: Arc<Arrivals>) -> LayoutWriter {
+        self.arrivals = Some(arrivals);
+        self
+    }
+
+    /// The [`Arrivals`] this writer publishes in, if any.
+    pub fn arrivals(&self) -> Option<&Arc<Arrivals>> {
+        self.arrivals.as_ref()
     }
 
     /// Waits at most `timeout` for the index lock, then fails with [`Error::LockTimeout`].
@@ -215,14 +248,31 @@ impl LayoutWriter {
             .map_err(sys_err(tmp.0.display().to_string()))?;
         let mut verifying = VerifyingReader::new(reader, digest.clone(), size)
             .map_err(|source| Error::Digest { what: what.clone(), source })?;
-        let copied = io::copy(&mut verifying, &mut file).map_err(|e| Error::from_read(what.clone(), e))?;
-        file.flush().and_then(|()| file.sync_all()).map_err(io_err(tmp.0.display().to_string()))?;
-        let dest = self.store.blob_path(digest);
-        sys::host::rename(&tmp.0, &dest).map_err(sys_err(dest.display().to_string()))?;
-        tmp.disarm();
-        let dfd = sys::host::open_dir(&dir).map_err(sys_err(dir.display().to_string()))?;
-        File::from(dfd).sync_all().map_err(io_err(dir.display().to_string()))?;
-        Ok(copied)
+        let publishing = match &self.arrivals {
+            Some(a) => {
+                Some(a.begin(digest, sys::host::open_read(&tmp.0).map_err(sys_err(tmp.0.display().to_string()))?))
+            }
+            None => None,
+        };
+        let r = (|| {
+            let copied = match &publishing {
+                None => io::copy(&mut verifying, &mut file).map_err(|e| Error::from_read(what.clone(), e))?,
+                Some(p) => {
+                    copy_published(&mut verifying, &mut file, p).map_err(|e| Error::from_read(what.clone(), e))?
+                }
+            };
+            file.flush().and_then(|()| file.sync_all()).map_err(io_err(tmp.0.display().to_string()))?;
+            let dest = self.store.blob_path(digest);
+            sys::host::rename(&tmp.0, &dest).map_err(sys_err(dest.display().to_string()))?;
+            tmp.disarm();
+            let dfd = sys::host::open_dir(&dir).map_err(sys_err(dir.display().to_string()))?;
+            File::from(dfd).sync_all().map_err(io_err(dir.display().to_string()))?;
+            Ok(copied)
+        })();
+        if let Some(p) = publishing {
+            p.end(r.as_ref().map(|_| ()));
+        }
+        r
     }
 
     /// Points `ref_name` at `desc`: entries with that name lose it (they are removed), `desc` is appended with

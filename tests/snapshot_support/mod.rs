@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use kiln::digest::Digest;
 use kiln::image::Layer;
-use kiln::snapshot::{Applied, ApplyError, LayerApplier, WhiteoutMode};
-use kiln::store::Store;
+use kiln::snapshot::{Applied, ApplyError, LayerApplier, LayerBlobs, WhiteoutMode};
 use kiln::sys::mount::{Mount, Mounter, SysMounter};
 use kiln::ErrorKind;
 
@@ -37,10 +36,10 @@ impl Counting {
 }
 
 impl LayerApplier for Counting {
-    fn apply(&self, store: &Store, layer: &Layer, dir: &Path, w: WhiteoutMode) -> Result<Applied, ApplyError> {
+    fn apply(&self, blobs: &dyn LayerBlobs, layer: &Layer, dir: &Path, w: WhiteoutMode) -> Result<Applied, ApplyError> {
         *self.calls.lock().unwrap().entry(layer.diff_id.clone()).or_default() += 1;
         std::thread::sleep(self.delay);
-        self.inner.apply(store, layer, dir, w)
+        self.inner.apply(blobs, layer, dir, w)
     }
 }
 
@@ -48,7 +47,7 @@ impl LayerApplier for Counting {
 pub struct Failing;
 
 impl LayerApplier for Failing {
-    fn apply(&self, _: &Store, layer: &Layer, _: &Path, _: WhiteoutMode) -> Result<Applied, ApplyError> {
+    fn apply(&self, _: &dyn LayerBlobs, layer: &Layer, _: &Path, _: WhiteoutMode) -> Result<Applied, ApplyError> {
         Err(ApplyError::new(ErrorKind::Corrupt, format!("layer {} is corrupt", layer.descriptor.digest)))
     }
 }

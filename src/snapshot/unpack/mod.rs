@@ -98,15 +98,32 @@ pub struct Applied {
     pub whiteouts: bool,
 }
 
-/// Applies one verified layer stream from `store` to `dir`. The real one wraps `kiln::layer`; tests use fakes.
+/// Applies one verified layer stream from `blobs` to `dir`. The real one wraps `kiln::layer`; tests use fakes.
 pub trait LayerApplier: Send + Sync {
     fn apply(
         &self,
-        store: &Store,
+        blobs: &dyn LayerBlobs,
         layer: &Layer,
         dir: &Path,
         whiteouts: WhiteoutMode,
     ) -> std::result::Result<Applied, ApplyError>;
+}
+
+/// Where an unpack reads layer blobs: a [`Store`], or a pull's downloads as they land
+/// ([`crate::store::Arrivals`]).
+pub trait LayerBlobs: Sync {
+    /// A reader of `layer`'s blob that fails at EOF unless its size and digest match the descriptor: what was
+    /// applied from it may be kept only once it has been read to its end.
+    fn open_layer(&self, layer: &Layer) -> std::result::Result<Box<dyn std::io::Read + Send>, ApplyError>;
+}
+
+impl LayerBlobs for Store {
+    fn open_layer(&self, layer: &Layer) -> std::result::Result<Box<dyn std::io::Read + Send>, ApplyError> {
+        match self.open_blob(&layer.descriptor) {
+            Ok(r) => Ok(Box::new(r)),
+            Err(e) => Err(ApplyError::new(e.kind(), e)),
+        }
+    }
 }
 
 /// What happened to each layer of one [`Unpacker::unpack`] call.
@@ -293,7 +310,7 @@ impl Unpacker {
     fn commit_parallel(
         &self,
         p: &dyn Parentless,
-        store: &Store,
+        blobs: &dyn LayerBlobs,
         layer: &Layer,
         parent: Option<&str>,
         g: &mut LeadGuard,
@@ -310,7 +327,7 @@ impl Unpacker {
             tracing::debug!(layer = %layer.descriptor.digest, %reason, "applying through a mount of its parents");
             self.snapshotter.remove(&key)?;
             g.active = None;
-            let key = self.extract_through(store, layer, parent)?;
+            let key = self.extract_through(blobs, layer, parent)?;
             g.active = Some(key.clone());
             return self.snapshotter.commit(layer.chain_id.as_str(), &key, Self::labels(layer));
         }
@@ -335,14 +352,19 @@ impl Unpacker {
 
     /// Extracts `layer` as an overlay diff into a new active snapshot prepared without a parent (the
     /// [`Parentless`] capability); returns its key (already removed on error).
-    fn extract_parentless(&self, p: &dyn Parentless, store: &Store, layer: &Layer) -> Result<(String, Applied)> {
+    fn extract_parentless(
+        &self,
+        p: &dyn Parentless,
+        blobs: &dyn LayerBlobs,
+        layer: &Layer,
+    ) -> Result<(String, Applied)> {
         let key = self.active_key(&layer.chain_id);
         let _slot = self.slots.acquire();
         self.snapshotter.prepare(&key, None, Labels::new())?;
         let r = (|| {
             let dir = p.diff_dir(&key)?;
             let applied =
-                self.applier.apply(store, layer, &dir, WhiteoutMode::Overlay).map_err(Self::apply_error(layer))?;
+                self.applier.apply(blobs, layer, &dir, WhiteoutMode::Overlay).map_err(Self::apply_error(layer))?;
             // Measured here, in parallel, rather than in the in-order commit.
             self.snapshotter.usage(&key)?;
             Ok(applied)
@@ -360,11 +382,11 @@ impl Unpacker {
     /// hands out: straight into the source of a single writable bind mount (native; overlay without a parent),
     /// otherwise through a mount of them, where the filesystem (overlay) turns deletions into whiteouts and
     /// copies lower files up, as containerd's applier does. Returns its key (already removed on error).
-    fn extract_through(&self, store: &Store, layer: &Layer, parent: Option<&str>) -> Result<String> {
+    fn extract_through(&self, blobs: &dyn LayerBlobs, layer: &Layer, parent: Option<&str>) -> Result<String> {
         let key = self.active_key(&layer.chain_id);
         let _slot = self.slots.acquire();
         let mounts = self.snapshotter.prepare(&key, parent, Labels::new())?;
-        match self.apply_through(store, layer, &mounts) {
+        match self.apply_through(blobs, layer, &mounts) {
             Ok(()) => Ok(key),
             Err(e) => {
                 let _ = self.snapshotter.remove(&key);
@@ -373,10 +395,10 @@ impl Unpacker {
         }
     }
 
-    fn apply_through(&self, store: &Store, layer: &Layer, mounts: &[Mount]) -> Result<()> {
+    fn apply_through(&self, blobs: &dyn LayerBlobs, layer: &Layer, mounts: &[Mount]) -> Result<()> {
         if let [m] = mounts {
             if m.kind == "bind" && !m.is_readonly() {
-                self.applier.apply(store, layer, &m.source, WhiteoutMode::Delete).map_err(Self::apply_error(layer))?;
+                self.applier.apply(blobs, layer, &m.source, WhiteoutMode::Delete).map_err(Self::apply_error(layer))?;
                 return Ok(());
             }
         }
@@ -396,7 +418,7 @@ impl Unpacker {
         let mnt = upper.with_file_name("mnt");
         crate::sys::host::mkdir(&mnt, 0o700)?;
         mounter.mount_all(mounts, &mnt)?;
-        let applied = self.applier.apply(store, layer, &mnt, WhiteoutMode::Delete);
+        let applied = self.applier.apply(blobs, layer, &mnt, WhiteoutMode::Delete);
         // Copy-up splits a hard-link group: the names this layer linked to a lower file are in the upper, the
         // group's other names stay in the lower as another inode. They are linked again in the upper.
         let applied = match applied {
@@ -443,13 +465,13 @@ impl Unpacker {
     /// removed; a layer being extracted when the cancel comes is finished first.
     pub fn unpack_cancellable(
         &self,
-        store: &Store,
+        blobs: &dyn LayerBlobs,
         layers: &[Layer],
         progress: &(dyn Fn(Progress) + Sync),
         cancel: &Cancel,
     ) -> Result<UnpackReport> {
         let started = std::time::Instant::now();
-        let r = self.unpack_counted(store, layers, progress, cancel);
+        let r = self.unpack_counted(blobs, layers, progress, cancel);
         if let Ok(rep) = &r {
             let bytes = layers.iter().filter(|l| rep.extracted.contains(&l.chain_id)).map(|l| l.descriptor.size).sum();
             let n = |v: &Vec<Digest>| v.len() as u64;
@@ -466,7 +488,7 @@ impl Unpacker {
 
     fn unpack_counted(
         &self,
-        store: &Store,
+        blobs: &dyn LayerBlobs,
         layers: &[Layer],
         progress: &(dyn Fn(Progress) + Sync),
         cancel: &Cancel,
@@ -506,7 +528,7 @@ impl Unpacker {
                         let Some(&i) = jobs.get(j) else { break };
                         let r = match stopped() {
                             Some(e) => Err(e),
-                            None => self.extract_parentless(p, store, &layers[i]),
+                            None => self.extract_parentless(p, blobs, &layers[i]),
                         };
                         results.lock().unwrap_or_else(|p| p.into_inner()).insert(i, r);
                     });
@@ -555,7 +577,7 @@ impl Unpacker {
                     } else if let Some(e) = g.failed.take() {
                         match (&e, &self.mounter) {
                             (Error::Apply { source, .. }, Some(_)) if source.needs_parent => {
-                                self.extract_through(store, layer, parent).and_then(|key| {
+                                self.extract_through(blobs, layer, parent).and_then(|key| {
                                     g.active = Some(key.clone());
                                     self.snapshotter.commit(layer.chain_id.as_str(), &key, Self::labels(layer))
                                 })
@@ -564,13 +586,13 @@ impl Unpacker {
                         }
                     } else if let Some(p) = parentless {
                         match g.active.clone() {
-                            Some(key) => self.commit_parallel(p, store, layer, parent, &mut g, key),
+                            Some(key) => self.commit_parallel(p, blobs, layer, parent, &mut g, key),
                             None => {
                                 Err(Error::Internal { what: format!("layer {} was not extracted", layer.chain_id) })
                             }
                         }
                     } else {
-                        self.extract_through(store, layer, parent).and_then(|key| {
+                        self.extract_through(blobs, layer, parent).and_then(|key| {
                             g.active = Some(key.clone());
                             self.snapshotter.commit(layer.chain_id.as_str(), &key, Self::labels(layer))
                         })

@@ -117,7 +117,7 @@ impl FakeApplier {
 impl LayerApplier for FakeApplier {
     fn apply(
         &self,
-        _: &Store,
+        _: &dyn LayerBlobs,
         layer: &Layer,
         dir: &Path,
         whiteouts: WhiteoutMode,

@@ -1,10 +1,12 @@
 //! An OCI registry as an import source (distribution spec v1.1, reads only): the manifest or index a
-//! reference names, by tag or digest, every manifest below an index, then every config and layer blob, each
-//! streamed through the store's [`LayoutWriter::put_blob`] — into `.kiln-ingest/`, size and digest verified as
-//! it is written, renamed into `blobs/` only when both match — and the documents after the blobs they name, so
-//! the ref [`super::commit_all`] sets last names only what is there. A failure or a cancel leaves nothing
-//! half-written: the ingest file goes with the failed `put_blob`, and no ref names the blobs that did land
-//! (the collector takes them once unpinned). An index is fetched whole, every platform, as a layout import
+//! reference names, by tag or digest, every manifest below an index, then the configs, the documents, and the
+//! layers (those of the manifest this host runs first), each streamed through the store's
+//! [`LayoutWriter::put_blob`] — into `.kiln-ingest/`, size and digest verified as it is written, renamed into
+//! `blobs/` only when both match. The ref [`super::commit_all`] sets last names only what is there; until then
+//! the blobs are pinned and named by nothing. Documents go before the layers so that an unpack following the
+//! pull (the writer's [`store::Arrivals`]) can resolve the image and read each layer as it lands. A failure or
+//! a cancel leaves nothing half-written: the ingest file goes with the failed `put_blob`, and no ref names the
+//! blobs that did land (the collector takes them once unpinned). An index is fetched whole, every platform, as a layout import
 //! copies one (a ref names one complete tree, which the collector and `image::reachable` rely on); it is
 //! refused first, before any blob, when nothing in it runs on the wanted platform (the host's by default).
 //!
@@ -24,7 +26,7 @@
 //! flight in this process, and says which failures are retried (429, 5xx, a cut or refused connection —
 //! documents too — with a doubling backoff, a bounded number of times; a stall is not).
 //!
-//! Not yet (issue 14's later parts): unpacking while downloading, per-request credentials, honouring
+//! Not yet (issue 14's later parts): per-request credentials, honouring
 //! `Retry-After` (the client does not hand its headers on), resuming an ingest file left by an earlier process,
 //! falling back to another host for a blob the chosen mirror lacks.
 //!
@@ -543,7 +545,11 @@ impl ImageSource for Remote {
     /// `io.containerd.image.name`, which the ref set from it keeps.
     fn copy(&self, dest: &LayoutWriter, _image: &(), sink: &mut Sink) -> super::Result<Descriptor> {
         let docs = self.documents(sink.cancel)?;
-        let mut blobs: Vec<Descriptor> = Vec::new();
+        // The configs first (an unpack following this pull resolves the image from them), then the layers of
+        // the manifest this host will run, bottom first, then the other platforms'.
+        let wanted = self.wanted_manifest(&docs);
+        let (mut configs, mut layers, mut others): (Vec<Descriptor>, Vec<Descriptor>, Vec<Descriptor>) =
+            Default::default();
         for (desc, bytes) in &docs {
             if store::is_manifest_type(&desc.media_type) {
                 let what = format!("manifest {}", desc.digest);
@@ -554,13 +560,19 @@ impl ImageSource for Remote {
                     let n = refs.layers.len();
                     return Err(self.malformed(&what, format!("{n} layers, over the cap of {max_layers}")).into());
                 }
-                for b in std::iter::once(refs.config).chain(refs.layers) {
-                    if !blobs.iter().any(|x| x.digest == b.digest) {
-                        blobs.push(b);
-                    }
+                configs.push(refs.config);
+                if wanted.as_ref().is_none_or(|w| *w == desc.digest) {
+                    layers.extend(refs.layers);
+                } else {
+                    others.extend(refs.layers);
                 }
             }
         }
+        layers.append(&mut others);
+        let mut seen = std::collections::HashSet::new();
+        configs.retain(|b| seen.insert(b.digest.clone()));
+        layers.retain(|b| seen.insert(b.digest.clone()));
+        let blobs: Vec<Descriptor> = configs.iter().chain(&layers).cloned().collect();
         for b in &blobs {
             sink.plan(&b.digest, b.size);
         }
@@ -580,7 +592,9 @@ impl ImageSource for Remote {
         }
         sink.report();
         let cancel = sink.cancel;
-        self.fetch_blobs(dest, &blobs, cancel, &mut |written| sink.copied(written))?;
+        self.fetch_blobs(dest, &configs, cancel, &mut |written| sink.copied(written))?;
+        // The documents before the layers: nothing names them until the ref is set, last (they are pinned
+        // meanwhile), and an unpack following this pull can resolve the image while its layers arrive.
         for (desc, bytes) in &docs {
             sink.check(&PathBuf::from(self.reference.full()))?;
             let written =
@@ -588,8 +602,34 @@ impl ImageSource for Remote {
             sink.copied(written);
         }
         let (top, _) = docs.last().ok_or_else(|| self.malformed("manifest", "nothing fetched".into()))?;
+        if let Some(a) = dest.arrivals() {
+            a.documents_written(top);
+        }
+        self.fetch_blobs(dest, &layers, cancel, &mut |written| sink.copied(written))?;
         let mut top = top.clone();
         top.annotations = Some([(ANNOTATION_CONTAINERD_NAME.to_owned(), self.reference.full())].into_iter().collect());
         Ok(top)
+    }
+}
+
+impl Remote {
+    /// The manifest of the top index (the last of `docs`) that this pull's platform selects, as resolution
+    /// will (the best rank); `None` for a manifest on top, a nested index, or no match.
+    fn wanted_manifest(&self, docs: &[(Descriptor, Bytes)]) -> Option<Digest> {
+        let (top, bytes) = docs.last()?;
+        if !store::is_index_type(&top.media_type) {
+            return None;
+        }
+        let index = store::parse_index(bytes).ok()?;
+        index
+            .manifests
+            .iter()
+            .filter(|d| store::is_manifest_type(&d.media_type))
+            .filter_map(|d| {
+                let p = d.platform.as_ref().and_then(Platform::from_raw)?;
+                Some((self.platform.rank(&p)?, d.digest.clone()))
+            })
+            .max_by_key(|(rank, _)| *rank)
+            .map(|(_, d)| d)
     }
 }
