@@ -178,6 +178,7 @@ for tag in $IMAGES; do
   NLAYERS=$(skopeo inspect --raw "oci:$L:$tag" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["layers"]))')
   MIB=$(skopeo inspect --raw "oci:$L:$tag" | python3 -c 'import json,sys; print(round(sum(l["size"] for l in json.load(sys.stdin)["layers"]) / 2**20))')
 
+  LOAD0=$(cut -d' ' -f1 /proc/loadavg)
   for i in $(seq 1 "$RUNS"); do
     # 1. kiln-pull: fetch + unpack from the registry into a fresh kilnd.
     start_kilnd; quiesce; hwm_reset "$kpid"
@@ -208,9 +209,9 @@ for tag in $IMAGES; do
     rm -rf "$W/sk"
   done
 
-  python3 - "$R" "$tag" "$RUNS" "$SRC" "$NLAYERS" "$MIB" "$CTD_VERSION" "$REG_VERSION" <<'PY'
-import statistics, sys
-R, tag, runs, src, nl, mib, ctd, reg = sys.argv[1:]
+  python3 - "$R" "$tag" "$RUNS" "$SRC" "$NLAYERS" "$MIB" "$CTD_VERSION" "$REG_VERSION" "$LOAD0" <<'PY'
+import os, statistics, sys
+R, tag, runs, src, nl, mib, ctd, reg, load0 = sys.argv[1:]
 def col(name, i=0):
     return [float(l.split()[i]) for l in open(f"{R}.{name}") if l.strip()]
 def row(label, v):
@@ -218,7 +219,8 @@ def row(label, v):
     print(f"  {label:44} median {m:6.2f}s  (min {min(v):.2f} – max {max(v):.2f})")
     return m
 print(f"== image {tag}: {nl} layer(s), {mib} MiB compressed, source: {src}; containerd {ctd}; "
-      f"docker-registry {reg}; {runs} cold runs each, alternating")
+      f"docker-registry {reg}; {runs} cold runs each, alternating; load average {load0} before, "
+      f"{os.getloadavg()[0]:.2f} after, {os.cpu_count()} CPUs")
 kp = row("kiln-pull      kiln image pull HOST/NAME", col("kiln_pull"))
 kl = row("kiln-local     kiln image pull NAME (store)", col("kiln_local"))
 cp = row("ctr-pull       ctr images pull --plain-http", col("ctd_pull"))
