@@ -132,7 +132,7 @@ if command -v unpigz >/dev/null && [ -z "${CONTAINERD_DISABLE_PIGZ:-}" ]; then C
 else CTD_VERSION+=" (gzip via Go compress/gzip)"; fi
 
 # kilnd: a fresh root, state, socket and config for every cold run. Loopback registries need no [registry]
-# entry (plain HTTP unless a ca_file is set); the defaults (max_parallel_blobs = 4…) are what is measured.
+# entry (plain HTTP unless a ca_file is set); kilnd's default registry settings are what is measured.
 KADDR="unix://$W/k/state/kilnd.sock"
 K() { "$KILN" --address "$KADDR" "$@"; }
 start_kilnd() {
