@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Benchmark (not a test): cold CRI PullImage + CreateContainer + StartContainer through containerd 1.6's CRI
-# plugin, the kubelet's path, three ways on the same images, same registry, same run, alternating:
+# plugin, the kubelet's path, four ways on the same images, same registry, same run, alternating:
 #   kiln-store     snapshotter = "kiln", the image already in kiln's store: kiln unpacks it itself (the
 #                  remote-snapshot shortcut; containerd fetches only manifest and config)
-#   kiln-fallback  snapshotter = "kiln", kiln's store lacks it: containerd fetches the layers and its applier
+#   kiln-fetch     snapshotter = "kiln", kiln's store lacks it: kiln fetches it from the registry itself (by the
+#                  manifest digest CRI pulls) and unpacks it as it downloads; containerd fetches manifest and config
+#   kiln-fallback  the same with [registry] fetch_for_containerd = false: containerd fetches the layers and its applier
 #                  writes them into kiln's mounts
 #   overlayfs      containerd's own overlayfs snapshotter (the baseline)
 # Every run starts from an empty kilnd, docker-registry and containerd, all on tmpfs (/dev/shm); the pod sandbox

@@ -246,6 +246,11 @@ pub struct Registry {
     pub max_parallel_blobs: usize,
     /// Per registry, by `host[:port]` as references write it (`[registry.hosts."registry.local:5000"]`).
     pub hosts: std::collections::BTreeMap<String, RegistryHost>,
+    /// When containerd (through its CRI plugin) prepares a layer of an image kiln's store lacks, fetch the
+    /// image from the registry its `cri.image-ref` label names, by the manifest digest containerd pulls, and
+    /// unpack it kiln's way (default `true`). `false`, or any failure (a private registry whose credentials
+    /// only containerd has, say), leaves the layer to containerd's applier.
+    pub fetch_for_containerd: bool,
 }
 
 impl Default for Registry {
@@ -256,6 +261,7 @@ impl Default for Registry {
             read_timeout_secs: 60,
             max_parallel_blobs: 4,
             hosts: Default::default(),
+            fetch_for_containerd: true,
         }
     }
 }

@@ -137,7 +137,12 @@ struct World {
 
 impl World {
     fn start(on_kiln: bool) -> World {
-        let kilnd = Kilnd::start(&[]);
+        World::start_with(on_kiln, "")
+    }
+
+    /// [`start`](Self::start) with kilnd's TOML `config`.
+    fn start_with(on_kiln: bool, config: &str) -> World {
+        let kilnd = if config.is_empty() { Kilnd::start(&[]) } else { Kilnd::start_with_config(config, &[]) };
         let registry = Registry::start();
         let work = common::scratch();
         // The pause image: busybox sleeping (CRI kills the sandbox with SIGKILL).
@@ -237,13 +242,14 @@ async fn wait_until_none(w: &World, what: impl Fn(&pb::Info) -> bool) {
     }
 }
 
+/// With `fetch_for_containerd` off, an image kiln's store lacks is containerd's to fetch and apply.
 #[test]
 fn cri_pulls_and_runs_an_image_kiln_does_not_have() {
     if !tools_present() {
         return;
     }
     let started = Instant::now();
-    let w = World::start(true);
+    let w = World::start_with(true, "[registry]\nfetch_for_containerd = false\n");
     let layers = image_layers();
     let chains = chain_ids(&layers);
     let (_, config) = write_layout(&w.work.path().join("image"), &ImageSpec::with_layers(layers.clone()));
@@ -346,6 +352,49 @@ fn cri_pull_uses_kiln_store_when_it_has_the_layers() {
     eprintln!("cri_pull_uses_kiln_store_when_it_has_the_layers: {:?}", started.elapsed());
 }
 
+/// Issue 14: an image kiln's store lacks is fetched by kiln itself, from the registry CRI's `cri.image-ref`
+/// names, by the manifest digest containerd pulls, and unpacked as it downloads: containerd fetches manifest
+/// and config only, the registry serves each layer once (to kiln), kiln's store names the image
+/// `REPOSITORY@DIGEST`, and the pod runs on kiln's snapshots.
+#[test]
+fn cri_pull_of_an_image_kiln_lacks_is_fetched_by_kiln_from_the_registry() {
+    if !tools_present() {
+        return;
+    }
+    let w = World::start(true);
+    let layers = image_layers();
+    let chains = chain_ids(&layers);
+    let layout = w.work.path().join("image");
+    let (manifest, config) = write_layout(&layout, &ImageSpec::with_layers(layers.clone()));
+    let image = w.registry.push(&layout, "1", IMAGE_NAME, "1");
+    rt().block_on(async {
+        let mut cri = Cri::connect(&w.ctd.grpc_address()).await;
+        let image_ref = cri.pull(&image).await.unwrap_or_else(|e| panic!("PullImage: {e:?}\n{}", w.logs()));
+        assert_eq!(image_ref, config["digest"].as_str().unwrap());
+        let content = w.content();
+        for l in &layers {
+            let d = sha256(&l.blob);
+            assert!(!content.contains(&d), "containerd fetched layer {d}\n{}", w.logs());
+            assert_eq!(w.registry.blob_gets(&d).len(), 1, "layer {d}: one GET, kiln's\n{}", w.registry.log());
+        }
+        let pinned = format!("{}@{}", image.rsplit_once(':').unwrap().0, manifest["digest"].as_str().unwrap());
+        assert!(w.kilnd.store_entry(&pinned).is_some(), "kiln's store lacks {pinned}: {}", w.kilnd.index_json());
+        let infos: HashMap<String, pb::Info> = w.snapshots().await.into_iter().map(|i| (i.name.clone(), i)).collect();
+        let mut parent = String::new();
+        for c in &chains {
+            let name = format!("kiln/{c}");
+            let info = infos.get(&name).unwrap_or_else(|| panic!("no {name} in kiln: {infos:?}\n{}", w.logs()));
+            assert_eq!(info.kind, pb::Kind::Committed as i32, "{info:?}");
+            assert_eq!(info.parent, parent, "{info:?}");
+            parent = name;
+        }
+        let messages = run_pod(&w, &mut cri, "fetched", &image).await;
+        assert_ran(&messages, &w);
+        wait_until_none(&w, |i| i.kind != pb::Kind::Committed as i32).await;
+        cri.remove_image(&image).await.unwrap();
+    });
+}
+
 /// The baseline: the same pod on containerd's own overlayfs snapshotter shows the same rootfs.
 #[test]
 fn cri_runs_the_same_image_on_containerd_overlayfs() {
@@ -380,9 +429,10 @@ fn median(v: &mut [f64]) -> f64 {
 /// The benchmark `bench/cri.sh` runs (not a test: ignored, it asserts only that every run worked). Cold CRI
 /// `PullImage` + `CreateContainer` + `StartContainer` of each image of the layout `KILN_BENCH_LAYOUT` (ref
 /// names in `KILN_BENCH_IMAGES`, default `minbase stack`), `KILN_BENCH_RUNS` times (default 5), each run from an
-/// empty kilnd, registry and containerd on tmpfs, the three ways alternating: containerd on kiln with the image
-/// in kiln's store (kiln unpacks: the shortcut), on kiln without it (containerd fetches and applies into kiln's
-/// mounts), and on containerd's own overlayfs. The pod sandbox is started before the clock starts. Prints
+/// empty kilnd, registry and containerd on tmpfs, the four ways alternating: containerd on kiln with the image
+/// in kiln's store (kiln unpacks: the shortcut), on kiln without it (kiln fetches it from the registry and
+/// unpacks it as it downloads), on kiln without it and with `fetch_for_containerd` off (containerd fetches and
+/// applies into kiln's mounts), and on containerd's own overlayfs. The pod sandbox is started before the clock starts. Prints
 /// medians, min–max, ratios to overlayfs, and kilnd's peak RSS.
 #[test]
 #[ignore = "benchmark: run by bench/cri.sh"]
@@ -400,7 +450,7 @@ fn bench_cri_cold_pull_create_start() {
         .map(str::to_owned)
         .collect();
     let runs: usize = std::env::var("KILN_BENCH_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(5);
-    let modes = ["kiln-store", "kiln-fallback", "overlayfs"];
+    let modes = ["kiln-store", "kiln-fetch", "kiln-fallback", "overlayfs"];
     // (image, mode) → seconds per run; kilnd's peak RSS (KiB) per (image, mode).
     let mut times: HashMap<(String, &str), Vec<f64>> = HashMap::new();
     let mut rss: HashMap<(String, &str), u64> = HashMap::new();
@@ -408,7 +458,10 @@ fn bench_cri_cold_pull_create_start() {
         for image in &images {
             for k in 0..modes.len() {
                 let mode = modes[(run + k) % modes.len()];
-                let w = World::start(mode != "overlayfs");
+                let w = match mode {
+                    "kiln-fallback" => World::start_with(true, "[registry]\nfetch_for_containerd = false\n"),
+                    m => World::start(m != "overlayfs"),
+                };
                 let reference = w.registry.push(layout, image, &format!("bench/{image}"), "1");
                 if mode == "kiln-store" {
                     let out =

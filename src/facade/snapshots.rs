@@ -21,12 +21,15 @@
 //!   snapshot, one directory — and answers AlreadyExists. containerd then finds it with `List`
 //!   (`labels."containerd.io/snapshot.ref"==<ChainID>,parent==<name below>`), checks label and parent, and
 //!   neither downloads nor applies the layer. kiln needs the manifest (not only the layer blob) because it
-//!   checks every layer against the configuration's `rootfs.diff_ids` before trusting it. In every other case
-//!   (no such image here, a parent containerd applied itself, a bad blob here: logged) kiln is a plain
+//!   checks every layer against the configuration's `rootfs.diff_ids` before trusting it. When no store has
+//!   the manifest, kiln fetches it from the registry CRI's [`IMAGE_REF`] label names, by that digest, and
+//!   unpacks it as it downloads (`[registry] fetch_for_containerd`, on by default). In every other case
+//!   (the fetch failed, a parent containerd applied itself, a bad blob here: logged) kiln is a plain
 //!   snapshotter and containerd's applier writes into the active snapshot. Names under [`KILN_NAMES`] are
 //!   kiln's: containerd's own keys never take that form (`<namespace>/<number>/…`), and a key there is refused.
 //!
-//! May use: `snapshot`, `bundle::engine` (its snapshotter, the prefix, its unpack), `catalog`, `image`, `error`.
+//! May use: `snapshot`, `bundle::engine` (its snapshotter, the prefix, its unpack), `catalog`, `image`, `error`,
+//! `source` (registry references) and the facade's own pull.
 
 mod filter;
 
@@ -58,6 +61,8 @@ pub const TARGET: &str = "containerd.io/snapshot.ref";
 pub const MANIFEST: &str = "containerd.io/snapshot/cri.manifest-digest";
 /// CRI's label: the digest of this layer's blob.
 pub const LAYER: &str = "containerd.io/snapshot/cri.layer-digest";
+/// CRI's label: the image reference as pulled (`registry.example/app:v1`).
+pub const IMAGE_REF: &str = "containerd.io/snapshot/cri.image-ref";
 /// The names of the snapshots kiln commits itself for containerd: `kiln/<ChainID>`.
 pub const KILN_NAMES: &str = "kiln/";
 
@@ -158,7 +163,16 @@ impl Kiln {
             chain_id: target.to_owned(),
             reason: format!("label {MANIFEST}={manifest:?} is not a digest"),
         })?;
-        let (opened, img) = self.catalog.resolve(&Reference::Digest(digest), &ResolveOptions::default())?;
+        let (opened, img) = match self.catalog.resolve(&Reference::Digest(digest.clone()), &ResolveOptions::default()) {
+            Err(e) if e.kind() == crate::error::ErrorKind::NotFound => {
+                self.fetch_for_containerd(target, &digest, labels).map_err(|fetch| {
+                    tracing::info!(error = %crate::error::report(&fetch), chain_id = %target, "kiln could not fetch the image for containerd");
+                    Error::from(e)
+                })?;
+                self.catalog.resolve(&Reference::Digest(digest), &ResolveOptions::default())?
+            }
+            r => r?,
+        };
         let remote = |reason: String| Error::Remote { chain_id: target.to_owned(), reason };
         let index = img
             .layers
@@ -178,6 +192,24 @@ impl Kiln {
         }
         let below = below.as_deref().map(inner).transpose()?;
         self.engine.unpack_and_alias(&opened.store, &img, index, &inner(name)?, below.as_deref(), labels.clone())?;
+        Ok(())
+    }
+
+    /// Fetches manifest `digest` of the repository that CRI's [`IMAGE_REF`] label names from its registry, and
+    /// unpacks it as it downloads ([`pull_image`](Self::pull_image)), when `[registry] fetch_for_containerd`
+    /// allows. It is named in kiln's store `REPOSITORY@DIGEST` (the manifest containerd pulls, whatever the
+    /// tag points at by now).
+    fn fetch_for_containerd(&self, target: &str, digest: &Digest, labels: &Labels) -> Result<()> {
+        let remote = |reason: String| Error::Remote { chain_id: target.to_owned(), reason };
+        if !self.config.registry.fetch_for_containerd {
+            return Err(remote("registry.fetch_for_containerd is off".into()));
+        }
+        let image_ref = labels.get(IMAGE_REF).ok_or_else(|| remote(format!("no label {IMAGE_REF}")))?;
+        let named = crate::source::RegistryRef::parse(image_ref)?;
+        let pinned = format!("{}/{}@{digest}", named.registry(), named.repository());
+        let reference = Reference::Name(crate::source::RegistryRef::parse(&pinned)?.full());
+        tracing::info!(image = %pinned, chain_id = %target, "fetching an image for containerd");
+        self.pull_image(&reference, None, true, &|_| {}, &crate::cancel::Cancel::never())?;
         Ok(())
     }
 
