@@ -11,7 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let kiln = Kiln::open(kiln::config::Config::default())?; // recovery happens here, and is logged
     let latest = Reference::Name("latest".into());
     let never = Cancel::never();
-    kiln.pull(&latest, None, &|p| eprintln!("{}/{} layers", p.layers_done, p.layers_total), &never)?;
+    kiln.pull(&latest, None, &|p| eprintln!("{}/{} layers", p.unpack.layers_done, p.unpack.layers_total), &never)?;
     let id = BundleId::parse("web")?;
     let created = kiln.create_bundle(&id, "latest", &latest, None, &Default::default(), &never)?;
     println!("runc run --bundle {}", created.bundle.path.display());

@@ -7,10 +7,10 @@ use crate::image::{self, Platform, RefName, Reference, ResolveOptions, ResolvedI
 use crate::snapshot::{self, Kind, UnpackReport};
 use crate::source;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::snapshot::ApplyError;
-use crate::store::{Arrivals, Descriptor, Store};
+use crate::store::{ArrivalStatus, Arrivals, Descriptor, Store};
 
 use super::{Error, Kiln, Result};
 
@@ -52,6 +52,57 @@ pub struct Pulled {
     pub fetched: bool,
 }
 
+/// How far a pull is (for `Images.Pull`'s progress stream): the unpack's count, and each layer's download and
+/// extraction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PullProgress {
+    pub unpack: snapshot::Progress,
+    /// The image's layers, bottom first; empty until the image is resolved (a registry pull reads its
+    /// manifest first).
+    pub layers: Vec<LayerProgress>,
+}
+
+/// One layer of a [`PullProgress`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerProgress {
+    pub digest: Digest,
+    pub size: u64,
+    /// Bytes of the blob in the store or downloaded so far.
+    pub downloaded: u64,
+    /// Compressed bytes the unpack has read (the whole blob once its snapshot is committed).
+    pub extracted: u64,
+    /// Its snapshot is committed (by this pull, before it, or by another request).
+    pub committed: bool,
+}
+
+impl PullProgress {
+    /// The bytes downloaded and to download, over the layers.
+    pub fn downloaded(&self) -> (u64, u64) {
+        self.layers.iter().fold((0, 0), |(d, t), l| (d + l.downloaded, t + l.size))
+    }
+
+    /// For an image whose blobs are all in the store: what the unpack says, per layer.
+    fn stored(img: &ResolvedImage, unpack: snapshot::Progress) -> PullProgress {
+        let layers = img
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let committed = i < unpack.layers_done;
+                let size = l.descriptor.size;
+                LayerProgress {
+                    digest: l.descriptor.digest.clone(),
+                    size,
+                    downloaded: size,
+                    extracted: if committed { size } else { 0 },
+                    committed,
+                }
+            })
+            .collect();
+        PullProgress { unpack, layers }
+    }
+}
+
 /// The layer blobs of a pull in progress: in the store, or followed as they download.
 struct Following<'a> {
     store: &'a Store,
@@ -61,6 +112,53 @@ struct Following<'a> {
 impl snapshot::LayerBlobs for Following<'_> {
     fn open_layer(&self, layer: &image::Layer) -> std::result::Result<Box<dyn std::io::Read + Send>, ApplyError> {
         self.arrivals.open(self.store, &layer.descriptor).map_err(|e| ApplyError::new(e.kind(), e))
+    }
+}
+
+/// How often a pull that downloads reports progress besides the unpack's own reports.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// A downloading pull's progress: the layers (once resolved) and the unpack's last report, with each layer's
+/// download and extraction read from the arrivals.
+struct Meter<'a> {
+    arrivals: &'a Arc<Arrivals>,
+    progress: &'a (dyn Fn(PullProgress) + Sync),
+    state: Mutex<(Vec<(Digest, u64)>, snapshot::Progress)>,
+}
+
+impl Meter<'_> {
+    fn resolved(&self, img: &ResolvedImage) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.0 = img.layers.iter().map(|l| (l.descriptor.digest.clone(), l.descriptor.size)).collect();
+    }
+
+    /// Reports now, with the unpack's new report if there is one.
+    fn tick(&self, unpack: Option<snapshot::Progress>) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(u) = unpack {
+            st.1 = u;
+        }
+        let layers = st
+            .0
+            .iter()
+            .enumerate()
+            .map(|(i, (digest, size))| {
+                let committed = i < st.1.layers_done;
+                // A blob this pull does not write was in the store already.
+                let s =
+                    self.arrivals.status(digest).unwrap_or(ArrivalStatus { written: *size, read: 0, complete: true });
+                LayerProgress {
+                    digest: digest.clone(),
+                    size: *size,
+                    downloaded: s.written,
+                    extracted: if committed { *size } else { s.read },
+                    committed,
+                }
+            })
+            .collect();
+        let p = PullProgress { unpack: st.1, layers };
+        drop(st);
+        (self.progress)(p);
     }
 }
 
@@ -167,7 +265,7 @@ impl Kiln {
         &self,
         reference: &Reference,
         platform: Option<Platform>,
-        progress: &(dyn Fn(snapshot::Progress) + Sync),
+        progress: &(dyn Fn(PullProgress) + Sync),
         cancel: &Cancel,
     ) -> Result<Pulled> {
         self.pull_image(reference, platform, true, progress, cancel)
@@ -186,7 +284,7 @@ impl Kiln {
         reference: &Reference,
         platform: Option<Platform>,
         unpack: bool,
-        progress: &(dyn Fn(snapshot::Progress) + Sync),
+        progress: &(dyn Fn(PullProgress) + Sync),
         cancel: &Cancel,
     ) -> Result<Pulled> {
         let remote = match reference {
@@ -211,7 +309,8 @@ impl Kiln {
             }
         };
         let report = if unpack {
-            self.engine.unpack_cancellable(&store, &image, progress, cancel)?
+            let report = |p: snapshot::Progress| progress(PullProgress::stored(&image, p));
+            self.engine.unpack_cancellable(&store, &image, &report, cancel)?
         } else {
             UnpackReport::default()
         };
@@ -229,10 +328,11 @@ impl Kiln {
         remote: &source::RegistryRef,
         full: &Reference,
         platform: Option<Platform>,
-        progress: &(dyn Fn(snapshot::Progress) + Sync),
+        progress: &(dyn Fn(PullProgress) + Sync),
         cancel: &Cancel,
     ) -> Result<Pulled> {
         let arrivals = Arrivals::new();
+        let meter = Meter { arrivals: &arrivals, progress, state: Mutex::new((Vec::new(), Default::default())) };
         let failed = Arc::new(AtomicBool::new(false));
         let cancel = cancel.or(failed.clone(), "another part of the pull failed");
         let (fetched, unpacked) = std::thread::scope(|s| {
@@ -251,8 +351,24 @@ impl Kiln {
                 let store = self.catalog.content_store()?;
                 let opts = ResolveOptions { platform: platform.clone(), ..Default::default() };
                 let image = image::resolve_descriptor(&store, full, &top, &opts)?;
+                meter.resolved(&image);
                 let blobs = Following { store: &store, arrivals: &arrivals };
-                Ok(Some(self.engine.unpack_cancellable(&blobs, &image, progress, &cancel)?))
+                // The downloads move between the unpack's reports: a look every PROGRESS_EVERY, until the
+                // unpack ends (it drops `stop`, which wakes the ticker at once).
+                let (stop, stopped) = std::sync::mpsc::channel::<()>();
+                let r = std::thread::scope(|s| {
+                    let meter = &meter;
+                    s.spawn(move || {
+                        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(PROGRESS_EVERY)
+                        {
+                            meter.tick(None);
+                        }
+                    });
+                    let r = self.engine.unpack_cancellable(&blobs, &image, &|p| meter.tick(Some(p)), &cancel);
+                    drop(stop);
+                    r
+                });
+                Ok(Some(r?))
             })();
             if unpacked.is_err() {
                 failed.store(true, Ordering::Relaxed);

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use bundles::Created;
-pub use images::{ImageDetails, Listed, Pulled};
+pub use images::{ImageDetails, LayerProgress, Listed, PullProgress, Pulled};
 pub use snapshots::{CtrInfo, Filters};
 pub use system::{FsckItem, Info};
 

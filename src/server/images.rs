@@ -76,7 +76,7 @@ impl pb::images_server::Images for ImagesService {
         // Progress is lossy (the latest wins) and never waits for the caller: the unpack holds the GC lock shared
         // and may lead a single flight other requests wait on.
         let stream = admission::stream(ticket, move |t, progress| {
-            let report = |p: crate::snapshot::Progress| progress.report(wire::pull_progress(&p));
+            let report = |p: crate::facade::PullProgress| progress.report(wire::pull_progress(&p));
             let pulled = d
                 .kiln
                 .pull_image(&reference, platform, !req.no_unpack, &report, &t.cancel())

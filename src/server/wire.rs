@@ -86,14 +86,29 @@ pub fn image(got: &crate::facade::ImageDetails, reference: &str) -> pb::GetImage
     }
 }
 
-pub fn pull_progress(p: &crate::snapshot::Progress) -> pb::PullProgress {
+pub fn pull_progress(p: &crate::facade::PullProgress) -> pb::PullProgress {
+    let (downloaded, total) = p.downloaded();
+    let u = &p.unpack;
     pb::PullProgress {
-        layers_done: p.layers_done as u32,
-        layers_total: p.layers_total as u32,
-        bytes_done: int(p.bytes_done),
-        bytes_total: int(p.bytes_total),
+        layers_done: u.layers_done as u32,
+        layers_total: u.layers_total as u32,
+        bytes_done: int(u.bytes_done),
+        bytes_total: int(u.bytes_total),
         done: false,
         chain_id: String::new(),
+        download_bytes_done: int(downloaded),
+        download_bytes_total: int(total),
+        layers: p
+            .layers
+            .iter()
+            .map(|l| pb::LayerProgress {
+                digest: l.digest.to_string(),
+                size: int(l.size),
+                downloaded: int(l.downloaded),
+                extracted: int(l.extracted),
+                committed: l.committed,
+            })
+            .collect(),
         ..Default::default()
     }
 }
@@ -112,6 +127,9 @@ pub fn pulled(pulled: &crate::facade::Pulled) -> pb::PullProgress {
         chain_id: img.chain_id().map(|c| c.to_string()).unwrap_or_default(),
         ref_name: pulled.ref_name.clone(),
         fetched: pulled.fetched,
+        download_bytes_done: bytes,
+        download_bytes_total: bytes,
+        layers: vec![],
     }
 }
 

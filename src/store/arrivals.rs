@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -60,6 +61,19 @@ struct Growing {
     file: File,
     state: Mutex<Grown>,
     cv: Condvar,
+    /// The furthest a follower has read (for progress).
+    read: AtomicU64,
+}
+
+/// How far one blob of a pull is: see [`Arrivals::status`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Status {
+    /// Bytes in the ingest file (all of them once it is in the store).
+    pub written: u64,
+    /// The furthest a follower has read.
+    pub read: u64,
+    /// Verified and in `blobs/`.
+    pub complete: bool,
 }
 
 #[derive(Default)]
@@ -124,7 +138,12 @@ impl Arrivals {
 
     /// The writer starts blob `digest` in the ingest file `file` (opened for reading).
     pub(super) fn begin(&self, digest: &Digest, file: File) -> Publishing {
-        let growing = Arc::new(Growing { file, state: Mutex::new(Grown::default()), cv: Condvar::new() });
+        let growing = Arc::new(Growing {
+            file,
+            state: Mutex::new(Grown::default()),
+            cv: Condvar::new(),
+            read: AtomicU64::new(0),
+        });
         // A later write of the same digest (after a failed one) replaces it; followers of the failed one keep
         // theirs and see its error.
         self.lock().blobs.insert(digest.clone(), growing.clone());
@@ -148,6 +167,14 @@ impl Arrivals {
         }
         drop(st);
         self.cv.notify_all();
+    }
+
+    /// How far blob `digest` is, when this pull writes it (`None`: not started, or not this pull's to write).
+    pub fn status(&self, digest: &Digest) -> Option<Status> {
+        let g = self.lock().blobs.get(digest)?.clone();
+        let read = g.read.load(Ordering::Relaxed);
+        let st = g.lock();
+        Some(Status { written: st.written, read, complete: matches!(st.done, Some(Ok(()))) })
     }
 
     /// Waits for [`documents_written`](Self::documents_written); `None` when the pull closed first.
@@ -217,6 +244,7 @@ impl Read for Follow {
                     )));
                 }
                 self.pos += got as u64;
+                self.growing.read.fetch_max(self.pos, Ordering::Relaxed);
                 return Ok(got);
             }
             match &g.done {

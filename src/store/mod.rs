@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 
-pub use arrivals::Arrivals;
+pub use arrivals::{Arrivals, Status as ArrivalStatus};
 pub use descriptor::*;
 pub use json::from_slice_strict;
 pub use write::{init_layout, sweep_ingest, BlobPins, BlobReport, IndexLock, LayoutWriter, INGEST_DIR};

@@ -121,7 +121,7 @@ async fn follow<T>(
         let msg = match msg {
             Ok(m) => m,
             Err(e) => {
-                meter.finish(last);
+                meter.finish(&last);
                 return Err(e.into());
             }
         };
@@ -134,13 +134,13 @@ async fn follow<T>(
             }
             last.items = last.items.max(last.items_total);
             last.bytes = last.bytes.max(last.bytes_total);
-            meter.finish(last);
+            meter.finish(&last);
             return Ok(msg);
         }
         last = step(&msg);
-        meter.update(last);
+        meter.update(&last);
     }
-    meter.finish(last);
+    meter.finish(&last);
     anyhow::bail!("kilnd closed the stream before it finished")
 }
 
@@ -183,6 +183,7 @@ pub async fn import(remote: &Remote, source: &str, name: &str, source_ref: &str,
         items_total: m.blobs_total.into(),
         bytes: u64::try_from(m.bytes_done).unwrap_or(0),
         bytes_total: u64::try_from(m.bytes_total).unwrap_or(0),
+        ..Default::default()
     };
     let last = follow(stream, meter, |m| m.done, step).await?;
     // One line per image imported (a reply without the list is from a kilnd that named only the one).
@@ -209,11 +210,24 @@ pub async fn pull(remote: &Remote, reference: &str, p: Option<&str>, no_unpack: 
     let req = pb::PullImageRequest { reference: reference.into(), platform: platform(p)?, no_unpack };
     let stream = c.pull(req).await?.into_inner();
     let meter = crate::progress::Meter::new(remote.progress, remote.json, "pull", "layers");
+    let n = |v: i64| u64::try_from(v).unwrap_or(0);
     let step = |m: &pb::PullProgress| crate::progress::Step {
         items: m.layers_done.into(),
         items_total: m.layers_total.into(),
-        bytes: u64::try_from(m.bytes_done).unwrap_or(0),
-        bytes_total: u64::try_from(m.bytes_total).unwrap_or(0),
+        bytes: n(m.bytes_done),
+        bytes_total: n(m.bytes_total),
+        downloaded: (n(m.download_bytes_done), n(m.download_bytes_total)),
+        layers: m
+            .layers
+            .iter()
+            .map(|l| crate::progress::LayerStep {
+                digest: l.digest.clone(),
+                size: n(l.size),
+                downloaded: n(l.downloaded),
+                extracted: n(l.extracted),
+                committed: l.committed,
+            })
+            .collect(),
     };
     let last = follow(stream, meter, |m| m.done, step).await?;
     // The name in the store: a registry reference's full form (a kilnd that predates it sends none).
