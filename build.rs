@@ -14,6 +14,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("kiln_descriptor.bin"))
+        // Its Debug is `api.rs`'s, which hides the secrets (a request may be logged with `?`).
+        .skip_debug([".kiln.v1.RegistryCredentials"])
         .compile_protos(&protos, &["proto"])?;
     // Separately, so that kilnd.sock's reflection (kiln_descriptor) keeps describing kiln.v1 only.
     tonic_prost_build::configure()

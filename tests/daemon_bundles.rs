@@ -121,7 +121,12 @@ fn bundles_pull_and_gc() {
 
         // Pull: progress, then done with the ChainID; Get then says unpacked.
         let mut s = images
-            .pull(pb::PullImageRequest { reference: "busybox".into(), platform: None, no_unpack: false })
+            .pull(pb::PullImageRequest {
+                reference: "busybox".into(),
+                platform: None,
+                no_unpack: false,
+                credentials: None,
+            })
             .await
             .unwrap()
             .into_inner();

@@ -71,7 +71,7 @@ async fn import(ch: &Channel, source: &str, name: &str) -> Result<String, tonic:
 async fn pull(ch: &Channel, reference: &str) -> Result<String, tonic::Status> {
     let mut c = ImagesClient::new(ch.clone());
     let mut s = c
-        .pull(pb::PullImageRequest { reference: reference.into(), platform: None, no_unpack: false })
+        .pull(pb::PullImageRequest { reference: reference.into(), platform: None, no_unpack: false, credentials: None })
         .await?
         .into_inner();
     while let Some(m) = s.next().await {
@@ -213,7 +213,12 @@ fn unread_pull_and_import_streams_stall_nobody() {
             attacker
                 .call(
                     "/kiln.v1.Images/Pull",
-                    &pb::PullImageRequest { reference: "many:1".into(), platform: None, no_unpack: false },
+                    &pb::PullImageRequest {
+                        reference: "many:1".into(),
+                        platform: None,
+                        no_unpack: false,
+                        credentials: None,
+                    },
                 )
                 .await;
         }
@@ -784,7 +789,12 @@ fn a_pull_whose_caller_leaves_stops_between_layers() {
         let mut images = ImagesClient::new(ch.clone());
         let started = Instant::now();
         let mut s = images
-            .pull(pb::PullImageRequest { reference: "many:1".into(), platform: None, no_unpack: false })
+            .pull(pb::PullImageRequest {
+                reference: "many:1".into(),
+                platform: None,
+                no_unpack: false,
+                credentials: None,
+            })
             .await
             .unwrap()
             .into_inner();
@@ -806,6 +816,7 @@ fn a_pull_whose_caller_leaves_stops_between_layers() {
                     reference: "nothing-by-this-name:1".into(),
                     platform: None,
                     no_unpack: false,
+                    credentials: None,
                 })
                 .await;
             if let Ok(s) = probe.as_mut() {
@@ -852,14 +863,24 @@ fn a_pull_another_request_waits_on_finishes_when_its_caller_leaves() {
         let ch = kiln::client::connect(&addr).await.unwrap();
         import(&ch, &source, "many:1").await.unwrap();
         let mut leader = ImagesClient::new(ch.clone())
-            .pull(pb::PullImageRequest { reference: "many:1".into(), platform: None, no_unpack: false })
+            .pull(pb::PullImageRequest {
+                reference: "many:1".into(),
+                platform: None,
+                no_unpack: false,
+                credentials: None,
+            })
             .await
             .unwrap()
             .into_inner();
         leader.next().await.unwrap().unwrap();
         // The follower's first message comes after it claimed its layers (the leader's flights).
         let mut follower = ImagesClient::new(ch.clone())
-            .pull(pb::PullImageRequest { reference: "many:1".into(), platform: None, no_unpack: false })
+            .pull(pb::PullImageRequest {
+                reference: "many:1".into(),
+                platform: None,
+                no_unpack: false,
+                credentials: None,
+            })
             .await
             .unwrap()
             .into_inner();

@@ -498,3 +498,182 @@ fn a_tls_registry_is_trusted_through_its_ca_file_and_refused_with_another_ca() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains(path_str(&bad)) && err.contains("ca_file"), "{}", common::output(&o));
 }
+
+// ---- per-request credentials (`Images.Pull`'s `credentials`, `kiln image pull --creds`) ----
+
+fn request_creds(user: &str, password: &str) -> Option<kiln::api::v1::RegistryCredentials> {
+    Some(kiln::api::v1::RegistryCredentials {
+        username: user.into(),
+        password: password.into(),
+        identity_token: String::new(),
+    })
+}
+
+/// `Images.Pull` of `name` (no unpack) with `credentials`, to its end: the final message, or the status.
+fn grpc_pull(
+    k: &Kilnd,
+    name: &str,
+    credentials: Option<kiln::api::v1::RegistryCredentials>,
+) -> Result<kiln::api::v1::PullProgress, tonic::Status> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+        let ch = kiln::client::connect(&k.address()).await.unwrap();
+        let mut c = kiln::api::v1::images_client::ImagesClient::new(ch);
+        let req =
+            kiln::api::v1::PullImageRequest { reference: name.into(), platform: None, no_unpack: true, credentials };
+        let mut s = c.pull(req).await?.into_inner();
+        loop {
+            match s.message().await? {
+                Some(m) if m.done => return Ok(m),
+                Some(_) => {}
+                None => panic!("Images.Pull of {name}: the stream ended without a final message"),
+            }
+        }
+    })
+}
+
+#[test]
+fn per_request_credentials_pull_from_a_basic_auth_registry_and_override_the_auth_file() {
+    if !ready() || !common::require_tool("htpasswd") {
+        return;
+    }
+    let reg = Registry::start_with(Some(("kiln", "s3cret")));
+    let src = common::scratch();
+    layout(src.path(), "per request");
+    for tag in ["v1", "v2", "v3", "v4"] {
+        reg.push_with(src.path(), "v1", &format!("private/app:{tag}"), &[]);
+    }
+    let name = |tag: &str| format!("{}/private/app:{tag}", reg.host);
+
+    // No auth file: the request's credentials are all there is.
+    let k = Kilnd::start(&[]);
+    let got = grpc_pull(&k, &name("v1"), request_creds("kiln", "s3cret")).expect("pull with the request's credentials");
+    assert!(got.fetched && got.ref_name == name("v1"), "{got:?}");
+    assert!(k.store_entry(&name("v1")).is_some(), "{}", k.index_json());
+
+    // A wrong password: denied, naming the registry, the reference and that the credentials were the request's
+    // (and the user), never the password.
+    let e = grpc_pull(&k, &name("v2"), request_creds("kiln", "wrong-pw")).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    let msg = e.message();
+    assert!(msg.contains(&reg.host) && msg.contains(&name("v2")) && msg.contains("denied"), "{msg}");
+    assert!(msg.contains("the request's credentials (user \"kiln\")") && !msg.contains("wrong-pw"), "{msg}");
+    assert!(k.store_entry(&name("v2")).is_none());
+
+    // Half a pair, or a field over 4 KiB: refused before anything is sent, naming the field.
+    let e = grpc_pull(&k, &name("v2"), request_creds("kiln", "")).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("credentials.password"), "{e:?}");
+    let e = grpc_pull(&k, &name("v2"), request_creds("kiln", &"x".repeat(4097))).unwrap_err();
+    assert!(e.code() == tonic::Code::InvalidArgument && e.message().contains("credentials.password"), "{e:?}");
+    // Every field empty is no credentials: anonymous, as without the field.
+    let e = grpc_pull(&k, &name("v2"), request_creds("", "")).unwrap_err();
+    assert!(e.code() == tonic::Code::PermissionDenied && e.message().contains("anonymous"), "{e:?}");
+
+    // Already in the store: nothing is fetched, and the credentials (wrong here) are not looked at.
+    let got = grpc_pull(&k, &name("v1"), request_creds("kiln", "wrong-pw")).expect("present image");
+    assert!(!got.fetched, "{got:?}");
+    // Neither password reached kilnd's log.
+    assert!(!k.log().contains("s3cret") && !k.log().contains("wrong-pw"), "{}", k.log());
+    drop(k);
+
+    // An auth file whose entry is wrong: it alone is refused; the request's credentials win over it.
+    let dir = common::scratch();
+    let file = auth_file(dir.path(), &reg.host, "kiln:wrong");
+    let k = Kilnd::start_with_config(&format!("[registry]\nauth_file = \"{}\"\n", file.display()), &[]);
+    let e = grpc_pull(&k, &name("v2"), None).unwrap_err();
+    assert!(e.code() == tonic::Code::PermissionDenied && e.message().contains(path_str(&file)), "{e:?}");
+    let got = grpc_pull(&k, &name("v2"), request_creds("kiln", "s3cret")).expect("request's credentials win");
+    assert!(got.fetched, "{got:?}");
+
+    // The CLI: `--creds USER:PASSWORD` (unpacking while it downloads), and `--creds USER` with the password on
+    // stdin.
+    let o = k.kiln(&["image", "pull", "--creds", "kiln:s3cret", &name("v3")]);
+    assert!(o.status.success(), "{}", common::output(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("fetched {}", name("v3"))), "{}", common::output(&o));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["--address", &k.address(), "image", "pull", "--no-unpack", "--creds", "kiln", &name("v4")])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kiln");
+    child.stdin.take().unwrap().write_all(b"s3cret\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", common::output(&o));
+    assert!(k.store_entry(&name("v4")).is_some(), "{}", k.index_json());
+    // No password on stdin (the tests' stdin is empty): an error saying how to give it.
+    let o = k.kiln(&["image", "pull", "--creds", "kiln", &name("v5")]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--creds kiln: no password"), "{}", common::output(&o));
+    assert!(!k.log().contains("s3cret"), "{}", k.log());
+}
+
+/// A token from `issuer` for pulling `repository`, asked for as `user:password` (what a caller that got an
+/// identity token elsewhere would hold).
+fn issued_token(issuer: &TokenIssuer, user_password: &str, repository: &str) -> String {
+    let url = issuer.realm.strip_prefix("http://").unwrap();
+    let (host, path) = url.split_once('/').unwrap();
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    write!(
+        s,
+        "GET /{path}?service={SERVICE}&scope=repository:{repository}:pull HTTP/1.1\r\nHost: {host}\r\nAuthorization: \
+         Basic {}\r\nConnection: close\r\n\r\n",
+        common::base64(user_password.as_bytes())
+    )
+    .unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut s, &mut answer).unwrap();
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"));
+    v["token"].as_str().unwrap_or_else(|| panic!("no token: {answer}")).to_owned()
+}
+
+#[test]
+fn per_request_credentials_and_identity_tokens_work_with_a_token_registry() {
+    if !ready() {
+        return;
+    }
+    let work = common::scratch();
+    let issuer = TokenIssuer::start(work.path(), "alice", "pw");
+    let reg = Registry::start_opts(Options {
+        auth: Some(issuer.registry_auth()),
+        push_credentials: Some(("alice", "pw")),
+        ..Default::default()
+    });
+    let src = common::scratch();
+    layout(src.path(), "token per request");
+    for tag in ["v1", "v2"] {
+        reg.push_with(src.path(), "v1", &format!("private/app:{tag}"), &[]);
+    }
+    let name = |tag: &str| format!("{}/private/app:{tag}", reg.host);
+    let k = Kilnd::start(&[]);
+
+    // User and password go to the issuer the challenge names; one token serves the pull.
+    let before = issuer.requests().len();
+    let got = grpc_pull(&k, &name("v1"), request_creds("alice", "pw")).expect("pull with the request's credentials");
+    assert!(got.fetched, "{got:?}");
+    let asked = &issuer.requests()[before..];
+    assert!(asked.len() == 1 && asked[0].granted && asked[0].user.as_deref() == Some("alice"), "{asked:?}");
+
+    // Refused by the issuer: denied, saying whose credentials.
+    let e = grpc_pull(&k, &name("v2"), request_creds("alice", "nope")).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("the request's credentials (user \"alice\")") && e.message().contains(&reg.host));
+
+    // An identity token the registry accepts is sent as it is: the issuer is not asked.
+    let token = issued_token(&issuer, "alice:pw", "private/app");
+    let before = issuer.requests().len();
+    let creds = kiln::api::v1::RegistryCredentials { identity_token: token.clone(), ..Default::default() };
+    let got = grpc_pull(&k, &name("v2"), Some(creds)).expect("pull with an identity token");
+    assert!(got.fetched, "{got:?}");
+    assert_eq!(issuer.requests().len(), before, "{:?}", issuer.requests());
+    // A token with a user: refused, naming the fields.
+    let creds = kiln::api::v1::RegistryCredentials {
+        username: "alice".into(),
+        identity_token: token.clone(),
+        ..Default::default()
+    };
+    let e = grpc_pull(&k, &name("v2"), Some(creds)).unwrap_err();
+    assert!(e.code() == tonic::Code::InvalidArgument && e.message().contains("credentials.identity_token"), "{e:?}");
+    assert!(!k.log().contains(&token), "{}", k.log());
+}

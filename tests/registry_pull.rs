@@ -260,7 +260,12 @@ fn a_tampered_blob_is_data_loss_and_nothing_is_committed() {
     let code = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
         let ch = kiln::client::connect(&k.address()).await.unwrap();
         let mut c = kiln::api::v1::images_client::ImagesClient::new(ch);
-        let req = kiln::api::v1::PullImageRequest { reference: name.clone(), platform: None, no_unpack: false };
+        let req = kiln::api::v1::PullImageRequest {
+            reference: name.clone(),
+            platform: None,
+            no_unpack: false,
+            credentials: None,
+        };
         match c.pull(req).await {
             Err(s) => s.code(),
             Ok(r) => {

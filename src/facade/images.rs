@@ -268,7 +268,7 @@ impl Kiln {
         progress: &(dyn Fn(PullProgress) + Sync),
         cancel: &Cancel,
     ) -> Result<Pulled> {
-        self.pull_image(reference, platform, true, progress, cancel)
+        self.pull_image(reference, platform, true, None, progress, cancel)
     }
 
     /// Resolves `reference` in the catalog and, with `unpack`, unpacks its layers into committed snapshots.
@@ -276,7 +276,8 @@ impl Kiln {
     /// A registry reference ([`source::RegistryRef::detect`]: `docker://NAME`, or a name whose first component
     /// is a host) that resolves neither as written nor under its full form (`docker.io/library/busybox:latest`)
     /// is fetched from its registry first, with the `[registry]` settings, into the content store under that
-    /// full form ([`fetch`](Self::fetch)). A cancelled pull stops before its next blob or layer, unless another
+    /// full form ([`fetch`](Self::fetch)), with `credentials` (the request's) for that registry when given. A
+    /// cancelled pull stops before its next blob or layer, unless another
     /// request waits on a layer it leads; what stays is verified blobs and committed snapshots, never
     /// half-written or half-applied ones. `progress` must return at once.
     pub fn pull_image(
@@ -284,6 +285,7 @@ impl Kiln {
         reference: &Reference,
         platform: Option<Platform>,
         unpack: bool,
+        credentials: Option<source::Credentials>,
         progress: &(dyn Fn(PullProgress) + Sync),
         cancel: &Cancel,
     ) -> Result<Pulled> {
@@ -300,9 +302,11 @@ impl Kiln {
                     .find_map(|r| self.resolve(r, platform.clone()).ok().map(|got| (r.to_string(), got)));
                 match local {
                     Some((name, got)) => (name, false, got),
-                    None if unpack => return self.fetch_unpacking(&remote, &full, platform, progress, cancel),
+                    None if unpack => {
+                        return self.fetch_unpacking(&remote, &full, platform, credentials, progress, cancel)
+                    }
                     None => {
-                        let name = self.fetch(&remote, platform.clone(), cancel)?;
+                        let name = self.fetch(&remote, platform.clone(), credentials, cancel)?;
                         (name, true, self.resolve(&full, platform)?)
                     }
                 }
@@ -328,6 +332,7 @@ impl Kiln {
         remote: &source::RegistryRef,
         full: &Reference,
         platform: Option<Platform>,
+        credentials: Option<source::Credentials>,
         progress: &(dyn Fn(PullProgress) + Sync),
         cancel: &Cancel,
     ) -> Result<Pulled> {
@@ -338,7 +343,7 @@ impl Kiln {
         let (fetched, unpacked) = std::thread::scope(|s| {
             let fetcher = s.spawn(|| {
                 let closing = Closing(&arrivals);
-                let r = self.fetch_with(remote, platform.clone(), Some(arrivals.clone()), &cancel);
+                let r = self.fetch_with(remote, platform.clone(), credentials, Some(arrivals.clone()), &cancel);
                 if let Err(e) = &r {
                     failed.store(true, Ordering::Relaxed);
                     arrivals.close(&crate::error::report(e));
@@ -389,14 +394,16 @@ impl Kiln {
 
     /// Fetches the image `reference` names from its registry into the content store, named by the
     /// reference's full form (with an `io.containerd.image.name` annotation saying the same), and returns that
-    /// name. An index is fetched whole; it must have an image for `platform` (default: this host).
+    /// name. An index is fetched whole; it must have an image for `platform` (default: this host). `credentials`
+    /// (the request's) replace the auth file's entry for the reference's registry, not its mirrors'.
     pub fn fetch(
         &self,
         reference: &source::RegistryRef,
         platform: Option<Platform>,
+        credentials: Option<source::Credentials>,
         cancel: &Cancel,
     ) -> Result<String> {
-        self.fetch_with(reference, platform, None, cancel)
+        self.fetch_with(reference, platform, credentials, None, cancel)
     }
 
     /// [`fetch`](Self::fetch), publishing each blob in `arrivals` while it is written.
@@ -404,12 +411,14 @@ impl Kiln {
         &self,
         reference: &source::RegistryRef,
         platform: Option<Platform>,
+        credentials: Option<source::Credentials>,
         arrivals: Option<Arc<Arrivals>>,
         cancel: &Cancel,
     ) -> Result<String> {
         let r = &self.config.registry;
         let settings = source::RegistrySettings {
             auth_file: r.auth_file.clone(),
+            request_credentials: credentials,
             insecure: r.hosts.iter().filter(|(_, h)| h.insecure).map(|(k, _)| k.clone()).collect(),
             mirrors: r
                 .hosts

@@ -209,7 +209,7 @@ impl Kiln {
         let pinned = format!("{}/{}@{digest}", named.registry(), named.repository());
         let reference = Reference::Name(crate::source::RegistryRef::parse(&pinned)?.full());
         tracing::info!(image = %pinned, chain_id = %target, "fetching an image for containerd");
-        self.pull_image(&reference, None, true, &|_| {}, &crate::cancel::Cancel::never())?;
+        self.pull_image(&reference, None, true, None, &|_| {}, &crate::cancel::Cancel::never())?;
         Ok(())
     }
 

@@ -72,6 +72,7 @@ impl pb::images_server::Images for ImagesService {
         let ticket = self.daemon.gates.admit(Kind::Pull, "Images.Pull", &req)?;
         let req = req.into_inner();
         let (reference, platform) = (wire::reference(&req.reference)?, wire::platform_in(req.platform.as_ref())?);
+        let credentials = wire::registry_credentials(req.credentials.as_ref())?;
         let d = self.daemon.clone();
         // Progress is lossy (the latest wins) and never waits for the caller: the unpack holds the GC lock shared
         // and may lead a single flight other requests wait on.
@@ -79,7 +80,7 @@ impl pb::images_server::Images for ImagesService {
             let report = |p: crate::facade::PullProgress| progress.report(wire::pull_progress(&p));
             let pulled = d
                 .kiln
-                .pull_image(&reference, platform, !req.no_unpack, &report, &t.cancel())
+                .pull_image(&reference, platform, !req.no_unpack, credentials, &report, &t.cancel())
                 .map_err(|e| failed(t, e))?;
             Ok(wire::pulled(&pulled))
         });

@@ -4,6 +4,7 @@ use tonic::Status;
 
 use crate::api::v1 as pb;
 use crate::image::{Platform, Reference, ResolvedImage};
+use crate::source;
 use crate::store::Descriptor;
 
 pub fn descriptor(d: &Descriptor) -> pb::Descriptor {
@@ -41,6 +42,39 @@ pub fn platform_in(p: Option<&pb::Platform>) -> Result<Option<Platform>, Status>
 
 pub fn reference(r: &str) -> Result<Reference, Status> {
     Reference::parse(r).map_err(|e| super::status_of(&e))
+}
+
+/// Longest field of a request's `credentials`.
+pub const MAX_CREDENTIAL_FIELD: usize = 4096;
+
+/// A pull's `credentials`: `None` when unset or every field is empty (the auth file's, then). A user without a
+/// password or the reverse, a token with either, or a field over [`MAX_CREDENTIAL_FIELD`] is refused, naming
+/// the field and never its value.
+pub fn registry_credentials(c: Option<&pb::RegistryCredentials>) -> Result<Option<source::Credentials>, Status> {
+    let Some(c) = c else { return Ok(None) };
+    let fields = [("username", &c.username), ("password", &c.password), ("identity_token", &c.identity_token)];
+    for (name, value) in fields {
+        if value.len() > MAX_CREDENTIAL_FIELD {
+            return Err(Status::invalid_argument(format!(
+                "credentials.{name}: {} bytes, over the cap of {MAX_CREDENTIAL_FIELD}",
+                value.len()
+            )));
+        }
+    }
+    let missing = |set: &str, unset: &str| {
+        Status::invalid_argument(format!("credentials.{unset} is empty while credentials.{set} is set: give both"))
+    };
+    match (c.username.is_empty(), c.password.is_empty(), c.identity_token.is_empty()) {
+        (true, true, true) => Ok(None),
+        (false, false, true) => Ok(Some(source::Credentials::from_request(&c.username, &c.password))),
+        (true, true, false) => Ok(Some(source::Credentials::from_request_token(&c.identity_token))),
+        (false, true, true) => Err(missing("username", "password")),
+        (true, false, true) => Err(missing("password", "username")),
+        (_, _, false) => Err(Status::invalid_argument(
+            "credentials.identity_token is set together with credentials.username or credentials.password: give \
+             one or the other",
+        )),
+    }
 }
 
 fn int(v: u64) -> i64 {
@@ -270,5 +304,52 @@ pub fn fsck_item(i: &crate::facade::FsckItem) -> pb::FsckImage {
         differences: i.differences.clone(),
         repaired: i.repaired,
         error: i.error.clone().unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn creds(username: &str, password: &str, identity_token: &str) -> pb::RegistryCredentials {
+        pb::RegistryCredentials {
+            username: username.into(),
+            password: password.into(),
+            identity_token: identity_token.into(),
+        }
+    }
+
+    #[test]
+    fn registry_credentials_are_both_or_neither_or_a_token_and_bounded() {
+        assert!(registry_credentials(None).unwrap().is_none());
+        assert!(registry_credentials(Some(&creds("", "", ""))).unwrap().is_none());
+        let c = registry_credentials(Some(&creds("alice", "pw", ""))).unwrap().unwrap();
+        assert!(c.origin.contains("the request's credentials") && c.origin.contains("alice"), "{c:?}");
+        let c = registry_credentials(Some(&creds("", "", "tok"))).unwrap().unwrap();
+        assert!(c.origin.contains("identity token"), "{c:?}");
+        let refused = |c: pb::RegistryCredentials| {
+            let s = registry_credentials(Some(&c)).unwrap_err();
+            assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
+            assert!(!s.message().contains("s3cret"), "{s:?}");
+            s.message().to_owned()
+        };
+        assert!(refused(creds("alice", "", "")).starts_with("credentials.password is empty"));
+        assert!(refused(creds("", "s3cret", "")).starts_with("credentials.username is empty"));
+        assert!(refused(creds("alice", "s3cret", "tok")).starts_with("credentials.identity_token"));
+        let long = "s3cret".repeat(700);
+        assert!(refused(creds("alice", &long, "")).starts_with("credentials.password: 4200 bytes"));
+        let at_cap = "u".repeat(MAX_CREDENTIAL_FIELD);
+        assert!(registry_credentials(Some(&creds(&at_cap, "pw", ""))).unwrap().is_some());
+    }
+
+    #[test]
+    fn registry_credentials_debug_hides_the_secrets() {
+        let req = pb::PullImageRequest {
+            reference: "r.example/app:v1".into(),
+            credentials: Some(creds("alice", "pw-s3cret", "tok-s3cret")),
+            ..Default::default()
+        };
+        let shown = format!("{req:?} {req:#?}");
+        assert!(shown.contains("alice") && !shown.contains("s3cret"), "{shown}");
     }
 }

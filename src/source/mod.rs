@@ -49,7 +49,7 @@ use nix::fcntl::OFlag;
 use nix::sys::stat::SFlag;
 
 pub use archive::{extract_archive, ArchiveLimits};
-pub use registry::{RegistryRef, RegistrySettings, RegistrySource};
+pub use registry::{Credentials, RegistryRef, RegistrySettings, RegistrySource};
 
 use crate::cancel::Cancel;
 use crate::digest::Digest;

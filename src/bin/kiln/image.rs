@@ -205,9 +205,41 @@ pub async fn import(remote: &Remote, source: &str, name: &str, source_ref: &str,
     Ok(())
 }
 
-pub async fn pull(remote: &Remote, reference: &str, p: Option<&str>, no_unpack: bool) -> Result<()> {
+/// `--creds USER[:PASSWORD]`, split at the first `:` as skopeo does. Without a password (nothing after the
+/// `:`, or no `:`), the password is stdin's first line; stdin must not be a terminal (no prompt).
+pub fn creds(arg: Option<&str>) -> Result<Option<pb::RegistryCredentials>> {
+    use std::io::{BufRead, IsTerminal, Read};
+    let Some(arg) = arg else { return Ok(None) };
+    let (username, password) = arg.split_once(':').unwrap_or((arg, ""));
+    anyhow::ensure!(!username.is_empty(), "--creds: no user name (give USER[:PASSWORD])");
+    let password = if !password.is_empty() {
+        password.to_owned()
+    } else {
+        let stdin = std::io::stdin();
+        anyhow::ensure!(
+            !stdin.is_terminal(),
+            "--creds {username}: no password: give --creds {username}:PASSWORD, or pipe the password on stdin"
+        );
+        // One line, bounded: the daemon takes at most 4096 bytes.
+        let mut line = String::new();
+        stdin.lock().take(8192).read_line(&mut line).context("--creds: reading the password from stdin")?;
+        let password = line.strip_suffix('\n').unwrap_or(&line);
+        let password = password.strip_suffix('\r').unwrap_or(password);
+        anyhow::ensure!(!password.is_empty(), "--creds {username}: no password on stdin");
+        password.to_owned()
+    };
+    Ok(Some(pb::RegistryCredentials { username: username.to_owned(), password, identity_token: String::new() }))
+}
+
+pub async fn pull(
+    remote: &Remote,
+    reference: &str,
+    p: Option<&str>,
+    no_unpack: bool,
+    credentials: Option<pb::RegistryCredentials>,
+) -> Result<()> {
     let mut c = ImagesClient::new(remote.channel().await?);
-    let req = pb::PullImageRequest { reference: reference.into(), platform: platform(p)?, no_unpack };
+    let req = pb::PullImageRequest { reference: reference.into(), platform: platform(p)?, no_unpack, credentials };
     let stream = c.pull(req).await?.into_inner();
     let meter = crate::progress::Meter::new(remote.progress, remote.json, "pull", "layers");
     let n = |v: i64| u64::try_from(v).unwrap_or(0);

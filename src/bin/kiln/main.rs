@@ -127,6 +127,13 @@ enum ImageCommand {
         /// Only make the image present in the store (fetched from its registry if need be); unpack nothing.
         #[arg(long)]
         no_unpack: bool,
+        /// Credentials for the reference's registry, instead of kilnd's auth file entry for it (not for its
+        /// mirrors), for this pull only; kilnd neither logs nor keeps them, and ignores them when the image is
+        /// already in the store. Without PASSWORD (`--creds USER`), the password is read from stdin's first line
+        /// (`echo "$PW" | kiln image pull --creds USER REF`), which must not be a terminal: a password on the
+        /// command line is visible to other users of this machine.
+        #[arg(long, value_name = "USER[:PASSWORD]")]
+        creds: Option<String>,
     },
     /// Remove a ref name from kilnd's store (its blobs go at the next `system gc`).
     Rm {
@@ -218,9 +225,8 @@ fn main() -> ExitCode {
             (remote, ImageCommand::Import { source, name, source_ref, by_path }) => {
                 remote_call(image::import(&remote, &source, name.as_deref().unwrap_or(""), &source_ref, by_path))
             }
-            (remote, ImageCommand::Pull { reference, platform, no_unpack }) => {
-                remote_call(image::pull(&remote, &reference, platform.as_deref(), no_unpack))
-            }
+            (remote, ImageCommand::Pull { reference, platform, no_unpack, creds }) => image::creds(creds.as_deref())
+                .and_then(|c| remote_call(image::pull(&remote, &reference, platform.as_deref(), no_unpack, c))),
             (remote, ImageCommand::Rm { name }) => remote_call(image::rm(&remote, &name)),
         },
         Command::Unpack(args) => unpack::run(args, json),

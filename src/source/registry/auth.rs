@@ -4,7 +4,9 @@
 //! restart. Credential helpers (`credsStore`, `credHelpers`) and identity tokens are not read.
 //!
 //! What a pull authenticates with is recorded as a [`Credentials::origin`], which errors quote: a 401 says
-//! whether kilnd tried anonymously (and why) or with which entry of which file.
+//! whether kilnd tried anonymously (and why), with which entry of which file, or with the credentials the
+//! request carried ([`Credentials::from_request`], `Images.Pull`'s `credentials`: the reference's registry
+//! only, in place of the file's entry for it; `hosts.rs` applies them).
 //!
 //! May use: `sys` (reading the file), `error`.
 
@@ -35,6 +37,24 @@ impl std::fmt::Debug for Credentials {
 impl Credentials {
     pub fn anonymous(why: &str) -> Credentials {
         Credentials { auth: RegistryAuth::Anonymous, origin: format!("anonymous ({why})") }
+    }
+
+    /// A user and password a request carried (HTTP basic, or sent to the token issuer a `Bearer` challenge
+    /// names). The origin names the user, never the password.
+    pub fn from_request(username: &str, password: &str) -> Credentials {
+        Credentials {
+            auth: RegistryAuth::Basic(username.to_owned(), password.to_owned()),
+            origin: format!("the request's credentials (user {username:?})"),
+        }
+    }
+
+    /// A bearer token a request carried, sent as it is (`Authorization: Bearer`) on every request of the pull:
+    /// `oci-client` never exchanges it at a token issuer, so an OAuth2 refresh token does not work as one.
+    pub fn from_request_token(token: &str) -> Credentials {
+        Credentials {
+            auth: RegistryAuth::Bearer(token.to_owned()),
+            origin: "the request's credentials (an identity token)".to_owned(),
+        }
     }
 }
 
@@ -133,5 +153,18 @@ mod tests {
         std::fs::write(&path, "not json").unwrap();
         assert!(matches!(lookup(Some(&path), "x"), Err(Error::AuthFile { .. })));
         assert!(lookup(None, "x").unwrap().origin.contains("no registry.auth_file"));
+    }
+
+    #[test]
+    fn request_credentials_say_so_and_never_show_the_secret() {
+        let c = Credentials::from_request("alice", "hunter2-secret");
+        assert!(matches!(&c.auth, RegistryAuth::Basic(u, p) if u == "alice" && p == "hunter2-secret"));
+        assert_eq!(c.origin, "the request's credentials (user \"alice\")");
+        let t = Credentials::from_request_token("tok-secret");
+        assert!(matches!(&t.auth, RegistryAuth::Bearer(b) if b == "tok-secret"));
+        for c in [c, t] {
+            let shown = format!("{c:?} {c:#?}");
+            assert!(!shown.contains("secret") && shown.contains("the request's credentials"), "{shown}");
+        }
     }
 }

@@ -3,7 +3,9 @@
 //! `insecure`, and for loopback ones that have no `ca_file`: configuring a CA says the host speaks TLS), its
 //! extra trusted CAs (`ca_file`, added to the system's roots for that host alone, which is why each host has
 //! its own client rather than one client trusting every configured CA), and its credentials from the auth
-//! file (a mirror's by the mirror's name). `Remote::document` picks the first host that serves the top
+//! file (a mirror's by the mirror's name), or for the registry itself the request's when it carried some
+//! ([`RegistrySettings::request_credentials`]: a caller's secret goes to the host the caller named, never to a
+//! mirror the daemon's configuration adds). `Remote::document` picks the first host that serves the top
 //! manifest ([`Hosts::choose`]); every later request of the pull (children, blobs) goes to that one, as
 //! Docker's mirrors do (a mirror that has the manifest but not a blob fails the pull rather than mixing
 //! hosts mid-image).
@@ -108,7 +110,10 @@ impl Hosts {
                 Some(path) => Error::CaFile { registry: host.to_owned(), path: path.clone(), reason: e.to_string() },
                 None => Error::Client { registry: host.to_owned(), reference: reference.full(), detail: e.to_string() },
             })?;
-            let credentials = auth::lookup(settings.auth_file.as_deref(), host)?;
+            let credentials = match (&settings.request_credentials, mirror) {
+                (Some(c), false) => c.clone(),
+                _ => auth::lookup(settings.auth_file.as_deref(), host)?,
+            };
             list.push(Endpoint { host: host.to_owned(), mirror, client, credentials });
         }
         Ok(Hosts { list, chosen: AtomicUsize::new(0) })
@@ -203,6 +208,25 @@ mod tests {
         // Another registry has no mirrors.
         let other = Hosts::build(&RegistryRef::parse("o.example/app").unwrap(), &settings).unwrap();
         assert_eq!(other.len(), 1);
+    }
+
+    #[test]
+    fn request_credentials_replace_the_auth_files_for_the_registry_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = dir.path().join("auth.json");
+        let text = r#"{"auths": {"m1.local:5000": {"username": "u", "password": "p"}, "r.example": {"username": "f", "password": "p"}}}"#;
+        std::fs::write(&auth, text).unwrap();
+        let settings = RegistrySettings {
+            auth_file: Some(auth),
+            request_credentials: Some(Credentials::from_request("alice", "pw-s3cret-9")),
+            mirrors: [("r.example".to_owned(), vec!["m1.local:5000".to_owned()])].into_iter().collect(),
+            ..Default::default()
+        };
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let hosts = Hosts::build(&RegistryRef::parse("r.example/app:v1").unwrap(), &settings).unwrap();
+        assert!(hosts.list[0].credentials.origin.contains("auths.\"m1.local:5000\""), "{hosts:?}");
+        assert_eq!(hosts.list[1].credentials.origin, "the request's credentials (user \"alice\")");
+        assert!(!format!("{hosts:?}").contains("s3cret"), "{hosts:?}");
     }
 
     #[test]

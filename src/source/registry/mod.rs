@@ -19,14 +19,15 @@
 //! roots and a host's configured `ca_file`; plain HTTP only for hosts configured `insecure` and for loopback
 //! ones without a `ca_file` ([`RegistrySettings`]). Which host a pull reads from — a mirror, tried in order,
 //! or the registry itself — is `hosts.rs`'s, each host with its own client and credentials.
-//! Credentials come from a Docker-style `config.json` (`auth.rs`); references are `reference.rs`'s; errors,
+//! Credentials come from a Docker-style `config.json` (`auth.rs`), or for the registry itself (not its mirrors)
+//! from the request ([`RegistrySettings::request_credentials`]); references are `reference.rs`'s; errors,
 //! typed and naming the registry, the reference and the credentials' origin, `error.rs`'s; `blob.rs` turns
 //! a blob response into the reader the store verifies, resuming a cut transfer with `Range`; `transfer.rs`
 //! fetches an image's blobs on a bounded set of threads, joins a download of the same digest already in
 //! flight in this process, and says which failures are retried (429, 5xx, a cut or refused connection —
 //! documents too — with a doubling backoff, a bounded number of times; a stall is not).
 //!
-//! Not yet (issue 14's later parts): per-request credentials, honouring
+//! Not yet (issue 14's later parts): honouring
 //! `Retry-After` (the client does not hand its headers on), resuming an ingest file left by an earlier process,
 //! falling back to another host for a blob the chosen mirror lacks.
 //!
@@ -67,6 +68,9 @@ use crate::store::{self, Descriptor, LayoutWriter};
 pub struct RegistrySettings {
     /// A Docker-style `config.json`; `None`: anonymous everywhere.
     pub auth_file: Option<PathBuf>,
+    /// What the request authenticates with at the reference's registry, instead of the auth file's entry for
+    /// it (`Images.Pull`'s `credentials`). Mirrors keep the auth file's.
+    pub request_credentials: Option<Credentials>,
     /// Registries (`host[:port]`, as in references) reached over plain HTTP. Loopback ones always are.
     pub insecure: Vec<String>,
     /// Per registry, the mirrors tried in order before it for every pull from it.
@@ -87,6 +91,7 @@ impl Default for RegistrySettings {
     fn default() -> Self {
         RegistrySettings {
             auth_file: None,
+            request_credentials: None,
             insecure: vec![],
             mirrors: BTreeMap::new(),
             ca_files: BTreeMap::new(),
