@@ -653,3 +653,62 @@ fn a_pull_cancelled_mid_layer_leaves_no_blob_and_no_snapshot() {
     identical(&k, &reg, &manifest);
     assert_eq!(snapshot_count(&k), 1);
 }
+
+/// `Images.Pull` streams each layer's download and extraction while the layer downloads: with the layer held
+/// two thirds in, a message shows it partly downloaded, partly extracted and not committed; the last one says
+/// done, with the layer unpacked and every byte downloaded.
+#[test]
+fn pull_progress_reports_each_layers_download_and_extraction_as_they_happen() {
+    if !ready() {
+        return;
+    }
+    let reg = Registry::start();
+    let manifest = many_files(&reg, "progress");
+    let layer = layer_digests(&manifest)[0].clone();
+    let size = manifest["layers"][0]["size"].as_u64().unwrap();
+    let relay = holding(&reg, &layer, size as usize);
+    let k = Kilnd::start(&[]);
+    let name = format!("{}/faults/progress:v1", relay.host);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let ch = kiln::client::connect(&k.address()).await.unwrap();
+        let mut c = kiln::api::v1::images_client::ImagesClient::new(ch);
+        let req = kiln::api::v1::PullImageRequest { reference: name.clone(), ..Default::default() };
+        let mut stream = c.pull(req).await.unwrap().into_inner();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut seen_midway = false;
+        let mut last_layers = Vec::new();
+        loop {
+            assert!(Instant::now() < deadline, "no progress while held:\n{}", k.log());
+            let m = match stream.message().await {
+                Ok(Some(m)) => m,
+                Ok(None) => panic!("the stream ended without a done message"),
+                Err(e) => panic!("{e:?}\n{}", k.log()),
+            };
+            if m.done {
+                assert!(seen_midway, "no message showed the layer midway");
+                assert_eq!(m.download_bytes_done, size as i64);
+                assert_eq!((m.layers_done, m.layers_total), (1, 1), "{m:?}");
+                break;
+            }
+            if let [l] = m.layers.as_slice() {
+                assert_eq!((l.digest.as_str(), l.size), (layer.as_str(), size as i64), "{m:?}");
+                assert!(l.downloaded <= l.size && l.extracted <= l.downloaded, "{m:?}");
+                if !seen_midway && relay.seen.pausing.load(Ordering::SeqCst) && l.extracted > 0 {
+                    assert!(
+                        !l.committed && l.downloaded < l.size && m.download_bytes_done < m.download_bytes_total,
+                        "{m:?}"
+                    );
+                    assert_eq!(m.layers_done, 0, "{m:?}");
+                    seen_midway = true;
+                    relay.rules().paused = false;
+                }
+                last_layers = m.layers.clone();
+            }
+        }
+        // Progress is lossy (the latest wins), so the last message before done may predate the commit.
+        let l = &last_layers[0];
+        assert!(!l.committed || (l.downloaded == l.size && l.extracted == l.size), "{last_layers:?}");
+    });
+    identical(&k, &reg, &manifest);
+}
