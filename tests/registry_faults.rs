@@ -712,3 +712,85 @@ fn pull_progress_reports_each_layers_download_and_extraction_as_they_happen() {
     });
     identical(&k, &reg, &manifest);
 }
+
+/// A hostile registry on 127.0.0.1 written here: `/v2/` answers 200; a manifest named `announced` declares a
+/// `Content-Length` of 1 GiB, one named `endless` sends spaces without one until the client goes away. Counts
+/// the manifest body bytes it managed to send.
+struct Hostile {
+    host: String,
+    sent: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Hostile {
+    fn start() -> Hostile {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        let (sent, stop) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
+        let (s, st) = (sent.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !st.load(Ordering::SeqCst) {
+                let Ok((mut c, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                c.set_nonblocking(false).unwrap();
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    while let Some(head) = read_head(&mut c) {
+                        let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+                        let manifest = "Content-Type: application/vnd.oci.image.manifest.v1+json\r\n";
+                        if path.contains("/manifests/announced") {
+                            let _ = write!(c, "HTTP/1.1 200 OK\r\n{manifest}Content-Length: 1073741824\r\n\r\n");
+                        } else if path.contains("/manifests/endless") {
+                            let _ = write!(c, "HTTP/1.1 200 OK\r\n{manifest}Connection: close\r\n\r\n");
+                        } else {
+                            let _ = write!(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{{}}");
+                            continue;
+                        }
+                        let chunk = vec![b' '; 64 << 10];
+                        for _ in 0..(256 << 20) / chunk.len() {
+                            if c.write_all(&chunk).is_err() {
+                                break;
+                            }
+                            s.fetch_add(chunk.len(), Ordering::SeqCst);
+                        }
+                        return;
+                    }
+                });
+            }
+        });
+        Hostile { host, sent, stop }
+    }
+}
+
+impl Drop for Hostile {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A manifest over the 4 MiB cap is refused without being read: one that announces 1 GiB before any byte of
+/// it, one that never ends once 4 MiB have come; kilnd's memory stays small and nothing is stored.
+#[test]
+fn a_manifest_over_the_cap_is_refused_without_being_read_whole() {
+    if !ready() {
+        return;
+    }
+    let reg = Hostile::start();
+    let k = Kilnd::start(&[]);
+    for (tag, size) in [("announced", "1073741824 bytes"), ("endless", "bytes")] {
+        let name = format!("{}/big/app:{tag}", reg.host);
+        let o = k.kiln(&["image", "pull", &name]);
+        assert!(!o.status.success(), "{}", common::output(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(&reg.host) && err.contains(size) && err.contains("over the cap of 4194304"), "{err}");
+        assert!(k.store_entry(&name).is_none() && no_ingest(&k));
+    }
+    // The body stopped being read at the cap (TCP buffers aside), not at the registry's 256 MiB.
+    let sent = reg.sent.load(Ordering::SeqCst);
+    assert!(sent < 64 << 20, "kilnd read {sent} bytes of manifest");
+    let peak = k.usage().peak_rss_kib;
+    assert!(peak < 64 << 10, "kilnd peak RSS {peak} KiB");
+}

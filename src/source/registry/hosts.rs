@@ -23,6 +23,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use oci_client::client::{BlobResponse, Certificate, CertificateEncoding, ClientConfig, ClientProtocol, SizedStream};
 use oci_client::errors::OciDistributionError;
+use oci_client::secrets::RegistryAuth;
+use oci_client::RegistryOperation;
 use oci_spec::distribution::Reference as Parsed;
 
 use super::auth::{self, Credentials};
@@ -38,6 +40,31 @@ pub(super) struct Endpoint {
     pub(super) mirror: bool,
     pub(super) client: oci_client::Client,
     pub(super) credentials: Credentials,
+    /// For manifest requests, which kiln sends itself to cap the body it reads (`oci-client` reads a
+    /// manifest response whole): built as `client`'s own (the same roots, `ca_file`, timeouts, user agent).
+    http: reqwest::Client,
+    plain: bool,
+    /// The `Authorization` value for this pull's repository once learnt (`Some(None)`: none is needed).
+    authorization: tokio::sync::OnceCell<Option<String>>,
+}
+
+/// A manifest request that failed: as the client's own failures, or a body over the cap.
+pub(super) enum ManifestFailure {
+    Client(OciDistributionError),
+    /// The registry announced or sent this many bytes (at least), over the cap.
+    TooLarge(u64),
+}
+
+impl From<OciDistributionError> for ManifestFailure {
+    fn from(e: OciDistributionError) -> Self {
+        ManifestFailure::Client(e)
+    }
+}
+
+impl From<reqwest::Error> for ManifestFailure {
+    fn from(e: reqwest::Error) -> Self {
+        ManifestFailure::Client(OciDistributionError::RequestError(e))
+    }
 }
 
 /// The mirrors, then the registry; the one chosen serves the rest of the pull.
@@ -105,6 +132,34 @@ impl Hosts {
                 user_agent: concat!("kiln/", env!("CARGO_PKG_VERSION")),
                 ..Default::default()
             };
+            let http = {
+                let mut b = reqwest::Client::builder()
+                    .connect_timeout(settings.connect_timeout)
+                    .read_timeout(settings.read_timeout)
+                    .user_agent(config.user_agent);
+                let mut certs = Vec::new();
+                for c in &config.extra_root_certificates {
+                    let cert = reqwest::Certificate::from_pem(&c.data).map_err(|e| match ca_file {
+                        Some(path) => {
+                            Error::CaFile { registry: host.to_owned(), path: path.clone(), reason: e.to_string() }
+                        }
+                        None => Error::Client {
+                            registry: host.to_owned(),
+                            reference: reference.full(),
+                            detail: e.to_string(),
+                        },
+                    })?;
+                    certs.push(cert);
+                }
+                if !certs.is_empty() {
+                    b = b.tls_certs_merge(certs);
+                }
+                b.build().map_err(|e| Error::Client {
+                    registry: host.to_owned(),
+                    reference: reference.full(),
+                    detail: crate::error::report(&e),
+                })?
+            };
             let client = oci_client::Client::try_from(config).map_err(|e| match ca_file {
                 // The certificates are parsed only now.
                 Some(path) => Error::CaFile { registry: host.to_owned(), path: path.clone(), reason: e.to_string() },
@@ -114,7 +169,15 @@ impl Hosts {
                 (Some(c), false) => c.clone(),
                 _ => auth::lookup(settings.auth_file.as_deref(), host)?,
             };
-            list.push(Endpoint { host: host.to_owned(), mirror, client, credentials });
+            list.push(Endpoint {
+                host: host.to_owned(),
+                mirror,
+                client,
+                credentials,
+                http,
+                plain,
+                authorization: tokio::sync::OnceCell::new(),
+            });
         }
         Ok(Hosts { list, chosen: AtomicUsize::new(0) })
     }
@@ -143,13 +206,71 @@ impl Hosts {
         t
     }
 
-    pub(super) async fn pull_manifest_raw(
+    /// GETs the manifest or index `target` names from the current host, reading at most `limit` bytes of
+    /// body: a `Content-Length` over it is refused before the body is read, and a body that grows past it is
+    /// dropped there. Authentication is the client's (its challenge handling, its token cache, which the blob
+    /// requests that follow then use); the request and the reading of the body are kiln's.
+    pub(super) async fn pull_manifest(
         &self,
         target: &Parsed,
         accept: &[&str],
-    ) -> std::result::Result<(bytes::Bytes, String), OciDistributionError> {
+        limit: u64,
+    ) -> std::result::Result<bytes::Bytes, ManifestFailure> {
         let e = self.current();
-        e.client.pull_manifest_raw(&self.aim(target), &e.credentials.auth, accept).await
+        let aimed = self.aim(target);
+        let authorization = e
+            .authorization
+            .get_or_try_init(|| async {
+                let token = e.client.auth(&aimed, &e.credentials.auth, RegistryOperation::Pull).await?;
+                Ok::<_, OciDistributionError>(match (token, &e.credentials.auth) {
+                    (Some(t), _) => Some(format!("Bearer {t}")),
+                    (None, RegistryAuth::Basic(user, password)) => {
+                        let pair = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+                        Some(format!("Basic {pair}"))
+                    }
+                    (None, _) => None,
+                })
+            })
+            .await?;
+        let registry = aimed.resolve_registry();
+        let what = aimed.digest().or(aimed.tag()).unwrap_or("latest");
+        let ns = aimed.namespace().map(|n| format!("?ns={n}")).unwrap_or_default();
+        let scheme = if e.plain { "http" } else { "https" };
+        let url = format!("{scheme}://{registry}/v2/{}/manifests/{what}{ns}", aimed.repository());
+        let mut req = e.http.get(&url).header(reqwest::header::ACCEPT, accept.join(", "));
+        if let Some(a) = authorization {
+            req = req.header(reqwest::header::AUTHORIZATION, a);
+        }
+        let mut res = req.send().await?;
+        let status = res.status();
+        if !status.is_success() {
+            // What the registry says, a little of it.
+            let mut message = Vec::new();
+            while let Some(chunk) = res.chunk().await? {
+                message.extend_from_slice(&chunk);
+                if message.len() >= 4096 {
+                    message.truncate(4096);
+                    break;
+                }
+            }
+            let message = String::from_utf8_lossy(&message).into_owned();
+            return Err(match status.as_u16() {
+                401 => OciDistributionError::UnauthorizedError { url },
+                code => OciDistributionError::ServerError { code, url, message },
+            }
+            .into());
+        }
+        if let Some(len) = res.content_length().filter(|&l| l > limit) {
+            return Err(ManifestFailure::TooLarge(len));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = res.chunk().await? {
+            if (body.len() + chunk.len()) as u64 > limit {
+                return Err(ManifestFailure::TooLarge((body.len() + chunk.len()) as u64));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body.into())
     }
 
     pub(super) async fn pull_blob_stream(

@@ -12,7 +12,9 @@
 //!
 //! The client is [`oci_client`] (the ORAS project's; Accept headers, `WWW-Authenticate` challenges — basic,
 //! and bearer tokens scoped to the repository — and redirects, which reqwest follows, dropping credentials
-//! across hosts). It is async; this library is synchronous and runs on kilnd's blocking threads, so a
+//! across hosts), except the manifest and index requests, which kiln sends itself with the client's
+//! authorization (`hosts.rs`) because the client reads a manifest response whole, whatever its size: kiln
+//! refuses a `Content-Length` over the 4 MiB cap unread and stops reading a body at the cap. It is async; this library is synchronous and runs on kilnd's blocking threads, so a
 //! [`Remote`] owns a small current-thread tokio runtime and blocks on it (from the caller's thread, or a few
 //! scoped threads fetching blobs, `transfer.rs`); each wait polls the caller's [`Cancel`] (every 100 ms) so a
 //! stalled registry never holds a cancelled pull. TLS is rustls with ring, verifying against the system's
@@ -54,7 +56,7 @@ pub use error::Error;
 pub use reference::{RegistryRef, DOCKER_PREFIX};
 
 use blob::BlobRead;
-use hosts::Hosts;
+use hosts::{Hosts, ManifestFailure};
 
 use super::{ImageSource, Sink, MAX_DOCUMENTS};
 use crate::cancel::Cancel;
@@ -303,24 +305,26 @@ impl Remote {
             Some(d) => (self.reference.at(&d.digest), format!("{} {}", d.media_type, d.digest)),
             None => (self.reference.parsed().clone(), "manifest".to_owned()),
         };
+        // Read no further than the cap: a registry may send (or announce) any size.
+        let limit = store::Limits::default().max_json_bytes;
         let once = || {
-            let fetch = self.client.pull_manifest_raw(&target, ACCEPT);
-            self.wait(fetch, cancel).ok_or_else(|| self.cancelled(cancel))?.map_err(|e| self.error(&what, e))
+            let fetch = self.client.pull_manifest(&target, ACCEPT, limit);
+            match self.wait(fetch, cancel).ok_or_else(|| self.cancelled(cancel))? {
+                Ok(bytes) => Ok(bytes),
+                Err(ManifestFailure::Client(e)) => Err(self.error(&what, e)),
+                Err(ManifestFailure::TooLarge(size)) => Err(Error::TooLarge {
+                    registry: self.client.current().host.clone(),
+                    reference: self.reference.full(),
+                    what: what.clone(),
+                    size,
+                    limit,
+                }),
+            }
         };
-        let (bytes, _) = match expected {
+        let bytes = match expected {
             Some(_) => self.retrying(&what, cancel, once)?,
             None => self.choose_host(&what, once, cancel)?,
         };
-        let limit = store::Limits::default().max_json_bytes;
-        if bytes.len() as u64 > limit {
-            return Err(Error::TooLarge {
-                registry: self.reference.registry().to_owned(),
-                reference: self.reference.full(),
-                what,
-                size: bytes.len() as u64,
-                limit,
-            });
-        }
         let data_loss = |detail: String| Error::DataLoss {
             registry: self.reference.registry().to_owned(),
             reference: self.reference.full(),
