@@ -1,4 +1,5 @@
-//! A registry blob as a [`std::io::Read`], for the store's verified `put_blob`, that survives a cut: when a
+//! A registry blob as a [`std::io::Read`], for the store's verified `put_blob`, that survives a cut: every
+//! request asks for a range (`bytes=0-` first), so the bytes are hashed once, by the store. When a
 //! response fails part way (a reset, a close before its end) or a request is answered 429/5xx, the next
 //! request asks for the rest with `Range: bytes=N-`, N being the bytes already handed to the store (which has
 //! written them to its ingest file); a 206 continues the file, and the store's digest still covers the whole.
@@ -120,19 +121,20 @@ impl<'a> BlobRead<'a> {
             }
         };
         let cancelled = || Failed::Fatal(remote.cancelled(self.cancel));
-        if self.received == 0 {
-            let fetch = remote.client.pull_blob_stream(&target, digest.as_str());
-            let s = remote.wait(fetch, self.cancel).ok_or_else(cancelled)?.map_err(classify)?;
-            return Ok(s.stream);
-        }
+        // Always a ranged request, `bytes=0-` for the first: the client hashes a whole (200) answer itself, and
+        // the store hashes every blob anyway, so a 206 spares a second SHA-256 of every byte.
         let fetch = remote.client.pull_blob_stream_partial(&target, digest.as_str(), self.received, None);
         match remote.wait(fetch, self.cancel).ok_or_else(cancelled)?.map_err(classify)? {
             BlobResponse::Partial(s) => {
-                tracing::debug!(blob = %self.desc.digest, from = self.received, "resuming with Range");
+                if self.received > 0 {
+                    tracing::debug!(blob = %self.desc.digest, from = self.received, "resuming with Range");
+                }
                 Ok(s.stream)
             }
             BlobResponse::Full(s) => {
-                tracing::debug!(blob = %self.desc.digest, "the registry ignored Range; reading the whole again");
+                if self.received > 0 {
+                    tracing::debug!(blob = %self.desc.digest, "the registry ignored Range; reading the whole again");
+                }
                 self.skip = self.received;
                 Ok(s.stream)
             }

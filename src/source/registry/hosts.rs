@@ -21,7 +21,7 @@ use std::path::Path;
 use base64::Engine as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use oci_client::client::{BlobResponse, Certificate, CertificateEncoding, ClientConfig, ClientProtocol, SizedStream};
+use oci_client::client::{BlobResponse, Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 use oci_client::RegistryOperation;
@@ -271,14 +271,6 @@ impl Hosts {
             body.extend_from_slice(&chunk);
         }
         Ok(body.into())
-    }
-
-    pub(super) async fn pull_blob_stream(
-        &self,
-        target: &Parsed,
-        digest: &str,
-    ) -> std::result::Result<SizedStream, OciDistributionError> {
-        self.current().client.pull_blob_stream(&self.aim(target), digest).await
     }
 
     /// From byte `offset` on (`length` bytes, or to the end): a cut blob resumes on the same host.
