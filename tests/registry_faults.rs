@@ -3,9 +3,11 @@
 //! bytes, answer 503 with `Retry-After` to the first K requests for a path, stall a response, drop the
 //! `Range` header (so the registry answers 200), and throttle. Covered: a cut blob resumes with `Range` (and,
 //! when the registry ignores it, from a whole answer) into a byte-identical blob; 503s are retried, and giving
-//! up names the registry and the blob; a stall fails naming the registry and leaves nothing; one image's blobs
-//! download in parallel; two pulls of one image at once fetch each blob once; SIGKILL of kilnd mid-pull, then
-//! a restart, leaves a consistent store and the pull completes.
+//! up names the registry and the blob; a stall fails naming the registry, and the next pull goes on from what
+//! arrived; one image's blobs download in parallel; two pulls of one image at once fetch each blob once;
+//! SIGKILL of kilnd mid-pull, then a restart, leaves a consistent store and the pull resumes where it stopped;
+//! a layer is unpacked while it downloads; a cancel mid-layer leaves no blob and no snapshot; progress per
+//! layer; a hostile registry's oversized manifest is refused unread.
 #![allow(clippy::disallowed_methods)] // tests build fixtures and inspect results by path
 
 mod common;
@@ -322,6 +324,25 @@ fn no_ingest(k: &Kilnd) -> bool {
     !ingest.exists() || std::fs::read_dir(&ingest).unwrap().next().is_none()
 }
 
+/// What `.kiln-ingest/` holds: (name, length) of each file.
+fn ingest_files(k: &Kilnd) -> Vec<(String, u64)> {
+    let Ok(dir) = std::fs::read_dir(k.content().join(".kiln-ingest")) else { return vec![] };
+    dir.map(|e| {
+        let e = e.unwrap();
+        (e.file_name().to_string_lossy().into_owned(), e.metadata().unwrap().len())
+    })
+    .collect()
+}
+
+/// The length of the resumable partial file of blob `digest`, the only kind of file an interrupted pull may
+/// leave in `.kiln-ingest/`; `None` when there is none. Panics on anything else there.
+fn partial(k: &Kilnd, digest: &str) -> Option<u64> {
+    let files = ingest_files(k);
+    assert!(files.iter().all(|(n, _)| n.ends_with(".partial")), "not a partial blob: {files:?}");
+    let name = format!("sha256-{}.partial", &digest["sha256:".len()..]);
+    files.iter().find(|(n, _)| *n == name).map(|(_, len)| *len)
+}
+
 /// Every blob of `manifest` is in the store, byte for byte what the registry holds.
 fn identical(k: &Kilnd, reg: &Registry, manifest: &Value) {
     for d in blob_digests(manifest) {
@@ -413,7 +434,7 @@ fn busy_answers_are_retried_and_giving_up_names_the_registry_and_the_blob() {
 }
 
 #[test]
-fn a_stalled_registry_fails_naming_it_and_leaves_nothing() {
+fn a_stalled_registry_fails_naming_it_and_the_next_pull_goes_on_from_what_arrived() {
     if !ready() {
         return;
     }
@@ -432,7 +453,18 @@ fn a_stalled_registry_fails_naming_it_and_leaves_nothing() {
     assert!(err.contains(&relay.host) && err.contains(&layer) && err.contains("stalled"), "{err}");
     assert!(k.store_entry(&name).is_none(), "{}", k.index_json());
     assert!(!store_blob(&k, &layer).exists(), "a stalled blob was committed");
-    assert!(no_ingest(&k), "ingest left behind");
+    // What arrived is kept, for the next pull to go on from.
+    let kept = partial(&k, &layer).expect("the stalled blob's partial file");
+    assert!(kept > 0 && kept < 100_000, "{kept} bytes kept");
+
+    relay.rules().faults.clear();
+    let o = k.kiln(&["image", "pull", &name]);
+    assert!(o.status.success(), "{}\n{}", common::output(&o), k.log());
+    let gets = relay.requests(&format!("/blobs/{layer}"));
+    let last = gets.last().unwrap().to_ascii_lowercase();
+    assert!(last.contains(&format!("range: bytes={kept}-")), "did not resume from {kept}: {gets:?}");
+    identical(&k, &reg, &manifest);
+    assert!(no_ingest(&k));
 }
 
 #[test]
@@ -510,18 +542,29 @@ fn sigkill_of_kilnd_mid_pull_leaves_a_consistent_store_and_the_pull_completes_af
 
     restart(&mut k);
     assert!(k.store_entry(&name).is_none(), "a ref names a half-pulled image: {}", k.index_json());
-    assert!(no_ingest(&k), "the restart left the killed pull's ingest file");
+    // The restart kept only the partial blobs a pull resumes (a kill leaves its pid-named files too).
+    let mut kept = Vec::new();
     for d in layer_digests(&manifest) {
         assert!(
             !store_blob(&k, &d).exists()
                 || std::fs::read(store_blob(&k, &d)).unwrap() == std::fs::read(reg.blob_path(&d)).unwrap()
         );
+        if let Some(len) = partial(&k, &d).filter(|&l| l > 0) {
+            kept.push((d, len));
+        }
     }
+    assert!(!kept.is_empty(), "nothing kept to resume from: {:?}", ingest_files(&k));
 
     relay.rules().throttle = None;
     let o = k.kiln(&["image", "pull", &name]);
     assert!(o.status.success(), "{}\n{}", common::output(&o), k.log());
     assert!(k.store_entry(&name).is_some(), "{}", k.index_json());
+    // Across the restart, each kept blob went on from where the killed kilnd stopped.
+    for (d, len) in &kept {
+        let gets = relay.requests(&format!("/blobs/{d}"));
+        let range = format!("range: bytes={len}-");
+        assert!(gets.iter().any(|h| h.to_ascii_lowercase().contains(&range)), "{d} not resumed at {len}: {gets:?}");
+    }
     identical(&k, &reg, &manifest);
     assert!(no_ingest(&k));
 }
@@ -622,8 +665,9 @@ fn a_layer_is_unpacked_while_it_downloads_and_committed_only_once_verified() {
     assert_eq!(relay.requests(&format!("/blobs/{layer}")).len(), 1, "downloaded once, read as it landed");
 }
 
-/// A pull whose caller goes away while a layer is half downloaded and half extracted leaves nothing: no blob,
-/// no ingest file, no snapshot (active or committed), no ref; the same pull then completes.
+/// A pull whose caller goes away while a layer is half downloaded and half extracted leaves no blob, no
+/// snapshot (active or committed) and no ref — only the downloaded part, as a partial ingest file; the same
+/// pull then goes on from it and completes.
 #[test]
 fn a_pull_cancelled_mid_layer_leaves_no_blob_and_no_snapshot() {
     if !ready() {
@@ -641,20 +685,29 @@ fn a_pull_cancelled_mid_layer_leaves_no_blob_and_no_snapshot() {
     pull.kill().unwrap(); // the caller goes away; kilnd cancels the pull
     pull.wait().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !(no_ingest(&k) && snapshot_count(&k) == 0) {
-        assert!(Instant::now() < deadline, "the cancelled pull left work behind:\n{}", k.log());
+    let extracted = || {
+        let mut left = Vec::new();
+        find_files(&k.root, "f0000", &mut left);
+        left
+    };
+    // (A snapshot's record goes first, then its directory.)
+    while !(partial(&k, &layer).is_some() && snapshot_count(&k) == 0 && extracted().is_empty()) {
+        assert!(Instant::now() < deadline, "the cancelled pull left work behind: {:?}\n{}", extracted(), k.log());
         std::thread::sleep(Duration::from_millis(100));
     }
-    let mut left = Vec::new();
-    find_files(&k.root, "f0000", &mut left);
-    assert!(left.is_empty(), "extracted files outlived the cancelled pull: {left:?}");
     assert!(!store_blob(&k, &layer).exists() && k.store_entry(&name).is_none(), "{}", k.index_json());
+    // Only the downloaded part of the blob stays, outside blobs/, for the next pull to go on from.
+    let kept = partial(&k, &layer).unwrap();
+    assert!(kept > 0 && kept < size as u64, "{kept} of {size}");
 
     relay.rules().paused = false;
     let o = k.kiln(&["image", "pull", &name]);
     assert!(o.status.success(), "{}\n{}", common::output(&o), k.log());
+    let gets = relay.requests(&format!("/blobs/{layer}"));
+    assert!(gets.last().unwrap().to_ascii_lowercase().contains(&format!("range: bytes={kept}-")), "{gets:?}");
     identical(&k, &reg, &manifest);
     assert_eq!(snapshot_count(&k), 1);
+    assert!(no_ingest(&k));
 }
 
 /// `Images.Pull` streams each layer's download and extraction while the layer downloads: with the layer held

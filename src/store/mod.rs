@@ -25,7 +25,9 @@ use base64::Engine as _;
 pub use arrivals::{Arrivals, Status as ArrivalStatus};
 pub use descriptor::*;
 pub use json::from_slice_strict;
-pub use write::{init_layout, sweep_ingest, BlobPins, BlobReport, IndexLock, LayoutWriter, INGEST_DIR};
+pub use write::{
+    init_layout, sweep_ingest, BlobPins, BlobReport, IndexLock, LayoutWriter, Resumable, INGEST_DIR, PARTIAL_KEEP,
+};
 
 use crate::digest::{self, Digest, VerifyingReader};
 use crate::error::ErrorKind;

@@ -12,7 +12,9 @@
 //! which narrows, but cannot close, the window against them. Entries kiln does not touch keep every field,
 //! unknown ones included (their keys may come back in another order). Blobs are staged in `.kiln-ingest/`
 //! at the layout's top, not in `blobs/`, so tools that walk `blobs/` (umoci gc) never see half-written files;
-//! [`sweep_ingest`] removes what a crash left there.
+//! [`sweep_ingest`] removes what a crash left there, except the partial blobs of registry pulls
+//! ([`LayoutWriter::put_blob_resuming`]), which a later pull goes on from (start-up and blob GC remove those
+//! not resumed for [`PARTIAL_KEEP`]).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -40,8 +42,9 @@ fn sys_err(what: impl Into<String>) -> impl FnOnce(sys::SysError) -> Error {
     move |source| Error::Sys { what, source }
 }
 
-/// `io::copy` that tells `p` after each write how many bytes are in the file (the follower reads them at once).
-fn copy_published(from: &mut impl Read, to: &mut File, p: &Publishing) -> io::Result<u64> {
+/// `io::copy` that does not write the first `skip` bytes (the file has them already) and tells `p` after each
+/// write how many bytes are in the file (a follower reads them at once). Returns the bytes read.
+fn copy_into(from: &mut impl Read, to: &mut File, mut skip: u64, p: Option<&Publishing>) -> io::Result<u64> {
     let mut buf = vec![0u8; 256 << 10];
     let mut total = 0u64;
     loop {
@@ -51,19 +54,54 @@ fn copy_published(from: &mut impl Read, to: &mut File, p: &Publishing) -> io::Re
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        to.write_all(&buf[..n])?;
+        let kept = skip.min(n as u64) as usize;
+        skip -= kept as u64;
+        to.write_all(&buf[kept..n])?;
         total += n as u64;
-        p.wrote(total);
+        if let Some(p) = p {
+            p.wrote(total);
+        }
     }
 }
+
+/// A source [`LayoutWriter::put_blob_resuming`] can start at any byte.
+pub trait Resumable: Read {
+    /// The reads that follow yield the blob from byte `offset` on.
+    fn restart_at(&mut self, offset: u64);
+}
+
+/// How a resumable ingest file is named: `<alg>-<encoded>.partial`.
+const PARTIAL_SUFFIX: &str = ".partial";
+
+/// How long start-up keeps a partial blob for a pull to resume (older ones are removed).
+pub const PARTIAL_KEEP: Duration = Duration::from_secs(24 * 3600);
 
 /// Where blobs are written before they are renamed into `blobs/`.
 pub const INGEST_DIR: &str = ".kiln-ingest";
 
-/// Removes half-written blobs a crash left in the layout at `path` (call with no writer running).
+/// Removes half-written blobs a crash left in the layout at `path` (call with no writer running), but for the
+/// partial blobs a pull may resume ([`LayoutWriter::put_blob_resuming`]) younger than [`PARTIAL_KEEP`].
 pub fn sweep_ingest(path: &Path) -> Result<()> {
     let dir = path.join(INGEST_DIR);
-    sys::tree::remove_tree(&dir).map_err(sys_err(dir.display().to_string()))
+    let names = match sys::host::dir_names(&dir) {
+        Ok(n) => n,
+        Err(e) if e.errno == nix::errno::Errno::ENOENT => return Ok(()),
+        Err(e) => return Err(sys_err(dir.display().to_string())(e)),
+    };
+    let now = std::time::SystemTime::now();
+    for name in names {
+        let p = dir.join(&name);
+        let keep = name.to_string_lossy().ends_with(PARTIAL_SUFFIX)
+            && sys::host::lstat(&p).is_ok_and(|st| {
+                let modified = std::time::UNIX_EPOCH + Duration::from_secs(st.st_mtime.max(0) as u64);
+                sys::fs::file_type(&st) == nix::sys::stat::SFlag::S_IFREG
+                    && now.duration_since(modified).unwrap_or_default() < PARTIAL_KEEP
+            });
+        if !keep {
+            sys::tree::remove_tree(&p).map_err(sys_err(p.display().to_string()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Creates an empty layout at `path` (`oci-layout`, `index.json`, `blobs/sha256/`) unless one is there.
@@ -258,7 +296,7 @@ impl LayoutWriter {
             let copied = match &publishing {
                 None => io::copy(&mut verifying, &mut file).map_err(|e| Error::from_read(what.clone(), e))?,
                 Some(p) => {
-                    copy_published(&mut verifying, &mut file, p).map_err(|e| Error::from_read(what.clone(), e))?
+                    copy_into(&mut verifying, &mut file, 0, Some(p)).map_err(|e| Error::from_read(what.clone(), e))?
                 }
             };
             file.flush().and_then(|()| file.sync_all()).map_err(io_err(tmp.0.display().to_string()))?;
@@ -269,6 +307,98 @@ impl LayoutWriter {
             File::from(dfd).sync_all().map_err(io_err(dir.display().to_string()))?;
             Ok(copied)
         })();
+        if let Some(p) = publishing {
+            p.end(r.as_ref().map(|_| ()));
+        }
+        r
+    }
+
+    /// [`put_blob`](Self::put_blob) for a source that can start at any byte (a registry blob, with `Range`),
+    /// which survives this process: the bytes go to `.kiln-ingest/<alg>-<encoded>.partial`, kept when the
+    /// copy fails for any reason but bad content (a cut the source could not mend, a cancel, a crash), and
+    /// the next put of the blob goes on from its end — the kept bytes are read again into the digest, so the
+    /// check covers the whole. A resumed blob that does not match is put again once from its first byte (the
+    /// kept bytes may be what a power cut left). Start-up keeps partial files for [`PARTIAL_KEEP`].
+    pub fn put_blob_resuming(&self, digest: &Digest, size: u64, source: &mut dyn Resumable) -> Result<u64> {
+        self.pin(digest);
+        let existing = Descriptor::new("application/octet-stream", digest.clone(), size);
+        if let Ok(mut r) = self.store.open_blob(&existing) {
+            if r.drain().is_ok() {
+                return Ok(0);
+            }
+        }
+        let dir = self.store.path().join("blobs").join(digest.algorithm_str());
+        sys::host::ensure_dir(&dir, 0o755).map_err(sys_err(dir.display().to_string()))?;
+        let ingest = self.store.path().join(INGEST_DIR);
+        sys::host::ensure_dir(&ingest, 0o700).map_err(sys_err(ingest.display().to_string()))?;
+        let partial = ingest.join(format!("{}-{}{PARTIAL_SUFFIX}", digest.algorithm_str(), digest.encoded()));
+        let have = match sys::host::lstat(&partial) {
+            Ok(st) if sys::fs::file_type(&st) == nix::sys::stat::SFlag::S_IFREG && (st.st_size as u64) <= size => {
+                st.st_size as u64
+            }
+            Ok(_) => {
+                let _ = sys::host::remove_file(&partial);
+                0
+            }
+            Err(_) => 0,
+        };
+        match self.put_from(digest, size, &partial, &dir, have, source) {
+            Err(e) if have > 0 && e.kind() == crate::error::ErrorKind::Corrupt => {
+                tracing::info!(blob = %digest, kept = have, error = %e, "a resumed blob did not match; putting it again");
+                self.put_from(digest, size, &partial, &dir, 0, source)
+            }
+            r => r,
+        }
+    }
+
+    /// One attempt of [`put_blob_resuming`](Self::put_blob_resuming), keeping the first `have` bytes of
+    /// `partial`; returns the bytes the source gave.
+    fn put_from(
+        &self,
+        digest: &Digest,
+        size: u64,
+        partial: &Path,
+        dir: &Path,
+        have: u64,
+        source: &mut dyn Resumable,
+    ) -> Result<u64> {
+        let what = format!("blob {digest}");
+        let name = || partial.display().to_string();
+        let mut file = sys::host::open_write(partial, nix::fcntl::OFlag::empty(), 0o644).map_err(sys_err(name()))?;
+        file.set_len(have).map_err(io_err(name()))?;
+        io::Seek::seek(&mut file, io::SeekFrom::Start(have)).map_err(io_err(name()))?;
+        let kept = sys::host::open_read(partial).map_err(sys_err(name()))?.take(have);
+        source.restart_at(have);
+        if have > 0 {
+            tracing::debug!(blob = %digest, from = have, "resuming a partial blob");
+        }
+        let mut verifying = VerifyingReader::new(kept.chain(&mut *source), digest.clone(), size)
+            .map_err(|source| Error::Digest { what: what.clone(), source })?;
+        let publishing = match &self.arrivals {
+            Some(a) => Some(a.begin(digest, sys::host::open_read(partial).map_err(sys_err(name()))?)),
+            None => None,
+        };
+        let r = (|| -> Result<u64> {
+            let total = copy_into(&mut verifying, &mut file, have, publishing.as_ref())
+                .map_err(|e| Error::from_read(what.clone(), e))?;
+            file.flush().and_then(|()| file.sync_all()).map_err(io_err(name()))?;
+            let dest = self.store.blob_path(digest);
+            sys::host::rename(partial, &dest).map_err(sys_err(dest.display().to_string()))?;
+            let dfd = sys::host::open_dir(dir).map_err(sys_err(dir.display().to_string()))?;
+            File::from(dfd).sync_all().map_err(io_err(dir.display().to_string()))?;
+            Ok(total - have)
+        })();
+        if let Err(e) = &r {
+            if e.kind() == crate::error::ErrorKind::Corrupt {
+                // Bad content is not worth keeping.
+                let _ = sys::host::remove_file(partial);
+            } else if file.metadata().is_ok_and(|m| m.len() == 0) {
+                let _ = sys::host::remove_file(partial);
+            } else {
+                // Kept for the next put: what is in it should survive a power cut too.
+                let _ = file.sync_data();
+            }
+        }
         if let Some(p) = publishing {
             p.end(r.as_ref().map(|_| ()));
         }
@@ -414,7 +544,40 @@ impl IndexLock<'_> {
                 report.removed.push((digest, size, "no image in index.json refers to it".into()));
             }
         }
+        self.collect_partials(now, dry_run, &mut report)?;
         Ok(report)
+    }
+
+    /// Removes the partial blobs of `.kiln-ingest/` no pull has written for [`PARTIAL_KEEP`] (a pull that is
+    /// writing one pins its digest).
+    fn collect_partials(&self, now: std::time::SystemTime, dry_run: bool, report: &mut BlobReport) -> Result<()> {
+        let ingest = self.writer.store.path().join(INGEST_DIR);
+        let Ok(ifd) = sys::host::open_dir(&ingest) else { return Ok(()) };
+        for (file, _) in sys::fs::read_dir_names(&ifd).map_err(sys_err(ingest.display().to_string()))? {
+            let file = std::ffi::OsString::from_vec(file);
+            let text = file.to_string_lossy();
+            let Some(stem) = text.strip_suffix(PARTIAL_SUFFIX) else { continue };
+            let Some(digest) = stem.split_once('-').and_then(|(a, e)| Digest::parse(&format!("{a}:{e}")).ok()) else {
+                continue;
+            };
+            let Ok(st) = sys::fs::fstatat_nofollow(&ifd, &file) else { continue };
+            let modified = std::time::UNIX_EPOCH + Duration::from_secs(st.st_mtime.max(0) as u64);
+            if sys::fs::file_type(&st) != nix::sys::stat::SFlag::S_IFREG
+                || now.duration_since(modified).unwrap_or_default() < PARTIAL_KEEP
+            {
+                continue;
+            }
+            let pins = self.writer.pins.guard();
+            if pins.contains_key(&digest) {
+                continue;
+            }
+            if !dry_run {
+                sys::fs::unlinkat(&ifd, &file, false).map_err(sys_err(format!("{}/{text}", ingest.display())))?;
+            }
+            drop(pins);
+            report.removed.push((digest, st.st_size as u64, "a partial download no pull resumed for a day".into()));
+        }
+        Ok(())
     }
 }
 
@@ -451,6 +614,7 @@ impl Drop for TempFile {
 mod tests {
     use super::*;
     use crate::error::ErrorKind;
+    use std::fs;
 
     fn layout() -> tempfile::TempDir {
         let d = tempfile::tempdir().unwrap();
@@ -495,5 +659,107 @@ mod tests {
         assert!(pins.is_empty());
         let r = collector.collect_blobs(&held, Duration::ZERO, false).unwrap();
         assert_eq!(r.removed.len(), 1, "{r:?}");
+    }
+
+    /// A blob source over `data` that can restart anywhere, failing once after `fail_after` bytes of its
+    /// first run; records where each run started.
+    struct Source {
+        data: Vec<u8>,
+        pos: usize,
+        fail_after: Option<usize>,
+        starts: Vec<u64>,
+    }
+
+    impl Read for Source {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if let Some(f) = self.fail_after {
+                if self.pos >= f {
+                    self.fail_after = None;
+                    return Err(io::Error::other("connection reset"));
+                }
+            }
+            let end = self.data.len().min(self.pos + buf.len()).min(self.fail_after.unwrap_or(usize::MAX));
+            let n = end - self.pos;
+            buf[..n].copy_from_slice(&self.data[self.pos..end]);
+            self.pos = end;
+            Ok(n)
+        }
+    }
+
+    impl Resumable for Source {
+        fn restart_at(&mut self, offset: u64) {
+            self.pos = offset as usize;
+            self.starts.push(offset);
+        }
+    }
+
+    fn partial_of(d: &Path, digest: &Digest) -> PathBuf {
+        d.join(INGEST_DIR).join(format!("sha256-{}{PARTIAL_SUFFIX}", digest.encoded()))
+    }
+
+    #[test]
+    fn a_failed_resumable_put_keeps_its_bytes_and_the_next_goes_on_from_them() {
+        let d = layout();
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 256) as u8).collect();
+        let digest = Digest::sha256(&data);
+        let mut src = Source { data: data.clone(), pos: 0, fail_after: Some(30_000), starts: vec![] };
+        let w = LayoutWriter::open(d.path()).unwrap();
+        assert!(w.put_blob_resuming(&digest, data.len() as u64, &mut src).is_err());
+        assert_eq!(fs::metadata(partial_of(d.path(), &digest)).unwrap().len(), 30_000);
+        // A restart keeps it; other ingest leftovers go.
+        fs::write(d.path().join(INGEST_DIR).join("sha256-x-123"), b"junk").unwrap();
+        sweep_ingest(d.path()).unwrap();
+        let left: Vec<_> = fs::read_dir(d.path().join(INGEST_DIR)).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left.len(), 1, "{left:?}");
+
+        let w = LayoutWriter::open(d.path()).unwrap();
+        assert_eq!(w.put_blob_resuming(&digest, data.len() as u64, &mut src).unwrap(), 70_000, "only the rest");
+        assert_eq!(src.starts, [0, 30_000]);
+        assert_eq!(fs::read(w.store().blob_path(&digest)).unwrap(), data);
+        assert!(!partial_of(d.path(), &digest).exists());
+    }
+
+    #[test]
+    fn kept_bytes_that_are_not_the_blobs_are_put_again_from_the_start_and_bad_content_is_not_kept() {
+        let d = layout();
+        let data = vec![5u8; 50_000];
+        let digest = Digest::sha256(&data);
+        // What a power cut may leave: the right length of wrong bytes.
+        fs::create_dir_all(d.path().join(INGEST_DIR)).unwrap();
+        fs::write(partial_of(d.path(), &digest), vec![0u8; 20_000]).unwrap();
+        let mut src = Source { data: data.clone(), pos: 0, fail_after: None, starts: vec![] };
+        let w = LayoutWriter::open(d.path()).unwrap();
+        assert_eq!(w.put_blob_resuming(&digest, data.len() as u64, &mut src).unwrap(), 50_000);
+        assert_eq!(src.starts, [20_000, 0]);
+        assert_eq!(fs::read(w.store().blob_path(&digest)).unwrap(), data);
+
+        // A source whose bytes do not match: an error, nothing kept anywhere.
+        let other = Digest::sha256(b"not these bytes");
+        let mut src = Source { data: data.clone(), pos: 0, fail_after: None, starts: vec![] };
+        let e = w.put_blob_resuming(&other, data.len() as u64, &mut src).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+        assert!(!partial_of(d.path(), &other).exists() && !w.store().blob_path(&other).exists());
+    }
+
+    #[test]
+    fn gc_and_start_up_remove_partial_blobs_older_than_the_keep_time() {
+        let d = layout();
+        let dir = d.path().join(INGEST_DIR);
+        fs::create_dir_all(&dir).unwrap();
+        let old = dir.join(format!("sha256-{}{PARTIAL_SUFFIX}", "a".repeat(64)));
+        fs::write(&old, b"old").unwrap();
+        let then = std::time::SystemTime::now() - PARTIAL_KEEP - Duration::from_secs(60);
+        fs::File::options().write(true).open(&old).unwrap().set_modified(then).unwrap();
+        let fresh = dir.join(format!("sha256-{}{PARTIAL_SUFFIX}", "b".repeat(64)));
+        fs::write(&fresh, b"fresh").unwrap();
+        // GC takes it too, without a restart.
+        let w = LayoutWriter::open(d.path()).unwrap();
+        let r = w.collect_blobs(&Default::default(), Duration::ZERO, false).unwrap();
+        assert_eq!(r.removed.len(), 1, "{r:?}");
+        assert!(!old.exists() && fresh.exists());
+        fs::write(&old, b"old").unwrap();
+        fs::File::options().write(true).open(&old).unwrap().set_modified(then).unwrap();
+        sweep_ingest(d.path()).unwrap();
+        assert!(!old.exists() && fresh.exists());
     }
 }

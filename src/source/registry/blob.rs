@@ -219,6 +219,20 @@ impl<'a> BlobRead<'a> {
     }
 }
 
+impl crate::store::Resumable for BlobRead<'_> {
+    /// The store has `offset` bytes of the blob (from this process or an earlier one): the next request asks
+    /// for the rest.
+    fn restart_at(&mut self, offset: u64) {
+        self.stream = None;
+        self.chunk = Bytes::new();
+        self.received = offset;
+        self.skip = 0;
+        self.failures = 0;
+        self.ended = false;
+        self.failure = None;
+    }
+}
+
 impl std::io::Read for BlobRead<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         if self.chunk.is_empty() {

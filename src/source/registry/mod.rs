@@ -29,9 +29,12 @@
 //! flight in this process, and says which failures are retried (429, 5xx, a cut or refused connection —
 //! documents too — with a doubling backoff, a bounded number of times; a stall is not).
 //!
-//! Not yet (issue 14's later parts): honouring
-//! `Retry-After` (the client does not hand its headers on), resuming an ingest file left by an earlier process,
-//! falling back to another host for a blob the chosen mirror lacks.
+//! A blob goes through [`LayoutWriter::put_blob_resuming`]: what arrived before a failure (a cut the retries
+//! could not mend, a stall, a cancel, a kill of kilnd) stays in the store's ingest directory, and the next pull
+//! of the blob asks for the rest with `Range`, in this process or the next.
+//!
+//! Not yet (issue 14's later parts): honouring `Retry-After` (the client does not hand its headers on), tokens
+//! kept between pulls, falling back to another host for a blob the chosen mirror lacks.
 //!
 //! May use: `store`, `image`, `digest`, `cancel`, `sys` (through `auth`), `error`, `metrics`.
 
@@ -499,7 +502,7 @@ impl Remote {
             return Err(self.cancelled(cancel).into());
         }
         let mut reader = BlobRead::new(self, desc, cancel);
-        match dest.put_blob(&desc.digest, desc.size, &mut reader) {
+        match dest.put_blob_resuming(&desc.digest, desc.size, &mut reader) {
             Ok(written) => Ok(written),
             Err(e) => {
                 if let Some(f) = reader.failure.take() {
