@@ -246,6 +246,11 @@ pub struct Registry {
     pub max_parallel_blobs: usize,
     /// Per registry, by `host[:port]` as references write it (`[registry.hosts."registry.local:5000"]`).
     pub hosts: std::collections::BTreeMap<String, RegistryHost>,
+    /// The registries kilnd may pull from (`host[:port]` as references write it, `docker.io` for Docker Hub, or
+    /// `*.example.com` for every host under a domain); empty (the default): any. A pull naming another registry
+    /// is refused (PERMISSION_DENIED) before anything is sent. Mirrors configured for an allowed registry are
+    /// the operator's and need no entry.
+    pub allowed_registries: Vec<String>,
     /// When containerd (through its CRI plugin) prepares a layer of an image kiln's store lacks, fetch the
     /// image from the registry its `cri.image-ref` label names, by the manifest digest containerd pulls, and
     /// unpack it kiln's way (default `true`). `false`, or any failure (a private registry whose credentials
@@ -262,6 +267,7 @@ impl Default for Registry {
             max_parallel_blobs: 4,
             hosts: Default::default(),
             fetch_for_containerd: true,
+            allowed_registries: vec![],
         }
     }
 }
@@ -523,6 +529,11 @@ impl Config {
         if let Some(h) = r.hosts.keys().find(|h| not_host(h)) {
             return invalid("registry.hosts", format!("{h:?} is not host[:port]"));
         }
+        let not_pattern =
+            |h: &str| not_host(h.strip_prefix("*.").unwrap_or(h)) || h.strip_prefix("*.").unwrap_or(h).contains('*');
+        if let Some(h) = r.allowed_registries.iter().find(|h| not_pattern(h)) {
+            return invalid("registry.allowed_registries", format!("{h:?} is not host[:port] or *.domain"));
+        }
         // The field is static; the reason names the host's table.
         for (h, s) in &r.hosts {
             for (i, m) in s.mirrors.iter().enumerate() {
@@ -702,6 +713,15 @@ mod tests {
         assert!(e.unwrap_err().to_string().contains("[registry.hosts.\"r:1\"]"));
         assert_eq!(c.registry.read_timeout_secs, Registry::default().read_timeout_secs);
         assert_eq!(c.registry.max_parallel_blobs, 4);
+        assert!(c.registry.allowed_registries.is_empty() && c.registry.fetch_for_containerd);
+        let c =
+            Config::from_toml("[registry]\nallowed_registries = [\"docker.io\", \"*.corp.example\"]\n", Path::new("x"));
+        c.unwrap().validate().unwrap();
+        for bad in ["", "a/b", "*", "*.", "x.*.y"] {
+            let text = format!("[registry]\nallowed_registries = [{bad:?}]\n");
+            let e = Config::from_toml(&text, Path::new("x")).unwrap().validate().unwrap_err();
+            assert!(e.to_string().contains("registry.allowed_registries"), "{bad:?}: {e}");
+        }
     }
 
     #[test]

@@ -335,3 +335,42 @@ fn an_image_over_the_import_cap_is_refused_before_any_blob() {
         assert!(!k.content().join("blobs/sha256").join(&d["sha256:".len()..]).exists());
     }
 }
+
+/// `[registry] allowed_registries`: a pull naming another registry is refused, PERMISSION_DENIED naming the
+/// registry and the setting, before any request reaches it; an allowed one (exactly, or by `*.domain`) pulls.
+#[test]
+fn a_registry_outside_allowed_registries_is_refused_before_any_request() {
+    if !ready() {
+        return;
+    }
+    let reg = Registry::start();
+    let src = common::scratch();
+    single_image(src.path(), &spec(host_arch(), "allowed"), "v1");
+    reg.push_with(src.path(), "v1", "policy/app:v1", &[]);
+    let name = format!("{}/policy/app:v1", reg.host);
+
+    let k =
+        Kilnd::start_with_config("[registry]\nallowed_registries = [\"registry.example\", \"*.corp.example\"]\n", &[]);
+    let before = reg.log().matches("/v2/").count();
+    let o = pull(&k, &name);
+    assert!(!o.status.success(), "{}", common::output(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(&reg.host) && err.contains("registry.allowed_registries"), "{err}");
+    assert_eq!(reg.log().matches("/v2/").count(), before, "a request reached the registry:\n{}", reg.log());
+    assert!(k.store_entry(&name).is_none());
+    let code = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+        let ch = kiln::client::connect(&k.address()).await.unwrap();
+        let mut c = kiln::api::v1::images_client::ImagesClient::new(ch);
+        let req = kiln::api::v1::PullImageRequest { reference: name.clone(), ..Default::default() };
+        match c.pull(req).await {
+            Err(s) => s.code(),
+            Ok(r) => r.into_inner().message().await.map(|_| tonic::Code::Ok).unwrap_or_else(|s| s.code()),
+        }
+    });
+    assert_eq!(code, tonic::Code::PermissionDenied);
+
+    let allowed = format!("[registry]\nallowed_registries = [\"registry.example\", \"{}\"]\n", reg.host);
+    let k = Kilnd::start_with_config(&allowed, &[]);
+    let o = pull(&k, &name);
+    assert!(o.status.success(), "{}\n{}", common::output(&o), k.log());
+}

@@ -431,6 +431,7 @@ impl Kiln {
             read_timeout: std::time::Duration::from_secs(r.read_timeout_secs),
             max_parallel_blobs: r.max_parallel_blobs,
             max_bytes: self.config.caps.max_import_bytes,
+            allowed: r.allowed_registries.clone(),
         };
         let src = source::Source::Registry(Box::new(source::RegistrySource::new(
             reference.clone(),

@@ -39,6 +39,8 @@ pub enum Error {
     Unsupported { registry: String, reference: String, what: String, reason: String },
     #[error("registry {registry}: {reference}: {what} is {size} bytes, over the cap of {limit}")]
     TooLarge { registry: String, reference: String, what: String, size: u64, limit: u64 },
+    #[error("registry {registry}: {reference}: kilnd does not pull from this registry (registry.allowed_registries)")]
+    NotAllowed { registry: String, reference: String },
     #[error("registry {registry}: {reference}: pull cancelled: {reason}")]
     Cancelled { registry: String, reference: String, reason: &'static str },
     #[error("registry {registry}: {reference}: {detail}")]
@@ -69,7 +71,7 @@ impl Error {
             Error::AuthFile { .. } | Error::CaFile { .. } => ErrorKind::FailedPrecondition,
             // What the registry itself said (tried last): a 404 there is a 404.
             Error::EveryHost { tried, .. } => tried.last().map_or(ErrorKind::Unavailable, Error::kind),
-            Error::Denied { .. } => ErrorKind::PermissionDenied,
+            Error::Denied { .. } | Error::NotAllowed { .. } => ErrorKind::PermissionDenied,
             Error::NotFound { .. } => ErrorKind::NotFound,
             Error::UnknownHost { .. } | Error::Tls { .. } | Error::Unreachable { .. } => ErrorKind::Unavailable,
             Error::DataLoss { .. } | Error::Malformed { .. } => ErrorKind::Corrupt,

@@ -90,6 +90,20 @@ pub struct RegistrySettings {
     /// Most bytes one pull may add to the store, every blob and document counted (`caps.max_import_bytes`):
     /// checked against the manifests' sizes before any blob is fetched.
     pub max_bytes: u64,
+    /// The registries a pull may name (`host[:port]` or `*.domain`); empty: any.
+    pub allowed: Vec<String>,
+}
+
+/// Whether `registry` (as references write it) is one that `allowed` lets a pull name (empty: any).
+pub fn registry_allowed(allowed: &[String], registry: &str) -> bool {
+    allowed.is_empty()
+        || allowed.iter().any(|a| match a.strip_prefix("*.") {
+            Some(domain) => {
+                let host = registry.rsplit_once(':').map_or(registry, |(h, _)| h);
+                host.len() > domain.len() && host.ends_with(domain) && host[..host.len() - domain.len()].ends_with('.')
+            }
+            None => a == registry,
+        })
 }
 
 impl Default for RegistrySettings {
@@ -104,6 +118,7 @@ impl Default for RegistrySettings {
             read_timeout: Duration::from_secs(60),
             max_parallel_blobs: 4,
             max_bytes: super::ArchiveLimits::default().max_bytes,
+            allowed: vec![],
         }
     }
 }
@@ -169,6 +184,9 @@ impl Remote {
     pub fn connect(reference: RegistryRef, settings: &RegistrySettings, platform: Platform) -> Result<Remote> {
         // reqwest is built without a default provider (aws-lc would need more than a C compiler); this is the
         // process's, installed once (a second install fails harmlessly).
+        if !registry_allowed(&settings.allowed, reference.registry()) {
+            return Err(Error::NotAllowed { registry: reference.registry().to_owned(), reference: reference.full() });
+        }
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = Hosts::build(&reference, settings)?;
         let runtime =
@@ -643,5 +661,22 @@ impl Remote {
             })
             .max_by_key(|(rank, _)| *rank)
             .map(|(_, d)| d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::registry_allowed;
+
+    #[test]
+    fn allowed_registries_match_exactly_or_by_domain() {
+        let allowed = vec!["docker.io".to_owned(), "r.local:5000".to_owned(), "*.corp.example".to_owned()];
+        assert!(registry_allowed(&[], "anything.example"));
+        for ok in ["docker.io", "r.local:5000", "a.corp.example", "a.b.corp.example:443"] {
+            assert!(registry_allowed(&allowed, ok), "{ok}");
+        }
+        for no in ["r.local", "r.local:5001", "corp.example", "evilcorp.example", "x.corp.example.evil", "quay.io"] {
+            assert!(!registry_allowed(&allowed, no), "{no}");
+        }
     }
 }
