@@ -24,6 +24,7 @@ use common::daemon::Kilnd;
 use common::layer::{Compression, LayerBuilder};
 use common::layout::*;
 use common::registry::{self, Registry};
+use common::tree::find_named;
 use serde_json::Value;
 
 fn ready() -> bool {
@@ -569,19 +570,6 @@ fn sigkill_of_kilnd_mid_pull_leaves_a_consistent_store_and_the_pull_completes_af
     assert!(no_ingest(&k));
 }
 
-/// Every regular file named `name` under `dir` (not following links).
-fn find_files(dir: &Path, name: &str, out: &mut Vec<std::path::PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for e in entries.flatten() {
-        let Ok(t) = e.file_type() else { continue };
-        if t.is_dir() {
-            find_files(&e.path(), name, out);
-        } else if t.is_file() && e.file_name() == name {
-            out.push(e.path());
-        }
-    }
-}
-
 /// `kiln system info --json`'s snapshot count.
 fn snapshot_count(k: &Kilnd) -> u64 {
     let o = k.kiln(&["--json", "system", "info"]);
@@ -617,12 +605,11 @@ fn holding(reg: &Registry, layer: &str, size: usize) -> Relay {
 /// Waits until the relay holds the layer and the unpack has extracted `data/f0000` from the part it got.
 fn wait_extracting(k: &Kilnd, relay: &Relay) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut early = Vec::new();
-    while early.is_empty() {
+    loop {
         assert!(Instant::now() < deadline, "nothing was extracted while the layer downloaded:\n{}", k.log());
         std::thread::sleep(Duration::from_millis(50));
-        if relay.seen.pausing.load(Ordering::SeqCst) {
-            find_files(&k.root, "f0000", &mut early);
+        if relay.seen.pausing.load(Ordering::SeqCst) && !find_named(&k.root, "f0000").is_empty() {
+            break;
         }
     }
 }
@@ -648,8 +635,7 @@ fn a_layer_is_unpacked_while_it_downloads_and_committed_only_once_verified() {
     assert!(relay.seen.pausing.load(Ordering::SeqCst), "the layer's response is not held");
     assert!(!store_blob(&k, &layer).exists(), "the layer blob is in the store before its download ended");
     assert!(k.store_entry(&name).is_none(), "named before its layers arrived: {}", k.index_json());
-    let mut late = Vec::new();
-    find_files(&k.root, "f0047", &mut late);
+    let late = find_named(&k.root, "f0047");
     assert!(late.is_empty(), "the last file was extracted before its bytes arrived: {late:?}");
 
     relay.rules().paused = false;
@@ -657,8 +643,7 @@ fn a_layer_is_unpacked_while_it_downloads_and_committed_only_once_verified() {
     assert!(o.status.success(), "{}\n{}", common::output(&o), k.log());
     identical(&k, &reg, &manifest);
     assert!(k.store_entry(&name).is_some() && no_ingest(&k));
-    let mut files = Vec::new();
-    find_files(&k.root, "f0047", &mut files);
+    let files = find_named(&k.root, "f0047");
     assert_eq!(files.len(), 1, "the layer's last file, once, in its committed snapshot: {files:?}");
     assert_eq!(std::fs::read(&files[0]).unwrap(), noise(32 << 10, 1047));
     assert_eq!(snapshot_count(&k), 1);
@@ -685,11 +670,7 @@ fn a_pull_cancelled_mid_layer_leaves_no_blob_and_no_snapshot() {
     pull.kill().unwrap(); // the caller goes away; kilnd cancels the pull
     pull.wait().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
-    let extracted = || {
-        let mut left = Vec::new();
-        find_files(&k.root, "f0000", &mut left);
-        left
-    };
+    let extracted = || find_named(&k.root, "f0000");
     // (A snapshot's record goes first, then its directory.)
     while !(partial(&k, &layer).is_some() && snapshot_count(&k) == 0 && extracted().is_empty()) {
         assert!(Instant::now() < deadline, "the cancelled pull left work behind: {:?}\n{}", extracted(), k.log());

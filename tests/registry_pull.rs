@@ -2,8 +2,9 @@
 //! `docker-registry`, distribution 2.x) on 127.0.0.1 filled by `skopeo copy`: by tag and by digest, OCI and
 //! Docker schema 2 media types, a multi-platform index (and one with nothing for this host), basic auth from
 //! a Docker-style `config.json`, a blob tampered with in the registry's storage (DATA_LOSS, nothing named or
-//! left half-written in the store), an absent repository (NOT_FOUND naming the reference). What kilnd wrote
-//! reads back with `skopeo inspect oci:…` and `umoci ls`.
+//! left half-written in the store), an absent repository (NOT_FOUND naming the reference), gzip, zstd and
+//! uncompressed layers, an unknown host, `allowed_registries`. What kilnd wrote reads back with
+//! `skopeo inspect oci:…` and `umoci ls`.
 #![allow(clippy::disallowed_methods)] // tests build fixtures and inspect results by path
 
 mod common;
@@ -373,4 +374,59 @@ fn a_registry_outside_allowed_registries_is_refused_before_any_request() {
     let k = Kilnd::start_with_config(&allowed, &[]);
     let o = pull(&k, &name);
     assert!(o.status.success(), "{}\n{}", common::output(&o), k.log());
+}
+
+/// gzip, zstd and uncompressed layers of one image pull byte for byte (their media types kept) and unpack: each
+/// layer's file is in its committed snapshot with its content.
+#[test]
+fn gzip_zstd_and_uncompressed_layers_pull_and_unpack() {
+    if !ready() {
+        return;
+    }
+    let reg = Registry::start();
+    let src = common::scratch();
+    let layers = [(Compression::Gzip, "gz-file"), (Compression::Zstd, "zst-file"), (Compression::None, "tar-file")]
+        .into_iter()
+        .map(|(c, name)| {
+            LayerBuilder::new().dir("data", 0o755).file(&format!("data/{name}"), name.as_bytes(), 0o644).layer(c)
+        })
+        .collect();
+    let spec = ImageSpec::with_layers(layers).platform("linux", host_arch(), None);
+    let (b, desc) = single_image(src.path(), &spec, "v1");
+    let manifest: Value = serde_json::from_slice(&std::fs::read(b.blob_path(&desc)).unwrap()).unwrap();
+    let types: Vec<&str> =
+        manifest["layers"].as_array().unwrap().iter().map(|l| l["mediaType"].as_str().unwrap()).collect();
+    assert_eq!(
+        types,
+        [
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            "application/vnd.oci.image.layer.v1.tar+zstd",
+            "application/vnd.oci.image.layer.v1.tar"
+        ]
+    );
+    let name = reg.push(src.path(), "v1", "mixed/app", "v1");
+    let k = Kilnd::start(&[]);
+    let o = pull(&k, &name);
+    assert!(o.status.success(), "{}\n{}", common::output(&o), k.log());
+    assert_eq!(k.store_entry(&name).expect("entry")["digest"], desc["digest"], "pulled byte for byte");
+    for file in ["gz-file", "zst-file", "tar-file"] {
+        let found = common::tree::find_named(&k.root, file);
+        assert_eq!(found.len(), 1, "{file}: {found:?}");
+        assert_eq!(std::fs::read(&found[0]).unwrap(), file.as_bytes());
+    }
+    reads_back(&k, &name);
+}
+
+/// A registry whose name does not resolve fails at once, naming it.
+#[test]
+fn an_unknown_host_fails_naming_it() {
+    if !ready() {
+        return;
+    }
+    let k = Kilnd::start(&[]);
+    let o = pull(&k, "no-such-registry.invalid/app:v1");
+    assert!(!o.status.success(), "{}", common::output(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("registry no-such-registry.invalid: unknown host"), "{err}");
+    assert!(k.store_entry("no-such-registry.invalid/app:v1").is_none());
 }

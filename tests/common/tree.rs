@@ -202,3 +202,21 @@ pub fn walk(root: &Path) -> Tree {
     }
     out
 }
+
+/// Every regular file named `name` under `dir`, at any depth (links are not followed).
+pub fn find_named(dir: &Path, name: &str) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let Ok(t) = e.file_type() else { continue };
+            if t.is_dir() {
+                dirs.push(e.path());
+            } else if t.is_file() && e.file_name() == name {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
