@@ -110,8 +110,14 @@ struct Following<'a> {
 }
 
 impl snapshot::LayerBlobs for Following<'_> {
-    fn open_layer(&self, layer: &image::Layer) -> std::result::Result<Box<dyn std::io::Read + Send>, ApplyError> {
-        self.arrivals.open(self.store, &layer.descriptor).map_err(|e| ApplyError::new(e.kind(), e))
+    /// A layer still downloading lends its extraction slot while it waits for bytes.
+    fn open_layer_pausing<'a>(
+        &'a self,
+        layer: &image::Layer,
+        pause: &'a dyn snapshot::Pause,
+    ) -> std::result::Result<snapshot::LayerReader<'a>, ApplyError> {
+        let tell = Box::new(move |waiting: bool| if waiting { pause.waiting() } else { pause.going_on() });
+        self.arrivals.open_telling(self.store, &layer.descriptor, tell).map_err(|e| ApplyError::new(e.kind(), e))
     }
 }
 

@@ -42,7 +42,9 @@ pub use apply::LayerModule;
 pub use meta::Meta;
 pub use native::Native;
 pub use overlay::Overlay;
-pub use unpack::{Applied, ApplyError, LayerApplier, LayerBlobs, Progress, UnpackReport, Unpacker};
+pub use unpack::{
+    Applied, ApplyError, LayerApplier, LayerBlobs, LayerReader, NoPause, Pause, Progress, UnpackReport, Unpacker,
+};
 
 /// Labels on a snapshot (containerd's `map[string]string`).
 pub type Labels = BTreeMap<String, String>;

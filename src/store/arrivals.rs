@@ -195,6 +195,17 @@ impl Arrivals {
     /// for the write to start). Like [`Store::open_blob`]'s, the reader fails at EOF unless the blob is whole
     /// and verified. Fails at once when the pull closed without the blob.
     pub fn open(self: &Arc<Self>, store: &Store, desc: &Descriptor) -> Result<Box<dyn Read + Send>> {
+        self.open_telling(store, desc, Box::new(|_| {}))
+    }
+
+    /// [`open`](Self::open), calling `on_wait(true)` when the reader starts waiting for bytes that have not
+    /// arrived and `on_wait(false)` before it goes on (or returns), in pairs.
+    pub fn open_telling<'a>(
+        self: &Arc<Self>,
+        store: &Store,
+        desc: &Descriptor,
+        on_wait: Box<dyn Fn(bool) + Send + Sync + 'a>,
+    ) -> Result<Box<dyn Read + Send + 'a>> {
         let mut st = self.lock();
         loop {
             if let Some(g) = st.blobs.get(&desc.digest) {
@@ -203,6 +214,8 @@ impl Arrivals {
                     pos: 0,
                     size: desc.size,
                     digest: desc.digest.clone(),
+                    on_wait,
+                    waiting: false,
                 }));
             }
             match store.open_blob(desc) {
@@ -218,20 +231,47 @@ impl Arrivals {
     }
 }
 
-/// A follower's reader; see [`Arrivals::open`].
-struct Follow {
+/// A follower's reader; see [`Arrivals::open_telling`].
+struct Follow<'a> {
     growing: Arc<Growing>,
     pos: u64,
     size: u64,
     digest: Digest,
+    on_wait: Box<dyn Fn(bool) + Send + Sync + 'a>,
+    /// Between `on_wait(true)` and `on_wait(false)`.
+    waiting: bool,
 }
 
-impl Read for Follow {
+impl Follow<'_> {
+    fn go_on(&mut self) {
+        if std::mem::take(&mut self.waiting) {
+            (self.on_wait)(false);
+        }
+    }
+}
+
+impl Drop for Follow<'_> {
+    fn drop(&mut self) {
+        self.go_on();
+    }
+}
+
+impl Read for Follow<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if buf.is_empty() {
             return Ok(0);
         }
-        let mut g = self.growing.lock();
+        let r = self.read_inner(buf);
+        // Whatever the outcome, the reader's caller goes on now (outside the lock: going on may wait).
+        self.go_on();
+        r
+    }
+}
+
+impl Follow<'_> {
+    fn read_inner(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let growing = self.growing.clone();
+        let mut g = growing.lock();
         loop {
             if self.pos < g.written {
                 let n = (g.written - self.pos).min(buf.len() as u64) as usize;
@@ -259,7 +299,14 @@ impl Read for Follow {
                 Some(Err((_, why))) => {
                     return Err(io::Error::other(format!("blob {}: its download failed: {why}", self.digest)))
                 }
-                None => g = self.growing.cv.wait(g).unwrap_or_else(|p| p.into_inner()),
+                None if !self.waiting => {
+                    // Told outside the lock (the listener may block), then looked at again.
+                    drop(g);
+                    self.waiting = true;
+                    (self.on_wait)(true);
+                    g = growing.lock();
+                }
+                None => g = growing.cv.wait(g).unwrap_or_else(|p| p.into_inner()),
             }
         }
     }

@@ -68,20 +68,48 @@ impl Slots {
     }
 
     pub(super) fn acquire(&self) -> SlotGuard<'_> {
-        let mut g = self.free.lock().unwrap_or_else(|p| p.into_inner());
-        while *g == 0 {
-            g = self.cv.wait(g).unwrap_or_else(|p| p.into_inner());
-        }
-        *g -= 1;
+        self.take();
         SlotGuard(self)
+    }
+
+    #[cfg(test)]
+    pub(super) fn free(&self) -> usize {
+        *self.free.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 pub(super) struct SlotGuard<'a>(&'a Slots);
 
+impl Slots {
+    fn release(&self) {
+        *self.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.cv.notify_one();
+    }
+
+    fn take(&self) {
+        let mut g = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        while *g == 0 {
+            g = self.cv.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+        *g -= 1;
+    }
+}
+
+/// An extraction whose layer bytes have not arrived (it follows a download) gives its slot to another while it
+/// waits, and takes one again before it goes on: the bound is on extractions that work, not on ones a slow
+/// registry holds up.
+impl super::Pause for SlotGuard<'_> {
+    fn waiting(&self) {
+        self.0.release();
+    }
+
+    fn going_on(&self) {
+        self.0.take();
+    }
+}
+
 impl Drop for SlotGuard<'_> {
     fn drop(&mut self) {
-        *self.0.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-        self.0.cv.notify_one();
+        self.0.release();
     }
 }

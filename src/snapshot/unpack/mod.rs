@@ -109,20 +109,67 @@ pub trait LayerApplier: Send + Sync {
     ) -> std::result::Result<Applied, ApplyError>;
 }
 
+/// A layer reader (and the bytes it was read through).
+pub type LayerReader<'a> = Box<dyn std::io::Read + Send + 'a>;
+
 /// Where an unpack reads layer blobs: a [`Store`], or a pull's downloads as they land
 /// ([`crate::store::Arrivals`]).
 pub trait LayerBlobs: Sync {
     /// A reader of `layer`'s blob that fails at EOF unless its size and digest match the descriptor: what was
     /// applied from it may be kept only once it has been read to its end.
-    fn open_layer(&self, layer: &Layer) -> std::result::Result<Box<dyn std::io::Read + Send>, ApplyError>;
+    fn open_layer(&self, layer: &Layer) -> std::result::Result<LayerReader<'_>, ApplyError> {
+        self.open_layer_pausing(layer, &NoPause)
+    }
+
+    /// [`open_layer`](Self::open_layer), telling `pause` when the reader waits for bytes that have not
+    /// arrived yet and when it goes on (the unpacker lends its extraction slot meanwhile).
+    fn open_layer_pausing<'a>(
+        &'a self,
+        layer: &Layer,
+        pause: &'a dyn Pause,
+    ) -> std::result::Result<LayerReader<'a>, ApplyError>;
+}
+
+/// See [`LayerBlobs::open_layer_pausing`]: calls come in pairs, `waiting` then `going_on`.
+pub trait Pause: Sync {
+    fn waiting(&self);
+    fn going_on(&self);
+}
+
+/// A [`Pause`] that does nothing.
+pub struct NoPause;
+
+impl Pause for NoPause {
+    fn waiting(&self) {}
+    fn going_on(&self) {}
 }
 
 impl LayerBlobs for Store {
-    fn open_layer(&self, layer: &Layer) -> std::result::Result<Box<dyn std::io::Read + Send>, ApplyError> {
+    fn open_layer_pausing<'a>(
+        &'a self,
+        layer: &Layer,
+        _: &'a dyn Pause,
+    ) -> std::result::Result<LayerReader<'a>, ApplyError> {
         match self.open_blob(&layer.descriptor) {
             Ok(r) => Ok(Box::new(r)),
             Err(e) => Err(ApplyError::new(e.kind(), e)),
         }
+    }
+}
+
+/// `blobs` as an extraction holding `slot` reads them: a reader that waits lends the slot.
+struct Slotted<'a> {
+    blobs: &'a dyn LayerBlobs,
+    slot: &'a dyn Pause,
+}
+
+impl LayerBlobs for Slotted<'_> {
+    fn open_layer_pausing<'b>(
+        &'b self,
+        layer: &Layer,
+        _: &'b dyn Pause,
+    ) -> std::result::Result<LayerReader<'b>, ApplyError> {
+        self.blobs.open_layer_pausing(layer, self.slot)
     }
 }
 
@@ -359,7 +406,8 @@ impl Unpacker {
         layer: &Layer,
     ) -> Result<(String, Applied)> {
         let key = self.active_key(&layer.chain_id);
-        let _slot = self.slots.acquire();
+        let slot = self.slots.acquire();
+        let blobs = &Slotted { blobs, slot: &slot };
         self.snapshotter.prepare(&key, None, Labels::new())?;
         let r = (|| {
             let dir = p.diff_dir(&key)?;
@@ -384,7 +432,8 @@ impl Unpacker {
     /// copies lower files up, as containerd's applier does. Returns its key (already removed on error).
     fn extract_through(&self, blobs: &dyn LayerBlobs, layer: &Layer, parent: Option<&str>) -> Result<String> {
         let key = self.active_key(&layer.chain_id);
-        let _slot = self.slots.acquire();
+        let slot = self.slots.acquire();
+        let blobs = &Slotted { blobs, slot: &slot };
         let mounts = self.snapshotter.prepare(&key, parent, Labels::new())?;
         match self.apply_through(blobs, layer, &mounts) {
             Ok(()) => Ok(key),

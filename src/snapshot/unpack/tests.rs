@@ -320,3 +320,96 @@ fn recover_removes_unpack_actives_only() {
     assert_eq!(u.recover().unwrap(), [format!("{UNPACK_PREFIX}sha256:x/1-0")]);
     assert_eq!(e.snap.walk().unwrap().into_iter().map(|i| i.key).collect::<Vec<_>>(), ["bundle/keep"]);
 }
+
+/// Opens every layer through the blobs it is given and reads it to its end, then writes one file.
+struct ReadingApplier;
+
+impl LayerApplier for ReadingApplier {
+    fn apply(
+        &self,
+        blobs: &dyn LayerBlobs,
+        layer: &Layer,
+        dir: &Path,
+        _: WhiteoutMode,
+    ) -> std::result::Result<Applied, ApplyError> {
+        let mut r = blobs.open_layer(layer)?;
+        std::io::copy(&mut r, &mut std::io::sink()).map_err(|e| ApplyError::new(ErrorKind::Internal, e))?;
+        std::fs::write(dir.join(layer.chain_id.as_str().replace(':', "-")), b"x")
+            .map(|()| Applied::default())
+            .map_err(|e| ApplyError::new(ErrorKind::Internal, e))
+    }
+}
+
+/// Layer blobs whose readers wait (telling their pause so) until the test opens the gate, as a followed
+/// download waits for bytes.
+#[derive(Default)]
+struct Waiting {
+    open: Mutex<bool>,
+    cv: Condvar,
+    waiting: AtomicUsize,
+}
+
+struct WaitingReader<'a> {
+    blobs: &'a Waiting,
+    pause: &'a dyn Pause,
+}
+
+impl std::io::Read for WaitingReader<'_> {
+    fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+        self.pause.waiting();
+        self.blobs.waiting.fetch_add(1, Ordering::SeqCst);
+        let mut open = self.blobs.open.lock().unwrap();
+        while !*open {
+            open = self.blobs.cv.wait(open).unwrap();
+        }
+        drop(open);
+        self.pause.going_on();
+        Ok(0)
+    }
+}
+
+impl LayerBlobs for Waiting {
+    fn open_layer_pausing<'a>(
+        &'a self,
+        _: &Layer,
+        pause: &'a dyn Pause,
+    ) -> std::result::Result<LayerReader<'a>, ApplyError> {
+        Ok(Box::new(WaitingReader { blobs: self, pause }))
+    }
+}
+
+#[test]
+fn an_extraction_waiting_for_its_bytes_lends_its_slot() {
+    for parentless in [false, true] {
+        let e = env(parentless);
+        // One slot in all: without lending, the second unpack would wait for the first one's bytes.
+        let u = Unpacker::new(e.snap.clone(), Arc::new(ReadingApplier), 1);
+        let slow = Waiting::default();
+        let (held, quick) = (layers("slow", 1), layers("quick", 1));
+        let here = Waiting { open: Mutex::new(true), ..Default::default() };
+        std::thread::scope(|s| {
+            let first = s.spawn(|| u.unpack_cancellable(&slow, &held, &|_| {}, &Cancel::never()));
+            wait_for("the first extraction to wait for bytes", || slow.waiting.load(Ordering::SeqCst) == 1);
+            let lent = u.slots.free() == 1;
+            let second = s.spawn(|| u.unpack_cancellable(&here, &quick, &|_| {}, &Cancel::never()));
+            // Given 10 s; then the gate opens anyway, so that a regression fails instead of hanging.
+            let mut went_ahead = false;
+            for _ in 0..2000 {
+                if second.is_finished() {
+                    went_ahead = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            *slow.open.lock().unwrap() = true;
+            slow.cv.notify_all();
+            assert!(lent, "the waiting extraction kept its slot");
+            assert!(went_ahead, "the second unpack waited for the first one's bytes");
+            second.join().unwrap().expect("an unpack whose bytes are there goes ahead");
+            first.join().unwrap().expect("the waiting one completes once its bytes come");
+        });
+        assert_eq!(u.slots.free(), 1);
+        let names: Vec<String> = committed(&e.snap).into_iter().map(|i| i.key).collect();
+        assert!(names.contains(&held[0].chain_id.to_string()) && names.contains(&quick[0].chain_id.to_string()));
+    }
+}
