@@ -340,8 +340,9 @@ fn ingest_files(k: &Kilnd) -> Vec<(String, u64)> {
 fn partial(k: &Kilnd, digest: &str) -> Option<u64> {
     let files = ingest_files(k);
     assert!(files.iter().all(|(n, _)| n.ends_with(".partial")), "not a partial blob: {files:?}");
-    let name = format!("sha256-{}.partial", &digest["sha256:".len()..]);
-    files.iter().find(|(n, _)| *n == name).map(|(_, len)| *len)
+    // `sha256-<hex>-<origin>.partial`
+    let prefix = format!("sha256-{}-", &digest["sha256:".len()..]);
+    files.iter().find(|(n, _)| n.starts_with(&prefix)).map(|(_, len)| *len)
 }
 
 /// Every blob of `manifest` is in the store, byte for byte what the registry holds.

@@ -129,13 +129,24 @@ const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(250
 struct Meter<'a> {
     arrivals: &'a Arc<Arrivals>,
     progress: &'a (dyn Fn(PullProgress) + Sync),
-    state: Mutex<(Vec<(Digest, u64)>, snapshot::Progress)>,
+    /// The layers and the unpack's report.
+    state: Mutex<(Vec<MeteredLayer>, snapshot::Progress)>,
 }
 
+/// A layer's digest, size, and whether the store had its blob before the pull.
+type MeteredLayer = (Digest, u64, bool);
+
 impl Meter<'_> {
-    fn resolved(&self, img: &ResolvedImage) {
+    fn resolved(&self, img: &ResolvedImage, store: &Store) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        st.0 = img.layers.iter().map(|l| (l.descriptor.digest.clone(), l.descriptor.size)).collect();
+        st.0 = img
+            .layers
+            .iter()
+            .map(|l| {
+                let d = &l.descriptor;
+                (d.digest.clone(), d.size, crate::sys::host::exists(&store.blob_path(&d.digest)))
+            })
+            .collect();
     }
 
     /// Reports now, with the unpack's new report if there is one.
@@ -144,24 +155,26 @@ impl Meter<'_> {
         if let Some(u) = unpack {
             st.1 = u;
         }
-        let layers = st
-            .0
-            .iter()
-            .enumerate()
-            .map(|(i, (digest, size))| {
-                let committed = i < st.1.layers_done;
-                // A blob this pull does not write was in the store already.
-                let s =
-                    self.arrivals.status(digest).unwrap_or(ArrivalStatus { written: *size, read: 0, complete: true });
-                LayerProgress {
-                    digest: digest.clone(),
-                    size: *size,
-                    downloaded: s.written,
-                    extracted: if committed { *size } else { s.read },
-                    committed,
-                }
-            })
-            .collect();
+        let layers =
+            st.0.iter()
+                .enumerate()
+                .map(|(i, (digest, size, stored))| {
+                    let committed = i < st.1.layers_done;
+                    // Not started yet, or (in the store before the pull) not this pull's to write.
+                    let s = self.arrivals.status(digest).unwrap_or(ArrivalStatus {
+                        written: if *stored { *size } else { 0 },
+                        read: 0,
+                        complete: *stored,
+                    });
+                    LayerProgress {
+                        digest: digest.clone(),
+                        size: *size,
+                        downloaded: s.written,
+                        extracted: if committed { *size } else { s.read },
+                        committed,
+                    }
+                })
+                .collect();
         let p = PullProgress { unpack: st.1, layers };
         drop(st);
         (self.progress)(p);
@@ -282,10 +295,12 @@ impl Kiln {
     /// A registry reference ([`source::RegistryRef::detect`]: `docker://NAME`, or a name whose first component
     /// is a host) that resolves neither as written nor under its full form (`docker.io/library/busybox:latest`)
     /// is fetched from its registry first, with the `[registry]` settings, into the content store under that
-    /// full form ([`fetch`](Self::fetch)), with `credentials` (the request's) for that registry when given. A
-    /// cancelled pull stops before its next blob or layer, unless another
-    /// request waits on a layer it leads; what stays is verified blobs and committed snapshots, never
-    /// half-written or half-applied ones. `progress` must return at once.
+    /// full form ([`fetch`](Self::fetch)), with `credentials` (the request's) for that registry when given, each
+    /// layer unpacked while it downloads. A cancelled pull stops before its next blob or layer, unless another
+    /// request waits on a layer it leads (a pull that downloads stops downloading all the same, and that
+    /// request's wait then ends in an error); what stays is verified blobs, committed snapshots and the
+    /// partial ingest files of the blobs it was downloading, never half-written or half-applied ones.
+    /// `progress` must return at once.
     pub fn pull_image(
         &self,
         reference: &Reference,
@@ -331,8 +346,8 @@ impl Kiln {
     /// second thread, publishing its blobs as they land ([`Arrivals`]); this one waits for the documents,
     /// resolves the image from them (`index.json` does not name it yet) and unpacks, reading each layer blob
     /// from the store or following its download. A snapshot is committed only once its layer's blob was read
-    /// to its verified end; a failure of either side stops the other. The fetch's error is the one reported
-    /// (it is the cause of the unpack's), then the unpack's.
+    /// to its verified end; a failure of either side stops the other, and the error reported is the one that
+    /// came first (the other is its consequence).
     fn fetch_unpacking(
         &self,
         remote: &source::RegistryRef,
@@ -345,24 +360,31 @@ impl Kiln {
         let arrivals = Arrivals::new();
         let meter = Meter { arrivals: &arrivals, progress, state: Mutex::new((Vec::new(), Default::default())) };
         let failed = Arc::new(AtomicBool::new(false));
+        // Which side failed first (1: the fetch, 2: the unpack): its error is the cause, the other's a
+        // consequence (a cancel, a blob that did not arrive).
+        let first = std::sync::atomic::AtomicU8::new(0);
+        let fail = |side: u8| {
+            let _ = first.compare_exchange(0, side, Ordering::SeqCst, Ordering::SeqCst);
+            failed.store(true, Ordering::SeqCst);
+        };
         let cancel = cancel.or(failed.clone(), "another part of the pull failed");
         let (fetched, unpacked) = std::thread::scope(|s| {
             let fetcher = s.spawn(|| {
                 let closing = Closing(&arrivals);
                 let r = self.fetch_with(remote, platform.clone(), credentials, Some(arrivals.clone()), &cancel);
                 if let Err(e) = &r {
-                    failed.store(true, Ordering::Relaxed);
+                    fail(1);
                     arrivals.close(&crate::error::report(e));
                 }
                 drop(closing);
                 r
             });
-            let unpacked = (|| -> Result<Option<UnpackReport>> {
+            let unpacked = (|| -> Result<Option<(ResolvedImage, UnpackReport)>> {
                 let Some(top) = arrivals.wait_documents() else { return Ok(None) };
                 let store = self.catalog.content_store()?;
                 let opts = ResolveOptions { platform: platform.clone(), ..Default::default() };
                 let image = image::resolve_descriptor(&store, full, &top, &opts)?;
-                meter.resolved(&image);
+                meter.resolved(&image, &store);
                 let blobs = Following { store: &store, arrivals: &arrivals };
                 // The downloads move between the unpack's reports: a look every PROGRESS_EVERY, until the
                 // unpack ends (it drops `stop`, which wakes the ticker at once).
@@ -379,22 +401,27 @@ impl Kiln {
                     drop(stop);
                     r
                 });
-                Ok(Some(r?))
+                Ok(Some((image, r?)))
             })();
             if unpacked.is_err() {
-                failed.store(true, Ordering::Relaxed);
+                fail(2);
             }
             let fetched = fetcher
                 .join()
                 .unwrap_or_else(|_| Err(Error::Internal { what: format!("the fetch of {} panicked", remote.full()) }));
             (fetched, unpacked)
         });
+        if first.load(Ordering::SeqCst) == 2 {
+            if let Err(e) = unpacked {
+                return Err(e);
+            }
+        }
         let ref_name = fetched?;
-        let report = match unpacked? {
-            Some(report) => report,
+        // The image unpacked is the one fetched (the name may point elsewhere by now, after another pull).
+        let (image, report) = match unpacked? {
+            Some(done) => done,
             None => return Err(Error::Internal { what: format!("the fetch of {} wrote no documents", remote.full()) }),
         };
-        let (_, image) = self.resolve(full, platform)?;
         Ok(Pulled { image, report, ref_name, fetched: true })
     }
 

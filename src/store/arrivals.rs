@@ -58,7 +58,9 @@ struct State {
 
 /// One blob being written.
 struct Growing {
-    file: File,
+    /// Dropped once the blob is in the store (a finished pull holds no descriptor per blob); followers hold
+    /// their own.
+    file: Mutex<Option<Arc<File>>>,
     state: Mutex<Grown>,
     cv: Condvar,
     /// The furthest a follower has read (for progress).
@@ -114,7 +116,11 @@ impl Publishing {
         if g.done.is_none() {
             g.done = Some(r);
         }
+        let complete = matches!(g.done, Some(Ok(())));
         drop(g);
+        if complete {
+            *self.growing.file.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
         self.growing.cv.notify_all();
     }
 }
@@ -139,7 +145,7 @@ impl Arrivals {
     /// The writer starts blob `digest` in the ingest file `file` (opened for reading).
     pub(super) fn begin(&self, digest: &Digest, file: File) -> Publishing {
         let growing = Arc::new(Growing {
-            file,
+            file: Mutex::new(Some(Arc::new(file))),
             state: Mutex::new(Grown::default()),
             cv: Condvar::new(),
             read: AtomicU64::new(0),
@@ -208,9 +214,12 @@ impl Arrivals {
     ) -> Result<Box<dyn Read + Send + 'a>> {
         let mut st = self.lock();
         loop {
-            if let Some(g) = st.blobs.get(&desc.digest) {
+            // A blob whose write is complete is read from the store.
+            let writing = st.blobs.get(&desc.digest).and_then(|g| Some((g.clone(), g.file.lock().ok()?.clone()?)));
+            if let Some((growing, file)) = writing {
                 return Ok(Box::new(Follow {
-                    growing: g.clone(),
+                    growing,
+                    file,
                     pos: 0,
                     size: desc.size,
                     digest: desc.digest.clone(),
@@ -234,6 +243,7 @@ impl Arrivals {
 /// A follower's reader; see [`Arrivals::open_telling`].
 struct Follow<'a> {
     growing: Arc<Growing>,
+    file: Arc<File>,
     pos: u64,
     size: u64,
     digest: Digest,
@@ -276,7 +286,7 @@ impl Follow<'_> {
             if self.pos < g.written {
                 let n = (g.written - self.pos).min(buf.len() as u64) as usize;
                 drop(g);
-                let got = self.growing.file.read_at(&mut buf[..n], self.pos)?;
+                let got = self.file.read_at(&mut buf[..n], self.pos)?;
                 if got == 0 {
                     return Err(io::Error::other(format!(
                         "blob {}: the ingest file is shorter than written",

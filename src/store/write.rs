@@ -1,6 +1,7 @@
 //! The write side of a layout: creating one, adding verified blobs, and changing ref names in `index.json`.
 //!
-//! Blobs go first (temp file in `blobs/<alg>/`, verified while written, `fsync`, `rename`), then `index.json`
+//! Blobs go first (a temp file in `.kiln-ingest/`, verified while written, `fsync`, `rename` into
+//! `blobs/<alg>/`), then `index.json`
 //! is replaced by atomic rename while an exclusive `flock` on `index.json.lock` is held, so a reader never
 //! sees a ref whose blobs are missing, and two kiln writers never lose each other's update. The lock is held
 //! for the short steps that read or replace `index.json` (and for a blob collection), never while blobs are
@@ -15,6 +16,9 @@
 //! [`sweep_ingest`] removes what a crash left there, except the partial blobs of registry pulls
 //! ([`LayoutWriter::put_blob_resuming`]), which a later pull goes on from (start-up and blob GC remove those
 //! not resumed for [`PARTIAL_KEEP`]).
+//!
+//! (Over 600 lines, half of it tests: blob writes, resumable writes, ref edits and blob collection share the
+//! layout's lock, pins and ingest directory.)
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -44,7 +48,13 @@ fn sys_err(what: impl Into<String>) -> impl FnOnce(sys::SysError) -> Error {
 
 /// `io::copy` that does not write the first `skip` bytes (the file has them already) and tells `p` after each
 /// write how many bytes are in the file (a follower reads them at once). Returns the bytes read.
-fn copy_into(from: &mut impl Read, to: &mut File, mut skip: u64, p: Option<&Publishing>) -> io::Result<u64> {
+fn copy_into(
+    from: &mut impl Read,
+    to: &mut File,
+    mut skip: u64,
+    p: Option<&Publishing>,
+    fresh: &std::cell::Cell<u64>,
+) -> io::Result<u64> {
     let mut buf = vec![0u8; 256 << 10];
     let mut total = 0u64;
     loop {
@@ -57,6 +67,7 @@ fn copy_into(from: &mut impl Read, to: &mut File, mut skip: u64, p: Option<&Publ
         let kept = skip.min(n as u64) as usize;
         skip -= kept as u64;
         to.write_all(&buf[kept..n])?;
+        fresh.set(fresh.get() + (n - kept) as u64);
         total += n as u64;
         if let Some(p) = p {
             p.wrote(total);
@@ -295,9 +306,8 @@ impl LayoutWriter {
         let r = (|| {
             let copied = match &publishing {
                 None => io::copy(&mut verifying, &mut file).map_err(|e| Error::from_read(what.clone(), e))?,
-                Some(p) => {
-                    copy_into(&mut verifying, &mut file, 0, Some(p)).map_err(|e| Error::from_read(what.clone(), e))?
-                }
+                Some(p) => copy_into(&mut verifying, &mut file, 0, Some(p), &Default::default())
+                    .map_err(|e| Error::from_read(what.clone(), e))?,
             };
             file.flush().and_then(|()| file.sync_all()).map_err(io_err(tmp.0.display().to_string()))?;
             let dest = self.store.blob_path(digest);
@@ -319,7 +329,13 @@ impl LayoutWriter {
     /// the next put of the blob goes on from its end — the kept bytes are read again into the digest, so the
     /// check covers the whole. A resumed blob that does not match is put again once from its first byte (the
     /// kept bytes may be what a power cut left). Start-up keeps partial files for [`PARTIAL_KEEP`].
-    pub fn put_blob_resuming(&self, digest: &Digest, size: u64, source: &mut dyn Resumable) -> Result<u64> {
+    pub fn put_blob_resuming(
+        &self,
+        digest: &Digest,
+        size: u64,
+        origin: &str,
+        source: &mut dyn Resumable,
+    ) -> Result<u64> {
         self.pin(digest);
         let existing = Descriptor::new("application/octet-stream", digest.clone(), size);
         if let Ok(mut r) = self.store.open_blob(&existing) {
@@ -331,28 +347,35 @@ impl LayoutWriter {
         sys::host::ensure_dir(&dir, 0o755).map_err(sys_err(dir.display().to_string()))?;
         let ingest = self.store.path().join(INGEST_DIR);
         sys::host::ensure_dir(&ingest, 0o700).map_err(sys_err(ingest.display().to_string()))?;
-        let partial = ingest.join(format!("{}-{}{PARTIAL_SUFFIX}", digest.algorithm_str(), digest.encoded()));
+        // Named by the digest and where the bytes come from: bytes one registry sent are never resumed from
+        // another (a registry could otherwise plant a wrong prefix for a popular layer).
+        let origin = Digest::sha256(origin.as_bytes()).encoded()[..16].to_owned();
+        let partial = ingest.join(format!("{}-{}-{origin}{PARTIAL_SUFFIX}", digest.algorithm_str(), digest.encoded()));
+        // Less than the whole: a partial of the blob's full size would be asked for nothing (a 416).
         let have = match sys::host::lstat(&partial) {
-            Ok(st) if sys::fs::file_type(&st) == nix::sys::stat::SFlag::S_IFREG && (st.st_size as u64) <= size => {
+            Ok(st) if sys::fs::file_type(&st) == nix::sys::stat::SFlag::S_IFREG && (st.st_size as u64) < size => {
                 st.st_size as u64
             }
             Ok(_) => {
-                let _ = sys::host::remove_file(&partial);
+                sys::tree::remove_tree(&partial).map_err(sys_err(partial.display().to_string()))?;
                 0
             }
             Err(_) => 0,
         };
         match self.put_from(digest, size, &partial, &dir, have, source) {
-            Err(e) if have > 0 && e.kind() == crate::error::ErrorKind::Corrupt => {
-                tracing::info!(blob = %digest, kept = have, error = %e, "a resumed blob did not match; putting it again");
-                self.put_from(digest, size, &partial, &dir, 0, source)
+            // The kept bytes were not the blob's (a power cut), or the source gave nothing after them: once
+            // more from the first byte.
+            (Err(e), fresh) if have > 0 && (e.kind() == crate::error::ErrorKind::Corrupt || fresh == 0) => {
+                tracing::info!(blob = %digest, kept = have, error = %e, "a resumed blob failed; putting it again");
+                let _ = sys::host::remove_file(&partial);
+                self.put_from(digest, size, &partial, &dir, 0, source).0
             }
-            r => r,
+            (r, _) => r,
         }
     }
 
     /// One attempt of [`put_blob_resuming`](Self::put_blob_resuming), keeping the first `have` bytes of
-    /// `partial`; returns the bytes the source gave.
+    /// `partial`; returns the bytes the source gave, and (also on error) how many it gave.
     fn put_from(
         &self,
         digest: &Digest,
@@ -361,6 +384,22 @@ impl LayoutWriter {
         dir: &Path,
         have: u64,
         source: &mut dyn Resumable,
+    ) -> (Result<u64>, u64) {
+        let fresh = std::cell::Cell::new(0u64);
+        let r = self.put_from_counting(digest, size, partial, dir, have, source, &fresh);
+        (r, fresh.get())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn put_from_counting(
+        &self,
+        digest: &Digest,
+        size: u64,
+        partial: &Path,
+        dir: &Path,
+        have: u64,
+        source: &mut dyn Resumable,
+        fresh: &std::cell::Cell<u64>,
     ) -> Result<u64> {
         let what = format!("blob {digest}");
         let name = || partial.display().to_string();
@@ -374,12 +413,14 @@ impl LayoutWriter {
         }
         let mut verifying = VerifyingReader::new(kept.chain(&mut *source), digest.clone(), size)
             .map_err(|source| Error::Digest { what: what.clone(), source })?;
-        let publishing = match &self.arrivals {
-            Some(a) => Some(a.begin(digest, sys::host::open_read(partial).map_err(sys_err(name()))?)),
-            None => None,
+        // A resumed attempt is not followed: its kept bytes may turn out wrong and the blob be put again from
+        // its start, which a follower could not go back to. A follower waits for the blob in the store.
+        let publishing = match (&self.arrivals, have) {
+            (Some(a), 0) => Some(a.begin(digest, sys::host::open_read(partial).map_err(sys_err(name()))?)),
+            _ => None,
         };
         let r = (|| -> Result<u64> {
-            let total = copy_into(&mut verifying, &mut file, have, publishing.as_ref())
+            let total = copy_into(&mut verifying, &mut file, have, publishing.as_ref(), fresh)
                 .map_err(|e| Error::from_read(what.clone(), e))?;
             file.flush().and_then(|()| file.sync_all()).map_err(io_err(name()))?;
             let dest = self.store.blob_path(digest);
@@ -552,11 +593,18 @@ impl IndexLock<'_> {
     /// writing one pins its digest).
     fn collect_partials(&self, now: std::time::SystemTime, dry_run: bool, report: &mut BlobReport) -> Result<()> {
         let ingest = self.writer.store.path().join(INGEST_DIR);
-        let Ok(ifd) = sys::host::open_dir(&ingest) else { return Ok(()) };
+        let ifd = match sys::host::open_dir(&ingest) {
+            Ok(fd) => fd,
+            Err(e) if e.errno == nix::errno::Errno::ENOENT => return Ok(()),
+            Err(e) => return Err(sys_err(ingest.display().to_string())(e)),
+        };
         for (file, _) in sys::fs::read_dir_names(&ifd).map_err(sys_err(ingest.display().to_string()))? {
             let file = std::ffi::OsString::from_vec(file);
             let text = file.to_string_lossy();
-            let Some(stem) = text.strip_suffix(PARTIAL_SUFFIX) else { continue };
+            // `<alg>-<encoded>-<origin>.partial`
+            let Some(stem) = text.strip_suffix(PARTIAL_SUFFIX).and_then(|s| s.rsplit_once('-')).map(|(s, _)| s) else {
+                continue;
+            };
             let Some(digest) = stem.split_once('-').and_then(|(a, e)| Digest::parse(&format!("{a}:{e}")).ok()) else {
                 continue;
             };
@@ -693,8 +741,11 @@ mod tests {
         }
     }
 
+    const ORIGIN: &str = "r.example/app";
+
     fn partial_of(d: &Path, digest: &Digest) -> PathBuf {
-        d.join(INGEST_DIR).join(format!("sha256-{}{PARTIAL_SUFFIX}", digest.encoded()))
+        let origin = Digest::sha256(ORIGIN.as_bytes()).encoded()[..16].to_owned();
+        d.join(INGEST_DIR).join(format!("sha256-{}-{origin}{PARTIAL_SUFFIX}", digest.encoded()))
     }
 
     #[test]
@@ -704,7 +755,7 @@ mod tests {
         let digest = Digest::sha256(&data);
         let mut src = Source { data: data.clone(), pos: 0, fail_after: Some(30_000), starts: vec![] };
         let w = LayoutWriter::open(d.path()).unwrap();
-        assert!(w.put_blob_resuming(&digest, data.len() as u64, &mut src).is_err());
+        assert!(w.put_blob_resuming(&digest, data.len() as u64, ORIGIN, &mut src).is_err());
         assert_eq!(fs::metadata(partial_of(d.path(), &digest)).unwrap().len(), 30_000);
         // A restart keeps it; other ingest leftovers go.
         fs::write(d.path().join(INGEST_DIR).join("sha256-x-123"), b"junk").unwrap();
@@ -713,7 +764,7 @@ mod tests {
         assert_eq!(left.len(), 1, "{left:?}");
 
         let w = LayoutWriter::open(d.path()).unwrap();
-        assert_eq!(w.put_blob_resuming(&digest, data.len() as u64, &mut src).unwrap(), 70_000, "only the rest");
+        assert_eq!(w.put_blob_resuming(&digest, data.len() as u64, ORIGIN, &mut src).unwrap(), 70_000, "only the rest");
         assert_eq!(src.starts, [0, 30_000]);
         assert_eq!(fs::read(w.store().blob_path(&digest)).unwrap(), data);
         assert!(!partial_of(d.path(), &digest).exists());
@@ -729,16 +780,44 @@ mod tests {
         fs::write(partial_of(d.path(), &digest), vec![0u8; 20_000]).unwrap();
         let mut src = Source { data: data.clone(), pos: 0, fail_after: None, starts: vec![] };
         let w = LayoutWriter::open(d.path()).unwrap();
-        assert_eq!(w.put_blob_resuming(&digest, data.len() as u64, &mut src).unwrap(), 50_000);
+        assert_eq!(w.put_blob_resuming(&digest, data.len() as u64, ORIGIN, &mut src).unwrap(), 50_000);
         assert_eq!(src.starts, [20_000, 0]);
         assert_eq!(fs::read(w.store().blob_path(&digest)).unwrap(), data);
 
         // A source whose bytes do not match: an error, nothing kept anywhere.
         let other = Digest::sha256(b"not these bytes");
         let mut src = Source { data: data.clone(), pos: 0, fail_after: None, starts: vec![] };
-        let e = w.put_blob_resuming(&other, data.len() as u64, &mut src).unwrap_err();
+        let e = w.put_blob_resuming(&other, data.len() as u64, ORIGIN, &mut src).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
         assert!(!partial_of(d.path(), &other).exists() && !w.store().blob_path(&other).exists());
+    }
+
+    #[test]
+    fn a_partial_of_the_whole_size_or_one_the_source_cannot_go_on_from_is_put_again_from_the_start() {
+        let d = layout();
+        let data = vec![9u8; 40_000];
+        let digest = Digest::sha256(&data);
+        let w = LayoutWriter::open(d.path()).unwrap();
+        fs::create_dir_all(d.path().join(INGEST_DIR)).unwrap();
+        // The whole size kept (a crash between the last write and the rename): nothing is asked after it.
+        fs::write(partial_of(d.path(), &digest), &data).unwrap();
+        let mut src = Source { data: data.clone(), pos: 0, fail_after: None, starts: vec![] };
+        assert_eq!(w.put_blob_resuming(&digest, data.len() as u64, ORIGIN, &mut src).unwrap(), 40_000);
+        assert_eq!(src.starts, [0]);
+        // A source that fails at once after the kept bytes (a registry answering 416): from the start.
+        let other = vec![3u8; 40_000];
+        let od = Digest::sha256(&other);
+        fs::write(partial_of(d.path(), &od), &other[..1000]).unwrap();
+        let mut src = Source { data: other.clone(), pos: 0, fail_after: Some(0), starts: vec![] };
+        assert_eq!(w.put_blob_resuming(&od, other.len() as u64, ORIGIN, &mut src).unwrap(), 40_000);
+        assert_eq!(src.starts, [1000, 0]);
+        // Bytes kept from another origin are not resumed.
+        let third = vec![4u8; 30_000];
+        let td = Digest::sha256(&third);
+        fs::write(partial_of(d.path(), &td), &third[..500]).unwrap();
+        let mut src = Source { data: third.clone(), pos: 0, fail_after: None, starts: vec![] };
+        assert_eq!(w.put_blob_resuming(&td, third.len() as u64, "other.example/app", &mut src).unwrap(), 30_000);
+        assert_eq!(src.starts, [0]);
     }
 
     #[test]
@@ -746,11 +825,11 @@ mod tests {
         let d = layout();
         let dir = d.path().join(INGEST_DIR);
         fs::create_dir_all(&dir).unwrap();
-        let old = dir.join(format!("sha256-{}{PARTIAL_SUFFIX}", "a".repeat(64)));
+        let old = dir.join(format!("sha256-{}-0123456789abcdef{PARTIAL_SUFFIX}", "a".repeat(64)));
         fs::write(&old, b"old").unwrap();
         let then = std::time::SystemTime::now() - PARTIAL_KEEP - Duration::from_secs(60);
         fs::File::options().write(true).open(&old).unwrap().set_modified(then).unwrap();
-        let fresh = dir.join(format!("sha256-{}{PARTIAL_SUFFIX}", "b".repeat(64)));
+        let fresh = dir.join(format!("sha256-{}-0123456789abcdef{PARTIAL_SUFFIX}", "b".repeat(64)));
         fs::write(&fresh, b"fresh").unwrap();
         // GC takes it too, without a restart.
         let w = LayoutWriter::open(d.path()).unwrap();

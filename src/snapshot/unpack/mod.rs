@@ -10,7 +10,7 @@
 //!   capability (native), each layer is applied in order to a new active on the chain below it, through the
 //!   mounts the snapshotter hands out.
 //!
-//! Files: this one schedules; [`flight`] has single-flight and the extraction bound; [`exact`] checks and
+//! Files: this one schedules (over 600 lines: the two stages and their single flight are one piece); [`flight`] has single-flight and the extraction bound; [`exact`] checks and
 //! mends parentless diffs.
 //! - Nothing becomes a committed snapshot unless the applier verified the layer (compressed digest, DiffID).
 //!   A failed layer's active snapshot is removed; one left by a crash (keys under `unpack/`) is removed by

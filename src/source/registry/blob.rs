@@ -1,4 +1,5 @@
-//! A registry blob as a [`std::io::Read`], for the store's verified `put_blob`, that survives a cut: every
+//! A registry blob as a [`std::io::Read`] (and [`crate::store::Resumable`]), for the store's verified
+//! `put_blob_resuming`, that survives a cut: every
 //! request asks for a range (`bytes=0-` first), so the bytes are hashed once, by the store. When a
 //! response fails part way (a reset, a close before its end) or a request is answered 429/5xx, the next
 //! request asks for the rest with `Range: bytes=N-`, N being the bytes already handed to the store (which has
@@ -166,7 +167,8 @@ impl<'a> BlobRead<'a> {
     /// The next chunk of the blob, resuming across cuts; empty at its end.
     fn next_chunk(&mut self) -> Result<Bytes, Error> {
         loop {
-            if self.ended {
+            // Every byte is in (none is asked for: a registry answers an empty range with a 416).
+            if self.ended || self.received >= self.desc.size {
                 return Ok(Bytes::new());
             }
             if self.stream.is_none() {

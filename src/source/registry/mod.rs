@@ -1,12 +1,14 @@
 //! An OCI registry as an import source (distribution spec v1.1, reads only): the manifest or index a
 //! reference names, by tag or digest, every manifest below an index, then the configs, the documents, and the
 //! layers (those of the manifest this host runs first), each streamed through the store's
-//! [`LayoutWriter::put_blob`] — into `.kiln-ingest/`, size and digest verified as it is written, renamed into
-//! `blobs/` only when both match. The ref [`super::commit_all`] sets last names only what is there; until then
-//! the blobs are pinned and named by nothing. Documents go before the layers so that an unpack following the
-//! pull (the writer's [`store::Arrivals`]) can resolve the image and read each layer as it lands. A failure or
-//! a cancel leaves nothing half-written: the ingest file goes with the failed `put_blob`, and no ref names the
-//! blobs that did land (the collector takes them once unpinned). An index is fetched whole, every platform, as a layout import
+//! [`LayoutWriter::put_blob_resuming`] (documents: `put_blob`) — into `.kiln-ingest/`, size and digest verified
+//! as it is written, renamed into `blobs/` only when both match. The ref [`super::commit_all`] sets last names
+//! only what is there; until then the blobs are pinned and named by nothing. Documents go before the layers so
+//! that an unpack following the pull (the writer's [`store::Arrivals`]) can resolve the image and read each
+//! layer as it lands. A failure or a cancel leaves nothing half-written in `blobs/` and no ref: what arrived
+//! of a blob stays as its partial ingest file, for the next pull to go on from, and the blobs that did land are
+//! named by nothing (the collector takes them once unpinned). An index is fetched whole, every platform, as a
+//! layout import
 //! copies one (a ref names one complete tree, which the collector and `image::reachable` rely on); it is
 //! refused first, before any blob, when nothing in it runs on the wanted platform (the host's by default).
 //!
@@ -37,6 +39,9 @@
 //! kept between pulls, falling back to another host for a blob the chosen mirror lacks.
 //!
 //! May use: `store`, `image`, `digest`, `cancel`, `sys` (through `auth`), `error`, `metrics`.
+//!
+//! (Over 600 lines: the fetch of one reference — hosts chosen, documents, caps, ordering, errors mapped — is
+//! one piece; the parts that stand alone are the submodules.)
 
 mod auth;
 mod blob;
@@ -520,7 +525,9 @@ impl Remote {
             return Err(self.cancelled(cancel).into());
         }
         let mut reader = BlobRead::new(self, desc, cancel);
-        match dest.put_blob_resuming(&desc.digest, desc.size, &mut reader) {
+        // Kept bytes are resumed only from the host and repository that sent them.
+        let origin = format!("{}/{}", self.client.current().host, self.reference.repository());
+        match dest.put_blob_resuming(&desc.digest, desc.size, &origin, &mut reader) {
             Ok(written) => Ok(written),
             Err(e) => {
                 if let Some(f) = reader.failure.take() {

@@ -7,7 +7,7 @@
 //! several threads `block_on` one such runtime (one of them drives the I/O, the others poll their own
 //! futures), so the client, its connection pool and its token cache stay one. Progress goes back to the
 //! calling thread over a channel: the [`Sink`] is not `Send`, and the order of commit does not change — the
-//! caller writes the documents only after every blob is in, the ref last.
+//! caller writes the configs, then the documents, then the layers, the ref last.
 //!
 //! The flight is keyed by the store's path and the digest: the leader streams the blob into the store; a
 //! follower waits (watching its own cancel), then tries again, which finds the blob in the store and costs no
