@@ -54,6 +54,16 @@ impl std::fmt::Display for ErrorKind {
     }
 }
 
+/// The payload of an I/O error saying the bytes could not be had at all — their source failed (a download
+/// that stopped) — with that failure's kind, so that a reader's caller (the layer applier) does not take it for
+/// bad content.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct SourceFailed {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
 /// One line for an error and its causes, for the binaries: each cause is added only when the message so
 /// far does not already say it (kiln's errors usually carry their source in their own text).
 pub fn report(e: &(dyn std::error::Error + 'static)) -> String {

@@ -210,6 +210,9 @@ pub enum Error {
     },
     #[error("layer {layer}: DiffID mismatch: rootfs.diff_ids says {expected}, uncompressed content is {actual}")]
     DiffIdMismatch { layer: String, expected: Digest, actual: Digest },
+    /// The blob's bytes could not be had (a download that stopped): not the layer's fault.
+    #[error("layer {layer}: its bytes did not arrive: {reason}")]
+    Source { layer: String, kind: ErrorKind, reason: String },
     #[error("layer {layer}: decompression failed: {source}")]
     Decompress {
         layer: String,
@@ -274,6 +277,7 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Digest { source, .. } => source.kind(),
+            Error::Source { kind, .. } => *kind,
             Error::DiffIdMismatch { .. }
             | Error::Decompress { .. }
             | Error::Tar { .. }

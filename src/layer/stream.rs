@@ -51,6 +51,9 @@ pub(crate) struct Produced {
 }
 
 fn read_error(layer: &str, e: io::Error) -> Error {
+    if let Some(f) = e.get_ref().and_then(|i| i.downcast_ref::<crate::error::SourceFailed>()) {
+        return Error::Source { layer: layer.to_owned(), kind: f.kind, reason: f.message.clone() };
+    }
     match digest::Error::from_io(&e) {
         Some(_) => match e.into_inner().and_then(|b| b.downcast::<digest::Error>().ok()) {
             Some(d) => Error::Digest { layer: layer.to_owned(), source: *d },

@@ -306,8 +306,9 @@ impl Follow<'_> {
                         self.digest, self.pos, self.size
                     )))
                 }
-                Some(Err((_, why))) => {
-                    return Err(io::Error::other(format!("blob {}: its download failed: {why}", self.digest)))
+                Some(Err((kind, why))) => {
+                    let message = format!("blob {}: its download failed: {why}", self.digest);
+                    return Err(io::Error::other(crate::error::SourceFailed { kind: *kind, message }));
                 }
                 None if !self.waiting => {
                     // Told outside the lock (the listener may block), then looked at again.

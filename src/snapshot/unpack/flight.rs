@@ -37,13 +37,17 @@ impl Drop for Follower {
 }
 
 impl Flight {
-    pub(super) fn wait(&self) -> FlightResult {
+    /// [`wait`](Self::wait), looking at `stop` every 100 ms; `None` once it says so.
+    pub(super) fn wait_until(&self, stop: impl Fn() -> bool) -> Option<FlightResult> {
         let mut g = self.result.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             if let Some(r) = g.as_ref() {
-                return r.clone();
+                return Some(r.clone());
             }
-            g = self.done.wait(g).unwrap_or_else(|p| p.into_inner());
+            if stop() {
+                return None;
+            }
+            g = self.done.wait_timeout(g, std::time::Duration::from_millis(100)).unwrap_or_else(|p| p.into_inner()).0;
         }
     }
 

@@ -491,6 +491,49 @@ impl Unpacker {
         Ok(())
     }
 
+    /// Waits for another request's extraction of `layer`, watching this call's own `cancel`. A leader's failure
+    /// other than bad content is not final for its followers once: its cause may be its own (its caller went
+    /// away, its download failed) rather than the layer's, so the layer is claimed again — extracted here, from this call's
+    /// `blobs`, when nobody else has it by then. `Ok(true)`: another request made it; `Ok(false)`: this one.
+    fn follow(
+        &self,
+        mut f: Follower,
+        blobs: &dyn LayerBlobs,
+        layer: &Layer,
+        parent: Option<&str>,
+        cancel: &Cancel,
+    ) -> Result<bool> {
+        let mut tries = 0;
+        loop {
+            let waited = f.0.wait_until(|| cancel.reason().is_some());
+            let e = match waited {
+                None => {
+                    let reason = cancel.reason().unwrap_or("cancelled");
+                    return Err(Error::Cancelled { what: format!("wait for layer {}", layer.chain_id), reason });
+                }
+                Some(Ok(())) => return Ok(true),
+                Some(Err(e)) => e,
+            };
+            tries += 1;
+            // Bad content fails every extraction alike: final.
+            if tries > 1 || e.kind() == ErrorKind::Corrupt {
+                return Err(Error::Flight { chain_id: layer.chain_id.clone(), source: e });
+            }
+            tracing::debug!(chain_id = %layer.chain_id, error = %e, "the extraction this request waited on failed; claiming it again");
+            match self.claim(&layer.chain_id)? {
+                Role::Present => return Ok(true),
+                Role::Follow(again) => f = again,
+                Role::Lead(mut g) => {
+                    let r = self.extract_through(blobs, layer, parent).and_then(|key| {
+                        g.active = Some(key.clone());
+                        self.snapshotter.commit(layer.chain_id.as_str(), &key, Self::labels(layer))
+                    });
+                    return self.finish(*g, r).map(|()| false);
+                }
+            }
+        }
+    }
+
     /// Makes every layer of `layers` (bottom first, as in the manifest) a committed snapshot named by its
     /// ChainID. Returns once the top chain is committed, or with the first failure.
     pub fn unpack(&self, store: &Store, layers: &[Layer]) -> Result<UnpackReport> {
@@ -612,9 +655,10 @@ impl Unpacker {
                 Role::Present => report.present.push(layer.chain_id.clone()),
                 Role::Follow(f) => {
                     if first_err.is_none() {
-                        match f.0.wait() {
-                            Ok(()) => report.waited.push(layer.chain_id.clone()),
-                            Err(e) => first_err = Some(Error::Flight { chain_id: layer.chain_id.clone(), source: e }),
+                        match self.follow(f, blobs, layer, parent, cancel) {
+                            Ok(true) => report.waited.push(layer.chain_id.clone()),
+                            Ok(false) => report.extracted.push(layer.chain_id.clone()),
+                            Err(e) => first_err = Some(e),
                         }
                     }
                 }

@@ -347,6 +347,8 @@ struct Waiting {
     open: Mutex<bool>,
     cv: Condvar,
     waiting: AtomicUsize,
+    /// Once open, the read fails (the download stopped) instead of ending.
+    fail: bool,
 }
 
 struct WaitingReader<'a> {
@@ -364,6 +366,9 @@ impl std::io::Read for WaitingReader<'_> {
         }
         drop(open);
         self.pause.going_on();
+        if self.blobs.fail {
+            return Err(std::io::Error::other("the download stopped"));
+        }
         Ok(0)
     }
 }
@@ -411,5 +416,41 @@ fn an_extraction_waiting_for_its_bytes_lends_its_slot() {
         assert_eq!(u.slots.free(), 1);
         let names: Vec<String> = committed(&e.snap).into_iter().map(|i| i.key).collect();
         assert!(names.contains(&held[0].chain_id.to_string()) && names.contains(&quick[0].chain_id.to_string()));
+    }
+}
+
+#[test]
+fn a_follower_extracts_the_layer_itself_when_its_leader_fails_for_its_own_reasons() {
+    for parentless in [false, true] {
+        let e = env(parentless);
+        let u = Unpacker::new(e.snap.clone(), Arc::new(ReadingApplier), 4);
+        let ls = layers("shared", 1);
+        let leaders = Waiting { fail: true, ..Default::default() };
+        let ours = Waiting { open: Mutex::new(true), ..Default::default() };
+        let claimed = AtomicUsize::new(0);
+        let (a, b) = std::thread::scope(|s| {
+            let a = s.spawn(|| u.unpack_cancellable(&leaders, &ls, &|_| {}, &Cancel::never()));
+            wait_for("the leader to wait for its bytes", || leaders.waiting.load(Ordering::SeqCst) == 1);
+            let b = s.spawn(|| {
+                u.unpack_cancellable(
+                    &ours,
+                    &ls,
+                    &|_| {
+                        claimed.fetch_add(1, Ordering::SeqCst);
+                    },
+                    &Cancel::never(),
+                )
+            });
+            wait_for("the follower's claim", || claimed.load(Ordering::SeqCst) >= 1);
+            *leaders.open.lock().unwrap() = true;
+            leaders.cv.notify_all();
+            (a.join().unwrap(), b.join().unwrap())
+        });
+        let a = a.unwrap_err();
+        assert_ne!(a.kind(), ErrorKind::Corrupt, "{a}");
+        let b = b.expect("the follower extracted the layer from its own blobs");
+        assert_eq!(b.extracted, [ls[0].chain_id.clone()], "{b:?}");
+        assert_eq!(e.snap.stat(ls[0].chain_id.as_str()).unwrap().kind, Kind::Committed);
+        assert!(u.flights.lock().unwrap().is_empty());
     }
 }
