@@ -151,6 +151,11 @@ fn descriptor_limit(config: &Config) {
 
 fn run(config: Config) -> anyhow::Result<()> {
     descriptor_limit(&config);
+    // The reference grammar's regex is compiled on first use (tens of ms): here, beside start-up, rather than
+    // in the first registry pull.
+    std::thread::spawn(|| {
+        let _ = kiln::source::RegistryRef::parse("docker.io/library/kiln:warm");
+    });
     let _lock = lifecycle::lock_root(&config.root, &config.state)?;
     let daemon = server::Daemon::new(config.clone()).context("preparing directories")?;
     let listeners = lifecycle::listen(&config)?;

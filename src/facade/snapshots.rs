@@ -34,6 +34,7 @@
 mod filter;
 
 use crate::bundle::engine::CONTAINERD_PREFIX;
+use crate::cancel::Cancel;
 use crate::digest::Digest;
 use crate::image::{Reference, ResolveOptions};
 use crate::snapshot::{self, Kind, Labels, Mount, Usage};
@@ -108,9 +109,9 @@ impl Kiln {
     ///
     /// A layer's `Prepare` that kiln can serve from its own store (see the module documentation) answers
     /// AlreadyExists with `kiln/<ChainID>` committed instead.
-    pub fn ctr_prepare(&self, key: &str, parent: &str, labels: Labels) -> Result<Vec<Mount>> {
+    pub fn ctr_prepare(&self, key: &str, parent: &str, labels: Labels, cancel: &Cancel) -> Result<Vec<Mount>> {
         let (ikey, iparent) = (ours(key)?, parent_of(parent)?);
-        if let Some(name) = self.remote_snapshot(parent, &labels) {
+        if let Some(name) = self.remote_snapshot(parent, &labels, cancel) {
             return Err(snapshot::Error::AlreadyExists { key: name }.into());
         }
         Ok(self.engine.snapshotter().prepare(&ikey, iparent.as_deref(), labels)?)
@@ -118,7 +119,7 @@ impl Kiln {
 
     /// kiln's part of containerd's remote-snapshot protocol: `Some(name)` when `kiln/<ChainID>` is committed for
     /// the layer that `labels` name, on `parent` (made now or before); `None` when containerd must apply it.
-    fn remote_snapshot(&self, parent: &str, labels: &Labels) -> Option<String> {
+    fn remote_snapshot(&self, parent: &str, labels: &Labels, cancel: &Cancel) -> Option<String> {
         let (target, manifest, layer) = (labels.get(TARGET)?, labels.get(MANIFEST)?, labels.get(LAYER)?);
         if !(parent.is_empty() || parent.starts_with(KILN_NAMES)) {
             // The layers below are containerd's own: kiln's chain is not theirs.
@@ -131,7 +132,7 @@ impl Kiln {
             // Made earlier (for this pull, another namespace, or before a restart).
             return (i.kind == Kind::Committed && i.parent == wanted_parent).then_some(name);
         }
-        match self.unpack_for_containerd(&name, parent, target, manifest, layer, labels) {
+        match self.unpack_for_containerd(&name, parent, target, manifest, layer, labels, cancel) {
             Ok(()) => Some(name),
             Err(e) if e.kind() == crate::error::ErrorKind::AlreadyExists => {
                 // A concurrent `Prepare` (another namespace) made it first.
@@ -150,6 +151,7 @@ impl Kiln {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn unpack_for_containerd(
         &self,
         name: &str,
@@ -158,6 +160,7 @@ impl Kiln {
         manifest: &str,
         layer: &str,
         labels: &Labels,
+        cancel: &Cancel,
     ) -> Result<()> {
         let digest: Digest = manifest.parse().map_err(|_| Error::Remote {
             chain_id: target.to_owned(),
@@ -165,7 +168,7 @@ impl Kiln {
         })?;
         let (opened, img) = match self.catalog.resolve(&Reference::Digest(digest.clone()), &ResolveOptions::default()) {
             Err(e) if e.kind() == crate::error::ErrorKind::NotFound => {
-                self.fetch_for_containerd(target, &digest, labels).map_err(|fetch| {
+                self.fetch_for_containerd(target, &digest, labels, cancel).map_err(|fetch| {
                     tracing::info!(error = %crate::error::report(&fetch), chain_id = %target, "kiln could not fetch the image for containerd");
                     Error::from(e)
                 })?;
@@ -199,7 +202,7 @@ impl Kiln {
     /// unpacks it as it downloads ([`pull_image`](Self::pull_image)), when `[registry] fetch_for_containerd`
     /// allows. It is named in kiln's store `REPOSITORY@DIGEST` (the manifest containerd pulls, whatever the
     /// tag points at by now).
-    fn fetch_for_containerd(&self, target: &str, digest: &Digest, labels: &Labels) -> Result<()> {
+    fn fetch_for_containerd(&self, target: &str, digest: &Digest, labels: &Labels, cancel: &Cancel) -> Result<()> {
         let remote = |reason: String| Error::Remote { chain_id: target.to_owned(), reason };
         if !self.config.registry.fetch_for_containerd {
             return Err(remote("registry.fetch_for_containerd is off".into()));
@@ -209,7 +212,7 @@ impl Kiln {
         let pinned = format!("{}/{}@{digest}", named.registry(), named.repository());
         let reference = Reference::Name(crate::source::RegistryRef::parse(&pinned)?.full());
         tracing::info!(image = %pinned, chain_id = %target, "fetching an image for containerd");
-        self.pull_image(&reference, None, true, None, &|_| {}, &crate::cancel::Cancel::never())?;
+        self.pull_image(&reference, None, true, None, &|_| {}, cancel)?;
         Ok(())
     }
 

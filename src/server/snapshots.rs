@@ -89,7 +89,7 @@ impl pb::snapshots_server::Snapshots for SnapshotsService {
         let r = req.into_inner();
         tracing::debug!(key = %r.key, parent = %r.parent, "Snapshots.Prepare");
         let ms = admission::run(ticket, move |t| {
-            d.kiln.ctr_prepare(&r.key, &r.parent, labels(r.labels)).map_err(|e| failed(t, e))
+            d.kiln.ctr_prepare(&r.key, &r.parent, labels(r.labels), &t.cancel()).map_err(|e| failed(t, e))
         })
         .await?;
         Ok(Response::new(pb::PrepareSnapshotResponse { mounts: mounts(&ms) }))

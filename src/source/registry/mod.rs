@@ -237,19 +237,23 @@ impl Remote {
         let host = self.client.current();
         let registry = host.host.clone();
         let reference = self.reference.full();
+        // What a registry says goes into messages no longer than this (its bodies are untrusted).
         let denied = |status: u16, detail: String| Error::Denied {
             registry: registry.clone(),
             reference: reference.clone(),
             status,
             credentials: host.credentials.origin.clone(),
-            detail,
+            detail: clip(detail),
         };
         let by_status = |status: u16, detail: String| match status {
             401 | 403 => denied(status, detail),
             404 => {
+                let detail = clip(detail);
                 Error::NotFound { registry: registry.clone(), reference: reference.clone(), what: what.into(), detail }
             }
-            _ => Error::Server { registry: registry.clone(), reference: reference.clone(), status, detail },
+            _ => {
+                Error::Server { registry: registry.clone(), reference: reference.clone(), status, detail: clip(detail) }
+            }
         };
         match e {
             OciDistributionError::UnauthorizedError { url } => denied(401, format!("GET {url}")),
@@ -551,6 +555,20 @@ impl Remote {
     }
 }
 
+/// `text` cut to 1 KiB (at a character boundary), marked when cut: a registry's answer quoted in an error.
+fn clip(mut text: String) -> String {
+    const MAX: usize = 1024;
+    if text.len() > MAX {
+        let mut end = MAX;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str(" …(cut)");
+    }
+    text
+}
+
 /// What a manifest names, for fetching.
 #[derive(Deserialize)]
 struct ManifestRefs {
@@ -674,6 +692,13 @@ impl Remote {
 #[cfg(test)]
 mod tests {
     use super::registry_allowed;
+
+    #[test]
+    fn a_registrys_long_answer_is_cut_in_messages() {
+        assert_eq!(super::clip("short".into()), "short");
+        let cut = super::clip("é".repeat(2000));
+        assert!(cut.len() <= 1024 + " …(cut)".len() && cut.ends_with("…(cut)"), "{}", cut.len());
+    }
 
     #[test]
     fn allowed_registries_match_exactly_or_by_domain() {
