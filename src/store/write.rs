@@ -75,6 +75,13 @@ fn copy_into(
     }
 }
 
+/// Whether the partial blob `st` describes is kept: a regular file written less than [`PARTIAL_KEEP`] ago.
+fn partial_kept(st: &nix::sys::stat::FileStat, now: std::time::SystemTime) -> bool {
+    let modified = std::time::UNIX_EPOCH + Duration::from_secs(st.st_mtime.max(0) as u64);
+    sys::fs::file_type(st) == nix::sys::stat::SFlag::S_IFREG
+        && now.duration_since(modified).unwrap_or_default() < PARTIAL_KEEP
+}
+
 /// A source [`LayoutWriter::put_blob_resuming`] can start at any byte.
 pub trait Resumable: Read {
     /// The reads that follow yield the blob from byte `offset` on.
@@ -103,11 +110,7 @@ pub fn sweep_ingest(path: &Path) -> Result<()> {
     for name in names {
         let p = dir.join(&name);
         let keep = name.to_string_lossy().ends_with(PARTIAL_SUFFIX)
-            && sys::host::lstat(&p).is_ok_and(|st| {
-                let modified = std::time::UNIX_EPOCH + Duration::from_secs(st.st_mtime.max(0) as u64);
-                sys::fs::file_type(&st) == nix::sys::stat::SFlag::S_IFREG
-                    && now.duration_since(modified).unwrap_or_default() < PARTIAL_KEEP
-            });
+            && sys::host::lstat(&p).is_ok_and(|st| partial_kept(&st, now));
         if !keep {
             sys::tree::remove_tree(&p).map_err(sys_err(p.display().to_string()))?;
         }
@@ -609,10 +612,7 @@ impl IndexLock<'_> {
                 continue;
             };
             let Ok(st) = sys::fs::fstatat_nofollow(&ifd, &file) else { continue };
-            let modified = std::time::UNIX_EPOCH + Duration::from_secs(st.st_mtime.max(0) as u64);
-            if sys::fs::file_type(&st) != nix::sys::stat::SFlag::S_IFREG
-                || now.duration_since(modified).unwrap_or_default() < PARTIAL_KEEP
-            {
+            if sys::fs::file_type(&st) != nix::sys::stat::SFlag::S_IFREG || partial_kept(&st, now) {
                 continue;
             }
             let pins = self.writer.pins.guard();
