@@ -7,7 +7,7 @@
 //! arrived; one image's blobs download in parallel; two pulls of one image at once fetch each blob once;
 //! SIGKILL of kilnd mid-pull, then a restart, leaves a consistent store and the pull resumes where it stopped;
 //! a layer is unpacked while it downloads; a cancel mid-layer leaves no blob and no snapshot; progress per
-//! layer; a hostile registry's oversized manifest is refused unread.
+//! layer; a hostile registry's oversized manifest, or endless error answer, is not read whole.
 #![allow(clippy::disallowed_methods)] // tests build fixtures and inspect results by path
 
 mod common;
@@ -779,7 +779,19 @@ impl Hostile {
                     while let Some(head) = read_head(&mut c) {
                         let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
                         let manifest = "Content-Type: application/vnd.oci.image.manifest.v1+json\r\n";
-                        if path.contains("/manifests/announced") {
+                        if path.contains("/manifests/bloberr") {
+                            let doc = format!(
+                                "{{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\
+                                 \"config\":{{\"mediaType\":\"application/vnd.oci.image.config.v1+json\",\
+                                 \"digest\":\"sha256:{}\",\"size\":100}},\"layers\":[]}}",
+                                "c".repeat(64)
+                            );
+                            let _ =
+                                write!(c, "HTTP/1.1 200 OK\r\n{manifest}Content-Length: {}\r\n\r\n{doc}", doc.len());
+                            continue;
+                        } else if path.contains("/blobs/") {
+                            let _ = write!(c, "HTTP/1.1 500 Internal Server Error\r\nConnection: close\r\n\r\n");
+                        } else if path.contains("/manifests/announced") {
                             let _ = write!(c, "HTTP/1.1 200 OK\r\n{manifest}Content-Length: 1073741824\r\n\r\n");
                         } else if path.contains("/manifests/endless") {
                             let _ = write!(c, "HTTP/1.1 200 OK\r\n{manifest}Connection: close\r\n\r\n");
@@ -810,9 +822,10 @@ impl Drop for Hostile {
 }
 
 /// A manifest over the 4 MiB cap is refused without being read: one that announces 1 GiB before any byte of
-/// it, one that never ends once 4 MiB have come; kilnd's memory stays small and nothing is stored.
+/// it, one that never ends once 4 MiB have come; a blob answered 500 with an endless body is read no further
+/// than 4 KiB per try; kilnd's memory stays small and nothing is stored.
 #[test]
-fn a_manifest_over_the_cap_is_refused_without_being_read_whole() {
+fn oversized_manifests_and_error_answers_are_not_read_whole() {
     if !ready() {
         return;
     }
@@ -829,6 +842,15 @@ fn a_manifest_over_the_cap_is_refused_without_being_read_whole() {
     // The body stopped being read at the cap (TCP buffers aside), not at the registry's 256 MiB.
     let sent = reg.sent.load(Ordering::SeqCst);
     assert!(sent < 64 << 20, "kilnd read {sent} bytes of manifest");
+
+    let name = format!("{}/big/app:bloberr", reg.host);
+    let o = k.kiln(&["image", "pull", &name]);
+    assert!(!o.status.success(), "{}", common::output(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(&reg.host) && err.contains("500") && err.contains("gave up after"), "{err}");
+    assert!(k.store_entry(&name).is_none() && no_ingest(&k));
+    let sent_blobs = reg.sent.load(Ordering::SeqCst) - sent;
+    assert!(sent_blobs < 64 << 20, "kilnd read {sent_blobs} bytes of error answers");
     let peak = k.usage().peak_rss_kib;
     assert!(peak < 64 << 10, "kilnd peak RSS {peak} KiB");
 }

@@ -1,6 +1,7 @@
 //! A registry blob as a [`std::io::Read`] (and [`crate::store::Resumable`]), for the store's verified
-//! `put_blob_resuming`, that survives a cut: every
-//! request asks for a range (`bytes=0-` first), so the bytes are hashed once, by the store. When a
+//! `put_blob_resuming`, that survives a cut. The requests are kiln's own (`Hosts::pull_blob`: the client's
+//! authorization, an error answer read no further than 4 KiB), each asking for a range (`bytes=0-` first); the
+//! bytes are hashed once, by the store. When a
 //! response fails part way (a reset, a close before its end) or a request is answered 429/5xx, the next
 //! request asks for the rest with `Range: bytes=N-`, N being the bytes already handed to the store (which has
 //! written them to its ingest file); a 206 continues the file, and the store's digest still covers the whole.
@@ -12,16 +13,15 @@
 //! May use: `cancel`.
 
 use bytes::Bytes;
-use oci_client::client::BlobResponse;
 use oci_client::errors::OciDistributionError;
-use tokio_stream::{Stream, StreamExt};
+use tokio_stream::StreamExt;
 
 use super::transfer::{backoff, retryable, MAX_ATTEMPTS, MAX_REQUESTS};
 use super::{Error, Remote};
 use crate::cancel::Cancel;
 use crate::store::Descriptor;
 
-type ByteStream = std::pin::Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
+type ByteStream = super::hosts::BlobBody;
 
 /// A blob as a [`std::io::Read`]: the request is sent on the first read (so a blob the store has costs no
 /// request), each read waits for the next chunk on the remote's runtime. A failure of the request is kept in
@@ -122,24 +122,17 @@ impl<'a> BlobRead<'a> {
             }
         };
         let cancelled = || Failed::Fatal(remote.cancelled(self.cancel));
-        // Always a ranged request, `bytes=0-` for the first: the client hashes a whole (200) answer itself, and
-        // the store hashes every blob anyway, so a 206 spares a second SHA-256 of every byte.
-        let fetch = remote.client.pull_blob_stream_partial(&target, digest.as_str(), self.received, None);
-        match remote.wait(fetch, self.cancel).ok_or_else(cancelled)?.map_err(classify)? {
-            BlobResponse::Partial(s) => {
-                if self.received > 0 {
-                    tracing::debug!(blob = %self.desc.digest, from = self.received, "resuming with Range");
-                }
-                Ok(s.stream)
+        let fetch = remote.client.pull_blob(&target, digest.as_str(), self.received);
+        let (body, whole) = remote.wait(fetch, self.cancel).ok_or_else(cancelled)?.map_err(classify)?;
+        if whole {
+            if self.received > 0 {
+                tracing::debug!(blob = %self.desc.digest, "the registry ignored Range; reading the whole again");
             }
-            BlobResponse::Full(s) => {
-                if self.received > 0 {
-                    tracing::debug!(blob = %self.desc.digest, "the registry ignored Range; reading the whole again");
-                }
-                self.skip = self.received;
-                Ok(s.stream)
-            }
+            self.skip = self.received;
+        } else if self.received > 0 {
+            tracing::debug!(blob = %self.desc.digest, from = self.received, "resuming with Range");
         }
+        Ok(body)
     }
 
     /// After a failure worth retrying: waits its backoff, or says why not to try again.

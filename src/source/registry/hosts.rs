@@ -21,7 +21,7 @@ use std::path::Path;
 use base64::Engine as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use oci_client::client::{BlobResponse, Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 use oci_client::RegistryOperation;
@@ -45,8 +45,11 @@ pub(super) struct Endpoint {
     http: reqwest::Client,
     plain: bool,
     /// The `Authorization` value for this pull's repository once learnt (`Some(None)`: none is needed).
-    authorization: tokio::sync::OnceCell<Option<String>>,
+    authorization: tokio::sync::Mutex<Option<Option<String>>>,
 }
+
+/// A blob response's body, as it arrives.
+pub(super) type BlobBody = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = std::io::Result<bytes::Bytes>> + Send>>;
 
 /// A manifest request that failed: as the client's own failures, or a body over the cap.
 pub(super) enum ManifestFailure {
@@ -176,7 +179,7 @@ impl Hosts {
                 credentials,
                 http,
                 plain,
-                authorization: tokio::sync::OnceCell::new(),
+                authorization: tokio::sync::Mutex::new(None),
             });
         }
         Ok(Hosts { list, chosen: AtomicUsize::new(0) })
@@ -218,20 +221,7 @@ impl Hosts {
     ) -> std::result::Result<bytes::Bytes, ManifestFailure> {
         let e = self.current();
         let aimed = self.aim(target);
-        let authorization = e
-            .authorization
-            .get_or_try_init(|| async {
-                let token = e.client.auth(&aimed, &e.credentials.auth, RegistryOperation::Pull).await?;
-                Ok::<_, OciDistributionError>(match (token, &e.credentials.auth) {
-                    (Some(t), _) => Some(format!("Bearer {t}")),
-                    (None, RegistryAuth::Basic(user, password)) => {
-                        let pair = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-                        Some(format!("Basic {pair}"))
-                    }
-                    (None, _) => None,
-                })
-            })
-            .await?;
+        let authorization = Self::authorization(e, &aimed, false).await?;
         let registry = aimed.resolve_registry();
         let what = aimed.digest().or(aimed.tag()).unwrap_or("latest");
         let ns = aimed.namespace().map(|n| format!("?ns={n}")).unwrap_or_default();
@@ -273,15 +263,78 @@ impl Hosts {
         Ok(body.into())
     }
 
-    /// From byte `offset` on (`length` bytes, or to the end): a cut blob resumes on the same host.
-    pub(super) async fn pull_blob_stream_partial(
+    /// The `Authorization` value for `aimed`'s repository on `e`: learnt once through the client (its
+    /// challenge handling; its token cache, which its own requests use), or again with `fresh` (a token that
+    /// expired during a long pull).
+    async fn authorization(
+        e: &Endpoint,
+        aimed: &Parsed,
+        fresh: bool,
+    ) -> std::result::Result<Option<String>, OciDistributionError> {
+        let mut known = e.authorization.lock().await;
+        if let (Some(a), false) = (known.as_ref(), fresh) {
+            return Ok(a.clone());
+        }
+        let token = e.client.auth(aimed, &e.credentials.auth, RegistryOperation::Pull).await?;
+        let a = match (token, &e.credentials.auth) {
+            (Some(t), _) => Some(format!("Bearer {t}")),
+            (None, RegistryAuth::Basic(user, password)) => {
+                let pair = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+                Some(format!("Basic {pair}"))
+            }
+            (None, _) => None,
+        };
+        *known = Some(a.clone());
+        Ok(a)
+    }
+
+    /// GETs blob `digest` of `target`'s repository from the current host, from byte `offset` on (always with
+    /// `Range`, `bytes=0-` first); returns the body and whether it is the whole blob (a registry that ignores
+    /// the range answers 200). The body is not hashed here: the store hashes every blob. An error answer's
+    /// body is read no further than 4 KiB; a 401 (a token that expired during a long pull) is answered once
+    /// with a fresh token. Redirects (to blob storage) are followed, credentials dropped across hosts.
+    pub(super) async fn pull_blob(
         &self,
         target: &Parsed,
         digest: &str,
         offset: u64,
-        length: Option<u64>,
-    ) -> std::result::Result<BlobResponse, OciDistributionError> {
-        self.current().client.pull_blob_stream_partial(&self.aim(target), digest, offset, length).await
+    ) -> std::result::Result<(BlobBody, bool), OciDistributionError> {
+        let e = self.current();
+        let aimed = self.aim(target);
+        let ns = aimed.namespace().map(|n| format!("?ns={n}")).unwrap_or_default();
+        let scheme = if e.plain { "http" } else { "https" };
+        let url = format!("{scheme}://{}/v2/{}/blobs/{digest}{ns}", aimed.resolve_registry(), aimed.repository());
+        let mut fresh = false;
+        loop {
+            let mut req = e.http.get(&url).header(reqwest::header::RANGE, format!("bytes={offset}-"));
+            if let Some(a) = Self::authorization(e, &aimed, fresh).await? {
+                req = req.header(reqwest::header::AUTHORIZATION, a);
+            }
+            let mut res = req.send().await?;
+            let status = res.status().as_u16();
+            match status {
+                200 | 206 => {
+                    let body = tokio_stream::StreamExt::map(res.bytes_stream(), |r| r.map_err(std::io::Error::other));
+                    return Ok((Box::pin(body), status == 200));
+                }
+                401 if !fresh => fresh = true,
+                _ => {
+                    let mut message = Vec::new();
+                    while let Some(chunk) = res.chunk().await? {
+                        message.extend_from_slice(&chunk);
+                        if message.len() >= 4096 {
+                            message.truncate(4096);
+                            break;
+                        }
+                    }
+                    let message = String::from_utf8_lossy(&message).into_owned();
+                    return Err(match status {
+                        401 => OciDistributionError::UnauthorizedError { url },
+                        code => OciDistributionError::ServerError { code, url, message },
+                    });
+                }
+            }
+        }
     }
 }
 

@@ -14,9 +14,11 @@
 //!
 //! The client is [`oci_client`] (the ORAS project's; Accept headers, `WWW-Authenticate` challenges — basic,
 //! and bearer tokens scoped to the repository — and redirects, which reqwest follows, dropping credentials
-//! across hosts), except the manifest and index requests, which kiln sends itself with the client's
-//! authorization (`hosts.rs`) because the client reads a manifest response whole, whatever its size: kiln
-//! refuses a `Content-Length` over the 4 MiB cap unread and stops reading a body at the cap. It is async; this library is synchronous and runs on kilnd's blocking threads, so a
+//! across hosts), except the manifest, index and blob requests, which kiln sends itself with the client's
+//! authorization (`hosts.rs`) because the client reads a manifest response, and any error answer, whole
+//! whatever its size: kiln refuses a manifest's `Content-Length` over the 4 MiB cap unread, stops reading a
+//! body at the cap, and reads an error answer no further than 4 KiB. (The client's token request to the realm a
+//! registry names is still the client's, and reads its answer whole.) It is async; this library is synchronous and runs on kilnd's blocking threads, so a
 //! [`Remote`] owns a small current-thread tokio runtime and blocks on it (from the caller's thread, or a few
 //! scoped threads fetching blobs, `transfer.rs`); each wait polls the caller's [`Cancel`] (every 100 ms) so a
 //! stalled registry never holds a cancelled pull. TLS is rustls with ring, verifying against the system's
