@@ -15,8 +15,8 @@ use std::time::Instant;
 pub struct Cancel {
     flag: Option<Arc<AtomicBool>>,
     deadline: Option<Instant>,
-    /// A flag set by the work itself (one part of it failed, the others stop), and what it means.
-    also: Option<(Arc<AtomicBool>, &'static str)>,
+    /// Flags set by the work itself (one part of it failed, the others stop), and what each means.
+    also: Vec<(Arc<AtomicBool>, &'static str)>,
 }
 
 impl Cancel {
@@ -27,13 +27,15 @@ impl Cancel {
 
     /// Cancelled once `flag` is set or `deadline` has passed.
     pub fn new(flag: Arc<AtomicBool>, deadline: Option<Instant>) -> Cancel {
-        Cancel { flag: Some(flag), deadline, also: None }
+        Cancel { flag: Some(flag), deadline, also: Vec::new() }
     }
 
     /// This cancel, which also says `reason` once `flag` is set (by a part of the work that failed, so that the
     /// others stop).
     pub fn or(&self, flag: Arc<AtomicBool>, reason: &'static str) -> Cancel {
-        Cancel { also: Some((flag, reason)), ..self.clone() }
+        let mut c = self.clone();
+        c.also.push((flag, reason));
+        c
     }
 
     /// Why the work should stop, if it should.
@@ -44,12 +46,7 @@ impl Cancel {
         if self.flag.as_ref().is_some_and(|f| f.load(Ordering::Relaxed)) {
             return Some("the caller went away");
         }
-        if let Some((f, reason)) = &self.also {
-            if f.load(Ordering::Relaxed) {
-                return Some(reason);
-            }
-        }
-        None
+        self.also.iter().find(|(f, _)| f.load(Ordering::Relaxed)).map(|(_, reason)| *reason)
     }
 
     pub fn is_cancelled(&self) -> bool {
@@ -95,5 +92,16 @@ mod tests {
         assert!(r.read(&mut buf).unwrap_err().to_string().contains("went away"));
         let late = Cancel::new(Arc::new(AtomicBool::new(false)), Some(Instant::now()));
         assert_eq!(late.reason(), Some("the caller's deadline passed"));
+    }
+
+    #[test]
+    fn every_flag_added_with_or_cancels_with_its_own_reason() {
+        let (a, b) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let c = Cancel::never().or(a.clone(), "a failed").or(b.clone(), "b failed");
+        assert_eq!(c.reason(), None);
+        b.store(true, Ordering::Relaxed);
+        assert_eq!(c.reason(), Some("b failed"));
+        a.store(true, Ordering::Relaxed);
+        assert_eq!(c.reason(), Some("a failed"));
     }
 }

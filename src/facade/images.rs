@@ -117,7 +117,7 @@ impl snapshot::LayerBlobs for Following<'_> {
         pause: &'a dyn snapshot::Pause,
     ) -> std::result::Result<snapshot::LayerReader<'a>, ApplyError> {
         let tell = Box::new(move |waiting: bool| if waiting { pause.waiting() } else { pause.going_on() });
-        self.arrivals.open_telling(self.store, &layer.descriptor, tell).map_err(|e| ApplyError::new(e.kind(), e))
+        self.arrivals.open(self.store, &layer.descriptor, tell).map_err(|e| ApplyError::new(e.kind(), e))
     }
 }
 
@@ -161,11 +161,10 @@ impl Meter<'_> {
                 .map(|(i, (digest, size, stored))| {
                     let committed = i < st.1.layers_done;
                     // Not started yet, or (in the store before the pull) not this pull's to write.
-                    let s = self.arrivals.status(digest).unwrap_or(ArrivalStatus {
-                        written: if *stored { *size } else { 0 },
-                        read: 0,
-                        complete: *stored,
-                    });
+                    let s = self
+                        .arrivals
+                        .status(digest)
+                        .unwrap_or(ArrivalStatus { written: if *stored { *size } else { 0 }, read: 0 });
                     LayerProgress {
                         digest: digest.clone(),
                         size: *size,

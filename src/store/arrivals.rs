@@ -74,8 +74,6 @@ pub struct Status {
     pub written: u64,
     /// The furthest a follower has read.
     pub read: u64,
-    /// Verified and in `blobs/`.
-    pub complete: bool,
 }
 
 #[derive(Default)]
@@ -180,7 +178,7 @@ impl Arrivals {
         let g = self.lock().blobs.get(digest)?.clone();
         let read = g.read.load(Ordering::Relaxed);
         let st = g.lock();
-        Some(Status { written: st.written, read, complete: matches!(st.done, Some(Ok(()))) })
+        Some(Status { written: st.written, read })
     }
 
     /// Waits for [`documents_written`](Self::documents_written); `None` when the pull closed first.
@@ -199,14 +197,10 @@ impl Arrivals {
 
     /// A reader of blob `desc`: from the store when it is there, else following its write as it lands (waiting
     /// for the write to start). Like [`Store::open_blob`]'s, the reader fails at EOF unless the blob is whole
-    /// and verified. Fails at once when the pull closed without the blob.
-    pub fn open(self: &Arc<Self>, store: &Store, desc: &Descriptor) -> Result<Box<dyn Read + Send>> {
-        self.open_telling(store, desc, Box::new(|_| {}))
-    }
-
-    /// [`open`](Self::open), calling `on_wait(true)` when the reader starts waiting for bytes that have not
-    /// arrived and `on_wait(false)` before it goes on (or returns), in pairs.
-    pub fn open_telling<'a>(
+    /// and verified. Fails at once when the pull closed without the blob. The reader calls `on_wait(true)`
+    /// when it starts waiting for bytes that have not arrived and `on_wait(false)` before it goes on (or
+    /// returns), in pairs.
+    pub fn open<'a>(
         self: &Arc<Self>,
         store: &Store,
         desc: &Descriptor,
@@ -240,7 +234,7 @@ impl Arrivals {
     }
 }
 
-/// A follower's reader; see [`Arrivals::open_telling`].
+/// A follower's reader; see [`Arrivals::open`].
 struct Follow<'a> {
     growing: Arc<Growing>,
     file: Arc<File>,
@@ -371,7 +365,7 @@ mod tests {
         std::thread::scope(|s| {
             let w = s.spawn(|| writer.put_blob(&desc.digest, desc.size, gated));
             go.send(()).unwrap();
-            let mut r = arrivals.open(writer.store(), &desc).unwrap();
+            let mut r = arrivals.open(writer.store(), &desc, Box::new(|_| {})).unwrap();
             let mut first = vec![0u8; 100_000];
             r.read_exact(&mut first).unwrap();
             assert_eq!(first, data[..100_000], "the first piece, before the rest was even read");
@@ -387,7 +381,7 @@ mod tests {
         assert!(crate::sys::host::exists(&writer.store().blob_path(&desc.digest)));
         // Once in the store, a follower reads it from there.
         let mut again = Vec::new();
-        arrivals.open(writer.store(), &desc).unwrap().read_to_end(&mut again).unwrap();
+        arrivals.open(writer.store(), &desc, Box::new(|_| {})).unwrap().read_to_end(&mut again).unwrap();
         assert_eq!(again, data);
     }
 
@@ -401,7 +395,7 @@ mod tests {
         std::thread::scope(|s| {
             let w = s.spawn(|| writer.put_blob(&desc.digest, desc.size, gated));
             go.send(()).unwrap();
-            let mut r = arrivals.open(writer.store(), &desc).unwrap();
+            let mut r = arrivals.open(writer.store(), &desc, Box::new(|_| {})).unwrap();
             let mut got = Vec::new();
             let e = r.read_to_end(&mut got).unwrap_err();
             assert!(e.to_string().contains(desc.digest.as_str()) && e.to_string().contains("download failed"), "{e}");
@@ -419,7 +413,7 @@ mod tests {
         std::thread::scope(|s| {
             let f = s.spawn(|| {
                 let mut out = Vec::new();
-                arrivals.open(writer.store(), &desc).unwrap().read_to_end(&mut out).unwrap();
+                arrivals.open(writer.store(), &desc, Box::new(|_| {})).unwrap().read_to_end(&mut out).unwrap();
                 out
             });
             std::thread::sleep(Duration::from_millis(150));
@@ -428,7 +422,7 @@ mod tests {
         });
         let never = Descriptor::new("application/octet-stream", Digest::sha256(b"never"), 5);
         std::thread::scope(|s| {
-            let f = s.spawn(|| arrivals.open(writer.store(), &never).map(|_| ()));
+            let f = s.spawn(|| arrivals.open(writer.store(), &never, Box::new(|_| {})).map(|_| ()));
             std::thread::sleep(Duration::from_millis(50));
             arrivals.close("registry r.example: gone");
             let e = f.join().unwrap().unwrap_err();

@@ -272,24 +272,41 @@ impl LayoutWriter {
         &self.store
     }
 
-    /// Copies `reader`'s content into `blobs/` as the blob `digest` of `size` bytes, verified while written.
-    /// A blob already present and intact is kept; returns the bytes written (0 when it was there). Either way
-    /// the blob is pinned until this writer is dropped. Needs no lock.
-    pub fn put_blob(&self, digest: &Digest, size: u64, reader: impl Read) -> Result<u64> {
+    /// The first steps of every put: pins `digest`, then `None` when the store has the blob intact already,
+    /// else the blob's directory in `blobs/` and the ingest directory, both made if missing.
+    fn begin_put(&self, digest: &Digest, size: u64) -> Result<Option<(PathBuf, PathBuf)>> {
         // Pinned before it is looked for: a collection that has not unlinked it yet now keeps it, and one that
         // has makes the lookup below fail, so the blob is written again.
         self.pin(digest);
-        let what = format!("blob {digest}");
         let existing = Descriptor::new("application/octet-stream", digest.clone(), size);
         if let Ok(mut r) = self.store.open_blob(&existing) {
             if r.drain().is_ok() {
-                return Ok(0);
+                return Ok(None);
             }
         }
         let dir = self.store.path().join("blobs").join(digest.algorithm_str());
         sys::host::ensure_dir(&dir, 0o755).map_err(sys_err(dir.display().to_string()))?;
         let ingest = self.store.path().join(INGEST_DIR);
         sys::host::ensure_dir(&ingest, 0o700).map_err(sys_err(ingest.display().to_string()))?;
+        Ok(Some((dir, ingest)))
+    }
+
+    /// The last steps of every put, once `file` (at `from`) holds the verified blob: synced, renamed into
+    /// `dir` as `digest`, `dir` synced.
+    fn end_put(&self, file: &mut File, from: &Path, digest: &Digest, dir: &Path) -> Result<()> {
+        file.flush().and_then(|()| file.sync_all()).map_err(io_err(from.display().to_string()))?;
+        let dest = self.store.blob_path(digest);
+        sys::host::rename(from, &dest).map_err(sys_err(dest.display().to_string()))?;
+        let dfd = sys::host::open_dir(dir).map_err(sys_err(dir.display().to_string()))?;
+        File::from(dfd).sync_all().map_err(io_err(dir.display().to_string()))
+    }
+
+    /// Copies `reader`'s content into `blobs/` as the blob `digest` of `size` bytes, verified while written.
+    /// A blob already present and intact is kept; returns the bytes written (0 when it was there). Either way
+    /// the blob is pinned until this writer is dropped. Needs no lock.
+    pub fn put_blob(&self, digest: &Digest, size: u64, reader: impl Read) -> Result<u64> {
+        let Some((dir, ingest)) = self.begin_put(digest, size)? else { return Ok(0) };
+        let what = format!("blob {digest}");
         let tmp = TempFile::new(ingest.join(format!(
             "{}-{}-{}",
             digest.algorithm_str(),
@@ -307,17 +324,10 @@ impl LayoutWriter {
             None => None,
         };
         let r = (|| {
-            let copied = match &publishing {
-                None => io::copy(&mut verifying, &mut file).map_err(|e| Error::from_read(what.clone(), e))?,
-                Some(p) => copy_into(&mut verifying, &mut file, 0, Some(p), &Default::default())
-                    .map_err(|e| Error::from_read(what.clone(), e))?,
-            };
-            file.flush().and_then(|()| file.sync_all()).map_err(io_err(tmp.0.display().to_string()))?;
-            let dest = self.store.blob_path(digest);
-            sys::host::rename(&tmp.0, &dest).map_err(sys_err(dest.display().to_string()))?;
+            let copied = copy_into(&mut verifying, &mut file, 0, publishing.as_ref(), &Default::default())
+                .map_err(|e| Error::from_read(what.clone(), e))?;
+            self.end_put(&mut file, &tmp.0, digest, &dir)?;
             tmp.disarm();
-            let dfd = sys::host::open_dir(&dir).map_err(sys_err(dir.display().to_string()))?;
-            File::from(dfd).sync_all().map_err(io_err(dir.display().to_string()))?;
             Ok(copied)
         })();
         if let Some(p) = publishing {
@@ -327,11 +337,12 @@ impl LayoutWriter {
     }
 
     /// [`put_blob`](Self::put_blob) for a source that can start at any byte (a registry blob, with `Range`),
-    /// which survives this process: the bytes go to `.kiln-ingest/<alg>-<encoded>.partial`, kept when the
-    /// copy fails for any reason but bad content (a cut the source could not mend, a cancel, a crash), and
-    /// the next put of the blob goes on from its end — the kept bytes are read again into the digest, so the
-    /// check covers the whole. A resumed blob that does not match is put again once from its first byte (the
-    /// kept bytes may be what a power cut left). Start-up keeps partial files for [`PARTIAL_KEEP`].
+    /// which survives this process: the bytes go to `.kiln-ingest/<alg>-<encoded>-<origin>.partial`, kept when
+    /// the copy fails for any reason but bad content (a cut the source could not mend, a cancel, a crash), and
+    /// the next put of the blob from the same `origin` goes on from its end — the kept bytes are read again
+    /// into the digest, so the check covers the whole. A resumed blob that does not match, or whose source
+    /// gives nothing after the kept bytes, is put again once from its first byte (the kept bytes may be what a
+    /// power cut left). Start-up and blob GC keep partial files for [`PARTIAL_KEEP`].
     pub fn put_blob_resuming(
         &self,
         digest: &Digest,
@@ -339,17 +350,7 @@ impl LayoutWriter {
         origin: &str,
         source: &mut dyn Resumable,
     ) -> Result<u64> {
-        self.pin(digest);
-        let existing = Descriptor::new("application/octet-stream", digest.clone(), size);
-        if let Ok(mut r) = self.store.open_blob(&existing) {
-            if r.drain().is_ok() {
-                return Ok(0);
-            }
-        }
-        let dir = self.store.path().join("blobs").join(digest.algorithm_str());
-        sys::host::ensure_dir(&dir, 0o755).map_err(sys_err(dir.display().to_string()))?;
-        let ingest = self.store.path().join(INGEST_DIR);
-        sys::host::ensure_dir(&ingest, 0o700).map_err(sys_err(ingest.display().to_string()))?;
+        let Some((dir, ingest)) = self.begin_put(digest, size)? else { return Ok(0) };
         // Named by the digest and where the bytes come from: bytes one registry sent are never resumed from
         // another (a registry could otherwise plant a wrong prefix for a popular layer).
         let origin = Digest::sha256(origin.as_bytes()).encoded()[..16].to_owned();
@@ -365,36 +366,23 @@ impl LayoutWriter {
             }
             Err(_) => 0,
         };
-        match self.put_from(digest, size, &partial, &dir, have, source) {
+        let fresh = std::cell::Cell::new(0u64);
+        match self.put_from(digest, size, &partial, &dir, have, source, &fresh) {
             // The kept bytes were not the blob's (a power cut), or the source gave nothing after them: once
             // more from the first byte.
-            (Err(e), fresh) if have > 0 && (e.kind() == crate::error::ErrorKind::Corrupt || fresh == 0) => {
+            Err(e) if have > 0 && (e.kind() == crate::error::ErrorKind::Corrupt || fresh.get() == 0) => {
                 tracing::info!(blob = %digest, kept = have, error = %e, "a resumed blob failed; putting it again");
                 let _ = sys::host::remove_file(&partial);
-                self.put_from(digest, size, &partial, &dir, 0, source).0
+                self.put_from(digest, size, &partial, &dir, 0, source, &fresh)
             }
-            (r, _) => r,
+            r => r,
         }
     }
 
     /// One attempt of [`put_blob_resuming`](Self::put_blob_resuming), keeping the first `have` bytes of
-    /// `partial`; returns the bytes the source gave, and (also on error) how many it gave.
-    fn put_from(
-        &self,
-        digest: &Digest,
-        size: u64,
-        partial: &Path,
-        dir: &Path,
-        have: u64,
-        source: &mut dyn Resumable,
-    ) -> (Result<u64>, u64) {
-        let fresh = std::cell::Cell::new(0u64);
-        let r = self.put_from_counting(digest, size, partial, dir, have, source, &fresh);
-        (r, fresh.get())
-    }
-
+    /// `partial`; returns the bytes the source gave, which `fresh` counts as they come (also when it fails).
     #[allow(clippy::too_many_arguments)]
-    fn put_from_counting(
+    fn put_from(
         &self,
         digest: &Digest,
         size: u64,
@@ -425,18 +413,12 @@ impl LayoutWriter {
         let r = (|| -> Result<u64> {
             let total = copy_into(&mut verifying, &mut file, have, publishing.as_ref(), fresh)
                 .map_err(|e| Error::from_read(what.clone(), e))?;
-            file.flush().and_then(|()| file.sync_all()).map_err(io_err(name()))?;
-            let dest = self.store.blob_path(digest);
-            sys::host::rename(partial, &dest).map_err(sys_err(dest.display().to_string()))?;
-            let dfd = sys::host::open_dir(dir).map_err(sys_err(dir.display().to_string()))?;
-            File::from(dfd).sync_all().map_err(io_err(dir.display().to_string()))?;
+            self.end_put(&mut file, partial, digest, dir)?;
             Ok(total - have)
         })();
         if let Err(e) = &r {
-            if e.kind() == crate::error::ErrorKind::Corrupt {
-                // Bad content is not worth keeping.
-                let _ = sys::host::remove_file(partial);
-            } else if file.metadata().is_ok_and(|m| m.len() == 0) {
+            if e.kind() == crate::error::ErrorKind::Corrupt || file.metadata().is_ok_and(|m| m.len() == 0) {
+                // Bad content, or nothing, is not worth keeping.
                 let _ = sys::host::remove_file(partial);
             } else {
                 // Kept for the next put: what is in it should survive a power cut too.

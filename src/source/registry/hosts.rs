@@ -48,6 +48,26 @@ pub(super) struct Endpoint {
     authorization: tokio::sync::Mutex<Option<Option<String>>>,
 }
 
+/// A registry's error answer to `url` as the client's error, with what the registry says read no further than
+/// 4 KiB (its body is untrusted and may not end).
+async fn error_answer(mut res: reqwest::Response, url: String) -> OciDistributionError {
+    let code = res.status().as_u16();
+    let mut message = Vec::new();
+    while let Ok(Some(chunk)) = res.chunk().await {
+        message.extend_from_slice(&chunk);
+        if message.len() >= 4096 {
+            message.truncate(4096);
+            break;
+        }
+    }
+    match code {
+        401 => OciDistributionError::UnauthorizedError { url },
+        code => {
+            OciDistributionError::ServerError { code, url, message: String::from_utf8_lossy(&message).into_owned() }
+        }
+    }
+}
+
 /// A blob response's body, as it arrives.
 pub(super) type BlobBody = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = std::io::Result<bytes::Bytes>> + Send>>;
 
@@ -234,21 +254,7 @@ impl Hosts {
         let mut res = req.send().await?;
         let status = res.status();
         if !status.is_success() {
-            // What the registry says, a little of it.
-            let mut message = Vec::new();
-            while let Some(chunk) = res.chunk().await? {
-                message.extend_from_slice(&chunk);
-                if message.len() >= 4096 {
-                    message.truncate(4096);
-                    break;
-                }
-            }
-            let message = String::from_utf8_lossy(&message).into_owned();
-            return Err(match status.as_u16() {
-                401 => OciDistributionError::UnauthorizedError { url },
-                code => OciDistributionError::ServerError { code, url, message },
-            }
-            .into());
+            return Err(error_answer(res, url).await.into());
         }
         if let Some(len) = res.content_length().filter(|&l| l > limit) {
             return Err(ManifestFailure::TooLarge(len));
@@ -310,7 +316,7 @@ impl Hosts {
             if let Some(a) = Self::authorization(e, &aimed, fresh).await? {
                 req = req.header(reqwest::header::AUTHORIZATION, a);
             }
-            let mut res = req.send().await?;
+            let res = req.send().await?;
             let status = res.status().as_u16();
             match status {
                 200 | 206 => {
@@ -318,21 +324,7 @@ impl Hosts {
                     return Ok((Box::pin(body), status == 200));
                 }
                 401 if !fresh => fresh = true,
-                _ => {
-                    let mut message = Vec::new();
-                    while let Some(chunk) = res.chunk().await? {
-                        message.extend_from_slice(&chunk);
-                        if message.len() >= 4096 {
-                            message.truncate(4096);
-                            break;
-                        }
-                    }
-                    let message = String::from_utf8_lossy(&message).into_owned();
-                    return Err(match status {
-                        401 => OciDistributionError::UnauthorizedError { url },
-                        code => OciDistributionError::ServerError { code, url, message },
-                    });
-                }
+                _ => return Err(error_answer(res, url).await),
             }
         }
     }
