@@ -224,6 +224,21 @@ fn assert_ran(messages: &[String], w: &World) {
     assert_eq!(listing, expected_listing(), "the container's rootfs");
 }
 
+/// kiln committed `chains` itself, as `kiln/<ChainID>`, each on the one below and labelled with its ChainID
+/// as containerd checks.
+async fn assert_kiln_chain(w: &World, chains: &[String]) {
+    let infos: HashMap<String, pb::Info> = w.snapshots().await.into_iter().map(|i| (i.name.clone(), i)).collect();
+    let mut parent = String::new();
+    for c in chains {
+        let name = format!("kiln/{c}");
+        let info = infos.get(&name).unwrap_or_else(|| panic!("no {name} in kiln: {infos:?}\n{}", w.logs()));
+        assert_eq!(info.kind, pb::Kind::Committed as i32, "{info:?}");
+        assert_eq!(info.labels.get(REF), Some(c), "{info:?}");
+        assert_eq!(info.parent, parent, "{info:?}");
+        parent = name;
+    }
+}
+
 /// Polls kiln's snapshots until none is labelled with one of `chains`.
 async fn wait_gone(w: &World, chains: &[String]) {
     wait_until_none(w, |i| i.labels.get(REF).is_some_and(|c| chains.contains(c))).await
@@ -333,16 +348,7 @@ fn cri_pull_uses_kiln_store_when_it_has_the_layers() {
             assert_eq!(w.registry.blob_gets(&d), Vec::<String>::new(), "the registry served layer {d}");
         }
         // kiln committed the chain itself, under its own names, labelled as containerd checks.
-        let infos: HashMap<String, pb::Info> = w.snapshots().await.into_iter().map(|i| (i.name.clone(), i)).collect();
-        let mut parent = String::new();
-        for c in &chains {
-            let name = format!("kiln/{c}");
-            let info = infos.get(&name).unwrap_or_else(|| panic!("no {name} in kiln: {infos:?}\n{}", w.logs()));
-            assert_eq!(info.kind, pb::Kind::Committed as i32, "{info:?}");
-            assert_eq!(info.labels.get(REF), Some(c), "{info:?}");
-            assert_eq!(info.parent, parent, "{info:?}");
-            parent = name;
-        }
+        assert_kiln_chain(&w, &chains).await;
 
         let messages = run_pod(&w, &mut cri, "shortcut", &image).await;
         assert_ran(&messages, &w);
@@ -379,15 +385,7 @@ fn cri_pull_of_an_image_kiln_lacks_is_fetched_by_kiln_from_the_registry() {
         }
         let pinned = format!("{}@{}", image.rsplit_once(':').unwrap().0, manifest["digest"].as_str().unwrap());
         assert!(w.kilnd.store_entry(&pinned).is_some(), "kiln's store lacks {pinned}: {}", w.kilnd.index_json());
-        let infos: HashMap<String, pb::Info> = w.snapshots().await.into_iter().map(|i| (i.name.clone(), i)).collect();
-        let mut parent = String::new();
-        for c in &chains {
-            let name = format!("kiln/{c}");
-            let info = infos.get(&name).unwrap_or_else(|| panic!("no {name} in kiln: {infos:?}\n{}", w.logs()));
-            assert_eq!(info.kind, pb::Kind::Committed as i32, "{info:?}");
-            assert_eq!(info.parent, parent, "{info:?}");
-            parent = name;
-        }
+        assert_kiln_chain(&w, &chains).await;
         let messages = run_pod(&w, &mut cri, "fetched", &image).await;
         assert_ran(&messages, &w);
         wait_until_none(&w, |i| i.kind != pb::Kind::Committed as i32).await;

@@ -127,19 +127,7 @@ fn is_bind(ms: &[Mount], rw: &str) -> bool {
 
 fn restart(k: &mut Kilnd, extra: &[&str]) {
     assert!(k.stop().success(), "kilnd did not stop cleanly:\n{}", k.log());
-    let log = std::fs::OpenOptions::new().append(true).open(k.dir.path().join("kilnd.log")).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_kilnd"))
-        .arg("--root")
-        .arg(&k.root)
-        .arg("--state")
-        .arg(&k.state)
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    k.child = Some(child);
-    k.wait_ready();
+    k.respawn(extra);
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::os::unix::net::UnixStream::connect(socket(k)).is_err() {
         assert!(Instant::now() < deadline, "the snapshots socket did not come back");

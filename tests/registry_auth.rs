@@ -250,18 +250,24 @@ fn jwt(key: &ring::signature::RsaKeyPair, x5c: &str, scopes: &[String]) -> Strin
     format!("{signing_input}.{}", b64url(&sig))
 }
 
+/// A token issuer in `dir` for alice:pw, and a registry that trusts it (alice may push).
+fn token_registry(dir: &Path) -> (TokenIssuer, Registry) {
+    let issuer = TokenIssuer::start(dir, "alice", "pw");
+    let reg = Registry::start_opts(Options {
+        auth: Some(issuer.registry_auth()),
+        push_credentials: Some(("alice", "pw")),
+        ..Default::default()
+    });
+    (issuer, reg)
+}
+
 #[test]
 fn a_token_protected_registry_pulls_with_the_auth_file_and_refuses_anonymous_and_wrong_credentials() {
     if !ready() {
         return;
     }
     let work = common::scratch();
-    let issuer = TokenIssuer::start(work.path(), "alice", "pw");
-    let reg = Registry::start_opts(Options {
-        auth: Some(issuer.registry_auth()),
-        push_credentials: Some(("alice", "pw")),
-        ..Default::default()
-    });
+    let (issuer, reg) = token_registry(work.path());
     let src = common::scratch();
     layout(src.path(), "token one");
     reg.push_with(src.path(), "v1", "private/app:v1", &[]);
@@ -634,12 +640,7 @@ fn per_request_credentials_and_identity_tokens_work_with_a_token_registry() {
         return;
     }
     let work = common::scratch();
-    let issuer = TokenIssuer::start(work.path(), "alice", "pw");
-    let reg = Registry::start_opts(Options {
-        auth: Some(issuer.registry_auth()),
-        push_credentials: Some(("alice", "pw")),
-        ..Default::default()
-    });
+    let (issuer, reg) = token_registry(work.path());
     let src = common::scratch();
     layout(src.path(), "token per request");
     for tag in ["v1", "v2"] {

@@ -14,7 +14,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -320,11 +319,6 @@ fn store_blob(k: &Kilnd, digest: &str) -> std::path::PathBuf {
     k.content().join("blobs/sha256").join(&digest["sha256:".len()..])
 }
 
-fn no_ingest(k: &Kilnd) -> bool {
-    let ingest = k.content().join(".kiln-ingest");
-    !ingest.exists() || std::fs::read_dir(&ingest).unwrap().next().is_none()
-}
-
 /// What `.kiln-ingest/` holds: (name, length) of each file.
 fn ingest_files(k: &Kilnd) -> Vec<(String, u64)> {
     let Ok(dir) = std::fs::read_dir(k.content().join(".kiln-ingest")) else { return vec![] };
@@ -387,7 +381,7 @@ fn a_cut_blob_resumes_with_range_and_the_result_is_byte_identical() {
     assert!(gets[1..].iter().all(|h| !h.to_ascii_lowercase().contains("range: bytes=0-")), "{gets:?}");
     assert!(k.store_entry(&name).is_some(), "{}", k.index_json());
     identical(&k, &reg, &manifest);
-    assert!(no_ingest(&k));
+    assert!(k.ingest_empty());
 
     // A registry that ignores Range answers 200 with the whole blob: the pull still ends byte-identical.
     let k2 = Kilnd::start(&[]);
@@ -400,7 +394,7 @@ fn a_cut_blob_resumes_with_range_and_the_result_is_byte_identical() {
     assert!(o.status.success(), "{}\n{}", common::output(&o), k2.log());
     assert_eq!(relay.requests(&format!("/blobs/{layer}")).len(), 5);
     identical(&k2, &reg, &manifest);
-    assert!(no_ingest(&k2));
+    assert!(k2.ingest_empty());
 }
 
 #[test]
@@ -423,7 +417,7 @@ fn busy_answers_are_retried_and_giving_up_names_the_registry_and_the_blob() {
     assert!(err.contains("gave up after"), "{err}");
     let tries = relay.requests(&format!("/blobs/{layer}")).len();
     assert!((2..=10).contains(&tries), "{tries} requests");
-    assert!(k.store_entry(&name).is_none() && no_ingest(&k));
+    assert!(k.store_entry(&name).is_none() && k.ingest_empty());
 
     // Two 503s for the blob and two for the manifest: both are retried.
     let manifests = relay.requests("/manifests/").len();
@@ -466,7 +460,7 @@ fn a_stalled_registry_fails_naming_it_and_the_next_pull_goes_on_from_what_arrive
     let last = gets.last().unwrap().to_ascii_lowercase();
     assert!(last.contains(&format!("range: bytes={kept}-")), "did not resume from {kept}: {gets:?}");
     identical(&k, &reg, &manifest);
-    assert!(no_ingest(&k));
+    assert!(k.ingest_empty());
 }
 
 #[test]
@@ -494,29 +488,7 @@ fn one_images_blobs_download_in_parallel_and_two_pulls_at_once_fetch_each_blob_o
     let most = relay.seen.most.load(Ordering::SeqCst);
     assert!(most >= 2, "blob downloads were never concurrent (at most {most})");
     identical(&k, &reg, &manifest);
-    assert!(k.store_entry(&name).is_some() && no_ingest(&k));
-}
-
-/// Starts kilnd again on `k`'s root and state (after it was killed), with its config file if it had one.
-fn restart(k: &mut Kilnd) {
-    let log = std::fs::OpenOptions::new().append(true).open(k.dir.path().join("kilnd.log")).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kilnd"));
-    let config = k.dir.path().join("kilnd.toml");
-    if Path::new(&config).exists() {
-        cmd.arg("--config").arg(&config);
-    }
-    let child = cmd
-        .arg("--root")
-        .arg(&k.root)
-        .arg("--state")
-        .arg(&k.state)
-        .args(["--log-level", "info"])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    k.child = Some(child);
-    k.wait_ready();
+    assert!(k.store_entry(&name).is_some() && k.ingest_empty());
 }
 
 #[test]
@@ -536,13 +508,13 @@ fn sigkill_of_kilnd_mid_pull_leaves_a_consistent_store_and_the_pull_completes_af
         assert!(Instant::now() < deadline, "the pull never got going:\n{}", k.log());
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(!no_ingest(&k), "no ingest file while a blob streams in");
+    assert!(!k.ingest_empty(), "no ingest file while a blob streams in");
     k.child.as_mut().unwrap().kill().unwrap(); // SIGKILL
     k.child.take().unwrap().wait().unwrap();
     let o = pull.wait_with_output().unwrap();
     assert!(!o.status.success(), "the pull survived its daemon: {}", common::output(&o));
 
-    restart(&mut k);
+    k.respawn(&[]);
     assert!(k.store_entry(&name).is_none(), "a ref names a half-pulled image: {}", k.index_json());
     // The restart kept only the partial blobs a pull resumes (a kill leaves its pid-named files too).
     let mut kept = Vec::new();
@@ -568,15 +540,7 @@ fn sigkill_of_kilnd_mid_pull_leaves_a_consistent_store_and_the_pull_completes_af
         assert!(gets.iter().any(|h| h.to_ascii_lowercase().contains(&range)), "{d} not resumed at {len}: {gets:?}");
     }
     identical(&k, &reg, &manifest);
-    assert!(no_ingest(&k));
-}
-
-/// `kiln system info --json`'s snapshot count.
-fn snapshot_count(k: &Kilnd) -> u64 {
-    let o = k.kiln(&["--json", "system", "info"]);
-    assert!(o.status.success(), "{}", common::output(&o));
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", common::output(&o)));
-    v["snapshots"].as_u64().unwrap_or_else(|| panic!("no snapshots count: {v}"))
+    assert!(k.ingest_empty());
 }
 
 /// A one-layer image of 48 files of 32 KiB random bytes (`data/f0000` … `data/f0047`), pushed as
@@ -643,11 +607,11 @@ fn a_layer_is_unpacked_while_it_downloads_and_committed_only_once_verified() {
     let o = pull.wait_with_output().unwrap();
     assert!(o.status.success(), "{}\n{}", common::output(&o), k.log());
     identical(&k, &reg, &manifest);
-    assert!(k.store_entry(&name).is_some() && no_ingest(&k));
+    assert!(k.store_entry(&name).is_some() && k.ingest_empty());
     let files = find_named(&k.root, "f0047");
     assert_eq!(files.len(), 1, "the layer's last file, once, in its committed snapshot: {files:?}");
     assert_eq!(std::fs::read(&files[0]).unwrap(), noise(32 << 10, 1047));
-    assert_eq!(snapshot_count(&k), 1);
+    assert_eq!(k.snapshot_count(), 1);
     assert_eq!(relay.requests(&format!("/blobs/{layer}")).len(), 1, "downloaded once, read as it landed");
 }
 
@@ -673,7 +637,7 @@ fn a_pull_cancelled_mid_layer_leaves_no_blob_and_no_snapshot() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let extracted = || find_named(&k.root, "f0000");
     // (A snapshot's record goes first, then its directory.)
-    while !(partial(&k, &layer).is_some() && snapshot_count(&k) == 0 && extracted().is_empty()) {
+    while !(partial(&k, &layer).is_some() && k.snapshot_count() == 0 && extracted().is_empty()) {
         assert!(Instant::now() < deadline, "the cancelled pull left work behind: {:?}\n{}", extracted(), k.log());
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -688,8 +652,8 @@ fn a_pull_cancelled_mid_layer_leaves_no_blob_and_no_snapshot() {
     let gets = relay.requests(&format!("/blobs/{layer}"));
     assert!(gets.last().unwrap().to_ascii_lowercase().contains(&format!("range: bytes={kept}-")), "{gets:?}");
     identical(&k, &reg, &manifest);
-    assert_eq!(snapshot_count(&k), 1);
-    assert!(no_ingest(&k));
+    assert_eq!(k.snapshot_count(), 1);
+    assert!(k.ingest_empty());
 }
 
 /// `Images.Pull` streams each layer's download and extraction while the layer downloads: with the layer held
@@ -837,7 +801,7 @@ fn oversized_manifests_and_error_answers_are_not_read_whole() {
         assert!(!o.status.success(), "{}", common::output(&o));
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains(&reg.host) && err.contains(size) && err.contains("over the cap of 4194304"), "{err}");
-        assert!(k.store_entry(&name).is_none() && no_ingest(&k));
+        assert!(k.store_entry(&name).is_none() && k.ingest_empty());
     }
     // The body stopped being read at the cap (TCP buffers aside), not at the registry's 256 MiB.
     let sent = reg.sent.load(Ordering::SeqCst);
@@ -848,7 +812,7 @@ fn oversized_manifests_and_error_answers_are_not_read_whole() {
     assert!(!o.status.success(), "{}", common::output(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains(&reg.host) && err.contains("500") && err.contains("gave up after"), "{err}");
-    assert!(k.store_entry(&name).is_none() && no_ingest(&k));
+    assert!(k.store_entry(&name).is_none() && k.ingest_empty());
     let sent_blobs = reg.sent.load(Ordering::SeqCst) - sent;
     assert!(sent_blobs < 64 << 20, "kilnd read {sent_blobs} bytes of error answers");
     let peak = k.usage().peak_rss_kib;

@@ -44,6 +44,27 @@ fn pull(k: &Kilnd, reference: &str) -> std::process::Output {
     k.kiln(&["image", "pull", reference])
 }
 
+/// The gRPC code an `Images.Pull` of `name` fails with (a pull that succeeds is a test failure).
+fn grpc_pull_failure(k: &Kilnd, name: &str) -> tonic::Code {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+        let ch = kiln::client::connect(&k.address()).await.unwrap();
+        let mut c = kiln::api::v1::images_client::ImagesClient::new(ch);
+        let req = kiln::api::v1::PullImageRequest { reference: name.to_owned(), ..Default::default() };
+        let mut s = match c.pull(req).await {
+            Err(s) => return s.code(),
+            Ok(r) => r.into_inner(),
+        };
+        loop {
+            match s.message().await {
+                Err(st) => return st.code(),
+                Ok(Some(m)) if m.done => panic!("{name} was pulled"),
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("the stream ended without an error"),
+            }
+        }
+    })
+}
+
 /// `skopeo inspect oci:STORE:NAME` and `umoci ls --layout STORE` read what kilnd wrote.
 fn reads_back(k: &Kilnd, name: &str) {
     let o = std::process::Command::new("skopeo")
@@ -103,8 +124,7 @@ fn pulls_by_tag_and_by_digest_name_the_image_by_its_full_reference() {
     assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("fetched {by_digest}")), "{}", common::output(&o));
     assert_eq!(k.store_entry(&by_digest).expect("by digest")["digest"], manifest["digest"]);
     // No ingest file is left.
-    let ingest = k.content().join(".kiln-ingest");
-    assert!(!ingest.exists() || std::fs::read_dir(&ingest).unwrap().next().is_none());
+    assert!(k.ingest_empty());
 
     // `--no-unpack` only fetches: the image is in the store, no layer is unpacked.
     let k = Kilnd::start(&[]);
@@ -258,39 +278,13 @@ fn a_tampered_blob_is_data_loss_and_nothing_is_committed() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains(&layer) && err.contains(&reg.host) && err.contains("do not match"), "{err}");
     // Through gRPC the code is DATA_LOSS.
-    let code = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-        let ch = kiln::client::connect(&k.address()).await.unwrap();
-        let mut c = kiln::api::v1::images_client::ImagesClient::new(ch);
-        let req = kiln::api::v1::PullImageRequest {
-            reference: name.clone(),
-            platform: None,
-            no_unpack: false,
-            credentials: None,
-        };
-        match c.pull(req).await {
-            Err(s) => s.code(),
-            Ok(r) => {
-                let mut s = r.into_inner();
-                loop {
-                    match s.message().await {
-                        Err(st) => break st.code(),
-                        Ok(Some(m)) if m.done => panic!("pulled a tampered image"),
-                        Ok(Some(_)) => {}
-                        Ok(None) => panic!("stream ended without an error"),
-                    }
-                }
-            }
-        }
-    });
+    let code = grpc_pull_failure(&k, &name);
     assert_eq!(code, tonic::Code::DataLoss);
     assert!(k.store_entry(&name).is_none(), "{}", k.index_json());
     // The layer was extracted as it downloaded: its snapshot went with the failed blob.
-    let info = k.kiln(&["--json", "system", "info"]);
-    let info: Value = serde_json::from_slice(&info.stdout).unwrap_or_else(|e| panic!("{e}: {}", common::output(&info)));
-    assert_eq!(info["snapshots"], 0, "a snapshot of the tampered layer stayed: {info}");
+    assert_eq!(k.snapshot_count(), 0, "a snapshot of the tampered layer stayed");
     assert!(!k.content().join("blobs/sha256").join(&layer["sha256:".len()..]).exists());
-    let ingest = k.content().join(".kiln-ingest");
-    assert!(!ingest.exists() || std::fs::read_dir(&ingest).unwrap().next().is_none(), "ingest left behind");
+    assert!(k.ingest_empty(), "ingest left behind");
 }
 
 #[test]
@@ -359,15 +353,7 @@ fn a_registry_outside_allowed_registries_is_refused_before_any_request() {
     assert!(err.contains(&reg.host) && err.contains("registry.allowed_registries"), "{err}");
     assert_eq!(reg.log().matches("/v2/").count(), before, "a request reached the registry:\n{}", reg.log());
     assert!(k.store_entry(&name).is_none());
-    let code = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-        let ch = kiln::client::connect(&k.address()).await.unwrap();
-        let mut c = kiln::api::v1::images_client::ImagesClient::new(ch);
-        let req = kiln::api::v1::PullImageRequest { reference: name.clone(), ..Default::default() };
-        match c.pull(req).await {
-            Err(s) => s.code(),
-            Ok(r) => r.into_inner().message().await.map(|_| tonic::Code::Ok).unwrap_or_else(|s| s.code()),
-        }
-    });
+    let code = grpc_pull_failure(&k, &name);
     assert_eq!(code, tonic::Code::PermissionDenied);
 
     let allowed = format!("[registry]\nallowed_registries = [\"registry.example\", \"{}\"]\n", reg.host);

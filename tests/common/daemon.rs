@@ -33,21 +33,37 @@ impl Kilnd {
             flags.push("--config".into());
             flags.push(file.into());
         }
-        let child = Command::new(env!("CARGO_BIN_EXE_kilnd"))
-            .args(&flags)
-            .arg("--root")
-            .arg(&root)
-            .arg("--state")
-            .arg(&state)
-            .args(["--log-level", "info"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn kilnd");
+        let child = spawn(&flags, &root, &state, extra, log);
         let k = Kilnd { child: Some(child), dir, root, state, socket };
         k.wait_ready();
         k
+    }
+
+    /// Starts kilnd again on this root and state (after it was stopped or killed), with its config file if it
+    /// had one and `extra` flags, appending to its log; waits until its socket answers.
+    pub fn respawn(&mut self, extra: &[&str]) {
+        assert!(self.child.is_none(), "kilnd is still running");
+        let log = std::fs::OpenOptions::new().append(true).open(self.dir.path().join("kilnd.log")).expect("log");
+        let config = self.dir.path().join("kilnd.toml");
+        let flags: Vec<std::ffi::OsString> =
+            if config.exists() { vec!["--config".into(), config.into()] } else { vec![] };
+        self.child = Some(spawn(&flags, &self.root, &self.state, extra, log));
+        self.wait_ready();
+    }
+
+    /// How many snapshots kilnd has (`kiln system info --json`), active ones included.
+    pub fn snapshot_count(&self) -> u64 {
+        let o = self.kiln(&["--json", "system", "info"]);
+        assert!(o.status.success(), "{}", super::output(&o));
+        let v: serde_json::Value =
+            serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", super::output(&o)));
+        v["snapshots"].as_u64().unwrap_or_else(|| panic!("no snapshots count: {v}"))
+    }
+
+    /// Whether the content store's ingest directory (`.kiln-ingest/`) holds nothing.
+    pub fn ingest_empty(&self) -> bool {
+        let ingest = self.content().join(".kiln-ingest");
+        !ingest.exists() || std::fs::read_dir(&ingest).expect("read ingest").next().is_none()
     }
 
     pub fn address(&self) -> String {
@@ -117,6 +133,22 @@ impl Kilnd {
         let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count() as u64).unwrap_or(0);
         Usage { rss_kib: field("VmRSS:"), peak_rss_kib: field("VmHWM:"), threads: field("Threads:"), fds }
     }
+}
+
+/// kilnd with `flags`, root, state and `extra` flags, logging at info to `log`.
+fn spawn(flags: &[std::ffi::OsString], root: &Path, state: &Path, extra: &[&str], log: std::fs::File) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_kilnd"))
+        .args(flags)
+        .arg("--root")
+        .arg(root)
+        .arg("--state")
+        .arg(state)
+        .args(["--log-level", "info"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn kilnd")
 }
 
 /// See [`Kilnd::usage`].
