@@ -21,6 +21,8 @@
 # Images are built once and cached by `BUILD_ONLY=1 bench/unpack.sh` under $WORK/layout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/containerd-config.sh
+. bench/containerd-config.sh
 
 RUNS=${RUNS:-5}
 COUNT=${COUNT:-50}
@@ -66,21 +68,7 @@ mkdir -p "$W/ctd" "$W/arch" "$W/mnt" "$W/runc"
 
 # containerd: a minimal config of its own (CRI off, overlayfs snapshotter, everything under $W/ctd).
 SOCK="$W/ctd/containerd.sock"
-cat >"$W/ctd/config.toml" <<EOF
-version = 2
-root = "$W/ctd/root"
-state = "$W/ctd/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
-[grpc]
-  address = "$SOCK"
-[ttrpc]
-  address = "$SOCK.ttrpc"
-[debug]
-  address = ""
-[plugins."io.containerd.internal.v1.opt"]
-  path = "$W/ctd/opt"
-EOF
+containerd_config "$W/ctd" "$SOCK"
 C() { ctr -a "$SOCK" -n bench "$@"; }
 containerd --config "$W/ctd/config.toml" --log-level warn >"$W/containerd.log" 2>&1 &
 cpid=$!

@@ -33,6 +33,8 @@
 # else lives under $W and is removed on exit; nothing of a system containerd or kilnd is used.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/containerd-config.sh
+. bench/containerd-config.sh
 
 RUNS=${RUNS:-5}
 IMAGES=${IMAGES:-minbase stack}
@@ -101,22 +103,7 @@ REG_VERSION=$(docker-registry --version | awk '{print $3}')
 SOCK="$W/ctd/containerd.sock"
 C() { ctr -a "$SOCK" -n bench "$@"; }
 start_containerd() {
-  mkdir -p "$W/ctd"
-  cat >"$W/ctd/config.toml" <<EOF
-version = 2
-root = "$W/ctd/root"
-state = "$W/ctd/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
-[grpc]
-  address = "$SOCK"
-[ttrpc]
-  address = "$SOCK.ttrpc"
-[debug]
-  address = ""
-[plugins."io.containerd.internal.v1.opt"]
-  path = "$W/ctd/opt"
-EOF
+  containerd_config "$W/ctd" "$SOCK"
   containerd --config "$W/ctd/config.toml" --log-level warn >>"$W/containerd.log" 2>&1 &
   cpid=$!
   for _ in $(seq 200); do C version >/dev/null 2>&1 && break; sleep 0.05; done
