@@ -21,8 +21,8 @@
 # Images are built once and cached by `BUILD_ONLY=1 bench/unpack.sh` under $WORK/layout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# shellcheck source=bench/containerd-config.sh
-. bench/containerd-config.sh
+# shellcheck source=bench/common.sh
+. bench/common.sh
 
 RUNS=${RUNS:-5}
 COUNT=${COUNT:-50}
@@ -93,16 +93,6 @@ stop_kilnd() {
   umount_under "$W/k"; rm -rf "$W/k"
 }
 
-hwm_reset() { echo 5 >"/proc/$1/clear_refs"; }
-hwm() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }   # KiB
-quiesce() { sync; sleep 1; }
-
-# Times one command: appends "seconds client_maxrss_kib" to $1.
-timeit() {
-  local out=$1; shift
-  /usr/bin/time -f "%e %M" -o "$out.t" "$@" >"$out.out" 2>"$out.err" || { echo "bench: failed: $*"; cat "$out.out" "$out.err"; exit 1; }
-  cat "$out.t" >>"$out"
-}
 
 # containerd image reset: nothing of REF left (content, snapshots), then the blobs back in without unpacking.
 ctd_fresh() {

@@ -33,8 +33,8 @@
 # else lives under $W and is removed on exit; nothing of a system containerd or kilnd is used.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# shellcheck source=bench/containerd-config.sh
-. bench/containerd-config.sh
+# shellcheck source=bench/common.sh
+. bench/common.sh
 
 RUNS=${RUNS:-5}
 IMAGES=${IMAGES:-minbase stack}
@@ -143,16 +143,6 @@ stop_kilnd() {
   umount_under "$W/k"; rm -rf "$W/k"
 }
 
-hwm_reset() { echo 5 >"/proc/$1/clear_refs"; }
-hwm() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }   # KiB
-quiesce() { sync; sleep 1; }
-
-# Times one command: appends "seconds client_maxrss_kib" to $1.
-timeit() {
-  local out=$1; shift
-  /usr/bin/time -f "%e %M" -o "$out.t" "$@" >"$out.out" 2>"$out.err" || { echo "bench: failed: $*"; cat "$out.out" "$out.err"; exit 1; }
-  cat "$out.t" >>"$out"
-}
 
 # Fill the registry once: the very manifests and blobs of the layout.
 for tag in $IMAGES; do

@@ -51,6 +51,25 @@ fn openssl(args: &[&str]) {
 }
 
 /// A layout in `dir` with a two-layer image for this host under `v1`, layer text `text`.
+/// A new RSA key at `key` and a certificate for it, signed by itself, for `subject`, at `cert` (PEM).
+fn self_signed(subject: &str, key: &Path, cert: &Path) {
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        subject,
+        "-keyout",
+        path_str(key),
+        "-out",
+        path_str(cert),
+    ]);
+}
+
 fn layout(dir: &Path, text: &str) {
     let a = LayerBuilder::new().dir("etc", 0o755).file("etc/which", text.as_bytes(), 0o644).layer(Compression::Gzip);
     let b = LayerBuilder::new().dir("opt", 0o755).file("opt/more", b"second layer", 0o644).layer(Compression::Gzip);
@@ -119,21 +138,7 @@ impl TokenIssuer {
         let cert_pem = dir.join("issuer-cert.pem");
         let key_der = dir.join("issuer-key.der");
         let cert_der = dir.join("issuer-cert.der");
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=kiln token issuer",
-            "-keyout",
-            path_str(&key_pem),
-            "-out",
-            path_str(&cert_pem),
-        ]);
+        self_signed("/CN=kiln token issuer", &key_pem, &cert_pem);
         openssl(&[
             "pkcs8",
             "-topk8",
@@ -410,21 +415,7 @@ fn test_ca(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
     let p = |f: &str| dir.join(format!("{name}-{f}"));
     let (ca_key, ca, key, csr, cert, ext) =
         (p("ca-key.pem"), p("ca.pem"), p("key.pem"), p("csr.pem"), p("cert.pem"), p("ext"));
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        &format!("/CN={name} test CA"),
-        "-keyout",
-        path_str(&ca_key),
-        "-out",
-        path_str(&ca),
-    ]);
+    self_signed(&format!("/CN={name} test CA"), &ca_key, &ca);
     openssl(&[
         "req",
         "-newkey",
