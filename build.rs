@@ -1,7 +1,9 @@
 //! Codegen only: prost/tonic for `proto/kiln/v1` and for kiln's own definition of containerd's snapshots API
 //! (`proto/containerd`), and a CRI client for the tests only (`proto/cri`), with `protoc` from the
-//! `protoc-bin-vendored` crate so a fresh machine needs no apt step.
+//! `protoc-bin-vendored` crate so a fresh machine needs no apt step; and kiln's ISA-L shim (`src/sys/isal.c`)
+//! when the library is installed (see [`isal`]).
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    isal();
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     // Build scripts are single-threaded: setting the variable here is the documented way to point prost at protoc.
     std::env::set_var("PROTOC", protoc);
@@ -24,4 +26,58 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Clients only, included by tests/common/cri.rs and never by the library: kiln serves no CRI.
     tonic_prost_build::configure().build_server(false).compile_protos(&cri, &["proto"])?;
     Ok(())
+}
+
+/// With the `isal` feature (default), and ISA-L's header and library installed (Debian: `libisal-dev`),
+/// compiles the shim against that header, links `libisal` and sets `cfg(kiln_isal)`: gzip layers then inflate
+/// with ISA-L. Without them kiln still builds, and inflates with zlib-rs (pure Rust); the build says so.
+// The build script runs on the build machine, on paths of its own choosing (clippy.toml guards the library).
+#[allow(clippy::disallowed_methods)]
+fn isal() {
+    println!("cargo:rustc-check-cfg=cfg(kiln_isal)");
+    println!("cargo:rerun-if-changed=src/sys/isal.c");
+    println!("cargo:rerun-if-env-changed=PKG_CONFIG_PATH");
+    if std::env::var_os("CARGO_FEATURE_ISAL").is_none() {
+        return;
+    }
+    // The include directories pkg-config names (none for Debian's /usr/include), then the default one.
+    let cflags = std::process::Command::new("pkg-config")
+        .args(["--cflags", "libisal"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    let mut includes: Vec<std::path::PathBuf> = cflags
+        .iter()
+        .flat_map(|f| f.split_whitespace().filter_map(|w| w.strip_prefix("-I")).map(std::path::PathBuf::from))
+        .collect();
+    includes.push("/usr/include".into());
+    let header = includes.iter().map(|d| d.join("isa-l/igzip_lib.h")).find(|h| h.exists());
+    match (cflags, header) {
+        (Some(_), Some(header)) => {
+            println!("cargo:rerun-if-changed={}", header.display());
+            let mut build = cc::Build::new();
+            build.file("src/sys/isal.c").opt_level(2).warnings(true);
+            for i in &includes {
+                build.include(i);
+            }
+            build.compile("kiln_isal_shim");
+            let libs = std::process::Command::new("pkg-config").args(["--libs", "libisal"]).output();
+            let libs = libs.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+            for w in libs.split_whitespace() {
+                if let Some(d) = w.strip_prefix("-L") {
+                    println!("cargo:rustc-link-search=native={d}");
+                }
+            }
+            println!("cargo:rustc-link-lib=isal");
+            println!("cargo:rustc-cfg=kiln_isal");
+        }
+        _ => {
+            // Installing libisal-dev later creates this directory: watch it so the next build finds ISA-L.
+            println!("cargo:rerun-if-changed=/usr/include");
+            println!(
+                "cargo:warning=ISA-L not found (Debian: apt install libisal-dev): gzip layers inflate with zlib-rs"
+            );
+        }
+    }
 }

@@ -63,6 +63,7 @@ fn images_and_system_rpcs() {
         let info = system.info(pb::InfoRequest {}).await.unwrap().into_inner();
         assert_eq!(info.version, env!("CARGO_PKG_VERSION"));
         assert_eq!(info.root, path_str(&k.root));
+        assert_eq!(info.gzip_inflater, kiln::layer::gzip_backend().name());
         assert!(images.list(pb::ListImagesRequest {}).await.unwrap().into_inner().images.is_empty());
 
         let digest = import(&addr, path_str(src.path()), "app:v1").await.unwrap();

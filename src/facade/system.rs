@@ -18,6 +18,8 @@ pub struct Info {
     pub snapshot_bytes: u64,
     pub snapshots: u32,
     pub bundles: u32,
+    /// The library that inflates gzip layers in this process.
+    pub gzip_inflater: &'static str,
 }
 
 /// What fsck found for one image.
@@ -49,6 +51,7 @@ impl Kiln {
             snapshot_bytes: e.snapshot_bytes,
             snapshots: e.snapshots,
             bundles: e.bundles,
+            gzip_inflater: crate::layer::gzip_backend().name(),
         })
     }
 

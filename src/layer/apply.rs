@@ -206,7 +206,7 @@ impl Applier<'_> {
     fn tar_error(&self, e: TarError) -> Error {
         let layer = self.layer.to_owned();
         match e {
-            TarError::Io(e) if e.kind() == std::io::ErrorKind::Interrupted => Error::Cancelled,
+            TarError::Io(e) if super::stream::is_cancel(&e) => Error::Cancelled,
             TarError::Io(e) => Error::Decompress { layer, source: e },
             TarError::Malformed { offset, reason } => Error::Tar { layer, offset, reason },
             TarError::Limit { limit, value, cap, .. } => Error::LimitExceeded { layer, limit, value, cap },

@@ -30,6 +30,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+pub use stream::{gzip_backend, GzipBackend};
 pub use unpack::{unpack_image, UnpackStats};
 
 use crate::digest::{self, Digest};
@@ -327,30 +328,13 @@ pub fn apply<R: Read + Send>(
     root: &Path,
 ) -> Result<Stats> {
     let root_fd = crate::sys::open_dir(root).map_err(|source| Error::Root { path: root.to_path_buf(), source })?;
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(stream::DEPTH);
-    let (free_tx, free_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(stream::DEPTH + 2);
     let cancel = opts.cancel.as_deref();
-    let (produced, applied) = std::thread::scope(|s| {
-        let producer =
-            s.spawn(move || stream::produce(reader, compression, diff_id, layer, &opts.limits, cancel, tx, free_rx));
-        let mut chan = stream::ChanReader::new(rx, free_tx, cancel);
-        let applied = apply::apply_entries(&mut chan, layer, opts, &root_fd);
-        // Whatever happened, let the first stage finish: on success it hashes the bytes after the tar's end.
-        if applied.is_ok() {
-            chan.drain();
-        }
-        drop(chan);
-        let produced = producer
-            .join()
-            .unwrap_or(Err(Error::Internal { layer: layer.to_owned(), reason: "decompression thread panicked" }));
-        (produced, applied)
-    });
-    // The first stage's failure (digest, decompression, limit) is the cause of any tar error that followed.
-    let produced = produced?;
-    let mut stats = applied?;
-    if produced.aborted {
-        return Err(Error::Internal { layer: layer.to_owned(), reason: "tar stage stopped early without an error" });
-    }
+    let (mut stats, produced) = stream::run(reader, compression, diff_id, layer, &opts.limits, cancel, |chan| {
+        let applied = apply::apply_entries(chan, layer, opts, &root_fd)?;
+        // The earlier stages see the whole stream: bytes after the tar's end are part of the DiffID.
+        chan.drain();
+        Ok(applied)
+    })?;
     stats.diff_id = Some(produced.diff_id);
     stats.expanded_bytes = produced.expanded;
     Ok(stats)

@@ -284,6 +284,7 @@ pub fn info(i: &crate::facade::Info, config: &crate::config::Config) -> pb::Info
         snapshot_bytes: int(i.snapshot_bytes),
         snapshots: i.snapshots,
         bundles: i.bundles,
+        gzip_inflater: i.gzip_inflater.into(),
     }
 }
 

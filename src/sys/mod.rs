@@ -9,6 +9,8 @@
 pub mod creds;
 pub mod fs;
 pub mod host;
+#[cfg(kiln_isal)]
+pub mod isal;
 pub mod sock;
 pub mod tree;
 

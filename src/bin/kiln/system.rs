@@ -14,6 +14,7 @@ pub async fn info(remote: &Remote) -> Result<()> {
     let v = json!({
         "version": i.version, "root": i.root, "state": i.state, "snapshotter": i.snapshotter,
         "contentBytes": i.content_bytes, "snapshotBytes": i.snapshot_bytes, "snapshots": i.snapshots, "bundles": i.bundles,
+        "gzipInflater": i.gzip_inflater,
     });
     if remote.json {
         return crate::print_json(&v);
