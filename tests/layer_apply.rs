@@ -366,6 +366,62 @@ fn f13_setuid_setgid_sticky_survive_chown() {
     assert_eq!(mode(&root.join("tmp")), 0o1777);
 }
 
+/// Files are made with their final mode and without `fchown` where the kernel gives those already (issue 15);
+/// the kernel's own rules for a new file's group and mode must not leak into the tree: a set-group-ID lower
+/// directory (its group is inherited) and a default ACL (it, not the umask, narrows the mode).
+#[test]
+fn f13_owner_and_mode_are_exact_under_a_setgid_parent_and_a_default_acl() {
+    use std::os::unix::fs::MetadataExt;
+    let d = common::scratch();
+    let root = root_in(&d);
+    let lower = LayerBuilder::new().dir("g", 0o2775).owner(0, 4321).dir("acl", 0o755).dir("plain", 0o755);
+    apply(&lower, &root);
+    // A default ACL of user rwx, group r-x, other ---: a file made 0644 there would come out 0640.
+    let mut acl = 2u32.to_le_bytes().to_vec();
+    for (tag, perm) in [(0x01u16, 7u16), (0x04, 5), (0x20, 0)] {
+        acl.extend_from_slice(&tag.to_le_bytes());
+        acl.extend_from_slice(&perm.to_le_bytes());
+        acl.extend_from_slice(&u32::MAX.to_le_bytes());
+    }
+    if let Err(e) = xattr::set(root.join("acl"), "system.posix_acl_default", &acl) {
+        common::skip(&format!("no POSIX ACLs on the scratch filesystem: {e}"));
+        return;
+    }
+    let l = LayerBuilder::new()
+        .file("g/root-owned", b"x", 0o644)
+        .owner(0, 0)
+        .file("g/group-of-dir", b"x", 0o644)
+        .owner(0, 4321)
+        .file("g/other", b"x", 0o640)
+        .owner(1000, 1000)
+        .file("g/again-root", b"x", 0o644)
+        .owner(0, 0)
+        .file("acl/f", b"x", 0o644)
+        .owner(0, 0)
+        .file("acl/g", b"x", 0o666)
+        .owner(0, 0)
+        .file("plain/f", b"x", 0o644)
+        .owner(0, 0)
+        .file("plain/wide", b"x", 0o666)
+        .owner(0, 0)
+        .file("plain/other", b"x", 0o600)
+        .owner(7, 8);
+    apply(&l, &root);
+    let own = |p: &str| {
+        let m = std::fs::symlink_metadata(root.join(p)).unwrap();
+        (m.uid(), m.gid(), m.mode() & 0o7777)
+    };
+    assert_eq!(own("g/root-owned"), (0, 0, 0o644), "not the set-group-ID directory's group");
+    assert_eq!(own("g/group-of-dir"), (0, 4321, 0o644));
+    assert_eq!(own("g/other"), (1000, 1000, 0o640));
+    assert_eq!(own("g/again-root"), (0, 0, 0o644));
+    assert_eq!(own("acl/f"), (0, 0, 0o644), "the default ACL narrowed the mode");
+    assert_eq!(own("acl/g"), (0, 0, 0o666));
+    assert_eq!(own("plain/f"), (0, 0, 0o644));
+    assert_eq!(own("plain/wide"), (0, 0, 0o666), "the umask narrowed the mode");
+    assert_eq!(own("plain/other"), (7, 8, 0o600));
+}
+
 #[test]
 fn f13_symlink_then_dir_entry_never_chmods_the_target() {
     let d = common::scratch();

@@ -71,6 +71,39 @@ fn unpack_writes_config_and_rootfs() {
     assert_nothing_left(d.path(), &d.path().join("none"));
 }
 
+/// Files are made with their final mode when the umask would not narrow it (issue 15): under any umask the
+/// tree has the layer's modes, those the umask would narrow (set with `fchmod`) and those it would not.
+#[test]
+fn unpack_gives_the_layers_modes_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = common::scratch();
+    let layout = d.path().join("layout");
+    let l = LayerBuilder::new()
+        .dir("d", 0o777)
+        .file("d/rw-all", b"x", 0o666)
+        .file("d/exec", b"x", 0o755)
+        .file("d/private", b"x", 0o600)
+        .file("d/group", b"x", 0o664)
+        .file("d/suid", b"x", 0o4711)
+        .layer(Compression::Gzip);
+    single_image(&layout, &ImageSpec::with_layers(vec![l]), "latest");
+    for umask in ["000", "022", "077", "777"] {
+        let bundle = d.path().join(format!("bundle-{umask}"));
+        let image = format!("{}:latest", layout.display());
+        let script = format!("umask {umask} && exec \"$0\" unpack --image \"$1\" \"$2\"");
+        let out = Command::new("sh")
+            .args(["-c", &script, env!("CARGO_BIN_EXE_kiln"), &image, &bundle.to_string_lossy()])
+            .output()
+            .expect("run kiln under sh");
+        assert!(out.status.success(), "umask {umask}: {}", String::from_utf8_lossy(&out.stderr));
+        let mode =
+            |p: &str| std::fs::symlink_metadata(bundle.join("rootfs").join(p)).unwrap().permissions().mode() & 0o7777;
+        let got: Vec<u32> =
+            ["d", "d/rw-all", "d/exec", "d/private", "d/group", "d/suid"].iter().map(|p| mode(p)).collect();
+        assert_eq!(got, [0o777, 0o666, 0o755, 0o600, 0o664, 0o4711], "umask {umask}");
+    }
+}
+
 #[test]
 fn unpack_refuses_a_non_empty_bundle_and_accepts_an_empty_one() {
     let d = common::scratch();

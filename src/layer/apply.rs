@@ -126,6 +126,22 @@ struct Applier<'a> {
     /// implicit, but was still made, through whatever was there, when it was needed).
     listed: HashSet<Vec<u8>>,
     stats: Stats,
+    /// What a file made now gets without being told (issue 15: no `fchown`/`fchmod` that would change
+    /// nothing): this process's umask (None: unknown, so every mode is set), effective uid, and the
+    /// last parent asked about.
+    umask: Option<u32>,
+    euid: u32,
+    parent_attrs: Option<(Rc<OwnedFd>, ParentAttrs)>,
+}
+
+/// What the kernel gives a new file in a directory on its own.
+#[derive(Debug, Clone, Copy)]
+struct ParentAttrs {
+    /// The group the first file made there got (the effective gid, or the directory's when it is
+    /// set-group-ID or the filesystem is mounted `grpid`): learned, not predicted. None until then.
+    gid: Option<u32>,
+    /// The directory has a default ACL: a new file's mode then comes from the ACL, not the umask.
+    default_acl: bool,
 }
 
 pub(crate) fn apply_entries<R: BufRead>(r: &mut R, layer: &str, opts: &Options, root: &OwnedFd) -> Result<Stats> {
@@ -149,6 +165,9 @@ pub(crate) fn apply_entries<R: BufRead>(r: &mut R, layer: &str, opts: &Options, 
         opaqued: HashSet::new(),
         listed: HashSet::new(),
         stats: Stats::default(),
+        umask: crate::sys::proc::umask(),
+        euid: nix::unistd::geteuid().as_raw(),
+        parent_attrs: None,
     };
     a.root_proc = sfs::fd_path(&*a.root);
     let limits = TarLimits {
@@ -292,6 +311,7 @@ impl Applier<'_> {
             }
             self.stats.dirs += 1;
             self.root_listed = true;
+            self.parent_attrs = None;
             let root = self.root.clone();
             let meta = self.apply_dir_xattrs_now(&root, OsStr::new("."), &[], meta, true)?;
             self.dirs.insert(Vec::new(), meta);
@@ -369,6 +389,7 @@ impl Applier<'_> {
             Err(e) => return Err(self.sys(path, e)),
         };
         self.cache = None;
+        self.parent_attrs = None;
         if sfs::file_type(&st) == SFlag::S_IFDIR {
             self.remove_all(dir, path, name, 0)?;
         } else {
@@ -408,6 +429,8 @@ impl Applier<'_> {
 
     fn directory(&mut self, pfd: &OwnedFd, path: &[u8], name: &[u8], meta: Meta) -> Result<()> {
         self.stats.dirs += 1;
+        // A directory entry may give a directory a default ACL now: what new files get there is asked again.
+        self.parent_attrs = None;
         let mut make = true;
         match sfs::fstatat_nofollow(pfd, os(name)) {
             // layer.md: both directories → the existing directory takes the entry's attributes (F15), later.
@@ -416,6 +439,7 @@ impl Applier<'_> {
                 // layer.md: otherwise unlink + recreate (F15); a symlink is never chmod'ed through
                 // (CVE-2026-33056, CVE-2021-32760).
                 self.cache = None;
+                self.parent_attrs = None;
                 sfs::unlinkat(pfd, os(name), false).map_err(|e| self.sys(path, e))?;
                 if self.opts.whiteout_mode == WhiteoutMode::Overlay {
                     // In an overlay diff, what is here was written by this layer: its own whiteout, or a file,

@@ -424,7 +424,9 @@ where
     let plain = compression == Compression::None;
     let (read_out, read_rx, read_free) = link(if plain { POOL_TAR } else { POOL_READ });
     let (stages, consumed) = std::thread::scope(|s| {
-        let read = s.spawn(move || read_stage(reader, layer, plain.then_some(limits), cancel, read_out));
+        let read = std::thread::Builder::new()
+            .name("kiln-read".into())
+            .spawn_scoped(s, move || read_stage(reader, layer, plain.then_some(limits), cancel, read_out));
         // The hash stage's input: the read stage's chunks (plain) or the inflate stage's.
         let (inflate, hash_rx, tar_free) = if plain {
             (None, read_rx, read_free)
@@ -437,18 +439,18 @@ where
             (Some(h), inf_rx, inf_free)
         };
         let (hash_tx, tar_rx) = sync_channel(DEPTH);
-        let hash = s.spawn(move || hash_stage(hash_rx, hash_tx, Hasher::new(algorithm)));
+        let hash = std::thread::Builder::new()
+            .name("kiln-hash".into())
+            .spawn_scoped(s, move || hash_stage(hash_rx, hash_tx, Hasher::new(algorithm)));
         let mut chan = ChanReader::new(tar_rx, tar_free, cancel);
         let consumed = consume(&mut chan);
         drop(chan);
-        let panicked = || Error::Internal { layer: layer.to_owned(), reason: "a pipeline thread panicked" };
-        let read = read.join().unwrap_or_else(|_| Err(panicked()));
+        let read = join(read, layer).and_then(|r| r);
         let inflate = match inflate {
             None => Ok(End::Done),
-            Some(Ok(h)) => h.join().unwrap_or_else(|_| Err(panicked())),
-            Some(Err(_)) => Err(Error::Internal { layer: layer.to_owned(), reason: "inflate thread not started" }),
+            Some(h) => join(h, layer).and_then(|r| r),
         };
-        let hash = hash.join().map_err(|_| panicked());
+        let hash = join(hash, layer);
         ((read, inflate, hash), consumed)
     });
     let (read, inflate, hash) = stages;
@@ -468,6 +470,17 @@ where
         });
     }
     Ok((value, Produced { diff_id, expanded }))
+}
+
+/// A stage's result: a thread that could not start (its closure, and so its channels, are dropped: the other
+/// stages see an early end) or panicked is an internal error.
+fn join<T>(h: io::Result<std::thread::ScopedJoinHandle<'_, T>>, layer: &str) -> Result<T, Error> {
+    match h {
+        Ok(h) => {
+            h.join().map_err(|_| Error::Internal { layer: layer.to_owned(), reason: "a pipeline thread panicked" })
+        }
+        Err(_) => Err(Error::Internal { layer: layer.to_owned(), reason: "a pipeline thread could not be started" }),
+    }
 }
 
 /// The consuming view of a link: a `BufRead` over its chunks, giving spent ones back to the pool.

@@ -166,3 +166,11 @@ bogus line
         assert!(!mountinfo(None).unwrap().is_empty());
     }
 }
+
+/// This process's umask, from `/proc/self/status` (Linux 4.7+; reading it with umask(2) would change it for a
+/// moment under every other thread). None when it cannot be read.
+pub fn umask() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(line.trim(), 8).ok()
+}

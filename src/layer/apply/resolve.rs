@@ -106,6 +106,7 @@ impl Applier<'_> {
                     // layer.md: a directory re-created over a whiteout hides the lower one: it becomes an
                     // opaque directory (F22), as `directory()` does for an explicit entry.
                     self.cache = None;
+                    self.parent_attrs = None;
                     sfs::unlinkat(&*cur, os(comp), false).map_err(|e| self.sys(&prefix, e))?;
                     sfs::mkdirat(&*cur, os(comp), 0o755).map_err(|e| self.sys(&prefix, e))?;
                     self.set_opaque(&cur, &prefix, comp)?;
