@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Benchmark (not a test): `kiln unpack` vs `umoci unpack` vs `tar -xzf` of the same layer blobs, alternating
-# runs on the same filesystem (tmpfs by default). Prints medians, min–max, ratios and peak RSS.
+# Benchmark (not a test): `kiln unpack` (with ISA-L, and with zlib-rs: KILN_GZIP=zlib-rs) vs `umoci unpack` vs
+# `tar -xzf` of the same layer blobs, and `igzip -dc` to /dev/null (the inflate floor); for the zstd copy of
+# minbase, vs `tar -I zstd -xf` and `zstd -dc`. Alternating runs on the same filesystem (tmpfs by default).
+# Prints medians, min–max, ratios and peak RSS. IMAGES="minbase stack minbase-zstd" picks the images.
 #
 #   bench/unpack.sh                      # needs root, umoci, GNU tar, /usr/bin/time; debootstrap for image A
 #   RUNS=7 WORK=/dev/shm/kiln-bench KILN=target/release/kiln bench/unpack.sh
@@ -9,6 +11,7 @@
 # Images (built once, cached under $WORK/layout):
 #   minbase  one gzip layer: `debootstrap --variant=minbase bookworm` packed by umoci (falls back to a copy of
 #            this host's /usr/lib and /etc when debootstrap cannot run; the output says which)
+#   minbase-zstd  minbase's layer recompressed with `zstd -3` (same tar)
 #   stack    minbase + 4 layers: a 200 MiB file; 30 000 small files; whiteouts of 10 000 of them and of
 #            /usr/share/doc; rewrites and re-creations
 # `tar -xzf` extracts each layer blob in turn without interpreting whiteouts: the practical floor.
@@ -78,7 +81,34 @@ PY
   echo "$SRC" >"$L/SOURCE"
 }
 
+# The zstd copy of minbase (same tar, so the same DiffID and config): `zstd -3` of the uncompressed layer.
+add_zstd_image() {
+  python3 - "$L" <<'PY'
+import gzip, hashlib, json, subprocess, sys
+L = sys.argv[1]
+def blob(d): return f"{L}/blobs/sha256/{d.split(':')[1]}"
+def put(b):
+    d = "sha256:" + hashlib.sha256(b).hexdigest()
+    open(blob(d), "wb").write(b)
+    return d
+idx = json.load(open(f"{L}/index.json"))
+refs = [m.get("annotations", {}).get("org.opencontainers.image.ref.name") for m in idx["manifests"]]
+if "minbase-zstd" in refs:
+    sys.exit(0)
+m = next(m for m in idx["manifests"] if m["annotations"]["org.opencontainers.image.ref.name"] == "minbase")
+man = json.load(open(blob(m["digest"])))
+tar = gzip.decompress(open(blob(man["layers"][0]["digest"]), "rb").read())
+z = subprocess.run(["zstd", "-3", "-T1", "-q", "-c"], input=tar, stdout=subprocess.PIPE, check=True).stdout
+man["layers"] = [{"mediaType": "application/vnd.oci.image.layer.v1.tar+zstd", "digest": put(z), "size": len(z)}]
+mb = json.dumps(man).encode()
+idx["manifests"].append({"mediaType": m["mediaType"], "digest": put(mb), "size": len(mb),
+                         "annotations": {"org.opencontainers.image.ref.name": "minbase-zstd"}})
+json.dump(idx, open(f"{L}/index.json", "w"))
+PY
+}
+
 [ -f "$L/SOURCE" ] || build_images
+add_zstd_image
 SRC=$(cat "$L/SOURCE")
 [ -z "${BUILD_ONLY:-}" ] || { echo "images in $L (source: $SRC)"; exit 0; }
 
@@ -95,39 +125,59 @@ for l in man["layers"]:
 PY
 }
 
-# Times one command: appends "seconds maxrss_kib" to $2.
+# Times one command (wall clock in µs, and peak RSS): appends "seconds maxrss_kib" to $1.
 timeit() {
-  local out=$1; shift
-  /usr/bin/time -f "%e %M" -o "$out.t" "$@" >/dev/null 2>"$out.err" || { cat "$out.err"; exit 1; }
-  cat "$out.t" >>"$out"
+  local out=$1 t0 t1; shift
+  t0=$(date +%s%N)
+  /usr/bin/time -f "%M" -o "$out.t" "$@" >/dev/null 2>"$out.err" || { cat "$out.err"; exit 1; }
+  t1=$(date +%s%N)
+  echo "$(( (t1 - t0) / 1000 ))e-6 $(cat "$out.t")" >>"$out"
 }
 
-for tag in minbase stack; do
+# Each tool once, into a fresh directory that is removed after (not timed).
+run_tool() {
+  local tool=$1 tag=$2 out=$3
+  rm -rf "$WORK/x"
+  case $tool in
+    kiln) timeit "$out" "$KILN" unpack --image "$L:$tag" "$WORK/x" ;;
+    kiln-zlib-rs) timeit "$out" env KILN_GZIP=zlib-rs "$KILN" unpack --image "$L:$tag" "$WORK/x" ;;
+    umoci) timeit "$out" umoci unpack --image "$L:$tag" "$WORK/x" ;;
+    tar) mkdir "$WORK/x"
+         timeit "$out" sh -c 'for b in "$@"; do tar -xzf "$b" -C "$0" || exit 1; done' "$WORK/x" "${LAYERS[@]}" ;;
+    igzip) timeit "$out" sh -c 'for b in "$@"; do igzip -dc "$b" >/dev/null || exit 1; done' sh "${LAYERS[@]}" ;;
+    tar-zstd) mkdir "$WORK/x"; timeit "$out" tar -I zstd -xf "${LAYERS[0]}" -C "$WORK/x" ;;
+    zstd) timeit "$out" sh -c 'zstd -dc "$0" >/dev/null' "${LAYERS[0]}" ;;
+  esac
+  rm -rf "$WORK/x"
+}
+
+# igzip (ISA-L's CLI: inflate alone, to /dev/null) is the floor issue 15 measures against.
+command -v igzip >/dev/null || { echo "bench: igzip missing (apt install isal)"; exit 2; }
+command -v zstd >/dev/null || { echo "bench: zstd missing"; exit 2; }
+for tag in ${IMAGES:-minbase stack minbase-zstd}; do
+  case $tag in
+    minbase-zstd) TOOLS="kiln tar-zstd zstd" ;;
+    *) TOOLS="kiln kiln-zlib-rs umoci tar igzip" ;;
+  esac
   R="$WORK/results-$tag"; rm -f "$R".*
   mapfile -t LAYERS < <(blobs "$tag")
   for i in $(seq 1 "$RUNS"); do
     sync
-    rm -rf "$WORK/k"; timeit "$R.kiln" "$KILN" unpack --image "$L:$tag" "$WORK/k"
-    rm -rf "$WORK/k"
-    rm -rf "$WORK/u"; timeit "$R.umoci" umoci unpack --image "$L:$tag" "$WORK/u"
-    rm -rf "$WORK/u"
-    rm -rf "$WORK/t"; mkdir "$WORK/t"
-    timeit "$R.tar" sh -c 'for b in "$@"; do tar -xzf "$b" -C "$0" || exit 1; done' "$WORK/t" "${LAYERS[@]}"
-    rm -rf "$WORK/t"
+    for tool in $TOOLS; do run_tool "$tool" "$tag" "$R.$tool"; done
   done
-  python3 - "$R" "$tag" "$RUNS" "$SRC" <<'PY'
+  python3 - "$R" "$tag" "$RUNS" "$SRC" $TOOLS <<'PY'
 import statistics, sys
-R, tag, runs, src = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+R, tag, runs, src, tools = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
 res = {}
-for tool in ("kiln", "umoci", "tar"):
+for tool in tools:
     rows = [l.split() for l in open(f"{R}.{tool}") if l.strip()]
     secs = [float(r[0]) for r in rows]
     rss = [int(r[1]) for r in rows]
     res[tool] = (statistics.median(secs), min(secs), max(secs), max(rss) / 1024)
 print(f"== image {tag} ({runs} runs each, alternating; source: {src})")
 for tool, (med, lo, hi, rss) in res.items():
-    print(f"  {tool:6} median {med:6.2f}s  (min {lo:.2f} – max {hi:.2f})  peak RSS {rss:7.1f} MiB")
+    print(f"  {tool:13} median {med:6.3f}s  (min {lo:.3f} – max {hi:.3f})  peak RSS {rss:7.1f} MiB")
 k = res["kiln"][0]
-print(f"  ratio kiln/umoci {k / res['umoci'][0]:.2f}   kiln/tar-xzf {k / res['tar'][0]:.2f}")
+print("  ratios: " + "   ".join(f"kiln/{t} {k / res[t][0]:.2f}" for t in tools if t != "kiln"))
 PY
 done
