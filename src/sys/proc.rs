@@ -131,6 +131,14 @@ pub fn comm(pid: i32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|s| s.trim_end().to_owned()).unwrap_or_else(|_| "?".into())
 }
 
+/// This process's umask, from `/proc/self/status` (Linux 4.7+; reading it with umask(2) would change it for a
+/// moment under every other thread). None when it cannot be read.
+pub fn umask() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(line.trim(), 8).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,12 +173,4 @@ bogus line
         assert!(all.iter().all(|p| p.pid != std::process::id() as i32));
         assert!(!mountinfo(None).unwrap().is_empty());
     }
-}
-
-/// This process's umask, from `/proc/self/status` (Linux 4.7+; reading it with umask(2) would change it for a
-/// moment under every other thread). None when it cannot be read.
-pub fn umask() -> Option<u32> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
-    u32::from_str_radix(line.trim(), 8).ok()
 }
