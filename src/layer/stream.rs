@@ -671,6 +671,52 @@ mod tests {
         assert!(differ.is_empty(), "{differ:#?}");
     }
 
+    /// Seeded random damage to gzip streams (flips, insertions, deletions, cuts, members joined): ISA-L and
+    /// zlib-rs must agree on every one. `KILN_GZIP_MUTATIONS` sets the count (the long run in the closing note).
+    #[cfg(kiln_isal)]
+    #[test]
+    fn isal_and_zlib_rs_agree_on_randomly_damaged_gzip() {
+        let n: u64 = std::env::var("KILN_GZIP_MUTATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(3000);
+        let bases = [gzip(&sample(20_000)), [gzip(&sample(3000)), gzip(b"tail")].concat(), gzip_full_header(&sample(900))];
+        let mut x = 0x2545f4914f6cdd1du64;
+        let mut rnd = move |m: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % m.max(1) as u64) as usize
+        };
+        let mut differ = Vec::new();
+        for i in 0..n {
+            let mut v = bases[i as usize % bases.len()].clone();
+            for _ in 0..1 + rnd(3) {
+                let at = rnd(v.len());
+                match rnd(6) {
+                    0 | 1 => v[at] ^= 1 << rnd(8),
+                    2 => v.insert(at, rnd(256) as u8),
+                    3 => {
+                        let end = (at + 1 + rnd(16)).min(v.len());
+                        v.drain(at..end);
+                    }
+                    4 => v.truncate(at),
+                    _ => v.extend_from_slice(&gzip(&sample(rnd(500)))),
+                }
+                if v.is_empty() {
+                    break;
+                }
+            }
+            let (a, b) = (inflate(GzipBackend::Isal, &v), inflate(GzipBackend::ZlibRs, &v));
+            let same = match (&a, &b) {
+                (Ok(a), Ok(b)) => a == b,
+                (Err(_), Err(_)) => true,
+                _ => false,
+            };
+            if !same {
+                differ.push(format!("case {i}: isa-l {:?} vs zlib-rs {:?}", a.map(|v| v.len()), b.map(|v| v.len())));
+            }
+        }
+        assert!(differ.is_empty(), "{} of {n} differ: {:#?}", differ.len(), &differ[..differ.len().min(10)]);
+    }
+
     #[test]
     fn gzip_cases_decode_or_fail_as_expected() {
         let backend = gzip_backend();
