@@ -677,7 +677,8 @@ mod tests {
     #[test]
     fn isal_and_zlib_rs_agree_on_randomly_damaged_gzip() {
         let n: u64 = std::env::var("KILN_GZIP_MUTATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(3000);
-        let bases = [gzip(&sample(20_000)), [gzip(&sample(3000)), gzip(b"tail")].concat(), gzip_full_header(&sample(900))];
+        let bases =
+            [gzip(&sample(20_000)), [gzip(&sample(3000)), gzip(b"tail")].concat(), gzip_full_header(&sample(900))];
         let mut x = 0x2545f4914f6cdd1du64;
         let mut rnd = move |m: usize| {
             x ^= x << 13;
@@ -715,6 +716,94 @@ mod tests {
             }
         }
         assert!(differ.is_empty(), "{} of {n} differ: {:#?}", differ.len(), &differ[..differ.len().min(10)]);
+    }
+
+    /// A reader that sets `cancel` after `after` bytes and then keeps giving bytes forever.
+    struct Endless<'a> {
+        left: usize,
+        cancel: &'a AtomicBool,
+    }
+    impl Read for Endless<'_> {
+        fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+            if self.left == 0 {
+                self.cancel.store(true, Ordering::Relaxed);
+            }
+            let n = b.len().min(self.left.max(1 << 16));
+            self.left = self.left.saturating_sub(n);
+            b[..n].fill(0);
+            Ok(n)
+        }
+    }
+
+    /// Every stage stops on a cancel, whichever one is waiting: an endless blob, gzip or plain, with a tar
+    /// stage that reads everything.
+    #[test]
+    fn a_cancel_stops_every_stage_of_an_endless_stream() {
+        let diff = Digest::sha256(b"");
+        for compression in [Compression::None, Compression::Zstd, Compression::Gzip] {
+            let cancel = AtomicBool::new(false);
+            let input: Box<dyn Read + Send> = match compression {
+                // Compressed: 64 MiB of zeros, cancelled before the start (the plain case cancels mid-stream).
+                Compression::Gzip => {
+                    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                    e.write_all(&vec![0; 64 << 20]).unwrap();
+                    let z = e.finish().unwrap();
+                    cancel.store(true, Ordering::Relaxed);
+                    Box::new(io::Cursor::new(z))
+                }
+                Compression::Zstd => {
+                    let z = zstd::encode_all(&vec![0u8; 64 << 20][..], 1).unwrap();
+                    cancel.store(true, Ordering::Relaxed);
+                    Box::new(io::Cursor::new(z))
+                }
+                Compression::None => Box::new(Endless { left: 8 << 20, cancel: &cancel }),
+            };
+            let r = run(input, compression, &diff, "l", &Limits::default(), Some(&cancel), |c| {
+                io::copy(c, &mut io::sink()).map_err(|e| read_error("l", e))?;
+                Ok(())
+            });
+            assert!(matches!(r, Err(Error::Cancelled)), "{compression:?}: {:?}", r.err());
+        }
+    }
+
+    /// The tar stage failing early is the error reported, and the earlier stages stop (no hang on a full
+    /// channel), for a blob far larger than the pipeline's buffers.
+    #[test]
+    fn the_tar_stage_failing_early_stops_the_earlier_stages() {
+        let data = sample(8 << 20);
+        let z = gzip(&data);
+        let diff = Digest::sha256(&data);
+        for (compression, blob) in [(Compression::Gzip, z), (Compression::None, data.clone())] {
+            let r: Result<((), Produced), Error> =
+                run(io::Cursor::new(blob), compression, &diff, "l", &Limits::default(), None, |c| {
+                    let mut b = [0u8; 1000];
+                    c.read_exact(&mut b).unwrap();
+                    Err(Error::Tar { layer: "l".into(), offset: 0, reason: "bad".into() })
+                });
+            assert!(matches!(r, Err(Error::Tar { .. })), "{compression:?}");
+            // And the whole stream read: the DiffID is checked, and a wrong one named.
+            let wrong = Digest::sha256(b"other");
+            let r = run(io::Cursor::new(data.clone()), Compression::None, &wrong, "l", &Limits::default(), None, |c| {
+                c.drain();
+                Ok(())
+            });
+            assert!(matches!(r, Err(Error::DiffIdMismatch { .. })));
+        }
+    }
+
+    /// The expanded-bytes cap holds for compressed and plain layers (F4).
+    #[test]
+    fn expanded_bytes_are_capped() {
+        let data = vec![0u8; 3 << 20];
+        let limits = Limits { max_expanded_bytes: 1 << 20, ..Limits::default() };
+        let diff = Digest::sha256(&data);
+        for (compression, blob) in [(Compression::Gzip, gzip(&data)), (Compression::None, data.clone())] {
+            let r = run(io::Cursor::new(blob), compression, &diff, "l", &limits, None, |c| {
+                c.drain();
+                Ok(())
+            });
+            assert!(matches!(r, Err(Error::LimitExceeded { .. })), "{compression:?}: {:?}", r.err());
+        }
     }
 
     #[test]
