@@ -20,9 +20,20 @@ impl Kilnd {
 
     /// Starts kilnd with the TOML `config` (root, state and address come from flags) and `extra` flags.
     pub fn start_with_config(config: &str, extra: &[&str]) -> Kilnd {
+        Kilnd::start_in(None, config, extra)
+    }
+
+    /// Starts kilnd with its root and state under `place` (a filesystem the test made, e.g. a small tmpfs),
+    /// its log and config in a scratch directory.
+    pub fn start_on(place: &Path, extra: &[&str]) -> Kilnd {
+        Kilnd::start_in(Some(place), "", extra)
+    }
+
+    fn start_in(place: Option<&Path>, config: &str, extra: &[&str]) -> Kilnd {
         let dir = super::scratch();
-        let root = dir.path().join("root");
-        let state = dir.path().join("state");
+        let base = place.unwrap_or(dir.path()).to_path_buf();
+        let root = base.join("root");
+        let state = base.join("state");
         let socket = state.join("kilnd.sock");
         // The log goes to a file: a pipe nobody reads would fill up and stall the daemon.
         let log = std::fs::File::create(dir.path().join("kilnd.log")).expect("log file");

@@ -1,0 +1,208 @@
+//! Real disk faults (issue 16, item 2): a full filesystem (a size-capped tmpfs) and failing system calls
+//! (`strace -e inject=…:error=EIO`) under `kiln unpack` and under kilnd's import and bundle create. Each time
+//! the operation fails with a clear error naming the errno, the previous state is intact (store readable, no
+//! snapshot or bundle half made, nothing left in the ingest or temporary places, no mount left), and once the
+//! space is freed or the fault removed the same operation succeeds with no repair by hand.
+#![allow(clippy::disallowed_methods)] // tests build fixtures and inspect results by path
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::daemon::{detach_mounts_under, path_str, Kilnd};
+use common::layer::{Compression, LayerBuilder};
+use common::layout::{single_image, ImageSpec};
+
+/// A tmpfs of `size` mounted at `<scratch>/fs`, unmounted (and everything under it detached) on drop.
+struct Tmpfs {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    fn new(size: &str) -> Option<Tmpfs> {
+        if !common::require_root() {
+            return None;
+        }
+        let dir = common::scratch();
+        let path = dir.path().join("fs");
+        std::fs::create_dir(&path).unwrap();
+        let o = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        if !o.status.success() {
+            common::skip(&format!("cannot mount a tmpfs: {}", common::output(&o)));
+            return None;
+        }
+        Some(Tmpfs { _dir: dir, path })
+    }
+
+    fn resize(&self, size: &str) {
+        let o = Command::new("mount").args(["-o", &format!("remount,size={size}")]).arg(&self.path).output().unwrap();
+        assert!(o.status.success(), "remount: {}", common::output(&o));
+    }
+
+    /// Bytes in use (statvfs), to make it just too small for what comes next.
+    fn used_kib(&self) -> u64 {
+        let s = nix::sys::statvfs::statvfs(&self.path).unwrap();
+        (s.blocks() - s.blocks_free()) * s.fragment_size() / 1024
+    }
+
+    /// Names under the filesystem's top, sorted.
+    fn entries(&self, sub: &str) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.path.join(sub))
+            .map(|d| d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        detach_mounts_under(&self.path);
+        // Usually detached already by the line above (the tmpfs is itself a mount under the path).
+        let _ = Command::new("umount").arg("-l").arg(&self.path).output();
+    }
+}
+
+/// Incompressible bytes (a layer's size on disk is its size).
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A one-layer image with a file of `mib` MiB (and a few small ones) in a layout at `dir/layout`.
+fn image(dir: &Path, mib: usize, seed: u64) -> (PathBuf, Vec<u8>) {
+    let layout = dir.join("layout");
+    let big = noise(mib << 20, seed);
+    let l = LayerBuilder::new()
+        .dir("etc", 0o755)
+        .file("etc/hostname", b"kiln\n", 0o644)
+        .dir("data", 0o755)
+        .file("data/big", &big, 0o644)
+        .layer(Compression::Gzip);
+    single_image(&layout, &ImageSpec::with_layers(vec![l]), "latest");
+    (layout, big)
+}
+
+fn kiln(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).output().expect("run kiln")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn unpack_on_a_full_filesystem_fails_cleanly_and_succeeds_once_there_is_room() {
+    let Some(fs) = Tmpfs::new("6m") else { return };
+    let src = common::scratch();
+    let (layout, big) = image(src.path(), 8, 1);
+    let image = format!("{}:latest", layout.display());
+    let bundle = fs.path.join("bundle");
+    let o = kiln(&["unpack", "--image", &image, path_str(&bundle)]);
+    assert!(!o.status.success(), "unpacked 8 MiB into 6 MiB?");
+    let e = stderr(&o);
+    assert!(e.contains("ENOSPC") || e.contains("No space left"), "names the errno: {e}");
+    assert!(e.contains("data/big"), "names the path: {e}");
+    assert_eq!(fs.entries(""), Vec::<String>::new(), "nothing half-built stays");
+    fs.resize("64m");
+    let o = kiln(&["unpack", "--image", &image, path_str(&bundle)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(bundle.join("rootfs/data/big")).unwrap(), big);
+}
+
+#[test]
+fn kilnd_import_and_bundle_create_on_a_full_filesystem_fail_cleanly_and_recover() {
+    let Some(fs) = Tmpfs::new("6m") else { return };
+    let src = common::scratch();
+    let (layout, _) = image(src.path(), 8, 2);
+    let k = Kilnd::start_on(&fs.path, &[]);
+    // Import: the blob does not fit.
+    let o = k.kiln(&["image", "import", path_str(&layout), "--name", "big"]);
+    assert!(!o.status.success(), "imported 8 MiB into 6 MiB?");
+    let e = stderr(&o);
+    assert!(e.contains("ENOSPC") || e.contains("No space left") || e.contains("space"), "{e}");
+    let ls = k.kiln(&["--json", "image", "ls"]);
+    assert!(ls.status.success(), "the store is readable: {}", stderr(&ls));
+    assert!(!String::from_utf8_lossy(&ls.stdout).contains("big"), "no image named after a failed import");
+    assert!(k.ingest_empty(), "nothing left in the ingest directory");
+    fs.resize("64m");
+    let o = k.kiln(&["image", "import", path_str(&layout), "--name", "big"]);
+    assert!(o.status.success(), "import once there is room: {}", stderr(&o));
+
+    // Bundle create: room for the blob, not for the layer's 8 MiB once more.
+    fs.resize(&format!("{}k", fs.used_kib() + 4096));
+    let o = k.kiln(&["bundle", "create", "b1", "--image", "big"]);
+    assert!(!o.status.success(), "created a bundle with no room for its rootfs?");
+    let e = stderr(&o);
+    assert!(e.contains("ENOSPC") || e.contains("No space left") || e.contains("space"), "{e}");
+    assert_eq!(k.snapshot_count(), 0, "no snapshot half made");
+    let bundles = k.kiln(&["--json", "bundle", "ls"]);
+    assert!(bundles.status.success(), "{}", stderr(&bundles));
+    assert!(!String::from_utf8_lossy(&bundles.stdout).contains("b1"), "no bundle record");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(path_str(&k.state.join("bundles"))), "no mount left under the state directory");
+    fs.resize("64m");
+    let o = k.kiln(&["bundle", "create", "b1", "--image", "big"]);
+    assert!(o.status.success(), "create once there is room: {}", stderr(&o));
+    let listed = k.kiln(&["--json", "bundle", "ls"]);
+    let rootfs = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(rootfs.contains("b1"), "{rootfs}");
+    assert_eq!(k.snapshot_count(), 1);
+}
+
+/// `kiln unpack` under `strace -e inject`: each chosen system call fails with EIO at its first (or a later)
+/// call. The unpack fails naming EIO, leaves nothing, and the same command without the fault succeeds.
+#[test]
+fn unpack_with_failing_system_calls_fails_cleanly_and_succeeds_without_the_fault() {
+    if !common::require_tool("strace") {
+        return;
+    }
+    let src = common::scratch();
+    let (layout, big) = image(src.path(), 1, 3);
+    let image = format!("{}:latest", layout.display());
+    let out = common::scratch();
+    // (syscalls, which call fails): the data of the big file, a directory, the config's fsync, the rename
+    // that publishes the bundle, the times of a file in the tree.
+    let faults = [
+        ("pwrite64,write", "when=3"),
+        ("mkdirat", "when=2"),
+        ("fsync,fdatasync", "when=1"),
+        ("rename,renameat2", "when=1"),
+        ("utimensat", "when=2"),
+    ];
+    for (calls, when) in faults {
+        let bundle = out.path().join(format!("b-{}", calls.replace(',', "-")));
+        let inject = format!("inject={calls}:error=EIO:{when}");
+        let o = Command::new("strace")
+            .args(["-f", "-o", "/dev/null", "-e", &format!("trace={calls}"), "-e", &inject])
+            .arg(env!("CARGO_BIN_EXE_kiln"))
+            .args(["unpack", "--image", &image, path_str(&bundle)])
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{calls} failing with EIO ({when}): kiln unpack succeeded");
+        let e = stderr(&o);
+        assert!(e.contains("EIO") || e.contains("Input/output error"), "{calls}: names the errno: {e}");
+        let left: Vec<String> = std::fs::read_dir(out.path())
+            .unwrap()
+            .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(left.is_empty(), "{calls}: left behind {left:?}");
+        let o = kiln(&["unpack", "--image", &image, path_str(&bundle)]);
+        assert!(o.status.success(), "{calls}: without the fault: {}", stderr(&o));
+        assert_eq!(std::fs::read(bundle.join("rootfs/data/big")).unwrap(), big);
+        std::fs::remove_dir_all(&bundle).unwrap();
+    }
+}
