@@ -14,6 +14,14 @@
 //! | `kiln_gc_removed_total`, `kiln_gc_removed_bytes_total` | counter | `kind`: `snapshot`, `blob` | what GC removed |
 //! | `kiln_registry_received_bytes_total` | counter | | blob bytes received from registries (retried bytes count again) |
 //! | `kiln_snapshots`, `kiln_bundles`, `kiln_snapshot_bytes` | gauge | | committed snapshots, bundles, bytes of snapshots (set at each scrape) |
+//! | `kiln_unpack_failures_total` | counter | | unpack calls that failed, cancelled ones left out |
+//! | `kiln_layer_unpack_duration_seconds` | histogram | | one layer's extraction (recorded by `snapshot::apply`; a layer applied again through its parents' mount counts again; during a pull it includes waiting for bytes) |
+//! | `kiln_layer_unpacked_bytes_total` | counter | | uncompressed (tar) bytes of the layers extracted |
+//! | `kiln_content_bytes` | gauge | | disk bytes under the content store's `blobs/`, set at each scrape from `Kiln::disk_use`: cached, walked again only when a blob was added or removed (the mtimes of `blobs/` and `blobs/<alg>/` moved), at most once per ten times the last walk's duration |
+//! | `kiln_root_free_bytes` | gauge | | bytes free for unprivileged use on the root's filesystem (`statvfs`), set at each scrape |
+//!
+//! [`Metrics::faults`] sums the counters `kiln system info` shows (RPCs that ended `Internal`, `DataLoss`,
+//! `ResourceExhausted` by any method; unpack failures; GC removals).
 //!
 //! May use: nothing else of the crate.
 
