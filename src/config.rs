@@ -210,8 +210,9 @@ pub struct Config {
     /// an absolute path, with the same mode and group as `address`; empty serves no such socket. Left at its
     /// default while `state` is not, kilnd puts it in `state` instead (as it does `address` for `--state`).
     pub snapshots_address: String,
-    /// Where kilnd serves its metrics (`crate::metrics`, OpenMetrics text on `GET /metrics`): `tcp://HOST:PORT` on a
-    /// loopback address only (`127.0.0.1`, `[::1]`); empty (the default) serves none.
+    /// Where kilnd serves its metrics (`crate::metrics`, OpenMetrics text on `GET /metrics`): `tcp://IP:PORT` on a
+    /// loopback address only (`127.0.0.1`, `[::1]`), or `unix:///ABSOLUTE/PATH` (a socket made like `address`'s:
+    /// mode 0660, `socket_group`); empty (the default) serves none.
     pub metrics_address: String,
     pub snapshotter: SnapshotterKind,
     /// Layers extracted at once; 0 means the number of CPUs.
@@ -421,19 +422,21 @@ impl Config {
         socket_path(&self.address)
     }
 
-    /// The loopback address named by `metrics_address`, or `None` when it is empty.
-    pub fn metrics_socket_addr(&self) -> Result<Option<std::net::SocketAddr>, Error> {
-        if self.metrics_address.is_empty() {
+    /// Where `metrics_address` says to serve metrics, or `None` when it is empty.
+    pub fn metrics_endpoint(&self) -> Result<Option<MetricsEndpoint>, Error> {
+        let a = &self.metrics_address;
+        if a.is_empty() {
             return Ok(None);
         }
-        let bad = |reason: &str| {
-            Err(Error::Invalid { field: "metrics_address", reason: format!("{:?} {reason}", self.metrics_address) })
-        };
-        let Some(rest) = self.metrics_address.strip_prefix("tcp://") else {
-            return bad("must be tcp://HOST:PORT");
+        let bad = |reason: &str| Err(Error::Invalid { field: "metrics_address", reason: format!("{a:?} {reason}") });
+        if a.starts_with("unix://") {
+            return socket_path_of("metrics_address", a).map(|p| Some(MetricsEndpoint::Unix(p)));
+        }
+        let Some(rest) = a.strip_prefix("tcp://") else {
+            return bad("must be tcp://IP:PORT (a loopback address) or unix:///ABSOLUTE/PATH");
         };
         match rest.parse::<std::net::SocketAddr>() {
-            Ok(a) if a.ip().is_loopback() => Ok(Some(a)),
+            Ok(addr) if addr.ip().is_loopback() => Ok(Some(MetricsEndpoint::Tcp(addr))),
             Ok(_) => bad("is not a loopback address (metrics are for a local scraper or agent)"),
             Err(_) => bad("must be tcp://IP:PORT"),
         }
@@ -488,7 +491,11 @@ impl Config {
                 );
             }
         }
-        self.metrics_socket_addr()?;
+        if let Some(MetricsEndpoint::Unix(p)) = self.metrics_endpoint()? {
+            if Some(&p) == self.socket_path().ok().as_ref() || Some(&p) == self.snapshots_socket_path()?.as_ref() {
+                return invalid("metrics_address", "must differ from address and snapshots_address".into());
+            }
+        }
         if self.snapshots_socket_path()?.is_some_and(|p| Some(p) == self.socket_path().ok()) {
             return invalid("snapshots_address", "must differ from address".into());
         }
@@ -653,6 +660,15 @@ pub fn socket_path(address: &str) -> Result<PathBuf, Error> {
     socket_path_of("address", address)
 }
 
+/// Where kilnd serves metrics (`metrics_address`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetricsEndpoint {
+    /// A loopback TCP address.
+    Tcp(std::net::SocketAddr),
+    /// A Unix socket, bound like kilnd.sock.
+    Unix(PathBuf),
+}
+
 /// [`socket_path`] of the configuration field `field`.
 fn socket_path_of(field: &'static str, address: &str) -> Result<PathBuf, Error> {
     let path = address.strip_prefix("unix://").unwrap_or(address);
@@ -675,6 +691,20 @@ mod tests {
     fn defaults_are_valid() {
         Config::default().validate().unwrap();
         assert_eq!(Config::load(None).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn metrics_are_served_on_loopback_tcp_or_a_unix_socket() {
+        let at = |a: &str| Config { metrics_address: a.into(), ..Config::default() };
+        assert_eq!(at("").metrics_endpoint().unwrap(), None);
+        let tcp = at("tcp://[::1]:9464");
+        tcp.validate().unwrap();
+        assert_eq!(tcp.metrics_endpoint().unwrap(), Some(MetricsEndpoint::Tcp("[::1]:9464".parse().unwrap())));
+        let unix = at("unix:///run/kiln/metrics.sock");
+        unix.validate().unwrap();
+        assert_eq!(unix.metrics_endpoint().unwrap(), Some(MetricsEndpoint::Unix("/run/kiln/metrics.sock".into())));
+        let e = at("http://127.0.0.1:9464").validate().unwrap_err();
+        assert!(e.to_string().contains("tcp://IP:PORT") && e.to_string().contains("unix:///"), "{e}");
     }
 
     #[test]
@@ -756,6 +786,11 @@ mod tests {
             ("address = \"tcp://1.2.3.4:5\"", "address"),
             ("snapshots_address = \"rel.sock\"", "snapshots_address"),
             ("snapshots_address = \"/run/kiln/kilnd.sock\"", "snapshots_address"),
+            ("metrics_address = \"127.0.0.1:9464\"", "metrics_address"),
+            ("metrics_address = \"tcp://0.0.0.0:9464\"", "metrics_address"),
+            ("metrics_address = \"/run/kiln/metrics.sock\"", "metrics_address"),
+            ("metrics_address = \"unix://rel.sock\"", "metrics_address"),
+            ("metrics_address = \"unix:///run/kiln/kilnd.sock\"", "metrics_address"),
             ("snapshotter = \"zfs\"", "snapshotter"),
             ("shutdown_timeout_secs = 0", "shutdown_timeout_secs"),
             ("extra_stores = [\"x\"]", "extra_stores"),

@@ -32,8 +32,9 @@ struct Flags {
     /// containerd's snapshots API socket; "" for none [default: unix://STATE/containerd-snapshots.sock].
     #[arg(long, value_name = "unix:///PATH")]
     snapshots_address: Option<String>,
-    /// Serve metrics (OpenMetrics text, GET /metrics) on this loopback address; "" for none [default: none].
-    #[arg(long, value_name = "tcp://127.0.0.1:PORT")]
+    /// Serve metrics (OpenMetrics text, GET /metrics) on this loopback address or Unix socket; "" for none
+    /// [default: none].
+    #[arg(long, value_name = "tcp://127.0.0.1:PORT|unix:///PATH")]
     metrics_address: Option<String>,
     /// How snapshots are stored [default: overlayfs, or native where the kernel has no overlayfs].
     #[arg(long, value_parser = ["overlayfs", "native"])]
@@ -171,6 +172,7 @@ fn run(config: Config) -> anyhow::Result<()> {
     let result = runtime.block_on(async move {
         let listener = listeners.kiln.into_tokio()?;
         let containerd = listeners.snapshots.map(lifecycle::Listener::into_tokio).transpose()?;
+        let metrics = listeners.metrics.map(lifecycle::MetricsListener::into_tokio).transpose()?;
         // Signal handlers exist before READY=1, so a SIGTERM right after readiness drains instead of killing.
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
@@ -191,7 +193,7 @@ fn run(config: Config) -> anyhow::Result<()> {
             "kilnd serving"
         );
         lifecycle::notify("READY=1")?;
-        Ok::<_, anyhow::Error>(server::serve(daemon, listener, containerd, shutdown).await?)
+        Ok::<_, anyhow::Error>(server::serve(daemon, listener, containerd, metrics, shutdown).await?)
     });
     for p in socket_files {
         let _ = kiln::sys::host::remove_file(&p);

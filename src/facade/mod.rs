@@ -24,7 +24,7 @@ use std::time::Duration;
 pub use bundles::Created;
 pub use images::{ImageDetails, LayerProgress, Listed, PullProgress, Pulled};
 pub use snapshots::{CtrInfo, Filters};
-pub use system::{FsckItem, Info};
+pub use system::{DiskUse, FsckItem, Info};
 
 use crate::bundle::engine::{BundleLimits, Engine, Options as EngineOptions};
 use crate::cancel::Cancel;
@@ -112,6 +112,8 @@ pub struct Kiln {
     engine: Engine,
     /// Stops every layer extraction (checked between chunks): raised by [`cancel_all`](Self::cancel_all).
     cancel: Arc<AtomicBool>,
+    /// The content store's disk use, as the metrics last walked it.
+    content_use: system::ContentUse,
 }
 
 impl Kiln {
@@ -152,7 +154,7 @@ impl Kiln {
         for line in engine.recovery() {
             tracing::info!(action = %line, "recovery");
         }
-        Ok(Kiln { config, catalog, engine, cancel })
+        Ok(Kiln { config, catalog, engine, cancel, content_use: system::ContentUse::default() })
     }
 
     pub fn config(&self) -> &Config {

@@ -1,5 +1,9 @@
 //! System: numbers, garbage collection, and fsck of the committed snapshots.
 
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
 use crate::cancel::Cancel;
 use crate::digest::Digest;
 use crate::gc;
@@ -22,6 +26,69 @@ pub struct Info {
     pub gzip_inflater: &'static str,
 }
 
+/// Disk use for the metrics gauges (`None`: could not be read this time).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DiskUse {
+    /// Bytes under the content store's `blobs/` (see [`ContentUse`] for how fresh).
+    pub content_bytes: Option<u64>,
+    /// Bytes free for unprivileged use on the filesystem holding the root.
+    pub root_free_bytes: Option<u64>,
+}
+
+/// The content store's disk use as last walked. Blobs are only ever added (renamed into `blobs/<alg>/`) or
+/// removed, and either changes the mtime of `blobs/` or of `blobs/<alg>/`, so a scrape stats those few
+/// directories and walks `blobs/` again only when one changed: a quiet store costs a few `lstat`s per scrape,
+/// however many blobs it holds. While the store keeps changing, a walk comes at most once per ten times the
+/// last walk's duration (a store that takes 1 s to walk is walked at most every 10 s), so scrapes never
+/// spend more than a tenth of their time walking; the gauge then lags by at most that long.
+#[derive(Debug, Default)]
+pub(super) struct ContentUse(Mutex<Option<Walked>>);
+
+#[derive(Debug)]
+struct Walked {
+    /// The directories' mtimes when the walk began; `None` when one had changed too recently to be trusted.
+    stamp: Option<Vec<Duration>>,
+    bytes: u64,
+    at: Instant,
+    took: Duration,
+}
+
+/// The mtimes of `blobs/` and of each `blobs/<alg>/`.
+fn stamp(blobs: &Path) -> Option<Vec<Duration>> {
+    let mtime = |p: &Path| {
+        let st = crate::sys::host::lstat(p).ok()?;
+        Some(Duration::new(u64::try_from(st.st_mtime).ok()?, u32::try_from(st.st_mtime_nsec).ok()?))
+    };
+    let mut out = vec![mtime(blobs)?];
+    let mut names = crate::sys::host::dir_names(blobs).ok()?;
+    names.sort();
+    for n in names {
+        out.push(mtime(&blobs.join(n))?);
+    }
+    Some(out)
+}
+
+impl ContentUse {
+    fn bytes(&self, blobs: &Path) -> Option<u64> {
+        let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let now = stamp(blobs);
+        if let Some(w) = last.as_ref() {
+            if (now.is_some() && w.stamp == now) || w.at.elapsed() < w.took * 10 {
+                return Some(w.bytes);
+            }
+        }
+        let (at, wall) = (Instant::now(), SystemTime::now());
+        let bytes = crate::snapshot::copy::usage(blobs).ok()?.size;
+        // Mtimes come from a coarse clock (a tick is a few milliseconds): a directory changed in the last
+        // second may change again without its mtime moving, so such a stamp proves nothing next time.
+        let recent =
+            wall.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().saturating_sub(Duration::from_secs(1));
+        let stamp = now.filter(|s| s.iter().all(|m| *m < recent));
+        *last = Some(Walked { stamp, bytes, at, took: at.elapsed() });
+        Some(bytes)
+    }
+}
+
 /// What fsck found for one image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FsckItem {
@@ -40,6 +107,15 @@ impl Kiln {
     /// The snapshot and bundle counts alone (no walk of the blobs): for the metrics gauges.
     pub fn counts(&self) -> Result<crate::bundle::engine::EngineInfo> {
         Ok(self.engine.info()?)
+    }
+
+    /// The disk-use gauges: the content store's bytes (walked again only after blobs changed, see
+    /// [`ContentUse`]) and the root filesystem's free bytes.
+    pub fn disk_use(&self) -> DiskUse {
+        DiskUse {
+            content_bytes: self.content_use.bytes(&self.catalog.content_dir().join("blobs")),
+            root_free_bytes: crate::sys::host::free_bytes(&self.config.root).ok(),
+        }
     }
 
     pub fn info(&self) -> Result<Info> {

@@ -1,6 +1,6 @@
 //! The daemon's shell around the services: one kilnd per root, the listening sockets — kilnd.sock and the
-//! containerd snapshots API's (inherited from systemd or bound here, a stale one removed) — and readiness
-//! notification.
+//! containerd snapshots API's (inherited from systemd or bound here, a stale one removed), and the metrics
+//! listener (a loopback TCP port, or a Unix socket bound like the others) — and readiness notification.
 
 use crate::sys::host;
 use std::fs::File;
@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{Flock, FlockArg};
 
 use super::Error;
-use crate::config::Config;
+use crate::config::{Config, MetricsEndpoint};
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error {
     let path = path.to_path_buf();
@@ -75,17 +75,43 @@ impl Listener {
 /// `systemd/kilnd-snapshots.socket`).
 pub const SNAPSHOTS_FD_NAME: &str = "containerd-snapshots";
 
-/// kilnd's listeners: `kilnd.sock`, and the containerd snapshots API's socket unless `snapshots_address` is
-/// empty.
+/// The metrics listener (`metrics_address`): never inherited from systemd.
+pub enum MetricsListener {
+    Tcp(std::net::TcpListener),
+    /// Bound by [`bind`], like kilnd.sock.
+    Unix(Listener),
+}
+
+impl MetricsListener {
+    pub fn into_tokio(self) -> Result<super::metrics::Listener, Error> {
+        Ok(match self {
+            MetricsListener::Unix(l) => super::metrics::Listener::Unix(l.into_tokio()?),
+            MetricsListener::Tcp(l) => {
+                l.set_nonblocking(true).map_err(io(Path::new("metrics listener")))?;
+                super::metrics::Listener::Tcp(
+                    tokio::net::TcpListener::from_std(l).map_err(io(Path::new("metrics listener")))?,
+                )
+            }
+        })
+    }
+}
+
+/// kilnd's listeners: `kilnd.sock`, the containerd snapshots API's socket unless `snapshots_address` is
+/// empty, and the metrics listener if `metrics_address` names one.
 pub struct Listeners {
     pub kiln: Listener,
     pub snapshots: Option<Listener>,
+    pub metrics: Option<MetricsListener>,
 }
 
 impl Listeners {
     /// The socket files bound here (removed at exit; systemd removes its own).
     pub fn bound_files(&self) -> Vec<PathBuf> {
-        [Some(&self.kiln), self.snapshots.as_ref()]
+        let metrics = match &self.metrics {
+            Some(MetricsListener::Unix(l)) => Some(l),
+            _ => None,
+        };
+        [Some(&self.kiln), self.snapshots.as_ref(), metrics]
             .into_iter()
             .flatten()
             .filter_map(|l| match l {
@@ -121,7 +147,20 @@ pub fn listen(config: &Config) -> Result<Listeners, Error> {
         (None, Some(path)) => Some(bind(&path, config)?),
         (None, None) => None,
     };
-    Ok(Listeners { kiln, snapshots })
+    // Bound here, before readiness, so that a taken port or a live socket fails kilnd's start-up.
+    let endpoint = config.metrics_endpoint().map_err(|e| Error::Io {
+        path: PathBuf::from(&config.metrics_address),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let metrics = match endpoint {
+        None => None,
+        Some(MetricsEndpoint::Tcp(addr)) => Some(MetricsListener::Tcp(
+            std::net::TcpListener::bind(addr)
+                .map_err(|source| Error::Io { path: PathBuf::from(format!("metrics_address {addr}")), source })?,
+        )),
+        Some(MetricsEndpoint::Unix(path)) => Some(MetricsListener::Unix(bind(&path, config)?)),
+    };
+    Ok(Listeners { kiln, snapshots, metrics })
 }
 
 /// A new socket at `path` (mode 0660, group as configured), in a directory only root or kilnd's user can

@@ -153,13 +153,14 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Serves the kiln.v1 services, health and reflection on `listener`, and containerd's snapshots API on
-/// `containerd` when there is one, until `shutdown` resolves, then waits up to the configured deadline for
+/// Serves the kiln.v1 services, health and reflection on `listener`, containerd's snapshots API on
+/// `containerd` and metrics on `metrics` when there are those, until `shutdown` resolves, then waits up to the configured deadline for
 /// in-flight requests on both.
 pub async fn serve(
     daemon: Arc<Daemon>,
     listener: UnixListener,
     containerd: Option<UnixListener>,
+    metrics: Option<metrics::Listener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -235,17 +236,11 @@ pub async fn serve(
                 .max_encoding_message_size(encode),
         )
         .serve_with_incoming_shutdown(incoming(listener), stopped());
-    // The metrics listener (off by default): bound here, so that a taken port fails kilnd's start-up.
-    let metrics = match daemon.config().metrics_socket_addr() {
-        Ok(Some(addr)) => {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| Error::Io { path: PathBuf::from(format!("metrics_address {addr}")), source })?;
-            tracing::info!(%addr, "serving metrics on GET /metrics");
-            Some(tokio::spawn(metrics::serve(daemon.clone(), l)))
-        }
-        _ => None,
-    };
+    // The metrics listener (off by default; bound by `lifecycle::listen`).
+    let metrics = metrics.map(|l| {
+        tracing::info!(address = %daemon.config().metrics_address, "serving metrics on GET /metrics");
+        tokio::spawn(metrics::serve(daemon.clone(), l))
+    });
     let _metrics = AbortOnDrop(metrics);
     let mut server = tokio::spawn(async move {
         let snapshots_server = async move {

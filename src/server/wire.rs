@@ -274,7 +274,9 @@ pub fn created(c: &crate::bundle::engine::Created) -> pb::CreateBundleResponse {
     }
 }
 
+/// The facade's numbers, the configuration's paths, and the process's fault counters.
 pub fn info(i: &crate::facade::Info, config: &crate::config::Config) -> pb::InfoResponse {
+    let f = crate::metrics::global().faults();
     pb::InfoResponse {
         version: env!("CARGO_PKG_VERSION").into(),
         root: config.root.display().to_string(),
@@ -285,6 +287,13 @@ pub fn info(i: &crate::facade::Info, config: &crate::config::Config) -> pb::Info
         snapshots: i.snapshots,
         bundles: i.bundles,
         gzip_inflater: i.gzip_inflater.into(),
+        metrics_address: config.metrics_address.clone(),
+        rpc_internal: f.rpc_internal,
+        rpc_data_loss: f.rpc_data_loss,
+        rpc_resource_exhausted: f.rpc_resource_exhausted,
+        unpack_failures: f.unpack_failures,
+        gc_removed_snapshots: f.gc_removed_snapshots,
+        gc_removed_blobs: f.gc_removed_blobs,
     }
 }
 

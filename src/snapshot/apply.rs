@@ -3,7 +3,8 @@
 //!
 //! For an overlay diff extracted without its parents, the directories the layer module made for entries whose
 //! parent the layer does not list ("implicit" directories, reported in `layer::Stats`) are passed on so that
-//! the unpacker can give them the lower directory's owner and mode.
+//! the unpacker can give them the lower directory's owner and mode. Each layer applied is counted in
+//! [`crate::metrics`] (its uncompressed bytes and duration).
 
 use std::path::Path;
 
@@ -24,7 +25,12 @@ impl LayerApplier for LayerModule {
         o.whiteout_mode = w;
         let compression = l.compression().map_err(|e| ApplyError::new(e.kind(), e))?;
         let reader = blobs.open_layer(l)?;
-        match layer::apply(reader, compression, &l.diff_id, l.descriptor.digest.as_str(), &o, dir) {
+        let started = std::time::Instant::now();
+        let r = layer::apply(reader, compression, &l.diff_id, l.descriptor.digest.as_str(), &o, dir);
+        if let Ok(stats) = &r {
+            crate::metrics::global().layer_unpacked(stats.expanded_bytes, started.elapsed());
+        }
+        match r {
             Ok(stats) if w == WhiteoutMode::Overlay => Ok(Applied {
                 implicit_dirs: stats.implicit_dirs,
                 crossed_link: stats.crossed_link,

@@ -115,6 +115,13 @@ pub fn dir_names(dir: &Path) -> Result<Vec<OsString>> {
     Ok(sfs::read_dir_names(&fd)?.into_iter().map(|(n, _)| OsString::from_vec(n)).collect())
 }
 
+/// Bytes free for unprivileged use (`df`'s "Avail") on the filesystem holding `path` (`statvfs`).
+#[allow(clippy::useless_conversion)] // `fsblkcnt_t` and `c_ulong` are u64 only on 64-bit targets
+pub fn free_bytes(path: &Path) -> Result<u64> {
+    let st = nix::sys::statvfs::statvfs(path).map_err(|e| SysError::new("statvfs", quoted(path), e))?;
+    Ok(u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size())))
+}
+
 /// Opens a directory kiln made, readable, `O_NOFOLLOW`.
 pub fn open_dir(dir: &Path) -> Result<OwnedFd> {
     sfs::openat(nix::fcntl::AT_FDCWD, dir.as_os_str(), OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0)

@@ -14,13 +14,26 @@ pub async fn info(remote: &Remote) -> Result<()> {
     let v = json!({
         "version": i.version, "root": i.root, "state": i.state, "snapshotter": i.snapshotter,
         "contentBytes": i.content_bytes, "snapshotBytes": i.snapshot_bytes, "snapshots": i.snapshots, "bundles": i.bundles,
-        "gzipInflater": i.gzip_inflater,
+        "gzipInflater": i.gzip_inflater, "metricsAddress": i.metrics_address,
+        "faults": {
+            "rpcInternal": i.rpc_internal, "rpcDataLoss": i.rpc_data_loss,
+            "rpcResourceExhausted": i.rpc_resource_exhausted, "unpackFailures": i.unpack_failures,
+            "gcRemovedSnapshots": i.gc_removed_snapshots, "gcRemovedBlobs": i.gc_removed_blobs,
+        },
     });
     if remote.json {
         return crate::print_json(&v);
     }
+    let text = |val: &serde_json::Value| val.as_str().map(str::to_owned).unwrap_or_else(|| val.to_string());
     for (k, val) in v.as_object().into_iter().flatten() {
-        println!("{k:<14} {}", val.as_str().map(str::to_owned).unwrap_or_else(|| val.to_string()));
+        match val.as_object() {
+            // The fault counters since kilnd started, one line: "faults rpcInternal=0 rpcDataLoss=0 …".
+            Some(o) => {
+                let parts: Vec<String> = o.iter().map(|(k, v)| format!("{k}={}", text(v))).collect();
+                println!("{k:<14} {}", parts.join(" "));
+            }
+            None => println!("{k:<14} {}", text(val)),
+        }
     }
     Ok(())
 }

@@ -575,6 +575,9 @@ impl Unpacker {
                 started.elapsed(),
             );
         }
+        if r.as_ref().is_err_and(|e| e.kind() != ErrorKind::Cancelled) {
+            crate::metrics::global().unpack_failed();
+        }
         r
     }
 
