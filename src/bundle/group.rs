@@ -282,6 +282,6 @@ mod tests {
         assert!(!group.lock().committing);
         let short = group.submit(2, |_| Ok(Vec::new()));
         assert!(matches!(short, Err(Failed::Abandoned { members: 1 })), "{short:?}");
-        assert_eq!(group.submit(3, |b| Ok(b)).unwrap(), 3);
+        assert_eq!(group.submit(3, Ok).unwrap(), 3);
     }
 }
