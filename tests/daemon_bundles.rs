@@ -1,6 +1,6 @@
 //! kilnd's Bundles, Pull and Gc end to end: a real daemon, a busybox image imported through the API, bundles
 //! that runc runs, error codes, and load (64 concurrent creates from a cold image, then 1 000 warm
-//! create/delete cycles that leave nothing behind).
+//! create/delete cycles that leave nothing behind; 64 concurrent warm creates that survive a SIGKILL).
 #![allow(clippy::disallowed_methods)] // tests build fixtures and inspect results by path
 
 mod common;
@@ -279,6 +279,71 @@ fn load_concurrent_cold_creates_then_warm_cycles() {
     assert_eq!(std::fs::read_dir(k.state.join("bundles")).unwrap().count(), 0, "no bundle dirs left");
     let snapshots: Vec<_> = std::fs::read_dir(k.root.join("snapshots")).unwrap().flatten().collect();
     assert_eq!(snapshots.len(), 2, "only the two committed layers remain");
+}
+
+/// 64 concurrent warm creates (their records committed in shared transactions), then 32 more beside 32 creates
+/// of one id: every distinct id is created, the contested one exactly once (the rest ALREADY_EXISTS), and
+/// all of them are still there after kilnd is killed (SIGKILL) and started again — each caller was answered
+/// only once its record was on disk.
+#[test]
+fn concurrent_warm_creates_are_durable_and_a_contested_id_has_one_winner() {
+    let Some((_layout, mut k)) = daemon_with_busybox() else { return };
+    let addr = k.address();
+    let rt = rt();
+    rt.block_on(async {
+        let ch = kiln::client::connect(&addr).await.unwrap();
+        // One call first: the connection has kilnd's HTTP/2 SETTINGS (its stream limit) before the burst.
+        let _ = SystemClient::new(ch.clone()).info(pb::InfoRequest {}).await.unwrap();
+        let mut c = BundlesClient::new(ch.clone());
+        // Warm: the image is unpacked before the bursts.
+        c.create(create_req("warm", "busybox", &[])).await.unwrap();
+        c.delete(pb::DeleteBundleRequest { id: "warm".into(), force: false }).await.unwrap();
+        // Two bursts of 64 calls (limits.concurrent.create): 64 distinct ids, then 32 more and 32 of one id.
+        let (mut won, mut lost) = (0, 0);
+        for burst in [(0..64).map(|i| format!("g{i}")).collect::<Vec<_>>(), {
+            (64..96).map(|i| format!("g{i}")).chain((0..32).map(|_| "contested".to_owned())).collect()
+        }] {
+            let mut tasks = Vec::new();
+            for id in burst {
+                let mut c = BundlesClient::new(ch.clone());
+                tasks.push(tokio::spawn(async move { (id.clone(), c.create(create_req(&id, "busybox", &[])).await) }));
+            }
+            for t in tasks {
+                match t.await.unwrap() {
+                    (id, Ok(r)) => {
+                        assert_eq!(r.into_inner().bundle.unwrap().id, id);
+                        if id == "contested" {
+                            won += 1;
+                        }
+                    }
+                    (id, Err(e)) => {
+                        assert_eq!((id.as_str(), e.code()), ("contested", Code::AlreadyExists), "{e:?}");
+                        lost += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!((won, lost), (1, 31), "one create of the contested id wins");
+    });
+    let mut child = k.child.take().unwrap();
+    child.kill().unwrap(); // SIGKILL: nothing is flushed on the way out
+    child.wait().unwrap();
+    k.respawn(&[]);
+    let addr = k.address();
+    rt.block_on(async {
+        let mut c = BundlesClient::new(kiln::client::connect(&addr).await.unwrap());
+        let mut ids: Vec<String> =
+            c.list(pb::ListBundlesRequest {}).await.unwrap().into_inner().bundles.into_iter().map(|b| b.id).collect();
+        ids.sort();
+        let mut want: Vec<String> = (0..96).map(|i| format!("g{i}")).chain(["contested".to_owned()]).collect();
+        want.sort();
+        assert_eq!(ids, want, "every answered create survived the kill");
+        for id in ids {
+            c.delete(pb::DeleteBundleRequest { id, force: false }).await.unwrap();
+        }
+    });
+    assert_eq!(mounts_under(&k.state), 0, "no mounts left");
+    assert_eq!(std::fs::read_dir(k.state.join("bundles")).unwrap().count(), 0, "no bundle dirs left");
 }
 
 #[test]

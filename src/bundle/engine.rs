@@ -4,10 +4,12 @@
 //! A bundle is `<state>/bundles/<id>/config.json` plus `rootfs`, where an active snapshot `bundle/<id>` on the
 //! image's chain is mounted (an overlay mount, or a bind mount of the native backend's full copy). The bundle
 //! record — including the config.json bytes, so that a bundle can be restored after a reboot empties `/run` —
-//! is written last, in one transaction; a crash before it leaves a directory and a snapshot without a record,
+//! is written last, in one durable transaction (shared with the record changes of other bundles made at the same
+//! time, see [`records`](super::records)); a crash before it leaves a directory and a snapshot without a record,
 //! which [`Engine::open`] removes. Records whose rootfs is not mounted any more are re-mounted.
 //!
-//! Locking: one lock per bundle id; creation and unpack hold the GC lock shared, [`Engine::gc`] exclusively.
+//! Locking: one lock per bundle id; creation and unpack hold the GC lock shared, [`Engine::gc`] exclusively. No
+//! lock shared by different bundles is held across a mount, an unmount or a record commit.
 //! The collector never queues on that lock (a queued writer would stop every later creation): it polls for it
 //! and gives up after [`Options::gc_lock_timeout`] with [`Error::Busy`]. Nothing in here waits on a caller while
 //! it holds a lock; progress callbacks must return at once.
@@ -71,6 +73,8 @@ pub enum Error {
     Snapshot { id: String, source: snapshot::Error },
     #[error(transparent)]
     Snapshots(#[from] snapshot::Error),
+    #[error(transparent)]
+    Commit(#[from] super::records::CommitError),
     #[error("bundle {id:?}: user database: {source}")]
     UserDb { id: String, source: userdb::Error },
     #[error("bundle {id:?}: {source}")]
@@ -111,6 +115,7 @@ impl Error {
             Error::NotFound { .. } => ErrorKind::NotFound,
             Error::AlreadyExists { .. } => ErrorKind::AlreadyExists,
             Error::Snapshot { source, .. } | Error::Snapshots(source) => source.kind(),
+            Error::Commit(e) => e.kind(),
             Error::UserDb { source, .. } => source.kind(),
             Error::Convert { source, .. } => source.kind(),
             Error::Sys { source, .. } => source.kind(),
@@ -415,10 +420,14 @@ impl Engine {
         let unpack = self.unpacker.unpack(store, &image.layers)?;
         let key = format!("{SNAPSHOT_PREFIX}{id}");
         let dir = self.bundles_dir().join(id.as_str());
-        // No record: anything under this id is what a crash left.
+        // No record: anything under this id is what a crash left. Nothing can be mounted below a directory
+        // that is not there, so the usual case skips the two reads of the mount table (each waits for the
+        // kernel's mount lock, which every concurrent mount and unmount takes).
         let volumes = self.volumes_of(id.as_str());
-        self.unmount_under(&dir)?;
-        snapshot::copy::remove_tree(&dir)?;
+        if host::exists(&dir) {
+            self.unmount_under(&dir)?;
+            snapshot::copy::remove_tree(&dir)?;
+        }
         snapshot::copy::remove_tree(&volumes)?;
         if self.snapshots.stat(&key).is_ok() {
             self.snapshots.remove(&key).map_err(|source| Error::Snapshot { id: sid.clone(), source })?;

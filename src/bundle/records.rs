@@ -3,45 +3,113 @@
 //! [`Meta`]). The table name and the values are unchanged from when the snapshot metadata kept them, so roots
 //! made before keep working. The values are opaque here: the engine owns their shape.
 //!
-//! Every change is one durable write transaction: callers act on bundle records, and a durable commit also
-//! carries the snapshot record changes made before it to the disk.
+//! Every change is durable before [`Records::put`] or [`Records::delete`] returns: callers act on bundle
+//! records, and a durable commit also carries the snapshot record changes made before it to the disk. Changes
+//! made at the same time share one durable write transaction (a [`GroupCommit`]): redb runs one write
+//! transaction at a time, so one per change queued concurrent creates behind each other's fsyncs. A failed
+//! transaction fails every change in it ([`CommitError`]); none of them is on disk.
 //!
-//! May use: `snapshot::meta`.
+//! May use: `snapshot::meta`, this module's `group`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use redb::{ReadableTable, ReadableTableMetadata};
 
+use super::group::{Failed, GroupCommit};
+use crate::error::ErrorKind;
 use crate::snapshot::meta::Table;
 use crate::snapshot::{Meta, Result};
 
 const BUNDLES: Table = Table::new("bundles");
 
+/// A change of one bundle record, as queued for a group commit.
+#[derive(Debug)]
+enum Change {
+    Put { id: String, value: Vec<u8> },
+    Delete { id: String },
+}
+
+/// A bundle record change that is not on disk: the transaction that held it (with `members` changes in all,
+/// other bundles' among them) did not commit.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error(
+        "bundle {id:?}: its record change was not written: the transaction holding it and {others} other bundle \
+         record changes failed: {source}",
+        others = .members.saturating_sub(1)
+    )]
+    Failed { id: String, members: usize, source: Arc<crate::snapshot::Error> },
+    #[error(
+        "bundle {id:?}: its record change was not written: the thread committing it with {others} other bundle \
+         record changes panicked",
+        others = .members.saturating_sub(1)
+    )]
+    Abandoned { id: String, members: usize },
+}
+
+impl CommitError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            CommitError::Failed { source, .. } => source.kind(),
+            CommitError::Abandoned { .. } => ErrorKind::Internal,
+        }
+    }
+
+    fn of(id: &str, f: Failed<crate::snapshot::Error>) -> CommitError {
+        let id = id.to_owned();
+        match f {
+            Failed::Commit { members, source } => CommitError::Failed { id, members, source },
+            Failed::Abandoned { members } => CommitError::Abandoned { id, members },
+        }
+    }
+}
+
 /// The bundle table.
 #[derive(Debug, Clone)]
 pub struct Records {
     meta: Arc<Meta>,
+    group: Arc<GroupCommit<Change, bool, crate::snapshot::Error>>,
 }
 
 impl Records {
     /// Opens the table in `meta` (creating it when missing).
     pub fn open(meta: Arc<Meta>) -> Result<Records> {
         meta.ensure_table(BUNDLES)?;
-        Ok(Records { meta })
+        Ok(Records { meta, group: Arc::new(GroupCommit::new()) })
     }
 
-    /// Writes the record of `id`.
-    pub fn put(&self, id: &str, value: &[u8]) -> Result<()> {
+    /// Writes the record of `id`, durably.
+    pub fn put(&self, id: &str, value: &[u8]) -> std::result::Result<(), CommitError> {
+        self.change(id, Change::Put { id: id.to_owned(), value: value.to_vec() }).map(|_| ())
+    }
+
+    /// Removes the record of `id`, durably; says whether there was one.
+    pub fn delete(&self, id: &str) -> std::result::Result<bool, CommitError> {
+        self.change(id, Change::Delete { id: id.to_owned() })
+    }
+
+    /// Durable transactions made for [`put`](Self::put) and [`delete`](Self::delete) so far.
+    pub fn commits(&self) -> u64 {
+        self.group.commits()
+    }
+
+    fn change(&self, id: &str, change: Change) -> std::result::Result<bool, CommitError> {
+        self.group.submit(change, |batch| self.commit(batch)).map_err(|f| CommitError::of(id, f))
+    }
+
+    /// One durable transaction for `batch`, applied in order; per change, whether the id had a record.
+    fn commit(&self, batch: Vec<Change>) -> Result<Vec<bool>> {
         self.meta.write_table(BUNDLES, |t| {
-            t.insert(id, value).map_err(|e| self.meta.error(e))?;
-            Ok(())
+            let e = |e| self.meta.error(e);
+            batch
+                .iter()
+                .map(|c| match c {
+                    Change::Put { id, value } => Ok(t.insert(id.as_str(), value.as_slice()).map_err(e)?.is_some()),
+                    Change::Delete { id } => Ok(t.remove(id.as_str()).map_err(e)?.is_some()),
+                })
+                .collect()
         })
-    }
-
-    /// Removes the record of `id`; says whether there was one.
-    pub fn delete(&self, id: &str) -> Result<bool> {
-        self.meta.write_table(BUNDLES, |t| Ok(t.remove(id).map_err(|e| self.meta.error(e))?.is_some()))
     }
 
     pub fn get(&self, id: &str) -> Result<Option<Vec<u8>>> {
@@ -107,5 +175,55 @@ mod tests {
         assert!(!r.delete("a").unwrap());
         assert_eq!(r.all().unwrap().keys().collect::<Vec<_>>(), ["b"]);
         assert!(meta.snapshots().unwrap().is_empty());
+    }
+
+    #[test]
+    fn concurrent_changes_are_all_durable_and_share_transactions() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("meta.redb");
+        let commits = {
+            let r = Records::open(Arc::new(Meta::open(&path).unwrap())).unwrap();
+            std::thread::scope(|s| {
+                for t in 0..32 {
+                    let r = &r;
+                    s.spawn(move || {
+                        for i in 0..10 {
+                            let id = format!("b{t}-{i}");
+                            r.put(&id, id.as_bytes()).unwrap();
+                            // Every other one is deleted again: deletes go through the same transactions.
+                            if i % 2 == 1 {
+                                assert!(r.delete(&id).unwrap());
+                            }
+                        }
+                    });
+                }
+            });
+            r.commits()
+        };
+        assert!(commits <= 32 * 15, "{commits} transactions for {} changes", 32 * 15);
+        // A fresh open of the file (the database closed): what the callers were told is on disk.
+        let r = Records::open(Arc::new(Meta::open(&path).unwrap())).unwrap();
+        let all = r.all().unwrap();
+        assert_eq!(all.len(), 32 * 5);
+        for t in 0..32 {
+            for i in (0..10).step_by(2) {
+                let id = format!("b{t}-{i}");
+                assert_eq!(all.get(&id).map(Vec::as_slice), Some(id.as_bytes()), "{id}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_failed_transaction_names_the_bundle_and_the_batch() {
+        let d = tempfile::tempdir().unwrap();
+        let r = Records::open(Arc::new(Meta::open(&d.path().join("meta.redb")).unwrap())).unwrap();
+        let failed = r.group.submit(Change::Delete { id: "x".into() }, |_| {
+            Err(crate::snapshot::Error::Internal { what: "disk gone".into() })
+        });
+        let e = CommitError::of("x", failed.unwrap_err());
+        assert_eq!(e.kind(), ErrorKind::Internal);
+        let text = e.to_string();
+        assert!(text.contains("bundle \"x\"") && text.contains("0 other") && text.contains("disk gone"), "{text}");
+        assert!(r.get("x").unwrap().is_none());
     }
 }

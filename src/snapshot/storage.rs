@@ -448,6 +448,14 @@ impl Storage {
         let (info, shared) = {
             let st = self.lock();
             let info = self.get(key)?;
+            // Only a committed snapshot can be a parent (`committed_parent`) or have a second name (`alias`):
+            // an active or a view (every bundle's) is removed without reading and decoding every record, which
+            // made each bundle delete cost more the more bundles there were, under this lock.
+            if info.kind != Kind::Committed {
+                self.meta.write_with(false, |w| w.delete_snapshot(key))?;
+                drop(st);
+                return self.remove_dir(key, &info, false);
+            }
             let all = self.meta.snapshots()?;
             let mut children: Vec<&str> =
                 all.values().filter(|i| i.parent.as_deref() == Some(key)).map(|i| i.key.as_str()).collect();
@@ -459,6 +467,12 @@ impl Storage {
             self.meta.write_with(false, |w| w.delete_snapshot(key))?;
             (info, shared)
         };
+        self.remove_dir(key, &info, shared)
+    }
+
+    /// The rest of [`remove`](Self::remove) once `key`'s record is gone: its directory, unless `shared` with
+    /// another record.
+    fn remove_dir(&self, key: &str, info: &Info, shared: bool) -> Result<()> {
         self.lock().measured.remove(key);
         if shared {
             return Ok(());
