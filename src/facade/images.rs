@@ -358,21 +358,16 @@ impl Kiln {
     ) -> Result<Pulled> {
         let arrivals = Arrivals::new();
         let meter = Meter { arrivals: &arrivals, progress, state: Mutex::new((Vec::new(), Default::default())) };
+        // Either side failing stops the other; which error is the cause is decided once both ended (below).
         let failed = Arc::new(AtomicBool::new(false));
-        // Which side failed first (1: the fetch, 2: the unpack): its error is the cause, the other's a
-        // consequence (a cancel, a blob that did not arrive).
-        let first = std::sync::atomic::AtomicU8::new(0);
-        let fail = |side: u8| {
-            let _ = first.compare_exchange(0, side, Ordering::SeqCst, Ordering::SeqCst);
-            failed.store(true, Ordering::SeqCst);
-        };
+        let fail = || failed.store(true, Ordering::SeqCst);
         let cancel = cancel.or(failed.clone(), "another part of the pull failed");
         let (fetched, unpacked) = std::thread::scope(|s| {
             let fetcher = s.spawn(|| {
                 let closing = Closing(&arrivals);
                 let r = self.fetch_with(remote, platform.clone(), credentials, Some(arrivals.clone()), &cancel);
                 if let Err(e) = &r {
-                    fail(1);
+                    fail();
                     arrivals.close(&crate::error::report(e));
                 }
                 drop(closing);
@@ -403,17 +398,22 @@ impl Kiln {
                 Ok(Some((image, r?)))
             })();
             if unpacked.is_err() {
-                fail(2);
+                fail();
             }
             let fetched = fetcher
                 .join()
                 .unwrap_or_else(|_| Err(Error::Internal { what: format!("the fetch of {} panicked", remote.full()) }));
             (fetched, unpacked)
         });
-        if first.load(Ordering::SeqCst) == 2 {
-            if let Err(e) = unpacked {
+        // The cause: the unpack's error when the fetch succeeded or was only stopped by it (a bad layer cancels
+        // the download); else the fetch's, whose failure the unpack only saw (its blob did not arrive, a
+        // tampered download). Not "whichever failed first": a download's failure reaches its follower, through
+        // the store's writer, before the fetch returns it.
+        if let Err(e) = unpacked {
+            if fetched.as_ref().err().is_none_or(|f| f.kind() == crate::error::ErrorKind::Cancelled) {
                 return Err(e);
             }
+            return Err(fetched.err().unwrap_or(e));
         }
         let ref_name = fetched?;
         // The image unpacked is the one fetched (the name may point elsewhere by now, after another pull).
