@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::daemon::{detach_mounts_under, path_str, Kilnd};
-use common::layer::{Compression, LayerBuilder};
+use common::layer::{noise, Compression, LayerBuilder};
 use common::layout::{single_image, ImageSpec};
 
 /// A tmpfs of `size` mounted at `<scratch>/fs`, unmounted (and everything under it detached) on drop.
@@ -67,19 +67,6 @@ impl Drop for Tmpfs {
         // Usually detached already by the line above (the tmpfs is itself a mount under the path).
         let _ = Command::new("umount").arg("-l").arg(&self.path).output();
     }
-}
-
-/// Incompressible bytes (a layer's size on disk is its size).
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// A one-layer image with a file of `mib` MiB (and a few small ones) in a layout at `dir/layout`.

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::daemon::Kilnd;
-use common::layer::{Compression, LayerBuilder};
+use common::layer::{noise, Compression, LayerBuilder};
 use common::layout::*;
 use common::registry::{self, Registry};
 use common::tree::find_named;
@@ -272,19 +272,6 @@ fn pump(
             None => {}
         }
     }
-}
-
-/// Incompressible bytes (xorshift), so a gzip layer is about as large as its file.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// An image of `layers` layers, each a file of `size` random bytes, pushed as `faults/NAME:v1`; returns the

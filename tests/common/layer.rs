@@ -595,3 +595,16 @@ impl Canary {
         assert_eq!(describe(&self.dir, true), self.before, "files outside the root changed");
     }
 }
+
+/// Incompressible bytes (xorshift), so a gzip layer is about as large as its file.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
