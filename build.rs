@@ -40,20 +40,20 @@ fn isal() {
     if std::env::var_os("CARGO_FEATURE_ISAL").is_none() {
         return;
     }
-    // The include directories pkg-config names (none for Debian's /usr/include), then the default one.
-    let cflags = std::process::Command::new("pkg-config")
-        .args(["--cflags", "libisal"])
+    // One pkg-config query: its include directories (none for Debian's /usr/include, the default one after
+    // them) and library directories.
+    let flags = std::process::Command::new("pkg-config")
+        .args(["--cflags", "--libs", "libisal"])
         .output()
         .ok()
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-    let mut includes: Vec<std::path::PathBuf> = cflags
-        .iter()
-        .flat_map(|f| f.split_whitespace().filter_map(|w| w.strip_prefix("-I")).map(std::path::PathBuf::from))
-        .collect();
+    let words: Vec<&str> = flags.as_deref().unwrap_or("").split_whitespace().collect();
+    let mut includes: Vec<std::path::PathBuf> =
+        words.iter().filter_map(|w| w.strip_prefix("-I")).map(std::path::PathBuf::from).collect();
     includes.push("/usr/include".into());
     let header = includes.iter().map(|d| d.join("isa-l/igzip_lib.h")).find(|h| h.exists());
-    match (cflags, header) {
+    match (&flags, header) {
         (Some(_), Some(header)) => {
             println!("cargo:rerun-if-changed={}", header.display());
             let mut build = cc::Build::new();
@@ -62,12 +62,8 @@ fn isal() {
                 build.include(i);
             }
             build.compile("kiln_isal_shim");
-            let libs = std::process::Command::new("pkg-config").args(["--libs", "libisal"]).output();
-            let libs = libs.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
-            for w in libs.split_whitespace() {
-                if let Some(d) = w.strip_prefix("-L") {
-                    println!("cargo:rustc-link-search=native={d}");
-                }
+            for d in words.iter().filter_map(|w| w.strip_prefix("-L")) {
+                println!("cargo:rustc-link-search=native={d}");
             }
             println!("cargo:rustc-link-lib=isal");
             println!("cargo:rustc-cfg=kiln_isal");

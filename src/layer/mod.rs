@@ -1,15 +1,15 @@
 //! Applies one layer stream to a directory (layer.md; docs/conversion.md F1–F25), and all layers of a
 //! resolved image to a root filesystem ([`unpack_image`]).
 //!
-//! The pipeline: decompression (gzip multi-member, zstd multi-frame, plain) and the DiffID on one thread, the
-//! store's reader checking the compressed size and digest underneath; tar parsing (kiln's own reader, see
-//! `tar.rs` for how it agrees with GNU tar and Go on F6 cases) and writes on the calling thread; a bounded
-//! channel in between. Every path, link target and whiteout is resolved inside the root by the kernel
+//! The pipeline (`stream.rs`): the store's reader checking the compressed size and digest, decompression
+//! (gzip multi-member through ISA-L or zlib-rs, zstd multi-frame, plain) and the DiffID, each on its own thread;
+//! tar parsing (kiln's own reader, see `tar.rs` for how it agrees with GNU tar and Go on F6 cases) and writes
+//! on the calling thread; bounded channels in between. Every path, link target and whiteout is resolved inside the root by the kernel
 //! (`openat2` with `RESOLVE_IN_ROOT`, or `RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS` where no symlink may be
 //! crossed); objects are created with `*at` calls on a parent fd and one name, existing non-directories are
 //! unlinked first, and metadata is set on fds. A layer's symlink is never followed on the host.
 //!
-//! Memory is bounded by the pipeline's buffers (6 × 256 KiB) plus, per layer, the set of paths the layer wrote
+//! Memory is bounded by the pipeline's buffers (11 × 256 KiB; 7 for an uncompressed layer) plus, per layer, the set of paths the layer wrote
 //! and its directory attributes (needed to apply whiteouts only to lower content, F18/F19, and to set directory
 //! times last), which grow with the entry count and are capped through [`Limits::max_entries`].
 //!

@@ -10,8 +10,8 @@
 //!
 //! An uncompressed layer skips the inflate stage (the read stage applies the cap). The inflate, hash and tar
 //! stages share one pool of buffers (hash passes each buffer on, tar gives it back), and the read and inflate
-//! stages another, so memory stays at `2 × POOL × CHUNK` whatever the layer's size, and nothing is allocated
-//! or zeroed per chunk once the pools are full.
+//! stages another, so memory stays at `(POOL_READ + POOL_TAR) × CHUNK` (2.75 MiB) whatever the layer's size,
+//! and nothing is allocated or zeroed per chunk once the pools are full.
 //!
 //! A stage stops when its consumer hangs up (the tar stage failed: its error is the one reported), and the
 //! errors of earlier stages win over later ones: a tampered blob shows as the digest mismatch it is, not as
@@ -19,8 +19,9 @@
 //! so the read stage reaches EOF and the verifying reader checks the digest.
 
 use std::io::{self, BufRead, Read};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
+use std::sync::OnceLock;
 
 use crate::digest::{self, Digest, Hasher};
 use crate::image::Compression;
@@ -53,27 +54,32 @@ impl GzipBackend {
     }
 }
 
-const BACKEND_UNSET: u8 = 0;
-static BACKEND: AtomicU8 = AtomicU8::new(BACKEND_UNSET);
-
-/// The gzip backend this process uses: ISA-L when built in, unless `KILN_GZIP=zlib-rs` chose the pure-Rust
-/// one (an operator who wants no C on the path of hostile bytes, or a benchmark comparing the two).
+/// The gzip backend this process uses, chosen once: ISA-L when built in, unless `KILN_GZIP=zlib-rs` chose the
+/// pure-Rust one (an operator who wants no C on the path of hostile bytes, or a benchmark comparing the two).
+/// Any other value, or `isa-l` in a build without it, is named in a warning and the default is used.
 pub fn gzip_backend() -> GzipBackend {
-    match BACKEND.load(Ordering::Relaxed) {
-        1 => GzipBackend::Isal,
-        2 => GzipBackend::ZlibRs,
-        _ => {
-            let want_rust = std::env::var_os("KILN_GZIP").is_some_and(|v| v == "zlib-rs");
-            let b = if cfg!(kiln_isal) && !want_rust { GzipBackend::Isal } else { GzipBackend::ZlibRs };
-            BACKEND.store(if b == GzipBackend::Isal { 1 } else { 2 }, Ordering::Relaxed);
-            b
+    static BACKEND: OnceLock<GzipBackend> = OnceLock::new();
+    *BACKEND.get_or_init(|| {
+        let built = if cfg!(kiln_isal) { GzipBackend::Isal } else { GzipBackend::ZlibRs };
+        let Some(want) = std::env::var_os("KILN_GZIP") else { return built };
+        match want.to_str() {
+            Some("zlib-rs") => GzipBackend::ZlibRs,
+            Some("isa-l") if built == GzipBackend::Isal => GzipBackend::Isal,
+            _ => {
+                tracing::warn!(
+                    value = %want.to_string_lossy(),
+                    using = built.name(),
+                    "KILN_GZIP is not \"zlib-rs\" or \"isa-l\" (or names an inflater this build lacks): ignored"
+                );
+                built
+            }
         }
-    }
+    })
 }
 
 /// A buffer handed between stages: `buf` keeps its CHUNK length for its whole life (zeroed once, when made),
 /// and `len` says how much of it holds data, so reusing it costs no `memset`.
-pub(crate) struct Chunk {
+struct Chunk {
     buf: Box<[u8]>,
     len: usize,
 }
