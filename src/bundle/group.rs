@@ -69,6 +69,8 @@ impl<Op, Out, E> Default for GroupCommit<Op, Out, E> {
 struct Lead<'a, Op, Out, E> {
     group: &'a GroupCommit<Op, Out, E>,
     tickets: Vec<u64>,
+    /// The committer's own ticket: after a panic nobody waits for it, so it is not settled.
+    own: u64,
     outcome: Option<Result<Vec<Out>, E>>,
 }
 
@@ -90,7 +92,7 @@ impl<Op, Out, E> Drop for Lead<'_, Op, Out, E> {
                 }
             }
             None => {
-                for &t in &self.tickets {
+                for &t in self.tickets.iter().filter(|&&t| t != self.own) {
                     q.settled.insert(t, Err(Failed::Abandoned { members }));
                 }
             }
@@ -131,7 +133,7 @@ impl<Op, Out, E> GroupCommit<Op, Out, E> {
                 q.committing = true;
                 let (tickets, ops): (Vec<u64>, Vec<Op>) = std::mem::take(&mut q.waiting).into_iter().unzip();
                 drop(q);
-                let mut lead = Lead { group: self, tickets, outcome: None };
+                let mut lead = Lead { group: self, tickets, own: me, outcome: None };
                 lead.outcome = Some(commit(ops));
                 drop(lead);
                 q = self.lock();
@@ -280,6 +282,7 @@ mod tests {
         }));
         assert!(r.is_err());
         assert!(!group.lock().committing);
+        assert!(group.lock().settled.is_empty(), "the panicking committer's own outcome is not kept");
         let short = group.submit(2, |_| Ok(Vec::new()));
         assert!(matches!(short, Err(Failed::Abandoned { members: 1 })), "{short:?}");
         assert_eq!(group.submit(3, Ok).unwrap(), 3);
