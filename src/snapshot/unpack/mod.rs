@@ -327,12 +327,12 @@ impl Unpacker {
         }
         match r {
             Ok(()) => {
-                lead.flight.finish(Ok(()));
+                lead.publish(Ok(()));
                 Ok(())
             }
             Err(e) => {
                 let shared = Arc::new(e);
-                lead.flight.finish(Err(shared.clone()));
+                lead.publish(Err(shared.clone()));
                 Err(Error::Flight { chain_id: lead.chain_id.clone(), source: shared })
             }
         }
@@ -719,13 +719,27 @@ fn mount_option<'a>(mounts: &'a [Mount], name: &str) -> Option<&'a str> {
     mounts.iter().flat_map(|m| &m.options).find_map(|o| o.strip_prefix(name)?.strip_prefix('='))
 }
 
+impl LeadGuard {
+    /// Leaves the flight map, then tells the followers. In this order: a follower woken by a failure claims the
+    /// layer again, and must find it absent (and lead it) or led by someone new, never this finished flight.
+    /// The map entry is removed only while it is still this flight, so a second call (from `drop`) cannot
+    /// remove the flight of a request that claimed the layer in between.
+    fn publish(&self, r: flight::FlightResult) {
+        {
+            let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+            if flights.get(&self.chain_id).is_some_and(|f| Arc::ptr_eq(f, &self.flight)) {
+                flights.remove(&self.chain_id);
+            }
+        }
+        self.flight.finish(r);
+    }
+}
+
 impl Drop for LeadGuard {
     fn drop(&mut self) {
         // Normally the result is published already (finish keeps the first one); after a panic this tells the
         // followers, and the map forgets the flight so that a later request can try again.
-        self.flight
-            .finish(Err(Arc::new(Error::Internal { what: format!("unpack of {} was abandoned", self.chain_id) })));
-        self.flights.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.chain_id);
+        self.publish(Err(Arc::new(Error::Internal { what: format!("unpack of {} was abandoned", self.chain_id) })));
     }
 }
 
