@@ -121,6 +121,44 @@ fn create_get_list_delete() {
     }
 }
 
+/// What else is mounted below a bundle directory comes off with it: a mount inside the rootfs, one beside it
+/// (a runtime's leftovers), and two stacked on one place. Their files are never removed through the mounts
+/// (the removal stops at mount points; they are unmounted first).
+#[test]
+fn delete_takes_down_mounts_stacked_below_the_bundle_and_never_removes_through_them() {
+    if !common::require_root() {
+        return;
+    }
+    for b in BACKENDS {
+        let d = Scratch(common::scratch());
+        let (store, img) = image(d.path(), layers());
+        let e = engine(d.path(), b, applier());
+        let c = e.create(&id("web"), &store, &img, &Overrides::default()).unwrap();
+        let tmpfs = |at: &Path, file: &str| {
+            fs::create_dir_all(at).unwrap();
+            let o = std::process::Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(at).output().unwrap();
+            assert!(o.status.success(), "{}", common::output(&o));
+            fs::write(at.join(file), b"keep").unwrap();
+        };
+        // A filesystem that stays reachable after its mount under the bundle is gone: a bind of it is kept here.
+        let keep = d.path().join("keep");
+        tmpfs(&keep, "victim");
+        let beside = c.bundle.path.join("leftover");
+        fs::create_dir(&beside).unwrap();
+        let o = std::process::Command::new("mount").args(["--bind"]).arg(&keep).arg(&beside).output().unwrap();
+        assert!(o.status.success(), "{}", common::output(&o));
+        tmpfs(&c.bundle.path.join("stacked"), "one");
+        tmpfs(&c.bundle.path.join("stacked"), "two");
+        tmpfs(&c.bundle.path.join("rootfs/tmp"), "inside");
+        e.delete(&id("web")).unwrap();
+        assert!(!c.bundle.path.exists(), "{}", b.name());
+        assert_eq!(fs::read(keep.join("victim")).unwrap(), b"keep", "removed through a mount");
+        let left = kiln::sys::mount::mount_points_under(d.path());
+        assert_eq!(left, [keep.clone()], "{}", b.name());
+        let _ = std::process::Command::new("umount").arg(&keep).status();
+    }
+}
+
 #[test]
 fn mounts_are_planned_without_privileges() {
     // The recording fake stands in for mount(2): this runs unprivileged with the native backend.

@@ -108,6 +108,10 @@ pub enum Error {
 /// Most image volumes a bundle seeds: each is a copy of image content into the state directory (a tmpfs).
 pub const MAX_VOLUMES: usize = 64;
 
+/// Rounds of unmounting what is found below a bundle directory that will not come out (mounts stacked on one
+/// another come off one per round).
+const MAX_STACKED: usize = 8;
+
 impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
@@ -175,6 +179,8 @@ pub struct Engine {
     busy: Mutex<HashSet<String>>,
     idle: Condvar,
     recovery: Vec<String>,
+    /// Passes over `/proc` for the in-use check, shared by concurrent deletes.
+    censuses: super::inuse::Censuses,
 }
 
 impl std::fmt::Debug for Engine {
@@ -210,8 +216,7 @@ impl Drop for CreateGuard<'_> {
         if !self.armed {
             return;
         }
-        let _ = self.engine.unmount_under(&self.dir);
-        let _ = snapshot::copy::remove_tree(&self.dir);
+        let _ = self.engine.take_down(&self.dir);
         let _ = snapshot::copy::remove_tree(&self.volumes);
         if let Some(key) = &self.snapshot {
             let _ = self.engine.snapshots.remove(key);
@@ -256,6 +261,7 @@ impl Engine {
             busy: Mutex::new(HashSet::new()),
             idle: Condvar::new(),
             recovery,
+            censuses: Default::default(),
         };
         let more = engine.recover_bundles()?;
         engine.recovery.extend(more);
@@ -318,16 +324,26 @@ impl Engine {
         }
     }
 
-    fn unmount_under(&self, dir: &Path) -> Result<()> {
+    /// Unmounts the rootfs in bundle directory `dir` and removes the directory. The mount table is read only
+    /// when something else is mounted below (a runtime's leftovers, a stacked mount): the removal never crosses
+    /// a mount point (it stops with `EXDEV`), so it tells when there is one, and each read of the table waits
+    /// for the kernel's mount lock, which every concurrent mount and unmount takes.
+    fn take_down(&self, dir: &Path) -> Result<()> {
         let rootfs = dir.join("rootfs");
-        if self.mounter.is_mounted(&rootfs) {
-            self.mounter.unmount(&rootfs).map_err(|source| Error::Sys { id: dir.display().to_string(), source })?;
+        // Nothing mounted there (or no rootfs at all) is no error.
+        self.mounter.unmount(&rootfs).map_err(|source| Error::Sys { id: dir.display().to_string(), source })?;
+        let mut tries = 0;
+        loop {
+            match tree::remove_tree(dir) {
+                Err(e) if e.errno == nix::errno::Errno::EXDEV && tries < MAX_STACKED => {
+                    tries += 1;
+                    for m in mount_points_under(dir) {
+                        let _ = self.mounter.unmount(&m);
+                    }
+                }
+                r => return Ok(r.map_err(snapshot::Error::from)?),
+            }
         }
-        // Anything else below (a runtime's leftovers, a stacked mount).
-        for m in mount_points_under(dir) {
-            let _ = self.mounter.unmount(&m);
-        }
-        Ok(())
     }
 
     fn record(&self, id: &str) -> Result<Option<Bundle>> {
@@ -425,8 +441,7 @@ impl Engine {
         // kernel's mount lock, which every concurrent mount and unmount takes).
         let volumes = self.volumes_of(id.as_str());
         if host::exists(&dir) {
-            self.unmount_under(&dir)?;
-            snapshot::copy::remove_tree(&dir)?;
+            self.take_down(&dir)?;
         }
         snapshot::copy::remove_tree(&volumes)?;
         if self.snapshots.stat(&key).is_ok() {
@@ -542,7 +557,8 @@ impl Engine {
         // The mount description names the snapshot's directories (upper dir, native copy); a snapshot already
         // gone leaves only the rootfs to look for.
         let mounts = self.snapshots.mounts(&b.snapshot).unwrap_or_default();
-        super::inuse::scan(&b.path, &mounts).map_err(|source| Error::Sys { id: b.id.clone(), source })
+        let census = self.censuses.fresh().map_err(|source| Error::Sys { id: b.id.clone(), source })?;
+        Ok(census.holders(&b.path, &mounts))
     }
 
     fn delete_inner(&self, id: &BundleId, force: bool) -> Result<()> {
@@ -555,8 +571,7 @@ impl Engine {
             }
         }
         self.records.delete(id.as_str())?;
-        self.unmount_under(&b.path)?;
-        snapshot::copy::remove_tree(&b.path)?;
+        self.take_down(&b.path)?;
         snapshot::copy::remove_tree(&self.volumes_of(id.as_str()))?;
         match self.snapshots.remove(&b.snapshot) {
             Err(snapshot::Error::NotFound { .. }) | Ok(()) => Ok(()),

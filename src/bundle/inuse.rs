@@ -20,8 +20,10 @@
 //! Counting them refused deletes whenever another container was starting (found by the suite's load test). The check and the removal are not atomic: a container started between them is
 //! not seen (as with `ctr snapshots rm`).
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
 
 use crate::sys::mount::Mount;
 use crate::sys::proc::{MountEntry, Process};
@@ -206,22 +208,159 @@ pub fn holders(
     out
 }
 
-/// Scans `/proc` for what holds the rootfs of the bundle in `bundle_dir`, whose snapshot mounts are `mounts`.
-pub fn scan(bundle_dir: &Path, mounts: &[Mount]) -> sys::Result<Vec<Holder>> {
-    let rootfs = bundle_dir.join("rootfs");
-    let own = sys::proc::mountinfo(None)?;
-    let mut t = Target::new(&rootfs, bundle_dir, mounts, &own);
-    let mut dirs = vec![rootfs.clone()];
-    dirs.extend(mounts.iter().filter(|m| m.kind == "bind").map(|m| m.source.clone()));
-    t.root_ids = dirs.iter().filter_map(|d| host::lstat(d).ok()).map(|st| (st.st_dev, st.st_ino)).collect();
-    let procs = sys::proc::processes()?;
-    let own_ns = sys::proc::own_mount_namespace();
-    Ok(holders(&t, &procs, own_ns, &own, |pid| sys::proc::mountinfo(Some(pid)).ok(), sys::proc::comm))
+/// One pass over `/proc`: kilnd's mount table, every process's root and mount namespace, and the mount table
+/// of every other namespace (read through its first process).
+#[derive(Debug)]
+pub struct Census {
+    own: Vec<MountEntry>,
+    own_ns: Option<(u64, u64)>,
+    procs: Vec<Process>,
+    tables: HashMap<i32, Vec<MountEntry>>,
+}
+
+impl Census {
+    pub fn take() -> sys::Result<Census> {
+        let own = sys::proc::mountinfo(None)?;
+        let own_ns = sys::proc::own_mount_namespace();
+        let procs = sys::proc::processes()?;
+        let mut seen = HashSet::new();
+        let mut tables = HashMap::new();
+        for p in &procs {
+            let Some(ns) = p.mnt_ns else { continue };
+            if Some(ns) != own_ns && seen.insert(ns) {
+                // A process that exited in between: its namespace is looked for no further (as before).
+                if let Ok(t) = sys::proc::mountinfo(Some(p.pid)) {
+                    tables.insert(p.pid, t);
+                }
+            }
+        }
+        Ok(Census { own, own_ns, procs, tables })
+    }
+
+    /// What holds the rootfs of the bundle in `bundle_dir`, whose snapshot mounts are `mounts`.
+    pub fn holders(&self, bundle_dir: &Path, mounts: &[Mount]) -> Vec<Holder> {
+        let rootfs = bundle_dir.join("rootfs");
+        let mut t = Target::new(&rootfs, bundle_dir, mounts, &self.own);
+        let mut dirs = vec![rootfs.clone()];
+        dirs.extend(mounts.iter().filter(|m| m.kind == "bind").map(|m| m.source.clone()));
+        t.root_ids = dirs.iter().filter_map(|d| host::lstat(d).ok()).map(|st| (st.st_dev, st.st_ino)).collect();
+        holders(&t, &self.procs, self.own_ns, &self.own, |pid| self.tables.get(&pid).cloned(), sys::proc::comm)
+    }
+}
+
+/// Censuses shared by the deletes that ask at the same time: a caller gets one that *started after it asked*
+/// (so it sees every process and mount there was when it asked, as a pass of its own would), joining the one
+/// under way if that one started later, else waiting for it to end and taking the next. Under load, one pass
+/// over `/proc` serves every delete that arrived while the previous one ran, instead of one pass each.
+#[derive(Debug, Default)]
+pub struct Censuses {
+    state: Mutex<CensusState>,
+    done: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct CensusState {
+    /// Passes started so far; the number of a pass is the value after its start.
+    started: u64,
+    running: bool,
+    /// Callers waiting for the pass under way to end.
+    waiting: usize,
+    latest: Option<(u64, Arc<Census>)>,
+}
+
+impl Censuses {
+    pub fn fresh(&self) -> sys::Result<Arc<Census>> {
+        self.fresh_with(Census::take)
+    }
+
+    fn fresh_with(&self, take: impl Fn() -> sys::Result<Census>) -> sys::Result<Arc<Census>> {
+        let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        // Passes numbered above this one start after this call did.
+        let asked = g.started;
+        loop {
+            if let Some((n, c)) = &g.latest {
+                if *n > asked {
+                    return Ok(c.clone());
+                }
+            }
+            if g.running {
+                g.waiting += 1;
+                g = self.done.wait(g).unwrap_or_else(|p| p.into_inner());
+                g.waiting -= 1;
+                continue;
+            }
+            g.started += 1;
+            g.running = true;
+            let n = g.started;
+            drop(g);
+            let taken = take();
+            let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            g.running = false;
+            self.done.notify_all();
+            // A failed pass is this caller's error; those waiting on it take a pass of their own.
+            let c = Arc::new(taken?);
+            g.latest = Some((n, c.clone()));
+            return Ok(c);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn empty() -> Census {
+        Census { own: Vec::new(), own_ns: None, procs: Vec::new(), tables: HashMap::new() }
+    }
+
+    #[test]
+    fn a_census_is_one_that_started_after_the_caller_asked_and_callers_meanwhile_share_one() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let cs = Censuses::default();
+        let passes = AtomicUsize::new(0);
+        let (gate, cv) = (Mutex::new(false), Condvar::new());
+        let take = || {
+            let n = passes.fetch_add(1, Ordering::SeqCst);
+            if n == 0 {
+                // The first pass waits until the others have asked.
+                let mut open = gate.lock().unwrap();
+                while !*open {
+                    open = cv.wait(open).unwrap();
+                }
+            }
+            Ok(empty())
+        };
+        std::thread::scope(|s| {
+            let first = s.spawn(|| cs.fresh_with(take).map(|c| Arc::as_ptr(&c) as usize));
+            while passes.load(Ordering::SeqCst) == 0 {
+                std::thread::yield_now();
+            }
+            // Asked while pass 1 runs: pass 1 started before them, so they need pass 2, and share it.
+            let later: Vec<_> =
+                (0..8).map(|_| s.spawn(|| cs.fresh_with(take).map(|c| Arc::as_ptr(&c) as usize))).collect();
+            while cs.state.lock().unwrap().waiting < 8 {
+                std::thread::yield_now();
+            }
+            *gate.lock().unwrap() = true;
+            cv.notify_all();
+            let a = first.join().unwrap().unwrap();
+            let rest: HashSet<usize> = later.into_iter().map(|h| h.join().unwrap().unwrap()).collect();
+            assert!(!rest.contains(&a), "a caller that asked during pass 1 was given pass 1");
+            assert_eq!(passes.load(Ordering::SeqCst), 2, "the eight callers that asked during pass 1 shared pass 2");
+            assert_eq!(rest.len(), 1);
+        });
+        // Nothing running: the next caller takes a pass of its own (not the last one).
+        cs.fresh_with(take).unwrap();
+        assert_eq!(passes.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn a_failed_census_fails_its_caller_and_the_next_one_tries_again() {
+        let cs = Censuses::default();
+        let e = cs.fresh_with(|| Err(sys::SysError::new("open", "\"/proc\"", nix::errno::Errno::EMFILE))).unwrap_err();
+        assert_eq!(e.errno, nix::errno::Errno::EMFILE);
+        cs.fresh_with(|| Ok(empty())).expect("a later pass");
+    }
 
     fn entry(dev: u64, root: &str, mount_point: &str, fstype: &str, prop: &[&str], sup: &str) -> MountEntry {
         MountEntry {

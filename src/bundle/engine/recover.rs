@@ -37,8 +37,7 @@ impl Engine {
             if kept_ids.contains(&*name.to_string_lossy()) {
                 continue;
             }
-            self.unmount_under(&path)?;
-            snapshot::copy::remove_tree(&path)?;
+            self.take_down(&path)?;
             actions.push(format!("removed {}: no bundle record", path.display()));
         }
         let vdir = &self.volume_dir;
