@@ -34,6 +34,12 @@ sleep 0.5
 echo "kilnd idle RSS after start: $(awk '/VmRSS/ {print $2, $3}' /proc/$pid/status)"
 "$BIN/kiln" --address "$addr" image import "$WORK/layout" --name busybox --source-ref busybox >/dev/null
 "$BIN/kiln" --address "$addr" image pull busybox >/dev/null
+cpu() { awk '{print $14 + $15}' /proc/$pid/stat; }  # kilnd's user+system CPU, in clock ticks
+before=$(cpu)
 "$LOAD" --address "$addr" --image busybox --concurrency "$CONCURRENCY" --count "$COUNT"
+ticks=$(( $(cpu) - before ))
+runs=$(( $(tr ',' '\n' <<<"$CONCURRENCY" | wc -l) ))
+echo "kilnd CPU over the load: $(awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" -v n="$((COUNT * runs))" \
+  'BEGIN {printf "%.2f s, %.3f ms per create+delete", t / hz, 1000 * t / hz / n}')"
 sleep 1
 echo "kilnd RSS after the load: $(awk '/VmRSS/ {print $2, $3}' /proc/$pid/status); peak: $(awk '/VmHWM/ {print $2, $3}' /proc/$pid/status)"

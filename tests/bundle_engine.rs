@@ -150,6 +150,9 @@ fn delete_takes_down_mounts_stacked_below_the_bundle_and_never_removes_through_t
         tmpfs(&c.bundle.path.join("stacked"), "one");
         tmpfs(&c.bundle.path.join("stacked"), "two");
         tmpfs(&c.bundle.path.join("rootfs/tmp"), "inside");
+        // And one inside the bundle's snapshot, as a crash of an unpack leaves its mount of the parents.
+        let own = kiln::snapshot::own_dir(&**e.snapshotter(), &c.bundle.snapshot).unwrap();
+        tmpfs(&own.join("crash-left"), "x");
         e.delete(&id("web")).unwrap();
         assert!(!c.bundle.path.exists(), "{}", b.name());
         assert_eq!(fs::read(keep.join("victim")).unwrap(), b"keep", "removed through a mount");

@@ -33,7 +33,7 @@ use crate::error::ErrorKind;
 use crate::image::ResolvedImage;
 use crate::snapshot::{self, Kind, LayerApplier, Meta, Snapshotter, UnpackReport, Unpacker};
 use crate::store::Store;
-use crate::sys::mount::{mount_points_under, Mounter};
+use crate::sys::mount::{remove_tree_and_mounts, Mounter};
 use crate::sys::{host, tree, SysError};
 
 mod collect;
@@ -107,10 +107,6 @@ pub enum Error {
 
 /// Most image volumes a bundle seeds: each is a copy of image content into the state directory (a tmpfs).
 pub const MAX_VOLUMES: usize = 64;
-
-/// Rounds of unmounting what is found below a bundle directory that will not come out (mounts stacked on one
-/// another come off one per round).
-const MAX_STACKED: usize = 8;
 
 impl Error {
     pub fn kind(&self) -> ErrorKind {
@@ -324,26 +320,13 @@ impl Engine {
         }
     }
 
-    /// Unmounts the rootfs in bundle directory `dir` and removes the directory. The mount table is read only
-    /// when something else is mounted below (a runtime's leftovers, a stacked mount): the removal never crosses
-    /// a mount point (it stops with `EXDEV`), so it tells when there is one, and each read of the table waits
-    /// for the kernel's mount lock, which every concurrent mount and unmount takes.
+    /// Unmounts the rootfs in bundle directory `dir` and removes the directory, with whatever else is mounted
+    /// below it (a runtime's leftovers, a stacked mount; see [`remove_tree_and_mounts`]).
     fn take_down(&self, dir: &Path) -> Result<()> {
-        let rootfs = dir.join("rootfs");
+        let sys = |source| Error::Sys { id: dir.display().to_string(), source };
         // Nothing mounted there (or no rootfs at all) is no error.
-        self.mounter.unmount(&rootfs).map_err(|source| Error::Sys { id: dir.display().to_string(), source })?;
-        let mut tries = 0;
-        loop {
-            match tree::remove_tree(dir) {
-                Err(e) if e.errno == nix::errno::Errno::EXDEV && tries < MAX_STACKED => {
-                    tries += 1;
-                    for m in mount_points_under(dir) {
-                        let _ = self.mounter.unmount(&m);
-                    }
-                }
-                r => return Ok(r.map_err(snapshot::Error::from)?),
-            }
-        }
+        self.mounter.unmount(&dir.join("rootfs")).map_err(sys)?;
+        remove_tree_and_mounts(dir, &|m| self.mounter.unmount(m)).map_err(sys)
     }
 
     fn record(&self, id: &str) -> Result<Option<Bundle>> {

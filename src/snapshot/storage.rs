@@ -115,10 +115,7 @@ impl Storage {
 
     /// Unmounts what a crash left mounted below `path`, then removes it.
     fn sweep(path: &Path) -> Result<()> {
-        for m in crate::sys::mount::mount_points_under(path) {
-            let _ = crate::sys::mount::umount2(&m);
-        }
-        copy::remove_tree(path)
+        Ok(crate::sys::mount::remove_tree_and_mounts(path, &crate::sys::mount::umount2)?)
     }
 
     /// Sweeps `tmp/`, drops records whose directory is gone (and records built on them), removes directories
@@ -478,13 +475,19 @@ impl Storage {
             return Ok(());
         }
         let dir = self.dir(info.id);
-        // A crash may have left something mounted inside (an unpack's mount of its parents).
-        for m in crate::sys::mount::mount_points_under(&dir) {
-            crate::sys::mount::umount2(&m)?;
-        }
+        // A crash may have left something mounted inside (an unpack's mount of its parents): it moves with the
+        // directory, and comes off before the tree is removed.
         let trash = self.tmp_dir().join(format!("rm-{}", info.id));
-        match host::rename(&dir, &trash) {
-            Ok(()) => copy::remove_tree(&trash),
+        let mut renamed = host::rename(&dir, &trash);
+        if renamed.as_ref().is_err_and(|e| e.errno == nix::errno::Errno::EBUSY) {
+            // The directory itself is a mount point.
+            for m in crate::sys::mount::mount_points_under(&dir) {
+                crate::sys::mount::umount2(&m)?;
+            }
+            renamed = host::rename(&dir, &trash);
+        }
+        match renamed {
+            Ok(()) => Ok(crate::sys::mount::remove_tree_and_mounts(&trash, &crate::sys::mount::umount2)?),
             Err(e) if e.errno == nix::errno::Errno::ENOENT => Ok(()),
             Err(e) => Err(e.into()),
         }

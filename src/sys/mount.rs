@@ -242,6 +242,29 @@ pub fn is_mount_point(path: &Path) -> bool {
     info.lines().any(|l| l.split(' ').nth(4).map(unescape_mountinfo).is_some_and(|p| p == wanted))
 }
 
+/// Rounds of unmounting what is found below a tree that will not come out (mounts stacked on one another come
+/// off one per round).
+const MAX_STACKED: usize = 8;
+
+/// Removes the tree at `path` (by descriptor, never crossing a mount point), first `unmount`ing what is mounted
+/// below it. The mount table is read only when the removal meets a mount point (it stops there with `EXDEV`):
+/// each read waits for the kernel's mount lock, which every concurrent mount and unmount takes, and usually
+/// nothing is mounted below.
+pub fn remove_tree_and_mounts(path: &Path, unmount: &dyn Fn(&Path) -> Result<bool>) -> Result<()> {
+    let mut rounds = 0;
+    loop {
+        match super::tree::remove_tree(path) {
+            Err(e) if e.errno == Errno::EXDEV && rounds < MAX_STACKED => {
+                rounds += 1;
+                for m in mount_points_under(path) {
+                    unmount(&m)?;
+                }
+            }
+            r => return r,
+        }
+    }
+}
+
 /// Mount points at or below `dir`, deepest first (for cleaning up).
 pub fn mount_points_under(dir: &Path) -> Vec<PathBuf> {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
