@@ -109,7 +109,7 @@ impl Kilnd {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("kilnd did not listen on {}", self.socket.display());
+        panic!("kilnd did not listen on {}; its log:\n{}", self.socket.display(), self.log());
     }
 
     /// Runs the `kiln` CLI against this daemon.

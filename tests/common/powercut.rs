@@ -129,9 +129,10 @@ impl CutFs {
     /// The power cut: from now on every request fails with `EIO` and changes nothing, and every file's unsynced
     /// data is dropped (its undo record applied to the backing file). Kill the processes using the mount first
     /// when they must not see `EIO` (the test does so right after an armed cut fired). Idempotent.
-    pub fn cut(&self) {
+    /// Returns the files that lost data now (their backing paths, as far as they still have one).
+    pub fn cut(&self) -> Vec<PathBuf> {
         self.inner.cut.store(true, Ordering::SeqCst);
-        self.inner.apply_undo();
+        self.inner.apply_undo()
     }
 
     /// Cuts (if not done) and unmounts (lazily: mounts made on top, e.g. a bundle's rootfs bind mount of a
@@ -141,7 +142,7 @@ impl CutFs {
     }
 
     fn teardown(&mut self) {
-        self.cut();
+        let _ = self.cut();
         let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
         if let Some(s) = self.session.take() {
             let _ = s.umount_and_join();
@@ -364,13 +365,17 @@ impl Inner {
         }
     }
 
-    fn apply_undo(&self) {
+    fn apply_undo(&self) -> Vec<PathBuf> {
         let mut undo = self.undo();
+        let mut lost = Vec::new();
         for (ino, rec) in undo.drain() {
+            lost.push(std::fs::read_link(proc_path(&rec.file)).unwrap_or_else(|_| format!("inode {ino}").into()));
             if let Err(e) = rec.apply() {
                 panic!("cutfs: dropping the unsynced data of inode {ino}: {e}");
             }
         }
+        lost.sort();
+        lost
     }
 
     /// Replies with the entry of `name` in `parent` after a create-like call made it.
@@ -646,8 +651,9 @@ impl Filesystem for Fs {
                 let cur = self.0.attr_of(&*node)?.size;
                 self.0.before_change(ino, 0, cur)?;
             }
+            // The kernel resolved the name already; O_NOFOLLOW would refuse the /proc magic link itself.
             let oflags = OFlags::from_bits_retain(flags.0 as u32)
-                & !(OFlags::CREATE | OFlags::EXCL | OFlags::NOCTTY | OFlags::APPEND);
+                & !(OFlags::CREATE | OFlags::EXCL | OFlags::NOCTTY | OFlags::APPEND | OFlags::NOFOLLOW);
             let fd = rustix::fs::open(proc_path(&*node), oflags | OFlags::CLOEXEC, Mode::empty()).map_err(errno)?;
             Ok(self.0.add_file(File::from(fd)))
         })();
