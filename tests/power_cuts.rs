@@ -15,7 +15,7 @@ mod common;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use common::powercut::{CutFs, SyncfsWatch};
+use common::powercut::{CutFs, Model, SyncfsWatch};
 
 fn fuse_or_skip() -> bool {
     match common::powercut::unavailable() {
@@ -107,6 +107,96 @@ fn cutfs_keeps_only_what_was_synced() {
     fs.unmount();
 }
 
+fn fsync_dir(path: &Path) {
+    std::fs::File::open(path).unwrap().sync_all().unwrap();
+}
+
+/// The strict model: a namespace change survives only when its directories (both, for a rename) were synced
+/// after it.
+#[test]
+fn cutfs_strict_keeps_only_synced_names() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let dir = common::scratch();
+    let (backing, mnt) = (dir.path().join("backing"), dir.path().join("mnt"));
+    std::fs::create_dir_all(backing.join("keep")).unwrap();
+    std::fs::create_dir_all(&mnt).unwrap();
+    std::fs::write(backing.join("old"), b"durable before").unwrap();
+    std::fs::write(backing.join("old2"), b"replaced, not durably").unwrap();
+    std::fs::write(backing.join("keep/x"), b"x").unwrap();
+    let fs = CutFs::mount_with(&backing, &mnt, Model::Strict).unwrap();
+    let m = |p: &str| mnt.join(p);
+
+    std::fs::create_dir(m("d")).unwrap();
+    std::fs::create_dir(m("n")).unwrap();
+    std::fs::create_dir(m("q")).unwrap();
+    write(&m("r1"), b"new", true);
+    fsync_dir(&mnt);
+    // Data synced, the name not: gone.
+    write(&m("n/f"), b"synced data, unsynced name", true);
+    // Data and name synced, then renamed without a sync: back under its old name.
+    write(&m("q/g"), b"g", true);
+    fsync_dir(&m("q"));
+    std::fs::rename(m("q/g"), m("q/h")).unwrap();
+    // An unlink without a sync of its directory: the file comes back.
+    std::fs::remove_file(m("old")).unwrap();
+    // A rename across directories with only the target synced: the new name stays, the old one comes back.
+    std::fs::rename(m("keep/x"), m("d/y")).unwrap();
+    // A directory whose own entry was never synced goes with what it holds, synced or not.
+    std::fs::create_dir(m("e")).unwrap();
+    write(&m("e/z"), b"z", true);
+    fsync_dir(&m("e"));
+    // Renames into d, one over the other, with only d synced after them: d keeps the last, the root keeps both
+    // old names (r1's object has no other name left).
+    std::fs::rename(m("r1"), m("d/r2")).unwrap();
+    std::fs::rename(m("old2"), m("d/r2")).unwrap();
+    fsync_dir(&m("d"));
+    assert!(m("d/y").exists() && !m("keep/x").exists(), "the mount shows the changes");
+    fs.unmount();
+
+    let b = |p: &str| backing.join(p);
+    assert!(b("d").is_dir() && b("n").is_dir(), "their entries were synced");
+    assert!(!b("n/f").exists(), "n/f: its directory was never synced after it was made");
+    assert_eq!(std::fs::read(b("q/g")).unwrap(), b"g");
+    assert!(!b("q/h").exists());
+    assert_eq!(std::fs::read(b("old")).unwrap(), b"durable before");
+    assert_eq!(std::fs::read(b("keep/x")).unwrap(), b"x");
+    assert_eq!(std::fs::read(b("d/y")).unwrap(), b"x");
+    assert!(!b("e").exists(), "e: the root was not synced after mkdir");
+    assert_eq!(std::fs::read(b("r1")).unwrap(), b"new");
+    assert_eq!(std::fs::read(b("old2")).unwrap(), b"replaced, not durably");
+    assert_eq!(std::fs::read(b("d/r2")).unwrap(), b"replaced, not durably");
+    // Only the source's directory synced: the new name is lost, and the object with it.
+    std::fs::create_dir(backing.join("s")).unwrap();
+    std::fs::write(backing.join("s/moved"), b"m").unwrap();
+    let fs = CutFs::mount_with(&backing, &mnt, Model::Strict).unwrap();
+    std::fs::rename(m("s/moved"), m("q/moved")).unwrap();
+    fsync_dir(&m("s"));
+    fs.unmount();
+    assert!(!b("s/moved").exists() && !b("q/moved").exists());
+
+    // A directory sync after the changes makes them durable; syncfs makes everything durable.
+    let fs = CutFs::mount_with(&backing, &mnt, Model::Strict).unwrap();
+    std::fs::rename(m("q/g"), m("q/h")).unwrap();
+    fsync_dir(&m("q"));
+    std::fs::remove_file(m("old")).unwrap();
+    std::fs::create_dir(m("e")).unwrap();
+    fs.syncfs();
+    std::fs::remove_file(m("keep/x")).unwrap();
+    fs.unmount();
+    assert!(b("q/h").exists() && !b("q/g").exists());
+    assert!(!b("old").exists() && b("e").is_dir());
+    assert!(b("keep/x").exists(), "unlinked after the syncfs, never synced");
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().all(|e| {
+            let p = e.unwrap().path();
+            !p.to_string_lossy().ends_with(".cutfs-grave") || std::fs::read_dir(&p).unwrap().next().is_none()
+        }),
+        "the graveyard is emptied"
+    );
+}
+
 /// An armed cut: the operation that reaches the count is not performed, and every later one fails with EIO and
 /// changes nothing.
 #[test]
@@ -181,10 +271,11 @@ fn rootfs_is_complete(rootfs: &Path) -> Result<(), String> {
 /// A machine whose disk is `backing`: kilnd's root on a CutFs over it, its state on a directory that a reboot
 /// replaces (as a tmpfs `/run` is).
 struct Machine {
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
     backing: PathBuf,
     mnt: PathBuf,
     snapshotter: String,
+    model: Model,
     /// `/run/kiln`: one path for every boot and every machine of a test (bundle records name their directory
     /// in it), emptied at each boot.
     state: PathBuf,
@@ -196,7 +287,7 @@ struct Machine {
 
 impl Machine {
     /// A machine with a copy of `disk` (a backing directory) or an empty disk.
-    fn new(disk: Option<&Path>, snapshotter: &str, state: &Path) -> Machine {
+    fn new(disk: Option<&Path>, snapshotter: &str, model: Model, state: &Path) -> Machine {
         let dir = common::scratch();
         let backing = dir.path().join("disk");
         match disk {
@@ -209,7 +300,7 @@ impl Machine {
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).unwrap();
         let (snapshotter, state) = (snapshotter.into(), state.to_path_buf());
-        Machine { dir, backing, mnt, snapshotter, state, boots: 0, fs: None, kilnd: None, watch: None }
+        Machine { _dir: dir, backing, mnt, snapshotter, model, state, boots: 0, fs: None, kilnd: None, watch: None }
     }
 
     fn root(&self) -> PathBuf {
@@ -227,7 +318,7 @@ impl Machine {
     /// Mounts the disk, starts kilnd on a fresh state directory (waits until it answers).
     fn boot(&mut self) {
         self.boots += 1;
-        let fs = CutFs::mount(&self.backing, &self.mnt).expect("mount CutFs");
+        let fs = CutFs::mount_with(&self.backing, &self.mnt, self.model).expect("mount CutFs");
         let state = self.state.clone();
         if state.exists() {
             std::fs::remove_dir_all(&state).unwrap();
@@ -370,7 +461,7 @@ fn make_disks(snapshotter: &str) -> Disks {
     let layout = dir.path().join("layout");
     image_layout(&layout);
     let state = dir.path().join("run");
-    let mut m = Machine::new(None, snapshotter, &state);
+    let mut m = Machine::new(None, snapshotter, Model::Data, &state);
     let save = |m: &mut Machine, name: &str| {
         m.shutdown();
         let to = dir.path().join(name);
@@ -576,10 +667,18 @@ impl Rng {
 }
 
 /// Cuts `op` at `points` random points (plus its last changing operation and right after it).
-fn cut_op(snapshotter: &str, disks: &Disks, op: Op, points: usize, rng: &mut Rng, seed: u64) -> Vec<String> {
+fn cut_op(
+    snapshotter: &str,
+    model: Model,
+    disks: &Disks,
+    op: Op,
+    points: usize,
+    rng: &mut Rng,
+    seed: u64,
+) -> Vec<String> {
     let layout = path_str(&disks.layout);
     // A clean run: how many changing operations the operation makes, and the snapshots it leaves.
-    let mut m = Machine::new(Some(disks.start(op)), snapshotter, &disks.state);
+    let mut m = Machine::new(Some(disks.start(op)), snapshotter, model, &disks.state);
     m.boot();
     let before = m.fs().ops();
     let o = m.kiln(&op.args(layout));
@@ -595,7 +694,7 @@ fn cut_op(snapshotter: &str, disks: &Disks, op: Op, points: usize, rng: &mut Rng
     let mut report = vec![];
     for n in at {
         let started = std::time::Instant::now();
-        let mut m = Machine::new(Some(disks.start(op)), snapshotter, &disks.state);
+        let mut m = Machine::new(Some(disks.start(op)), snapshotter, model, &disks.state);
         m.boot();
         m.fs().arm(n);
         let (acked, cut_during) = m.run_until_cut(&op.args(layout));
@@ -603,13 +702,13 @@ fn cut_op(snapshotter: &str, disks: &Disks, op: Op, points: usize, rng: &mut Rng
         m.boot();
         let outcome = check(&m, op, layout, acked, expected).unwrap_or_else(|e| {
             panic!(
-                "KILN_POWERCUT_SEED={seed} {snapshotter} {op:?} cut at changing operation {n} of {total} \
+                "KILN_POWERCUT_SEED={seed} {snapshotter} {model:?} {op:?} cut at changing operation {n} of {total} \
                  (acknowledged: {acked}): {e}\nkilnd before the cut:\n{log}\nafter:\n{}",
                 m.k().log()
             )
         });
         let line = format!(
-            "{snapshotter} {op:?} cut at {n}/{total}{}: unsynced data of {lost:?} dropped, acknowledged {acked}, \
+            "{snapshotter} {model:?} {op:?} cut at {n}/{total}{}: unsynced data of {lost:?} dropped, acknowledged {acked}, \
              {outcome} ({:.1} s)",
             if cut_during { "" } else { " (after it returned)" },
             started.elapsed().as_secs_f64()
@@ -621,15 +720,15 @@ fn cut_op(snapshotter: &str, disks: &Disks, op: Op, points: usize, rng: &mut Rng
     report
 }
 
-fn power_cuts(snapshotter: &str, points: usize) {
+fn power_cuts(snapshotter: &str, model: Model, points: usize) {
     if !fuse_or_skip() {
         return;
     }
     let (mut rng, seed) = Rng::seeded();
-    eprintln!("power cuts on {snapshotter}: KILN_POWERCUT_SEED={seed}");
+    eprintln!("power cuts on {snapshotter}, {model:?} model: KILN_POWERCUT_SEED={seed}");
     let disks = make_disks(snapshotter);
     for op in [Op::Import, Op::Unpack, Op::Create, Op::Delete] {
-        cut_op(snapshotter, &disks, op, points, &mut rng, seed);
+        cut_op(snapshotter, model, &disks, op, points, &mut rng, seed);
     }
 }
 
@@ -640,18 +739,21 @@ fn points(default: usize) -> usize {
 
 #[test]
 fn power_cuts_native() {
-    power_cuts("native", 3);
+    power_cuts("native", Model::Data, 3);
 }
 
 #[test]
 fn power_cuts_overlay() {
-    power_cuts("overlayfs", 3);
+    power_cuts("overlayfs", Model::Data, 3);
 }
+
 
 /// The long variant: `KILN_POWERCUT_POINTS` (default 40) random points per operation on each snapshotter.
 #[test]
 #[ignore = "long: run with --ignored, KILN_POWERCUT_POINTS=N"]
 fn power_cuts_many_points() {
-    power_cuts("native", points(40));
-    power_cuts("overlayfs", points(40));
+    for model in [Model::Data] {
+        power_cuts("native", model, points(40));
+        power_cuts("overlayfs", model, points(40));
+    }
 }

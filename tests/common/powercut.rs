@@ -9,12 +9,23 @@
 //! is empty. Namespace operations (create, mkdir, mknod, rename, unlink, rmdir, symlink, link, setxattr,
 //! removexattr, chmod, chown, utimens) are durable at once: they reach the backing directory when they return,
 //! as in LazyFS's model (ext4 and xfs journal them in order, so a later `fsync` of any file also commits them;
-//! a filesystem without ordered metadata could lose them, which this model does not show).
+//! a filesystem without ordered metadata could lose them: the strict model below).
+//!
+//! **The stronger model ("strict", [`Model::Strict`])** adds: a namespace change in a directory is lost unless
+//! that directory was synced (`fsync` of the directory, or `syncfs`) after it, as on a filesystem without
+//! ordered metadata (btrfs's `fsync` logs only the inode it names). A rename is two changes, each durable once
+//! its directory is synced: both undone when neither was; the new name lost (and the object with it) when only
+//! the source's was; the old name back beside the new one (a second link) when only the target's was. A name
+//! created in a directory that is itself lost goes with it. Metadata of an inode (mode, owner, times, xattrs) stays
+//! durable at once.
 //!
 //! How: every change is written through to the backing directory at once (reads stay trivial) and each
 //! written file keeps an undo record — its size at its last sync and the original bytes of every 4 KiB page
 //! overwritten since, saved on the first write or truncation over the page — dropped when the file is synced
 //! and applied at the cut. Memory is what was overwritten in files synced before, plus nothing for appends.
+//! In the strict model each namespace change is also journalled with the directories it waits for; what it
+//! removed or replaced is moved into a graveyard beside the backing directory (same filesystem) instead of being
+//! deleted; a directory sync drops the entries it completes; the cut undoes the rest, newest first.
 //!
 //! The cut can come from the test ([`CutFs::cut`]) or from the filesystem itself after a number of changing
 //! operations ([`CutFs::arm`]: writes, syncs, namespace changes; not reads): the operation that reaches the number
@@ -56,6 +67,15 @@ pub fn unavailable() -> Option<String> {
     }
 }
 
+/// Which changes a cut can lose (see the module's doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Model {
+    /// Unsynced file data; namespace changes are durable at once (LazyFS's model).
+    Data,
+    /// Unsynced file data, and namespace changes whose directories were not synced after them.
+    Strict,
+}
+
 /// A mounted [`CutFs`]. Dropping it cuts (if nothing did) and unmounts.
 pub struct CutFs {
     inner: Arc<Inner>,
@@ -66,6 +86,19 @@ pub struct CutFs {
 impl CutFs {
     /// Mounts a passthrough of `backing` (a directory, e.g. on a tmpfs) at `mountpoint` (an empty directory).
     pub fn mount(backing: &Path, mountpoint: &Path) -> std::io::Result<CutFs> {
+        CutFs::mount_with(backing, mountpoint, Model::Data)
+    }
+
+    /// [`mount`](Self::mount) with a model.
+    pub fn mount_with(backing: &Path, mountpoint: &Path, model: Model) -> std::io::Result<CutFs> {
+        let mut grave = backing.as_os_str().to_owned();
+        grave.push(".cutfs-grave");
+        let grave = PathBuf::from(grave);
+        if grave.exists() {
+            std::fs::remove_dir_all(&grave)?;
+        }
+        std::fs::create_dir(&grave)?;
+        let grave_fd = rustix::fs::open(&grave, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
         let root = rustix::fs::open(backing, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
         let st = rustix::fs::fstat(&root)?;
         let statfs_fd = rustix::fs::open(backing, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
@@ -74,6 +107,11 @@ impl CutFs {
         let inner = Arc::new(Inner {
             root_backing_ino: st.st_ino,
             statfs_fd,
+            model,
+            grave,
+            grave_fd,
+            grave_seq: AtomicU64::new(0),
+            journal: Mutex::new(Vec::new()),
             nodes: Mutex::new(nodes),
             files: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -209,9 +247,48 @@ impl Undo {
     }
 }
 
+/// A namespace change not durable yet (strict model): undone at the cut unless every directory in `waits` is
+/// synced first.
+struct Pending {
+    waits: Vec<u64>,
+    change: Change,
+}
+
+type Dir = Arc<OwnedFd>;
+
+enum Change {
+    /// `name` made in `dir` (create, mknod, mkdir, symlink, link), naming backing inode `ino`.
+    Added { dir: Dir, name: OsString, ino: u64 },
+    /// `name` removed from `dir` (unlink, rmdir): the object waits in the graveyard as `grave`.
+    Removed { dir: Dir, name: OsString, grave: OsString },
+    /// `from/fname` renamed to `to/tname`; what `tname` was waits as `replaced`. Each directory's half is durable
+    /// once that directory is synced (`from_synced`, `to_synced`); an exchange only as a whole.
+    Renamed {
+        from: Dir,
+        fname: OsString,
+        to: Dir,
+        tname: OsString,
+        replaced: Option<OsString>,
+        exchange: bool,
+        whiteout: bool,
+        /// The renamed object's backing inode.
+        ino: u64,
+        dirs: (u64, u64),
+        from_synced: bool,
+        to_synced: bool,
+    },
+}
+
 struct Inner {
     root_backing_ino: u64,
     statfs_fd: OwnedFd,
+    model: Model,
+    /// Where the strict model keeps what a pending change removed (beside the backing directory).
+    grave: PathBuf,
+    grave_fd: OwnedFd,
+    grave_seq: AtomicU64,
+    /// The strict model's pending namespace changes, oldest first.
+    journal: Mutex<Vec<Pending>>,
     nodes: Mutex<HashMap<u64, Node>>,
     files: Mutex<HashMap<u64, Arc<File>>>,
     next_fh: AtomicU64,
@@ -240,6 +317,10 @@ fn time(sec: i64, nsec: u64) -> SystemTime {
     } else {
         UNIX_EPOCH - Duration::from_secs(sec.unsigned_abs()) + Duration::from_nanos(nsec)
     }
+}
+
+fn remove_any(path: &Path) {
+    let _ = std::fs::remove_dir_all(path).or_else(|_| std::fs::remove_file(path));
 }
 
 fn kind_of(mode: u32) -> FileType {
@@ -362,10 +443,256 @@ impl Inner {
         self.syncs.fetch_add(1, Ordering::SeqCst);
         if !self.cut.load(Ordering::SeqCst) {
             self.undo().clear();
+            let done: Vec<Pending> = lock(&self.journal).drain(..).collect();
+            self.bury(done);
+        }
+    }
+
+    fn strict(&self) -> bool {
+        self.model == Model::Strict
+    }
+
+    /// Journals a namespace change (strict model) waiting for the directories `waits`.
+    fn pending(&self, waits: &[INodeNo], change: Change) {
+        if self.strict() {
+            let mut waits: Vec<u64> = waits.iter().map(|i| i.0).collect();
+            waits.dedup();
+            lock(&self.journal).push(Pending { waits, change });
+        }
+    }
+
+    /// A directory sync: the changes it completes become durable.
+    fn dir_synced(&self, dir: INodeNo) {
+        let mut journal = lock(&self.journal);
+        let mut done = Vec::new();
+        for mut p in std::mem::take(&mut *journal) {
+            p.waits.retain(|w| *w != dir.0);
+            if let Change::Renamed { dirs, from_synced, to_synced, .. } = &mut p.change {
+                *from_synced |= dirs.0 == dir.0;
+                *to_synced |= dirs.1 == dir.0;
+            }
+            if p.waits.is_empty() {
+                done.push(p);
+            } else {
+                journal.push(p);
+            }
+        }
+        drop(journal);
+        self.bury(done);
+    }
+
+    /// Deletes for good what durable changes removed.
+    fn bury(&self, done: Vec<Pending>) {
+        for p in done {
+            let grave = match p.change {
+                Change::Removed { grave, .. } => Some(grave),
+                Change::Renamed { replaced, .. } => replaced,
+                Change::Added { .. } => None,
+            };
+            if let Some(g) = grave {
+                remove_any(&self.grave.join(g));
+            }
+        }
+    }
+
+    /// Moves `dir/name` into the graveyard; returns its name there.
+    fn to_grave(&self, dir: &OwnedFd, name: &OsStr) -> Result<OsString, Errno> {
+        let g = OsString::from(format!("g{}", self.grave_seq.fetch_add(1, Ordering::SeqCst)));
+        rustix::fs::renameat(dir, name, &self.grave_fd, &g).map_err(errno)?;
+        Ok(g)
+    }
+
+    fn exists(dir: &OwnedFd, name: &OsStr) -> Option<rustix::fs::Stat> {
+        rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).ok()
+    }
+
+    /// unlink or rmdir: in the strict model the object moves into the graveyard until the directory is synced.
+    fn remove(&self, parent: INodeNo, name: &OsStr, is_dir: bool) -> Result<(), Errno> {
+        let dir = self.node(parent)?;
+        let flags = if is_dir { AtFlags::REMOVEDIR } else { AtFlags::empty() };
+        if !self.strict() {
+            return rustix::fs::unlinkat(&*dir, name, flags).map_err(errno);
+        }
+        let st = Self::exists(&dir, name).ok_or(Errno::ENOENT)?;
+        let dir_kind = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        match (is_dir, dir_kind) {
+            (true, false) => return Err(Errno::ENOTDIR),
+            (false, true) => return Err(Errno::EISDIR),
+            (true, true) if !Self::empty_dir(&dir, name)? => return Err(Errno::ENOTEMPTY),
+            _ => {}
+        }
+        let grave = self.to_grave(&dir, name)?;
+        self.pending(&[parent], Change::Removed { dir, name: name.to_owned(), grave });
+        Ok(())
+    }
+
+    fn empty_dir(dir: &OwnedFd, name: &OsStr) -> Result<bool, Errno> {
+        let fd = rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(errno)?;
+        Ok(std::fs::read_dir(proc_path(&fd)).map_err(errno)?.next().is_none())
+    }
+
+    fn rename(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+    ) -> Result<(), Errno> {
+        use rustix::fs::RenameFlags as R;
+        let from = self.node(parent)?;
+        let to = self.node(newparent)?;
+        let rflags = R::from_bits_retain(flags.bits());
+        if !self.strict() {
+            return rustix::fs::renameat_with(&*from, name, &*to, newname, rflags).map_err(errno);
+        }
+        let exchange = rflags.contains(R::EXCHANGE);
+        let whiteout = rflags.contains(R::WHITEOUT);
+        let src = Self::exists(&from, name).ok_or(Errno::ENOENT)?;
+        let mut replaced = None;
+        if !exchange {
+            if let Some(dst) = Self::exists(&to, newname) {
+                if rflags.contains(R::NOREPLACE) {
+                    return Err(Errno::EEXIST);
+                }
+                if dst.st_ino == src.st_ino {
+                    return Ok(()); // two names of one file: rename(2) does nothing
+                }
+                let is_dir = |st: &rustix::fs::Stat| st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+                match (is_dir(&src), is_dir(&dst)) {
+                    (true, false) => return Err(Errno::ENOTDIR),
+                    (false, true) => return Err(Errno::EISDIR),
+                    (true, true) if !Self::empty_dir(&to, newname)? => return Err(Errno::ENOTEMPTY),
+                    _ => {}
+                }
+                replaced = Some(self.to_grave(&to, newname)?);
+            }
+        }
+        if let Err(e) = rustix::fs::renameat_with(&*from, name, &*to, newname, rflags) {
+            if let Some(g) = &replaced {
+                let _ = rustix::fs::renameat(&self.grave_fd, g, &*to, newname);
+            }
+            return Err(errno(e));
+        }
+        let (fname, tname) = (name.to_owned(), newname.to_owned());
+        let change = Change::Renamed {
+            from,
+            fname,
+            to,
+            tname,
+            replaced,
+            exchange,
+            whiteout,
+            ino: src.st_ino,
+            dirs: (parent.0, newparent.0),
+            from_synced: false,
+            to_synced: false,
+        };
+        self.pending(&[parent, newparent], change);
+        Ok(())
+    }
+
+    /// A name made in `parent` (strict model: pending until `parent` is synced).
+    fn added(&self, parent: INodeNo, name: &OsStr) {
+        if self.strict() {
+            if let Ok(dir) = self.node(parent) {
+                if let Some(st) = Self::exists(&dir, name) {
+                    self.pending(&[parent], Change::Added { dir, name: name.to_owned(), ino: st.st_ino });
+                }
+            }
+        }
+    }
+
+    /// The graveyard's name for backing inode `ino`.
+    fn in_grave(&self, ino: u64) -> Option<OsString> {
+        std::fs::read_dir(&self.grave).ok()?.flatten().find_map(|e| {
+            use std::os::unix::fs::DirEntryExt;
+            (e.ino() == ino).then(|| e.file_name())
+        })
+    }
+
+    /// The cut, for the namespace: undoes the pending changes, newest first. A change whose effect was already
+    /// changed again by a durable one is left as it is (the closest a filesystem's repair would get).
+    fn undo_namespace(&self) {
+        use rustix::fs::renameat;
+        let journal: Vec<Pending> = lock(&self.journal).drain(..).collect();
+        for p in journal.into_iter().rev() {
+            match p.change {
+                Change::Added { dir, name, ino } => {
+                    if Self::exists(&dir, &name).is_some_and(|st| st.st_ino == ino) {
+                        remove_any(&proc_path(&*dir).join(&name));
+                    }
+                }
+                Change::Removed { dir, name, grave } => {
+                    if Self::exists(&dir, &name).is_none() {
+                        let _ = renameat(&self.grave_fd, &grave, &*dir, &name);
+                    }
+                }
+                Change::Renamed {
+                    from,
+                    fname,
+                    to,
+                    tname,
+                    replaced,
+                    exchange,
+                    whiteout,
+                    ino,
+                    from_synced,
+                    to_synced,
+                    ..
+                } => {
+                    if exchange {
+                        let _ =
+                            rustix::fs::renameat_with(&*to, &tname, &*from, &fname, rustix::fs::RenameFlags::EXCHANGE);
+                        continue;
+                    }
+                    let is_whiteout = |st: rustix::fs::Stat| st.st_mode & libc::S_IFMT == libc::S_IFCHR;
+                    if !from_synced && whiteout && Self::exists(&from, &fname).is_some_and(is_whiteout) {
+                        let _ = rustix::fs::unlinkat(&*from, &fname, AtFlags::empty());
+                    }
+                    let free_from = !from_synced && Self::exists(&from, &fname).is_none();
+                    match (to_synced, free_from) {
+                        // Neither half durable: the old name back, the new one gone.
+                        (false, true) => {
+                            let _ = renameat(&*to, &tname, &*from, &fname);
+                        }
+                        // The new name lost, the removal of the old one durable: the object is lost.
+                        (false, false) => {
+                            if from_synced {
+                                remove_any(&proc_path(&*to).join(&tname));
+                            }
+                        }
+                        // The new name durable, the old one back as well (a second link; a directory keeps
+                        // only its new name, as a filesystem's repair would leave it).
+                        (true, true) => {
+                            if Self::exists(&to, &tname).is_some_and(|st| st.st_ino == ino) {
+                                let _ = rustix::fs::linkat(&*to, &tname, &*from, &fname, AtFlags::empty());
+                            } else if let Some(g) = self.in_grave(ino) {
+                                // A later durable change replaced the new name: the old one is its last.
+                                let _ = renameat(&self.grave_fd, &g, &*from, &fname);
+                            }
+                        }
+                        (true, false) => {}
+                    }
+                    if let Some(g) = replaced {
+                        if !to_synced && Self::exists(&to, &tname).is_none() {
+                            let _ = renameat(&self.grave_fd, &g, &*to, &tname);
+                        }
+                    }
+                }
+            }
+        }
+        // What undone changes had removed and did not get back stays lost.
+        if let Ok(entries) = std::fs::read_dir(&self.grave) {
+            for e in entries.flatten() {
+                remove_any(&e.path());
+            }
         }
     }
 
     fn apply_undo(&self) -> Vec<PathBuf> {
+        self.undo_namespace();
         let mut undo = self.undo();
         let mut lost = Vec::new();
         for (ino, rec) in undo.drain() {
@@ -380,6 +707,7 @@ impl Inner {
 
     /// Replies with the entry of `name` in `parent` after a create-like call made it.
     fn made(&self, parent: INodeNo, name: &OsStr, mode: Option<u32>, req: &Request) -> Result<FileAttr, Errno> {
+        self.added(parent, name);
         let attr = self.lookup(parent, name)?;
         let node = self.node(attr.ino)?;
         if let Some(mode) = mode {
@@ -588,18 +916,12 @@ impl Filesystem for Fs {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         admit!(self, reply, true);
-        empty(
-            reply,
-            self.0.node(parent).and_then(|d| rustix::fs::unlinkat(&*d, name, AtFlags::empty()).map_err(errno)),
-        );
+        empty(reply, self.0.remove(parent, name, false));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         admit!(self, reply, true);
-        empty(
-            reply,
-            self.0.node(parent).and_then(|d| rustix::fs::unlinkat(&*d, name, AtFlags::REMOVEDIR).map_err(errno)),
-        );
+        empty(reply, self.0.remove(parent, name, true));
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
@@ -622,13 +944,7 @@ impl Filesystem for Fs {
         reply: ReplyEmpty,
     ) {
         admit!(self, reply, true);
-        let r = (|| {
-            let from = self.0.node(parent)?;
-            let to = self.0.node(newparent)?;
-            let flags = rustix::fs::RenameFlags::from_bits_retain(flags.bits());
-            rustix::fs::renameat_with(&*from, name, &*to, newname, flags).map_err(errno)
-        })();
-        empty(reply, r);
+        empty(reply, self.0.rename(parent, name, newparent, newname, flags));
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
@@ -637,6 +953,7 @@ impl Filesystem for Fs {
             let node = self.0.node(ino)?;
             let to = self.0.node(newparent)?;
             rustix::fs::linkat(&*node, "", &*to, newname, AtFlags::EMPTY_PATH).map_err(errno)?;
+            self.0.added(newparent, newname);
             self.0.lookup(newparent, newname)
         })();
         entry(reply, r);
@@ -790,9 +1107,10 @@ impl Filesystem for Fs {
         reply.ok();
     }
 
-    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        // The data model: namespace changes are durable at once, a directory's fsync adds nothing.
+    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        // The data model: namespace changes are durable at once, a directory's fsync adds nothing to it.
         admit!(self, reply, true);
+        self.0.dir_synced(ino);
         reply.ok();
     }
 
