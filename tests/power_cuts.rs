@@ -747,12 +747,21 @@ fn power_cuts_overlay() {
     power_cuts("overlayfs", Model::Data, 3);
 }
 
+#[test]
+fn power_cuts_native_strict() {
+    power_cuts("native", Model::Strict, 3);
+}
+
+#[test]
+fn power_cuts_overlay_strict() {
+    power_cuts("overlayfs", Model::Strict, 3);
+}
 
 /// The long variant: `KILN_POWERCUT_POINTS` (default 40) random points per operation on each snapshotter.
 #[test]
 #[ignore = "long: run with --ignored, KILN_POWERCUT_POINTS=N"]
 fn power_cuts_many_points() {
-    for model in [Model::Data] {
+    for model in [Model::Data, Model::Strict] {
         power_cuts("native", model, points(40));
         power_cuts("overlayfs", model, points(40));
     }
