@@ -318,13 +318,14 @@ impl Machine {
     /// Mounts the disk, starts kilnd on a fresh state directory (waits until it answers).
     fn boot(&mut self) {
         self.boots += 1;
+        // The root directory itself is there before the first boot (as a package's /var/lib/kiln is).
+        std::fs::create_dir_all(self.backing.join("root")).unwrap();
         let fs = CutFs::mount_with(&self.backing, &self.mnt, self.model).expect("mount CutFs");
         let state = self.state.clone();
         if state.exists() {
             std::fs::remove_dir_all(&state).unwrap();
         }
         std::fs::create_dir(&state).unwrap();
-        std::fs::create_dir_all(self.root()).unwrap();
         let k = Kilnd::start_at(&self.root(), &state, &["--snapshotter", &self.snapshotter], SyncfsWatch::prepare);
         self.watch = Some(SyncfsWatch::start(k.pid(), &self.mnt, fs.syncer()).expect("watch syncfs"));
         self.fs = Some(fs);
@@ -423,6 +424,8 @@ impl Drop for Machine {
 /// What is cut in the middle of.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Op {
+    /// `image import` of a layout on a machine's first boot (kilnd made its root just before).
+    FirstImport,
     /// `image import` of a layout (the disk has an initialised root).
     Import,
     /// `bundle create b1` of an imported image that was never unpacked.
@@ -436,7 +439,7 @@ enum Op {
 impl Op {
     fn args<'a>(self, layout: &'a str) -> Vec<&'a str> {
         match self {
-            Op::Import => vec!["image", "import", layout, "--name", "app"],
+            Op::FirstImport | Op::Import => vec!["image", "import", layout, "--name", "app"],
             Op::Unpack | Op::Create => vec!["bundle", "create", "b1", "--image", "app", "--", "/bin/true"],
             Op::Delete => vec!["bundle", "rm", "b0"],
         }
@@ -488,11 +491,12 @@ fn make_disks(snapshotter: &str) -> Disks {
 }
 
 impl Disks {
-    fn start(&self, op: Op) -> &Path {
+    fn start(&self, op: Op) -> Option<&Path> {
         match op {
-            Op::Import => &self.fresh,
-            Op::Unpack => &self.imported,
-            Op::Create | Op::Delete => &self.with_bundle,
+            Op::FirstImport => None,
+            Op::Import => Some(&self.fresh),
+            Op::Unpack => Some(&self.imported),
+            Op::Create | Op::Delete => Some(&self.with_bundle),
         }
     }
 }
@@ -570,7 +574,7 @@ fn check(m: &Machine, op: Op, layout: &str, acked: bool, expected_snapshots: (u6
     }
     let has_image = m.images().iter().any(|s| s == "app" || s.starts_with("app:"));
     let outcome = match op {
-        Op::Import => {
+        Op::FirstImport | Op::Import => {
             if acked && !has_image {
                 return Err("the import was acknowledged, the image is not listed".into());
             }
@@ -678,7 +682,7 @@ fn cut_op(
 ) -> Vec<String> {
     let layout = path_str(&disks.layout);
     // A clean run: how many changing operations the operation makes, and the snapshots it leaves.
-    let mut m = Machine::new(Some(disks.start(op)), snapshotter, model, &disks.state);
+    let mut m = Machine::new(disks.start(op), snapshotter, model, &disks.state);
     m.boot();
     let before = m.fs().ops();
     let o = m.kiln(&op.args(layout));
@@ -694,7 +698,7 @@ fn cut_op(
     let mut report = vec![];
     for n in at {
         let started = std::time::Instant::now();
-        let mut m = Machine::new(Some(disks.start(op)), snapshotter, model, &disks.state);
+        let mut m = Machine::new(disks.start(op), snapshotter, model, &disks.state);
         m.boot();
         m.fs().arm(n);
         let (acked, cut_during) = m.run_until_cut(&op.args(layout));
@@ -727,7 +731,7 @@ fn power_cuts(snapshotter: &str, model: Model, points: usize) {
     let (mut rng, seed) = Rng::seeded();
     eprintln!("power cuts on {snapshotter}, {model:?} model: KILN_POWERCUT_SEED={seed}");
     let disks = make_disks(snapshotter);
-    for op in [Op::Import, Op::Unpack, Op::Create, Op::Delete] {
+    for op in [Op::FirstImport, Op::Import, Op::Unpack, Op::Create, Op::Delete] {
         cut_op(snapshotter, model, &disks, op, points, &mut rng, seed);
     }
 }

@@ -70,7 +70,12 @@ fn decode(path: &Path, key: &str, bytes: &[u8]) -> Result<Info> {
 impl Meta {
     /// Opens (or creates) `path`.
     pub fn open(path: &Path) -> Result<Meta> {
+        let new = !crate::sys::host::exists(path);
         let db = redb::Database::create(path).map_err(|e| db_err(path)(e.into()))?;
+        if let Some(dir) = path.parent().filter(|d| new && !d.as_os_str().is_empty()) {
+            // The new file's name, durable (the records in it are synced by redb; its entry in the root is not).
+            crate::sys::fs::fsync(crate::sys::host::open_dir(dir)?)?;
+        }
         let meta = Meta { db, path: path.to_owned(), names: std::sync::OnceLock::new() };
         // Create the table so read transactions never meet a missing table.
         meta.write(|_| Ok(()))?;
