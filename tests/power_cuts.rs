@@ -437,7 +437,7 @@ enum Op {
 }
 
 impl Op {
-    fn args<'a>(self, layout: &'a str) -> Vec<&'a str> {
+    fn args(self, layout: &str) -> Vec<&str> {
         match self {
             Op::FirstImport | Op::Import => vec!["image", "import", layout, "--name", "app"],
             Op::Unpack | Op::Create => vec!["bundle", "create", "b1", "--image", "app", "--", "/bin/true"],
@@ -644,7 +644,7 @@ fn mount_type(point: &Path) -> Option<String> {
     info.lines()
         .filter(|l| l.split(' ').nth(4) == Some(path_str(point)))
         .filter_map(|l| l.split_once(" - ").map(|(_, r)| r.split(' ').next().unwrap_or("").to_owned()))
-        .last()
+        .next_back()
 }
 
 fn snapshot_dirs(root: &Path) -> u64 {

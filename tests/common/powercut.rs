@@ -411,13 +411,15 @@ impl Inner {
 
     /// The undo record of `ino`, made now (size and nothing saved) if the file has none.
     fn record<'a>(&self, undo: &'a mut HashMap<u64, Undo>, ino: INodeNo) -> Result<&'a mut Undo, Errno> {
-        if !undo.contains_key(&ino.0) {
-            let node = self.node(ino)?;
-            let file = std::fs::OpenOptions::new().read(true).write(true).open(proc_path(&*node)).map_err(errno)?;
-            let size = file.metadata().map_err(errno)?.len();
-            undo.insert(ino.0, Undo { file, size, pages: BTreeMap::new() });
+        match undo.entry(ino.0) {
+            std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let node = self.node(ino)?;
+                let file = std::fs::OpenOptions::new().read(true).write(true).open(proc_path(&*node)).map_err(errno)?;
+                let size = file.metadata().map_err(errno)?.len();
+                Ok(v.insert(Undo { file, size, pages: BTreeMap::new() }))
+            }
         }
-        Ok(undo.get_mut(&ino.0).expect("just inserted"))
     }
 
     /// Before bytes `[start, end)` of `ino` change: saves what they were at the last sync.
