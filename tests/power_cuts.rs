@@ -743,22 +743,22 @@ fn points(default: usize) -> usize {
 
 #[test]
 fn power_cuts_native() {
-    power_cuts("native", Model::Data, 3);
+    power_cuts("native", Model::Data, 2);
 }
 
 #[test]
 fn power_cuts_overlay() {
-    power_cuts("overlayfs", Model::Data, 3);
+    power_cuts("overlayfs", Model::Data, 2);
 }
 
 #[test]
 fn power_cuts_native_strict() {
-    power_cuts("native", Model::Strict, 3);
+    power_cuts("native", Model::Strict, 2);
 }
 
 #[test]
 fn power_cuts_overlay_strict() {
-    power_cuts("overlayfs", Model::Strict, 3);
+    power_cuts("overlayfs", Model::Strict, 2);
 }
 
 /// The long variant: `KILN_POWERCUT_POINTS` (default 40) random points per operation on each snapshotter.

@@ -61,6 +61,9 @@ pub fn unavailable() -> Option<String> {
     if !nix::unistd::geteuid().is_root() {
         return Some("needs root (mount(2) of a FUSE filesystem)".into());
     }
+    if AUDIT_ARCH == 0 {
+        return Some("the syncfs watch's seccomp filter knows x86_64 and aarch64 only".into());
+    }
     match std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse") {
         Ok(_) => None,
         Err(e) => Some(format!("no usable /dev/fuse: {e}")),
@@ -1284,6 +1287,9 @@ const LISTENER_FD: i32 = 1021;
 const AUDIT_ARCH: u32 = 0xC000_003E;
 #[cfg(target_arch = "aarch64")]
 const AUDIT_ARCH: u32 = 0xC000_00B7;
+/// Elsewhere [`unavailable`] says so (the filter would match nothing).
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+const AUDIT_ARCH: u32 = 0;
 
 impl SyncfsWatch {
     /// Makes the child `cmd` starts send its `syncfs` calls to a listener (every other call passes untouched).
