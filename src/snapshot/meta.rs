@@ -1,6 +1,14 @@
 //! `meta.redb`: the snapshot records. Every change is one redb write transaction, made after the data it
 //! describes has been synced, so a crash leaves either the old records or the new ones.
 //!
+//! A record names a directory that was renamed into `<root>/snapshots` just before it was written, and that
+//! rename is only durable once `snapshots/` is synced: a filesystem without ordered metadata (btrfs's fsync
+//! logs only the inode it names; POSIX promises no more) does not carry it to the disk with the fsync of
+//! `meta.redb`. So every durable commit syncs that directory first ([`Meta::names_dir`]): a record that is
+//! durable never names a directory whose rename could still be lost. (Found by `tests/power_cuts.rs`' strict
+//! model: an acknowledged bundle dropped at the next start because its snapshot's directory was back in
+//! `tmp/`.)
+//!
 //! Records are JSON values in the `snapshots` table, keyed by snapshot key. redb allows one `Database` per file
 //! per process, so other modules keep their own tables in this file through [`Meta::read_table`] and
 //! [`Meta::write_table`] (the `bundle` module's records do); their tables and values are opaque here.
@@ -22,6 +30,8 @@ pub type Table = TableDefinition<'static, &'static str, &'static [u8]>;
 pub struct Meta {
     db: redb::Database,
     path: PathBuf,
+    /// The directory whose entries the records name, synced before each durable commit.
+    names: std::sync::OnceLock<PathBuf>,
 }
 
 fn db_err(path: &Path) -> impl Fn(redb::Error) -> Error + '_ {
@@ -60,8 +70,13 @@ fn decode(path: &Path, key: &str, bytes: &[u8]) -> Result<Info> {
 impl Meta {
     /// Opens (or creates) `path`.
     pub fn open(path: &Path) -> Result<Meta> {
+        let new = !crate::sys::host::exists(path);
         let db = redb::Database::create(path).map_err(|e| db_err(path)(e.into()))?;
-        let meta = Meta { db, path: path.to_owned() };
+        if let Some(dir) = path.parent().filter(|d| new && !d.as_os_str().is_empty()) {
+            // The new file's name, durable (the records in it are synced by redb; its entry in the root is not).
+            crate::sys::fs::fsync(crate::sys::host::open_dir(dir)?)?;
+        }
+        let meta = Meta { db, path: path.to_owned(), names: std::sync::OnceLock::new() };
         // Create the table so read transactions never meet a missing table.
         meta.write(|_| Ok(()))?;
         Ok(meta)
@@ -69,6 +84,21 @@ impl Meta {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Names the directory whose entries the snapshot records name (`<root>/snapshots`, set once by the
+    /// storage): every durable commit syncs it first (see the module's doc).
+    pub fn names_dir(&self, dir: PathBuf) {
+        let _ = self.names.set(dir);
+    }
+
+    /// Inside a durable write transaction, before its commit: no record committed before this one (they all
+    /// precede this transaction) can be made durable ahead of its directory's rename.
+    fn sync_names(&self) -> Result<()> {
+        if let Some(dir) = self.names.get() {
+            crate::sys::fs::fsync(crate::sys::host::open_dir(dir)?)?;
+        }
+        Ok(())
     }
 
     /// Runs `f` in one write transaction and commits it durably (fsync) when `f` returns `Ok`.
@@ -85,7 +115,9 @@ impl Meta {
     pub fn write_with<T>(&self, durable: bool, f: impl FnOnce(&mut Writer<'_>) -> Result<T>) -> Result<T> {
         let err = db_err(&self.path);
         let mut txn = self.db.begin_write().map_err(|e| err(e.into()))?;
-        if !durable {
+        if durable {
+            self.sync_names()?;
+        } else {
             txn.set_durability(redb::Durability::None)
                 .map_err(|e| Error::Meta { path: self.path.clone(), source: Box::new(redb::Error::from(e)) })?;
         }
@@ -147,6 +179,7 @@ impl Meta {
         f: impl FnOnce(&mut redb::Table<'_, &'static str, &'static [u8]>) -> Result<T>,
     ) -> Result<T> {
         let txn = self.db.begin_write().map_err(|e| self.error(e))?;
+        self.sync_names()?;
         let out = {
             let mut t = txn.open_table(table).map_err(|e| self.error(e))?;
             f(&mut t)?

@@ -80,6 +80,7 @@ impl Storage {
         host::ensure_dir(root, 0o700)?;
         host::ensure_dir(&root.join("snapshots"), 0o700)?;
         host::ensure_dir(&root.join("tmp"), 0o700)?;
+        meta.names_dir(root.join("snapshots"));
         let mut s = Storage { root: root.to_owned(), meta, state: Mutex::new(State::default()), recovered: Vec::new() };
         s.recovered = s.recover()?;
         Ok(s)

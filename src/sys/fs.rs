@@ -243,6 +243,12 @@ pub fn read_dir_names(dir: impl AsFd) -> Result<Vec<(Vec<u8>, Option<nix::dir::T
     Ok(out)
 }
 
+/// `fsync(fd)`; on a directory, makes the entries made, renamed or removed in it durable.
+pub fn fsync(f: impl AsFd) -> Result<()> {
+    let raw = fd(&f);
+    nix::unistd::fsync(f).map_err(|e| SysError::new("fsync", raw, e))
+}
+
 /// `syncfs(fd)`: flushes the filesystem holding `fd` (one call instead of an fsync per file of a rootfs). Not
 /// on an `O_PATH` descriptor (EBADF).
 pub fn syncfs(f: impl AsFd) -> Result<()> {

@@ -29,6 +29,26 @@ impl Kilnd {
         Kilnd::start_in(Some(place), "", extra)
     }
 
+    /// Starts kilnd with its root at `root` and its state at `state` (each made by the caller, e.g. a root on a
+    /// test filesystem), its log in a scratch directory; `prepare` may change the command before it runs (e.g.
+    /// `powercut::SyncfsWatch::prepare`). Waits until its socket answers.
+    pub fn start_at(root: &Path, state: &Path, extra: &[&str], prepare: impl FnOnce(&mut Command)) -> Kilnd {
+        let dir = super::scratch();
+        let log = std::fs::File::create(dir.path().join("kilnd.log")).expect("log file");
+        let mut cmd = command(&[], root, state, extra, log);
+        prepare(&mut cmd);
+        let child = cmd.spawn().expect("spawn kilnd");
+        let k = Kilnd {
+            child: Some(child),
+            dir,
+            root: root.to_path_buf(),
+            state: state.to_path_buf(),
+            socket: state.join("kilnd.sock"),
+        };
+        k.wait_ready();
+        k
+    }
+
     fn start_in(place: Option<&Path>, config: &str, extra: &[&str]) -> Kilnd {
         let dir = super::scratch();
         let base = place.unwrap_or(dir.path()).to_path_buf();
@@ -89,7 +109,7 @@ impl Kilnd {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("kilnd did not listen on {}", self.socket.display());
+        panic!("kilnd did not listen on {}; its log:\n{}", self.socket.display(), self.log());
     }
 
     /// Runs the `kiln` CLI against this daemon.
@@ -148,8 +168,12 @@ impl Kilnd {
 
 /// kilnd with `flags`, root, state and `extra` flags, logging at info to `log`.
 fn spawn(flags: &[std::ffi::OsString], root: &Path, state: &Path, extra: &[&str], log: std::fs::File) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_kilnd"))
-        .args(flags)
+    command(flags, root, state, extra, log).spawn().expect("spawn kilnd")
+}
+
+fn command(flags: &[std::ffi::OsString], root: &Path, state: &Path, extra: &[&str], log: std::fs::File) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kilnd"));
+    cmd.args(flags)
         .arg("--root")
         .arg(root)
         .arg("--state")
@@ -157,9 +181,8 @@ fn spawn(flags: &[std::ffi::OsString], root: &Path, state: &Path, extra: &[&str]
         .args(["--log-level", "info"])
         .args(extra)
         .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn kilnd")
+        .stderr(log);
+    cmd
 }
 
 /// See [`Kilnd::usage`].

@@ -10,6 +10,7 @@ pub mod cri;
 pub mod daemon;
 pub mod layer;
 pub mod layout;
+pub mod powercut;
 pub mod registry;
 pub mod stack;
 pub mod tree;
