@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::daemon::{detach_mounts_under, path_str, Kilnd};
+use common::faults::{FsKind, LoopFs};
 use common::layer::{noise, Compression, LayerBuilder};
 use common::layout::{single_image, ImageSpec};
 
@@ -192,4 +193,129 @@ fn unpack_with_failing_system_calls_fails_cleanly_and_succeeds_without_the_fault
         assert_eq!(std::fs::read(bundle.join("rootfs/data/big")).unwrap(), big);
         std::fs::remove_dir_all(&bundle).unwrap();
     }
+}
+
+/// A one-layer image of `n` empty files in `many/` (an inode each, hardly a block).
+fn many_files(dir: &Path, n: usize) -> PathBuf {
+    let layout = dir.join("layout");
+    let mut b = LayerBuilder::new().dir("many", 0o755);
+    for i in 0..n {
+        b = b.file(&format!("many/f{i:03}"), b"", 0o644);
+    }
+    single_image(&layout, &ImageSpec::with_layers(vec![b.layer(Compression::Gzip)]), "latest");
+    layout
+}
+
+/// What a failed kilnd operation must leave: a readable store without `name`, no bundle `id`, `snapshots`
+/// snapshots, nothing in the ingest directory or `tmp/`, no mount under the root or the state directory.
+fn kilnd_intact(k: &Kilnd, name: &str, id: &str, snapshots: u64) {
+    let ls = k.kiln(&["--json", "image", "ls"]);
+    assert!(ls.status.success(), "the store is readable: {}", stderr(&ls));
+    if !name.is_empty() {
+        assert!(!String::from_utf8_lossy(&ls.stdout).contains(name), "no image named after a failed import");
+    }
+    let bundles = k.kiln(&["--json", "bundle", "ls"]);
+    assert!(bundles.status.success(), "{}", stderr(&bundles));
+    assert!(!String::from_utf8_lossy(&bundles.stdout).contains(id), "no bundle record {id}");
+    assert_eq!(k.snapshot_count(), snapshots, "no snapshot half made");
+    assert!(k.ingest_empty(), "nothing left in the ingest directory");
+    let tmp: Vec<_> = std::fs::read_dir(k.root.join("tmp")).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    assert!(tmp.is_empty(), "left in tmp/: {tmp:?}");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    for dir in [&k.root, &k.state] {
+        assert!(!mounts.contains(path_str(dir)), "no mount left under {}", dir.display());
+    }
+}
+
+fn assert_enospc(e: &str, path: &str) {
+    assert!(e.contains("ENOSPC") || e.contains("No space left"), "names the errno: {e}");
+    assert!(e.contains(path), "names the path ({path}): {e}");
+}
+
+/// ENOSPC on a real block filesystem (`kind` on a loop device, filled with preallocated ballast to 4 MiB free)
+/// under `kiln unpack` of an 8 MiB file, then kilnd's import and bundle create; each succeeds once the ballast
+/// is removed.
+fn full_loop_fs(kind: FsKind, size_mib: u64, mkfs: &[&str]) {
+    let Some(fs) = LoopFs::new(kind, size_mib, mkfs) else { return };
+    let src = common::scratch();
+    let (layout, big) = image(src.path(), 8, 4);
+    let image = format!("{}:latest", layout.display());
+    let bundle = fs.path.join("bundle");
+    fs.fill_to(4 << 20);
+    let o = kiln(&["unpack", "--image", &image, path_str(&bundle)]);
+    assert!(!o.status.success(), "{kind:?}: unpacked 8 MiB into 4 MiB?");
+    assert_enospc(&stderr(&o), "data/big");
+    assert_eq!(fs.entries(""), Vec::<String>::new(), "{kind:?}: nothing half-built stays");
+    fs.free();
+    let o = kiln(&["unpack", "--image", &image, path_str(&bundle)]);
+    assert!(o.status.success(), "{kind:?}: once there is room: {}", stderr(&o));
+    assert_eq!(std::fs::read(bundle.join("rootfs/data/big")).unwrap(), big);
+    std::fs::remove_dir_all(&bundle).unwrap();
+
+    let k = Kilnd::start_on(&fs.path, &[]);
+    fs.fill_to(4 << 20);
+    let o = k.kiln(&["image", "import", path_str(&layout), "--name", "big"]);
+    assert!(!o.status.success(), "{kind:?}: imported 8 MiB into 4 MiB?");
+    let e = stderr(&o);
+    assert!(e.contains("ENOSPC") || e.contains("No space left"), "{kind:?}: names the errno: {e}");
+    kilnd_intact(&k, "big", "b1", 0);
+    fs.free();
+    let o = k.kiln(&["image", "import", path_str(&layout), "--name", "big"]);
+    assert!(o.status.success(), "{kind:?}: import once there is room: {}", stderr(&o));
+
+    fs.fill_to(4 << 20);
+    let o = k.kiln(&["bundle", "create", "b1", "--image", "big"]);
+    assert!(!o.status.success(), "{kind:?}: a bundle with no room for its rootfs?");
+    assert_enospc(&stderr(&o), "data/big");
+    kilnd_intact(&k, "", "b1", 0);
+    fs.free();
+    let o = k.kiln(&["bundle", "create", "b1", "--image", "big"]);
+    assert!(o.status.success(), "{kind:?}: create once there is room: {}", stderr(&o));
+    assert_eq!(std::fs::read(k.state.join("bundles/b1/rootfs/data/big")).unwrap(), big);
+    assert_eq!(k.snapshot_count(), 1);
+}
+
+#[test]
+fn a_full_ext4_fails_unpack_import_and_bundle_create_cleanly_and_they_succeed_once_space_is_freed() {
+    // -m 0: no blocks reserved for root (kilnd runs as root and would use them).
+    full_loop_fs(FsKind::Ext4, 64, &["-m", "0"]);
+}
+
+#[test]
+fn a_full_xfs_fails_unpack_import_and_bundle_create_cleanly_and_they_succeed_once_space_is_freed() {
+    full_loop_fs(FsKind::Xfs, 300, &[]);
+}
+
+/// Inode exhaustion: an ext4 made with few inodes (`-N`), used up by ballast files to 20 free, under `kiln
+/// unpack` and kilnd's bundle create of a layer of 64 empty files; each succeeds once the ballast is removed.
+#[test]
+fn no_free_inodes_fails_unpack_and_bundle_create_cleanly_and_they_succeed_once_inodes_are_freed() {
+    let Some(fs) = LoopFs::new(FsKind::Ext4, 64, &["-m", "0", "-N", "512"]) else { return };
+    let src = common::scratch();
+    let layout = many_files(src.path(), 64);
+    let image = format!("{}:latest", layout.display());
+    let bundle = fs.path.join("bundle");
+    fs.fill_inodes_to(20);
+    let o = kiln(&["unpack", "--image", &image, path_str(&bundle)]);
+    assert!(!o.status.success(), "64 files with 20 inodes?");
+    assert_enospc(&stderr(&o), "many/f");
+    assert_eq!(fs.entries(""), Vec::<String>::new(), "nothing half-built stays");
+    fs.free();
+    let o = kiln(&["unpack", "--image", &image, path_str(&bundle)]);
+    assert!(o.status.success(), "once inodes are free: {}", stderr(&o));
+    assert!(bundle.join("rootfs/many/f063").is_file());
+    std::fs::remove_dir_all(&bundle).unwrap();
+
+    let k = Kilnd::start_on(&fs.path, &[]);
+    let o = k.kiln(&["image", "import", path_str(&layout), "--name", "many"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    fs.fill_inodes_to(20);
+    let o = k.kiln(&["bundle", "create", "b1", "--image", "many"]);
+    assert!(!o.status.success(), "a bundle of 64 files with 20 inodes?");
+    assert_enospc(&stderr(&o), "many/f");
+    kilnd_intact(&k, "", "b1", 0);
+    fs.free();
+    let o = k.kiln(&["bundle", "create", "b1", "--image", "many"]);
+    assert!(o.status.success(), "create once inodes are free: {}", stderr(&o));
+    assert!(k.state.join("bundles/b1/rootfs/many/f063").is_file());
 }
