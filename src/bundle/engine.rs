@@ -175,6 +175,10 @@ pub struct Engine {
     busy: Mutex<HashSet<String>>,
     idle: Condvar,
     recovery: Vec<String>,
+    /// Ids whose create failed and whose record its clean-up could not remove (meta.redb failing): the record
+    /// may be in the file all the same (a failed fsync says nothing of what was written). The next create of
+    /// the id takes it over instead of refusing it as existing.
+    abandoned: Mutex<HashSet<String>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -202,6 +206,9 @@ struct CreateGuard<'a> {
     dir: PathBuf,
     volumes: PathBuf,
     snapshot: Option<String>,
+    /// The id whose record was being written: a commit that failed may still have reached the file (an
+    /// fsync's EIO says nothing of what was written), so the record is removed too, first.
+    record: Option<String>,
     armed: bool,
 }
 
@@ -209,6 +216,11 @@ impl Drop for CreateGuard<'_> {
     fn drop(&mut self) {
         if !self.armed {
             return;
+        }
+        if let Some(id) = &self.record {
+            if self.engine.records.delete(id).is_err() {
+                self.engine.abandoned.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone());
+            }
         }
         let _ = self.engine.unmount_under(&self.dir);
         let _ = snapshot::copy::remove_tree(&self.dir);
@@ -256,6 +268,7 @@ impl Engine {
             busy: Mutex::new(HashSet::new()),
             idle: Condvar::new(),
             recovery,
+            abandoned: Mutex::new(HashSet::new()),
         };
         let more = engine.recover_bundles()?;
         engine.recovery.extend(more);
@@ -414,9 +427,17 @@ impl Engine {
             .map_err(|source| Error::Convert { id: sid.clone(), source })?;
         let _gc = self.gc_lock.read().unwrap_or_else(|p| p.into_inner());
         let _id = self.lock_id(id.as_str());
-        if self.record(&sid)?.is_some() {
-            return Err(Error::AlreadyExists { id: sid });
+        if let Some(b) = self.record(&sid)? {
+            let abandoned = self.abandoned.lock().unwrap_or_else(|p| p.into_inner()).contains(&sid);
+            if !abandoned && self.snapshots.stat(&b.snapshot).is_ok() {
+                return Err(Error::AlreadyExists { id: sid });
+            }
+            // No bundle: what a failed create left (its record commit failed, e.g. its fsync with EIO, and may
+            // have reached the file anyway; its clean-up could not remove it), or a record without its snapshot
+            // (which start-up drops too). Removed like the rest of a failed create below.
+            self.records.delete(&sid)?;
         }
+        self.abandoned.lock().unwrap_or_else(|p| p.into_inner()).remove(&sid);
         let unpack = self.unpacker.unpack(store, &image.layers)?;
         let key = format!("{SNAPSHOT_PREFIX}{id}");
         let dir = self.bundles_dir().join(id.as_str());
@@ -436,7 +457,14 @@ impl Engine {
         labels.insert("kiln.bundle".into(), sid.clone());
         let parent = image.chain_id().map(Digest::as_str);
         let mut guard =
-            CreateGuard { engine: self, dir: dir.clone(), volumes: volumes.clone(), snapshot: None, armed: true };
+            CreateGuard {
+            engine: self,
+            dir: dir.clone(),
+            volumes: volumes.clone(),
+            snapshot: None,
+            record: None,
+            armed: true,
+        };
         let mounts = self
             .snapshots
             .prepare(&key, parent, labels)
@@ -495,6 +523,7 @@ impl Engine {
                 limit: self.limits.max_record_bytes,
             });
         }
+        guard.record = Some(sid.clone());
         self.records.put(&sid, &value)?;
         guard.armed = false;
         let assemble::Assembly { conversion, fixes, .. } = assembly;
@@ -555,6 +584,7 @@ impl Engine {
             }
         }
         self.records.delete(id.as_str())?;
+        self.abandoned.lock().unwrap_or_else(|p| p.into_inner()).remove(id.as_str());
         self.unmount_under(&b.path)?;
         snapshot::copy::remove_tree(&b.path)?;
         snapshot::copy::remove_tree(&self.volumes_of(id.as_str()))?;
