@@ -300,13 +300,21 @@ impl Storage {
         let tmp = self.tmp_dir().join(id.to_string());
         let guard = RemoveOnDrop(Some(tmp.clone()));
         host::mkdir(&tmp, 0o700)?;
-        let tmp_fd = host::open_dir(&tmp)?;
-        let fs_dir = tree::mkdir_at(&tmp_fd, OsStr::new("fs"), 0o755)?;
-        sfs::fchmod(&fs_dir, 0o755)?;
-        fill(NewDir { dir: &tmp_fd, fs: &fs_dir, kind, parent })?;
-        sfs::syncfs(&tmp_fd)?;
         let dest = self.dir(id);
-        host::rename(&tmp, &dest)?;
+        (|| -> Result<()> {
+            let tmp_fd = host::open_dir(&tmp)?;
+            let fs_dir = tree::mkdir_at(&tmp_fd, OsStr::new("fs"), 0o755)?;
+            sfs::fchmod(&fs_dir, 0o755)?;
+            fill(NewDir { dir: &tmp_fd, fs: &fs_dir, kind, parent })?;
+            sfs::syncfs(&tmp_fd)?;
+            host::rename(&tmp, &dest)?;
+            Ok(())
+        })()
+        // The calls on descriptors print only their numbers: say which directory was being built.
+        .map_err(|e| match e {
+            Error::Sys(source) => Error::In { path: tmp.clone(), source },
+            e => e,
+        })?;
         std::mem::forget(guard);
         let info = Info {
             key: key.to_owned(),
