@@ -547,8 +547,9 @@ impl Engine {
         Ok(out)
     }
 
-    /// Unmounts and removes bundle `id`: record first, then mounts, directory and snapshot (a crash in between
-    /// leaves pieces without a record, which [`open`](Self::open) removes). Refused with [`Error::InUse`]
+    /// Unmounts and removes bundle `id`: mounts, snapshot, directory, then the record (a failure in between
+    /// leaves the record, and the next delete finishes; a crash in between leaves a record that
+    /// [`open`](Self::open) restores as the bundle while its snapshot is there, and drops once it is gone). Refused with [`Error::InUse`]
     /// (nothing changed) while a process has its root in the rootfs or a mount namespace still mounts it — a
     /// container a runtime started from the bundle (see [`inuse`](super::inuse)).
     pub fn delete(&self, id: &BundleId) -> Result<()> {
@@ -583,15 +584,18 @@ impl Engine {
                 return Err(Error::InUse { id: id.to_string(), holders });
             }
         }
-        self.records.delete(id.as_str())?;
-        self.abandoned.lock().unwrap_or_else(|p| p.into_inner()).remove(id.as_str());
+        // The record goes last: every step before it can be done again, so a delete that fails midway (an
+        // unmount, an unlink, a rename failing) leaves the record, and the next delete finishes.
         self.unmount_under(&b.path)?;
+        match self.snapshots.remove(&b.snapshot) {
+            Err(snapshot::Error::NotFound { .. }) | Ok(()) => {}
+            Err(source) => return Err(Error::Snapshot { id: id.to_string(), source }),
+        }
         snapshot::copy::remove_tree(&b.path)?;
         snapshot::copy::remove_tree(&self.volumes_of(id.as_str()))?;
-        match self.snapshots.remove(&b.snapshot) {
-            Err(snapshot::Error::NotFound { .. }) | Ok(()) => Ok(()),
-            Err(source) => Err(Error::Snapshot { id: id.to_string(), source }),
-        }
+        self.records.delete(id.as_str())?;
+        self.abandoned.lock().unwrap_or_else(|p| p.into_inner()).remove(id.as_str());
+        Ok(())
     }
 
     /// Numbers for `System.Info`.
