@@ -363,3 +363,86 @@ fn bundle_create_fails_cleanly_under_eio_and_succeeds_once_the_fault_is_gone() {
     assert_eq!(observe(&k), before, "after a restart");
     fsck_clean(&k, "after a restart");
 }
+
+/// Bundle delete failing midway: the unmount, the removal of the bundle's files and of its writable snapshot
+/// (its rename into tmp/, the unlinks), the record's removal in meta.redb. The next delete (no fault) finishes:
+/// no record, directory, snapshot, mount or leftover in tmp/.
+#[test]
+fn bundle_delete_failing_midway_leaves_what_the_next_delete_finishes() {
+    if !common::require_root() || !common::require_tool("strace") {
+        return;
+    }
+    let k = Kilnd::start(&[]);
+    let src = common::scratch();
+    image(src.path(), 400);
+    ok(&k.kiln(&["image", "import", path_str(src.path()), "--name", "app"]), "import");
+    ok(&k.kiln(&["image", "pull", "app"]), "unpack");
+    let empty = observe(&k);
+    let meta = k.root.join("meta.redb");
+    let rootfs = k.state.join("bundles/b1/rootfs");
+    // (fault, a path the error names, whether the delete may have happened all the same)
+    let cases = [
+        (Case::new("umount2", "1+"), Some("rootfs"), false),
+        // The writable snapshot's files (moved into tmp/ first), at the first unlink and a later one.
+        (Case::new("unlinkat", "1+"), Some("/tmp/rm-"), false),
+        (Case::new("unlinkat", "3+"), Some("/tmp/rm-"), false),
+        (Case::new("rename", "1+"), Some("/snapshots/"), false),
+        (Case::new("pwrite64", "1+").on(&meta), Some("meta.redb"), false),
+        // The record's removal was written but its fsync failed: it may be gone (the next delete then says
+        // NOT_FOUND, and there is nothing left to remove).
+        (Case::new("fdatasync", "1").on(&meta), Some("meta.redb"), true),
+    ];
+    for (case, path, maybe_done) in cases {
+        ok(&k.kiln(&["bundle", "create", "b1", "--image", "app"]), "create");
+        assert!(rootfs.join("data/big").is_file());
+        case.fails(&k, &["bundle", "rm", "b1"], path);
+        fsck_clean(&k, &case.name());
+        let o = k.kiln(&["bundle", "rm", "b1"]);
+        if !(maybe_done && stderr(&o).contains("not found")) {
+            ok(&o, &format!("{}: the next delete", case.name()));
+        }
+        assert_intact(&k, &empty, &format!("{}: after the next delete", case.name()));
+        assert!(!k.state.join("bundles/b1").exists(), "{}", case.name());
+    }
+}
+
+/// `kiln system gc` failing midway: a snapshot's rename into tmp/, the unlinks of its files, a blob's unlink.
+/// The next collection (no fault) finishes: what it would remove is gone, the rest is intact.
+#[test]
+fn gc_failing_midway_leaves_what_the_next_collection_finishes() {
+    if !common::require_root() || !common::require_tool("strace") {
+        return;
+    }
+    let k = Kilnd::start(&[]);
+    let src = common::scratch();
+    image(src.path(), 500);
+    ok(&k.kiln(&["image", "import", path_str(src.path()), "--name", "keep"]), "import");
+    ok(&k.kiln(&["image", "pull", "keep"]), "unpack");
+    let kept = observe(&k);
+    for (n, case) in [Case::new("rename", "1+"), Case::new("unlinkat", "1+"), Case::new("unlinkat", "4+")]
+        .into_iter()
+        .enumerate()
+    {
+        let layout = src.path().join(format!("gone-{n}"));
+        image(&layout, 510 + n as u64);
+        ok(&k.kiln(&["image", "import", path_str(&layout), "--name", "gone"]), "import");
+        ok(&k.kiln(&["image", "pull", "gone"]), "unpack");
+        ok(&k.kiln(&["image", "rm", "gone"]), "rm");
+        // Blobs younger than GC's grace period are kept: make the removed image's look old.
+        for e in std::fs::read_dir(layout.join("blobs/sha256")).unwrap() {
+            let blob = k.content().join("blobs/sha256").join(e.unwrap().file_name());
+            let f = std::fs::File::options().write(true).open(&blob).unwrap();
+            f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3600)).unwrap();
+        }
+        case.fails(&k, &["system", "gc"], None);
+        fsck_clean(&k, &case.name());
+        let o = k.kiln(&["--json", "system", "gc"]);
+        ok(&o, &format!("{}: the next collection", case.name()));
+        assert_intact(&k, &kept, &format!("{}: after the next collection", case.name()));
+        let blobs = names(&k.content().join("blobs/sha256"));
+        for e in std::fs::read_dir(layout.join("blobs/sha256")).unwrap() {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            assert!(!blobs.contains(&name), "{}: blob {name} was not collected", case.name());
+        }
+    }
+}
