@@ -1,8 +1,43 @@
-//! Real disk faults (issue 16, item 2): a full filesystem (a size-capped tmpfs) and failing system calls
-//! (`strace -e inject=…:error=EIO`) under `kiln unpack` and under kilnd's import and bundle create. Each time
-//! the operation fails with a clear error naming the errno, the previous state is intact (store readable, no
-//! snapshot or bundle half made, nothing left in the ingest or temporary places, no mount left), and once the
-//! space is freed or the fault removed the same operation succeeds with no repair by hand.
+//! Real disk faults (issue 16, item 2): full filesystems (a size-capped tmpfs; a loop-mounted ext4 and xfs
+//! filled with `fallocate` ballast), inode exhaustion (an ext4 made with `-N`, its inodes used up by ballast
+//! files) and failing system calls (`strace -e inject=…:error=EIO`) under `kiln unpack` and kilnd; the faults
+//! injected into a running kilnd (`strace -f -p`, attached for one operation) are in `tests/kilnd_faults.rs`.
+//! Each time the operation fails with a clear error naming the errno (and the path, where it has one), the
+//! previous state is intact (store readable, `kiln system fsck` clean, no snapshot or bundle half made, nothing
+//! in `tmp/` or the ingest directory, no mount left), and once the space is freed or the fault removed the same
+//! operation succeeds with no repair by hand.
+//!
+//! # Fault matrix (operation × fault → outcome)
+//!
+//! "As before" = the state above; "then OK" = the same operation without the fault succeeds. `#N` is strace's
+//! `when=N` (per thread), `#N+` from the Nth call on; "on X" is `-P X`.
+//!
+//! | operation | fault | outcome |
+//! |---|---|---|
+//! | `kiln unpack` | 6 MiB tmpfs; ext4 / xfs with 4 MiB free; 8 MiB file | `ENOSPC` naming `data/big`; target dir gone; OK once resized / ballast freed |
+//! | `kiln unpack` | ext4 `-N 512`, 20 inodes free; 64 files | `ENOSPC` naming `many/fNNN`; target gone; OK once inodes freed |
+//! | `kiln unpack` | EIO: `pwrite64,write` #3, `mkdirat` #2, `fsync` #1, `rename` #1, `utimensat` #2 | EIO; target gone; then OK |
+//! | kilnd import | tmpfs / ext4 / xfs full | `ENOSPC`; as before (no image named, ingest empty); OK once there is room |
+//! | kilnd bundle create (unpacks) | tmpfs / ext4 / xfs full | `ENOSPC` naming `data/big`; as before; OK once there is room |
+//! | kilnd bundle create (unpacks) | ext4 inodes used up | `ENOSPC` naming `many/fNNN`; as before; OK once inodes freed |
+//! | import | `write` #2+ on the layer's ingest file | `blob sha256:…: write <ingest file>: EIO`; as before; then OK |
+//! | import | `fsync` on the layer's ingest file; every `fsync` | `fsync <file>: EIO`; as before; then OK |
+//! | import | `rename` #1 on the layer's ingest file; `rename` #4 (index.json) | `rename(<from>, <to>): EIO`; as before (blobs already in `blobs/` stay, unnamed, for GC); then OK |
+//! | registry pull | `write` #2+, `fsync,fdatasync`, `rename` on the layer's `.partial` | EIO naming the file; as before but for the partial blob, kept by design for the next pull to resume; next pull OK, ingest empty |
+//! | registry pull | every `pwrite64` / `mkdirat` / `fsetxattr` (the unpack) | EIO naming the entry (`etc/hostname`, `data/tagged`) or `tmp/N`; the image stays fetched (whole, verified), no snapshot; next pull unpacks. (One EIO in an overlay extraction is retried through a mount of the parents by design, hence every call) |
+//! | bundle create | every `mount` | `mount("overlay" -> …/rootfs, …): EIO`; as before; then OK |
+//! | bundle create | `mkdirat` #1; every `mkdirat` on the rootfs | EIO naming `tmp/N` / `rootfs/dev`; as before; then OK |
+//! | bundle create | `fsync` #1; `rename` #1, #2 | EIO naming `config.json`'s temp file, `snapshots/N`, `config.json`; as before; then OK |
+//! | bundle create | `pwrite64` #1 / `fdatasync` #1 on meta.redb | "its record change was not written … meta.redb: I/O error"; as before; then OK (**fixed**: redb failed every later call until a restart; and a failed fsync's record stayed, naming a removed snapshot) |
+//! | bundle create | every `pwrite64` / `fdatasync` on meta.redb | the same error; the writable snapshot `bundle/b1` and/or the record may stay (the clean-up's own record changes fail; what a failed fsync wrote may be in the file), no directory; the next create of b1 takes them over (**fixed**: it said ALREADY_EXISTS) |
+//! | bundle create of an image not unpacked | every `pwrite64`; `mkdirat` #2+; every `rename` | EIO naming the entry or `tmp/N`; as before; then OK; a restart's recovery then changes nothing |
+//! | bundle delete | every `umount2` | `umount2(…/rootfs, MNT_DETACH): EIO`; the bundle is still there; the next delete finishes (**fixed**: the record went first, the next delete said NOT_FOUND and left mount, directory and snapshot) |
+//! | bundle delete | `unlinkat` #1+, #3+ | EIO naming `tmp/rm-N`; the next delete finishes, tmp/ swept (**fixed**: the half-removed directory stayed in tmp/ until a restart) |
+//! | bundle delete | every `rename` (snapshot → tmp/) | `rename(snapshots/N, tmp/rm-N): EIO`; the next delete finishes |
+//! | bundle delete | every `pwrite64` on meta.redb | record error; bundle record kept (everything else removed); the next delete finishes |
+//! | bundle delete | `fdatasync` #1 on meta.redb | record error; the removal may have reached the file: the next delete then says NOT_FOUND, nothing left |
+//! | GC | every `rename` | `rename(snapshots/N, tmp/rm-N): EIO`; the snapshot stays whole; the next GC removes it (**fixed**: the record went first and the directory stayed for good) |
+//! | GC | `unlinkat` #1+, #4+ | EIO naming `tmp/rm-N`; the next GC (its cleanup) removes the rest, blobs too |
 #![allow(clippy::disallowed_methods)] // tests build fixtures and inspect results by path
 
 mod common;
@@ -219,7 +254,8 @@ fn kilnd_intact(k: &Kilnd, name: &str, id: &str, snapshots: u64) {
     assert!(!String::from_utf8_lossy(&bundles.stdout).contains(id), "no bundle record {id}");
     assert_eq!(k.snapshot_count(), snapshots, "no snapshot half made");
     assert!(k.ingest_empty(), "nothing left in the ingest directory");
-    let tmp: Vec<_> = std::fs::read_dir(k.root.join("tmp")).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    let tmp: Vec<_> =
+        std::fs::read_dir(k.root.join("tmp")).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
     assert!(tmp.is_empty(), "left in tmp/: {tmp:?}");
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     for dir in [&k.root, &k.state] {

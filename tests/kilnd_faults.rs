@@ -1,7 +1,7 @@
 //! Failing system calls inside kilnd (issue 16, item 2): `strace -f -p` attached to the running daemon for one
 //! operation's window (`-e inject=SYSCALL:error=EIO:when=N`, narrowed with `-P PATH` to the file the operation
-//! writes where the call is also made for other files), then detached. The fault matrix is at the top of
-//! `tests/disk_faults.rs`; each row here is one `Case`.
+//! writes where the call is also made for other files), then detached. The fault matrix (operation × fault →
+//! outcome) is at the top of `tests/disk_faults.rs`; each of its kilnd rows is a `Case` here.
 //!
 //! For each: the operation fails naming the errno (and the path, where it has one); the state from before is
 //! intact (the same images, bundles, snapshot directories and mounts under the root and the state directory,
@@ -17,9 +17,9 @@ use std::process::Output;
 
 use common::daemon::{path_str, Kilnd};
 use common::faults::Inject;
-use common::registry::{self, Registry};
 use common::layer::{noise, sha256, Compression, LayerBuilder};
 use common::layout::{single_image, ImageSpec};
+use common::registry::{self, Registry};
 
 /// A one-layer image (a 1 MiB file, a file with an xattr, a few directories) made with `seed` in a layout at
 /// `dir`; returns the layer's digest (hex).
@@ -159,7 +159,11 @@ impl Case {
         inject.assert_injected();
         assert!(!o.status.success(), "{}: {args:?} succeeded:\n{}", self.name(), inject.trace());
         let e = stderr(&o);
-        assert!(e.contains("EIO") || e.contains("Input/output error"), "{}: {args:?}: names the errno: {e}", self.name());
+        assert!(
+            e.contains("EIO") || e.contains("Input/output error"),
+            "{}: {args:?}: names the errno: {e}",
+            self.name()
+        );
         if let Some(p) = path {
             assert!(e.contains(p), "{}: {args:?}: names the path {p}: {e}", self.name());
         }
@@ -255,7 +259,8 @@ fn pull_from_a_registry_fails_cleanly_under_eio_and_succeeds_once_the_fault_is_g
         let reference = reg.push(&layout, "v1", &repo, "v1");
         let origin = &sha256(format!("{}/{repo}", reg.host).as_bytes())["sha256:".len()..][..16];
         let partial = format!("sha256-{hex}-{origin}.partial");
-        let case = if download { Case::new(syscalls, when).on(ingest.join(&partial)) } else { Case::new(syscalls, when) };
+        let case =
+            if download { Case::new(syscalls, when).on(ingest.join(&partial)) } else { Case::new(syscalls, when) };
         let before = observe(&k);
         let args = ["image", "pull", &reference];
         let shown = if syscalls == "write" { format!("write {}", path_str(&ingest.join(&partial))) } else { hex };
@@ -419,9 +424,8 @@ fn gc_failing_midway_leaves_what_the_next_collection_finishes() {
     ok(&k.kiln(&["image", "import", path_str(src.path()), "--name", "keep"]), "import");
     ok(&k.kiln(&["image", "pull", "keep"]), "unpack");
     let kept = observe(&k);
-    for (n, case) in [Case::new("rename", "1+"), Case::new("unlinkat", "1+"), Case::new("unlinkat", "4+")]
-        .into_iter()
-        .enumerate()
+    for (n, case) in
+        [Case::new("rename", "1+"), Case::new("unlinkat", "1+"), Case::new("unlinkat", "4+")].into_iter().enumerate()
     {
         let layout = src.path().join(format!("gone-{n}"));
         image(&layout, 510 + n as u64);

@@ -456,8 +456,7 @@ impl Engine {
         let mut labels = snapshot::Labels::new();
         labels.insert("kiln.bundle".into(), sid.clone());
         let parent = image.chain_id().map(Digest::as_str);
-        let mut guard =
-            CreateGuard {
+        let mut guard = CreateGuard {
             engine: self,
             dir: dir.clone(),
             volumes: volumes.clone(),

@@ -187,7 +187,12 @@ impl Meta {
 
     /// Commits `txn` and keeps the journal: emptied by a durable commit, extended by a non-durable one. The
     /// journal's lock is held across the commit, so its order is the commits' order.
-    fn commit(&self, txn: redb::WriteTransaction, durable: bool, changes: Vec<(String, Option<Vec<u8>>)>) -> Result<()> {
+    fn commit(
+        &self,
+        txn: redb::WriteTransaction,
+        durable: bool,
+        changes: Vec<(String, Option<Vec<u8>>)>,
+    ) -> Result<()> {
         let mut journal = self.journal.lock().unwrap_or_else(PoisonError::into_inner);
         txn.commit().map_err(|e| self.error(e))?;
         if durable {

@@ -502,8 +502,7 @@ impl Storage {
                 let all = self.meta.snapshots()?;
                 let mut children: Vec<&str> =
                     all.values().filter(|i| i.parent.as_deref() == Some(key)).map(|i| i.key.as_str()).collect();
-                children
-                    .extend(st.pending.iter().filter(|(_, p)| p.as_deref() == Some(key)).map(|(k, _)| k.as_str()));
+                children.extend(st.pending.iter().filter(|(_, p)| p.as_deref() == Some(key)).map(|(k, _)| k.as_str()));
                 if !children.is_empty() {
                     return Err(Error::HasChildren { key: key.to_owned(), children: children.join(", ") });
                 }
