@@ -177,6 +177,10 @@ pub struct Engine {
     recovery: Vec<String>,
     /// Passes over `/proc` for the in-use check, shared by concurrent deletes.
     censuses: super::inuse::Censuses,
+    /// Ids whose create failed and whose record its clean-up could not remove (meta.redb failing): the record
+    /// may be in the file all the same (a failed fsync says nothing of what was written). The next create of
+    /// the id takes it over instead of refusing it as existing.
+    abandoned: Mutex<HashSet<String>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -204,6 +208,9 @@ struct CreateGuard<'a> {
     dir: PathBuf,
     volumes: PathBuf,
     snapshot: Option<String>,
+    /// The id whose record was being written: a commit that failed may still have reached the file (an
+    /// fsync's EIO says nothing of what was written), so the record is removed too, first.
+    record: Option<String>,
     armed: bool,
 }
 
@@ -211,6 +218,11 @@ impl Drop for CreateGuard<'_> {
     fn drop(&mut self) {
         if !self.armed {
             return;
+        }
+        if let Some(id) = &self.record {
+            if self.engine.records.delete(id).is_err() {
+                self.engine.abandoned.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone());
+            }
         }
         let _ = self.engine.take_down(&self.dir);
         let _ = snapshot::copy::remove_tree(&self.volumes);
@@ -258,6 +270,7 @@ impl Engine {
             idle: Condvar::new(),
             recovery,
             censuses: Default::default(),
+            abandoned: Mutex::new(HashSet::new()),
         };
         let more = engine.recover_bundles()?;
         engine.recovery.extend(more);
@@ -413,9 +426,17 @@ impl Engine {
             .map_err(|source| Error::Convert { id: sid.clone(), source })?;
         let _gc = self.gc_lock.read().unwrap_or_else(|p| p.into_inner());
         let _id = self.lock_id(id.as_str());
-        if self.record(&sid)?.is_some() {
-            return Err(Error::AlreadyExists { id: sid });
+        if let Some(b) = self.record(&sid)? {
+            let abandoned = self.abandoned.lock().unwrap_or_else(|p| p.into_inner()).contains(&sid);
+            if !abandoned && self.snapshots.stat(&b.snapshot).is_ok() {
+                return Err(Error::AlreadyExists { id: sid });
+            }
+            // No bundle: what a failed create left (its record commit failed, e.g. its fsync with EIO, and may
+            // have reached the file anyway; its clean-up could not remove it), or a record without its snapshot
+            // (which start-up drops too). Removed like the rest of a failed create below.
+            self.records.delete(&sid)?;
         }
+        self.abandoned.lock().unwrap_or_else(|p| p.into_inner()).remove(&sid);
         let unpack = self.unpacker.unpack(store, &image.layers)?;
         let key = format!("{SNAPSHOT_PREFIX}{id}");
         let dir = self.bundles_dir().join(id.as_str());
@@ -433,8 +454,14 @@ impl Engine {
         let mut labels = snapshot::Labels::new();
         labels.insert("kiln.bundle".into(), sid.clone());
         let parent = image.chain_id().map(Digest::as_str);
-        let mut guard =
-            CreateGuard { engine: self, dir: dir.clone(), volumes: volumes.clone(), snapshot: None, armed: true };
+        let mut guard = CreateGuard {
+            engine: self,
+            dir: dir.clone(),
+            volumes: volumes.clone(),
+            snapshot: None,
+            record: None,
+            armed: true,
+        };
         let mounts = self
             .snapshots
             .prepare(&key, parent, labels)
@@ -493,6 +520,7 @@ impl Engine {
                 limit: self.limits.max_record_bytes,
             });
         }
+        guard.record = Some(sid.clone());
         self.records.put(&sid, &value)?;
         guard.armed = false;
         let assemble::Assembly { conversion, fixes, .. } = assembly;
@@ -516,8 +544,9 @@ impl Engine {
         Ok(out)
     }
 
-    /// Unmounts and removes bundle `id`: record first, then mounts, directory and snapshot (a crash in between
-    /// leaves pieces without a record, which [`open`](Self::open) removes). Refused with [`Error::InUse`]
+    /// Unmounts and removes bundle `id`: mounts, snapshot, directory, then the record (a failure in between
+    /// leaves the record, and the next delete finishes; a crash in between leaves a record that
+    /// [`open`](Self::open) restores as the bundle while its snapshot is there, and drops once it is gone). Refused with [`Error::InUse`]
     /// (nothing changed) while a process has its root in the rootfs or a mount namespace still mounts it — a
     /// container a runtime started from the bundle (see [`inuse`](super::inuse)).
     pub fn delete(&self, id: &BundleId) -> Result<()> {
@@ -553,13 +582,17 @@ impl Engine {
                 return Err(Error::InUse { id: id.to_string(), holders });
             }
         }
-        self.records.delete(id.as_str())?;
+        // The record goes last: every step before it can be done again, so a delete that fails midway (an
+        // unmount, an unlink, a rename failing) leaves the record, and the next delete finishes.
         self.take_down(&b.path)?;
-        snapshot::copy::remove_tree(&self.volumes_of(id.as_str()))?;
         match self.snapshots.remove(&b.snapshot) {
-            Err(snapshot::Error::NotFound { .. }) | Ok(()) => Ok(()),
-            Err(source) => Err(Error::Snapshot { id: id.to_string(), source }),
+            Err(snapshot::Error::NotFound { .. }) | Ok(()) => {}
+            Err(source) => return Err(Error::Snapshot { id: id.to_string(), source }),
         }
+        snapshot::copy::remove_tree(&self.volumes_of(id.as_str()))?;
+        self.records.delete(id.as_str())?;
+        self.abandoned.lock().unwrap_or_else(|p| p.into_inner()).remove(id.as_str());
+        Ok(())
     }
 
     /// Numbers for `System.Info`.

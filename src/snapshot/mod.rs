@@ -226,6 +226,9 @@ pub enum Error {
     Io { op: &'static str, path: PathBuf, source: io::Error },
     #[error(transparent)]
     Sys(#[from] SysError),
+    /// A system call on a descriptor inside `path` (the call alone names only the descriptor's number).
+    #[error("{path}: {source}", path = .path.display())]
+    In { path: PathBuf, source: SysError },
     #[error("metadata {path}: {source}", path = .path.display())]
     Meta { path: PathBuf, source: Box<redb::Error> },
     #[error("applying layer {digest} (diff_id {diff_id}): {source}")]
@@ -251,7 +254,7 @@ impl Error {
                 Some(libc::ENOSPC) | Some(libc::EDQUOT) => ErrorKind::ResourceExhausted,
                 _ => ErrorKind::Internal,
             },
-            Error::Sys(e) => e.kind(),
+            Error::Sys(e) | Error::In { source: e, .. } => e.kind(),
             Error::Meta { .. } | Error::Internal { .. } => ErrorKind::Internal,
             Error::Apply { source, .. } => source.kind(),
             Error::Flight { source, .. } => source.kind(),

@@ -45,6 +45,17 @@ struct State {
     /// Usage measured on an active snapshot, reused by its commit (the unpacker measures in its parallel stage
     /// so that the in-order commits stay short).
     measured: HashMap<String, Usage>,
+    /// Directories in tmp/ a removal is deleting now: [`Storage::cleanup`] sweeps only the others (what a
+    /// removal that failed midway left).
+    trashing: HashSet<PathBuf>,
+}
+
+/// A system call's error made to name the directory it was made in (calls on descriptors print only numbers).
+fn in_dir(path: &Path, e: Error) -> Error {
+    match e {
+        Error::Sys(source) => Error::In { path: path.to_owned(), source },
+        e => e,
+    }
 }
 
 /// What a backend puts into a new snapshot's directory while it is still in `tmp/`.
@@ -116,7 +127,8 @@ impl Storage {
 
     /// Unmounts what a crash left mounted below `path`, then removes it.
     fn sweep(path: &Path) -> Result<()> {
-        Ok(crate::sys::mount::remove_tree_and_mounts(path, &crate::sys::mount::umount2)?)
+        crate::sys::mount::remove_tree_and_mounts(path, &crate::sys::mount::umount2)
+            .map_err(|e| in_dir(path, Error::Sys(e)))
     }
 
     /// Sweeps `tmp/`, drops records whose directory is gone (and records built on them), removes directories
@@ -185,13 +197,15 @@ impl Storage {
     }
 
     /// Removes the directories under `snapshots/` that no record owns and no snapshot being built will own
-    /// (containerd's `Cleaner`). Returns what it did, one line per action.
+    /// (containerd's `Cleaner`), and what removals that failed midway left in tmp/. Returns what it did, one
+    /// line per action.
     pub fn cleanup(&self) -> Result<Vec<String>> {
         let snaps = self.root.join("snapshots");
-        let orphans: Vec<PathBuf> = {
+        let (orphans, trash): (Vec<PathBuf>, Vec<PathBuf>) = {
             // Under the lock: an id is handed out and marked building in one step, so a directory renamed
             // into `snapshots/` a moment before its record is written is never taken for an orphan.
             let st = self.lock();
+            let left = self.left_trash(&st)?;
             let owned: HashSet<u64> = self.meta.snapshots()?.values().map(|i| i.id).collect();
             let mut out = Vec::new();
             for name in host::dir_names(&snaps)? {
@@ -204,19 +218,29 @@ impl Storage {
                     out.push(snaps.join(&name));
                 }
             }
-            out
+            (out, left)
         };
         let mut actions = Vec::new();
+        for path in trash {
+            Self::sweep(&path)?;
+            actions.push(format!("removed {}: left by a removal that failed", path.display()));
+        }
         for path in orphans {
             // Moved aside first: a concurrent remove of the same directory then finds it gone, not half-deleted.
             static NONCE: AtomicU64 = AtomicU64::new(0);
             let trash = self.tmp_dir().join(format!("cleanup-{}", NONCE.fetch_add(1, Ordering::Relaxed)));
-            match host::rename(&path, &trash) {
-                Ok(()) => {}
-                Err(e) if e.errno == nix::errno::Errno::ENOENT => continue,
-                Err(e) => return Err(e.into()),
+            {
+                let mut st = self.lock();
+                match host::rename(&path, &trash) {
+                    Ok(()) => {}
+                    Err(e) if e.errno == nix::errno::Errno::ENOENT => continue,
+                    Err(e) => return Err(e.into()),
+                }
+                st.trashing.insert(trash.clone());
             }
-            match Self::sweep(&trash) {
+            let swept = Self::sweep(&trash);
+            self.lock().trashing.remove(&trash);
+            match swept {
                 Ok(()) => actions.push(format!("removed {}: no record", path.display())),
                 Err(err) => actions.push(format!("could not remove {} (no record): {err}", path.display())),
             }
@@ -298,13 +322,18 @@ impl Storage {
         let tmp = self.tmp_dir().join(id.to_string());
         let guard = RemoveOnDrop(Some(tmp.clone()));
         host::mkdir(&tmp, 0o700)?;
-        let tmp_fd = host::open_dir(&tmp)?;
-        let fs_dir = tree::mkdir_at(&tmp_fd, OsStr::new("fs"), 0o755)?;
-        sfs::fchmod(&fs_dir, 0o755)?;
-        fill(NewDir { dir: &tmp_fd, fs: &fs_dir, kind, parent })?;
-        sfs::syncfs(&tmp_fd)?;
         let dest = self.dir(id);
-        host::rename(&tmp, &dest)?;
+        (|| -> Result<()> {
+            let tmp_fd = host::open_dir(&tmp)?;
+            let fs_dir = tree::mkdir_at(&tmp_fd, OsStr::new("fs"), 0o755)?;
+            sfs::fchmod(&fs_dir, 0o755)?;
+            fill(NewDir { dir: &tmp_fd, fs: &fs_dir, kind, parent })?;
+            sfs::syncfs(&tmp_fd)?;
+            host::rename(&tmp, &dest)?;
+            Ok(())
+        })()
+        // The calls on descriptors print only their numbers: say which directory was being built.
+        .map_err(|e| in_dir(&tmp, e))?;
         std::mem::forget(guard);
         let info = Info {
             key: key.to_owned(),
@@ -440,58 +469,105 @@ impl Storage {
         Ok(info)
     }
 
-    /// Removes `key`: record first, then its directory (unless another record names it, see
-    /// [`alias`](Self::alias)). A committed snapshot with children (recorded or being built) is refused.
+    /// Removes `key`: its directory moved into tmp/, then its record, then the directory's files (unless another
+    /// record names the directory, see [`alias`](Self::alias)). A committed snapshot with children (recorded or
+    /// being built) is refused.
     pub fn remove(&self, key: &str) -> Result<()> {
-        let (info, shared) = {
-            let st = self.lock();
+        let r = self.remove_one(key);
+        // And what an earlier removal that failed midway left (its record is gone: a delete or a collection
+        // trying again finds nothing to remove), so that the next one finishes it. One directory read; a
+        // leftover that cannot be removed now is only reported (cleanup, which every GC runs, fails on it).
+        if !matches!(&r, Err(Error::HasChildren { .. })) {
+            let left = self.left_trash(&self.lock()).unwrap_or_default();
+            for path in left {
+                if let Err(e) = Self::sweep(&path) {
+                    tracing::warn!(path = %path.display(), error = %e, "could not remove what a failed removal left");
+                }
+            }
+        }
+        r
+    }
+
+    fn remove_one(&self, key: &str) -> Result<()> {
+        let trash = {
+            let mut st = self.lock();
             let info = self.get(key)?;
             // Only a committed snapshot can be a parent (`committed_parent`) or have a second name (`alias`):
             // an active or a view (every bundle's) is removed without reading and decoding every record, which
             // made each bundle delete cost more the more bundles there were, under this lock.
-            if info.kind != Kind::Committed {
-                self.meta.write_with(false, |w| w.delete_snapshot(key))?;
-                drop(st);
-                return self.remove_dir(key, &info, false);
+            let shared = if info.kind != Kind::Committed {
+                false
+            } else {
+                let all = self.meta.snapshots()?;
+                let mut children: Vec<&str> =
+                    all.values().filter(|i| i.parent.as_deref() == Some(key)).map(|i| i.key.as_str()).collect();
+                children.extend(st.pending.iter().filter(|(_, p)| p.as_deref() == Some(key)).map(|(k, _)| k.as_str()));
+                if !children.is_empty() {
+                    return Err(Error::HasChildren { key: key.to_owned(), children: children.join(", ") });
+                }
+                all.values().any(|i| i.id == info.id && i.key != key)
+            };
+            // The directory is moved into tmp/ before the record goes: a rename that fails (EIO) leaves the
+            // snapshot whole, record and all, for the next removal; a crash after it leaves a record without a
+            // directory, which recovery drops. A directory left in tmp/ by a removal that failed later is
+            // removed by the next cleanup (every GC runs one) or at start-up.
+            let trash = if shared { None } else { Some(self.trash(&mut st, &info)?) };
+            if let Err(e) = self.meta.write_with(false, |w| w.delete_snapshot(key)) {
+                if let Some(t) = &trash {
+                    // The record still names the directory: back into place.
+                    let _ = host::rename(t, &self.dir(info.id));
+                    st.trashing.remove(t);
+                }
+                return Err(e);
             }
-            let all = self.meta.snapshots()?;
-            let mut children: Vec<&str> =
-                all.values().filter(|i| i.parent.as_deref() == Some(key)).map(|i| i.key.as_str()).collect();
-            children.extend(st.pending.iter().filter(|(_, p)| p.as_deref() == Some(key)).map(|(k, _)| k.as_str()));
-            if !children.is_empty() {
-                return Err(Error::HasChildren { key: key.to_owned(), children: children.join(", ") });
-            }
-            let shared = all.values().any(|i| i.id == info.id && i.key != key);
-            self.meta.write_with(false, |w| w.delete_snapshot(key))?;
-            (info, shared)
+            st.measured.remove(key);
+            trash
         };
-        self.remove_dir(key, &info, shared)
+        let Some(trash) = trash else { return Ok(()) };
+        let r = Self::sweep(&trash);
+        self.lock().trashing.remove(&trash);
+        r
     }
 
-    /// The rest of [`remove`](Self::remove) once `key`'s record is gone: its directory, unless `shared` with
-    /// another record.
-    fn remove_dir(&self, key: &str, info: &Info, shared: bool) -> Result<()> {
-        self.lock().measured.remove(key);
-        if shared {
-            return Ok(());
-        }
+    /// The directories removals moved into tmp/ and did not finish (they failed midway), those being removed
+    /// now left out.
+    fn left_trash(&self, st: &State) -> Result<Vec<PathBuf>> {
+        let tmp = self.tmp_dir();
+        Ok(host::dir_names(&tmp)?
+            .into_iter()
+            .filter(|n| n.to_str().is_some_and(|n| n.starts_with("rm-") || n.starts_with("cleanup-")))
+            .map(|n| tmp.join(n))
+            .filter(|p| !st.trashing.contains(p))
+            .collect())
+    }
+
+    /// Moves snapshot `info`'s directory to `tmp/rm-<id>` (unmounting what a crash left mounted inside, e.g. an
+    /// unpack's mount of its parents), marked as being removed; returns where it is now.
+    fn trash(&self, st: &mut State, info: &Info) -> Result<PathBuf> {
         let dir = self.dir(info.id);
-        // A crash may have left something mounted inside (an unpack's mount of its parents): it moves with the
-        // directory, and comes off before the tree is removed.
         let trash = self.tmp_dir().join(format!("rm-{}", info.id));
+        // What an earlier removal of this directory left there (it failed midway) goes first.
+        if host::exists(&trash) && !st.trashing.contains(&trash) {
+            Self::sweep(&trash)?;
+        }
+        // What a crash left mounted inside moves with the directory and comes off before its tree is removed
+        // (the mount table is not read for the usual case of nothing mounted); only a directory that is itself a
+        // mount point cannot be renamed.
         let mut renamed = host::rename(&dir, &trash);
         if renamed.as_ref().is_err_and(|e| e.errno == nix::errno::Errno::EBUSY) {
-            // The directory itself is a mount point.
             for m in crate::sys::mount::mount_points_under(&dir) {
                 crate::sys::mount::umount2(&m)?;
             }
             renamed = host::rename(&dir, &trash);
         }
         match renamed {
-            Ok(()) => Ok(crate::sys::mount::remove_tree_and_mounts(&trash, &crate::sys::mount::umount2)?),
-            Err(e) if e.errno == nix::errno::Errno::ENOENT => Ok(()),
-            Err(e) => Err(e.into()),
+            Ok(()) => {}
+            // Gone already (a crash between the rename and the record's removal); nothing to remove.
+            Err(e) if e.errno == nix::errno::Errno::ENOENT => return Ok(trash),
+            Err(e) => return Err(e.into()),
         }
+        st.trashing.insert(trash.clone());
+        Ok(trash)
     }
 
     pub fn walk(&self) -> Result<Vec<Info>> {

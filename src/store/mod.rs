@@ -101,9 +101,10 @@ impl Error {
                 nix::errno::Errno::EINVAL | nix::errno::Errno::ELOOP | nix::errno::Errno::EXDEV => ErrorKind::Corrupt,
                 _ => source.kind(),
             },
-            Error::Io { source, .. } => match digest::Error::from_io(source) {
-                Some(d) => d.kind(),
-                None => ErrorKind::Internal,
+            Error::Io { source, .. } => match (digest::Error::from_io(source), source.raw_os_error()) {
+                (Some(d), _) => d.kind(),
+                (None, Some(libc::ENOSPC) | Some(libc::EDQUOT)) => ErrorKind::ResourceExhausted,
+                (None, _) => ErrorKind::Internal,
             },
         }
     }

@@ -46,6 +46,23 @@ fn sys_err(what: impl Into<String>) -> impl FnOnce(sys::SysError) -> Error {
     move |source| Error::Sys { what, source }
 }
 
+/// Where a [`copy_into`] failed: reading the source (its verification included) or writing the file.
+enum CopyError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+impl CopyError {
+    /// The store's error: a read names the blob `what`, a write the file `to` (a disk's EIO or ENOSPC is not the
+    /// source's fault).
+    fn into_error(self, what: &str, to: &Path) -> Error {
+        match self {
+            CopyError::Read(e) => Error::from_read(what.to_owned(), e),
+            CopyError::Write(source) => Error::Io { what: format!("{what}: write {}", to.display()), source },
+        }
+    }
+}
+
 /// `io::copy` that does not write the first `skip` bytes (the file has them already) and tells `p` after each
 /// write how many bytes are in the file (a follower reads them at once). Returns the bytes read.
 fn copy_into(
@@ -54,7 +71,7 @@ fn copy_into(
     mut skip: u64,
     p: Option<&Publishing>,
     fresh: &std::cell::Cell<u64>,
-) -> io::Result<u64> {
+) -> std::result::Result<u64, CopyError> {
     let mut buf = vec![0u8; 256 << 10];
     let mut total = 0u64;
     loop {
@@ -62,11 +79,11 @@ fn copy_into(
             Ok(0) => return Ok(total),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+            Err(e) => return Err(CopyError::Read(e)),
         };
         let kept = skip.min(n as u64) as usize;
         skip -= kept as u64;
-        to.write_all(&buf[kept..n])?;
+        to.write_all(&buf[kept..n]).map_err(CopyError::Write)?;
         fresh.set(fresh.get() + (n - kept) as u64);
         total += n as u64;
         if let Some(p) = p {
@@ -294,11 +311,11 @@ impl LayoutWriter {
     /// The last steps of every put, once `file` (at `from`) holds the verified blob: synced, renamed into
     /// `dir` as `digest`, `dir` synced.
     fn end_put(&self, file: &mut File, from: &Path, digest: &Digest, dir: &Path) -> Result<()> {
-        file.flush().and_then(|()| file.sync_all()).map_err(io_err(from.display().to_string()))?;
+        file.flush().and_then(|()| file.sync_all()).map_err(io_err(format!("fsync {}", from.display())))?;
         let dest = self.store.blob_path(digest);
         sys::host::rename(from, &dest).map_err(sys_err(dest.display().to_string()))?;
         let dfd = sys::host::open_dir(dir).map_err(sys_err(dir.display().to_string()))?;
-        File::from(dfd).sync_all().map_err(io_err(dir.display().to_string()))
+        File::from(dfd).sync_all().map_err(io_err(format!("fsync {}", dir.display())))
     }
 
     /// Copies `reader`'s content into `blobs/` as the blob `digest` of `size` bytes, verified while written.
@@ -325,7 +342,7 @@ impl LayoutWriter {
         };
         let r = (|| {
             let copied = copy_into(&mut verifying, &mut file, 0, publishing.as_ref(), &Default::default())
-                .map_err(|e| Error::from_read(what.clone(), e))?;
+                .map_err(|e| e.into_error(&what, &tmp.0))?;
             self.end_put(&mut file, &tmp.0, digest, &dir)?;
             tmp.disarm();
             Ok(copied)
@@ -412,7 +429,7 @@ impl LayoutWriter {
         };
         let r = (|| -> Result<u64> {
             let total = copy_into(&mut verifying, &mut file, have, publishing.as_ref(), fresh)
-                .map_err(|e| Error::from_read(what.clone(), e))?;
+                .map_err(|e| e.into_error(&what, partial))?;
             self.end_put(&mut file, partial, digest, dir)?;
             Ok(total - have)
         })();

@@ -92,7 +92,10 @@ pub fn remove_file(path: &Path) -> Result<()> {
 
 /// `rename(from, to)`.
 pub fn rename(from: &Path, to: &Path) -> Result<()> {
-    std::fs::rename(from, to).map_err(io("rename", to))
+    std::fs::rename(from, to).map_err(|e| {
+        let errno = Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
+        SysError::new("rename", format!("{}, {}", quoted(from), quoted(to)), errno)
+    })
 }
 
 /// Reads a whole file the administrator named (a config file); links are followed, as for any config path.

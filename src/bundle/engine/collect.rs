@@ -102,6 +102,13 @@ impl Engine {
                 size: i.size,
             });
         }
+        if !dry_run {
+            // What a removal that failed midway left (a directory moved into tmp/ whose files could not all be
+            // unlinked, a directory without a record): this collection finishes it.
+            for action in self.snapshots.cleanup()? {
+                tracing::info!(%action, "gc");
+            }
+        }
         Ok(report)
     }
 }
