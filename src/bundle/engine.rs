@@ -584,11 +584,13 @@ impl Engine {
         }
         // The record goes last: every step before it can be done again, so a delete that fails midway (an
         // unmount, an unlink, a rename failing) leaves the record, and the next delete finishes.
-        self.take_down(&b.path)?;
+        let sys = |source| Error::Sys { id: b.path.display().to_string(), source };
+        self.mounter.unmount(&b.rootfs()).map_err(sys)?;
         match self.snapshots.remove(&b.snapshot) {
             Err(snapshot::Error::NotFound { .. }) | Ok(()) => {}
             Err(source) => return Err(Error::Snapshot { id: id.to_string(), source }),
         }
+        remove_tree_and_mounts(&b.path, &|m| self.mounter.unmount(m)).map_err(sys)?;
         snapshot::copy::remove_tree(&self.volumes_of(id.as_str()))?;
         self.records.delete(id.as_str())?;
         self.abandoned.lock().unwrap_or_else(|p| p.into_inner()).remove(id.as_str());
