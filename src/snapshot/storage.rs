@@ -4,9 +4,10 @@
 //! [`super::native`]) decides only what goes into a new snapshot's directory and which mounts show it.
 //!
 //! Every new snapshot is built in `<root>/tmp/N`, synced, renamed to `<root>/snapshots/N`, then recorded.
-//! Removal drops the record first, then moves the directory into `tmp/` and deletes it. So after a crash a
-//! directory may lack a record, or (after a power cut) a record may lack its directory; [`Storage::open`]
-//! repairs both.
+//! Removal moves the directory into `tmp/rm-N`, then drops the record, then deletes the directory (a rename that
+//! fails leaves the snapshot whole for the next removal; what a failed deletion leaves in `tmp/` is swept by the
+//! next removal, cleanup or start-up). So after a crash a record may lack its directory, or a directory its
+//! record; [`Storage::open`] repairs both.
 //!
 //! May use: `sys`, the snapshot module's types and [`super::copy`].
 
