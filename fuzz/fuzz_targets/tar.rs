@@ -2,6 +2,8 @@
 //! applier's (production `layer::Limits`, sparse maps read), the archive importer's (no sparse), and tiny
 //! caps that a small input can reach. Each cap is asserted to hold on what the reader hands out.
 #![no_main]
+// libfuzzer-sys's fuzz_target! writes files by path (its own, outside kiln).
+#![allow(clippy::disallowed_methods)]
 
 use kiln::layer::tar::{Kind, SparseLimits, TarLimits, TarReader};
 use libfuzzer_sys::fuzz_target;
