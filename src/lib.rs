@@ -16,6 +16,8 @@ pub mod convert;
 pub mod digest;
 pub mod error;
 pub mod facade;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gc;
 pub mod image;
 pub mod layer;

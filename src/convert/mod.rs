@@ -32,7 +32,7 @@ pub mod defaults;
 mod explain;
 mod input;
 mod mounts;
-mod user;
+pub(crate) mod user;
 pub mod userdb;
 
 use std::collections::BTreeMap;

@@ -13,6 +13,7 @@ mod names;
 mod platform;
 mod types;
 mod walk;
+pub(crate) use walk::{parse_config, parse_manifest};
 use walk::{read_image, Walk};
 
 use std::collections::HashSet;

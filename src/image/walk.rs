@@ -197,66 +197,15 @@ pub(super) fn read_image(
     wanted: &Platform,
     limits: &Limits,
 ) -> Result<ResolvedImage> {
-    let what = format!("manifest {}", desc.digest);
     let bytes = store.read_document(&desc)?;
-    let malformed = |reason: String| Error::Malformed { what: what.clone(), reason };
-    // D2 and B12: the expected type (the descriptor's) wins. The document's own claims are checked before
-    // typed parsing, so an index served where a manifest was announced is named as such.
-    #[derive(serde::Deserialize)]
-    struct Probe {
-        #[serde(rename = "mediaType", default)]
-        media_type: Option<String>,
-        #[serde(default)]
-        manifests: Option<serde::de::IgnoredAny>,
-        #[serde(default)]
-        layers: Option<serde::de::IgnoredAny>,
-    }
-    let probe: Probe = store::from_slice_strict(&bytes).map_err(malformed)?;
-    if let Some(mt) = &probe.media_type {
-        if !store::is_manifest_type(mt) || mt != &desc.media_type {
-            return Err(malformed(format!("mediaType {mt:?} differs from its descriptor's {:?}", desc.media_type)));
-        }
-    }
-    if probe.manifests.is_some() {
-        let reason = if probe.layers.is_some() {
-            "document has both \"layers\" and \"manifests\": ambiguous index/manifest"
-        } else {
-            "document is an index (has \"manifests\") but its descriptor announced a manifest"
-        };
-        return Err(malformed(reason.into()));
-    }
-    let manifest: Manifest = store::from_slice_strict(&bytes).map_err(malformed)?;
-    if manifest.schema_version != 2 {
-        return Err(malformed(format!("schemaVersion must be 2, got {}", manifest.schema_version)));
-    }
-    if let Some(t) = &manifest.artifact_type {
-        store::check_media_type(t).map_err(|r| malformed(format!("artifactType {t:?}: {r}")))?;
-    }
-    manifest.config.validate().map_err(|r| malformed(format!("config descriptor: {r}")))?;
-    for (i, l) in manifest.layers.iter().enumerate() {
-        l.validate().map_err(|r| malformed(format!("layers[{i}]: {r}")))?;
-    }
-
-    // D3: only image configs are parsed; any other config type is an artifact, listed but not runnable.
-    let config_type = manifest.config.media_type.as_str();
-    if config_type != store::MEDIA_TYPE_CONFIG && config_type != store::MEDIA_TYPE_DOCKER_CONFIG {
-        let kind = manifest.artifact_type.as_deref().unwrap_or(config_type);
-        return Err(Error::NotRunnable { digest: desc.digest.clone(), reason: format!("artifact of type {kind:?}") });
-    }
-    if manifest.layers.len() > limits.max_layers {
-        return Err(Error::TooManyLayers { what, count: manifest.layers.len(), limit: limits.max_layers });
-    }
-
-    let config_what = format!("config {}", manifest.config.digest);
+    let manifest = parse_manifest(&bytes, &desc, limits)?;
     let config_bytes = store.read_document(&manifest.config)?;
-    let config: ImageConfig = store::from_slice_strict(&config_bytes)
-        .map_err(|reason| Error::Malformed { what: config_what.clone(), reason })?;
-    validate_config(&config).map_err(|reason| Error::Malformed { what: config_what.clone(), reason })?;
+    let config = parse_config(&config_bytes, &manifest.config.digest)?;
 
     // D9: every layer needs its DiffID.
     if config.rootfs.diff_ids.len() != manifest.layers.len() {
         return Err(Error::Malformed {
-            what,
+            what: format!("manifest {}", desc.digest),
             reason: format!(
                 "{} layers but config {} lists {} rootfs.diff_ids",
                 manifest.layers.len(),
@@ -281,6 +230,70 @@ pub(super) fn read_image(
         platform: wanted.clone(),
         layers,
     })
+}
+
+/// Parses and validates the manifest document `bytes` that `desc` announced (D1–D8): strict JSON, its
+/// media type and shape against the descriptor's, schema version, descriptors, a runnable config type and the
+/// layer cap.
+pub(crate) fn parse_manifest(bytes: &[u8], desc: &Descriptor, limits: &Limits) -> Result<Manifest> {
+    let what = format!("manifest {}", desc.digest);
+    let malformed = |reason: String| Error::Malformed { what: what.clone(), reason };
+    // D2 and B12: the expected type (the descriptor's) wins. The document's own claims are checked before
+    // typed parsing, so an index served where a manifest was announced is named as such.
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(rename = "mediaType", default)]
+        media_type: Option<String>,
+        #[serde(default)]
+        manifests: Option<serde::de::IgnoredAny>,
+        #[serde(default)]
+        layers: Option<serde::de::IgnoredAny>,
+    }
+    let probe: Probe = store::from_slice_strict(bytes).map_err(malformed)?;
+    if let Some(mt) = &probe.media_type {
+        if !store::is_manifest_type(mt) || mt != &desc.media_type {
+            return Err(malformed(format!("mediaType {mt:?} differs from its descriptor's {:?}", desc.media_type)));
+        }
+    }
+    if probe.manifests.is_some() {
+        let reason = if probe.layers.is_some() {
+            "document has both \"layers\" and \"manifests\": ambiguous index/manifest"
+        } else {
+            "document is an index (has \"manifests\") but its descriptor announced a manifest"
+        };
+        return Err(malformed(reason.into()));
+    }
+    let manifest: Manifest = store::from_slice_strict(bytes).map_err(malformed)?;
+    if manifest.schema_version != 2 {
+        return Err(malformed(format!("schemaVersion must be 2, got {}", manifest.schema_version)));
+    }
+    if let Some(t) = &manifest.artifact_type {
+        store::check_media_type(t).map_err(|r| malformed(format!("artifactType {t:?}: {r}")))?;
+    }
+    manifest.config.validate().map_err(|r| malformed(format!("config descriptor: {r}")))?;
+    for (i, l) in manifest.layers.iter().enumerate() {
+        l.validate().map_err(|r| malformed(format!("layers[{i}]: {r}")))?;
+    }
+
+    // D3: only image configs are parsed; any other config type is an artifact, listed but not runnable.
+    let config_type = manifest.config.media_type.as_str();
+    if config_type != store::MEDIA_TYPE_CONFIG && config_type != store::MEDIA_TYPE_DOCKER_CONFIG {
+        let kind = manifest.artifact_type.as_deref().unwrap_or(config_type);
+        return Err(Error::NotRunnable { digest: desc.digest.clone(), reason: format!("artifact of type {kind:?}") });
+    }
+    if manifest.layers.len() > limits.max_layers {
+        return Err(Error::TooManyLayers { what, count: manifest.layers.len(), limit: limits.max_layers });
+    }
+    Ok(manifest)
+}
+
+/// Parses and validates the image configuration `bytes` (blob `digest`): strict JSON, E1, E2, E8.
+pub(crate) fn parse_config(bytes: &[u8], digest: &Digest) -> Result<ImageConfig> {
+    let what = format!("config {digest}");
+    let config: ImageConfig =
+        store::from_slice_strict(bytes).map_err(|reason| Error::Malformed { what: what.clone(), reason })?;
+    validate_config(&config).map_err(|reason| Error::Malformed { what, reason })?;
+    Ok(config)
 }
 
 /// E1, E2, E8 and the history consistency check (E9, warning only).
