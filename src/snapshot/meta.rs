@@ -107,7 +107,7 @@ impl Meta {
             .map_err(|e| Error::Meta { path: path.to_owned(), source: Box::new(e.into()) })?;
         if let Some(dir) = path.parent().filter(|d| new && !d.as_os_str().is_empty()) {
             // The new file's name, durable (the records in it are synced by redb; its entry in the root is not).
-            crate::sys::fs::fsync(crate::sys::host::open_dir(dir)?)?;
+            crate::sys::host::sync_dir(dir)?;
         }
         let meta = Meta {
             db: RwLock::new(Some(Arc::new(db))),
@@ -135,7 +135,7 @@ impl Meta {
     /// precede this transaction) can be made durable ahead of its directory's rename.
     fn sync_names(&self) -> Result<()> {
         if let Some(dir) = self.names.get() {
-            crate::sys::fs::fsync(crate::sys::host::open_dir(dir)?)?;
+            crate::sys::host::sync_dir(dir)?;
         }
         Ok(())
     }

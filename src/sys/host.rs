@@ -59,7 +59,7 @@ pub fn ensure_dir(dir: &Path, mode: u32) -> Result<()> {
     }
     for d in made {
         if let Some(parent) = d.parent().filter(|p| !p.as_os_str().is_empty()) {
-            sfs::fsync(open_dir(parent)?)?;
+            sync_dir(parent)?;
         }
     }
     let fd = sfs::openat(nix::fcntl::AT_FDCWD, dir.as_os_str(), OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0)
@@ -142,6 +142,12 @@ pub fn free_bytes(path: &Path) -> Result<u64> {
 /// Opens a directory kiln made, readable, `O_NOFOLLOW`.
 pub fn open_dir(dir: &Path) -> Result<OwnedFd> {
     sfs::openat(nix::fcntl::AT_FDCWD, dir.as_os_str(), OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0)
+}
+
+/// `fsync` of the directory `dir`: the entries made, renamed or removed in it become durable. A failure names
+/// the directory.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    sfs::fsync(open_dir(dir)?).map_err(|e| SysError::new("fsync", quoted(dir), e.errno))
 }
 
 /// `chmod` of what is at `path` (a socket, a directory) through an `O_PATH|O_NOFOLLOW` handle: a link planted
