@@ -82,3 +82,50 @@ fn kilnd_uses_extra_stores_and_gc_refuses_while_one_is_unreadable() {
     assert!(err.contains("cannot be read") && err.contains(path_str(&extra)), "{err}");
     assert_eq!(snapshots(), before, "nothing removed");
 }
+
+/// A resolution is reused only while no store's `index.json` changed (catalog.rs): a tag moved in place (the
+/// same size: digests are all as long), the image then imported into the content store ahead of the extra
+/// store, and its removal from there are each seen by the next resolve, also once the stamps are older than
+/// the racy window (so that the resolutions before were kept).
+#[test]
+fn a_kept_resolution_follows_every_change_of_a_stores_index() {
+    let d = common::scratch();
+    let (content, x1) = (d.path().join("content"), d.path().join("x1"));
+    let catalog = Catalog::open(&content, std::slice::from_ref(&x1), Duration::from_secs(1)).unwrap();
+    let found = |name: &str| {
+        let (opened, img) = catalog.resolve(&Reference::Name(name.into()), &ResolveOptions::default()).unwrap();
+        (opened.name, img.manifest_digest().to_string())
+    };
+    let settle = || std::thread::sleep(kiln::catalog::RACY + Duration::from_millis(200));
+    let x = path_str(&x1).to_owned();
+    let one = image(&x1, "app", b"one\n");
+    settle();
+    assert_eq!(found("app").1, one);
+    assert_eq!(found("app"), (x.clone(), one.clone()), "kept, and the same again");
+
+    // The tag moved to another image in place: index.json keeps its inode and its size.
+    let ino = std::fs::metadata(x1.join("index.json")).unwrap();
+    let two = image(&x1, "app", b"two\n");
+    let after = std::fs::metadata(x1.join("index.json")).unwrap();
+    assert_eq!(
+        (std::os::unix::fs::MetadataExt::ino(&ino), ino.len()),
+        (std::os::unix::fs::MetadataExt::ino(&after), after.len())
+    );
+    assert_ne!(one, two);
+    assert_eq!(found("app").1, two, "at once");
+    settle();
+    assert_eq!(found("app").1, two);
+
+    // The content store gets it: the content store comes first.
+    let three = image(&content, "app", b"three\n");
+    assert_eq!(found("app"), ("content".to_string(), three.clone()));
+    settle();
+    assert_eq!(found("app").1, three);
+
+    // Removed from the content store: the extra store's again.
+    std::fs::write(content.join("index.json"), br#"{"schemaVersion":2,"manifests":[]}"#).unwrap();
+    assert_eq!(found("app"), (x, two));
+    std::fs::write(x1.join("index.json"), br#"{"schemaVersion":2,"manifests":[]}"#).unwrap();
+    let e = catalog.resolve(&Reference::Name("app".into()), &ResolveOptions::default()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+}

@@ -209,6 +209,19 @@ impl Store {
         &self.root
     }
 
+    /// The same store on a duplicate of its directory descriptor (no file of the layout read again).
+    pub fn try_clone(&self) -> Result<Store> {
+        let dir = self.dir.try_clone().map_err(|e| Error::Sys {
+            what: self.root.display().to_string(),
+            source: sys::SysError::new(
+                "dup",
+                self.root.display().to_string(),
+                nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+            ),
+        })?;
+        Ok(Store { root: self.root.clone(), dir, limits: self.limits, creds: self.creds.clone() })
+    }
+
     pub fn limits(&self) -> Limits {
         self.limits
     }
