@@ -97,7 +97,8 @@ pub struct Process {
     pub mnt_ns: Option<(u64, u64)>,
 }
 
-/// Every process but this one, in pid order, with its root and mount namespace: three system calls per pid.
+/// Every process but this one, in pid order, with its root and mount namespace: two system calls per pid, three
+/// for one whose root is not this process's.
 /// Fails only when `/proc` itself cannot be listed.
 pub fn processes() -> Result<Vec<Process>> {
     let me = std::process::id() as i32;
@@ -109,14 +110,20 @@ pub fn processes() -> Result<Vec<Process>> {
         .filter(|&p| p != me)
         .collect();
     pids.sort_unstable();
-    let id = |p: String| nix::sys::stat::stat(p.as_str()).ok().map(|st| (st.st_dev, st.st_ino));
+    let id = |p: &str| nix::sys::stat::stat(p).ok().map(|st| (st.st_dev, st.st_ino));
+    // Most processes (kernel threads, the host's daemons) have this process's root directory as theirs: their
+    // root is `/`, and the readlink is spared.
+    let own_root = id("/");
     Ok(pids
         .into_iter()
-        .map(|pid| Process {
-            pid,
-            root: id(format!("/proc/{pid}/root")),
-            root_path: std::fs::read_link(format!("/proc/{pid}/root")).ok(),
-            mnt_ns: id(format!("/proc/{pid}/ns/mnt")),
+        .map(|pid| {
+            let root_link = format!("/proc/{pid}/root");
+            let root = id(&root_link);
+            let root_path = match root {
+                Some(r) if Some(r) == own_root => Some(PathBuf::from("/")),
+                _ => std::fs::read_link(&root_link).ok(),
+            };
+            Process { pid, root, root_path, mnt_ns: id(&format!("/proc/{pid}/ns/mnt")) }
         })
         .collect())
 }
