@@ -197,13 +197,15 @@ fn unpack_with_failing_system_calls_fails_cleanly_and_succeeds_without_the_fault
     let (layout, big) = image(src.path(), 1, 3);
     let image = format!("{}:latest", layout.display());
     let out = common::scratch();
-    // (syscalls, which call fails): the data of the big file, a directory, the config's fsync, the rename
-    // that publishes the bundle, the times of a file in the tree.
+    // (syscalls, which call fails): the data of the big file, a directory, the config's fsync, config.json's
+    // rename (`rename`) and the bundle's into place (`renameat2(RENAME_NOREPLACE)`: the two rename-family calls
+    // `strace -f -c` sees it make), the times of a file in the tree.
     let faults = [
         ("pwrite64,write", "when=3"),
         ("mkdirat", "when=2"),
         ("fsync,fdatasync", "when=1"),
-        ("rename,renameat2", "when=1"),
+        ("rename", "when=1"),
+        ("renameat2", "when=1"),
         ("utimensat", "when=2"),
     ];
     for (calls, when) in faults {
@@ -354,4 +356,95 @@ fn no_free_inodes_fails_unpack_and_bundle_create_cleanly_and_they_succeed_once_i
     let o = k.kiln(&["bundle", "create", "b1", "--image", "many"]);
     assert!(o.status.success(), "create once inodes are free: {}", stderr(&o));
     assert!(k.state.join("bundles/b1/rootfs/many/f063").is_file());
+}
+
+/// A layout of one image of `n` layers, each one small file of its own (`l/fNN`): `n + 2` blobs, an inode each.
+fn many_layers(dir: &Path, n: usize) -> PathBuf {
+    let layout = dir.join("layout");
+    let layers = (0..n)
+        .map(|i| {
+            let b = LayerBuilder::new().dir("l", 0o755).file(&format!("l/f{i:02}"), format!("{i}\n").as_bytes(), 0o644);
+            b.layer(Compression::Gzip)
+        })
+        .collect();
+    single_image(&layout, &ImageSpec::with_layers(layers), "latest");
+    layout
+}
+
+/// `kiln system fsck`: every unpacked chain is sound.
+fn fsck_clean(k: &Kilnd, what: &str) {
+    let o = k.kiln(&["--json", "system", "fsck"]);
+    assert!(o.status.success(), "{what}: fsck: {}", common::output(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for i in v["images"].as_array().unwrap() {
+        assert!(i["error"].is_null() && i["differences"].as_array().is_some_and(|d| d.is_empty()), "{what}: {v}");
+    }
+}
+
+/// Inode exhaustion under kilnd's import: its root on an ext4 made with `-N 512`, the inodes used up by ballast
+/// to 10 free, an image of 24 layers (26 blobs, each a file in the ingest directory, then in `blobs/`). The
+/// import fails naming ENOSPC and the ingest file it could not make; no image is named, nothing stays in the
+/// ingest directory (the blobs already renamed into `blobs/` stay, unnamed, for GC); once the ballast is gone
+/// the same import succeeds and the image unpacks.
+#[test]
+fn no_free_inodes_fails_kilnd_import_cleanly_and_it_succeeds_once_inodes_are_freed() {
+    let Some(fs) = LoopFs::new(FsKind::Ext4, 64, &["-m", "0", "-N", "512"]) else { return };
+    let src = common::scratch();
+    let layout = many_layers(src.path(), 24);
+    let k = Kilnd::start_on(&fs.path, &[]);
+    fs.fill_inodes_to(10);
+    let o = k.kiln(&["image", "import", path_str(&layout), "--name", "layers"]);
+    assert!(!o.status.success(), "26 blobs with 10 inodes?");
+    let e = stderr(&o);
+    assert_enospc(&e, ".kiln-ingest/sha256-");
+    eprintln!("import: {}", e.trim_end());
+    kilnd_intact(&k, "layers", "b1", 0);
+    fsck_clean(&k, "after the failed import");
+    fs.free();
+    let o = k.kiln(&["image", "import", path_str(&layout), "--name", "layers"]);
+    assert!(o.status.success(), "import once inodes are free: {}", stderr(&o));
+    let o = k.kiln(&["image", "pull", "layers"]);
+    assert!(o.status.success(), "unpack: {}", stderr(&o));
+    assert_eq!(k.snapshot_count(), 24);
+    fsck_clean(&k, "after all");
+}
+
+/// The same under a registry pull: each blob's partial file needs an inode. The pull fails naming ENOSPC and
+/// a partial file; only partial files (kept for the next pull to resume) stay in the ingest directory; once the
+/// ballast is gone the next pull succeeds and leaves the ingest directory empty.
+#[test]
+fn no_free_inodes_fails_a_registry_pull_cleanly_and_it_succeeds_once_inodes_are_freed() {
+    if !common::require_tool(common::registry::BINARY) || !common::require_tool("skopeo") {
+        return;
+    }
+    let Some(fs) = LoopFs::new(FsKind::Ext4, 64, &["-m", "0", "-N", "512"]) else { return };
+    let src = common::scratch();
+    let layout = many_layers(src.path(), 24);
+    let reg = common::registry::Registry::start();
+    let reference = reg.push(&layout, "latest", "faults/layers", "v1");
+    let k = Kilnd::start_on(&fs.path, &[]);
+    fs.fill_inodes_to(10);
+    let o = k.kiln(&["image", "pull", &reference]);
+    assert!(!o.status.success(), "26 blobs with 10 inodes?");
+    let e = stderr(&o);
+    assert_enospc(&e, ".partial");
+    eprintln!("pull: {}", e.trim_end());
+    let ls = k.kiln(&["--json", "image", "ls"]);
+    assert!(ls.status.success() && !String::from_utf8_lossy(&ls.stdout).contains("layers"), "{}", stderr(&ls));
+    let ingest = k.content().join(".kiln-ingest");
+    let left: Vec<String> = std::fs::read_dir(&ingest)
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    assert!(left.iter().all(|n| n.ends_with(".partial")), "only partial blobs stay: {left:?}");
+    assert_eq!(k.snapshot_count(), 0, "no snapshot");
+    let tmp: Vec<_> =
+        std::fs::read_dir(k.root.join("tmp")).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    assert!(tmp.is_empty(), "left in tmp/: {tmp:?}");
+    fsck_clean(&k, "after the failed pull");
+    fs.free();
+    let o = k.kiln(&["image", "pull", &reference]);
+    assert!(o.status.success(), "pull once inodes are free: {}", stderr(&o));
+    assert!(k.ingest_empty(), "the ingest directory is empty after the pull");
+    assert_eq!(k.snapshot_count(), 24);
+    fsck_clean(&k, "after all");
 }
