@@ -450,3 +450,77 @@ fn gc_failing_midway_leaves_what_the_next_collection_finishes() {
         }
     }
 }
+
+/// `kiln --json system fsck ARGS…`: (exit status, the document).
+fn fsck(k: &Kilnd, args: &[&str]) -> (bool, serde_json::Value) {
+    let o = k.kiln(&[&["--json", "system", "fsck"][..], args].concat());
+    let v = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", common::output(&o)));
+    (o.status.success(), v)
+}
+
+/// The snapshot directory (`snapshots/N`) that holds `rel` in its `fs/`, and the number the next one gets.
+fn snapshot_holding(k: &Kilnd, rel: &str) -> (PathBuf, u64) {
+    let ids: Vec<u64> = names(&k.root.join("snapshots")).iter().filter_map(|n| n.parse().ok()).collect();
+    let holding =
+        ids.iter().map(|i| k.root.join("snapshots").join(i.to_string())).find(|d| d.join("fs").join(rel).exists());
+    (holding.unwrap_or_else(|| panic!("no snapshot holds {rel}")), ids.iter().max().map_or(1, |m| m + 1))
+}
+
+/// `kiln system fsck --repair` failing midway: a chain damaged by hand (`etc/hostname` changed in its
+/// snapshot), then the repair's re-extraction made to fail (EIO, then ENOSPC, on the writes of `data/big` in the
+/// new snapshot; the check's own scratch copy is elsewhere and unaffected). The repair fails naming the errno
+/// and the file and never says repaired; fsck then never says the image is sound (its chain is gone: "not
+/// unpacked"); nothing stays in tmp/ or mounted; and a later `fsck --repair` of the image, without the fault,
+/// repairs it (**fixed**: it said "not unpacked (pull it first)").
+#[test]
+fn fsck_repair_failing_midway_never_says_repaired_and_a_later_repair_works() {
+    if !common::require_root() || !common::require_tool("strace") {
+        return;
+    }
+    let k = Kilnd::start(&[]);
+    let src = common::scratch();
+    image(src.path(), 600);
+    ok(&k.kiln(&["image", "import", path_str(src.path()), "--name", "app"]), "import");
+    ok(&k.kiln(&["image", "pull", "app"]), "unpack");
+    let good = std::fs::read(snapshot_holding(&k, "data/big").0.join("fs/data/big")).unwrap();
+    for (errno, when) in [("EIO", "1+"), ("ENOSPC", "2+")] {
+        let what = format!("pwrite64 {errno} when={when}");
+        let (dir, next) = snapshot_holding(&k, "etc/hostname");
+        std::fs::write(dir.join("fs/etc/hostname"), b"tampered\n").unwrap();
+        let (sound, v) = fsck(&k, &["app"]);
+        assert!(!sound && v["images"][0]["differences"].to_string().contains("etc/hostname"), "{what}: {v}");
+        let before = observe(&k);
+
+        let target = k.root.join("snapshots").join(next.to_string()).join("fs/data/big");
+        let mut inject = Inject::attach(k.pid(), "pwrite64", errno, when, &[&target]).expect("strace");
+        let (sound, v) = fsck(&k, &["--repair", "app"]);
+        inject.detach();
+        inject.assert_injected();
+        assert!(!sound, "{what}: the failed repair passed: {v}");
+        let item = &v["images"][0];
+        assert_eq!(item["repaired"], false, "{what}: {v}");
+        let error = item["error"].as_str().unwrap_or_default();
+        let named = if errno == "EIO" { "Input/output error" } else { "No space left" };
+        assert!((error.contains(errno) || error.contains(named)) && error.contains("data/big"), "{what}: {v}");
+        eprintln!("{what}: {error}");
+
+        // Never sound: the image named says what it lacks, the whole check does not pass it over as fine.
+        let (sound, v) = fsck(&k, &["app"]);
+        assert!(!sound && !v["images"][0]["error"].is_null(), "{what}: after the failed repair: {v}");
+        let mut now = observe(&k);
+        assert_eq!(now.images.len(), 1, "{what}: {now:?}");
+        assert!(now.images[0].ends_with("unpacked=false"), "{what}: {now:?}");
+        now.images = before.images.clone();
+        // The damaged chain's snapshot is gone; nothing else changed, nothing left in tmp/ or mounted.
+        now.snapshots.push(before.snapshots[0].clone());
+        assert_eq!(now, before, "{what}: after the failed repair");
+
+        let (sound, v) = fsck(&k, &["--repair", "app"]);
+        assert!(sound && v["images"][0]["repaired"] == true, "{what}: a repair without the fault: {v}");
+        let (dir, _) = snapshot_holding(&k, "data/big");
+        assert_eq!(std::fs::read(dir.join("fs/data/big")).unwrap(), good, "{what}");
+        assert_eq!(std::fs::read(dir.join("fs/etc/hostname")).unwrap(), b"kiln 600\n", "{what}");
+        fsck_clean(&k, &what);
+        assert_eq!(observe(&k).tmp, Vec::<String>::new(), "{what}");
+    }
+}
