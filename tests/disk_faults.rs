@@ -16,14 +16,18 @@
 //! |---|---|---|
 //! | `kiln unpack` | 6 MiB tmpfs; ext4 / xfs with 4 MiB free; 8 MiB file | `ENOSPC` naming `data/big`; target dir gone; OK once resized / ballast freed |
 //! | `kiln unpack` | ext4 `-N 512`, 20 inodes free; 64 files | `ENOSPC` naming `many/fNNN`; target gone; OK once inodes freed |
-//! | `kiln unpack` | EIO: `pwrite64,write` #3, `mkdirat` #2, `fsync` #1, `rename` #1, `utimensat` #2 | EIO; target gone; then OK |
+//! | `kiln unpack` | EIO: `pwrite64,write` #3, `mkdirat` #2, `fsync` #1, `rename` #1 (config.json), `renameat2` #1 (the bundle into place, `RENAME_NOREPLACE`), `utimensat` #2 | EIO; target gone; then OK |
 //! | kilnd import | tmpfs / ext4 / xfs full | `ENOSPC`; as before (no image named, ingest empty); OK once there is room |
 //! | kilnd bundle create (unpacks) | tmpfs / ext4 / xfs full | `ENOSPC` naming `data/big`; as before; OK once there is room |
 //! | kilnd bundle create (unpacks) | ext4 inodes used up | `ENOSPC` naming `many/fNNN`; as before; OK once inodes freed |
+//! | kilnd import | ext4 `-N 512`, 10 inodes free; 24 layers (26 blobs) | `ENOSPC` naming `.kiln-ingest/sha256-…`; as before (blobs already in `blobs/` stay, unnamed, for GC), fsck clean; OK once inodes freed, then unpacks |
+//! | registry pull | ext4 `-N 512`, 10 inodes free; 24 layers | `ENOSPC` naming `….partial`; only partial files stay; no image, no snapshot; OK once inodes freed, ingest empty |
 //! | import | `write` #2+ on the layer's ingest file | `blob sha256:…: write <ingest file>: EIO`; as before; then OK |
 //! | import | `fsync` on the layer's ingest file; every `fsync` | `fsync <file>: EIO`; as before; then OK |
 //! | import | `rename` #1 on the layer's ingest file; `rename` #4 (index.json) | `rename(<from>, <to>): EIO`; as before (blobs already in `blobs/` stay, unnamed, for GC); then OK |
 //! | registry pull | `write` #2+, `fsync,fdatasync`, `rename` on the layer's `.partial` | EIO naming the file; as before but for the partial blob, kept by design for the next pull to resume; next pull OK, ingest empty |
+//! | resuming registry pull (a `.partial` left by a pull the relay cut) | `openat` #1, `write` #1, #3, `fsync,fdatasync` #1, `rename` #1 on the `.partial` | EIO naming the file; no ref, no snapshot, the layer not in `blobs/`, fsck clean; the kept bytes stay and no request from byte 0 is made (**fixed**: a disk failure while resuming threw the partial away and fetched the blob again from its first byte, so one EIO on the open or the write went unnoticed and a lasting one lost the partial); next pull OK, byte-identical, resuming from the kept bytes (the whole again after a failed fsync / rename: a partial of the whole size is not resumed) |
+//! | resuming registry pull | ext4 filled to 4 MiB free, 8 MiB layer | `ENOSPC` naming the `.partial`; as above, the bytes written before the disk was full kept; OK once the ballast is freed, resuming from them, byte-identical |
 //! | registry pull | every `pwrite64` / `mkdirat` / `fsetxattr` (the unpack) | EIO naming the entry (`etc/hostname`, `data/tagged`) or `tmp/N`; the image stays fetched (whole, verified), no snapshot; next pull unpacks. (One EIO in an overlay extraction is retried through a mount of the parents by design, hence every call) |
 //! | bundle create | every `mount` | `mount("overlay" -> …/rootfs, …): EIO`; as before; then OK |
 //! | bundle create | `mkdirat` #1; every `mkdirat` on the rootfs | EIO naming `tmp/N` / `rootfs/dev`; as before; then OK |
@@ -38,6 +42,13 @@
 //! | bundle delete | `fdatasync` #1 on meta.redb | record error; the removal may have reached the file: the next delete then says NOT_FOUND, nothing left |
 //! | GC | every `rename` | `rename(snapshots/N, tmp/rm-N): EIO`; the snapshot stays whole; the next GC removes it (**fixed**: the record went first and the directory stayed for good) |
 //! | GC | `unlinkat` #1+, #4+ | EIO naming `tmp/rm-N`; the next GC (its cleanup) removes the rest, blobs too |
+//! | `kiln system fsck --repair` (a chain damaged by hand) | `pwrite64` #1+ EIO, #2+ ENOSPC (injected) on the re-extraction's `data/big` | `repair: … entry "data/big": write failed: <errno>`; never `repaired`; fsck of the image then says "not unpacked" (the damaged chain was removed), nothing in tmp/, no mount; a later `fsck --repair IMAGE` repairs it (**fixed**: it said "not unpacked (pull it first)") |
+//! | kilnd start-up after SIGKILL mid-unpack (`tmp/2` prepared, `snapshots/1` half extracted, its record not durable yet) | `unlinkat` #1+, #2 | kilnd starts, warning `could not sweep …/tmp/2` / `could not remove …/snapshots/1 (no record)` with the errno (**fixed**: logged at info); the next start removes both; then both pulls OK, fsck clean |
+//! | kilnd start-up, the same | `openat` #1+ on `tmp/` | kilnd exits: `preparing directories: open("…/tmp", …): EIO`; the next start cleans up fully |
+//!
+//! Rename-family calls (`strace -f -c -e trace=rename,renameat,renameat2`): `kiln unpack` makes one `rename`
+//! (config.json) and one `renameat2` (the bundle); kilnd only `rename` (std's, on x86_64): import 4 (config,
+//! layer, manifest, index.json), bundle create 2 (3 when it unpacks), delete 1, GC 1 per snapshot.
 #![allow(clippy::disallowed_methods)] // tests build fixtures and inspect results by path
 
 mod common;

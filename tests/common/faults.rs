@@ -219,6 +219,17 @@ impl Inject {
     }
 }
 
+impl Inject {
+    /// Kills strace (SIGKILL) and waits for it: for a traced process that was itself killed while a call of it is
+    /// held by a `delay_enter`, which strace 6.1 may never come back from to detach.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 impl Drop for Inject {
     fn drop(&mut self) {
         self.detach();
