@@ -16,14 +16,18 @@
 //! |---|---|---|
 //! | `kiln unpack` | 6 MiB tmpfs; ext4 / xfs with 4 MiB free; 8 MiB file | `ENOSPC` naming `data/big`; target dir gone; OK once resized / ballast freed |
 //! | `kiln unpack` | ext4 `-N 512`, 20 inodes free; 64 files | `ENOSPC` naming `many/fNNN`; target gone; OK once inodes freed |
-//! | `kiln unpack` | EIO: `pwrite64,write` #3, `mkdirat` #2, `fsync` #1, `rename` #1, `utimensat` #2 | EIO; target gone; then OK |
+//! | `kiln unpack` | EIO: `pwrite64,write` #3, `mkdirat` #2, `fsync` #1, `rename` #1 (config.json), `renameat2` #1 (the bundle into place, `RENAME_NOREPLACE`), `utimensat` #2 | EIO; target gone; then OK |
 //! | kilnd import | tmpfs / ext4 / xfs full | `ENOSPC`; as before (no image named, ingest empty); OK once there is room |
 //! | kilnd bundle create (unpacks) | tmpfs / ext4 / xfs full | `ENOSPC` naming `data/big`; as before; OK once there is room |
 //! | kilnd bundle create (unpacks) | ext4 inodes used up | `ENOSPC` naming `many/fNNN`; as before; OK once inodes freed |
+//! | kilnd import | ext4 `-N 512`, 10 inodes free; 24 layers (26 blobs) | `ENOSPC` naming `.kiln-ingest/sha256-…`; as before (blobs already in `blobs/` stay, unnamed, for GC), fsck clean; OK once inodes freed, then unpacks |
+//! | registry pull | ext4 `-N 512`, 10 inodes free; 24 layers | `ENOSPC` naming `….partial`; only partial files stay; no image, no snapshot; OK once inodes freed, ingest empty |
 //! | import | `write` #2+ on the layer's ingest file | `blob sha256:…: write <ingest file>: EIO`; as before; then OK |
 //! | import | `fsync` on the layer's ingest file; every `fsync` | `fsync <file>: EIO`; as before; then OK |
 //! | import | `rename` #1 on the layer's ingest file; `rename` #4 (index.json) | `rename(<from>, <to>): EIO`; as before (blobs already in `blobs/` stay, unnamed, for GC); then OK |
 //! | registry pull | `write` #2+, `fsync,fdatasync`, `rename` on the layer's `.partial` | EIO naming the file; as before but for the partial blob, kept by design for the next pull to resume; next pull OK, ingest empty |
+//! | resuming registry pull (a `.partial` left by a pull the relay cut) | `openat` #1, `write` #1, #3, `fsync,fdatasync` #1, `rename` #1 on the `.partial` | EIO naming the file; no ref, no snapshot, the layer not in `blobs/`, fsck clean; the kept bytes stay and no request from byte 0 is made (**fixed**: a disk failure while resuming threw the partial away and fetched the blob again from its first byte, so one EIO on the open or the write went unnoticed and a lasting one lost the partial); next pull OK, byte-identical, resuming from the kept bytes (the whole again after a failed fsync / rename: a partial of the whole size is not resumed) |
+//! | resuming registry pull | ext4 filled to 4 MiB free, 8 MiB layer | `ENOSPC` naming the `.partial`; as above, the bytes written before the disk was full kept; OK once the ballast is freed, resuming from them, byte-identical |
 //! | registry pull | every `pwrite64` / `mkdirat` / `fsetxattr` (the unpack) | EIO naming the entry (`etc/hostname`, `data/tagged`) or `tmp/N`; the image stays fetched (whole, verified), no snapshot; next pull unpacks. (One EIO in an overlay extraction is retried through a mount of the parents by design, hence every call) |
 //! | bundle create | every `mount` | `mount("overlay" -> …/rootfs, …): EIO`; as before; then OK |
 //! | bundle create | `mkdirat` #1; every `mkdirat` on the rootfs | EIO naming `tmp/N` / `rootfs/dev`; as before; then OK |
@@ -38,6 +42,13 @@
 //! | bundle delete | `fdatasync` #1 on meta.redb | record error; the removal may have reached the file: the next delete then says NOT_FOUND, nothing left |
 //! | GC | every `rename` | `rename(snapshots/N, tmp/rm-N): EIO`; the snapshot stays whole; the next GC removes it (**fixed**: the record went first and the directory stayed for good) |
 //! | GC | `unlinkat` #1+, #4+ | EIO naming `tmp/rm-N`; the next GC (its cleanup) removes the rest, blobs too |
+//! | `kiln system fsck --repair` (a chain damaged by hand) | `pwrite64` #1+ EIO, #2+ ENOSPC (injected) on the re-extraction's `data/big` | `repair: … entry "data/big": write failed: <errno>`; never `repaired`; fsck of the image then says "not unpacked" (the damaged chain was removed), nothing in tmp/, no mount; a later `fsck --repair IMAGE` repairs it (**fixed**: it said "not unpacked (pull it first)") |
+//! | kilnd start-up after SIGKILL mid-unpack (`tmp/2` prepared, `snapshots/1` half extracted, its record not durable yet) | `unlinkat` #1+, #2 | kilnd starts, warning `could not sweep …/tmp/2` / `could not remove …/snapshots/1 (no record)` with the errno (**fixed**: logged at info); the next start removes both; then both pulls OK, fsck clean |
+//! | kilnd start-up, the same | `openat` #1+ on `tmp/` | kilnd exits: `preparing directories: open("…/tmp", …): EIO`; the next start cleans up fully |
+//!
+//! Rename-family calls (`strace -f -c -e trace=rename,renameat,renameat2`): `kiln unpack` makes one `rename`
+//! (config.json) and one `renameat2` (the bundle); kilnd only `rename` (std's, on x86_64): import 4 (config,
+//! layer, manifest, index.json), bundle create 2 (3 when it unpacks), delete 1, GC 1 per snapshot.
 #![allow(clippy::disallowed_methods)] // tests build fixtures and inspect results by path
 
 mod common;
@@ -197,13 +208,15 @@ fn unpack_with_failing_system_calls_fails_cleanly_and_succeeds_without_the_fault
     let (layout, big) = image(src.path(), 1, 3);
     let image = format!("{}:latest", layout.display());
     let out = common::scratch();
-    // (syscalls, which call fails): the data of the big file, a directory, the config's fsync, the rename
-    // that publishes the bundle, the times of a file in the tree.
+    // (syscalls, which call fails): the data of the big file, a directory, the config's fsync, config.json's
+    // rename (`rename`) and the bundle's into place (`renameat2(RENAME_NOREPLACE)`: the two rename-family calls
+    // `strace -f -c` sees it make), the times of a file in the tree.
     let faults = [
         ("pwrite64,write", "when=3"),
         ("mkdirat", "when=2"),
         ("fsync,fdatasync", "when=1"),
-        ("rename,renameat2", "when=1"),
+        ("rename", "when=1"),
+        ("renameat2", "when=1"),
         ("utimensat", "when=2"),
     ];
     for (calls, when) in faults {
@@ -354,4 +367,95 @@ fn no_free_inodes_fails_unpack_and_bundle_create_cleanly_and_they_succeed_once_i
     let o = k.kiln(&["bundle", "create", "b1", "--image", "many"]);
     assert!(o.status.success(), "create once inodes are free: {}", stderr(&o));
     assert!(k.state.join("bundles/b1/rootfs/many/f063").is_file());
+}
+
+/// A layout of one image of `n` layers, each one small file of its own (`l/fNN`): `n + 2` blobs, an inode each.
+fn many_layers(dir: &Path, n: usize) -> PathBuf {
+    let layout = dir.join("layout");
+    let layers = (0..n)
+        .map(|i| {
+            let b = LayerBuilder::new().dir("l", 0o755).file(&format!("l/f{i:02}"), format!("{i}\n").as_bytes(), 0o644);
+            b.layer(Compression::Gzip)
+        })
+        .collect();
+    single_image(&layout, &ImageSpec::with_layers(layers), "latest");
+    layout
+}
+
+/// `kiln system fsck`: every unpacked chain is sound.
+fn fsck_clean(k: &Kilnd, what: &str) {
+    let o = k.kiln(&["--json", "system", "fsck"]);
+    assert!(o.status.success(), "{what}: fsck: {}", common::output(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for i in v["images"].as_array().unwrap() {
+        assert!(i["error"].is_null() && i["differences"].as_array().is_some_and(|d| d.is_empty()), "{what}: {v}");
+    }
+}
+
+/// Inode exhaustion under kilnd's import: its root on an ext4 made with `-N 512`, the inodes used up by ballast
+/// to 10 free, an image of 24 layers (26 blobs, each a file in the ingest directory, then in `blobs/`). The
+/// import fails naming ENOSPC and the ingest file it could not make; no image is named, nothing stays in the
+/// ingest directory (the blobs already renamed into `blobs/` stay, unnamed, for GC); once the ballast is gone
+/// the same import succeeds and the image unpacks.
+#[test]
+fn no_free_inodes_fails_kilnd_import_cleanly_and_it_succeeds_once_inodes_are_freed() {
+    let Some(fs) = LoopFs::new(FsKind::Ext4, 64, &["-m", "0", "-N", "512"]) else { return };
+    let src = common::scratch();
+    let layout = many_layers(src.path(), 24);
+    let k = Kilnd::start_on(&fs.path, &[]);
+    fs.fill_inodes_to(10);
+    let o = k.kiln(&["image", "import", path_str(&layout), "--name", "layers"]);
+    assert!(!o.status.success(), "26 blobs with 10 inodes?");
+    let e = stderr(&o);
+    assert_enospc(&e, ".kiln-ingest/sha256-");
+    eprintln!("import: {}", e.trim_end());
+    kilnd_intact(&k, "layers", "b1", 0);
+    fsck_clean(&k, "after the failed import");
+    fs.free();
+    let o = k.kiln(&["image", "import", path_str(&layout), "--name", "layers"]);
+    assert!(o.status.success(), "import once inodes are free: {}", stderr(&o));
+    let o = k.kiln(&["image", "pull", "layers"]);
+    assert!(o.status.success(), "unpack: {}", stderr(&o));
+    assert_eq!(k.snapshot_count(), 24);
+    fsck_clean(&k, "after all");
+}
+
+/// The same under a registry pull: each blob's partial file needs an inode. The pull fails naming ENOSPC and
+/// a partial file; only partial files (kept for the next pull to resume) stay in the ingest directory; once the
+/// ballast is gone the next pull succeeds and leaves the ingest directory empty.
+#[test]
+fn no_free_inodes_fails_a_registry_pull_cleanly_and_it_succeeds_once_inodes_are_freed() {
+    if !common::require_tool(common::registry::BINARY) || !common::require_tool("skopeo") {
+        return;
+    }
+    let Some(fs) = LoopFs::new(FsKind::Ext4, 64, &["-m", "0", "-N", "512"]) else { return };
+    let src = common::scratch();
+    let layout = many_layers(src.path(), 24);
+    let reg = common::registry::Registry::start();
+    let reference = reg.push(&layout, "latest", "faults/layers", "v1");
+    let k = Kilnd::start_on(&fs.path, &[]);
+    fs.fill_inodes_to(10);
+    let o = k.kiln(&["image", "pull", &reference]);
+    assert!(!o.status.success(), "26 blobs with 10 inodes?");
+    let e = stderr(&o);
+    assert_enospc(&e, ".partial");
+    eprintln!("pull: {}", e.trim_end());
+    let ls = k.kiln(&["--json", "image", "ls"]);
+    assert!(ls.status.success() && !String::from_utf8_lossy(&ls.stdout).contains("layers"), "{}", stderr(&ls));
+    let ingest = k.content().join(".kiln-ingest");
+    let left: Vec<String> = std::fs::read_dir(&ingest)
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    assert!(left.iter().all(|n| n.ends_with(".partial")), "only partial blobs stay: {left:?}");
+    assert_eq!(k.snapshot_count(), 0, "no snapshot");
+    let tmp: Vec<_> =
+        std::fs::read_dir(k.root.join("tmp")).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    assert!(tmp.is_empty(), "left in tmp/: {tmp:?}");
+    fsck_clean(&k, "after the failed pull");
+    fs.free();
+    let o = k.kiln(&["image", "pull", &reference]);
+    assert!(o.status.success(), "pull once inodes are free: {}", stderr(&o));
+    assert!(k.ingest_empty(), "the ingest directory is empty after the pull");
+    assert_eq!(k.snapshot_count(), 24);
+    fsck_clean(&k, "after all");
 }

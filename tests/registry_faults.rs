@@ -7,7 +7,9 @@
 //! arrived; one image's blobs download in parallel; two pulls of one image at once fetch each blob once;
 //! SIGKILL of kilnd mid-pull, then a restart, leaves a consistent store and the pull resumes where it stopped;
 //! a layer is unpacked while it downloads; a cancel mid-layer leaves no blob and no snapshot; progress per
-//! layer; a hostile registry's oversized manifest, or endless error answer, is not read whole.
+//! layer; a hostile registry's oversized manifest, or endless error answer, is not read whole; a resumed
+//! download under EIO (its partial file's open, write, fsync, rename) and under ENOSPC keeps what it had and
+//! the next pull finishes it.
 #![allow(clippy::disallowed_methods)] // tests build fixtures and inspect results by path
 
 mod common;
@@ -20,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::daemon::Kilnd;
+use common::faults::{FsKind, Inject, LoopFs};
 use common::layer::{noise, Compression, LayerBuilder};
 use common::layout::*;
 use common::registry::{self, Registry};
@@ -804,4 +807,151 @@ fn oversized_manifests_and_error_answers_are_not_read_whole() {
     assert!(sent_blobs < 64 << 20, "kilnd read {sent_blobs} bytes of error answers");
     let peak = k.usage().peak_rss_kib;
     assert!(peak < 64 << 10, "kilnd peak RSS {peak} KiB");
+}
+
+/// `kiln system fsck` finds every unpacked chain sound.
+fn fsck_clean(k: &Kilnd, what: &str) {
+    let o = k.kiln(&["--json", "system", "fsck"]);
+    assert!(o.status.success(), "{what}: fsck: {}", common::output(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    for i in v["images"].as_array().unwrap() {
+        assert!(i["error"].is_null() && i["differences"].as_array().is_some_and(|d| d.is_empty()), "{what}: {v}");
+    }
+}
+
+/// A pull of `name` through `relay` that gets `cut` bytes of `layer`'s response (its head included), then
+/// nothing (every later request is cut before a byte, until the retries give up): it fails, keeping a partial
+/// file for the next pull to resume; returns its length.
+fn pull_cut(k: &Kilnd, relay: &Relay, name: &str, layer: &str, cut: usize) -> u64 {
+    {
+        let mut r = relay.rules();
+        r.faults.push(Fault { path: layer.to_owned(), after: cut, action: Action::Cut, times: 1 });
+        r.faults.push(Fault { path: layer.to_owned(), after: 0, action: Action::Cut, times: 1000 });
+    }
+    let o = k.kiln(&["image", "pull", name]);
+    relay.rules().faults.clear();
+    assert!(!o.status.success(), "{}", common::output(&o));
+    let kept = partial(k, layer).unwrap_or_else(|| panic!("no partial file: {:?}", ingest_files(k)));
+    assert!(kept > 0 && kept < cut as u64, "{kept} bytes kept of {cut}");
+    kept
+}
+
+/// What a failed resuming pull must leave: no ref, the layer not in `blobs/`, the `snapshots` there were
+/// before, nothing in tmp/, only partial files in the ingest directory, a sound store.
+fn resume_failed_cleanly(k: &Kilnd, name: &str, layer: &str, snapshots: u64, what: &str) {
+    assert!(k.store_entry(name).is_none(), "{what}: {}", k.index_json());
+    assert!(!store_blob(k, layer).exists(), "{what}: the layer is in blobs/");
+    assert_eq!(k.snapshot_count(), snapshots, "{what}: a snapshot was made");
+    let tmp: Vec<_> = std::fs::read_dir(k.root.join("tmp")).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap();
+    assert!(tmp.is_empty(), "{what}: left in tmp/: {tmp:?}");
+    fsck_clean(k, what);
+}
+
+/// Issue 16: a download cut by the relay is resumed by the next pull with EIO injected into kilnd (`strace -p`)
+/// on its partial file: the `openat` that reopens it, its `write`, its `fsync`, its rename into blobs/. Each
+/// resuming pull fails naming EIO and the file, keeps the bytes it had (a failure of this disk is not the
+/// registry's: **fixed**, they were thrown away and the blob fetched again from its first byte, so a write's
+/// or an open's one EIO went unnoticed and a lasting one lost the partial), and a pull without the fault ends
+/// byte-identical, resuming from the kept bytes where they are less than the blob.
+#[test]
+fn a_resumed_download_fails_cleanly_under_eio_and_the_next_pull_finishes_it() {
+    if !ready() || !common::require_tool("strace") {
+        return;
+    }
+    let reg = Registry::start();
+    let relay = Relay::start(&reg.host);
+    let k = Kilnd::start(&[]);
+    let ingest = k.content().join(".kiln-ingest");
+    // (syscalls, when, what the error names besides EIO)
+    let cases = [("openat", "1"), ("write", "1"), ("write", "3"), ("fsync,fdatasync", "1"), ("rename", "1")];
+    for (n, (syscalls, when)) in cases.into_iter().enumerate() {
+        // Names of different lengths: different noise, so a layer of its own.
+        let image_name = format!("resume{}", "x".repeat(n));
+        let manifest = image(&reg, &image_name, 1, 1 << 20);
+        let layer = layer_digests(&manifest)[0].clone();
+        let name = format!("{}/faults/{image_name}:v1", relay.host);
+        let kept = pull_cut(&k, &relay, &name, &layer, 300_000);
+        let file = ingest_files(&k).into_iter().find(|(f, _)| f.contains(&layer["sha256:".len()..])).unwrap().0;
+        let file = ingest.join(file);
+        let what = format!("{syscalls} EIO when={when} on {}", file.display());
+        let requests = relay.requests(&format!("/blobs/{layer}")).len();
+
+        let mut inject = Inject::attach(k.pid(), syscalls, "EIO", when, &[&file]).expect("strace");
+        let o = k.kiln(&["image", "pull", &name]);
+        inject.detach();
+        inject.assert_injected();
+        assert!(!o.status.success(), "{what}: the pull succeeded:\n{}", inject.trace());
+        let e = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(e.contains("EIO") || e.contains("Input/output error"), "{what}: names the errno: {e}");
+        assert!(e.contains(&layer["sha256:".len()..]), "{what}: names the blob or its file: {e}");
+        eprintln!("{what}: {}", e.trim_end());
+        resume_failed_cleanly(&k, &name, &layer, n as u64, &what);
+        // The resume asked for the rest only, once (no second request from the first byte).
+        let asked = relay.requests(&format!("/blobs/{layer}"));
+        assert!(
+            asked[requests..].iter().all(|h| !h.to_ascii_lowercase().contains("range: bytes=0-")),
+            "{what}: {asked:?}"
+        );
+        let now = partial(&k, &layer).unwrap_or_else(|| panic!("{what}: the kept bytes are gone"));
+        assert!(now >= kept, "{what}: {now} bytes kept, {kept} before");
+
+        let requests = asked.len();
+        let o = k.kiln(&["image", "pull", &name]);
+        assert!(o.status.success(), "{what}: without the fault: {}\n{}", common::output(&o), k.log());
+        identical(&k, &reg, &manifest);
+        assert!(k.store_entry(&name).is_some() && k.ingest_empty(), "{what}: {:?}", ingest_files(&k));
+        let last = relay.requests(&format!("/blobs/{layer}"))[requests..].to_vec();
+        // Less than the whole was kept: the rest is asked for. The whole (a failed fsync or rename after the last
+        // byte) is fetched again from the first byte.
+        let from = if now < manifest["layers"][0]["size"].as_u64().unwrap() { now } else { 0 };
+        assert!(
+            last.iter().all(|h| h.to_ascii_lowercase().contains(&format!("range: bytes={from}-"))),
+            "{what}: not resumed from {from}: {last:?}"
+        );
+        fsck_clean(&k, &what);
+    }
+}
+
+/// Issue 16: ENOSPC while a download resumes. kilnd's root is on an ext4 of its own; a pull cut by the relay
+/// leaves a partial file; the filesystem is then filled (ballast) so the rest cannot fit: the resuming pull
+/// fails naming ENOSPC and the partial file, keeps what it wrote; once the ballast is gone the next pull goes
+/// on from there and ends byte-identical.
+#[test]
+fn enospc_while_a_download_resumes_fails_cleanly_and_the_next_pull_finishes_it_once_there_is_room() {
+    if !ready() {
+        return;
+    }
+    let Some(fs) = LoopFs::new(FsKind::Ext4, 64, &["-m", "0"]) else { return };
+    let reg = Registry::start();
+    let relay = Relay::start(&reg.host);
+    let k = Kilnd::start_on(&fs.path, &[]);
+    let manifest = image(&reg, "nospace", 1, 8 << 20);
+    let layer = layer_digests(&manifest)[0].clone();
+    let name = format!("{}/faults/nospace:v1", relay.host);
+    let kept = pull_cut(&k, &relay, &name, &layer, 300_000);
+    let requests = relay.requests(&format!("/blobs/{layer}")).len();
+    // (ext4 keeps some of what statvfs calls free for itself: less than this is hard to leave exactly.)
+    fs.fill_to(4 << 20);
+
+    let o = k.kiln(&["image", "pull", &name]);
+    assert!(!o.status.success(), "8 MiB into 4 MiB? {}", common::output(&o));
+    let e = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(e.contains("ENOSPC") || e.contains("No space left"), "names the errno: {e}");
+    assert!(e.contains(".partial"), "names the partial file: {e}");
+    eprintln!("ENOSPC: {}", e.trim_end());
+    resume_failed_cleanly(&k, &name, &layer, 0, "ENOSPC");
+    let asked = relay.requests(&format!("/blobs/{layer}"));
+    assert!(asked[requests..].iter().all(|h| !h.to_ascii_lowercase().contains("range: bytes=0-")), "{asked:?}");
+    let now = partial(&k, &layer).expect("the kept bytes");
+    assert!(now > kept, "what the resume wrote before the disk was full is kept: {now} bytes, {kept} before");
+
+    fs.free();
+    let requests = asked.len();
+    let o = k.kiln(&["image", "pull", &name]);
+    assert!(o.status.success(), "once there is room: {}\n{}", common::output(&o), k.log());
+    identical(&k, &reg, &manifest);
+    assert!(k.store_entry(&name).is_some() && k.ingest_empty());
+    let last = relay.requests(&format!("/blobs/{layer}"))[requests..].to_vec();
+    assert!(last.iter().all(|h| h.to_ascii_lowercase().contains(&format!("range: bytes={now}-"))), "{last:?}");
+    fsck_clean(&k, "after all");
 }

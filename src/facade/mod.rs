@@ -152,7 +152,12 @@ impl Kiln {
         };
         let engine = Engine::open(opts)?;
         for line in engine.recovery() {
-            tracing::info!(action = %line, "recovery");
+            // What could not be removed stays until a later start or cleanup: a warning, not news.
+            if line.starts_with("could not") {
+                tracing::warn!(action = %line, "recovery");
+            } else {
+                tracing::info!(action = %line, "recovery");
+            }
         }
         Ok(Kiln { config, catalog, engine, cancel, content_use: system::ContentUse::default() })
     }

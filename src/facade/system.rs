@@ -138,7 +138,8 @@ impl Kiln {
 
     /// Checks the committed chain of `reference` (or of every unpacked image of every store) against its
     /// layers applied again from the verified blobs; with `repair`, a damaged chain is removed and unpacked
-    /// again, then checked once more. Stops between images once `cancel` says so.
+    /// again, then checked once more (a `reference` not unpacked, as a repair that failed midway leaves it, is
+    /// unpacked). Stops between images once `cancel` says so.
     pub fn fsck(
         &self,
         reference: Option<&Reference>,
@@ -180,14 +181,20 @@ impl Kiln {
         let mut item =
             FsckItem { image, chain_id: img.chain_id().cloned(), differences: vec![], repaired: false, error: None };
         if !self.engine.is_unpacked(img) {
-            item.error = Some("not unpacked (pull it first)".into());
-            return item;
-        }
-        match self.engine.verify(store, img) {
-            Ok(r) => item.differences = r.differences,
-            Err(e) => {
-                item.error = Some(crate::error::report(&e));
+            if !repair {
+                item.error = Some("not unpacked (pull it first)".into());
                 return item;
+            }
+            // Named for a repair (the whole check lists unpacked images only): a repair that failed midway
+            // removed the damaged chain, and unpacking it again is what finishes that repair.
+            item.differences = vec!["the chain is not unpacked".into()];
+        } else {
+            match self.engine.verify(store, img) {
+                Ok(r) => item.differences = r.differences,
+                Err(e) => {
+                    item.error = Some(crate::error::report(&e));
+                    return item;
+                }
             }
         }
         if item.differences.is_empty() || !repair {

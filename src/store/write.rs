@@ -384,13 +384,18 @@ impl LayoutWriter {
             Err(_) => 0,
         };
         let fresh = std::cell::Cell::new(0u64);
-        match self.put_from(digest, size, &partial, &dir, have, source, &fresh) {
+        let source_failed = std::cell::Cell::new(false);
+        match self.put_from(digest, size, &partial, &dir, have, source, &fresh, &source_failed) {
             // The kept bytes were not the blob's (a power cut), or the source gave nothing after them: once
-            // more from the first byte.
-            Err(e) if have > 0 && (e.kind() == crate::error::ErrorKind::Corrupt || fresh.get() == 0) => {
+            // more from the first byte. A failure of this disk (opening, writing, syncing or renaming the
+            // partial file) is not one: the kept bytes stay for the next put.
+            Err(e)
+                if have > 0
+                    && (e.kind() == crate::error::ErrorKind::Corrupt || (fresh.get() == 0 && source_failed.get())) =>
+            {
                 tracing::info!(blob = %digest, kept = have, error = %e, "a resumed blob failed; putting it again");
                 let _ = sys::host::remove_file(&partial);
-                self.put_from(digest, size, &partial, &dir, 0, source, &fresh)
+                self.put_from(digest, size, &partial, &dir, 0, source, &fresh, &source_failed)
             }
             r => r,
         }
@@ -398,6 +403,7 @@ impl LayoutWriter {
 
     /// One attempt of [`put_blob_resuming`](Self::put_blob_resuming), keeping the first `have` bytes of
     /// `partial`; returns the bytes the source gave, which `fresh` counts as they come (also when it fails).
+    /// `source_failed` is set when the attempt failed reading the source (its check included), not the disk.
     #[allow(clippy::too_many_arguments)]
     fn put_from(
         &self,
@@ -408,6 +414,7 @@ impl LayoutWriter {
         have: u64,
         source: &mut dyn Resumable,
         fresh: &std::cell::Cell<u64>,
+        source_failed: &std::cell::Cell<bool>,
     ) -> Result<u64> {
         let what = format!("blob {digest}");
         let name = || partial.display().to_string();
@@ -428,8 +435,10 @@ impl LayoutWriter {
             _ => None,
         };
         let r = (|| -> Result<u64> {
-            let total = copy_into(&mut verifying, &mut file, have, publishing.as_ref(), fresh)
-                .map_err(|e| e.into_error(&what, partial))?;
+            let total = copy_into(&mut verifying, &mut file, have, publishing.as_ref(), fresh).map_err(|e| {
+                source_failed.set(matches!(e, CopyError::Read(_)));
+                e.into_error(&what, partial)
+            })?;
             self.end_put(&mut file, partial, digest, dir)?;
             Ok(total - have)
         })();

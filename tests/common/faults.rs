@@ -156,6 +156,12 @@ pub struct Inject {
 impl Inject {
     /// Attaches and waits until strace says it has every thread. `None` after a skip without strace.
     pub fn attach(pid: u32, syscalls: &str, errno: &str, when: &str, paths: &[&Path]) -> Option<Inject> {
+        Inject::attach_doing(pid, syscalls, &format!("error={errno}"), when, paths)
+    }
+
+    /// [`attach`](Self::attach) with another tampering than an error: `action` is what follows `inject=SET:` in
+    /// strace's syntax, e.g. `delay_enter=30000000` (the calls wait 30 s before they are made).
+    pub fn attach_doing(pid: u32, syscalls: &str, action: &str, when: &str, paths: &[&Path]) -> Option<Inject> {
         if !super::require_tool("strace") {
             return None;
         }
@@ -164,7 +170,7 @@ impl Inject {
         let messages = dir.path().join("messages");
         let mut cmd = Command::new("strace");
         cmd.args(["-f", "-o"]).arg(&log).args(["-e", &format!("trace={syscalls}")]);
-        cmd.args(["-e", &format!("inject={syscalls}:error={errno}:when={when}")]);
+        cmd.args(["-e", &format!("inject={syscalls}:{action}:when={when}")]);
         for p in paths {
             cmd.arg("-P").arg(p);
         }
@@ -175,7 +181,7 @@ impl Inject {
             .stderr(std::fs::File::create(&messages).unwrap())
             .spawn()
             .expect("spawn strace");
-        let what = format!("{syscalls}:error={errno}:when={when} on {paths:?}");
+        let what = format!("{syscalls}:{action}:when={when} on {paths:?}");
         let inject = Inject { child: Some(child), _dir: dir, log, what };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -208,6 +214,17 @@ impl Inject {
     pub fn detach(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGINT);
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Inject {
+    /// Kills strace (SIGKILL) and waits for it: for a traced process that was itself killed while a call of it is
+    /// held by a `delay_enter`, which strace 6.1 may never come back from to detach.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
             let _ = c.wait();
         }
     }
