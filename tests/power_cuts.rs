@@ -1,13 +1,37 @@
 //! Power cuts (issue 16): kilnd with its root on [`CutFs`], a FUSE filesystem that drops whatever was not synced
-//! at the cut (the model is in `tests/common/powercut.rs`: unsynced file data is lost, namespace changes are
-//! durable at once, `syncfs` by the daemon syncs everything). At seeded random points of an import, an unpack
-//! (bundle create of a fresh image), a bundle create on an unpacked image and a bundle delete the filesystem
-//! cuts, kilnd is killed, and the machine "reboots": a fresh mount over the backing directory (only synced state
+//! at the cut, and the machine "reboots": a fresh mount over the backing directory (only synced state
 //! visible), an empty state directory (`/run` is a tmpfs), kilnd started again. Then what was acknowledged must
-//! be there and complete, nothing half-built may show, and the same operation retried must succeed.
+//! be there and complete, nothing half-built may show (`tmp/` and the ingest directory empty but for a pull's
+//! resumable partial blobs, every blob the index names there and hashing to its name, fsck clean, every bundle
+//! listed with its config.json and a complete rootfs, no bundle directory without a record), the same
+//! operation retried must succeed, and after it the snapshots, their directories and the blobs are those of a
+//! clean run.
 //!
-//! `KILN_POWERCUT_SEED` replays a run; `KILN_POWERCUT_POINTS` sets the cut points per operation of the
-//! ignored long variant.
+//! Operations cut at seeded random points (plus their last changing operation and right after it), on the
+//! native and overlayfs snapshotters ([`Op`]):
+//! - an import on a machine's first boot, an import, an unpack (bundle create of an image never unpacked), a
+//!   bundle create on an unpacked chain, a bundle delete;
+//! - a registry pull (`image pull` from a `docker-registry` on 127.0.0.1 that the test starts): blob downloads
+//!   and their partial files, the commits into `blobs/`, the index, the unpack; retried, it must yield the same
+//!   manifest and leave no partial blob;
+//! - a collection (`system gc` after `bundle rm` and `image rm`, the blobs past their grace period) while
+//!   another image shares a layer and has a bundle: nothing it holds may go, GC again finishes the job;
+//! - `system fsck --repair` of a chain damaged on the disk beforehand: after the reboot the chain is damaged
+//!   and fsck says so (never when the repair was acknowledged), or sound, or gone; `fsck --repair` again
+//!   repairs, and a bundle on the chain then shows the layers' tree;
+//! - start-up recovery itself: after a cut of an operation, the boot that repairs its leftovers is cut at a
+//!   random point of its own changes, and the boot after that must recover without an operator.
+//!
+//! Models (see `tests/common/powercut.rs`): `Data` (unsynced file data lost, namespace changes durable at once),
+//! `Strict` (namespace changes lost too unless their directory was synced), `Torn` (each file keeps a random
+//! page-granular prefix of its unsynced data). The default tests run 2 random points per operation (1 for
+//! `Torn`) and cut a few start-ups; the ignored `power_cuts_many_points` runs every operation and start-up on
+//! every model and snapshotter.
+//!
+//! `KILN_POWERCUT_SEED` replays a run (the cut points, and the torn model's prefixes; the daemon's own threads
+//! may still order a few changes differently); `KILN_POWERCUT_POINTS` sets the cut points per operation of the
+//! ignored long variant; `KILN_POWERCUT_OPS=Pull,Gc` runs only those operations, `KILN_POWERCUT_RECOVERY=0`
+//! no cut start-ups.
 #![allow(clippy::disallowed_methods)] // tests build fixtures and read the backing directory by path
 
 mod common;
@@ -195,6 +219,54 @@ fn cutfs_strict_keeps_only_synced_names() {
         }),
         "the graveyard is emptied"
     );
+}
+
+/// The torn model: each file keeps a page-granular prefix of its unsynced writes, the same one for the same seed.
+#[test]
+fn cutfs_torn_keeps_a_prefix_of_each_file() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let dir = common::scratch();
+    let (backing, mnt) = (dir.path().join("backing"), dir.path().join("mnt"));
+    std::fs::create_dir_all(&backing).unwrap();
+    std::fs::create_dir_all(&mnt).unwrap();
+    let page = 4096usize;
+    // Never 0xEE, the old bytes: where the new ones end is plain.
+    let new: Vec<u8> = (0..5 * page + 100).map(|i| (i % 200) as u8 + 1).collect();
+    let old = vec![0xEEu8; 3 * page];
+    let run = |seed: u64| -> Vec<Vec<u8>> {
+        for i in 0..12 {
+            std::fs::write(backing.join(format!("old{i}")), &old).unwrap();
+            let _ = std::fs::remove_file(backing.join(format!("new{i}")));
+        }
+        let fs = CutFs::mount_with(&backing, &mnt, Model::Torn).unwrap();
+        fs.set_seed(seed);
+        for i in 0..12 {
+            // Never synced, and synced before then overwritten and extended.
+            write(&mnt.join(format!("new{i}")), &new, false);
+            let f = std::fs::OpenOptions::new().write(true).open(mnt.join(format!("old{i}"))).unwrap();
+            std::os::unix::fs::FileExt::write_all_at(&f, &new, 0).unwrap();
+        }
+        fs.unmount();
+        (0..12)
+            .flat_map(|i| [format!("new{i}"), format!("old{i}")])
+            .map(|n| std::fs::read(backing.join(n)).unwrap())
+            .collect()
+    };
+    let first = run(7);
+    let mut kept = std::collections::BTreeSet::new();
+    for (i, got) in first.iter().enumerate() {
+        let base: &[u8] = if i % 2 == 0 { &[] } else { &old };
+        // A prefix of whole pages (or all) of the new bytes, then what was there at the last sync.
+        let k = (0..=new.len()).rev().find(|&k| got.len() >= k && got[..k] == new[..k]).unwrap();
+        assert!(k == new.len() || k % page == 0, "file {i}: kept {k} bytes, not whole pages");
+        let rest = if base.len() > k { &base[k..] } else { &[][..] };
+        assert_eq!(&got[k..], rest, "file {i}: after the kept {k} bytes");
+        kept.insert(k);
+    }
+    assert!(kept.len() >= 3, "the prefixes kept vary from file to file: {kept:?}");
+    assert_eq!(run(7), first, "the same seed keeps the same prefixes");
 }
 
 /// An armed cut: the operation that reaches the count is not performed, and every later one fails with EIO and
