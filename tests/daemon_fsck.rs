@@ -89,6 +89,35 @@ fn run(snapshotter: &str) {
     let (ok, v) = fsck(&k, &["other"]);
     assert!(!ok, "{v}");
     assert!(v["images"][0]["error"].as_str().unwrap().contains("not unpacked"), "{v}");
+
+    // A chain unpacked in part (what a repair cut between its removals and its unpack leaves, found by
+    // tests/power_cuts.rs): `half` shares app's first layer, whose snapshot stays once app's name is gone. Its
+    // damage is found, not left for the next unpack to build on.
+    let src3 = common::scratch();
+    let l1 = LayerBuilder::new().dir("etc", 0o755).file("etc/motd", b"hello\n", 0o644).layer(Compression::Gzip);
+    let l3 = LayerBuilder::new().file("etc/half", b"h\n", 0o644).layer(Compression::Gzip);
+    single_image(src3.path(), &ImageSpec::with_layers(vec![l1, l3]), "half");
+    let ok = |args: &[&str]| {
+        let out = k.kiln(args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    ok(&["image", "import", path_str(src3.path()), "--name", "half"]);
+    ok(&["image", "rm", "app"]);
+    ok(&["image", "rm", "other"]);
+    for p in copies(&k.root, "etc/motd") {
+        std::fs::write(&p, b"tampered\n").unwrap();
+    }
+    let (ok_, v) = fsck(&k, &[]);
+    assert!(!ok_, "damage in a chain unpacked in part must fail fsck: {v}");
+    assert_eq!(v["images"][0]["image"], "half", "{v}");
+    assert!(v["images"][0]["differences"].to_string().contains("/etc/motd"), "{v}");
+    ok(&["system", "gc"]);
+    ok(&["image", "pull", "half"]);
+    let (ok_, v) = fsck(&k, &[]);
+    assert!(ok_, "{v}");
+    for p in copies(&k.root, "etc/motd") {
+        assert_eq!(std::fs::read(&p).unwrap(), b"hello\n", "{}", p.display());
+    }
 }
 
 #[test]

@@ -1,13 +1,37 @@
 //! Power cuts (issue 16): kilnd with its root on [`CutFs`], a FUSE filesystem that drops whatever was not synced
-//! at the cut (the model is in `tests/common/powercut.rs`: unsynced file data is lost, namespace changes are
-//! durable at once, `syncfs` by the daemon syncs everything). At seeded random points of an import, an unpack
-//! (bundle create of a fresh image), a bundle create on an unpacked image and a bundle delete the filesystem
-//! cuts, kilnd is killed, and the machine "reboots": a fresh mount over the backing directory (only synced state
+//! at the cut, and the machine "reboots": a fresh mount over the backing directory (only synced state
 //! visible), an empty state directory (`/run` is a tmpfs), kilnd started again. Then what was acknowledged must
-//! be there and complete, nothing half-built may show, and the same operation retried must succeed.
+//! be there and complete, nothing half-built may show (`tmp/` and the ingest directory empty but for a pull's
+//! resumable partial blobs, every blob the index names there and hashing to its name, fsck clean, every bundle
+//! listed with its config.json and a complete rootfs, no bundle directory without a record), the same
+//! operation retried must succeed, and after it the snapshots, their directories and the blobs are those of a
+//! clean run.
 //!
-//! `KILN_POWERCUT_SEED` replays a run; `KILN_POWERCUT_POINTS` sets the cut points per operation of the
-//! ignored long variant.
+//! Operations cut at seeded random points (plus their last changing operation and right after it), on the
+//! native and overlayfs snapshotters ([`Op`]):
+//! - an import on a machine's first boot, an import, an unpack (bundle create of an image never unpacked), a
+//!   bundle create on an unpacked chain, a bundle delete;
+//! - a registry pull (`image pull` from a `docker-registry` on 127.0.0.1 that the test starts): blob downloads
+//!   and their partial files, the commits into `blobs/`, the index, the unpack; retried, it must yield the same
+//!   manifest and leave no partial blob;
+//! - a collection (`system gc` after `bundle rm` and `image rm`, the blobs past their grace period) while
+//!   another image shares a layer and has a bundle: nothing it holds may go, GC again finishes the job;
+//! - `system fsck --repair` of a chain damaged on the disk beforehand: after the reboot the chain is damaged
+//!   and fsck says so (never when the repair was acknowledged), or sound, or gone; `fsck --repair` again
+//!   repairs, and a bundle on the chain then shows the layers' tree;
+//! - start-up recovery itself: after a cut of an operation, the boot that repairs its leftovers is cut at a
+//!   random point of its own changes, and the boot after that must recover without an operator.
+//!
+//! Models (see `tests/common/powercut.rs`): `Data` (unsynced file data lost, namespace changes durable at once),
+//! `Strict` (namespace changes lost too unless their directory was synced), `Torn` (each file keeps a random
+//! page-granular prefix of its unsynced data). The default tests run 2 random points per operation (1 for
+//! `Torn`) and cut a few start-ups; the ignored `power_cuts_many_points` runs every operation and start-up on
+//! every model and snapshotter.
+//!
+//! `KILN_POWERCUT_SEED` replays a run (the cut points, and the torn model's prefixes; the daemon's own threads
+//! may still order a few changes differently); `KILN_POWERCUT_POINTS` sets the cut points per operation of the
+//! ignored long variant; `KILN_POWERCUT_OPS=Pull,Gc` runs only those operations, `KILN_POWERCUT_RECOVERY=0`
+//! no cut start-ups.
 #![allow(clippy::disallowed_methods)] // tests build fixtures and read the backing directory by path
 
 mod common;
@@ -197,6 +221,54 @@ fn cutfs_strict_keeps_only_synced_names() {
     );
 }
 
+/// The torn model: each file keeps a page-granular prefix of its unsynced writes, the same one for the same seed.
+#[test]
+fn cutfs_torn_keeps_a_prefix_of_each_file() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let dir = common::scratch();
+    let (backing, mnt) = (dir.path().join("backing"), dir.path().join("mnt"));
+    std::fs::create_dir_all(&backing).unwrap();
+    std::fs::create_dir_all(&mnt).unwrap();
+    let page = 4096usize;
+    // Never 0xEE, the old bytes: where the new ones end is plain.
+    let new: Vec<u8> = (0..5 * page + 100).map(|i| (i % 200) as u8 + 1).collect();
+    let old = vec![0xEEu8; 3 * page];
+    let run = |seed: u64| -> Vec<Vec<u8>> {
+        for i in 0..12 {
+            std::fs::write(backing.join(format!("old{i}")), &old).unwrap();
+            let _ = std::fs::remove_file(backing.join(format!("new{i}")));
+        }
+        let fs = CutFs::mount_with(&backing, &mnt, Model::Torn).unwrap();
+        fs.set_seed(seed);
+        for i in 0..12 {
+            // Never synced, and synced before then overwritten and extended.
+            write(&mnt.join(format!("new{i}")), &new, false);
+            let f = std::fs::OpenOptions::new().write(true).open(mnt.join(format!("old{i}"))).unwrap();
+            std::os::unix::fs::FileExt::write_all_at(&f, &new, 0).unwrap();
+        }
+        fs.unmount();
+        (0..12)
+            .flat_map(|i| [format!("new{i}"), format!("old{i}")])
+            .map(|n| std::fs::read(backing.join(n)).unwrap())
+            .collect()
+    };
+    let first = run(7);
+    let mut kept = std::collections::BTreeSet::new();
+    for (i, got) in first.iter().enumerate() {
+        let base: &[u8] = if i % 2 == 0 { &[] } else { &old };
+        // A prefix of whole pages (or all) of the new bytes, then what was there at the last sync.
+        let k = (0..=new.len()).rev().find(|&k| got.len() >= k && got[..k] == new[..k]).unwrap();
+        assert!(k == new.len() || k % page == 0, "file {i}: kept {k} bytes, not whole pages");
+        let rest = if base.len() > k { &base[k..] } else { &[][..] };
+        assert_eq!(&got[k..], rest, "file {i}: after the kept {k} bytes");
+        kept.insert(k);
+    }
+    assert!(kept.len() >= 3, "the prefixes kept vary from file to file: {kept:?}");
+    assert_eq!(run(7), first, "the same seed keeps the same prefixes");
+}
+
 /// An armed cut: the operation that reaches the count is not performed, and every later one fails with EIO and
 /// changes nothing.
 #[test]
@@ -229,17 +301,24 @@ fn cutfs_armed_cut_stops_everything_after_it() {
 // ---- kilnd on a CutFs ----------------------------------------------------------------------------------------
 
 use common::daemon::{detach_mounts_under, path_str, Kilnd};
-use common::layer::{Compression, LayerBuilder};
-use common::layout::{single_image, ImageSpec};
+use common::layer::{Compression, Layer, LayerBuilder};
+use common::layout::{single_image, ImageSpec, REF_NAME};
+use common::registry::Registry;
 use serde_json::Value;
 
-/// The image every case imports: three layers, a file replaced by a later one, a symlink, a hard link.
-fn image_layout(dir: &Path) {
-    let l1 = LayerBuilder::new()
+/// The layer `app` and `keep` share.
+fn base_layer() -> Layer {
+    LayerBuilder::new()
         .dir("etc", 0o755)
         .file("etc/motd", b"hello\n", 0o644)
         .file("etc/old", b"to be replaced\n", 0o644)
-        .layer(Compression::Gzip);
+        .layer(Compression::Gzip)
+}
+
+/// The image every case imports (`app`): three layers, a file replaced by a later one, a symlink, a hard link.
+/// Beside it `keep`, which shares `app`'s first layer, for the collection cases. Returns `app`'s manifest digest.
+fn image_layouts(app: &Path, keep: &Path) -> String {
+    let l1 = base_layer();
     let noise: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     let l2 = LayerBuilder::new()
         .dir("usr", 0o755)
@@ -249,12 +328,21 @@ fn image_layout(dir: &Path) {
         .symlink("lib", "usr/lib")
         .layer(Compression::Gzip);
     let l3 = LayerBuilder::new().file("etc/old", b"replaced\n", 0o600).layer(Compression::Zstd);
-    single_image(dir, &ImageSpec::with_layers(vec![l1, l2, l3]), "app");
+    let (_, desc) = single_image(app, &ImageSpec::with_layers(vec![l1.clone(), l2, l3]), "app");
+    let lk = LayerBuilder::new().dir("keep", 0o755).file("keep/me", b"kept\n", 0o644).layer(Compression::Gzip);
+    single_image(keep, &ImageSpec::with_layers(vec![l1, lk]), "keep");
+    desc["digest"].as_str().unwrap().to_owned()
 }
 
-/// What a bundle's rootfs must hold, read through its mount.
-fn rootfs_is_complete(rootfs: &Path) -> Result<(), String> {
+/// What a bundle's rootfs must hold, read through its mount: `app`'s tree, or `keep`'s for bundle `k0`.
+fn rootfs_is_complete(id: &str, rootfs: &Path) -> Result<(), String> {
     let read = |p: &str| std::fs::read(rootfs.join(p)).map_err(|e| format!("{}: {e}", rootfs.join(p).display()));
+    if id == "k0" {
+        if read("etc/motd")? != b"hello\n" || read("etc/old")? != b"to be replaced\n" || read("keep/me")? != b"kept\n" {
+            return Err(format!("{}: etc/motd, etc/old or keep/me has the wrong content", rootfs.display()));
+        }
+        return Ok(());
+    }
     if read("etc/motd")? != b"hello\n" || read("etc/old")? != b"replaced\n" {
         return Err(format!("{}: etc/motd or etc/old has the wrong content", rootfs.display()));
     }
@@ -268,10 +356,14 @@ fn rootfs_is_complete(rootfs: &Path) -> Result<(), String> {
     }
 }
 
+fn argv(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
 /// A machine whose disk is `backing`: kilnd's root on a CutFs over it, its state on a directory that a reboot
 /// replaces (as a tmpfs `/run` is).
 struct Machine {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     backing: PathBuf,
     mnt: PathBuf,
     snapshotter: String,
@@ -280,6 +372,8 @@ struct Machine {
     /// in it), emptied at each boot.
     state: PathBuf,
     boots: u32,
+    /// The torn model's seed (each boot's mount gets it plus the boot's number).
+    seed: u64,
     fs: Option<CutFs>,
     kilnd: Option<Kilnd>,
     watch: Option<SyncfsWatch>,
@@ -291,16 +385,13 @@ impl Machine {
         let dir = common::scratch();
         let backing = dir.path().join("disk");
         match disk {
-            Some(d) => {
-                let st = std::process::Command::new("cp").arg("-a").arg(d).arg(&backing).status().unwrap();
-                assert!(st.success(), "cp -a {}", d.display());
-            }
+            Some(d) => copy_disk(d, &backing),
             None => std::fs::create_dir(&backing).unwrap(),
         }
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).unwrap();
         let (snapshotter, state) = (snapshotter.into(), state.to_path_buf());
-        Machine { _dir: dir, backing, mnt, snapshotter, model, state, boots: 0, fs: None, kilnd: None, watch: None }
+        Machine { dir, backing, mnt, snapshotter, model, state, boots: 0, seed: 0, fs: None, kilnd: None, watch: None }
     }
 
     fn root(&self) -> PathBuf {
@@ -317,19 +408,47 @@ impl Machine {
 
     /// Mounts the disk, starts kilnd on a fresh state directory (waits until it answers).
     fn boot(&mut self) {
+        assert!(self.boot_armed(None), "kilnd did not come up:\n{}", self.k().log());
+    }
+
+    /// [`boot`](Self::boot), with the disk armed to cut at the `n`th changing operation from the mount on (during
+    /// kilnd's start-up, or later). Returns whether kilnd came up before a cut (the cut, if any, is disarmed once
+    /// it answers).
+    fn boot_armed(&mut self, n: Option<u64>) -> bool {
         self.boots += 1;
         // The root directory itself is there before the first boot (as a package's /var/lib/kiln is).
         std::fs::create_dir_all(self.backing.join("root")).unwrap();
         let fs = CutFs::mount_with(&self.backing, &self.mnt, self.model).expect("mount CutFs");
+        fs.set_seed(self.seed.wrapping_add(self.boots.into()));
+        if let Some(n) = n {
+            fs.arm(n);
+        }
         let state = self.state.clone();
         if state.exists() {
             std::fs::remove_dir_all(&state).unwrap();
         }
         std::fs::create_dir(&state).unwrap();
-        let k = Kilnd::start_at(&self.root(), &state, &["--snapshotter", &self.snapshotter], SyncfsWatch::prepare);
+        let k = Kilnd::spawn_at(&self.root(), &state, &["--snapshotter", &self.snapshotter], SyncfsWatch::prepare);
         self.watch = Some(SyncfsWatch::start(k.pid(), &self.mnt, fs.syncer()).expect("watch syncfs"));
         self.fs = Some(fs);
         self.kilnd = Some(k);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if std::os::unix::net::UnixStream::connect(&self.k().socket).is_ok() {
+                self.fs().disarm();
+                return !self.fs().is_cut();
+            }
+            if self.fs().is_cut() {
+                return false;
+            }
+            let exited = self.kilnd.as_mut().and_then(|k| k.child.as_mut()).map(|c| c.try_wait().unwrap().is_some());
+            if exited == Some(true) {
+                // kilnd gave up without a cut: what it logged says why.
+                return false;
+            }
+            assert!(std::time::Instant::now() < deadline, "kilnd did not listen:\n{}", self.k().log());
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 
     /// Power off: unsynced data is dropped, kilnd is killed, the mount and the bundles' mounts go. Returns the
@@ -380,6 +499,12 @@ impl Machine {
         self.json(&["image", "ls"]).to_string().split('"').map(str::to_owned).collect()
     }
 
+    /// Whether `image ls` says `name` is unpacked.
+    fn unpacked(&self, name: &str) -> bool {
+        let v = self.json(&["image", "ls"]);
+        v.as_array().into_iter().flatten().any(|i| i["refName"] == name && i["unpacked"] == true)
+    }
+
     fn snapshot_count(&self) -> u64 {
         self.k().snapshot_count()
     }
@@ -421,6 +546,11 @@ impl Drop for Machine {
     }
 }
 
+fn copy_disk(from: &Path, to: &Path) {
+    let st = std::process::Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap();
+    assert!(st.success(), "cp -a {} {}", from.display(), to.display());
+}
+
 /// What is cut in the middle of.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Op {
@@ -434,15 +564,28 @@ enum Op {
     Create,
     /// `bundle rm b0`.
     Delete,
+    /// `image pull` of `app` from a registry on 127.0.0.1 (blob downloads into the ingest directory with their
+    /// resumable partial files, the commits into `blobs/`, the index, the unpack that follows the arrivals).
+    Pull,
+    /// `system gc` after `bundle rm b0` and `image rm app`, with `keep` (sharing `app`'s first layer) and its
+    /// bundle `k0` still there: two snapshots and four blobs (backdated past the grace period) to collect.
+    Gc,
+    /// `system fsck --repair` of `app`'s unpacked chain, damaged on the disk beforehand (`etc/motd` rewritten,
+    /// `usr/lib/blob.again` removed in every snapshot that holds them): the chain's removal and re-extraction.
+    Repair,
 }
 
 impl Op {
-    fn args(self, layout: &str) -> Vec<&str> {
-        match self {
-            Op::FirstImport | Op::Import => vec!["image", "import", layout, "--name", "app"],
+    fn args(self, d: &Disks) -> Vec<String> {
+        let v: Vec<&str> = match self {
+            Op::FirstImport | Op::Import => vec!["image", "import", path_str(&d.layout), "--name", "app"],
             Op::Unpack | Op::Create => vec!["bundle", "create", "b1", "--image", "app", "--", "/bin/true"],
             Op::Delete => vec!["bundle", "rm", "b0"],
-        }
+            Op::Pull => vec!["image", "pull", d.pull_ref.as_deref().expect("a registry")],
+            Op::Gc => vec!["system", "gc"],
+            Op::Repair => vec!["system", "fsck", "--repair"],
+        };
+        v.into_iter().map(str::to_owned).collect()
     }
 }
 
@@ -451,58 +594,122 @@ struct Disks {
     _dir: tempfile::TempDir,
     layout: PathBuf,
     state: PathBuf,
+    /// `app`'s manifest digest.
+    manifest: String,
+    /// Serves `app` as `pull_ref` (`None`: no `docker-registry` or `skopeo` here, the pull cases skip).
+    _registry: Option<Registry>,
+    pull_ref: Option<String>,
     /// Root initialised, nothing in it.
     fresh: PathBuf,
     /// `app` imported.
     imported: PathBuf,
     /// `app` imported and bundle `b0` made on it.
     with_bundle: PathBuf,
+    /// `keep` imported and bundle `k0` on it, `app` and `b0` removed again, every blob older than the grace.
+    collectable: PathBuf,
+    /// `app` imported and unpacked (no bundle), then its snapshots damaged on the disk.
+    damaged: PathBuf,
 }
 
 fn make_disks(snapshotter: &str) -> Disks {
     let dir = common::scratch();
-    let layout = dir.path().join("layout");
-    image_layout(&layout);
+    let (layout, keep) = (dir.path().join("layout"), dir.path().join("keep"));
+    let manifest = image_layouts(&layout, &keep);
+    let registry =
+        (common::which(common::registry::BINARY).is_some() && common::which("skopeo").is_some()).then(Registry::start);
+    let pull_ref = registry.as_ref().map(|r| r.push(&layout, "app", "app", "v1"));
     let state = dir.path().join("run");
     let mut m = Machine::new(None, snapshotter, Model::Data, &state);
     let save = |m: &mut Machine, name: &str| {
         m.shutdown();
         let to = dir.path().join(name);
-        let st = std::process::Command::new("cp").arg("-a").arg(&m.backing).arg(&to).status().unwrap();
-        assert!(st.success());
+        copy_disk(&m.backing, &to);
         m.boot();
         to
     };
+    let ok = |m: &Machine, args: &[&str]| {
+        let o = m.kiln(args);
+        assert!(o.status.success(), "kiln {args:?}: {}", common::output(&o));
+    };
     m.boot();
     let fresh = save(&mut m, "fresh");
-    let o = m.kiln(&Op::Import.args(path_str(&layout)));
-    assert!(o.status.success(), "{}", common::output(&o));
+    ok(&m, &["image", "import", path_str(&layout), "--name", "app"]);
     let imported = save(&mut m, "imported");
-    let o = m.kiln(&["bundle", "create", "b0", "--image", "app", "--", "/bin/true"]);
-    assert!(o.status.success(), "{}", common::output(&o));
+    ok(&m, &["image", "pull", "app"]);
+    let damaged = save(&mut m, "damaged");
+    ok(&m, &["bundle", "create", "b0", "--image", "app", "--", "/bin/true"]);
     // The snapshotter really works on the FUSE root: an overlay with its layers there, or a bind mount of it.
     let rootfs = state.join("bundles/b0/rootfs");
     let fstype = mount_type(&rootfs);
     let want = if snapshotter == "native" { "fuse" } else { "overlay" };
     assert_eq!(fstype.as_deref(), Some(want), "{}", rootfs.display());
     let with_bundle = save(&mut m, "with-bundle");
+    ok(&m, &["image", "import", path_str(&keep), "--name", "keep"]);
+    ok(&m, &["bundle", "create", "k0", "--image", "keep", "--", "/bin/true"]);
+    ok(&m, &["bundle", "rm", "b0"]);
+    ok(&m, &["image", "rm", "app"]);
+    let collectable = save(&mut m, "collectable");
     m.shutdown();
-    Disks { _dir: dir, layout, state, fresh, imported, with_bundle }
+    drop(m);
+    backdate(&collectable.join("root/content/blobs/sha256"));
+    damage(&damaged.join("root/snapshots"));
+    Disks {
+        _dir: dir,
+        layout,
+        state,
+        manifest,
+        _registry: registry,
+        pull_ref,
+        fresh,
+        imported,
+        with_bundle,
+        collectable,
+        damaged,
+    }
+}
+
+/// Sets the mtime of every blob an hour back, past the collection's grace period (10 minutes).
+fn backdate(blobs: &Path) {
+    let then = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    for e in std::fs::read_dir(blobs).unwrap() {
+        std::fs::File::options().write(true).open(e.unwrap().path()).unwrap().set_modified(then).unwrap();
+    }
+}
+
+/// Damages every snapshot on a disk: `etc/motd` rewritten in place (same size), `usr/lib/blob.again` removed.
+fn damage(snapshots: &Path) {
+    let mut hits = 0;
+    for e in std::fs::read_dir(snapshots).unwrap() {
+        let fs = e.unwrap().path().join("fs");
+        if fs.join("etc/motd").is_file() {
+            let f = std::fs::OpenOptions::new().write(true).open(fs.join("etc/motd")).unwrap();
+            std::os::unix::fs::FileExt::write_all_at(&f, b"HELLO\n", 0).unwrap();
+            hits += 1;
+        }
+        if fs.join("usr/lib/blob.again").is_file() {
+            std::fs::remove_file(fs.join("usr/lib/blob.again")).unwrap();
+            hits += 1;
+        }
+    }
+    assert!(hits >= 2, "{}: nothing to damage", snapshots.display());
 }
 
 impl Disks {
     fn start(&self, op: Op) -> Option<&Path> {
         match op {
             Op::FirstImport => None,
-            Op::Import => Some(&self.fresh),
+            Op::Import | Op::Pull => Some(&self.fresh),
             Op::Unpack => Some(&self.imported),
             Op::Create | Op::Delete => Some(&self.with_bundle),
+            Op::Gc => Some(&self.collectable),
+            Op::Repair => Some(&self.damaged),
         }
     }
 }
 
 /// Every blob in the content store has the digest it is named by, and everything the index refers to is there.
-fn store_is_whole(content: &Path) -> Result<usize, String> {
+/// Returns the number of blobs.
+fn store_is_whole(content: &Path) -> Result<u64, String> {
     let blobs = content.join("blobs/sha256");
     let mut n = 0;
     for e in std::fs::read_dir(&blobs).map_err(|e| format!("{}: {e}", blobs.display()))? {
@@ -518,8 +725,7 @@ fn store_is_whole(content: &Path) -> Result<usize, String> {
         }
         n += 1;
     }
-    let index: Value = serde_json::from_slice(&std::fs::read(content.join("index.json")).map_err(|e| e.to_string())?)
-        .map_err(|e| format!("index.json: {e}"))?;
+    let index = read_index(content)?;
     let blob = |d: &Value| -> Result<Vec<u8>, String> {
         let digest = d["digest"].as_str().unwrap_or_default();
         let p = blobs.join(digest.trim_start_matches("sha256:"));
@@ -535,22 +741,51 @@ fn store_is_whole(content: &Path) -> Result<usize, String> {
     Ok(n)
 }
 
+fn read_index(content: &Path) -> Result<Value, String> {
+    serde_json::from_slice(&std::fs::read(content.join("index.json")).map_err(|e| format!("index.json: {e}"))?)
+        .map_err(|e| format!("index.json: {e}"))
+}
+
+/// What a clean run of an operation leaves: (snapshots kilnd counts, snapshot directories, blobs).
+type Expected = (u64, u64, u64);
+
+fn expected_now(m: &Machine) -> Result<Expected, String> {
+    let root = m.root();
+    Ok((m.snapshot_count(), snapshot_dirs(&root), store_is_whole(&root.join("content"))?))
+}
+
+/// Runs `args` and fails with its output unless it succeeds.
+fn must(m: &Machine, what: &str, args: &[&str]) -> Result<std::process::Output, String> {
+    let o = m.kiln(args);
+    if o.status.success() {
+        Ok(o)
+    } else {
+        Err(format!("{what}: {}", common::output(&o)))
+    }
+}
+
 /// Checks after a reboot: recovery left nothing half-built, what was acknowledged is there and complete, and
 /// the same operation run again succeeds. Returns a description of the outcome.
-fn check(m: &Machine, op: Op, layout: &str, acked: bool, expected_snapshots: (u64, u64)) -> Result<String, String> {
+fn check(m: &Machine, op: Op, d: &Disks, acked: bool, expected: Expected) -> Result<String, String> {
     let root = m.root();
-    for d in [root.join("tmp"), root.join("content/.kiln-ingest")] {
-        if let Ok(entries) = std::fs::read_dir(&d) {
-            let left: Vec<_> = entries.map(|e| e.unwrap().file_name()).collect();
+    let args = op.args(d);
+    let ingest = root.join("content/.kiln-ingest");
+    for dir in [root.join("tmp"), ingest.clone()] {
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            let left: Vec<_> = entries
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                // A pull's partial blobs are kept for the pull to resume (store/write.rs, PARTIAL_KEEP).
+                .filter(|n| !(op == Op::Pull && dir == ingest && n.ends_with(".partial")))
+                .collect();
             if !left.is_empty() {
-                return Err(format!("{} holds {left:?} after start-up recovery", d.display()));
+                return Err(format!("{} holds {left:?} after start-up recovery", dir.display()));
             }
         }
     }
     store_is_whole(&root.join("content"))?;
-    let fsck = m.kiln(&["--json", "system", "fsck"]);
-    if !fsck.status.success() {
-        return Err(format!("system fsck: {}", common::output(&fsck)));
+    // A repair cut midway may leave the chain damaged: its own arm below looks at that.
+    if op != Op::Repair {
+        must(m, "system fsck", &["--json", "system", "fsck"])?;
     }
     let bundles = m.bundles();
     let state = &m.k().state;
@@ -562,7 +797,7 @@ fn check(m: &Machine, op: Op, layout: &str, acked: bool, expected_snapshots: (u6
         if config["process"]["args"] != serde_json::json!(["/bin/true"]) {
             return Err(format!("bundle {id}: config.json has process.args {}", config["process"]["args"]));
         }
-        rootfs_is_complete(&dir.join("rootfs"))?;
+        rootfs_is_complete(id, &dir.join("rootfs"))?;
     }
     if let Ok(entries) = std::fs::read_dir(state.join("bundles")) {
         for e in entries {
@@ -572,16 +807,14 @@ fn check(m: &Machine, op: Op, layout: &str, acked: bool, expected_snapshots: (u6
             }
         }
     }
-    let has_image = m.images().iter().any(|s| s == "app" || s.starts_with("app:"));
+    let images = m.images();
+    let has_image = images.iter().any(|s| s == "app" || s.starts_with("app:"));
     let outcome = match op {
         Op::FirstImport | Op::Import => {
             if acked && !has_image {
                 return Err("the import was acknowledged, the image is not listed".into());
             }
-            let o = m.kiln(&op.args(layout));
-            if !o.status.success() {
-                return Err(format!("import again: {}", common::output(&o)));
-            }
+            must(m, "import again", &argv(&args))?;
             store_is_whole(&root.join("content"))?;
             if has_image {
                 "image there"
@@ -595,11 +828,8 @@ fn check(m: &Machine, op: Op, layout: &str, acked: bool, expected_snapshots: (u6
                 return Err("bundle b1 was acknowledged, it is not listed".into());
             }
             if !there {
-                let o = m.kiln(&op.args(layout));
-                if !o.status.success() {
-                    return Err(format!("create b1 again: {}", common::output(&o)));
-                }
-                rootfs_is_complete(&state.join("bundles/b1/rootfs"))?;
+                must(m, "create b1 again", &argv(&args))?;
+                rootfs_is_complete("b1", &state.join("bundles/b1/rootfs"))?;
             }
             if there {
                 "b1 there"
@@ -613,10 +843,7 @@ fn check(m: &Machine, op: Op, layout: &str, acked: bool, expected_snapshots: (u6
                 return Err("the delete of b0 was acknowledged, b0 is listed again".into());
             }
             if there {
-                let o = m.kiln(&op.args(layout));
-                if !o.status.success() {
-                    return Err(format!("rm b0 again: {}", common::output(&o)));
-                }
+                must(m, "rm b0 again", &argv(&args))?;
             }
             if there {
                 "b0 still there"
@@ -624,15 +851,95 @@ fn check(m: &Machine, op: Op, layout: &str, acked: bool, expected_snapshots: (u6
                 "b0 gone"
             }
         }
+        Op::Pull => {
+            let reference = d.pull_ref.as_deref().expect("a registry");
+            let there = images.iter().any(|s| s == reference);
+            if acked && !there {
+                return Err(format!("the pull was acknowledged, {reference} is not listed"));
+            }
+            let partials = std::fs::read_dir(&ingest).map(|e| e.count()).unwrap_or(0);
+            let unpacked = there && m.unpacked(reference);
+            must(m, "pull again", &argv(&args))?;
+            let index = read_index(&root.join("content"))?;
+            let entry =
+                index["manifests"].as_array().into_iter().flatten().find(|e| e["annotations"][REF_NAME] == reference);
+            match entry {
+                Some(e) if e["digest"] == d.manifest.as_str() => {}
+                other => return Err(format!("after the pull again, {reference} names {other:?}, not {}", d.manifest)),
+            }
+            // The retry resumed or replaced every partial blob.
+            let left: Vec<_> =
+                std::fs::read_dir(&ingest).map(|d| d.map(|e| e.unwrap().file_name()).collect()).unwrap_or_default();
+            if !left.is_empty() {
+                return Err(format!("{} holds {left:?} after the pull again", ingest.display()));
+            }
+            store_is_whole(&root.join("content"))?;
+            if unpacked {
+                "image there, unpacked"
+            } else if there {
+                // Snapshot records are committed without fsync (snapshot/meta.rs): unpacked again when used.
+                "image there, not unpacked"
+            } else if partials > 0 {
+                "image absent, partial blobs kept"
+            } else {
+                "image absent"
+            }
+        }
+        Op::Gc => {
+            if !images.iter().any(|s| s == "keep" || s.starts_with("keep:")) || !bundles.iter().any(|b| b == "k0") {
+                return Err(format!("keep or its bundle k0 is gone: images {images:?}, bundles {bundles:?}"));
+            }
+            let done = !has_image && m.snapshot_count() == expected.0 && snapshot_dirs(&root) == expected.1;
+            must(m, "gc again", &argv(&args))?;
+            if done {
+                "collected"
+            } else {
+                "partly collected"
+            }
+        }
+        Op::Repair => {
+            let fsck = m.kiln(&["--json", "system", "fsck"]);
+            let damaged = !fsck.status.success();
+            if acked && damaged {
+                return Err(format!("the repair was acknowledged, fsck finds damage: {}", common::output(&fsck)));
+            }
+            // Whether fsck looked at the chain at all (it checks unpacked images only).
+            let checked = serde_json::from_slice::<Value>(&fsck.stdout).is_ok_and(|v| {
+                v["images"].as_array().into_iter().flatten().any(|i| {
+                    let name = i["image"].as_str().unwrap_or_default();
+                    name == "app" || name.starts_with("app:")
+                })
+            });
+            must(m, "fsck --repair again", &argv(&args))?;
+            let again = must(m, "fsck after the repair again", &["--json", "system", "fsck"])?;
+            // What fsck calls sound must be: a bundle of the image shows the layers' tree.
+            must(
+                m,
+                "create b1 on the repaired chain",
+                &["bundle", "create", "b1", "--image", "app", "--", "/bin/true"],
+            )?;
+            rootfs_is_complete("b1", &state.join("bundles/b1/rootfs")).map_err(|e| {
+                format!("fsck says {} after the repair again, yet {e}", String::from_utf8_lossy(&again.stdout))
+            })?;
+            must(m, "rm b1", &["bundle", "rm", "b1"])?;
+            match (damaged, checked) {
+                (true, _) => "damaged and detected",
+                (false, true) => "repaired",
+                // The records of the new chain were not durable yet (snapshot records are committed without fsync:
+                // snapshot/meta.rs), those of the old one name removed directories: unpacked again when used.
+                (false, false) => "chain gone",
+            }
+        }
     };
-    // Nothing leaked: after the retry the snapshots are those of a clean run, each with its directory.
-    let snapshots = (m.snapshot_count(), snapshot_dirs(&root));
-    if snapshots != expected_snapshots {
+    // Nothing leaked: after the retry the snapshots are those of a clean run, each with its directory, and so are
+    // the blobs.
+    let now = expected_now(m)?;
+    if now != expected {
         let names: Vec<_> = std::fs::read_dir(root.join("snapshots"))
             .map(|d| d.map(|e| e.unwrap().file_name()).collect())
             .unwrap_or_default();
         return Err(format!(
-            "(snapshots, directories) {snapshots:?} ({names:?}) after the retry, a clean run has {expected_snapshots:?}"
+            "(snapshots, directories, blobs) {now:?} ({names:?}) after the retry, a clean run has {expected:?}"
         ));
     }
     Ok(outcome.into())
@@ -662,78 +969,173 @@ impl Rng {
         (Rng(seed | 1), seed)
     }
 
-    fn below(&mut self, n: u64) -> u64 {
+    fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1)
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
     }
 }
 
-/// Cuts `op` at `points` random points (plus its last changing operation and right after it).
-fn cut_op(
-    snapshotter: &str,
+/// One run of a case: the snapshotter, model and seed, for the messages.
+struct Case<'a> {
+    snapshotter: &'a str,
     model: Model,
-    disks: &Disks,
-    op: Op,
-    points: usize,
-    rng: &mut Rng,
+    disks: &'a Disks,
     seed: u64,
-) -> Vec<String> {
-    let layout = path_str(&disks.layout);
-    // A clean run: how many changing operations the operation makes, and the snapshots it leaves.
-    let mut m = Machine::new(disks.start(op), snapshotter, model, &disks.state);
-    m.boot();
-    let before = m.fs().ops();
-    let o = m.kiln(&op.args(layout));
-    assert!(o.status.success(), "{op:?}: {}", common::output(&o));
-    let total = m.fs().ops() - before;
-    // `system info` counts snapshots other than bundles' own; the directories include those.
-    let expected = (m.snapshot_count(), snapshot_dirs(&m.root()));
-    m.shutdown();
-    drop(m);
+}
 
-    let mut at: Vec<u64> = (0..points).map(|_| 1 + rng.below(total)).collect();
-    at.extend([total, total + 1]);
-    let mut report = vec![];
-    for n in at {
-        let started = std::time::Instant::now();
-        let mut m = Machine::new(disks.start(op), snapshotter, model, &disks.state);
+impl Case<'_> {
+    fn machine(&self, disk: Option<&Path>, rng: &mut Rng) -> Machine {
+        let mut m = Machine::new(disk, self.snapshotter, self.model, &self.disks.state);
+        m.seed = rng.next();
+        m
+    }
+
+    /// A clean run of `op`: how many changing operations it makes, and what it leaves.
+    fn clean_run(&self, op: Op, rng: &mut Rng) -> (u64, Expected) {
+        let mut m = self.machine(self.disks.start(op), rng);
         m.boot();
-        m.fs().arm(n);
-        let (acked, cut_during) = m.run_until_cut(&op.args(layout));
-        let (lost, log) = m.power_cut();
+        let before = m.fs().ops();
+        let o = m.kiln(&argv(&op.args(self.disks)));
+        assert!(o.status.success(), "{op:?}: {}", common::output(&o));
+        let total = m.fs().ops() - before;
+        // `system info` counts snapshots other than bundles' own; the directories include those.
+        let expected = expected_now(&m).unwrap_or_else(|e| panic!("{op:?}, a clean run: {e}"));
+        m.shutdown();
+        (total, expected)
+    }
+
+    /// Reboots the machine after a cut and checks it; panics with everything needed to replay.
+    fn reboot_and_check(
+        &self,
+        m: &mut Machine,
+        op: Op,
+        acked: bool,
+        expected: Expected,
+        what: &str,
+        log: &str,
+    ) -> String {
         m.boot();
-        let outcome = check(&m, op, layout, acked, expected).unwrap_or_else(|e| {
+        let outcome = check(m, op, self.disks, acked, expected).unwrap_or_else(|e| {
             panic!(
-                "KILN_POWERCUT_SEED={seed} {snapshotter} {model:?} {op:?} cut at changing operation {n} of {total} \
-                 (acknowledged: {acked}): {e}\nkilnd before the cut:\n{log}\nafter:\n{}",
+                "KILN_POWERCUT_SEED={} {} {:?} {op:?} {what} (acknowledged: {acked}): {e}\nkilnd before the cut:\n{log}\n\
+                 after:\n{}",
+                self.seed,
+                self.snapshotter,
+                self.model,
                 m.k().log()
             )
         });
-        let line = format!(
-            "{snapshotter} {model:?} {op:?} cut at {n}/{total}{}: unsynced data of {lost:?} dropped, acknowledged {acked}, \
-             {outcome} ({:.1} s)",
-            if cut_during { "" } else { " (after it returned)" },
-            started.elapsed().as_secs_f64()
-        );
-        eprintln!("{line}");
-        report.push(line);
         m.shutdown();
+        outcome
     }
-    report
+
+    /// Cuts `op` at `points` random points (plus its last changing operation and right after it).
+    fn cut_op(&self, op: Op, points: usize, rng: &mut Rng) {
+        let (total, expected) = self.clean_run(op, rng);
+        let mut at: Vec<u64> = (0..points).map(|_| 1 + rng.below(total)).collect();
+        at.extend([total, total + 1]);
+        for n in at {
+            let started = std::time::Instant::now();
+            let mut m = self.machine(self.disks.start(op), rng);
+            m.boot();
+            m.fs().arm(n);
+            let (acked, cut_during) = m.run_until_cut(&argv(&op.args(self.disks)));
+            let (lost, log) = m.power_cut();
+            let what = format!("cut at changing operation {n} of {total}");
+            let outcome = self.reboot_and_check(&mut m, op, acked, expected, &what, &log);
+            eprintln!(
+                "{} {:?} {op:?} cut at {n}/{total}{}: unsynced data of {lost:?} dropped, acknowledged {acked}, \
+                 {outcome} ({:.1} s)",
+                self.snapshotter,
+                self.model,
+                if cut_during { "" } else { " (after it returned)" },
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+
+    /// Cuts `op` at a random point, then cuts the start-up after it at a random point of its recovery (`points`
+    /// times); the boot after that must recover without an operator.
+    fn cut_recovery(&self, op: Op, points: usize, rng: &mut Rng) {
+        let (total, expected) = self.clean_run(op, rng);
+        for _ in 0..points {
+            let started = std::time::Instant::now();
+            let n = 1 + rng.below(total);
+            let mut m = self.machine(self.disks.start(op), rng);
+            m.boot();
+            m.fs().arm(n);
+            let (acked, _) = m.run_until_cut(&argv(&op.args(self.disks)));
+            let (lost, log) = m.power_cut();
+            // The disk as the cut left it, booted once cleanly to count what its start-up changes.
+            let disk = m.dir.path().join("after-cut");
+            copy_disk(&m.backing, &disk);
+            let mut probe = self.machine(Some(&disk), rng);
+            probe.seed = m.seed;
+            probe.boot();
+            let boot_ops = probe.fs().ops();
+            let recovered = probe.k().log();
+            probe.shutdown();
+            drop(probe);
+            // The same disk, cut during that start-up.
+            let r = 1 + rng.below(boot_ops);
+            let mut m2 = self.machine(Some(&disk), rng);
+            m2.seed = m.seed;
+            let up = m2.boot_armed(Some(r));
+            let cut = m2.fs().is_cut();
+            assert!(up || cut, "kilnd did not come up without a cut:\n{}", m2.k().log());
+            let (lost2, log2) = m2.power_cut();
+            let what = format!("cut at {n} of {total}, then at {r} of the start-up's {boot_ops}");
+            let log =
+                format!("{log}\nkilnd's clean start-up after the first cut:\n{recovered}\nthe start-up cut:\n{log2}");
+            let outcome = self.reboot_and_check(&mut m2, op, acked, expected, &what, &log);
+            eprintln!(
+                "{} {:?} {op:?} cut at {n}/{total} (unsynced data of {lost:?} dropped), start-up cut at {r}/{boot_ops}{} \
+                 (unsynced data of {lost2:?} dropped): acknowledged {acked}, {outcome} ({:.1} s)",
+                self.snapshotter,
+                self.model,
+                if cut { "" } else { " (came up first)" },
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
 }
 
-fn power_cuts(snapshotter: &str, model: Model, points: usize) {
+/// Every operation cut at `points` random points, and the start-up after a cut of `recovery_ops` cut too.
+fn power_cuts(snapshotter: &str, model: Model, points: usize, recovery_ops: &[Op]) {
     if !fuse_or_skip() {
         return;
     }
     let (mut rng, seed) = Rng::seeded();
     eprintln!("power cuts on {snapshotter}, {model:?} model: KILN_POWERCUT_SEED={seed}");
     let disks = make_disks(snapshotter);
-    for op in [Op::FirstImport, Op::Import, Op::Unpack, Op::Create, Op::Delete] {
-        cut_op(snapshotter, model, &disks, op, points, &mut rng, seed);
+    let case = Case { snapshotter, model, disks: &disks, seed };
+    for op in [Op::FirstImport, Op::Import, Op::Unpack, Op::Create, Op::Delete, Op::Pull, Op::Gc, Op::Repair] {
+        if !selected(op) {
+            continue;
+        }
+        if op == Op::Pull && disks.pull_ref.is_none() {
+            common::skip("the pull cases need docker-registry and skopeo");
+            continue;
+        }
+        case.cut_op(op, points, &mut rng);
     }
+    if std::env::var_os("KILN_POWERCUT_RECOVERY").is_some_and(|v| v == "0") {
+        return;
+    }
+    for op in recovery_ops.iter().filter(|op| selected(**op)) {
+        case.cut_recovery(*op, points, &mut rng);
+    }
+}
+
+/// Whether `KILN_POWERCUT_OPS` (operations by name, comma-separated, e.g. `Pull,Gc`; default all) names `op`.
+fn selected(op: Op) -> bool {
+    std::env::var("KILN_POWERCUT_OPS").map_or(true, |ops| ops.split(',').any(|o| o.trim() == format!("{op:?}")))
 }
 
 /// Cut points per operation, besides its last changing operation and right after it.
@@ -741,32 +1143,48 @@ fn points(default: usize) -> usize {
     std::env::var("KILN_POWERCUT_POINTS").ok().and_then(|s| s.parse().ok()).unwrap_or(default)
 }
 
+/// The start-ups cut in the default runs: after an unpack and a create (half-made snapshots, `tmp/`, bundle
+/// records without a bundle).
+const RECOVERY: &[Op] = &[Op::Unpack, Op::Create];
+
 #[test]
 fn power_cuts_native() {
-    power_cuts("native", Model::Data, 2);
+    power_cuts("native", Model::Data, 2, RECOVERY);
 }
 
 #[test]
 fn power_cuts_overlay() {
-    power_cuts("overlayfs", Model::Data, 2);
+    power_cuts("overlayfs", Model::Data, 2, RECOVERY);
 }
 
 #[test]
 fn power_cuts_native_strict() {
-    power_cuts("native", Model::Strict, 2);
+    power_cuts("native", Model::Strict, 2, RECOVERY);
 }
 
 #[test]
 fn power_cuts_overlay_strict() {
-    power_cuts("overlayfs", Model::Strict, 2);
+    power_cuts("overlayfs", Model::Strict, 2, RECOVERY);
 }
 
-/// The long variant: `KILN_POWERCUT_POINTS` (default 40) random points per operation on each snapshotter.
+#[test]
+fn power_cuts_native_torn() {
+    power_cuts("native", Model::Torn, 1, &[Op::Unpack]);
+}
+
+#[test]
+fn power_cuts_overlay_torn() {
+    power_cuts("overlayfs", Model::Torn, 1, &[Op::Create]);
+}
+
+/// The long variant: `KILN_POWERCUT_POINTS` (default 40) random points per operation on each snapshotter and
+/// model, and as many cut start-ups after a cut of each operation.
 #[test]
 #[ignore = "long: run with --ignored, KILN_POWERCUT_POINTS=N"]
 fn power_cuts_many_points() {
-    for model in [Model::Data, Model::Strict] {
-        power_cuts("native", model, points(40));
-        power_cuts("overlayfs", model, points(40));
+    let all = [Op::FirstImport, Op::Import, Op::Unpack, Op::Create, Op::Delete, Op::Pull, Op::Gc, Op::Repair];
+    for model in [Model::Data, Model::Strict, Model::Torn] {
+        power_cuts("native", model, points(40), &all);
+        power_cuts("overlayfs", model, points(40), &all);
     }
 }

@@ -411,6 +411,17 @@ impl Engine {
         image.layers.iter().all(|l| self.snapshots.stat(l.chain_id.as_str()).is_ok_and(|i| i.kind == Kind::Committed))
     }
 
+    /// How many of `image`'s layers, from the bottom, have their committed snapshot: all of them once it is
+    /// unpacked; fewer when an unpack, or a repair's removal from the top down, stopped midway (the snapshots
+    /// left are reused by the next unpack, so fsck checks them too).
+    pub fn committed_layers(&self, image: &ResolvedImage) -> usize {
+        image
+            .layers
+            .iter()
+            .take_while(|l| self.snapshots.stat(l.chain_id.as_str()).is_ok_and(|i| i.kind == Kind::Committed))
+            .count()
+    }
+
     /// Creates bundle `id` from `image`: unpack, active snapshot, rootfs mount, hygiene, user database,
     /// conversion, config.json, record.
     pub fn create(

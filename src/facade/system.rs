@@ -139,7 +139,8 @@ impl Kiln {
     /// Checks the committed chain of `reference` (or of every unpacked image of every store) against its
     /// layers applied again from the verified blobs; with `repair`, a damaged chain is removed and unpacked
     /// again, then checked once more (a `reference` not unpacked, as a repair that failed midway leaves it, is
-    /// unpacked). Stops between images once `cancel` says so.
+    /// unpacked). A chain unpacked in part (an unpack or a repair that stopped midway, a power cut) is checked
+    /// as far as it is committed. Stops between images once `cancel` says so.
     pub fn fsck(
         &self,
         reference: Option<&Reference>,
@@ -158,7 +159,8 @@ impl Kiln {
                     for l in image::list(&opened.store)? {
                         let r = Reference::Digest(l.descriptor.digest.clone());
                         let Ok(img) = image::resolve(&opened.store, &r, &ResolveOptions::default()) else { continue };
-                        if !self.engine.is_unpacked(&img) {
+                        // A chain unpacked in part is checked as far as it goes: the next unpack builds on it.
+                        if !img.layers.is_empty() && self.engine.committed_layers(&img) == 0 {
                             continue;
                         }
                         let name = l.ref_name.clone().unwrap_or_else(|| r.to_string());
@@ -180,7 +182,8 @@ impl Kiln {
     fn fsck_one(&self, image: String, store: &Store, img: &ResolvedImage, repair: bool) -> FsckItem {
         let mut item =
             FsckItem { image, chain_id: img.chain_id().cloned(), differences: vec![], repaired: false, error: None };
-        if !self.engine.is_unpacked(img) {
+        let committed = self.engine.committed_layers(img);
+        if !img.layers.is_empty() && committed == 0 {
             if !repair {
                 item.error = Some("not unpacked (pull it first)".into());
                 return item;
@@ -189,7 +192,17 @@ impl Kiln {
             // removed the damaged chain, and unpacking it again is what finishes that repair.
             item.differences = vec!["the chain is not unpacked".into()];
         } else {
-            match self.engine.verify(store, img) {
+            // Unpacked in part (an unpack or a repair stopped midway): the committed lower part is checked, and
+            // repaired with the whole.
+            let part;
+            let checked = if committed < img.layers.len() {
+                part = ResolvedImage { layers: img.layers[..committed].to_vec(), ..img.clone() };
+                item.chain_id = part.chain_id().cloned();
+                &part
+            } else {
+                img
+            };
+            match self.engine.verify(store, checked) {
                 Ok(r) => item.differences = r.differences,
                 Err(e) => {
                     item.error = Some(crate::error::report(&e));
@@ -201,6 +214,7 @@ impl Kiln {
             return item;
         }
         tracing::warn!(image = %item.image, differences = item.differences.len(), "fsck: repairing a damaged chain");
+        item.chain_id = img.chain_id().cloned();
         let again = self.engine.repair(store, img).and_then(|_| self.engine.verify(store, img));
         match again {
             Ok(r) if r.ok() => item.repaired = true,

@@ -114,8 +114,18 @@ pub const PARTIAL_KEEP: Duration = Duration::from_secs(24 * 3600);
 /// Where blobs are written before they are renamed into `blobs/`.
 pub const INGEST_DIR: &str = ".kiln-ingest";
 
+/// The blob a partial file named `<alg>-<encoded>-<origin>.partial` is of: `blobs/<alg>/<encoded>` in `path`.
+fn partial_blob(path: &Path, name: &str) -> Option<PathBuf> {
+    let (blob, _origin) = name.strip_suffix(PARTIAL_SUFFIX)?.rsplit_once('-')?;
+    let (alg, encoded) = blob.split_once('-')?;
+    Some(path.join("blobs").join(alg).join(encoded))
+}
+
 /// Removes half-written blobs a crash left in the layout at `path` (call with no writer running), but for the
-/// partial blobs a pull may resume ([`LayoutWriter::put_blob_resuming`]) younger than [`PARTIAL_KEEP`].
+/// partial blobs a pull may resume ([`LayoutWriter::put_blob_resuming`]) younger than [`PARTIAL_KEEP`] whose
+/// blob is not in the store. (A partial whose blob is there is what a power cut left of the rename that made
+/// the blob: on a filesystem that orders no metadata, the synced `blobs/` keeps the new name while the
+/// unsynced ingest directory gets the old one back. No put would ever remove it: the blob is there.)
 pub fn sweep_ingest(path: &Path) -> Result<()> {
     let dir = path.join(INGEST_DIR);
     let names = match sys::host::dir_names(&dir) {
@@ -126,8 +136,10 @@ pub fn sweep_ingest(path: &Path) -> Result<()> {
     let now = std::time::SystemTime::now();
     for name in names {
         let p = dir.join(&name);
-        let keep = name.to_string_lossy().ends_with(PARTIAL_SUFFIX)
-            && sys::host::lstat(&p).is_ok_and(|st| partial_kept(&st, now));
+        let text = name.to_string_lossy();
+        let keep = text.ends_with(PARTIAL_SUFFIX)
+            && sys::host::lstat(&p).is_ok_and(|st| partial_kept(&st, now))
+            && !partial_blob(path, &text).is_some_and(|b| sys::host::exists(&b));
         if !keep {
             sys::tree::remove_tree(&p).map_err(sys_err(p.display().to_string()))?;
         }
@@ -848,5 +860,26 @@ mod tests {
         fs::File::options().write(true).open(&old).unwrap().set_modified(then).unwrap();
         sweep_ingest(d.path()).unwrap();
         assert!(!old.exists() && fresh.exists());
+    }
+
+    #[test]
+    fn start_up_removes_a_partial_blob_whose_blob_is_in_the_store() {
+        let d = layout();
+        let data = vec![9u8; 20_000];
+        let digest = Digest::sha256(&data);
+        let w = LayoutWriter::open(d.path()).unwrap();
+        let mut src = Source { data: data.clone(), pos: 0, fail_after: None, starts: vec![] };
+        w.put_blob_resuming(&digest, data.len() as u64, ORIGIN, &mut src).unwrap();
+        drop(w);
+        // The old name of the rename back beside the new one, as a power cut leaves it when only `blobs/` was
+        // synced after the rename.
+        let blob = d.path().join("blobs/sha256").join(digest.encoded());
+        fs::hard_link(&blob, partial_of(d.path(), &digest)).unwrap();
+        let other = Digest::sha256(b"not in the store");
+        fs::write(partial_of(d.path(), &other), b"not").unwrap();
+        sweep_ingest(d.path()).unwrap();
+        assert!(!partial_of(d.path(), &digest).exists(), "the store has its blob");
+        assert!(partial_of(d.path(), &other).exists(), "kept for a pull to resume");
+        assert_eq!(fs::read(&blob).unwrap(), data);
     }
 }

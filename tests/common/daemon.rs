@@ -33,20 +33,25 @@ impl Kilnd {
     /// test filesystem), its log in a scratch directory; `prepare` may change the command before it runs (e.g.
     /// `powercut::SyncfsWatch::prepare`). Waits until its socket answers.
     pub fn start_at(root: &Path, state: &Path, extra: &[&str], prepare: impl FnOnce(&mut Command)) -> Kilnd {
+        let k = Kilnd::spawn_at(root, state, extra, prepare);
+        k.wait_ready();
+        k
+    }
+
+    /// [`start_at`](Self::start_at) without waiting for the socket (e.g. when the start-up itself may fail).
+    pub fn spawn_at(root: &Path, state: &Path, extra: &[&str], prepare: impl FnOnce(&mut Command)) -> Kilnd {
         let dir = super::scratch();
         let log = std::fs::File::create(dir.path().join("kilnd.log")).expect("log file");
         let mut cmd = command(&[], root, state, extra, log);
         prepare(&mut cmd);
         let child = cmd.spawn().expect("spawn kilnd");
-        let k = Kilnd {
+        Kilnd {
             child: Some(child),
             dir,
             root: root.to_path_buf(),
             state: state.to_path_buf(),
             socket: state.join("kilnd.sock"),
-        };
-        k.wait_ready();
-        k
+        }
     }
 
     fn start_in(place: Option<&Path>, config: &str, extra: &[&str]) -> Kilnd {

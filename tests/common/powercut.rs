@@ -19,6 +19,13 @@
 //! created in a directory that is itself lost goes with it. Metadata of an inode (mode, owner, times, xattrs) stays
 //! durable at once.
 //!
+//! **Torn writes ("torn", [`Model::Torn`])**: the data model, except that at the cut each file with unsynced
+//! data keeps a random prefix of it, at page granularity, instead of none (LazyFS's torn-write faults): pages
+//! before a random page boundary have their new bytes, pages from it on their bytes at the last sync, and the
+//! size is the synced size extended by what lies before the boundary (a file that shrank keeps its synced
+//! size past the boundary, the truncated pages before it read as zeros). The boundary of each file comes from
+//! [`CutFs::set_seed`] and the file's path in the backing directory, so a seed replays a cut.
+//!
 //! How: every change is written through to the backing directory at once (reads stay trivial) and each
 //! written file keeps an undo record — its size at its last sync and the original bytes of every 4 KiB page
 //! overwritten since, saved on the first write or truncation over the page — dropped when the file is synced
@@ -77,6 +84,8 @@ pub enum Model {
     Data,
     /// Unsynced file data, and namespace changes whose directories were not synced after them.
     Strict,
+    /// A random page-granular prefix of each file's unsynced data survives (namespace as in `Data`).
+    Torn,
 }
 
 /// A mounted [`CutFs`]. Dropping it cuts (if nothing did) and unmounts.
@@ -123,6 +132,8 @@ impl CutFs {
             limit: AtomicU64::new(u64::MAX),
             cut: AtomicBool::new(false),
             syncs: AtomicU64::new(0),
+            seed: AtomicU64::new(0),
+            backing: backing.to_path_buf(),
         });
         let mut config = fuser::Config::default();
         config.mount_options = vec![
@@ -150,6 +161,16 @@ impl CutFs {
     /// Cuts by itself when the `n`th changing operation from now arrives (that one is not performed); `n >= 1`.
     pub fn arm(&self, n: u64) {
         self.inner.limit.store(self.ops() + n, Ordering::SeqCst);
+    }
+
+    /// Undoes [`arm`](Self::arm): no cut comes by itself.
+    pub fn disarm(&self) {
+        self.inner.limit.store(u64::MAX, Ordering::SeqCst);
+    }
+
+    /// The seed the torn model draws each file's surviving prefix from (see the module's doc).
+    pub fn set_seed(&self, seed: u64) {
+        self.inner.seed.store(seed, Ordering::SeqCst);
     }
 
     /// Whether the cut happened (by [`arm`](Self::arm) or [`cut`](Self::cut)).
@@ -242,11 +263,28 @@ impl Undo {
         Ok(())
     }
 
-    fn apply(&self) -> std::io::Result<()> {
-        for (page, bytes) in &self.pages {
+    /// Drops the unsynced data: all of it, or (torn) what lies from page `keep` on, `keep` drawn from `draw`
+    /// over `0..=pages` (the pages the file spans, now or at its last sync).
+    fn apply(&self, torn: Option<&dyn Fn(u64) -> u64>) -> std::io::Result<()> {
+        let Some(draw) = torn else {
+            for (page, bytes) in &self.pages {
+                self.file.write_all_at(bytes, page * PAGE)?;
+            }
+            return self.file.set_len(self.size);
+        };
+        let cur = self.file.metadata()?.len();
+        let keep = draw(cur.max(self.size).div_ceil(PAGE)) * PAGE;
+        for (page, bytes) in self.pages.range(keep / PAGE..) {
             self.file.write_all_at(bytes, page * PAGE)?;
         }
-        self.file.set_len(self.size)
+        let size = if keep >= cur.max(self.size) {
+            cur
+        } else if cur >= self.size {
+            self.size.max(keep)
+        } else {
+            self.size
+        };
+        self.file.set_len(size)
     }
 }
 
@@ -300,6 +338,9 @@ struct Inner {
     limit: AtomicU64,
     cut: AtomicBool,
     syncs: AtomicU64,
+    /// The torn model's seed.
+    seed: AtomicU64,
+    backing: PathBuf,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -701,8 +742,19 @@ impl Inner {
         let mut undo = self.undo();
         let mut lost = Vec::new();
         for (ino, rec) in undo.drain() {
-            lost.push(std::fs::read_link(proc_path(&rec.file)).unwrap_or_else(|_| format!("inode {ino}").into()));
-            if let Err(e) = rec.apply() {
+            let path = std::fs::read_link(proc_path(&rec.file)).unwrap_or_else(|_| format!("inode {ino}").into());
+            // The surviving prefix depends on the seed and the file's place (stable across runs), not on inode
+            // numbers or the order of this map.
+            let key = {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                (self.seed.load(Ordering::SeqCst), path.strip_prefix(&self.backing).unwrap_or(&path)).hash(&mut h);
+                h.finish()
+            };
+            let draw = move |pages: u64| key % (pages + 1);
+            let torn = (self.model == Model::Torn).then_some(&draw as &dyn Fn(u64) -> u64);
+            lost.push(path);
+            if let Err(e) = rec.apply(torn) {
                 panic!("cutfs: dropping the unsynced data of inode {ino}: {e}");
             }
         }
