@@ -59,16 +59,22 @@ fn write(path: &Path, bytes: &[u8], sync: bool) {
     }
 }
 
+/// A scratch directory with an empty `backing` directory and a mount point `mnt` for [`CutFs`] in it.
+fn backing_and_mount_point() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = common::scratch();
+    let (backing, mnt) = (dir.path().join("backing"), dir.path().join("mnt"));
+    std::fs::create_dir_all(&backing).unwrap();
+    std::fs::create_dir_all(&mnt).unwrap();
+    (dir, backing, mnt)
+}
+
 /// The filesystem itself: only synced bytes survive a cut; namespace changes survive as they are.
 #[test]
 fn cutfs_keeps_only_what_was_synced() {
     if !fuse_or_skip() {
         return;
     }
-    let dir = common::scratch();
-    let (backing, mnt) = (dir.path().join("backing"), dir.path().join("mnt"));
-    std::fs::create_dir_all(&backing).unwrap();
-    std::fs::create_dir_all(&mnt).unwrap();
+    let (_dir, backing, mnt) = backing_and_mount_point();
     std::fs::write(backing.join("old"), b"there before the mount").unwrap();
     std::fs::write(backing.join("gone"), b"unlinked").unwrap();
     let fs = CutFs::mount(&backing, &mnt).unwrap();
@@ -142,10 +148,8 @@ fn cutfs_strict_keeps_only_synced_names() {
     if !fuse_or_skip() {
         return;
     }
-    let dir = common::scratch();
-    let (backing, mnt) = (dir.path().join("backing"), dir.path().join("mnt"));
-    std::fs::create_dir_all(backing.join("keep")).unwrap();
-    std::fs::create_dir_all(&mnt).unwrap();
+    let (dir, backing, mnt) = backing_and_mount_point();
+    std::fs::create_dir(backing.join("keep")).unwrap();
     std::fs::write(backing.join("old"), b"durable before").unwrap();
     std::fs::write(backing.join("old2"), b"replaced, not durably").unwrap();
     std::fs::write(backing.join("keep/x"), b"x").unwrap();
@@ -227,10 +231,7 @@ fn cutfs_torn_keeps_a_prefix_of_each_file() {
     if !fuse_or_skip() {
         return;
     }
-    let dir = common::scratch();
-    let (backing, mnt) = (dir.path().join("backing"), dir.path().join("mnt"));
-    std::fs::create_dir_all(&backing).unwrap();
-    std::fs::create_dir_all(&mnt).unwrap();
+    let (_dir, backing, mnt) = backing_and_mount_point();
     let page = 4096usize;
     // Never 0xEE, the old bytes: where the new ones end is plain.
     let new: Vec<u8> = (0..5 * page + 100).map(|i| (i % 200) as u8 + 1).collect();
@@ -276,10 +277,7 @@ fn cutfs_armed_cut_stops_everything_after_it() {
     if !fuse_or_skip() {
         return;
     }
-    let dir = common::scratch();
-    let (backing, mnt) = (dir.path().join("backing"), dir.path().join("mnt"));
-    std::fs::create_dir_all(&backing).unwrap();
-    std::fs::create_dir_all(&mnt).unwrap();
+    let (_dir, backing, mnt) = backing_and_mount_point();
     let fs = CutFs::mount(&backing, &mnt).unwrap();
     let m = |p: &str| mnt.join(p);
     write(&m("kept"), b"synced", true);
