@@ -43,12 +43,16 @@ def per_mount(layers, options):
     for d in dirs:
         for sub in ("fs", "work", "m"):
             os.makedirs(f"{d}/{sub}")
-    start = time.perf_counter()
-    for d in dirs:
-        mount("overlay", f"{d}/m", "overlay", 0, f"workdir={d}/work,upperdir={d}/fs,lowerdir={layers}/lower,{options}")
-    took = time.perf_counter() - start
-    for d in dirs:
-        umount(f"{d}/m")
+    mounted = []
+    try:
+        start = time.perf_counter()
+        for d in dirs:
+            mount("overlay", f"{d}/m", "overlay", 0, f"workdir={d}/work,upperdir={d}/fs,lowerdir={layers}/lower,{options}")
+            mounted.append(f"{d}/m")
+        took = time.perf_counter() - start
+    finally:  # a failed mount (a bad OPTIONS) leaves none of the earlier ones behind
+        for m in mounted:
+            umount(m)
     for d in dirs:
         shutil.rmtree(d)
     return took / COUNT * 1e6
