@@ -296,6 +296,61 @@ fn cutfs_armed_cut_stops_everything_after_it() {
     assert!(!backing.join("after").exists());
 }
 
+/// An abort ends the FUSE connection: requests fail at once (nothing can wait for the server any more) and the
+/// session ends even while a descriptor on the mount is still open.
+#[test]
+fn cutfs_abort_ends_the_connection() {
+    if !fuse_or_skip() {
+        return;
+    }
+    let (_dir, backing, mnt) = backing_and_mount_point();
+    std::fs::write(backing.join("f"), b"there").unwrap();
+    let fs = CutFs::mount(&backing, &mnt).unwrap();
+    let held = std::fs::File::open(mnt.join("f")).unwrap();
+    fs.abort();
+    let err = std::fs::metadata(mnt.join("f")).expect_err("a request after the abort");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{err}");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        fs.unmount();
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(30)).expect("the session ends with a descriptor still open");
+    drop(held);
+    assert_eq!(std::fs::read(backing.join("f")).unwrap(), b"there");
+}
+
+/// The hang guards the daemon cases run under: a command past its limit fails the test with a report of what
+/// it was doing, instead of holding the run.
+#[test]
+fn hang_guards_report_what_was_stuck() {
+    let mut cmd = std::process::Command::new("sleep");
+    cmd.arg("30");
+    let started = std::time::Instant::now();
+    let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        common::hang::output_within(&mut cmd, std::time::Duration::from_secs(1), "sleep 30", &[])
+    }))
+    .expect_err("sleep 30 within 1 s");
+    let text = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(text.contains("sleep 30: no answer after 1s"), "{text}");
+    assert!(text.contains("(sleep)") && text.contains("cmdline: sleep 30"), "{text}");
+    assert!(text.contains("State:"), "the threads' states: {text}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(25), "sleep was killed at the limit");
+
+    let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+    let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        common::hang::wait_within(&mut child, std::time::Duration::from_millis(200), "sleep 30")
+    }))
+    .expect_err("sleep 30 within 200 ms");
+    let text = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(text.contains("sleep 30: still running after 200ms") && text.contains("(sleep)"), "{text}");
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut quick = std::process::Command::new("true");
+    let out = common::hang::output_within(&mut quick, std::time::Duration::from_secs(30), "true", &[]);
+    assert!(out.status.success());
+}
+
 // ---- kilnd on a CutFs ----------------------------------------------------------------------------------------
 
 use common::daemon::{detach_mounts_under, path_str, Kilnd};
@@ -467,7 +522,11 @@ impl Machine {
         let mut k = self.kilnd.take().expect("booted");
         let mut child = k.child.take().expect("running");
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal);
-        child.wait().expect("wait kilnd");
+        if signal == nix::sys::signal::Signal::SIGKILL {
+            // The power is off: no request of the dying daemon may wait for the filesystem.
+            self.fs().abort();
+        }
+        common::hang::wait_within(&mut child, common::hang::call_limit(), &format!("kilnd after {signal}"));
         self.watch = None;
         detach_mounts_under(&k.state);
         let fs = self.fs.take().expect("mounted");
@@ -518,9 +577,19 @@ impl Machine {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("kiln");
+        let deadline = std::time::Instant::now() + common::hang::call_limit();
         loop {
             if let Some(st) = child.try_wait().unwrap() {
                 return (st.success(), self.fs().is_cut());
+            }
+            if std::time::Instant::now() > deadline {
+                panic!(
+                    "kiln {args:?}: no answer and no cut after {} s\n{}{}\nkilnd's log:\n{}",
+                    common::hang::call_limit().as_secs(),
+                    common::hang::report(child.id()),
+                    common::hang::report(self.k().pid()),
+                    self.k().log()
+                );
             }
             if self.fs().is_cut() {
                 // The machine is off: kilnd never answers again. What the CLI got before is all it gets.
@@ -528,7 +597,7 @@ impl Machine {
                     nix::unistd::Pid::from_raw(self.k().pid() as i32),
                     nix::sys::signal::Signal::SIGKILL,
                 );
-                let st = child.wait().unwrap();
+                let st = common::hang::wait_within(&mut child, common::hang::call_limit(), "kiln after kilnd's kill");
                 return (st.success(), true);
             }
             std::thread::sleep(std::time::Duration::from_millis(2));
@@ -1111,6 +1180,13 @@ fn power_cuts(snapshotter: &str, model: Model, points: usize, recovery_ops: &[Op
     }
     let (mut rng, seed) = Rng::seeded();
     eprintln!("power cuts on {snapshotter}, {model:?} model: KILN_POWERCUT_SEED={seed}");
+    // A hang anywhere (the daemon, the filesystem, a tool) fails the binary with a report, not CI's clock. The
+    // default cases take well under a minute each; the long variant scales with its points.
+    let limit = std::time::Duration::from_secs(300 + 320 * points as u64);
+    let _watchdog = common::hang::Watchdog::start(
+        &format!("power cuts on {snapshotter}, {model:?} model, KILN_POWERCUT_SEED={seed}"),
+        limit,
+    );
     let disks = make_disks(snapshotter);
     let case = Case { snapshotter, model, disks: &disks, seed };
     for op in [Op::FirstImport, Op::Import, Op::Unpack, Op::Create, Op::Delete, Op::Pull, Op::Gc, Op::Repair] {

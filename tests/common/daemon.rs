@@ -119,7 +119,10 @@ impl Kilnd {
 
     /// Runs the `kiln` CLI against this daemon.
     pub fn kiln(&self, args: &[&str]) -> std::process::Output {
-        Command::new(env!("CARGO_BIN_EXE_kiln")).arg("--address").arg(self.address()).args(args).output().expect("kiln")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        cmd.arg("--address").arg(self.address()).args(args);
+        let watch: Vec<u32> = self.child.as_ref().map(Child::id).into_iter().collect();
+        super::hang::output_within(&mut cmd, super::hang::call_limit(), &format!("kiln {args:?}"), &watch)
     }
 
     /// Sends SIGTERM and waits for the exit status.
@@ -127,7 +130,7 @@ impl Kilnd {
         let mut child = self.child.take().expect("running");
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        child.wait().expect("wait kilnd")
+        super::hang::wait_within(&mut child, super::hang::call_limit(), "kilnd after SIGTERM")
     }
 
     /// What the daemon logged so far.

@@ -9,6 +9,7 @@ pub mod containerd;
 pub mod cri;
 pub mod daemon;
 pub mod faults;
+pub mod hang;
 pub mod layer;
 pub mod layout;
 pub mod powercut;

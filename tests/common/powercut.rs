@@ -93,6 +93,32 @@ pub struct CutFs {
     inner: Arc<Inner>,
     session: Option<fuser::BackgroundSession>,
     mountpoint: PathBuf,
+    /// The FUSE connection's number in fusectl (`/sys/fs/fuse/connections/<n>`), when mountinfo showed it.
+    connection: Option<u64>,
+}
+
+/// The fusectl number of the FUSE mount at `mountpoint`: the kernel's device number of its superblock (major
+/// << 20 | minor), from the last `/proc/self/mountinfo` line for that mount point (no request to the server).
+fn connection_of(mountpoint: &Path) -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let point = mountpoint.to_str()?;
+    let line = info.lines().rfind(|l| l.split(' ').nth(4) == Some(point))?;
+    let (major, minor) = line.split(' ').nth(2)?.split_once(':')?;
+    Some((major.parse::<u64>().ok()? << 20) | minor.parse::<u64>().ok()?)
+}
+
+/// Where fusectl is (or is mounted now, if nothing is there yet).
+const FUSECTL: &str = "/sys/fs/fuse/connections";
+
+/// Aborts FUSE connection `n` through fusectl: every request waiting for the server fails at once, and the
+/// server's reads end. Mounts fusectl first if the connection is not listed (a VM without systemd's mount).
+fn abort_connection(n: u64) {
+    let abort = Path::new(FUSECTL).join(n.to_string()).join("abort");
+    if !abort.exists() {
+        let _ =
+            nix::mount::mount(Some("fusectl"), FUSECTL, Some("fusectl"), nix::mount::MsFlags::empty(), None::<&str>);
+    }
+    let _ = std::fs::write(&abort, b"1");
 }
 
 impl CutFs {
@@ -146,7 +172,8 @@ impl CutFs {
         config.acl = SessionACL::All;
         config.n_threads = Some(4);
         let session = fuser::spawn_mount(Fs(inner.clone()), mountpoint, &config)?;
-        Ok(CutFs { inner, session: Some(session), mountpoint: mountpoint.to_path_buf() })
+        let connection = connection_of(mountpoint);
+        Ok(CutFs { inner, session: Some(session), mountpoint: mountpoint.to_path_buf(), connection })
     }
 
     pub fn mountpoint(&self) -> &Path {
@@ -203,8 +230,22 @@ impl CutFs {
         self.teardown();
     }
 
+    /// Aborts the FUSE connection (after a cut, as the power going): every request still waiting for this
+    /// process fails, so nothing that used the mount (a killed daemon closing its files, a late reader) can stay
+    /// blocked on it, whatever the handlers are doing. Only while mounted: the number is this mount's only as
+    /// long as its superblock lives.
+    pub fn abort(&self) {
+        if let Some(n) = self.connection {
+            abort_connection(n);
+        }
+    }
+
     fn teardown(&mut self) {
         let _ = self.cut();
+        // The superblock lives on after the detach while anything still holds it (an open file, a mount made
+        // from it): the connection is ended first, so that the session below ends. First, because once the
+        // superblock is gone its number may be another mount's (a test beside this one).
+        self.abort();
         let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
         if let Some(s) = self.session.take() {
             let _ = s.umount_and_join();

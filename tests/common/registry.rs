@@ -109,12 +109,12 @@ impl Registry {
     /// `name:tag`, byte for byte; returns the reference.
     pub fn push(&self, layout: &Path, layout_ref: &str, name: &str, tag: &str) -> String {
         let reference = self.reference(name, tag);
-        let out = Command::new("skopeo")
-            .args(["copy", "--insecure-policy", "--dest-tls-verify=false", "--preserve-digests", "--quiet"])
+        let mut cmd = Command::new("skopeo");
+        cmd.args(["copy", "--insecure-policy", "--dest-tls-verify=false", "--preserve-digests", "--quiet"])
             .arg(format!("oci:{}:{layout_ref}", layout.display()))
-            .arg(format!("docker://{reference}"))
-            .output()
-            .expect("skopeo");
+            .arg(format!("docker://{reference}"));
+        let watch: Vec<u32> = self.child.as_ref().map(Child::id).into_iter().collect();
+        let out = super::hang::output_within(&mut cmd, super::hang::call_limit(), "skopeo copy", &watch);
         assert!(out.status.success(), "skopeo copy to {reference}: {out:?}\n--- registry log:\n{}", self.log());
         reference
     }
@@ -127,11 +127,9 @@ impl Registry {
         if let Some((u, p)) = &self.credentials {
             cmd.arg("--dest-creds").arg(format!("{u}:{p}"));
         }
-        let out = cmd
-            .arg(format!("oci:{}:{layout_ref}", layout.display()))
-            .arg(format!("docker://{}/{name}", self.host))
-            .output()
-            .expect("skopeo");
+        cmd.arg(format!("oci:{}:{layout_ref}", layout.display())).arg(format!("docker://{}/{name}", self.host));
+        let watch: Vec<u32> = self.child.as_ref().map(Child::id).into_iter().collect();
+        let out = super::hang::output_within(&mut cmd, super::hang::call_limit(), "skopeo copy", &watch);
         assert!(out.status.success(), "skopeo copy: {}", String::from_utf8_lossy(&out.stderr));
     }
 
