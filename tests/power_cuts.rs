@@ -482,7 +482,13 @@ impl Machine {
         }
         std::fs::create_dir(&state).unwrap();
         let k = Kilnd::spawn_at(&self.root(), &state, &["--snapshotter", &self.snapshotter], SyncfsWatch::prepare);
-        self.watch = Some(SyncfsWatch::start(k.pid(), &self.mnt, fs.syncer()).expect("watch syncfs"));
+        self.watch = match SyncfsWatch::start(k.pid(), &self.mnt, fs.syncer()) {
+            Ok(w) => Some(w),
+            // A start-up cut at its first changes: kilnd gave up and exited before the watch could attach
+            // (its descriptors are gone with it). Nothing of it is left to watch; the loop below sees the exit.
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) && fs.is_cut() => None,
+            Err(e) => panic!("watch syncfs of kilnd {}: {e}", k.pid()),
+        };
         self.fs = Some(fs);
         self.kilnd = Some(k);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

@@ -88,7 +88,20 @@ fn config(flags: Flags) -> anyhow::Result<Config> {
     Ok(c)
 }
 
+/// SIGTERM and SIGINT, held (blocked) from the first instruction of `main` until their handlers exist.
+fn stop_signals() -> nix::sys::signal::SigSet {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set
+}
+
 fn main() -> ExitCode {
+    // A stop that arrives while kilnd starts (recovery, binding its sockets: a client may already connect)
+    // waits for the handlers instead of killing the daemon mid-repair, and cannot fall into the moment a
+    // handler is being installed, where it would be lost and the daemon never stop.
+    let _ = stop_signals().thread_block();
     let flags = match Flags::try_parse() {
         Ok(f) => f,
         Err(e) if e.use_stderr() => {
@@ -152,13 +165,6 @@ fn descriptor_limit(config: &Config) {
 
 fn run(config: Config) -> anyhow::Result<()> {
     descriptor_limit(&config);
-    // The reference grammar's regex (oci-client's) is compiled on first use, in the first registry pull (tens of
-    // ms). It is not warmed here: compiled, it holds 13 MiB, which would more than double an idle kilnd's RSS
-    // (23.9 → 10.7 MiB measured; issue 15's idle target is 20 MiB).
-    let _lock = lifecycle::lock_root(&config.root, &config.state)?;
-    let daemon = server::Daemon::new(config.clone()).context("preparing directories")?;
-    let listeners = lifecycle::listen(&config)?;
-    let socket_files = listeners.bound_files();
     // Every worker thread belongs to an admitted request (limits.concurrent), so the pool never queues.
     let workers = config.limits.concurrent.total() + 16;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -166,15 +172,32 @@ fn run(config: Config) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting tokio")?;
+    // The stop signals' handlers, then the signals let through (on this thread, which runs start-up and then
+    // waits in block_on; the runtime's threads keep them blocked): one that came during start-up so far is
+    // delivered now and drains the daemon as soon as it serves.
+    let (mut term, mut int) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _runtime = runtime.enter();
+        (
+            signal(SignalKind::terminate()).context("SIGTERM handler")?,
+            signal(SignalKind::interrupt()).context("SIGINT handler")?,
+        )
+    };
+    stop_signals().thread_unblock().context("unblocking SIGTERM and SIGINT")?;
+    // The reference grammar's regex (oci-client's) is compiled on first use, in the first registry pull (tens of
+    // ms). It is not warmed here: compiled, it holds 13 MiB, which would more than double an idle kilnd's RSS
+    // (23.9 → 10.7 MiB measured; issue 15's idle target is 20 MiB).
+    let _lock = lifecycle::lock_root(&config.root, &config.state)?;
+    let daemon = server::Daemon::new(config.clone()).context("preparing directories")?;
+    let listeners = lifecycle::listen(&config)?;
+    let socket_files = listeners.bound_files();
     let deadline = std::time::Duration::from_secs(config.shutdown_timeout_secs);
     let result = runtime.block_on(async move {
         let listener = listeners.kiln.into_tokio()?;
         let containerd = listeners.snapshots.map(lifecycle::Listener::into_tokio).transpose()?;
         let metrics = listeners.metrics.map(lifecycle::MetricsListener::into_tokio).transpose()?;
-        // Signal handlers exist before READY=1, so a SIGTERM right after readiness drains instead of killing.
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-        let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+        // The signal handlers were installed before the sockets were bound: a SIGTERM as soon as a client can
+        // connect (before READY=1, even) drains instead of killing.
         let shutdown = async move {
             tokio::select! {
                 _ = term.recv() => tracing::info!("SIGTERM"),

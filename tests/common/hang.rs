@@ -81,8 +81,13 @@ pub fn report(pid: u32) -> String {
     for tid in &tids {
         let t = format!("{proc}/task/{tid}");
         let read = |f: &str| std::fs::read_to_string(format!("{t}/{f}")).unwrap_or_default();
-        let state = read("status").lines().find(|l| l.starts_with("State:")).unwrap_or("").to_owned();
-        text.push_str(&format!("thread {tid} ({}) {state} wchan {}\n", read("comm").trim(), read("wchan")));
+        let status = read("status");
+        let field = |name: &str| status.lines().find(|l| l.starts_with(name)).unwrap_or("").replace('\t', " ");
+        text.push_str(&format!("thread {tid} ({}) {} wchan {}\n", read("comm").trim(), field("State:"), read("wchan")));
+        // Signals pending (thread, process), blocked, ignored and caught: a stop signal that never acts shows here.
+        let masks: Vec<String> =
+            ["SigPnd:", "ShdPnd:", "SigBlk:", "SigIgn:", "SigCgt:"].iter().map(|f| field(f)).collect();
+        text.push_str(&format!("    {}\n", masks.join(" ")));
         for line in read("stack").lines() {
             text.push_str(&format!("    {line}\n"));
         }
