@@ -460,10 +460,8 @@ fn bad_config_exits_64_before_binding() {
 fn sigterm_held(pid: u32) -> (bool, bool) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let has = |field: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        common::status_field(&status, field)
+            .and_then(|v| u64::from_str_radix(v, 16).ok())
             .is_some_and(|mask| mask & (1 << (libc::SIGTERM - 1)) != 0)
     };
     (has("SigBlk:"), has("SigCgt:"))

@@ -583,15 +583,15 @@ impl Machine {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("kiln");
-        let deadline = std::time::Instant::now() + common::hang::call_limit();
+        let limit = common::hang::call_limit();
+        let deadline = std::time::Instant::now() + limit;
         loop {
             if let Some(st) = child.try_wait().unwrap() {
                 return (st.success(), self.fs().is_cut());
             }
             if std::time::Instant::now() > deadline {
                 panic!(
-                    "kiln {args:?}: no answer and no cut after {} s\n{}{}\nkilnd's log:\n{}",
-                    common::hang::call_limit().as_secs(),
+                    "kiln {args:?}: no answer and no cut after {limit:?}\n{}{}\nkilnd's log:\n{}",
                     common::hang::report(child.id()),
                     common::hang::report(self.k().pid()),
                     self.k().log()
@@ -603,7 +603,7 @@ impl Machine {
                     nix::unistd::Pid::from_raw(self.k().pid() as i32),
                     nix::sys::signal::Signal::SIGKILL,
                 );
-                let st = common::hang::wait_within(&mut child, common::hang::call_limit(), "kiln after kilnd's kill");
+                let st = common::hang::wait_within(&mut child, limit, "kiln after kilnd's kill");
                 return (st.success(), true);
             }
             std::thread::sleep(std::time::Duration::from_millis(2));

@@ -14,11 +14,8 @@ use std::time::{Duration, Instant};
 
 /// How long a single CLI call may take before the test reports a hang (`KILN_TEST_CALL_LIMIT`, seconds).
 pub fn call_limit() -> Duration {
-    limit("KILN_TEST_CALL_LIMIT", 300)
-}
-
-fn limit(var: &str, default: u64) -> Duration {
-    Duration::from_secs(std::env::var(var).ok().and_then(|s| s.parse().ok()).unwrap_or(default))
+    let secs = std::env::var("KILN_TEST_CALL_LIMIT").ok().and_then(|s| s.parse().ok());
+    Duration::from_secs(secs.unwrap_or(300))
 }
 
 /// Runs `cmd` to completion (its stdout and stderr captured) unless `limit` passes first: then the command and
@@ -66,8 +63,7 @@ pub fn wait_within(child: &mut Child, limit: Duration, what: &str) -> ExitStatus
 /// `/proc`), then the user stacks of every thread from `gdb -batch` when `gdb` is installed (at most 60 s).
 pub fn report(pid: u32) -> String {
     let proc = format!("/proc/{pid}");
-    let comm = std::fs::read_to_string(format!("{proc}/comm")).unwrap_or_default();
-    let mut text = format!("--- process {pid} ({}) ---\n", comm.trim());
+    let mut text = format!("--- process {pid} ({}) ---\n", super::daemon::comm(pid));
     let cmdline = std::fs::read(format!("{proc}/cmdline")).unwrap_or_default();
     text.push_str(&format!("cmdline: {}\n", String::from_utf8_lossy(&cmdline).replace('\0', " ")));
     let mut tids: Vec<u32> = std::fs::read_dir(format!("{proc}/task"))
@@ -82,11 +78,10 @@ pub fn report(pid: u32) -> String {
         let t = format!("{proc}/task/{tid}");
         let read = |f: &str| std::fs::read_to_string(format!("{t}/{f}")).unwrap_or_default();
         let status = read("status");
-        let field = |name: &str| status.lines().find(|l| l.starts_with(name)).unwrap_or("").replace('\t', " ");
+        let field = |name: &str| format!("{name} {}", super::status_field(&status, name).unwrap_or("?"));
         text.push_str(&format!("thread {tid} ({}) {} wchan {}\n", read("comm").trim(), field("State:"), read("wchan")));
         // Signals pending (thread, process), blocked, ignored and caught: a stop signal that never acts shows here.
-        let masks: Vec<String> =
-            ["SigPnd:", "ShdPnd:", "SigBlk:", "SigIgn:", "SigCgt:"].iter().map(|f| field(f)).collect();
+        let masks: Vec<String> = ["SigPnd:", "ShdPnd:", "SigBlk:", "SigIgn:", "SigCgt:"].map(field).to_vec();
         text.push_str(&format!("    {}\n", masks.join(" ")));
         for line in read("stack").lines() {
             text.push_str(&format!("    {line}\n"));

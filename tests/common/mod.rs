@@ -61,6 +61,12 @@ pub fn skip_log() -> std::path::PathBuf {
     }
 }
 
+/// The value of field `name` (e.g. `"VmRSS:"`, `"SigBlk:"`) in a `/proc/<pid>/status` or
+/// `/proc/<pid>/task/<tid>/status` text, trimmed.
+pub fn status_field<'a>(status: &'a str, name: &str) -> Option<&'a str> {
+    status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim)
+}
+
 /// The path of a tool on PATH, or `None`.
 pub fn which(tool: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH")?;

@@ -113,8 +113,7 @@ impl Registry {
         cmd.args(["copy", "--insecure-policy", "--dest-tls-verify=false", "--preserve-digests", "--quiet"])
             .arg(format!("oci:{}:{layout_ref}", layout.display()))
             .arg(format!("docker://{reference}"));
-        let watch: Vec<u32> = self.child.as_ref().map(Child::id).into_iter().collect();
-        let out = super::hang::output_within(&mut cmd, super::hang::call_limit(), "skopeo copy", &watch);
+        let out = self.skopeo(&mut cmd);
         assert!(out.status.success(), "skopeo copy to {reference}: {out:?}\n--- registry log:\n{}", self.log());
         reference
     }
@@ -128,9 +127,15 @@ impl Registry {
             cmd.arg("--dest-creds").arg(format!("{u}:{p}"));
         }
         cmd.arg(format!("oci:{}:{layout_ref}", layout.display())).arg(format!("docker://{}/{name}", self.host));
-        let watch: Vec<u32> = self.child.as_ref().map(Child::id).into_iter().collect();
-        let out = super::hang::output_within(&mut cmd, super::hang::call_limit(), "skopeo copy", &watch);
+        let out = self.skopeo(&mut cmd);
         assert!(out.status.success(), "skopeo copy: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Runs a skopeo command against this registry, within the test call limit (past it, skopeo and the
+    /// registry are reported: see `hang::output_within`).
+    fn skopeo(&self, cmd: &mut Command) -> std::process::Output {
+        let watch: Vec<u32> = self.child.as_ref().map(Child::id).into_iter().collect();
+        super::hang::output_within(cmd, super::hang::call_limit(), "skopeo copy", &watch)
     }
 
     /// Where the registry keeps blob `digest` (`sha256:…`) on disk.
