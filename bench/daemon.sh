@@ -6,12 +6,15 @@
 #   BIN=DIR bench/daemon.sh    # use DIR/{kilnd,kiln,grpc_load} (e.g. copies built from another commit, for an A/B)
 #   MODE=phases bench/daemon.sh  # all the creates first, then all the deletes: each verb's rate alone
 #                                # (default MODE=cycles: each caller creates and deletes in turn)
+#   STATE_MOUNT=shared bench/daemon.sh  # the state directory on the same tmpfs as the root (default: a tmpfs
+#                                # of its own, as kilnd's defaults have it on a node: /var/lib/kiln and /run/kiln)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 COUNT=${COUNT:-1000}
 CONCURRENCY=${CONCURRENCY:-1,8,64}
 WORK=${WORK:-/dev/shm/kiln-bench-daemon}
 MODE=${MODE:-cycles}
+STATE_MOUNT=${STATE_MOUNT:-own}
 [ "$(id -u)" = 0 ] || { echo "bench: needs root (overlay mounts)"; exit 2; }
 if [ -z "${BIN:-}" ]; then
   cargo build --release --bin kilnd --bin kiln --example grpc_load >/dev/null
@@ -27,6 +30,11 @@ cleanup() {
 }
 trap cleanup EXIT
 rm -rf "$WORK"; mkdir -p "$WORK"
+# Where the bundles are mounted matters to every overlay mount: the kernel's overlay set-up walks each child
+# mount of the mount that holds the layers (clone_private_mount, bench/overlay_mounts.py). With the defaults the
+# layers are under /var/lib and the bundles under /run, two mounts; one tmpfs for both would make each create
+# walk every earlier bundle's mount.
+if [ "$STATE_MOUNT" = own ]; then mkdir -p "$WORK/state" && mount -t tmpfs -o mode=0711 kiln-bench-state "$WORK/state"; fi
 scripts/demo-image.sh "$WORK/layout" >/dev/null
 
 "$BIN/kilnd" --root "$WORK/root" --state "$WORK/state" --log-level warn &
@@ -34,6 +42,7 @@ pid=$!
 addr="unix://$WORK/state/kilnd.sock"
 for _ in $(seq 100); do [ -S "$WORK/state/kilnd.sock" ] && break; sleep 0.05; done
 sleep 0.5
+echo "state directory: $STATE_MOUNT mount"
 echo "kilnd idle RSS after start: $(awk '/VmRSS/ {print $2, $3}' /proc/$pid/status)"
 "$BIN/kiln" --address "$addr" image import "$WORK/layout" --name busybox --source-ref busybox >/dev/null
 "$BIN/kiln" --address "$addr" image pull busybox >/dev/null

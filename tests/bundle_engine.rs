@@ -489,3 +489,81 @@ fn verify_finds_damage_and_repair_re_extracts() {
         assert_eq!(fs::read_dir(d.path().join("root/tmp")).unwrap().count(), 0);
     }
 }
+
+/// I12 on every create, not only the first on a chain: the engine keeps what the hygiene found and the user
+/// database per layer chain (`engine/chains.rs`), and later creates on the chain must still come out the same
+/// — the image's `/dev` symlinks removed, the mount points real directories, the user resolved — with the host
+/// victim the symlinks point at untouched. A minimal image (no mount points at all) takes the short path, an
+/// image with symlinks looks again each time; both are checked, on both backends, and again after a GC took
+/// the chain and it was unpacked anew.
+#[test]
+fn i12_every_create_on_a_chain_gets_the_same_hygiene_and_users() {
+    if !common::require_root() {
+        return;
+    }
+    let victim = common::stack::Victim::plant();
+    let users = |b: LayerBuilder| {
+        b.dir("etc", 0o755)
+            .file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n", 0o644)
+            .file("etc/group", b"root:x:0:\napp:x:1000:\nextra:x:2000:app\n", 0o644)
+    };
+    let hostile = users(LayerBuilder::new())
+        .dir("dev", 0o755)
+        .symlink("dev/null", &format!("{}/f", victim.path()))
+        .dir("dev/pts", 0o755)
+        .symlink("dev/pts/ptmx", &format!("{}/secret", victim.path()))
+        .symlink("sys", victim.path())
+        .layer(Compression::Gzip);
+    let minimal =
+        users(LayerBuilder::new()).dir("bin", 0o755).file("bin/app", b"#!/bin/sh\n", 0o755).layer(Compression::Gzip);
+    for (name, layer) in [("hostile", hostile), ("minimal", minimal)] {
+        for b in BACKENDS {
+            let d = Scratch(common::scratch());
+            let (store, img) = image(d.path(), vec![layer.clone()]);
+            let e = engine(d.path(), b, applier());
+            let mut first: Option<Vec<String>> = None;
+            for round in 0..2 {
+                for n in 0..3 {
+                    let bid = id(&format!("b{round}-{n}"));
+                    let c = e.create(&bid, &store, &img, &Overrides::default()).unwrap();
+                    let what = format!("{name}, {}, {bid}", b.name());
+                    let rootfs = c.bundle.path.join("rootfs");
+                    for m in ["dev", "proc", "sys"] {
+                        let md = fs::symlink_metadata(rootfs.join(m)).unwrap();
+                        assert!(md.is_dir() && md.permissions().mode() & 0o7777 == 0o755, "{what}: /{m} {md:?}");
+                    }
+                    for gone in ["dev/null", "dev/pts/ptmx"] {
+                        assert!(fs::symlink_metadata(rootfs.join(gone)).is_err(), "{what}: {gone} still there");
+                    }
+                    let spec: serde_json::Value =
+                        serde_json::from_slice(&fs::read(c.bundle.path.join("config.json")).unwrap()).unwrap();
+                    let user = &spec["process"]["user"];
+                    assert_eq!((user["uid"].as_u64(), user["gid"].as_u64()), (Some(1000), Some(1000)), "{what}");
+                    assert_eq!(user["additionalGids"], serde_json::json!([1000, 2000]), "{what}");
+                    // The same changes listed, and warned about, on every bundle of the chain.
+                    let warnings: Vec<String> = c.explain.warnings.iter().map(|w| w.message.clone()).collect();
+                    let mut seen = c.bundle.fixes.clone();
+                    seen.extend(warnings);
+                    match &first {
+                        None => first = Some(seen),
+                        Some(f) => assert_eq!(&seen, f, "{what}"),
+                    }
+                    victim.verify().unwrap_or_else(|d| panic!("{what}: the host victim changed: {d:?}"));
+                }
+                let f = first.as_ref().unwrap();
+                if name == "hostile" {
+                    assert!(f.iter().any(|l| l.contains("/dev/null")) && f.iter().any(|l| l.contains("/sys")), "{f:?}");
+                } else {
+                    assert_eq!(f.len(), 3, "three mount points made, no warnings: {f:?}");
+                }
+                for n in 0..3 {
+                    e.delete(&id(&format!("b{round}-{n}"))).unwrap();
+                }
+                // The chain goes, and is unpacked again (a new directory) by the next round's first create.
+                let report = e.gc(&[], false).unwrap();
+                assert!(!report.removed.is_empty(), "{report:?}");
+            }
+        }
+    }
+    victim.verify().unwrap();
+}

@@ -11,10 +11,11 @@
 //! May use: `convert`, `image` (types), `sys`, and this module's `hygiene` and `userdb`.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use super::hygiene::{self, Fix};
 use super::userdb;
-use crate::convert::{self, Conversion, Explain, Overrides};
+use crate::convert::{self, Conversion, Explain, Overrides, UserDb};
 use crate::digest::Digest;
 use crate::error::ErrorKind;
 use crate::image::ImageConfig;
@@ -62,6 +63,18 @@ impl Assembly {
     }
 }
 
+/// What [`assemble_on`] learnt of the rootfs' content before anything of the bundle's own was added: the same
+/// for every rootfs with that content (the engine keeps it per layer chain, see `engine/chains.rs`).
+#[derive(Debug, Clone)]
+pub struct Learnt {
+    /// The user database read in the rootfs.
+    pub users: Arc<UserDb>,
+    /// What the hygiene changed.
+    pub fixes: Vec<Fix>,
+    /// The size of `/etc/passwd` plus `/etc/group`.
+    pub db_bytes: u64,
+}
+
 /// Makes `rootfs` safe for the runtime, reads its user database and converts `config` with `overrides`.
 pub fn assemble(
     rootfs: &Path,
@@ -69,12 +82,34 @@ pub fn assemble(
     overrides: &Overrides,
     userdb_limits: &userdb::Limits,
 ) -> Result<Assembly, Error> {
-    let fixes = hygiene::make_safe(rootfs).map_err(Error::Hygiene)?;
-    let users = userdb::read(rootfs, userdb_limits).map_err(Error::UserDb)?;
-    let mut conversion = convert::convert(config, overrides, &users).map_err(Error::Convert)?;
+    assemble_on(rootfs, config, overrides, userdb_limits, None).map(|(a, _)| a)
+}
+
+/// [`assemble`], given what an earlier assembly learnt of a rootfs with the same content (`known`): its user
+/// database is used as it is and its hygiene changes are made again ([`hygiene::make_safe_as`]) instead of
+/// being looked for. Returns what was learnt, for the next one.
+pub fn assemble_on(
+    rootfs: &Path,
+    config: &ImageConfig,
+    overrides: &Overrides,
+    userdb_limits: &userdb::Limits,
+    known: Option<&Learnt>,
+) -> Result<(Assembly, Learnt), Error> {
+    let learnt = match known {
+        Some(k) => {
+            let fixes = hygiene::make_safe_as(rootfs, &k.fixes).map_err(Error::Hygiene)?;
+            Learnt { fixes, ..k.clone() }
+        }
+        None => {
+            let fixes = hygiene::make_safe(rootfs).map_err(Error::Hygiene)?;
+            let (users, db_bytes) = userdb::read_sized(rootfs, userdb_limits).map_err(Error::UserDb)?;
+            Learnt { users: Arc::new(users), fixes, db_bytes }
+        }
+    };
+    let mut conversion = convert::convert(config, overrides, &learnt.users).map_err(Error::Convert)?;
     let config_json = conversion.to_json_bytes().map_err(Error::Convert)?;
-    conversion.explain.warnings.extend(fixes.iter().filter_map(Fix::warning));
-    Ok(Assembly { conversion, config_json, fixes })
+    conversion.explain.warnings.extend(learnt.fixes.iter().filter_map(Fix::warning));
+    Ok((Assembly { conversion, config_json, fixes: learnt.fixes.clone() }, learnt))
 }
 
 /// Writes `dir/config.json` atomically (temporary file, fsync, rename, fsync of `dir`).

@@ -36,6 +36,7 @@ use crate::store::Store;
 use crate::sys::mount::{remove_tree_and_mounts, Mounter};
 use crate::sys::{host, tree, SysError};
 
+mod chains;
 mod collect;
 mod fsck;
 mod id;
@@ -177,6 +178,8 @@ pub struct Engine {
     recovery: Vec<String>,
     /// Passes over `/proc` for the in-use check, shared by concurrent deletes.
     censuses: super::inuse::Censuses,
+    /// The user database and hygiene findings of each layer chain bundles were made on.
+    chains: chains::Chains,
     /// Ids whose create failed and whose record its clean-up could not remove (meta.redb failing): the record
     /// may be in the file all the same (a failed fsync says nothing of what was written). The next create of
     /// the id takes it over instead of refusing it as existing.
@@ -270,6 +273,7 @@ impl Engine {
             idle: Condvar::new(),
             recovery,
             censuses: Default::default(),
+            chains: Default::default(),
             abandoned: Mutex::new(HashSet::new()),
         };
         let more = engine.recover_bundles()?;
@@ -487,8 +491,14 @@ impl Engine {
         if overrides.volume_root.is_none() {
             overrides.volume_root = Some(volumes.clone());
         }
-        let assembly = assemble::assemble(&rootfs, &image.config, &overrides, &self.userdb_limits)
-            .map_err(|e| Error::assembly(&sid, e))?;
+        let chain = chains::key(&mounts);
+        let known = chain.as_deref().and_then(|k| self.chains.get(k));
+        let (assembly, learnt) =
+            assemble::assemble_on(&rootfs, &image.config, &overrides, &self.userdb_limits, known.as_ref())
+                .map_err(|e| Error::assembly(&sid, e))?;
+        if let (Some(chain), None) = (chain, known) {
+            self.chains.keep(chain, learnt);
+        }
         let conv = &assembly.conversion;
         if conv.volumes.len() > MAX_VOLUMES {
             return Err(Error::TooManyVolumes { id: sid.clone(), count: conv.volumes.len(), limit: MAX_VOLUMES });

@@ -125,6 +125,42 @@ pub fn make_safe(rootfs: &Path) -> Result<Vec<Fix>, Error> {
     Ok(fixes)
 }
 
+/// [`make_safe`] on a rootfs known to hold what the one `known` came from held (the same committed layers under
+/// an empty upper directory; the engine keeps `known` per layer chain): nothing needs looking for. When every
+/// change known is a missing mount point (minimal images lack `/dev`, `/proc` and `/sys`), those directories
+/// are made and nothing else is read; an empty `known` means there is nothing to do. Any other change (the
+/// image put a symlink or a file where a mount point goes, or symlinks under `/dev`) is rare, and goes through
+/// [`make_safe`], which looks again.
+pub fn make_safe_as(rootfs: &Path, known: &[Fix]) -> Result<Vec<Fix>, Error> {
+    let mount_point = |f: &Fix| f.found == "missing" && matches!(f.path.as_str(), "/dev" | "/proc" | "/sys");
+    if !known.iter().all(mount_point) {
+        return make_safe(rootfs);
+    }
+    if known.is_empty() {
+        return Ok(Vec::new());
+    }
+    let root = crate::sys::open_dir(rootfs).map_err(|source| Error { path: rootfs.to_path_buf(), source })?;
+    let mut fixes = Vec::with_capacity(known.len());
+    for fix in known {
+        let name = fix.path.trim_start_matches('/');
+        let n = OsStr::new(name);
+        let err = |source| Error { path: rootfs.join(name), source };
+        match sfs::mkdirat(&root, n, 0o755) {
+            Ok(()) => {}
+            // Not what was known after all: look at everything.
+            Err(e) if e.errno == Errno::EEXIST => {
+                fixes.extend(make_safe(rootfs)?);
+                return Ok(fixes);
+            }
+            Err(e) => return Err(err(e)),
+        }
+        let fd = sfs::openat(&root, n, nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY, 0).map_err(err)?;
+        sfs::fchmod(&fd, 0o755).map_err(err)?;
+        fixes.push(fix.clone());
+    }
+    Ok(fixes)
+}
+
 /// Removes every symlink under the directory `dir` (walked by fd, never following links), recording each.
 fn remove_dev_symlinks(
     dir: &std::os::fd::OwnedFd,
@@ -161,6 +197,7 @@ fn remove_dev_symlinks(
 #[allow(clippy::disallowed_methods)] // tests build fixtures by path
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn replaces_symlinks_and_files() {
@@ -181,6 +218,37 @@ mod tests {
         }
         assert!(outside.is_dir(), "the symlink's target is untouched");
         assert!(make_safe(&root).unwrap().is_empty());
+    }
+
+    #[test]
+    fn made_again_as_known() {
+        let d = tempfile::tempdir().unwrap();
+        let (first, second, third) = (d.path().join("1"), d.path().join("2"), d.path().join("3"));
+        for r in [&first, &second, &third] {
+            std::fs::create_dir(r).unwrap();
+        }
+        let known = make_safe(&first).unwrap();
+        assert_eq!(known.len(), 3, "{known:?}");
+        assert_eq!(make_safe_as(&second, &known).unwrap(), known);
+        for n in ["dev", "proc", "sys"] {
+            let m = std::fs::symlink_metadata(second.join(n)).unwrap();
+            assert!(m.is_dir() && m.permissions().mode() & 0o7777 == 0o755, "{n}: {m:?}");
+        }
+        // Not what was known (dev is there already): everything is looked at.
+        std::fs::create_dir(third.join("dev")).unwrap();
+        std::os::unix::fs::symlink("/etc/shadow", third.join("dev/x")).unwrap();
+        let fixes = make_safe_as(&third, &known).unwrap();
+        assert!(fixes.iter().any(|f| f.path == "/dev/x" && f.now == "removed"), "{fixes:?}");
+        assert!(std::fs::symlink_metadata(third.join("dev/x")).is_err());
+        // A symlink known: looked for again, never taken on trust.
+        let bad = d.path().join("4");
+        std::fs::create_dir(&bad).unwrap();
+        std::os::unix::fs::symlink("/", bad.join("proc")).unwrap();
+        let known = [Fix { path: "/proc".into(), found: "symlink", now: "directory" }];
+        let fixes = make_safe_as(&bad, &known).unwrap();
+        assert!(fixes.contains(&known[0]), "{fixes:?}");
+        assert!(std::fs::symlink_metadata(bad.join("proc")).unwrap().is_dir());
+        assert!(make_safe_as(&bad, &[]).unwrap().is_empty());
     }
 
     #[test]

@@ -70,10 +70,16 @@ impl Error {
 
 /// Reads and parses the user database of the rootfs at `rootfs`.
 pub fn read(rootfs: &Path, limits: &Limits) -> Result<UserDb, Error> {
+    read_sized(rootfs, limits).map(|(db, _)| db)
+}
+
+/// [`read`], and how many bytes the two files held.
+pub fn read_sized(rootfs: &Path, limits: &Limits) -> Result<(UserDb, u64), Error> {
     let root = sys::open_dir(rootfs).map_err(|source| Error::Rootfs { path: rootfs.to_owned(), source })?;
     let passwd = read_file(&root, rootfs, PASSWD, limits)?;
     let group = read_file(&root, rootfs, GROUP, limits)?;
-    Ok(UserDb::parse(passwd.as_deref(), group.as_deref()))
+    let bytes = [&passwd, &group].iter().map(|f| f.as_ref().map_or(0, |b| b.len() as u64)).sum();
+    Ok((UserDb::parse(passwd.as_deref(), group.as_deref()), bytes))
 }
 
 /// The bytes of `rel` inside the root, `None` when it does not exist.

@@ -95,6 +95,7 @@ impl Engine {
         for i in doomed {
             if !dry_run {
                 self.snapshots.remove(&i.key)?;
+                self.chains.forget();
             }
             report.removed.push(GcItem {
                 key: i.key.clone(),

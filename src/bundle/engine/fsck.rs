@@ -75,6 +75,7 @@ impl Engine {
         {
             let _gc = self.gc_exclusive("repair")?;
             for l in image.layers.iter().rev() {
+                self.chains.forget();
                 match self.snapshots.remove(l.chain_id.as_str()) {
                     Ok(()) | Err(snapshot::Error::NotFound { .. }) => {}
                     Err(snapshot::Error::HasChildren { .. })
