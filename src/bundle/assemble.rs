@@ -98,7 +98,7 @@ pub fn assemble_on(
     let learnt = match known {
         Some(k) => {
             let fixes = hygiene::make_safe_as(rootfs, &k.fixes).map_err(Error::Hygiene)?;
-            Learnt { fixes, ..k.clone() }
+            Learnt { users: k.users.clone(), fixes, db_bytes: k.db_bytes }
         }
         None => {
             let fixes = hygiene::make_safe(rootfs).map_err(Error::Hygiene)?;

@@ -110,10 +110,7 @@ pub fn make_safe(rootfs: &Path) -> Result<Vec<Fix>, Error> {
             Err(e) if e.errno == Errno::ENOENT => "missing",
             Err(e) => return Err(err(name, e)),
         };
-        sfs::mkdirat(&root, n, 0o755).map_err(|e| err(name, e))?;
-        let fd = sfs::openat(&root, n, nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY, 0)
-            .map_err(|e| err(name, e))?;
-        sfs::fchmod(&fd, 0o755).map_err(|e| err(name, e))?;
+        make_mount_point(&root, n).map_err(|e| err(name, e))?;
         if found != "missing" {
             tracing::warn!(path = %format!("/{name}"), found, "rootfs hygiene: replaced by a directory");
         }
@@ -144,21 +141,24 @@ pub fn make_safe_as(rootfs: &Path, known: &[Fix]) -> Result<Vec<Fix>, Error> {
     for fix in known {
         let name = fix.path.trim_start_matches('/');
         let n = OsStr::new(name);
-        let err = |source| Error { path: rootfs.join(name), source };
-        match sfs::mkdirat(&root, n, 0o755) {
-            Ok(()) => {}
+        match make_mount_point(&root, n) {
+            Ok(()) => fixes.push(fix.clone()),
             // Not what was known after all: look at everything.
-            Err(e) if e.errno == Errno::EEXIST => {
+            Err(e) if e.call == "mkdirat" && e.errno == Errno::EEXIST => {
                 fixes.extend(make_safe(rootfs)?);
                 return Ok(fixes);
             }
-            Err(e) => return Err(err(e)),
+            Err(source) => return Err(Error { path: rootfs.join(name), source }),
         }
-        let fd = sfs::openat(&root, n, nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY, 0).map_err(err)?;
-        sfs::fchmod(&fd, 0o755).map_err(err)?;
-        fixes.push(fix.clone());
     }
     Ok(fixes)
+}
+
+/// Makes mount point `name` in `root`: a directory, 0755 whatever the umask.
+fn make_mount_point(root: &std::os::fd::OwnedFd, name: &OsStr) -> std::result::Result<(), SysError> {
+    sfs::mkdirat(root, name, 0o755)?;
+    let fd = sfs::openat(root, name, nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY, 0)?;
+    sfs::fchmod(&fd, 0o755)
 }
 
 /// Removes every symlink under the directory `dir` (walked by fd, never following links), recording each.

@@ -92,10 +92,13 @@ impl Engine {
         }
         // Children before parents.
         doomed.sort_by_key(|i| std::cmp::Reverse(depth(&infos, &i.key)));
+        if !dry_run && !doomed.is_empty() {
+            // Memory back at once (a removed snapshot's directory number is never given again).
+            self.chains.forget();
+        }
         for i in doomed {
             if !dry_run {
                 self.snapshots.remove(&i.key)?;
-                self.chains.forget();
             }
             report.removed.push(GcItem {
                 key: i.key.clone(),

@@ -74,8 +74,8 @@ impl Engine {
     pub fn repair(&self, store: &Store, image: &ResolvedImage) -> Result<UnpackReport> {
         {
             let _gc = self.gc_exclusive("repair")?;
+            self.chains.forget();
             for l in image.layers.iter().rev() {
-                self.chains.forget();
                 match self.snapshots.remove(l.chain_id.as_str()) {
                     Ok(()) | Err(snapshot::Error::NotFound { .. }) => {}
                     Err(snapshot::Error::HasChildren { .. })
