@@ -217,6 +217,9 @@ pub struct Config {
     pub snapshotter: SnapshotterKind,
     /// Layers extracted at once; 0 means the number of CPUs.
     pub max_concurrent_unpacks: usize,
+    /// Bundle creations doing their work (snapshot, mount, conversion) at once, the others admitted in the order
+    /// they came; 0 means 4 per CPU. A creation waiting for its record's durable commit does not hold one.
+    pub max_concurrent_creates: usize,
     /// Read-only OCI layouts searched after `<root>/content`.
     pub extra_stores: Vec<PathBuf>,
     /// How long SIGTERM waits for in-flight requests, in seconds.
@@ -387,6 +390,7 @@ impl Default for Config {
             metrics_address: String::new(),
             snapshotter: SnapshotterKind::Overlay,
             max_concurrent_unpacks: 0,
+            max_concurrent_creates: 0,
             extra_stores: vec![],
             shutdown_timeout_secs: 30,
             volume_dir: None,
@@ -512,6 +516,9 @@ impl Config {
         }
         if self.max_concurrent_unpacks > 256 {
             return invalid("max_concurrent_unpacks", format!("{} is over 256", self.max_concurrent_unpacks));
+        }
+        if self.max_concurrent_creates > 1024 {
+            return invalid("max_concurrent_creates", format!("{} is over 1024", self.max_concurrent_creates));
         }
         if !(1..=3600).contains(&self.shutdown_timeout_secs) {
             return invalid("shutdown_timeout_secs", format!("{} is not within 1..=3600", self.shutdown_timeout_secs));

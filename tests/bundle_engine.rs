@@ -567,3 +567,137 @@ fn i12_every_create_on_a_chain_gets_the_same_hygiene_and_users() {
     }
     victim.verify().unwrap();
 }
+
+/// Counts the mounts in progress at once (each held a few milliseconds) and mounts for real.
+#[derive(Debug, Default)]
+struct MountGauge {
+    inside: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+}
+
+impl kiln::sys::mount::Mounter for MountGauge {
+    fn mount_all(&self, mounts: &[kiln::sys::mount::Mount], target: &Path) -> kiln::sys::Result<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let n = self.inside.fetch_add(1, SeqCst) + 1;
+        self.most.fetch_max(n, SeqCst);
+        std::thread::sleep(Duration::from_millis(5));
+        let r = kiln::sys::mount::SysMounter.mount_all(mounts, target);
+        self.inside.fetch_sub(1, SeqCst);
+        r
+    }
+    fn unmount(&self, target: &Path) -> kiln::sys::Result<bool> {
+        kiln::sys::mount::SysMounter.unmount(target)
+    }
+    fn is_mounted(&self, target: &Path) -> bool {
+        kiln::sys::mount::SysMounter.is_mounted(target)
+    }
+}
+
+/// Applies layers, taking `delay` longer for the one whose DiffID is `slow`.
+struct SlowFor {
+    inner: Arc<dyn LayerApplier>,
+    slow: kiln::digest::Digest,
+    delay: Duration,
+    started: std::sync::atomic::AtomicBool,
+}
+
+impl LayerApplier for SlowFor {
+    fn apply(
+        &self,
+        blobs: &dyn kiln::snapshot::LayerBlobs,
+        layer: &kiln::image::Layer,
+        dir: &Path,
+        w: kiln::snapshot::WhiteoutMode,
+    ) -> Result<kiln::snapshot::Applied, kiln::snapshot::ApplyError> {
+        if layer.diff_id == self.slow {
+            self.started.store(true, std::sync::atomic::Ordering::SeqCst);
+            std::thread::sleep(self.delay);
+        }
+        self.inner.apply(blobs, layer, dir, w)
+    }
+}
+
+/// G4 under load: creations do their work (snapshot, mount, conversion) at most `max_concurrent_creates` at a
+/// time, and every one of them lands, whole, on both backends.
+#[test]
+fn g4_concurrent_creates_work_at_most_max_concurrent_creates_at_once() {
+    if !common::require_root() {
+        return;
+    }
+    for b in BACKENDS {
+        let d = Scratch(common::scratch());
+        let (store, img) = image(d.path(), layers());
+        let gauge = Arc::new(MountGauge::default());
+        let mut o = Options::new(&d.path().join("root"), &d.path().join("state"), applier());
+        o.backend = b;
+        o.mounter = gauge.clone();
+        o.max_concurrent_creates = 3;
+        let e = Engine::open(o).unwrap();
+        e.unpack(&store, &img).unwrap();
+        std::thread::scope(|s| {
+            for n in 0..24 {
+                let (e, store, img) = (&e, &store, &img);
+                s.spawn(move || {
+                    let c = e.create(&id(&format!("g{n}")), store, img, &Overrides::default()).unwrap();
+                    assert_eq!(fs::read(c.bundle.rootfs().join("etc/motd")).unwrap(), b"hello\n");
+                    assert!(c.bundle.path.join("config.json").is_file());
+                });
+            }
+        });
+        let most = gauge.most.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(most, 3, "{}: {most} creations were mounting at once; the cap is 3", b.name());
+        assert_eq!(e.list().unwrap().len(), 24, "{}", b.name());
+        for n in 0..24 {
+            e.delete(&id(&format!("g{n}"))).unwrap();
+        }
+        assert!(kiln::sys::mount::mount_points_under(d.path()).is_empty());
+    }
+}
+
+/// A creation whose image is still being unpacked holds no creation slot: with one slot, warm creations of
+/// another image go on while it waits for its layer.
+#[test]
+fn g4_a_create_waiting_for_its_unpack_does_not_hold_up_warm_creates() {
+    if !common::require_root() {
+        return;
+    }
+    let d = Scratch(common::scratch());
+    let (warm_store, warm) = image(&d.path().join("warm"), layers());
+    let cold_layers = vec![LayerBuilder::new()
+        .dir("etc", 0o755)
+        .file("etc/passwd", b"app:x:1000:1000::/:/bin/sh\n", 0o644)
+        .file("etc/group", b"app:x:1000:\n", 0o644)
+        .file("cold", b"cold\n", 0o644)
+        .layer(Compression::Gzip)];
+    let (cold_store, cold) = image(&d.path().join("cold"), cold_layers);
+    let slow = Arc::new(SlowFor {
+        inner: applier(),
+        slow: cold.layers[0].diff_id.clone(),
+        delay: Duration::from_secs(3),
+        started: Default::default(),
+    });
+    let mut o = Options::new(&d.path().join("root"), &d.path().join("state"), slow.clone());
+    o.max_concurrent_creates = 1;
+    let e = Engine::open(o).unwrap();
+    e.unpack(&warm_store, &warm).unwrap();
+    let cold_done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            e.create(&id("cold"), &cold_store, &cold, &Overrides::default()).unwrap();
+            cold_done.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        while !slow.started.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        for n in 0..4 {
+            e.create(&id(&format!("warm{n}")), &warm_store, &warm, &Overrides::default()).unwrap();
+        }
+        assert!(
+            !cold_done.load(std::sync::atomic::Ordering::SeqCst),
+            "the warm creates waited for the cold image's unpack"
+        );
+    });
+    assert!(cold_done.load(std::sync::atomic::Ordering::SeqCst));
+    assert_eq!(e.list().unwrap().len(), 5);
+    assert_eq!(fs::read(e.get(&id("cold")).unwrap().rootfs().join("cold")).unwrap(), b"cold\n");
+}

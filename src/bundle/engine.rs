@@ -24,6 +24,7 @@ use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockWriteGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use super::assemble;
+use super::gate::Gate;
 use super::hygiene::{self, Fix};
 use super::records::Records;
 use super::userdb;
@@ -180,6 +181,8 @@ pub struct Engine {
     censuses: super::inuse::Censuses,
     /// The user database and hygiene findings of each layer chain bundles were made on.
     chains: chains::Chains,
+    /// Admits the CPU-bound part of creations a few at a time, in arrival order (see [`gate`](super::gate)).
+    gate: Gate,
     /// Ids whose create failed and whose record its clean-up could not remove (meta.redb failing): the record
     /// may be in the file all the same (a failed fsync says nothing of what was written). The next create of
     /// the id takes it over instead of refusing it as existing.
@@ -249,6 +252,7 @@ impl Engine {
         ensure_mode(&opts.state, 0o711)?;
         ensure_mode(&opts.state.join("bundles"), 0o700)?;
         ensure_mode(&opts.volume_dir, 0o700)?;
+        let create_slots = opts.create_slots();
         let meta = Arc::new(Meta::open(&opts.root.join("meta.redb"))?);
         let records = Records::open(meta.clone())?;
         let snapshot::Opened { snapshotter: snapshots, recovered: mut recovery } =
@@ -274,6 +278,7 @@ impl Engine {
             recovery,
             censuses: Default::default(),
             chains: Default::default(),
+            gate: Gate::new(create_slots),
             abandoned: Mutex::new(HashSet::new()),
         };
         let more = engine.recover_bundles()?;
@@ -453,6 +458,9 @@ impl Engine {
         }
         self.abandoned.lock().unwrap_or_else(|p| p.into_inner()).remove(&sid);
         let unpack = self.unpacker.unpack(store, &image.layers)?;
+        // From here to the record's commit the work is CPU and the kernel's, a few creations at a time; the
+        // record's commit waits for the disk and is left outside, so that creations behind it go on meanwhile.
+        let pass = self.gate.enter();
         let key = format!("{SNAPSHOT_PREFIX}{id}");
         let dir = self.bundles_dir().join(id.as_str());
         // No record: anything under this id is what a crash left. Nothing can be mounted below a directory
@@ -542,6 +550,7 @@ impl Engine {
             });
         }
         guard.record = Some(sid.clone());
+        drop(pass);
         self.records.put(&sid, &value)?;
         guard.armed = false;
         let assemble::Assembly { conversion, fixes, .. } = assembly;

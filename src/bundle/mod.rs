@@ -11,6 +11,7 @@
 
 pub mod assemble;
 pub mod engine;
+pub mod gate;
 pub mod group;
 pub mod hygiene;
 pub mod inuse;

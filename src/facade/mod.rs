@@ -141,6 +141,7 @@ impl Kiln {
         // Overlay is probed, and the native backend used where it does not work, by `snapshot::open`.
         opts.backend = config.snapshotter;
         opts.max_concurrent_unpacks = config.max_concurrent_unpacks;
+        opts.max_concurrent_creates = config.max_concurrent_creates;
         opts.gc_lock_timeout = Duration::from_secs(config.limits.gc_lock_timeout_secs);
         opts.volume_dir = config.volume_dir();
         opts.limits = BundleLimits {

@@ -19,6 +19,9 @@ pub struct Options {
     pub backend: Backend,
     /// 0 means the number of CPUs.
     pub max_concurrent_unpacks: usize,
+    /// Creations past their unpack and before their record's commit at once (a fair [`Gate`]
+    /// (crate::bundle::gate::Gate)); 0 means 4 per CPU.
+    pub max_concurrent_creates: usize,
     pub applier: Arc<dyn LayerApplier>,
     pub mounter: Arc<dyn Mounter>,
     pub userdb_limits: userdb::Limits,
@@ -55,6 +58,16 @@ impl Default for BundleLimits {
 }
 
 impl Options {
+    /// [`max_concurrent_creates`](Self::max_concurrent_creates) with 0 made concrete: 4 per CPU. On 2 cores,
+    /// 2 slots left the CPU idle while a holder slept in the kernel (the mount lock) and 16 gave back most of
+    /// the contention the gate removes (`bench/RESULTS.md`, 2026-12-03, the admission gate).
+    pub fn create_slots(&self) -> usize {
+        match self.max_concurrent_creates {
+            0 => 4 * std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            n => n,
+        }
+    }
+
     /// What `kilnd` uses: layers applied by `kiln::layer` with its default limits, overlay, one extraction per
     /// CPU, real mounts.
     pub fn defaults(root: &Path, state: &Path) -> Options {
@@ -68,6 +81,7 @@ impl Options {
             state: state.to_owned(),
             backend: Backend::Overlay,
             max_concurrent_unpacks: 0,
+            max_concurrent_creates: 0,
             applier,
             mounter: Arc::new(crate::sys::SysMounter),
             userdb_limits: userdb::Limits::default(),
