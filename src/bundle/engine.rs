@@ -213,7 +213,9 @@ struct CreateGuard<'a> {
     engine: &'a Engine,
     dir: PathBuf,
     volumes: PathBuf,
-    snapshot: Option<String>,
+    /// The bundle's snapshot, built and reserved but recorded only with the bundle's record
+    /// ([`Snapshotter::prepare_unrecorded`](snapshot::Snapshotter::prepare_unrecorded)).
+    snapshot: Option<snapshot::Info>,
     /// The id whose record was being written: a commit that failed may still have reached the file (an
     /// fsync's EIO says nothing of what was written), so the record is removed too, first.
     record: Option<String>,
@@ -232,8 +234,15 @@ impl Drop for CreateGuard<'_> {
         }
         let _ = self.engine.take_down(&self.dir);
         let _ = snapshot::copy::remove_tree(&self.volumes);
-        if let Some(key) = &self.snapshot {
-            let _ = self.engine.snapshots.remove(key);
+        if let Some(info) = &self.snapshot {
+            if self.record.is_none() {
+                // Never written: the directory goes with the reservation.
+                self.engine.snapshots.settle(info, Some(false));
+            } else {
+                // The failed commit may have written the snapshot's record too: it is removed with its directory.
+                self.engine.snapshots.settle(info, None);
+                let _ = self.engine.snapshots.remove(&info.key);
+            }
         }
     }
 }
@@ -485,11 +494,13 @@ impl Engine {
             record: None,
             armed: true,
         };
-        let mounts = self
+        // The snapshot's record is written with the bundle's, in its durable commit below: one transaction per
+        // create instead of two (a crash in between leaves a directory without a record, removed at start-up).
+        let (mounts, snapshot_info) = self
             .snapshots
-            .prepare(&key, parent, labels)
+            .prepare_unrecorded(&key, parent, labels)
             .map_err(|source| Error::Snapshot { id: sid.clone(), source })?;
-        guard.snapshot = Some(key.clone());
+        guard.snapshot = Some(snapshot_info.clone());
         let rootfs = dir.join("rootfs");
         let sys = |source| Error::Sys { id: sid.clone(), source };
         host::mkdir(&dir, 0o700).map_err(sys)?;
@@ -551,8 +562,9 @@ impl Engine {
         }
         guard.record = Some(sid.clone());
         drop(pass);
-        self.records.put(&sid, &value)?;
+        self.records.put_with_snapshot(&sid, value, snapshot_info.clone())?;
         guard.armed = false;
+        self.snapshots.settle(&snapshot_info, Some(true));
         let assemble::Assembly { conversion, fixes, .. } = assembly;
         Ok(Created { bundle, explain: conversion.explain, hygiene: fixes, unpack })
     }

@@ -26,8 +26,15 @@ const BUNDLES: Table = Table::new("bundles");
 /// A change of one bundle record, as queued for a group commit.
 #[derive(Debug)]
 enum Change {
-    Put { id: String, value: Vec<u8> },
-    Delete { id: String },
+    /// With the snapshot record of a new bundle's snapshot, written in the same transaction.
+    Put {
+        id: String,
+        value: Vec<u8>,
+        snapshot: Option<crate::snapshot::Info>,
+    },
+    Delete {
+        id: String,
+    },
 }
 
 /// A bundle record change that is not on disk: the transaction that held it (with `members` changes in all,
@@ -81,7 +88,19 @@ impl Records {
 
     /// Writes the record of `id`, durably.
     pub fn put(&self, id: &str, value: &[u8]) -> std::result::Result<(), CommitError> {
-        self.change(id, Change::Put { id: id.to_owned(), value: value.to_vec() }).map(|_| ())
+        self.change(id, Change::Put { id: id.to_owned(), value: value.to_vec(), snapshot: None }).map(|_| ())
+    }
+
+    /// Writes the record of `id` and the record of its snapshot `snapshot` (made with
+    /// [`Snapshotter::prepare_unrecorded`](crate::snapshot::Snapshotter::prepare_unrecorded)) in one durable
+    /// transaction: both or neither.
+    pub fn put_with_snapshot(
+        &self,
+        id: &str,
+        value: Vec<u8>,
+        snapshot: crate::snapshot::Info,
+    ) -> std::result::Result<(), CommitError> {
+        self.change(id, Change::Put { id: id.to_owned(), value, snapshot: Some(snapshot) }).map(|_| ())
     }
 
     /// Removes the record of `id`, durably; says whether there was one.
@@ -100,12 +119,17 @@ impl Records {
 
     /// One durable transaction for `batch`, applied in order; per change, whether the id had a record.
     fn commit(&self, batch: Vec<Change>) -> Result<Vec<bool>> {
-        self.meta.write_table(BUNDLES, |t| {
+        self.meta.write_table_and_snapshots(BUNDLES, |t, snapshots| {
             let e = |e| self.meta.error(e);
             batch
                 .iter()
                 .map(|c| match c {
-                    Change::Put { id, value } => Ok(t.insert(id.as_str(), value.as_slice()).map_err(e)?.is_some()),
+                    Change::Put { id, value, snapshot } => {
+                        if let Some(info) = snapshot {
+                            snapshots.put_snapshot(info)?;
+                        }
+                        Ok(t.insert(id.as_str(), value.as_slice()).map_err(e)?.is_some())
+                    }
                     Change::Delete { id } => Ok(t.remove(id.as_str()).map_err(e)?.is_some()),
                 })
                 .collect()

@@ -288,11 +288,24 @@ impl Meta {
         table: Table,
         f: impl FnOnce(&mut redb::Table<'_, &'static str, &'static [u8]>) -> Result<T>,
     ) -> Result<T> {
+        self.write_table_and_snapshots(table, |t, _| f(t))
+    }
+
+    /// [`write_table`](Self::write_table) with the snapshot records open in the same transaction: the bundle
+    /// records write a new bundle's snapshot record with the bundle's (see
+    /// [`Snapshotter::prepare_unrecorded`](super::Snapshotter::prepare_unrecorded)).
+    pub fn write_table_and_snapshots<T>(
+        &self,
+        table: Table,
+        f: impl FnOnce(&mut redb::Table<'_, &'static str, &'static [u8]>, &mut Writer<'_>) -> Result<T>,
+    ) -> Result<T> {
         let txn = self.db()?.begin_write().map_err(|e| self.error(e))?;
         self.sync_names()?;
         let out = {
             let mut t = txn.open_table(table).map_err(|e| self.error(e))?;
-            f(&mut t)?
+            let snapshots = txn.open_table(SNAPSHOTS).map_err(|e| self.error(e))?;
+            let mut w = Writer { snapshots, meta: self, changes: Vec::new() };
+            f(&mut t, &mut w)?
         };
         self.commit(txn, true, Vec::new())?;
         Ok(out)

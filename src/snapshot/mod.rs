@@ -127,6 +127,26 @@ pub trait Snapshotter: Send + Sync + std::fmt::Debug {
     fn mounts(&self, key: &str) -> Result<Vec<Mount>>;
     /// A new active snapshot on `parent` (committed), returning its mounts.
     fn prepare(&self, key: &str, parent: Option<&str>, labels: Labels) -> Result<Vec<Mount>>;
+    /// [`prepare`](Self::prepare) that leaves the record to the caller: the snapshot is built and its key
+    /// reserved, and the caller writes the returned [`Info`] with
+    /// [`Writer::put_snapshot`](meta::Writer::put_snapshot) in a transaction of its own (a bundle's, with the
+    /// bundle's record: one commit instead of two), then calls [`settle`](Self::settle) with the outcome. Until
+    /// then no other call sees the snapshot; a crash leaves a directory without a record, which start-up
+    /// removes. A backend without it prepares as usual (the caller's record is then written a second time, the
+    /// same).
+    fn prepare_unrecorded(&self, key: &str, parent: Option<&str>, labels: Labels) -> Result<(Vec<Mount>, Info)> {
+        let mounts = self.prepare(key, parent, labels)?;
+        Ok((mounts, self.stat(key)?))
+    }
+    /// Ends what [`prepare_unrecorded`](Self::prepare_unrecorded) began: `recorded` is `Some(true)` when the
+    /// caller's transaction holding the record committed, `Some(false)` when it was never written (the
+    /// snapshot's directory is removed), `None` when the commit failed and may have reached the file (the
+    /// directory is kept while the record can be read; the caller then [`remove`](Self::remove)s it).
+    fn settle(&self, info: &Info, recorded: Option<bool>) {
+        if recorded == Some(false) {
+            let _ = self.remove(&info.key);
+        }
+    }
     /// A new read-only view of `parent`, returning its mounts.
     fn view(&self, key: &str, parent: Option<&str>, labels: Labels) -> Result<Vec<Mount>>;
     /// Turns active `key` into committed `name`; `key` is gone afterwards. Empty `labels` keep the active's.

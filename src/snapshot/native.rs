@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::sys::tree;
 
-use super::storage::Storage;
+use super::storage::{NewDir, Storage};
 use super::{Info, Kind, Labels, Meta, Mount, Result, Snapshotter, Usage};
 
 /// The native (copying) snapshotter.
@@ -34,14 +34,15 @@ impl Native {
     }
 
     fn create(&self, key: &str, parent: Option<&str>, kind: Kind, labels: Labels) -> Result<Vec<Mount>> {
-        let storage = &self.storage;
-        storage.create(key, parent, kind, labels, &|new| {
-            if let Some(p) = new.parent {
-                tree::copy_tree(&tree::open_root(&storage.fs_dir(p))?, new.fs)?;
-            }
-            Ok(())
-        })?;
+        self.storage.create(key, parent, kind, labels, &|new| self.fill(new))?;
         self.mounts(key)
+    }
+
+    fn fill(&self, new: NewDir<'_>) -> Result<()> {
+        if let Some(p) = new.parent {
+            tree::copy_tree(&tree::open_root(&self.storage.fs_dir(p))?, new.fs)?;
+        }
+        Ok(())
     }
 }
 
@@ -65,6 +66,15 @@ impl Snapshotter for Native {
 
     fn prepare(&self, key: &str, parent: Option<&str>, labels: Labels) -> Result<Vec<Mount>> {
         self.create(key, parent, Kind::Active, labels)
+    }
+
+    fn prepare_unrecorded(&self, key: &str, parent: Option<&str>, labels: Labels) -> Result<(Vec<Mount>, Info)> {
+        let info = self.storage.create_unrecorded(key, parent, Kind::Active, labels, &|new| self.fill(new))?;
+        Ok((vec![Mount::bind(&self.storage.fs_dir(&info), false)], info))
+    }
+
+    fn settle(&self, info: &Info, recorded: Option<bool>) {
+        self.storage.settle(info, recorded)
     }
 
     fn view(&self, key: &str, parent: Option<&str>, labels: Labels) -> Result<Vec<Mount>> {

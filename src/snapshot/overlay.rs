@@ -89,29 +89,11 @@ impl Overlay {
         self.mounts(key)
     }
 
-    fn seal(dir: &Path) -> Result<()> {
-        copy::remove_tree(&dir.join("work"))
-    }
-}
-
-impl Snapshotter for Overlay {
-    fn name(&self) -> &'static str {
-        "overlayfs"
-    }
-
-    fn stat(&self, key: &str) -> Result<Info> {
-        self.storage.get(key)
-    }
-
-    fn update(&self, info: &Info, fieldpaths: &[&str]) -> Result<Info> {
-        self.storage.update(info, fieldpaths)
-    }
-
-    fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
+    /// The mounts that show snapshot `info` (its parents read from their records).
+    fn mounts_of(&self, info: &Info) -> Result<Vec<Mount>> {
         let s = &self.storage;
-        let info = s.get(key)?;
-        let fs_dir = s.fs_dir(&info);
-        let chain = s.chain(&info)?;
+        let fs_dir = s.fs_dir(info);
+        let chain = s.chain(info)?;
         if info.kind == Kind::Active {
             if chain.len() == 1 {
                 return Ok(vec![Mount::bind(&fs_dir, false)]);
@@ -133,6 +115,49 @@ impl Snapshotter for Overlay {
                 Ok(vec![m])
             }
         }
+    }
+
+    fn seal(dir: &Path) -> Result<()> {
+        copy::remove_tree(&dir.join("work"))
+    }
+}
+
+impl Snapshotter for Overlay {
+    fn name(&self) -> &'static str {
+        "overlayfs"
+    }
+
+    fn stat(&self, key: &str) -> Result<Info> {
+        self.storage.get(key)
+    }
+
+    fn update(&self, info: &Info, fieldpaths: &[&str]) -> Result<Info> {
+        self.storage.update(info, fieldpaths)
+    }
+
+    fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
+        self.mounts_of(&self.storage.get(key)?)
+    }
+
+    fn prepare_unrecorded(&self, key: &str, parent: Option<&str>, labels: Labels) -> Result<(Vec<Mount>, Info)> {
+        let storage = &self.storage;
+        let info = storage.create_unrecorded(key, parent, Kind::Active, labels, &|new| {
+            if let Some(p) = new.parent {
+                tree::copy_dir_attrs(&tree::open_root(&storage.fs_dir(p))?, new.fs)?;
+            }
+            Self::fill(new)
+        })?;
+        match self.mounts_of(&info) {
+            Ok(mounts) => Ok((mounts, info)),
+            Err(e) => {
+                storage.settle(&info, Some(false));
+                Err(e)
+            }
+        }
+    }
+
+    fn settle(&self, info: &Info, recorded: Option<bool>) {
+        self.storage.settle(info, recorded)
     }
 
     fn prepare(&self, key: &str, parent: Option<&str>, labels: Labels) -> Result<Vec<Mount>> {

@@ -46,6 +46,10 @@ struct State {
     /// Usage measured on an active snapshot, reused by its commit (the unpacker measures in its parallel stage
     /// so that the in-order commits stay short).
     measured: HashMap<String, Usage>,
+    /// Snapshots made by [`Storage::create_unrecorded`] whose record's commit failed and whose record could not
+    /// be read afterwards (directory number → key): each is looked at again by the next create, and its
+    /// directory removed once it is known to have no record.
+    doubtful: HashMap<u64, String>,
     /// Directories in tmp/ a removal is deleting now: [`Storage::cleanup`] sweeps only the others (what a
     /// removal that failed midway left).
     trashing: HashSet<PathBuf>,
@@ -291,7 +295,92 @@ impl Storage {
         labels: Labels,
         fill: &dyn Fn(NewDir<'_>) -> Result<()>,
     ) -> Result<Info> {
+        self.create_with(key, parent, kind, labels, fill, true)
+    }
+
+    /// [`create`](Self::create) without writing the record: the directory is built and renamed into
+    /// `snapshots/` as usual, and the key stays reserved (a second prepare of it is refused; its parent cannot be
+    /// removed; [`cleanup`](Self::cleanup) leaves its directory alone) until [`settle`](Self::settle). The
+    /// caller writes the record itself ([`Writer::put_snapshot`](super::meta::Writer::put_snapshot) of the
+    /// returned [`Info`]) in a transaction of its own: a bundle's, with the bundle's record. Until then no
+    /// other call sees the snapshot; after a crash its directory has no record, and start-up removes it.
+    pub fn create_unrecorded(
+        &self,
+        key: &str,
+        parent: Option<&str>,
+        kind: Kind,
+        labels: Labels,
+        fill: &dyn Fn(NewDir<'_>) -> Result<()>,
+    ) -> Result<Info> {
+        self.create_with(key, parent, kind, labels, fill, false)
+    }
+
+    /// Ends the reservation [`create_unrecorded`](Self::create_unrecorded) made for `info`. `recorded` says
+    /// whether the caller's transaction holding its record committed: `Some(true)` keeps the directory,
+    /// `Some(false)` removes it, `None` (the commit failed, and may have reached the file all the same) keeps
+    /// it while the record can be read, and removes it when there is none.
+    pub fn settle(&self, info: &Info, recorded: Option<bool>) {
+        let keep = match recorded {
+            Some(r) => r,
+            None => match self.has_record(&info.key, info.id) {
+                Some(r) => r,
+                // Unreadable (meta.redb failing): the directory stays, and the next create looks again.
+                None => {
+                    self.lock().doubtful.insert(info.id, info.key.clone());
+                    true
+                }
+            },
+        };
+        if !keep {
+            let _ = copy::remove_tree(&self.dir(info.id));
+        }
+        let mut st = self.lock();
+        st.pending.remove(&info.key);
+        st.building.remove(&info.id);
+    }
+
+    /// Whether `key` is recorded as directory `id`; `None` when the record cannot be read.
+    fn has_record(&self, key: &str, id: u64) -> Option<bool> {
+        match self.meta.snapshot(key) {
+            Ok(r) => Some(r.is_some_and(|i| i.id == id)),
+            Err(_) => None,
+        }
+    }
+
+    /// Removes the directories of doubtful snapshots ([`State::doubtful`]) now known to have no record.
+    fn settle_doubtful(&self) {
+        let doubtful: Vec<(u64, String)> = {
+            let st = self.lock();
+            if st.doubtful.is_empty() {
+                return;
+            }
+            st.doubtful.iter().map(|(id, key)| (*id, key.clone())).collect()
+        };
+        for (id, key) in doubtful {
+            match self.has_record(&key, id) {
+                None => continue,
+                Some(false) => {
+                    if copy::remove_tree(&self.dir(id)).is_err() {
+                        continue;
+                    }
+                }
+                Some(true) => {}
+            }
+            self.lock().doubtful.remove(&id);
+        }
+    }
+
+    fn create_with(
+        &self,
+        key: &str,
+        parent: Option<&str>,
+        kind: Kind,
+        labels: Labels,
+        fill: &dyn Fn(NewDir<'_>) -> Result<()>,
+        record: bool,
+    ) -> Result<Info> {
         check_key(key)?;
+        self.settle_doubtful();
         let (id, parent_info) = {
             let mut st = self.lock();
             if st.pending.contains_key(key) || self.meta.snapshot(key)?.is_some() {
@@ -304,22 +393,35 @@ impl Storage {
             st.building.insert(id);
             (id, parent_info)
         };
-        let result = self.build(id, key, parent_info.as_ref(), kind, labels, fill);
-        let mut st = self.lock();
-        st.pending.remove(key);
-        st.building.remove(&id);
+        let info = Info {
+            key: key.to_owned(),
+            parent: parent_info.as_ref().map(|p| p.key.clone()),
+            kind,
+            labels,
+            created: now(),
+            updated: 0,
+            size: 0,
+            inodes: 0,
+            id,
+        };
+        let result = self.build(info, parent_info.as_ref(), fill, record);
+        if record || result.is_err() {
+            let mut st = self.lock();
+            st.pending.remove(key);
+            st.building.remove(&id);
+        }
         result
     }
 
+    /// Builds snapshot `info`'s directory (on `parent`) and, with `record`, writes its record.
     fn build(
         &self,
-        id: u64,
-        key: &str,
+        info: Info,
         parent: Option<&Info>,
-        kind: Kind,
-        labels: Labels,
         fill: &dyn Fn(NewDir<'_>) -> Result<()>,
+        record: bool,
     ) -> Result<Info> {
+        let (id, key, kind) = (info.id, info.key.as_str(), info.kind);
         let tmp = self.tmp_dir().join(id.to_string());
         let guard = RemoveOnDrop(Some(tmp.clone()));
         host::mkdir(&tmp, 0o700)?;
@@ -336,17 +438,9 @@ impl Storage {
         // The calls on descriptors print only their numbers: say which directory was being built.
         .map_err(|e| in_dir(&tmp, e))?;
         std::mem::forget(guard);
-        let info = Info {
-            key: key.to_owned(),
-            parent: parent.map(|p| p.key.clone()),
-            kind,
-            labels,
-            created: now(),
-            updated: 0,
-            size: 0,
-            inodes: 0,
-            id,
-        };
+        if !record {
+            return Ok(info);
+        }
         let recorded = self.meta.write_with(false, |w| {
             if w.snapshot(key)?.is_some() {
                 return Err(Error::AlreadyExists { key: key.to_owned() });

@@ -219,3 +219,51 @@ fn an_alias_shares_the_directory_and_the_last_name_removed_takes_it() {
     assert!(!e.root.join(format!("snapshots/{}", base.id)).exists());
     assert!(keys(&s).is_empty());
 }
+
+/// A snapshot made without its record is invisible and reserved until it is settled; its directory is kept
+/// only when the caller's transaction recorded it, and a crash before that leaves a directory start-up removes.
+#[test]
+fn an_unrecorded_snapshot_is_reserved_until_settled_and_kept_only_when_recorded() {
+    let e = env();
+    let m = meta(&e.root);
+    let s = Storage::open(&e.root, m.clone()).unwrap();
+    let base = committed(&s, "base", None);
+    let info = s.create_unrecorded("b/1", Some("base"), Kind::Active, Labels::new(), &empty).unwrap();
+    assert_eq!(info.parent.as_deref(), Some("base"));
+    assert!(s.dir(info.id).join("fs").is_dir());
+    assert!(matches!(s.get("b/1"), Err(Error::NotFound { .. })));
+    // Reserved: a second prepare of the key, and the removal of its parent, are refused; cleanup keeps it.
+    assert!(matches!(s.create("b/1", None, Kind::Active, Labels::new(), &empty), Err(Error::AlreadyExists { .. })));
+    assert!(matches!(s.remove("base"), Err(Error::HasChildren { .. })));
+    s.cleanup().unwrap();
+    assert!(s.dir(info.id).is_dir());
+    // Recorded by the caller, then settled: an ordinary active snapshot.
+    m.write(|w| w.put_snapshot(&info)).unwrap();
+    s.settle(&info, Some(true));
+    assert_eq!(s.get("b/1").unwrap(), info);
+    s.remove("b/1").unwrap();
+
+    // Never recorded: settled away, directory and reservation.
+    let gone = s.create_unrecorded("b/2", Some("base"), Kind::Active, Labels::new(), &empty).unwrap();
+    s.settle(&gone, Some(false));
+    assert!(!s.dir(gone.id).exists());
+    s.create("b/2", Some("base"), Kind::Active, Labels::new(), &empty).unwrap();
+    s.remove("b/2").unwrap();
+
+    // A failed commit: the directory stays only if the record made it to the file.
+    let failed = s.create_unrecorded("b/3", Some("base"), Kind::Active, Labels::new(), &empty).unwrap();
+    s.settle(&failed, None);
+    assert!(!s.dir(failed.id).exists());
+    let landed = s.create_unrecorded("b/4", Some("base"), Kind::Active, Labels::new(), &empty).unwrap();
+    m.write(|w| w.put_snapshot(&landed)).unwrap();
+    s.settle(&landed, None);
+    assert!(s.dir(landed.id).is_dir());
+
+    // A crash before the record: start-up finds a directory without a record and removes it.
+    let crashed = s.create_unrecorded("b/5", Some("base"), Kind::Active, Labels::new(), &empty).unwrap();
+    drop(s);
+    let s = Storage::open(&e.root, m).unwrap();
+    assert!(!s.dir(crashed.id).exists(), "{:?}", s.recovered());
+    assert_eq!(keys(&s), ["b/4", "base"]);
+    assert!(s.dir(base.id).is_dir());
+}
