@@ -5,8 +5,10 @@
 //! image's chain is mounted (an overlay mount, or a bind mount of the native backend's full copy). The bundle
 //! record — including the config.json bytes, so that a bundle can be restored after a reboot empties `/run` —
 //! is written last, in one durable transaction (shared with the record changes of other bundles made at the same
-//! time, see [`records`](super::records)); a crash before it leaves a directory and a snapshot without a record,
-//! which [`Engine::open`] removes. Records whose rootfs is not mounted any more are re-mounted.
+//! time, see [`records`](super::records)), together with the record of the bundle's snapshot, which is prepared
+//! unrecorded ([`Snapshotter::prepare_unrecorded`]); a crash before it leaves a bundle directory and a snapshot
+//! directory without records, which [`Engine::open`] removes. Between its unpack and that commit a create holds a
+//! slot of a fair [`gate`](super::gate) (`max_concurrent_creates`). Records whose rootfs is not mounted any more are re-mounted.
 //!
 //! Locking: one lock per bundle id; creation and unpack hold the GC lock shared, [`Engine::gc`] exclusively. No
 //! lock shared by different bundles is held across a mount, an unmount or a record commit.

@@ -1,8 +1,8 @@
 //! A fair admission gate: at most `slots` holders at once, the others admitted in arrival order, each woken
 //! alone when a slot is handed to it (no herd of waiters woken to find the slot taken).
 //!
-//! The engine puts the CPU-bound part of a bundle creation behind one (see [`Engine::create`]
-//! (super::engine::Engine::create)): 64 concurrent creates on 2 cores otherwise run as 64 threads that take
+//! The engine puts the CPU-bound part of a bundle creation behind one
+//! ([`super::engine::Engine::create`]): 64 concurrent creates on 2 cores otherwise run as 64 threads that take
 //! turns on the same locks (the snapshot records' write transaction, the kernel's mount lock), and the
 //! scheduler, not arrival, decides who finishes first. Behind the gate the work runs a few at a time, with fewer
 //! context switches, and the callers finish in the order they came: the latency of the last one is close to the

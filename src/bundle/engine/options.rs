@@ -19,8 +19,8 @@ pub struct Options {
     pub backend: Backend,
     /// 0 means the number of CPUs.
     pub max_concurrent_unpacks: usize,
-    /// Creations past their unpack and before their record's commit at once (a fair [`Gate`]
-    /// (crate::bundle::gate::Gate)); 0 means 4 per CPU.
+    /// Creations past their unpack and before their record's commit at once, the others waiting in arrival
+    /// order ([`crate::bundle::gate::Gate`]); 0 means 4 per CPU.
     pub max_concurrent_creates: usize,
     pub applier: Arc<dyn LayerApplier>,
     pub mounter: Arc<dyn Mounter>,
