@@ -645,7 +645,9 @@ fn g4_concurrent_creates_work_at_most_max_concurrent_creates_at_once() {
             }
         });
         let most = gauge.most.load(std::sync::atomic::Ordering::SeqCst);
-        assert_eq!(most, 3, "{}: {most} creations were mounting at once; the cap is 3", b.name());
+        // At most 3; and more than one, or the gate would be admitting one at a time (the 5 ms of each mount
+        // are only part of a holder's time, so exactly 3 at once is likely, not certain).
+        assert!((2..=3).contains(&most), "{}: {most} creations were mounting at once; the cap is 3", b.name());
         assert_eq!(e.list().unwrap().len(), 24, "{}", b.name());
         for n in 0..24 {
             e.delete(&id(&format!("g{n}"))).unwrap();
@@ -682,11 +684,14 @@ fn g4_a_create_waiting_for_its_unpack_does_not_hold_up_warm_creates() {
     e.unpack(&warm_store, &warm).unwrap();
     let cold_done = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| {
-        s.spawn(|| {
+        let cold_thread = s.spawn(|| {
             e.create(&id("cold"), &cold_store, &cold, &Overrides::default()).unwrap();
             cold_done.store(true, std::sync::atomic::Ordering::SeqCst);
         });
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while !slow.started.load(std::sync::atomic::Ordering::SeqCst) {
+            assert!(!cold_thread.is_finished(), "the cold create ended before it applied its layer");
+            assert!(std::time::Instant::now() < deadline, "the cold create never applied its layer");
             std::thread::sleep(Duration::from_millis(2));
         }
         for n in 0..4 {

@@ -8,10 +8,14 @@
 //! time, see [`records`](super::records)), together with the record of the bundle's snapshot, which is prepared
 //! unrecorded ([`Snapshotter::prepare_unrecorded`]); a crash before it leaves a bundle directory and a snapshot
 //! directory without records, which [`Engine::open`] removes. Between its unpack and that commit a create holds a
-//! slot of a fair [`gate`](super::gate) (`max_concurrent_creates`). Records whose rootfs is not mounted any more are re-mounted.
+//! slot of a fair [`gate`](super::gate) (`max_concurrent_creates`). Records whose rootfs is not mounted any more
+//! are re-mounted.
 //!
 //! Locking: one lock per bundle id; creation and unpack hold the GC lock shared, [`Engine::gc`] exclusively. No
-//! lock shared by different bundles is held across a mount, an unmount or a record commit.
+//! lock shared by different bundles is held across a mount, an unmount or a record commit. A create's gate slot
+//! is (it is held across the snapshot's build and sync, the mount, the assembly and the volume copies, and given
+//! back before the record's commit): a mount or a sync that hangs keeps its slot, and with all slots held later
+//! creates wait; unpacks, deletes and every other call go on.
 //! The collector never queues on that lock (a queued writer would stop every later creation): it polls for it
 //! and gives up after [`Options::gc_lock_timeout`] with [`Error::Busy`]. Nothing in here waits on a caller while
 //! it holds a lock; progress callbacks must return at once.
@@ -469,8 +473,9 @@ impl Engine {
         }
         self.abandoned.lock().unwrap_or_else(|p| p.into_inner()).remove(&sid);
         let unpack = self.unpacker.unpack(store, &image.layers)?;
-        // From here to the record's commit the work is CPU and the kernel's, a few creations at a time; the
-        // record's commit waits for the disk and is left outside, so that creations behind it go on meanwhile.
+        // From here to the record's commit the work is mostly CPU and the kernel's (a snapshot's sync and the volume
+        // copies can wait for the disk), a few creations at a time; the record's durable commit waits for the
+        // disk and is left outside, so that creations behind it go on meanwhile.
         let pass = self.gate.enter();
         let key = format!("{SNAPSHOT_PREFIX}{id}");
         let dir = self.bundles_dir().join(id.as_str());
