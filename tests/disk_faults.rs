@@ -30,8 +30,8 @@
 //! | resuming registry pull | ext4 filled to 4 MiB free, 8 MiB layer | `ENOSPC` naming the `.partial`; as above, the bytes written before the disk was full kept; OK once the ballast is freed, resuming from them, byte-identical |
 //! | registry pull | every `pwrite64` / `mkdirat` / `fsetxattr` (the unpack) | EIO naming the entry (`etc/hostname`, `data/tagged`) or `tmp/N`; the image stays fetched (whole, verified), no snapshot; next pull unpacks. (One EIO in an overlay extraction is retried through a mount of the parents by design, hence every call) |
 //! | bundle create | every `mount` | `mount("overlay" -> …/rootfs, …): EIO`; as before; then OK |
-//! | bundle create | `mkdirat` #1; every `mkdirat` on the rootfs | EIO naming `tmp/N` / `rootfs/dev`; as before; then OK |
-//! | bundle create | `fsync` #1; `rename` #1, #2 | EIO naming `config.json`'s temp file, `snapshots/N`, `config.json`; as before; then OK |
+//! | bundle create | `mkdirat` #1, #4 (a mount point made in the writable snapshot's `fs/` before the mount, on a chain seen before); every `mkdir` of the rootfs | EIO naming `tmp/N` / `fs/proc` / `rootfs`; as before; then OK |
+//! | bundle create | `openat` #2 on the bundle's directory (config.json's creation: no temporary name, nothing trusts the directory before its record commits); `fsync` #1; `rename` #1 | EIO naming `config.json`, `config.json`, `snapshots/N`; as before; then OK |
 //! | bundle create | `pwrite64` #1 / `fdatasync` #1 on meta.redb | "its record change was not written … meta.redb: I/O error"; as before; then OK (**fixed**: redb failed every later call until a restart; and a failed fsync's record stayed, naming a removed snapshot) |
 //! | bundle create | every `pwrite64` / `fdatasync` on meta.redb | the same error; the writable snapshot `bundle/b1` and/or the record may stay (the clean-up's own record changes fail; what a failed fsync wrote may be in the file), no directory; the next create of b1 takes them over (**fixed**: it said ALREADY_EXISTS) |
 //! | bundle create of an image not unpacked | every `pwrite64`; `mkdirat` #2+; every `rename` | EIO naming the entry or `tmp/N`; as before; then OK; a restart's recovery then changes nothing |
@@ -48,7 +48,7 @@
 //!
 //! Rename-family calls (`strace -f -c -e trace=rename,renameat,renameat2`): `kiln unpack` makes one `rename`
 //! (config.json) and one `renameat2` (the bundle); kilnd only `rename` (std's, on x86_64): import 4 (config,
-//! layer, manifest, index.json), bundle create 2 (3 when it unpacks), delete 1, GC 1 per snapshot.
+//! layer, manifest, index.json), bundle create 1 (2 when it unpacks), delete 1, GC 1 per snapshot.
 #![allow(clippy::disallowed_methods)] // tests build fixtures and inspect results by path
 
 mod common;

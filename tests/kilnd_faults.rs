@@ -286,8 +286,8 @@ fn pull_from_a_registry_fails_cleanly_under_eio_and_succeeds_once_the_fault_is_g
     fsck_clean(&k, "after all");
 }
 
-/// Bundle create of an unpacked image: the rootfs mount, the directories made in it, config.json (its fsync,
-/// its rename), the bundle's record in meta.redb (its pages, its fdatasync); and of an image not unpacked yet
+/// Bundle create of an unpacked image: the rootfs mount, the directories made for it, config.json (its creation,
+/// its fsync), the bundle's record in meta.redb (its pages, its fdatasync); and of an image not unpacked yet
 /// (the unpack's file data, directories and the snapshot's rename into place).
 #[test]
 fn bundle_create_fails_cleanly_under_eio_and_succeeds_once_the_fault_is_gone() {
@@ -304,13 +304,18 @@ fn bundle_create_fails_cleanly_under_eio_and_succeeds_once_the_fault_is_gone() {
     // (fault, a path the error names, whether something may stay behind)
     let cases = [
         (Case::new("mount", "1+"), Some("rootfs"), false),
-        // The writable snapshot's directory (prepared in tmp/), then dev/, proc/ and sys/ in the rootfs.
+        // The writable snapshot's directory (prepared in tmp/N: fs/ is mkdirat #1, work/ #2), then the mount points
+        // the image lacks (dev/, proc/, sys/: #3 to #5; on a chain seen before they are made in the snapshot's fs/
+        // before the mount), then the rootfs (a mkdir).
         (Case::new("mkdirat", "1"), Some("/tmp/"), false),
-        (Case::new("mkdirat", "1+").on(b1.join("rootfs")), Some("rootfs"), false),
+        (Case::new("mkdirat", "4"), Some("/fs/proc"), false),
+        (Case::new("mkdir", "1+").on(b1.join("rootfs")), Some("rootfs"), false),
+        // config.json: its creation in the bundle's directory (the first openat there opens the directory itself
+        // after its mkdir), its fsync.
+        (Case::new("openat", "2").on(&b1), Some("config.json"), false),
         (Case::new("fsync,fdatasync", "1"), Some("config.json"), false),
-        // The writable snapshot's rename into snapshots/, then config.json's.
+        // The writable snapshot's rename into snapshots/.
         (Case::new("rename", "1"), Some("/snapshots/"), false),
-        (Case::new("rename", "2"), Some("config.json"), false),
         // The bundle record's commit fails once: meta.redb is opened again for the clean-up, which succeeds.
         (Case::new("pwrite64", "1").on(&meta), Some("meta.redb"), false),
         (Case::new("fdatasync", "1").on(&meta), Some("meta.redb"), false),
@@ -367,6 +372,13 @@ fn bundle_create_fails_cleanly_under_eio_and_succeeds_once_the_fault_is_gone() {
     k.respawn(&[]);
     assert_eq!(observe(&k), before, "after a restart");
     fsck_clean(&k, "after a restart");
+    // A restarted kilnd knows no chain: the first create on one looks at the mounted rootfs and makes the
+    // mount points there.
+    let case = Case::new("mkdirat", "1+").on(b1.join("rootfs"));
+    case.fails(&k, &["bundle", "create", "b1", "--image", "app"], Some("rootfs/dev"));
+    assert_intact(&k, &before, &case.name());
+    ok(&k.kiln(&["bundle", "create", "b1", "--image", "app"]), "create on a chain not known yet");
+    assert!(b1.join("rootfs/proc").is_dir() && b1.join("rootfs/data/big").is_file());
 }
 
 /// Bundle delete failing midway: the unmount, the removal of the bundle's files and of its writable snapshot

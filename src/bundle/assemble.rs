@@ -82,25 +82,29 @@ pub fn assemble(
     overrides: &Overrides,
     userdb_limits: &userdb::Limits,
 ) -> Result<Assembly, Error> {
-    assemble_on(rootfs, config, overrides, userdb_limits, None).map(|(a, _)| a)
+    assemble_on(rootfs, config, overrides, userdb_limits, None, None).map(|(a, _)| a)
 }
 
 /// [`assemble`], given what an earlier assembly learnt of a rootfs with the same content (`known`): its user
 /// database is used as it is and its hygiene changes are made again ([`hygiene::make_safe_as`]) instead of
-/// being looked for. Returns what was learnt, for the next one.
+/// being looked for; `made`, when given with `known`, are the changes already made before the rootfs was
+/// mounted ([`hygiene::make_in_upper`]), and the hygiene is not run again. Returns what was learnt, for the
+/// next one.
 pub fn assemble_on(
     rootfs: &Path,
     config: &ImageConfig,
     overrides: &Overrides,
     userdb_limits: &userdb::Limits,
     known: Option<&Learnt>,
+    made: Option<Vec<Fix>>,
 ) -> Result<(Assembly, Learnt), Error> {
-    let learnt = match known {
-        Some(k) => {
+    let learnt = match (known, made) {
+        (Some(k), Some(fixes)) => Learnt { users: k.users.clone(), fixes, db_bytes: k.db_bytes },
+        (Some(k), None) => {
             let fixes = hygiene::make_safe_as(rootfs, &k.fixes).map_err(Error::Hygiene)?;
             Learnt { users: k.users.clone(), fixes, db_bytes: k.db_bytes }
         }
-        None => {
+        (None, _) => {
             let fixes = hygiene::make_safe(rootfs).map_err(Error::Hygiene)?;
             let (users, db_bytes) = userdb::read_sized(rootfs, userdb_limits).map_err(Error::UserDb)?;
             Learnt { users: Arc::new(users), fixes, db_bytes }

@@ -25,6 +25,7 @@
 //! How the daemon drives it, call by call: `examples/engine.rs`.
 
 use std::collections::HashSet;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockWriteGuard, TryLockError};
 use std::time::{Duration, Instant};
@@ -508,19 +509,26 @@ impl Engine {
             .prepare_unrecorded(&key, parent, labels)
             .map_err(|source| Error::Snapshot { id: sid.clone(), source })?;
         guard.snapshot = Some(snapshot_info.clone());
+        let chain = chains::key(&mounts);
+        let known = chain.as_deref().and_then(|k| self.chains.get(k));
+        // On a chain seen before, the mount points it lacks are made in the bundle's upper directory before the
+        // mount, not through the overlay (I12; see hygiene::make_in_upper).
+        let made = match (&known, chains::upper(&mounts)) {
+            (Some(k), Some(upper)) => hygiene::make_in_upper(upper, &k.fixes)
+                .map_err(|e| Error::assembly(&sid, assemble::Error::Hygiene(e)))?,
+            _ => None,
+        };
         let rootfs = dir.join("rootfs");
         let sys = |source| Error::Sys { id: sid.clone(), source };
-        host::mkdir(&dir, 0o700).map_err(sys)?;
+        let dir_fd = host::mkdir_open(&dir, 0o700).map_err(sys)?;
         host::mkdir(&rootfs, 0o755).map_err(sys)?;
         self.mounter.mount_all(&mounts, &rootfs).map_err(sys)?;
         let mut overrides = overrides.clone();
         if overrides.volume_root.is_none() {
             overrides.volume_root = Some(volumes.clone());
         }
-        let chain = chains::key(&mounts);
-        let known = chain.as_deref().and_then(|k| self.chains.get(k));
         let (assembly, learnt) =
-            assemble::assemble_on(&rootfs, &image.config, &overrides, &self.userdb_limits, known.as_ref())
+            assemble::assemble_on(&rootfs, &image.config, &overrides, &self.userdb_limits, known.as_ref(), made)
                 .map_err(|e| Error::assembly(&sid, e))?;
         if let (Some(chain), None) = (chain, known) {
             self.chains.keep(chain, learnt);
@@ -544,7 +552,10 @@ impl Engine {
                 })?;
             }
         }
-        assemble::write_config(&dir, &assembly).map_err(sys)?;
+        // Not atomic_write's temporary name and rename: nothing trusts this directory before its record commits
+        // (I14 holds through the record: a crash before it leaves a directory that start-up removes).
+        crate::sys::write_new_at(&dir_fd, &dir, OsStr::new("config.json"), &assembly.config_json, 0o644)
+            .map_err(sys)?;
         let bundle = Bundle {
             id: sid.clone(),
             path: dir.clone(),

@@ -2,7 +2,8 @@
 //! must be real directories, never symlinks or files from the image (runc CVE-2026-41579, CVE-2023-27561,
 //! CVE-2019-16884 shapes), and symlinks an image left under `/dev` are removed (CVE-2025-31133 shapes). With
 //! overlay the changes land in the bundle's own upper directory (a kiln-owned top layer, like Docker's init
-//! layer), so the image's committed layers are untouched. `kiln unpack` and `Bundles.Create` both reach it
+//! layer), so the image's committed layers are untouched; on a layer chain seen before, the mount points the
+//! chain lacks are made in that upper directory before the mount ([`make_in_upper`]). `kiln unpack` and `Bundles.Create` both reach it
 //! through [`assemble`](super::assemble), so a bundle gets the same treatment whoever asks for it.
 //!
 //! May use: `sys`, `convert` (its warning type), `error`.
@@ -152,6 +153,33 @@ pub fn make_safe_as(rootfs: &Path, known: &[Fix]) -> Result<Vec<Fix>, Error> {
         }
     }
     Ok(fixes)
+}
+
+/// [`make_safe_as`] before the rootfs is mounted: in `upper`, the overlay's upper directory (the bundle's own,
+/// empty, kilnd's), when every change `known` lists is a missing mount point. Each is made there, 0755 and
+/// opaque (`trusted.overlay.opaque=y`, so nothing of the layers below could show through it even if they held
+/// what `known` says they lack), and the changes are returned. `None` when `known` holds any other change:
+/// the hygiene then runs on the mounted rootfs ([`make_safe_as`], which looks again). A `mkdirat` in a plain
+/// directory costs a fraction of one through the overlay, which first looks the name up in every layer.
+pub fn make_in_upper(upper: &Path, known: &[Fix]) -> Result<Option<Vec<Fix>>, Error> {
+    let mount_point = |f: &Fix| f.found == "missing" && matches!(f.path.as_str(), "/dev" | "/proc" | "/sys");
+    if !known.iter().all(mount_point) {
+        return Ok(None);
+    }
+    if known.is_empty() {
+        return Ok(Some(Vec::new()));
+    }
+    let root = crate::sys::open_dir(upper).map_err(|source| Error { path: upper.to_path_buf(), source })?;
+    for fix in known {
+        let name = fix.path.trim_start_matches('/');
+        let n = OsStr::new(name);
+        let err = |source| Error { path: upper.join(name), source };
+        sfs::mkdirat(&root, n, 0o755).map_err(err)?;
+        let fd = sfs::openat(&root, n, nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY, 0).map_err(err)?;
+        sfs::fchmod(&fd, 0o755).map_err(err)?;
+        sfs::fsetxattr(&fd, b"trusted.overlay.opaque", b"y").map_err(err)?;
+    }
+    Ok(Some(known.to_vec()))
 }
 
 /// Makes mount point `name` in `root`: a directory, 0755 whatever the umask.

@@ -477,7 +477,9 @@ fn ignored_fields(cfg: &ContainerConfig, ex: &mut Explain) {
 
 /// Canonical `config.json` bytes: object keys sorted at every level, capability sets sorted, two-space
 /// indentation and a final newline. The same spec always gives the same bytes (checklist J4), whatever the
-/// iteration order of the hash maps and sets inside `oci_spec`'s types.
+/// iteration order of the hash maps and sets inside `oci_spec`'s types: they pass through a
+/// `serde_json::Value`, whose maps are `BTreeMap`s (serde_json without `preserve_order`, which nothing in the
+/// build enables; `tests::json_maps_are_sorted` fails the day something does), so the keys come out sorted.
 pub fn to_json_bytes(spec: &Spec) -> Result<Vec<u8>, Error> {
     let mut value = serde_json::to_value(spec)?;
     if let Some(caps) = value.pointer_mut("/process/capabilities").and_then(|c| c.as_object_mut()) {
@@ -487,21 +489,41 @@ pub fn to_json_bytes(spec: &Spec) -> Result<Vec<u8>, Error> {
             }
         }
     }
-    let value = canonical(value);
-    let mut bytes = serde_json::to_vec_pretty(&value)?;
+    let mut bytes = Vec::with_capacity(4096);
+    serde_json::to_writer_pretty(&mut bytes, &value)?;
     bytes.push(b'\n');
     Ok(bytes)
 }
 
-fn canonical(v: serde_json::Value) -> serde_json::Value {
-    use serde_json::Value;
-    match v {
-        Value::Object(map) => {
-            let mut entries: Vec<(String, Value)> = map.into_iter().collect();
-            entries.sort_by(|a, b| a.0.cmp(&b.0));
-            Value::Object(entries.into_iter().map(|(k, v)| (k, canonical(v))).collect())
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The premise of [`to_json_bytes`]: serde_json's maps keep their keys sorted, whatever the insertion order.
+    #[test]
+    fn json_maps_are_sorted() {
+        let mut m = serde_json::Map::new();
+        for k in ["b", "c", "a"] {
+            m.insert(k.into(), serde_json::Value::Null);
         }
-        Value::Array(items) => Value::Array(items.into_iter().map(canonical).collect()),
-        other => other,
+        assert_eq!(m.keys().map(String::as_str).collect::<Vec<_>>(), ["a", "b", "c"]);
+    }
+
+    /// J4: keys sorted at every level, from a spec whose annotations are a `HashMap` (random order per process).
+    #[test]
+    fn j4_config_json_keys_sorted_at_every_level() {
+        let mut spec = Spec::default();
+        let annotations: std::collections::HashMap<String, String> =
+            (0..64).map(|i| (format!("k{:02}", (i * 37) % 64), i.to_string())).collect();
+        spec.set_annotations(Some(annotations));
+        let bytes = to_json_bytes(&spec).expect("bytes");
+        let value: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+        // Re-serialized from sorted maps, the bytes are the same: they were sorted already.
+        let mut again = serde_json::to_vec_pretty(&value).expect("again");
+        again.push(b'\n');
+        assert_eq!(String::from_utf8_lossy(&bytes), String::from_utf8_lossy(&again));
+        let text = String::from_utf8_lossy(&bytes);
+        let positions: Vec<usize> = (0..64).map(|i| text.find(&format!("\"k{i:02}\"")).expect("key")).collect();
+        assert!(positions.windows(2).all(|w| w[0] < w[1]), "annotations sorted: {positions:?}");
     }
 }

@@ -8,9 +8,12 @@
 //! [`AuthorityRead`] sits between the connection and hyper on the read side and rewrites those requests:
 //! it follows the client's frames, decodes each header block (HEADERS and its CONTINUATIONs) with the
 //! client's HPACK state, replaces an `:authority` that h2 would refuse with `localhost`, and hands hyper
-//! the block re-encoded as literals that never touch HPACK's dynamic table — hyper's table stays empty,
-//! so the two HPACK states cannot drift apart whatever the client indexes. Every other frame, and the
-//! preface, passes through unchanged. The write side is untouched.
+//! the block re-encoded as literals that never touch HPACK's dynamic table — from then on hyper's table
+//! stays as it was, so the two HPACK states cannot drift apart whatever the client indexes. Until a
+//! connection's first such block, every block reaches hyper as the client encoded it (only its framing is
+//! redone), and hyper's table is the client's: a client whose authority h2 takes (tonic, grpc-go) costs a
+//! decode per request and no re-encoding. Every other frame, and the preface, passes through unchanged. The
+//! write side is untouched.
 //!
 //! What h2 would refuse is still refused, the same way where it matters: a header block is buffered only up
 //! to [`MAX_BLOCK`] bytes, and one whose decoded header list passes [`ABUSE_LIST`] closes the connection
@@ -18,7 +21,7 @@
 //! small run of static-table fields that keeps it at that size, so hyper answers 431 and REFUSED_STREAM
 //! as it would have, and the connection goes on.
 //!
-//! Length: about 440 lines of code and 250 of tests. The HPACK decoder, the header rewrite and the frame
+//! Length: about 460 lines of code and 280 of tests. The HPACK decoder, the header rewrite and the frame
 //! bookkeeping share one invariant (the connection's dynamic table must stay in step with the client's), so
 //! they stay in one file with the tests that pin it.
 
@@ -94,6 +97,10 @@ pub struct Rewriter {
     block: Vec<u8>,
     pending: Option<Pending>,
     decoder: loona_hpack::Decoder<'static>,
+    /// Whether hyper's HPACK table is still the client's: true until the first block that needs a rewrite.
+    /// Until then every block reaches hyper as the client encoded it (only its framing is redone), and decoding
+    /// it here serves only to follow the client's table and to find the `:authority`.
+    in_step: bool,
     /// Authorities replaced on this connection (the first is logged).
     pub rewritten: u64,
 }
@@ -115,6 +122,7 @@ impl Rewriter {
             block: Vec::new(),
             pending: None,
             decoder,
+            in_step: true,
             rewritten: 0,
         }
     }
@@ -246,14 +254,20 @@ impl Rewriter {
         Ok(())
     }
 
-    /// Decodes the collected block and writes it out, re-encoded, as HEADERS and CONTINUATION frames.
+    /// Decodes the collected block and writes it out as HEADERS and CONTINUATION frames: as the client encoded
+    /// it while hyper's table is in step with the client's and nothing needs rewriting, re-encoded otherwise.
     fn finish_block(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
         let Some(pending) = self.pending.take() else { return Ok(()) };
-        let mut encoded = Vec::with_capacity(self.block.len() + 64);
+        let in_step = self.in_step;
+        let mut encoded = Vec::with_capacity(if in_step { 256 } else { self.block.len() + 64 });
         // Decoded size so far; where the leading pseudo-headers end in `encoded`.
         let (mut size, mut pseudo_end, mut in_pseudo) = (0usize, 0, true);
         let mut refused: Option<Vec<u8>> = None;
         let mut rewritten = 0;
+        // Whether the fields are being re-encoded. In step, only the pseudo-headers are, until one needs a
+        // rewrite: pseudo-headers come first, so past them with nothing rewritten the block goes as it came (an
+        // `:authority` after a regular field is malformed, and h2 refuses the request whatever its value).
+        let mut encoding = true;
         self.decoder
             .decode_with_cb(&self.block, |name, value| {
                 // Past the limit decoding goes on all the same: it keeps the client's HPACK table in step.
@@ -262,6 +276,10 @@ impl Rewriter {
                     return;
                 }
                 in_pseudo &= name.starts_with(b":");
+                encoding &= !(in_step && !in_pseudo && rewritten == 0);
+                if !encoding {
+                    return;
+                }
                 let value: &[u8] = if &*name == b":authority" && Authority::try_from(&*value).is_err() {
                     rewritten += 1;
                     refused.get_or_insert_with(|| value.to_vec());
@@ -278,6 +296,16 @@ impl Rewriter {
         if size > ABUSE_LIST {
             return Err(protocol(format!("HTTP/2: a header list of {size} bytes decoded")));
         }
+        if in_step && rewritten == 0 {
+            // What hyper would have read without this layer (a list past HYPER_LIST included: hyper refuses it
+            // itself, as it would have), re-framed.
+            emit(&pending, &self.block, out);
+            self.block.clear();
+            self.block.shrink_to(MAX_FRAME);
+            return Ok(());
+        }
+        // From here on hyper's table is left as it is: every block reaches it as literals.
+        self.in_step = false;
         if size >= HYPER_LIST {
             encoded.truncate(pseudo_end);
             encoded.resize(pseudo_end + HYPER_LIST.div_ceil(FILLER_SIZE), FILLER);
@@ -554,6 +582,33 @@ mod tests {
             assert_eq!(data.len(), 4);
             assert!(data.iter().all(|f| f.1 == END_STREAM && f.3 == [0, 0, 0, 0, 0]));
             assert_eq!(fr[0], (0x4, 0, 0, vec![]));
+        }
+    }
+
+    #[test]
+    fn blocks_pass_as_sent_until_one_needs_a_rewrite() {
+        // A valid authority, added to the client's table; a request naming it by index (62); a refused one,
+        // added too; then references to both (62 the refused one, now the newest; 63 the first).
+        let blocks = [
+            (1, request_block(b"localhost:1")),
+            (3, vec![0x82, 0x86, 0x84, 0xbe]),
+            (5, request_block(b"run%2Fx.sock")),
+            (7, vec![0x82, 0x86, 0x84, 0xbe]),
+            (9, vec![0x82, 0x86, 0x84, 0xbf]),
+        ];
+        for step in [1, 9, 1 << 20] {
+            let out = run(&connection(&blocks), step).unwrap();
+            let fr = frames(&out);
+            let headers: Vec<&Vec<u8>> = fr.iter().filter(|f| f.0 == HEADERS).map(|f| &f.3).collect();
+            // In step: the client's own bytes, indexing and all.
+            assert_eq!(headers[0], &blocks[0].1);
+            assert_eq!(headers[1], &blocks[1].1);
+            // Then literals: hyper's table never learns the refused authority.
+            assert_ne!(headers[2], &blocks[2].1);
+            assert!(headers[3].len() > blocks[3].1.len());
+            let lists = header_lists(&fr);
+            let got: Vec<&str> = lists.iter().map(|l| authority(l)).collect();
+            assert_eq!(got, ["localhost:1", "localhost:1", "localhost", "localhost", "localhost:1"]);
         }
     }
 

@@ -72,9 +72,15 @@ pub fn ensure_dir(dir: &Path, mode: u32) -> Result<()> {
 
 /// `mkdir(path, mode)`, then the exact mode (the umask does not narrow it).
 pub fn mkdir(path: &Path, mode: u32) -> Result<()> {
+    mkdir_open(path, mode).map(drop)
+}
+
+/// [`mkdir`], returning the new directory's descriptor.
+pub fn mkdir_open(path: &Path, mode: u32) -> Result<OwnedFd> {
     std::fs::DirBuilder::new().mode(mode).create(path).map_err(io("mkdir", path))?;
     let fd = sfs::openat(nix::fcntl::AT_FDCWD, path.as_os_str(), OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0)?;
-    sfs::fchmod(&fd, mode)
+    sfs::fchmod(&fd, mode)?;
+    Ok(fd)
 }
 
 /// `rmdir(path)`.

@@ -129,6 +129,27 @@ pub fn atomic_write(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     result
 }
 
+/// Writes `bytes` to the new file `name` in the directory `dir` (named `dir_path` in errors): `openat` with
+/// `O_CREAT|O_EXCL|O_NOFOLLOW`, `fsync`, then `fsync` of the directory. For a directory nothing trusts until
+/// its owner commits a record of it (a bundle's, until the bundle record's durable commit), where
+/// [`atomic_write`]'s temporary name and rename buy nothing: a crash before the commit leaves a directory
+/// without a record, which start-up removes whole.
+pub fn write_new_at(dir: &OwnedFd, dir_path: &Path, name: &OsStr, bytes: &[u8], mode: u32) -> Result<()> {
+    let path = || quoted(&dir_path.join(name));
+    let fd = nix::fcntl::openat(
+        dir,
+        name,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::from_bits_truncate(mode),
+    )
+    .map_err(|e| SysError::new("open", path(), e))?;
+    let mut f = File::from(fd);
+    f.write_all(bytes)
+        .map_err(|e| SysError::new("write", path(), Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))?;
+    nix::unistd::fsync(&f).map_err(|e| SysError::new("fsync", path(), e))?;
+    nix::unistd::fsync(dir).map_err(|e| SysError::new("fsync", quoted(dir_path), e))
+}
+
 pub mod mount;
 pub mod proc;
 pub use mount::{Mount, Mounter, RecordingMounter, SysMounter};

@@ -11,6 +11,7 @@
 //! ([`MAX_KEPT_BYTES`]); past the count the cache starts again empty.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Mutex;
 
 use crate::sys::mount::Mount;
@@ -34,6 +35,18 @@ pub fn key(mounts: &[Mount]) -> Option<String> {
         return None;
     }
     m.options.iter().find_map(|o| o.strip_prefix("lowerdir=")).map(str::to_owned)
+}
+
+/// The upper directory of a bundle's overlay mount (`upperdir=`), where [`hygiene::make_in_upper`] makes the
+/// known mount points before the mount.
+///
+/// [`hygiene::make_in_upper`]: crate::bundle::hygiene::make_in_upper
+pub fn upper(mounts: &[Mount]) -> Option<&Path> {
+    let [m] = mounts else { return None };
+    if m.kind != "overlay" {
+        return None;
+    }
+    m.options.iter().find_map(|o| o.strip_prefix("upperdir=")).map(Path::new)
 }
 
 impl Chains {
