@@ -175,12 +175,20 @@ fn unix_socket_authorities_of_standard_clients_are_served() {
     assert_eq!(answered, [1, 3, 5, 7, 9]);
 }
 
+/// With a first authority h2 refuses (the connection's blocks are re-encoded by kilnd's rewriter) and with one
+/// it takes (the connection reaches h2 as sent): the same answers either way.
 #[test]
 fn an_oversized_header_list_is_refused_and_the_connection_goes_on() {
     let k = Kilnd::start(&[]);
-    let mut s = h2_connect(&k);
+    for first in [&b"run%2Fkiln%2Fkilnd.sock"[..], b"localhost"] {
+        oversized_on_one_connection(&k, first);
+    }
+}
+
+fn oversized_on_one_connection(k: &Kilnd, first: &[u8]) {
+    let mut s = h2_connect(k);
     let mut authority = vec![0x41];
-    hpack_string(b"run%2Fkiln%2Fkilnd.sock", &mut authority);
+    hpack_string(first, &mut authority);
     let mut out = frame(0x1, 0x4, 1, &health_check_headers(&authority));
     out.extend(frame(0x0, 0x1, 1, &[0, 0, 0, 0, 0]));
     // 3 KB sent, 60 KB decoded: a 3 KB field added to the dynamic table, then named 20 times by its index.
@@ -197,7 +205,7 @@ fn an_oversized_header_list_is_refused_and_the_connection_goes_on() {
 
     let (mut served, mut refused) = (Vec::new(), false);
     while served.len() < 2 || !refused {
-        match next_frame(&mut s, &k) {
+        match next_frame(&mut s, k) {
             (0x0, _, stream, payload) => {
                 assert_ne!(stream, 3, "the oversized request was served");
                 assert_eq!(payload, SERVING, "stream {stream}");
@@ -214,7 +222,7 @@ fn an_oversized_header_list_is_refused_and_the_connection_goes_on() {
         }
     }
     served.sort_unstable();
-    assert_eq!(served, [1, 5]);
+    assert_eq!(served, [1, 5], "first authority {:?}", String::from_utf8_lossy(first));
 }
 
 #[test]

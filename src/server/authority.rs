@@ -8,12 +8,11 @@
 //! [`AuthorityRead`] sits between the connection and hyper on the read side and rewrites those requests:
 //! it follows the client's frames, decodes each header block (HEADERS and its CONTINUATIONs) with the
 //! client's HPACK state, replaces an `:authority` that h2 would refuse with `localhost`, and hands hyper
-//! the block re-encoded as literals that never touch HPACK's dynamic table — from then on hyper's table
-//! stays as it was, so the two HPACK states cannot drift apart whatever the client indexes. Until a
-//! connection's first such block, every block reaches hyper as the client encoded it (only its framing is
-//! redone), and hyper's table is the client's: a client whose authority h2 takes (tonic, grpc-go) costs a
-//! decode per request and no re-encoding. Every other frame, and the preface, passes through unchanged. The
-//! write side is untouched.
+//! the block re-encoded as literals that never touch HPACK's dynamic table — hyper's table stays empty,
+//! so the two HPACK states cannot drift apart whatever the client indexes. Every other frame, and the
+//! preface, passes through unchanged. The write side is untouched. A connection whose first request has an
+//! authority h2 takes (tonic, grpc-go, kiln's own client) is copied as it comes from then on, nothing decoded:
+//! a client's authority is its channel's, the same on every request.
 //!
 //! What h2 would refuse is still refused, the same way where it matters: a header block is buffered only up
 //! to [`MAX_BLOCK`] bytes, and one whose decoded header list passes [`ABUSE_LIST`] closes the connection
@@ -97,10 +96,14 @@ pub struct Rewriter {
     block: Vec<u8>,
     pending: Option<Pending>,
     decoder: loona_hpack::Decoder<'static>,
-    /// Whether hyper's HPACK table is still the client's: true until the first block that needs a rewrite.
-    /// Until then every block reaches hyper as the client encoded it (only its framing is redone), and decoding
-    /// it here serves only to follow the client's table and to find the `:authority`.
+    /// True until the connection's first header block is through. When that block needs no rewrite it reaches
+    /// hyper as the client encoded it (only its framing is redone), and the rest of the connection is copied
+    /// as it comes ([`State::Verbatim`]): a client's authority is the same on every request of a connection
+    /// (a channel's), and one whose later request had an authority h2 refuses would get what h2 does
+    /// without this layer, that stream reset, and nothing else.
     in_step: bool,
+    /// The first block needed no rewrite: from the next byte on, everything passes unchanged.
+    settled: bool,
     /// Authorities replaced on this connection (the first is logged).
     pub rewritten: u64,
 }
@@ -123,6 +126,7 @@ impl Rewriter {
             pending: None,
             decoder,
             in_step: true,
+            settled: false,
             rewritten: 0,
         }
     }
@@ -176,7 +180,7 @@ impl Rewriter {
                     if self.frame.len() == len {
                         self.header_frame(kind, flags, stream, out)?;
                         self.frame.clear();
-                        self.state = State::FrameHeader { have: 0 };
+                        self.state = self.next_frame();
                     }
                 }
             }
@@ -184,9 +188,19 @@ impl Rewriter {
         // A frame with an empty payload is complete as soon as its header is.
         if let State::Block { kind, flags, stream, len: 0 } = self.state {
             self.header_frame(kind, flags, stream, out)?;
-            self.state = State::FrameHeader { have: 0 };
+            self.state = self.next_frame();
         }
         Ok(())
+    }
+
+    /// The state after a header frame: the next frame's header, or verbatim copying once the first block
+    /// needed no rewrite.
+    fn next_frame(&self) -> State {
+        if self.settled {
+            State::Verbatim
+        } else {
+            State::FrameHeader { have: 0 }
+        }
     }
 
     /// A whole frame header has arrived.
@@ -298,10 +312,10 @@ impl Rewriter {
         }
         if in_step && rewritten == 0 {
             // What hyper would have read without this layer (a list past HYPER_LIST included: hyper refuses it
-            // itself, as it would have), re-framed.
+            // itself, as it would have), re-framed; and everything after it as it comes.
             emit(&pending, &self.block, out);
-            self.block.clear();
-            self.block.shrink_to(MAX_FRAME);
+            self.block = Vec::new();
+            self.settled = true;
             return Ok(());
         }
         // From here on hyper's table is left as it is: every block reaches it as literals.
@@ -586,30 +600,30 @@ mod tests {
     }
 
     #[test]
-    fn blocks_pass_as_sent_until_one_needs_a_rewrite() {
-        // A valid authority, added to the client's table; a request naming it by index (62); a refused one,
-        // added too; then references to both (62 the refused one, now the newest; 63 the first).
-        let blocks = [
-            (1, request_block(b"localhost:1")),
-            (3, vec![0x82, 0x86, 0x84, 0xbe]),
-            (5, request_block(b"run%2Fx.sock")),
-            (7, vec![0x82, 0x86, 0x84, 0xbe]),
-            (9, vec![0x82, 0x86, 0x84, 0xbf]),
-        ];
+    fn a_connection_whose_first_authority_h2_takes_passes_unchanged() {
+        // A valid authority first: that block reaches hyper as the client encoded it, and every byte after it is
+        // copied as it came (a later refused authority included: h2 resets that stream, as it would without
+        // this layer).
+        let blocks =
+            [(1, request_block(b"localhost:1")), (3, vec![0x82, 0x86, 0x84, 0xbe]), (5, request_block(b"a%2Fb"))];
+        let input = connection(&blocks);
         for step in [1, 9, 1 << 20] {
-            let out = run(&connection(&blocks), step).unwrap();
-            let fr = frames(&out);
-            let headers: Vec<&Vec<u8>> = fr.iter().filter(|f| f.0 == HEADERS).map(|f| &f.3).collect();
-            // In step: the client's own bytes, indexing and all.
-            assert_eq!(headers[0], &blocks[0].1);
-            assert_eq!(headers[1], &blocks[1].1);
-            // Then literals: hyper's table never learns the refused authority.
-            assert_ne!(headers[2], &blocks[2].1);
-            assert!(headers[3].len() > blocks[3].1.len());
-            let lists = header_lists(&fr);
-            let got: Vec<&str> = lists.iter().map(|l| authority(l)).collect();
-            assert_eq!(got, ["localhost:1", "localhost:1", "localhost", "localhost", "localhost:1"]);
+            let out = run(&input, step).unwrap();
+            assert_eq!(out, input, "step {step}");
         }
+        // A refused one first: it and every later block are re-encoded, a later valid one included.
+        let blocks = [
+            (1, request_block(b"run%2Fx.sock")),
+            (3, request_block(b"localhost:1")),
+            (5, vec![0x82, 0x86, 0x84, 0xbf]),
+        ];
+        let out = run(&connection(&blocks), 7).unwrap();
+        let fr = frames(&out);
+        let headers: Vec<&Vec<u8>> = fr.iter().filter(|f| f.0 == HEADERS).map(|f| &f.3).collect();
+        assert!(headers.iter().zip(&blocks).all(|(h, b)| *h != &b.1), "re-encoded");
+        let lists = header_lists(&fr);
+        let got: Vec<&str> = lists.iter().map(|l| authority(l)).collect();
+        assert_eq!(got, ["localhost", "localhost:1", "localhost"]);
     }
 
     #[test]
