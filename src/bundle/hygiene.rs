@@ -3,12 +3,14 @@
 //! CVE-2019-16884 shapes), and symlinks an image left under `/dev` are removed (CVE-2025-31133 shapes). With
 //! overlay the changes land in the bundle's own upper directory (a kiln-owned top layer, like Docker's init
 //! layer), so the image's committed layers are untouched; on a layer chain seen before, the mount points the
-//! chain lacks are made in that upper directory before the mount ([`make_in_upper`]). `kiln unpack` and `Bundles.Create` both reach it
-//! through [`assemble`](super::assemble), so a bundle gets the same treatment whoever asks for it.
+//! chain lacks are made in that upper directory before the mount ([`make_in_upper`]). `kiln unpack` and
+//! `Bundles.Create` both reach it through [`assemble`](super::assemble), so a bundle gets the same treatment
+//! whoever asks for it.
 //!
 //! May use: `sys`, `convert` (its warning type), `error`.
 
 use std::ffi::OsStr;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -130,8 +132,7 @@ pub fn make_safe(rootfs: &Path) -> Result<Vec<Fix>, Error> {
 /// image put a symlink or a file where a mount point goes, or symlinks under `/dev`) is rare, and goes through
 /// [`make_safe`], which looks again.
 pub fn make_safe_as(rootfs: &Path, known: &[Fix]) -> Result<Vec<Fix>, Error> {
-    let mount_point = |f: &Fix| f.found == "missing" && matches!(f.path.as_str(), "/dev" | "/proc" | "/sys");
-    if !known.iter().all(mount_point) {
+    if !only_missing_mount_points(known) {
         return make_safe(rootfs);
     }
     if known.is_empty() {
@@ -143,7 +144,7 @@ pub fn make_safe_as(rootfs: &Path, known: &[Fix]) -> Result<Vec<Fix>, Error> {
         let name = fix.path.trim_start_matches('/');
         let n = OsStr::new(name);
         match make_mount_point(&root, n) {
-            Ok(()) => fixes.push(fix.clone()),
+            Ok(_) => fixes.push(fix.clone()),
             // Not what was known after all: look at everything.
             Err(e) if e.call == "mkdirat" && e.errno == Errno::EEXIST => {
                 fixes.extend(make_safe(rootfs)?);
@@ -162,8 +163,7 @@ pub fn make_safe_as(rootfs: &Path, known: &[Fix]) -> Result<Vec<Fix>, Error> {
 /// the hygiene then runs on the mounted rootfs ([`make_safe_as`], which looks again). A `mkdirat` in a plain
 /// directory costs a fraction of one through the overlay, which first looks the name up in every layer.
 pub fn make_in_upper(upper: &Path, known: &[Fix]) -> Result<Option<Vec<Fix>>, Error> {
-    let mount_point = |f: &Fix| f.found == "missing" && matches!(f.path.as_str(), "/dev" | "/proc" | "/sys");
-    if !known.iter().all(mount_point) {
+    if !only_missing_mount_points(known) {
         return Ok(None);
     }
     if known.is_empty() {
@@ -174,19 +174,24 @@ pub fn make_in_upper(upper: &Path, known: &[Fix]) -> Result<Option<Vec<Fix>>, Er
         let name = fix.path.trim_start_matches('/');
         let n = OsStr::new(name);
         let err = |source| Error { path: upper.join(name), source };
-        sfs::mkdirat(&root, n, 0o755).map_err(err)?;
-        let fd = sfs::openat(&root, n, nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY, 0).map_err(err)?;
-        sfs::fchmod(&fd, 0o755).map_err(err)?;
+        let fd = make_mount_point(&root, n).map_err(err)?;
         sfs::fsetxattr(&fd, b"trusted.overlay.opaque", b"y").map_err(err)?;
     }
     Ok(Some(known.to_vec()))
 }
 
-/// Makes mount point `name` in `root`: a directory, 0755 whatever the umask.
-fn make_mount_point(root: &std::os::fd::OwnedFd, name: &OsStr) -> std::result::Result<(), SysError> {
+/// Whether every change in `known` is a mount point the image lacked (what [`make_safe_as`] and
+/// [`make_in_upper`] can make again without looking).
+fn only_missing_mount_points(known: &[Fix]) -> bool {
+    known.iter().all(|f| f.found == "missing" && matches!(f.path.as_str(), "/dev" | "/proc" | "/sys"))
+}
+
+/// Makes mount point `name` in `root`: a directory, 0755 whatever the umask. Returns it, open.
+fn make_mount_point(root: &std::os::fd::OwnedFd, name: &OsStr) -> std::result::Result<OwnedFd, SysError> {
     sfs::mkdirat(root, name, 0o755)?;
     let fd = sfs::openat(root, name, nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY, 0)?;
-    sfs::fchmod(&fd, 0o755)
+    sfs::fchmod(&fd, 0o755)?;
+    Ok(fd)
 }
 
 /// Removes every symlink under the directory `dir` (walked by fd, never following links), recording each.

@@ -96,13 +96,10 @@ pub struct Rewriter {
     block: Vec<u8>,
     pending: Option<Pending>,
     decoder: loona_hpack::Decoder<'static>,
-    /// True until the connection's first header block is through. When that block needs no rewrite it reaches
-    /// hyper as the client encoded it (only its framing is redone), and the rest of the connection is copied
-    /// as it comes ([`State::Verbatim`]): a client's authority is the same on every request of a connection
-    /// (a channel's), and one whose later request had an authority h2 refuses would get what h2 does
-    /// without this layer, that stream reset, and nothing else.
-    in_step: bool,
-    /// The first block needed no rewrite: from the next byte on, everything passes unchanged.
+    /// The connection's first header block needed no rewrite: it reached hyper as the client encoded it (only
+    /// its framing redone), and from the next byte on everything is copied as it comes ([`State::Verbatim`]).
+    /// A client's authority is its channel's, the same on every request of a connection; one whose later
+    /// request had an authority h2 refuses gets what h2 does without this layer, that stream reset.
     settled: bool,
     /// Authorities replaced on this connection (the first is logged).
     pub rewritten: u64,
@@ -125,7 +122,6 @@ impl Rewriter {
             block: Vec::new(),
             pending: None,
             decoder,
-            in_step: true,
             settled: false,
             rewritten: 0,
         }
@@ -269,19 +265,17 @@ impl Rewriter {
     }
 
     /// Decodes the collected block and writes it out as HEADERS and CONTINUATION frames: as the client encoded
-    /// it while hyper's table is in step with the client's and nothing needs rewriting, re-encoded otherwise.
+    /// it when it is the connection's first and needs no rewrite ([`Rewriter::settled`]), re-encoded otherwise.
     fn finish_block(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
         let Some(pending) = self.pending.take() else { return Ok(()) };
-        let in_step = self.in_step;
-        let mut encoded = Vec::with_capacity(if in_step { 256 } else { self.block.len() + 64 });
+        // Called again after a first block only when that block was rewritten: hyper's table is then the empty
+        // one this layer keeps it at, and every block is re-encoded.
+        let first = self.rewritten == 0;
+        let mut encoded = Vec::with_capacity(self.block.len() + 64);
         // Decoded size so far; where the leading pseudo-headers end in `encoded`.
         let (mut size, mut pseudo_end, mut in_pseudo) = (0usize, 0, true);
         let mut refused: Option<Vec<u8>> = None;
         let mut rewritten = 0;
-        // Whether the fields are being re-encoded. In step, only the pseudo-headers are, until one needs a
-        // rewrite: pseudo-headers come first, so past them with nothing rewritten the block goes as it came (an
-        // `:authority` after a regular field is malformed, and h2 refuses the request whatever its value).
-        let mut encoding = true;
         self.decoder
             .decode_with_cb(&self.block, |name, value| {
                 // Past the limit decoding goes on all the same: it keeps the client's HPACK table in step.
@@ -290,10 +284,6 @@ impl Rewriter {
                     return;
                 }
                 in_pseudo &= name.starts_with(b":");
-                encoding &= !(in_step && !in_pseudo && rewritten == 0);
-                if !encoding {
-                    return;
-                }
                 let value: &[u8] = if &*name == b":authority" && Authority::try_from(&*value).is_err() {
                     rewritten += 1;
                     refused.get_or_insert_with(|| value.to_vec());
@@ -310,7 +300,7 @@ impl Rewriter {
         if size > ABUSE_LIST {
             return Err(protocol(format!("HTTP/2: a header list of {size} bytes decoded")));
         }
-        if in_step && rewritten == 0 {
+        if first && rewritten == 0 {
             // What hyper would have read without this layer (a list past HYPER_LIST included: hyper refuses it
             // itself, as it would have), re-framed; and everything after it as it comes.
             emit(&pending, &self.block, out);
@@ -318,8 +308,6 @@ impl Rewriter {
             self.settled = true;
             return Ok(());
         }
-        // From here on hyper's table is left as it is: every block reaches it as literals.
-        self.in_step = false;
         if size >= HYPER_LIST {
             encoded.truncate(pseudo_end);
             encoded.resize(pseudo_end + HYPER_LIST.div_ceil(FILLER_SIZE), FILLER);
